@@ -1,0 +1,5 @@
+"""`python -m treeherd` runs the CLI."""
+
+from treeherd.cli.main import main
+
+main()

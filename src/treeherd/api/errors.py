@@ -1,0 +1,93 @@
+"""Turns every failure into an `ApiError` body with the right status; nothing leaks a stack trace.
+
+Validation failures from request decoding keep the name of the offending field: msgspec reports it
+either as the error's key or, for unknown fields, inside the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from treeherd.model.errors import TreeherdError
+from treeherd.model.views import ApiError
+
+log = logging.getLogger(__name__)
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_STATUS_CODES = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _answer(status: int, body: ApiError) -> Response[ApiError]:
+    return Response(content=body, status_code=status)
+
+
+def treeherd_error(_: Request[Any, Any, Any], exc: TreeherdError) -> Response[ApiError]:
+    return _answer(exc.status, ApiError(error=exc.code, detail=exc.detail, field=exc.field))
+
+
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[ApiError]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    if not problems:
+        return _answer(400, ApiError(error="invalid", detail=str(exc.detail)))
+    first = problems[0] if isinstance(problems[0], dict) else {"message": str(problems[0])}
+    message = str(first.get("message", exc.detail))
+    key = first.get("key")
+    source = getattr(first.get("source"), "value", first.get("source"))
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:
+        field: str | None = unknown.group(1)
+        detail = f"unknown field {field!r}: remove it (see /openapi.json for the fields this request takes)"
+    else:
+        field = None if key in (None, "data") else str(key).replace("[...]", "")
+        where = (
+            f" in {source} parameter {field!r}"
+            if source in ("query", "path", "header")
+            else (f" for field {field!r}" if field else "")
+        )
+        detail = f"{message}{where}"
+    return _answer(400, ApiError(error="invalid", detail=detail, field=field))
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ApiError]:
+    status = exc.status_code
+    detail = str(exc.detail)
+    if "JSON is malformed" in detail or "Malformed" in detail:
+        return _answer(
+            400, ApiError(error="invalid_json", detail=f"the request body is not valid JSON ({detail})")
+        )
+    if status == 404 and detail in ("Not Found", ""):
+        detail = f"no such endpoint: {request.method} {request.url.path} (see /openapi.json)"
+    code = _STATUS_CODES.get(status, "error" if status < 500 else "internal")
+    return _answer(status, ApiError(error=code, detail=detail))
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ApiError]:
+    log.exception("unhandled error answering %s %s", request.method, request.url.path)
+    return _answer(
+        500,
+        ApiError(
+            error="internal", detail=f"internal error ({type(exc).__name__}); the manager log has the details"
+        ),
+    )
+
+
+HANDLERS = {
+    TreeherdError: treeherd_error,
+    ValidationException: validation_error,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

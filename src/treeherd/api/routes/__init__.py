@@ -1,0 +1,1 @@
+"""Route handlers of the REST API, one module per object kind."""

@@ -1,0 +1,164 @@
+"""The manager process: opens the store, serves the API, and shuts down cleanly on SIGTERM/SIGINT.
+
+One data directory belongs to one manager at a time (a lock file says which pid holds it). Once the API
+listens, its URL is written to `DATA_DIR/manager.url` (useful with `--listen HOST:0`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from treeherd.api.app import create_app
+from treeherd.manager.demo import load_demo
+from treeherd.manager.inventory import Inventory
+from treeherd.manager.supervisor import Supervisor
+from treeherd.model.errors import InvalidInput
+from treeherd.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+DEFAULT_LISTEN = "127.0.0.1:7400"
+
+
+class StartupError(Exception):
+    """The manager cannot start; the message says why and what to do."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (loopback)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidInput(
+            f"invalid listen address {value!r}: use HOST:PORT, e.g. 127.0.0.1:7400", field="listen"
+        )
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port_text)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: the process's supervisor owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiServer:
+    """The HTTP API as a supervised component, on a socket bound before `run()` starts."""
+
+    name = "api"
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        self._app = app
+        self._sock = sock
+        self._server: _Server | None = None
+        self._stop_requested = False
+
+    async def run(self) -> None:
+        config = uvicorn.Config(
+            self._app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+        self._server = _Server(config)
+        if self._stop_requested:
+            return
+        await self._server.serve(sockets=[self._sock])
+
+    def stop(self) -> None:
+        self._stop_requested = True
+        if self._server is not None:
+            self._server.should_exit = True
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        hint = (
+            " (is another treeherd already running? choose another port with --listen HOST:PORT)"
+            if error.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}{hint}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.contextmanager
+def lock_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory's lock for the life of the process."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StartupError(f"cannot create the data directory {data_dir}: {error.strerror}") from None
+    path = data_dir / "manager.lock"
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StartupError(
+            f"the data directory {data_dir} is in use by treeherd pid {holder}: stop it, or use another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+async def serve_manager(data_dir: Path, listen: str, *, demo: bool = False) -> None:
+    """Run a manager on `data_dir` until SIGTERM or SIGINT."""
+    host, port = parse_listen(listen)
+    with lock_data_dir(data_dir):
+        sock = bind_socket(host, port)
+        store = SqliteStore(data_dir / "treeherd.db")
+        try:
+            await store.open()
+        except Exception as error:
+            sock.close()
+            raise StartupError(f"cannot open the store in {data_dir}: {error}") from None
+        try:
+            inventory = Inventory(store)
+            if demo:
+                loaded = await load_demo(inventory)
+                log.warning("demo tree %s", "loaded" if loaded else "skipped: the store is not empty")
+            supervisor = Supervisor([ApiServer(create_app(inventory), sock)])
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, supervisor.stop)
+            actual_host, actual_port = sock.getsockname()[:2]
+            url = f"http://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
+            (data_dir / "manager.url").write_text(url + "\n")
+            log.warning("treeherd manager listening on %s (data in %s)", url, data_dir)
+            try:
+                await supervisor.run()
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+                with contextlib.suppress(FileNotFoundError):
+                    (data_dir / "manager.url").unlink()
+        finally:
+            sock.close()
+            await store.close()

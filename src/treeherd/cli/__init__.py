@@ -1,0 +1,1 @@
+"""The `treeherd` command: client commands over the API, and the server commands (manager, up)."""

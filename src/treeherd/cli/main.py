@@ -1,0 +1,79 @@
+"""The `treeherd` entry point: one command for managers, agents and operators.
+
+Client commands talk to a manager's API (`--manager URL`, or TREEHERD_MANAGER, default
+http://127.0.0.1:7400). Every failure ends with a one-line `error: ...` on stderr and a non-zero exit:
+1 for a refused or failed request, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from treeherd import __version__
+from treeherd.transport.client import DEFAULT_MANAGER, Client, ClientError
+
+
+class Context:
+    """What every client command gets: a lazily connected API client."""
+
+    def __init__(self, manager: str) -> None:
+        self.manager = manager
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.manager)
+        return self._client
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="treeherd")
+@click.option(
+    "--manager",
+    envvar="TREEHERD_MANAGER",
+    default=DEFAULT_MANAGER,
+    show_default=True,
+    metavar="URL",
+    help="the manager's API (env TREEHERD_MANAGER)",
+)
+@click.pass_context
+def cli(ctx: click.Context, manager: str) -> None:
+    """treeherd: a cluster manager built around a service tree."""
+    ctx.obj = Context(manager)
+
+
+def _register() -> None:
+    from treeherd.cli import domain, events, machine, server, tree
+
+    for module in (tree, machine, domain, events, server):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except ClientError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except SystemExit:
+        raise

@@ -1,0 +1,1 @@
+"""Pure decisions: functions of a read-only view, request values and `now` that return plans."""

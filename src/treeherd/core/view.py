@@ -1,0 +1,43 @@
+"""The read-only view of the store that decisions are made against.
+
+Reads are synchronous: every backend keeps its working set in memory (as SwarmKit keeps memdb over raft),
+so a decision reads a consistent state as long as it does not yield to the event loop while reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+from treeherd.model.objects import Object
+
+T = TypeVar("T", bound=Object)
+
+
+class View(Protocol):
+    """What a decision may read."""
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last committed transaction."""
+        ...
+
+    def get(self, cls: type[T], id: str) -> T | None:
+        """The object of that kind with that id, or None."""
+        ...
+
+    def lookup(self, cls: type[T], index: str, key: str) -> T | None:
+        """The object holding `key` in the unique index `index` of its kind, or None."""
+        ...
+
+    def referrers(self, cls: type[T], reference: str, target_id: str) -> list[T]:
+        """Objects of kind `cls` whose reference `reference` names `target_id`."""
+        ...
+
+    def all(self, cls: type[T]) -> Iterable[T]:
+        """Every object of that kind, in no particular order."""
+        ...
+
+    def count(self, cls: type[Object]) -> int:
+        """How many objects of that kind exist."""
+        ...

@@ -1,0 +1,1 @@
+"""Async shells of the manager: read the store, call the core, apply the result."""

@@ -1,0 +1,130 @@
+"""The registry of object kinds: each kind's type, unique keys and references to other kinds.
+
+The store enforces what is declared here for every write, whichever backend holds the data:
+- a unique key (a node's path, a machine's hostname, a route's `{domain, uri}`) is held by one object;
+- a reference (a node's parent, a binding's machine) must name an existing object, and an object that is
+  still referenced cannot be deleted.
+Key functions may return several keys (a node holds one route key per `domain_uris` entry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from treeherd.model.objects import AnyObject, Binding, Domain, Machine, Object, ProvisioningRecord, TreeNode
+
+
+class UniqueKey(msgspec.Struct, frozen=True):
+    """A named unique index: `keys(obj)` lists the values only this object may hold."""
+
+    name: str
+    keys: Callable[[AnyObject], Iterable[str]]
+
+
+class Reference(msgspec.Struct, frozen=True):
+    """A named reference from objects of one kind to objects of `target` kind."""
+
+    name: str
+    target: str
+    ids: Callable[[AnyObject], Iterable[str]]
+
+
+class KindInfo(msgspec.Struct, frozen=True):
+    """What the store needs to know about one kind."""
+
+    name: str
+    type: type[Object]
+    unique: tuple[UniqueKey, ...] = ()
+    references: tuple[Reference, ...] = ()
+
+
+def _one(value: str | None) -> Iterable[str]:
+    return () if value is None else (value,)
+
+
+def _node(obj: AnyObject) -> TreeNode:
+    assert isinstance(obj, TreeNode)
+    return obj
+
+
+def _machine(obj: AnyObject) -> Machine:
+    assert isinstance(obj, Machine)
+    return obj
+
+
+def _binding(obj: AnyObject) -> Binding:
+    assert isinstance(obj, Binding)
+    return obj
+
+
+def _domain(obj: AnyObject) -> Domain:
+    assert isinstance(obj, Domain)
+    return obj
+
+
+def _provision(obj: AnyObject) -> ProvisioningRecord:
+    assert isinstance(obj, ProvisioningRecord)
+    return obj
+
+
+def route_key(domain_id: str, uri: str) -> str:
+    """The unique key of a route: one node per `{domain, uri}`."""
+    return f"{domain_id} {uri}"
+
+
+def binding_key(machine_id: str, node_id: str) -> str:
+    """The unique key of a binding: a machine is bound to a node at most once."""
+    return f"{machine_id} {node_id}"
+
+
+KINDS: dict[str, KindInfo] = {
+    info.name: info
+    for info in (
+        KindInfo(
+            name="node",
+            type=TreeNode,
+            unique=(
+                UniqueKey("path", lambda o: (_node(o).path,)),
+                UniqueKey("route", lambda o: [route_key(d.domain_id, d.uri) for d in _node(o).domain_uris]),
+            ),
+            references=(
+                Reference("parent", "node", lambda o: _one(_node(o).parent_id)),
+                Reference("route_domain", "domain", lambda o: {d.domain_id for d in _node(o).domain_uris}),
+            ),
+        ),
+        KindInfo(
+            name="machine",
+            type=Machine,
+            unique=(UniqueKey("hostname", lambda o: (_machine(o).hostname,)),),
+        ),
+        KindInfo(
+            name="binding",
+            type=Binding,
+            unique=(
+                UniqueKey("pair", lambda o: (binding_key(_binding(o).machine_id, _binding(o).node_id),)),
+            ),
+            references=(
+                Reference("machine", "machine", lambda o: (_binding(o).machine_id,)),
+                Reference("node", "node", lambda o: (_binding(o).node_id,)),
+            ),
+        ),
+        KindInfo(
+            name="domain",
+            type=Domain,
+            unique=(UniqueKey("name", lambda o: (_domain(o).name,)),),
+        ),
+        KindInfo(
+            name="provision",
+            type=ProvisioningRecord,
+            unique=(UniqueKey("hostname", lambda o: (_provision(o).hostname,)),),
+            references=(Reference("node", "node", lambda o: (_provision(o).node_id,)),),
+        ),
+    )
+}
+
+
+def kind_of(obj: Object) -> KindInfo:
+    """The registry entry of an object's kind."""
+    return KINDS[type(obj).kind]

@@ -1,0 +1,104 @@
+"""The stored objects of the service tree: nodes, machines, bindings, domains, provisioning records.
+
+Every object is a frozen msgspec struct tagged by its `kind` (so one decoder reads any of them) and has
+`id`, `version`, `created_at` and `updated_at`. `version` is the store revision of the object's last write:
+a write based on an older version is refused, and the same number is etcd's `mod_revision`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+ParamValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+MachineKind = Literal["physical", "virtual"]
+
+
+class Object(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
+    """Fields every stored object has."""
+
+    kind: ClassVar[str]
+    id: str
+    version: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+class DomainUri(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One route: requests for `uri` (a path prefix) on domain `domain_id` go to the node that holds it."""
+
+    domain_id: str
+    uri: str
+
+
+class TreeNode(Object, frozen=True, kw_only=True, tag="node"):
+    """A node of the service tree: a service or a group of services, named by its dotted path.
+
+    Optional fields left unset (None) are inherited from the nearest ancestor that sets them;
+    `labels` and `puppet_classes` inherit key by key. `puppet_exclude` drops inherited classes here.
+    """
+
+    kind: ClassVar[str] = "node"
+    path: str
+    parent_id: str | None = None
+    labels: dict[str, str] = {}
+    puppet_classes: dict[str, dict[str, ParamValue]] = {}
+    puppet_exclude: list[str] = []
+    puppet_environment: str | None = None
+    upstream: str | None = None
+    port: int | None = None
+    ip_hash: bool | None = None
+    domain_uris: list[DomainUri] = []
+
+
+class Machine(Object, frozen=True, kw_only=True, tag="machine"):
+    """A host in the inventory, physical or virtual, with the resources it offers."""
+
+    kind: ClassVar[str] = "machine"
+    hostname: str
+    ips: list[str] = []
+    machine_kind: MachineKind = "virtual"
+    labels: dict[str, str] = {}
+    cpus: float = 0.0
+    memory_bytes: int = 0
+
+
+class Binding(Object, frozen=True, kw_only=True, tag="binding"):
+    """A machine bound to a tree node with a weight (traffic share; 0 means bound but not serving)."""
+
+    kind: ClassVar[str] = "binding"
+    machine_id: str
+    node_id: str
+    weight: int = 1
+
+
+class DomainPort(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A port a domain listens on, with or without TLS."""
+
+    port: int
+    ssl: bool = False
+
+
+class Domain(Object, frozen=True, kw_only=True, tag="domain"):
+    """A domain served by the edge proxy: its ports, log paths and certificate."""
+
+    kind: ClassVar[str] = "domain"
+    name: str
+    ports: list[DomainPort] = []
+    access_log_path: str
+    error_log_path: str
+    ssl_cert_path: str | None = None
+    ssl_key_path: str | None = None
+
+
+class ProvisioningRecord(Object, frozen=True, kw_only=True, tag="provision"):
+    """A host still being installed and the node it is meant for (read by the ENC before it is bound)."""
+
+    kind: ClassVar[str] = "provision"
+    hostname: str
+    node_id: str
+
+
+AnyObject = TreeNode | Machine | Binding | Domain | ProvisioningRecord

@@ -1,0 +1,95 @@
+"""Request bodies of the API (also what the CLI sends): what a caller may set on each object.
+
+Updates use three states per field: absent (unchanged), null (cleared: inherit or default), a value.
+Maps (`labels`, `puppet_classes`) update as JSON merge patches: a key set to null is removed.
+`version`, when given, makes the update conditional on the object still being at that version.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from treeherd.model.objects import DomainPort, MachineKind, ParamValue
+
+
+class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class NodeCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    path: str
+    labels: dict[str, str] = {}
+    puppet_classes: dict[str, dict[str, ParamValue]] = {}
+    puppet_exclude: list[str] = []
+    puppet_environment: str | None = None
+    upstream: str | None = None
+    port: int | None = None
+    ip_hash: bool | None = None
+
+
+class NodeUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    version: int | None = None
+    labels: dict[str, str | None] = {}
+    puppet_classes: dict[str, dict[str, ParamValue] | None] = {}
+    puppet_exclude: list[str] | UnsetType = UNSET
+    puppet_environment: str | UnsetType | None = UNSET
+    upstream: str | UnsetType | None = UNSET
+    port: int | UnsetType | None = UNSET
+    ip_hash: bool | UnsetType | None = UNSET
+
+
+class NodeMove(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    to: str
+    version: int | None = None
+
+
+class RouteSpec(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    domain: str
+    uri: str
+
+
+class MachineCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    hostname: str
+    ips: list[str] = []
+    machine_kind: MachineKind = "virtual"
+    labels: dict[str, str] = {}
+    cpus: float = 0.0
+    memory_bytes: int = 0
+
+
+class MachineUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    version: int | None = None
+    ips: list[str] | UnsetType = UNSET
+    machine_kind: MachineKind | UnsetType = UNSET
+    labels: dict[str, str | None] = {}
+    cpus: float | UnsetType = UNSET
+    memory_bytes: int | UnsetType = UNSET
+
+
+class BindRequest(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    node: str
+    weight: int = 1
+
+
+class DomainCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    ports: list[DomainPort]
+    access_log_path: str | None = None
+    error_log_path: str | None = None
+    ssl_cert_path: str | None = None
+    ssl_key_path: str | None = None
+
+
+class DomainUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    version: int | None = None
+    ports: list[DomainPort] | UnsetType = UNSET
+    access_log_path: str | UnsetType | None = UNSET
+    error_log_path: str | UnsetType | None = UNSET
+    ssl_cert_path: str | UnsetType | None = UNSET
+    ssl_key_path: str | UnsetType | None = UNSET
+
+
+class ProvisionCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    hostname: str
+    node: str

@@ -1,0 +1,1 @@
+"""Durable state: one store protocol, an in-memory engine, and the backends that persist it."""

@@ -1,0 +1,126 @@
+"""The embedded SQLite backend: the default store, needing nothing beyond Python.
+
+Layout: `objects(kind, id, data)` holds every live object; `events(seq, revision, type, data)` the
+retained change history (pruned to the newest `history` events); `meta` the current revision. The
+database runs in WAL mode; each batch of transactions from the engine is one SQLite transaction, made
+durable before any of it becomes visible. One dedicated thread owns the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from treeherd.model.events import Change, Event
+from treeherd.model.objects import AnyObject
+from treeherd.store.codec import decode, encode
+from treeherd.store.engine import DEFAULT_HISTORY, EngineStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, id TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, revision INTEGER NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL
+);
+"""
+SCHEMA_VERSION = 1
+R = TypeVar("R")
+_PRUNE_EVERY = 1_000  # events written between two prunes of the history table
+
+
+class SqliteLog:
+    """The durable log of an `EngineStore` in one SQLite file."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._since_prune = 0
+
+    async def _run(self, fn: Callable[..., R], *args: object) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def load(self, history: int) -> tuple[int, list[AnyObject], list[Change]]:
+        return await self._run(self._load, history)
+
+    async def write(self, changes: list[Change], history: int) -> None:
+        await self._run(self._write, changes, history)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    # ---- in the database thread ----------------------------------------------------------------
+    def _load(self, history: int) -> tuple[int, list[AnyObject], list[Change]]:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?), ('revision', 0)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            db.close()
+            raise RuntimeError(
+                f"{self._path} holds store schema {row[0]}, this treeherd reads schema {SCHEMA_VERSION}"
+            )
+        self._db = db
+        revision = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
+        objects = [decode(data) for (data,) in db.execute("SELECT data FROM objects")]
+        rows = db.execute(
+            "SELECT revision, type, data FROM events ORDER BY seq DESC LIMIT ?", (history,)
+        ).fetchall()
+        changes: list[Change] = []
+        for rev, kind, data in reversed(rows):
+            event = Event(revision=rev, type=kind, object=decode(data))
+            if changes and changes[-1].revision == rev:
+                changes[-1].events.append(event)
+            else:
+                changes.append(Change(revision=rev, events=[event]))
+        return revision, objects, changes
+
+    def _write(self, changes: list[Change], history: int) -> None:
+        db = self._db
+        assert db is not None, "load() must run before write()"
+        # The last event of each object within the batch decides whether its row is kept or removed.
+        final: dict[tuple[str, str], bytes | None] = {}
+        events: list[tuple[int, str, bytes]] = []
+        for change in changes:
+            for event in change.events:
+                obj = event.object
+                data = encode(obj)
+                final[(obj.kind, obj.id)] = None if event.type == "deleted" else data
+                events.append((change.revision, event.type, data))
+        deletes = [key for key, data in final.items() if data is None]
+        upserts = [(kind, id, data) for (kind, id), data in final.items() if data is not None]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM objects WHERE kind = ? AND id = ?", deletes)
+            db.executemany("INSERT OR REPLACE INTO objects (kind, id, data) VALUES (?, ?, ?)", upserts)
+            db.executemany("INSERT INTO events (revision, type, data) VALUES (?, ?, ?)", events)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (changes[-1].revision,))
+            self._since_prune += len(events)
+            if self._since_prune >= _PRUNE_EVERY:
+                self._since_prune = 0
+                db.execute("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (history,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+class SqliteStore(EngineStore):
+    """The embedded default store: an `EngineStore` persisted to `DATA_DIR/treeherd.db`."""
+
+    def __init__(self, path: Path, *, history: int = DEFAULT_HISTORY, synchronous: str = "FULL") -> None:
+        super().__init__(SqliteLog(path, synchronous=synchronous), history=history)

@@ -1,0 +1,206 @@
+"""The in-memory state every backend serves reads from, with its indexes and its integrity checks.
+
+`apply` runs one transaction's operations in order against the state and either applies all of them or
+none (an undo log restores what a failing operation's predecessors changed). It enforces, for every
+kind in the registry: ids are unique, unique keys are held by one object, references name existing
+objects, referenced objects are not deleted, and `Update`/`Delete`/`Assert` are based on the current
+version. Written objects are stamped with the transaction's revision as their version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+import msgspec
+
+from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound, Refused, VersionConflict
+from treeherd.model.events import Event
+from treeherd.model.kinds import KINDS, KindInfo
+from treeherd.model.objects import AnyObject, Object
+from treeherd.model.ops import Assert, Create, Delete, Op, Update
+
+T = TypeVar("T", bound=Object)
+
+# One undo record: the kind, the id, and the object stored before the change (None: there was none).
+Undo = tuple[str, str, AnyObject | None]
+
+# Which references point at each kind: target kind -> [(referring kind, reference name)].
+_INCOMING: dict[str, list[tuple[str, str]]] = {name: [] for name in KINDS}
+for _info in KINDS.values():
+    for _ref in _info.references:
+        _INCOMING[_ref.target].append((_info.name, _ref.name))
+
+
+class State:
+    """All objects by kind and id, plus unique and reference indexes."""
+
+    def __init__(self) -> None:
+        self.revision = 0
+        self._objects: dict[str, dict[str, AnyObject]] = {name: {} for name in KINDS}
+        self._unique: dict[tuple[str, str], dict[str, str]] = {
+            (info.name, key.name): {} for info in KINDS.values() for key in info.unique
+        }
+        self._refs: dict[tuple[str, str], dict[str, set[str]]] = {
+            (info.name, ref.name): {} for info in KINDS.values() for ref in info.references
+        }
+
+    # ---- reads (the View protocol) -------------------------------------------------------------
+    def get(self, cls: type[T], id: str) -> T | None:
+        obj = self._objects[cls.kind].get(id)
+        return obj if obj is None or isinstance(obj, cls) else None
+
+    def lookup(self, cls: type[T], index: str, key: str) -> T | None:
+        owner = self._unique[(cls.kind, index)].get(key)
+        return None if owner is None else self.get(cls, owner)
+
+    def referrers(self, cls: type[T], reference: str, target_id: str) -> list[T]:
+        ids = self._refs[(cls.kind, reference)].get(target_id, ())
+        objects = self._objects[cls.kind]
+        return [obj for obj in (objects[i] for i in ids) if isinstance(obj, cls)]
+
+    def all(self, cls: type[T]) -> Iterable[T]:
+        return (obj for obj in self._objects[cls.kind].values() if isinstance(obj, cls))
+
+    def count(self, cls: type[Object]) -> int:
+        return len(self._objects[cls.kind])
+
+    def objects(self) -> Iterable[AnyObject]:
+        """Every object of every kind (for snapshots and exports)."""
+        for by_id in self._objects.values():
+            yield from by_id.values()
+
+    # ---- loading -------------------------------------------------------------------------------
+    def load(self, objects: Iterable[AnyObject], revision: int) -> None:
+        """Fill an empty state from a backend's records, without checks (they were checked when written)."""
+        for obj in objects:
+            self._put(type(obj).kind, obj.id, obj)
+        self.revision = revision
+
+    # ---- writes --------------------------------------------------------------------------------
+    def apply(self, ops: Iterable[Op], revision: int) -> tuple[list[Event], list[Undo]]:
+        """Apply one transaction at `revision`; all or nothing. Returns its events and its undo log."""
+        undo: list[Undo] = []
+        events: list[Event] = []
+        try:
+            for op in ops:
+                event = self._apply_one(op, revision, undo)
+                if event is not None:
+                    events.append(event)
+        except BaseException:
+            self.rollback(undo)
+            raise
+        self.revision = revision
+        return events, undo
+
+    def rollback(self, undo: list[Undo]) -> None:
+        """Restore what the undo log recorded, newest first."""
+        for kind, id, previous in reversed(undo):
+            self._put(kind, id, previous)
+
+    def _apply_one(self, op: Op, revision: int, undo: list[Undo]) -> Event | None:
+        obj = op.object
+        info = KINDS[type(obj).kind]
+        current = self._objects[info.name].get(obj.id)
+        if isinstance(op, Create):
+            if current is not None:
+                raise AlreadyExists(f"a {info.name} with id {obj.id!r} already exists", field="id")
+            self._check_unique(info, obj)
+            self._check_references(info, obj, None)
+            stored = msgspec.structs.replace(obj, version=revision)
+            undo.append((info.name, obj.id, self._put(info.name, obj.id, stored)))
+            return Event(revision=revision, type="created", object=stored)
+        if current is None:
+            raise NotFound(f"{info.name} {obj.id!r} does not exist (it may have been deleted meanwhile)")
+        if current.version != obj.version:
+            raise VersionConflict(
+                f"{info.name} {_describe(current)} changed (version {obj.version} is now {current.version}):"
+                " read it again and retry",
+                field="version",
+            )
+        if isinstance(op, Assert):
+            return None
+        if isinstance(op, Update):
+            if type(current) is not type(obj):
+                raise InvalidInput(f"{info.name} {obj.id!r} cannot change its kind")
+            self._check_unique(info, obj)
+            self._check_references(info, obj, current)
+            stored = msgspec.structs.replace(obj, version=revision)
+            undo.append((info.name, obj.id, self._put(info.name, obj.id, stored)))
+            return Event(revision=revision, type="updated", object=stored)
+        assert isinstance(op, Delete)
+        self._check_unreferenced(info, current)
+        undo.append((info.name, obj.id, self._put(info.name, obj.id, None)))
+        return Event(revision=revision, type="deleted", object=current)
+
+    def _check_unique(self, info: KindInfo, obj: AnyObject) -> None:
+        for key in info.unique:
+            index = self._unique[(info.name, key.name)]
+            for value in key.keys(obj):
+                owner = index.get(value)
+                if owner is not None and owner != obj.id:
+                    holder = self._objects[info.name][owner]
+                    raise AlreadyExists(
+                        f"{info.name} {key.name} {value!r} is already held by {_describe(holder)}",
+                        field=key.name,
+                    )
+
+    def _check_references(self, info: KindInfo, obj: AnyObject, current: AnyObject | None) -> None:
+        for ref in info.references:
+            known = set(ref.ids(current)) if current is not None else set()
+            targets = self._objects[ref.target]
+            for target in ref.ids(obj):
+                if target not in known and target not in targets:
+                    raise NotFound(
+                        f"{ref.target} {target!r} referenced as {ref.name} does not exist", field=ref.name
+                    )
+
+    def _check_unreferenced(self, info: KindInfo, obj: AnyObject) -> None:
+        for kind, ref_name in _INCOMING[info.name]:
+            referrers = self._refs[(kind, ref_name)].get(obj.id)
+            if referrers:
+                raise Refused(
+                    f"{info.name} {_describe(obj)} is still referenced by {len(referrers)} {kind}(s) as {ref_name}"
+                )
+
+    def _put(self, kind: str, id: str, new: AnyObject | None) -> AnyObject | None:
+        """Replace the stored object (None deletes), keeping the indexes in step. Returns the old one."""
+        info = KINDS[kind]
+        by_id = self._objects[kind]
+        old = by_id.get(id)
+        if old is not None:
+            for key in info.unique:
+                index = self._unique[(kind, key.name)]
+                for value in key.keys(old):
+                    if index.get(value) == id:
+                        del index[value]
+            for ref in info.references:
+                index_refs = self._refs[(kind, ref.name)]
+                for target in ref.ids(old):
+                    holders = index_refs.get(target)
+                    if holders is not None:
+                        holders.discard(id)
+                        if not holders:
+                            del index_refs[target]
+        if new is None:
+            by_id.pop(id, None)
+        else:
+            by_id[id] = new
+            for key in info.unique:
+                index = self._unique[(kind, key.name)]
+                for value in key.keys(new):
+                    index[value] = id
+            for ref in info.references:
+                index_refs = self._refs[(kind, ref.name)]
+                for target in ref.ids(new):
+                    index_refs.setdefault(target, set()).add(id)
+        return old
+
+
+def _describe(obj: AnyObject) -> str:
+    """A short human name for an object in error messages."""
+    for attr in ("path", "hostname", "name"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, str):
+            return repr(value)
+    return repr(obj.id)

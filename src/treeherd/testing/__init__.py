@@ -1,0 +1,1 @@
+"""Test helpers that ship with treeherd: object factories and a real manager process on loopback."""

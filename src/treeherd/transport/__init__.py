@@ -1,0 +1,1 @@
+"""Wires to the manager: the HTTP client the CLI and agents use."""

@@ -1,0 +1,210 @@
+"""A small synchronous client of the manager's API, on the standard library's http.client.
+
+The CLI (and later the ENC, which Puppet runs on every agent run) uses it: it imports in milliseconds,
+keeps one connection alive, and turns every failure into `ClientError` with a message for a person.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import msgspec
+
+DEFAULT_MANAGER = "http://127.0.0.1:7400"
+DEFAULT_TIMEOUT = 30.0
+T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
+
+
+class ClientError(Exception):
+    """A request failed; `str()` says what happened and what to do."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.field = field
+
+
+class Client:
+    """Talks JSON to one manager."""
+
+    def __init__(self, base_url: str = DEFAULT_MANAGER, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        parsed = urllib.parse.urlsplit(base_url if "://" in base_url else f"http://{base_url}")
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ClientError(f"invalid manager URL {base_url!r}: use http://HOST:PORT")
+        self.base_url = base_url
+        self._scheme = parsed.scheme
+        self._host = parsed.hostname
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._prefix = parsed.path.rstrip("/")
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=timeout)
+        else:
+            self._conn.timeout = timeout
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _url(self, path: str, query: dict[str, Any] | None) -> str:
+        url = self._prefix + path
+        if query:
+            pairs = [(k, _text(v)) for k, v in query.items() if v is not None and not isinstance(v, list)]
+            pairs += [(k, _text(item)) for k, v in query.items() if isinstance(v, list) for item in v]
+            if pairs:
+                url += "?" + urllib.parse.urlencode(pairs)
+        return url
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: dict[str, Any] | None,
+        timeout: float | None,
+        headers: dict[str, str] | None = None,
+    ) -> http.client.HTTPResponse:
+        payload = None if body is None else _encode(body)
+        all_headers = {"Accept": "application/json", **(headers or {})}
+        if payload is not None:
+            all_headers["Content-Type"] = "application/json"
+        url = self._url(path, query)
+        for attempt in (1, 2):
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, url, body=payload, headers=all_headers)
+                return conn.getresponse()
+            except (ConnectionRefusedError, socket.gaierror) as error:
+                self.close()
+                raise ClientError(
+                    f"cannot reach the treeherd manager at {self.base_url} ({error.strerror or error}): start it"
+                    " with 'treeherd up', or point --manager / TREEHERD_MANAGER at a running one"
+                ) from None
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A kept-alive connection the server closed: reconnect once.
+                self.close()
+                if attempt == 2:
+                    raise ClientError(f"the manager at {self.base_url} closed the connection") from None
+            except TimeoutError:
+                self.close()
+                raise ClientError(
+                    f"the manager at {self.base_url} did not answer within {timeout} s"
+                ) from None
+            except OSError as error:
+                self.close()
+                raise ClientError(f"cannot talk to the manager at {self.base_url}: {error}") from None
+        raise AssertionError("unreachable")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        *,
+        type: Any = Any,
+    ) -> Any:
+        """Send one request (the body is any msgspec-encodable value); return the answer decoded as
+        `type` (None for an empty answer)."""
+        response = self._send(method, path, body, query, self._timeout)
+        data = response.read()
+        if response.status >= 400:
+            raise _failure(response.status, data)
+        if not data:
+            return None
+        try:
+            return msgspec.json.decode(data, type=type)
+        except msgspec.DecodeError as error:
+            raise ClientError(f"unexpected answer from the manager at {self.base_url}: {error}") from None
+
+    def get(self, path: str, type: type[T], **query: Any) -> T:
+        result: T = self.request("GET", path, query=query, type=type)
+        return result
+
+    def stream(
+        self,
+        path: str,
+        query: dict[str, Any] | None = None,
+        last_event_id: int | None = None,
+        read_timeout: float | None = None,
+    ) -> Iterator[tuple[str, str, str | None]]:
+        """Follow a Server-Sent Events stream: yields (event, data, id) until the server ends it.
+
+        With `read_timeout`, a stream silent for longer (the server sends keepalives) raises ClientError.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        response = self._send("GET", path, None, query, read_timeout, headers)
+        if response.status >= 400:
+            raise _failure(response.status, response.read())
+        event, event_id = "message", None
+        data: list[str] = []
+        while True:
+            try:
+                raw = response.readline()
+            except TimeoutError:
+                self.close()
+                raise ClientError(
+                    f"the event stream from {self.base_url} went silent for {read_timeout} s"
+                ) from None
+            if not raw:
+                return
+            line = raw.decode().rstrip("\r\n")
+            if not line:
+                if data:
+                    yield event, "\n".join(data), event_id
+                event, event_id = "message", None
+                data = []
+            elif line.startswith(":"):
+                continue
+            else:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "event":
+                    event = value
+                elif name == "data":
+                    data.append(value)
+                elif name == "id":
+                    event_id = value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _failure(status: int, data: bytes) -> ClientError:
+    try:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        return ClientError(
+            str(body["detail"]), status=status, code=body.get("error"), field=body.get("field")
+        )
+    text = data.decode(errors="replace").strip()[:200]
+    return ClientError(f"the manager answered {status}: {text or 'no details'}", status=status)
