@@ -161,3 +161,18 @@ def test_unreachable_manager_is_a_clear_error() -> None:
     assert result.returncode == 1
     assert "cannot reach the treeherd manager at http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_events_replays_and_prints(cli: Cli, root: str) -> None:
+    created = json.loads(cli("tree", "add", f"{root}.ev", "--format", "json").stdout)
+    since = created["version"] - 1
+    cli("tree", "set", f"{root}.ev", "--label", "a=b")
+    as_json = cli("events", "--since", str(since), "--count", "2", "--format", "json").stdout.splitlines()
+    events = [json.loads(line) for line in as_json]
+    assert [(e["type"], e["object"]["path"]) for e in events] == [
+        ("created", f"{root}.ev"),
+        ("updated", f"{root}.ev"),
+    ]
+    table = cli("events", "--since", str(since), "--count", "1", "--kind", "node").stdout.splitlines()
+    assert table[0].split() == ["REVISION", "EVENT", "KIND", "NAME"]
+    assert table[1].split() == [str(created["version"]), "created", "node", f"{root}.ev"]

@@ -7,7 +7,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from treeherd import __version__
-from treeherd.api.errors import HANDLERS
+from treeherd.api.errors import HANDLERS, decode_body_strictly
 from treeherd.api.routes.domains import DomainController, ProvisionController
 from treeherd.api.routes.events import EventController
 from treeherd.api.routes.machines import BindingController, MachineController
@@ -36,6 +36,7 @@ def create_app(inventory: Inventory) -> Litestar:
             openapi_json,
         ],
         dependencies={"inventory": Provide(provide_inventory, sync_to_thread=False)},
+        before_request=decode_body_strictly,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
             title="treeherd",

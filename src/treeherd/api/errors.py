@@ -10,14 +10,21 @@ import logging
 import re
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from treeherd.model.errors import TreeherdError
+from treeherd.model.errors import InvalidInput, TreeherdError
 from treeherd.model.views import ApiError
 
 log = logging.getLogger(__name__)
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+
+
+class InvalidJson(InvalidInput):
+    code = "invalid_json"
+
+
 _STATUS_CODES = {
     400: "invalid",
     401: "unauthorized",
@@ -83,6 +90,51 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
             error="internal", detail=f"internal error ({type(exc).__name__}); the manager log has the details"
         ),
     )
+
+
+_AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+
+
+def body_error(error: msgspec.ValidationError | msgspec.DecodeError) -> TreeherdError:
+    """A strict decoding failure of a JSON body, naming the field as a dotted path."""
+    message = str(error)
+    if isinstance(error, msgspec.DecodeError) and not isinstance(error, msgspec.ValidationError):
+        return InvalidJson(f"the request body is not valid JSON ({message})")
+    field: str | None = None
+    if found := _AT_PATH.search(message):
+        field = found.group(1).replace("[...]", "") or None
+        message = message[: found.start()]
+    if found := _UNKNOWN_FIELD.search(message):
+        name = found.group(1)
+        field = f"{field}.{name}" if field else name
+        return InvalidInput(
+            f"unknown field {field!r}: remove it (see /openapi.json for the fields this request takes)",
+            field=field,
+        )
+    if found := _MISSING_FIELD.search(message):
+        name = found.group(1)
+        field = f"{field}.{name}" if field else name
+        return InvalidInput(f"the field {field!r} is required", field=field)
+    return InvalidInput(f"{message} for field {field!r}" if field else message, field=field)
+
+
+async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
+    """Before a handler that takes a JSON body runs, decode the body strictly against its type.
+
+    The framework converts request data leniently (query strings arrive as text), which would accept
+    `"80"` for a port; a JSON body must have the declared types. Raising here answers 400 with the field.
+    """
+    if request.method not in ("POST", "PATCH", "PUT"):
+        return
+    parameter = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if parameter is None:
+        return
+    body = await request.body()
+    try:
+        msgspec.json.decode(body or b"null", type=parameter.annotation)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise body_error(error) from None
 
 
 HANDLERS = {

@@ -15,7 +15,7 @@ import msgspec
 from msgspec import UNSET
 
 from treeherd.core import validate
-from treeherd.core.tree import MAX_DEPTH, descendants, parent_path, validate_path
+from treeherd.core.tree import MAX_DEPTH, MAX_PATH_LENGTH, descendants, parent_path, validate_path
 from treeherd.core.view import View
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound, Refused, VersionConflict
 from treeherd.model.kinds import route_key
@@ -175,6 +175,12 @@ def plan_move_node(view: View, path: str, request: NodeMove, now: datetime) -> l
     if deepest > MAX_DEPTH:
         raise Refused(
             f"moving {path!r} to {target!r} would make the tree {deepest} levels deep; at most {MAX_DEPTH}"
+        )
+    longest = max(len(n.path) for n in [node, *below]) - len(node.path) + len(target)
+    if longest > MAX_PATH_LENGTH:
+        raise Refused(
+            f"moving {path!r} to {target!r} would make a path {longest} characters long; at most {MAX_PATH_LENGTH}",
+            field="to",
         )
     moved = [Update(msgspec.structs.replace(node, path=target, parent_id=new_parent_id, updated_at=now))]
     for child in below:

@@ -34,7 +34,7 @@ def validate_path(path: str, *, field: str = "path") -> str:
     if len(segments) > MAX_DEPTH:
         raise InvalidInput(f"the path has {len(segments)} levels; at most {MAX_DEPTH}", field=field)
     for segment in segments:
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             raise InvalidInput(
                 f"invalid path {path!r}: segment {segment!r} must be 1-63 lower-case letters, digits, '-' or '_',"
                 " starting and ending with a letter or digit (segments are separated by single dots)",

@@ -1,7 +1,8 @@
 """Field validators: each returns the normalised value or raises InvalidInput saying what to fix.
 
 Values end up in generated nginx, haproxy and Puppet files, so anything that could break out of a
-directive (whitespace, `;`, braces, quotes, `#`) is refused here, at the edge.
+directive (whitespace, `;`, braces, quotes, `#`) is refused here, at the edge. Label values are the one
+exception for plain spaces: they are data, never written into a directive unquoted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _UNSAFE = re.compile(r"[\s;{}'\"#\\]|[\x00-\x1f\x7f]")
 def hostname(value: str, *, field: str = "hostname") -> str:
     """A DNS host name (RFC 1123), lower-cased."""
     name = value.strip().lower().rstrip(".")
-    if not name or len(name) > 253 or not all(_HOSTNAME_LABEL.match(part) for part in name.split(".")):
+    if not name or len(name) > 253 or not all(_HOSTNAME_LABEL.fullmatch(part) for part in name.split(".")):
         raise InvalidInput(
             f"invalid hostname {value!r}: use letters, digits and '-' in dot-separated labels of 1-63 characters",
             field=field,
@@ -63,7 +64,7 @@ def ip_list(values: list[str], *, field: str = "ips") -> list[str]:
 def labels(values: Mapping[str, str | None], *, field: str = "labels") -> None:
     """Label keys like `tier` or `team.io/owner`; values up to 256 printable characters."""
     for key, value in values.items():
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise InvalidInput(
                 f"invalid label key {key!r}: 1-128 letters, digits, '.', '_', '/' or '-', starting and ending"
                 " with a letter or digit",
@@ -81,25 +82,25 @@ def puppet_class(
     name: str, params: Mapping[str, ParamValue] | None, *, field: str = "puppet_classes"
 ) -> None:
     """A Puppet class name (`profile::web`) and its parameter names."""
-    if not _CLASS_NAME.match(name):
+    if not _CLASS_NAME.fullmatch(name):
         raise InvalidInput(
             f"invalid Puppet class name {name!r}: lower-case words joined by '::', e.g. profile::web",
             field=field,
         )
     for param in params or {}:
-        if not _PARAM_NAME.match(param):
+        if not _PARAM_NAME.fullmatch(param):
             raise InvalidInput(f"invalid parameter name {param!r} for class {name}", field=field)
 
 
 def puppet_environment(value: str | None, *, field: str = "puppet_environment") -> None:
-    if value is not None and not _ENVIRONMENT.match(value):
+    if value is not None and not _ENVIRONMENT.fullmatch(value):
         raise InvalidInput(
             f"invalid Puppet environment {value!r}: 1-64 lower-case letters, digits or '_'", field=field
         )
 
 
 def upstream(value: str | None, *, field: str = "upstream") -> None:
-    if value is not None and not _UPSTREAM.match(value):
+    if value is not None and not _UPSTREAM.fullmatch(value):
         raise InvalidInput(
             f"invalid upstream name {value!r}: letters, digits, '_', '.', '-' (at most 128)", field=field
         )

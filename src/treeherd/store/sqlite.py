@@ -87,7 +87,22 @@ class SqliteLog:
                 changes[-1].events.append(event)
             else:
                 changes.append(Change(revision=rev, events=[event]))
+        # The LIMIT (and pruning) count events, so the oldest transaction may be cut short: a resume
+        # must replay a transaction whole, so a partial one counts as compacted.
+        if changes:
+            oldest = changes[0]
+            (stored,) = db.execute(
+                "SELECT COUNT(*) FROM events WHERE revision = ?", (oldest.revision,)
+            ).fetchone()
+            if stored != len(oldest.events) or self._pruned_through(db) >= oldest.revision:
+                changes.pop(0)
         return revision, objects, changes
+
+    @staticmethod
+    def _pruned_through(db: sqlite3.Connection) -> int:
+        """The newest revision part of which pruning has removed (0: none)."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'pruned'").fetchone()
+        return int(row[0]) if row else 0
 
     def _write(self, changes: list[Change], history: int) -> None:
         db = self._db
@@ -112,7 +127,14 @@ class SqliteLog:
             self._since_prune += len(events)
             if self._since_prune >= _PRUNE_EVERY:
                 self._since_prune = 0
-                db.execute("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (history,))
+                cut = db.execute(
+                    "SELECT seq, revision FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?"
+                    " ORDER BY seq DESC LIMIT 1",
+                    (history,),
+                ).fetchone()
+                if cut is not None:
+                    db.execute("DELETE FROM events WHERE seq <= ?", (cut[0],))
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('pruned', ?)", (cut[1],))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import msgspec
 
+from treeherd.core import integrity
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound, Refused, VersionConflict
 from treeherd.model.events import Event
 from treeherd.model.kinds import KINDS, KindInfo
@@ -87,11 +88,22 @@ class State:
                 event = self._apply_one(op, revision, undo)
                 if event is not None:
                     events.append(event)
+            self._check_invariants(undo)
         except BaseException:
             self.rollback(undo)
             raise
         self.revision = revision
         return events, undo
+
+    def _check_invariants(self, undo: list[Undo]) -> None:
+        """Cross-object invariants, on the state the transaction lands on (see core.integrity)."""
+        before: dict[tuple[str, str], AnyObject | None] = {}
+        for kind, id, previous in undo:
+            before.setdefault((kind, id), previous)
+        for (kind, id), previous in before.items():
+            current = self._objects[kind].get(id)
+            if current is not None:
+                integrity.check(self, current, previous)
 
     def rollback(self, undo: list[Undo]) -> None:
         """Restore what the undo log recorded, newest first."""
