@@ -99,14 +99,13 @@ def plan_update_machine(view: View, hostname: str, request: MachineUpdate, now: 
     if request.memory_bytes is not UNSET:
         validate.non_negative(request.memory_bytes, field="memory_bytes")
         changes["memory_bytes"] = request.memory_bytes
-    ops: list[Op] = []
     if request.machine_kind is not UNSET and request.machine_kind != machine.machine_kind:
         for binding in view.referrers(Binding, "machine", machine.id):
             node = view.get(TreeNode, binding.node_id)
             assert node is not None
-            ops.extend(_mix_guard(view, node, request.machine_kind, exclude=machine.id))
+            _mix_guard(view, node, request.machine_kind, exclude=machine.id)
         changes["machine_kind"] = request.machine_kind
-    return [Update(msgspec.structs.replace(machine, **changes)), *ops]
+    return [Update(msgspec.structs.replace(machine, **changes))]
 
 
 def plan_delete_machine(view: View, hostname: str, *, force: bool, version: int | None = None) -> list[Op]:
@@ -123,12 +122,12 @@ def plan_delete_machine(view: View, hostname: str, *, force: bool, version: int 
 
 
 # ---- bindings -----------------------------------------------------------------------------------
-def _mix_guard(view: View, node: TreeNode, kind: MachineKind, *, exclude: str) -> list[Op]:
+def _mix_guard(view: View, node: TreeNode, kind: MachineKind, *, exclude: str) -> None:
     """Refuse a machine of `kind` at `node` when the node holds machines of the other kind.
 
-    Returns Asserts on the bindings read, so a concurrent change to them fails the plan.
+    This gives the caller a clear message; the store checks the same invariant on the state each
+    transaction lands on (core.integrity), which also covers plans racing each other.
     """
-    ops: list[Op] = []
     for binding in view.referrers(Binding, "node", node.id):
         if binding.machine_id == exclude:
             continue
@@ -140,8 +139,7 @@ def _mix_guard(view: View, node: TreeNode, kind: MachineKind, *, exclude: str) -
                 f" virtual machines are never mixed in one node: bind this {kind} machine elsewhere",
                 field="node",
             )
-        ops.append(Assert(binding))
-    return ops
+        return  # every machine at a node has the same kind: one peer decides
 
 
 def plan_bind(
@@ -157,7 +155,7 @@ def plan_bind(
             Update(msgspec.structs.replace(existing, weight=request.weight, updated_at=now)),
             Assert(machine),
         ]
-    guards = _mix_guard(view, node, machine.machine_kind, exclude=machine.id)
+    _mix_guard(view, node, machine.machine_kind, exclude=machine.id)
     binding = Binding(
         id=new_id(),
         created_at=now,
@@ -166,7 +164,7 @@ def plan_bind(
         node_id=node.id,
         weight=request.weight,
     )
-    return [Create(binding), Assert(machine), *guards]
+    return [Create(binding), Assert(machine)]
 
 
 def plan_unbind(view: View, hostname: str, path: str) -> list[Op]:

@@ -33,12 +33,13 @@ MAX_BATCH = 1_000
 class Log(Protocol):
     """Where a backend makes changes durable."""
 
-    async def load(self, history: int) -> tuple[int, list[AnyObject], list[Change]]:
-        """The stored revision, every object, and the newest changes (up to `history` events)."""
+    async def load(self) -> tuple[int, list[AnyObject], list[Change]]:
+        """The stored revision, every object, and every retained change (whole transactions)."""
         ...
 
-    async def write(self, changes: list[Change], history: int) -> None:
-        """Persist these changes (in revision order) in one durable transaction."""
+    async def write(self, changes: list[Change], compacted_through: int) -> None:
+        """Persist these changes (in revision order) in one durable transaction; history up to
+        `compacted_through` is no longer needed and may be dropped."""
         ...
 
     async def close(self) -> None: ...
@@ -77,11 +78,13 @@ class EngineStore:
     async def open(self) -> None:
         if self._log is None:
             return
-        revision, objects, changes = await self._log.load(self._history)
+        revision, objects, changes = await self._log.load()
         self._state.load(objects, revision)
+        # The log keeps whole transactions back to at least our compaction point; trimming them here
+        # with the same rule as during operation gives the same resumable history as before a restart.
+        self._compacted_through = changes[0].revision - 1 if changes else revision
         for change in changes:
             self._remember(change)
-        self._compacted_through = changes[0].revision - 1 if changes else revision
 
     async def close(self) -> None:
         self._closed = True
@@ -142,6 +145,10 @@ class EngineStore:
             except Exception as error:  # a bug in a plan must not wedge the writer
                 _settle(pending.future, error)
                 continue
+            if not events:  # only asserts: nothing to write, no revision spent
+                if not pending.future.done():
+                    pending.future.set_result(Committed(revision=state.revision, objects=[]))
+                continue
             accepted.append((pending, pending.ops))
             changes.append(Change(revision=state.revision, events=events))
             undos.append(undo)
@@ -152,7 +159,7 @@ class EngineStore:
                 state.rollback(undo)
             state.revision = start_revision
             try:
-                await self._log.write(changes, self._history)
+                await self._log.write(changes, self._compacted_through)
             except Exception as error:
                 failure = Unavailable(f"the store could not write to disk ({error}); nothing was written")
                 for pending, _ in accepted:

@@ -1,7 +1,8 @@
 """The embedded SQLite backend: the default store, needing nothing beyond Python.
 
 Layout: `objects(kind, id, data)` holds every live object; `events(seq, revision, type, data)` the
-retained change history (pruned to the newest `history` events); `meta` the current revision. The
+retained change history (whole transactions back to at least the engine's compaction point, pruned now
+and then); `meta` the current revision. The
 database runs in WAL mode; each batch of transactions from the engine is one SQLite transaction, made
 durable before any of it becomes visible. One dedicated thread owns the connection.
 """
@@ -47,11 +48,11 @@ class SqliteLog:
     async def _run(self, fn: Callable[..., R], *args: object) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def load(self, history: int) -> tuple[int, list[AnyObject], list[Change]]:
-        return await self._run(self._load, history)
+    async def load(self) -> tuple[int, list[AnyObject], list[Change]]:
+        return await self._run(self._load)
 
-    async def write(self, changes: list[Change], history: int) -> None:
-        await self._run(self._write, changes, history)
+    async def write(self, changes: list[Change], compacted_through: int) -> None:
+        await self._run(self._write, changes, compacted_through)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -60,7 +61,7 @@ class SqliteLog:
         self._thread.shutdown(wait=True)
 
     # ---- in the database thread ----------------------------------------------------------------
-    def _load(self, history: int) -> tuple[int, list[AnyObject], list[Change]]:
+    def _load(self) -> tuple[int, list[AnyObject], list[Change]]:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -77,34 +78,24 @@ class SqliteLog:
         self._db = db
         revision = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
         objects = [decode(data) for (data,) in db.execute("SELECT data FROM objects")]
-        rows = db.execute(
-            "SELECT revision, type, data FROM events ORDER BY seq DESC LIMIT ?", (history,)
-        ).fetchall()
+        # Pruning removes whole revisions, so every transaction here is complete.
+        rows = db.execute("SELECT revision, type, data FROM events ORDER BY seq").fetchall()
+        # An event whose object is still current shares the live object instead of holding a copy.
+        live = {(obj.kind, obj.id): obj for obj in objects}
         changes: list[Change] = []
-        for rev, kind, data in reversed(rows):
-            event = Event(revision=rev, type=kind, object=decode(data))
+        for rev, kind, data in rows:
+            obj = decode(data)
+            current = live.get((obj.kind, obj.id))
+            if current is not None and current.version == obj.version:
+                obj = current
+            event = Event(revision=rev, type=kind, object=obj)
             if changes and changes[-1].revision == rev:
                 changes[-1].events.append(event)
             else:
                 changes.append(Change(revision=rev, events=[event]))
-        # The LIMIT (and pruning) count events, so the oldest transaction may be cut short: a resume
-        # must replay a transaction whole, so a partial one counts as compacted.
-        if changes:
-            oldest = changes[0]
-            (stored,) = db.execute(
-                "SELECT COUNT(*) FROM events WHERE revision = ?", (oldest.revision,)
-            ).fetchone()
-            if stored != len(oldest.events) or self._pruned_through(db) >= oldest.revision:
-                changes.pop(0)
         return revision, objects, changes
 
-    @staticmethod
-    def _pruned_through(db: sqlite3.Connection) -> int:
-        """The newest revision part of which pruning has removed (0: none)."""
-        row = db.execute("SELECT value FROM meta WHERE key = 'pruned'").fetchone()
-        return int(row[0]) if row else 0
-
-    def _write(self, changes: list[Change], history: int) -> None:
+    def _write(self, changes: list[Change], compacted_through: int) -> None:
         db = self._db
         assert db is not None, "load() must run before write()"
         # The last event of each object within the batch decides whether its row is kept or removed.
@@ -127,14 +118,7 @@ class SqliteLog:
             self._since_prune += len(events)
             if self._since_prune >= _PRUNE_EVERY:
                 self._since_prune = 0
-                cut = db.execute(
-                    "SELECT seq, revision FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?"
-                    " ORDER BY seq DESC LIMIT 1",
-                    (history,),
-                ).fetchone()
-                if cut is not None:
-                    db.execute("DELETE FROM events WHERE seq <= ?", (cut[0],))
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('pruned', ?)", (cut[1],))
+                db.execute("DELETE FROM events WHERE revision <= ?", (compacted_through,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -80,7 +80,9 @@ class State:
 
     # ---- writes --------------------------------------------------------------------------------
     def apply(self, ops: Iterable[Op], revision: int) -> tuple[list[Event], list[Undo]]:
-        """Apply one transaction at `revision`; all or nothing. Returns its events and its undo log."""
+        """Apply one transaction at `revision`; all or nothing. Returns its events and its undo log.
+
+        The state's revision moves to `revision` only if the transaction wrote something."""
         undo: list[Undo] = []
         events: list[Event] = []
         try:
@@ -92,7 +94,8 @@ class State:
         except BaseException:
             self.rollback(undo)
             raise
-        self.revision = revision
+        if events:  # a transaction that changed nothing (only asserts) takes no revision
+            self.revision = revision
         return events, undo
 
     def _check_invariants(self, undo: list[Undo]) -> None:

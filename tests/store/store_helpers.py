@@ -1,0 +1,100 @@
+"""Small factories and watch helpers shared by the store tests (fixed timestamps, short ids)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from treeherd.model.events import Change
+from treeherd.model.objects import (
+    AnyObject,
+    Binding,
+    Domain,
+    DomainUri,
+    Machine,
+    ProvisioningRecord,
+    TreeNode,
+)
+from treeherd.store.base import Store
+
+T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+WAIT = 3.0  # seconds: the bound on every wait in the store tests
+
+
+def node(id: str, path: str | None = None, *, parent: str | None = None, **kw: Any) -> TreeNode:
+    return TreeNode(id=id, path=path or id, parent_id=parent, created_at=T0, updated_at=T0, **kw)
+
+
+def machine(id: str, hostname: str | None = None, **kw: Any) -> Machine:
+    return Machine(id=id, hostname=hostname or f"{id}.example", created_at=T0, updated_at=T0, **kw)
+
+
+def binding(id: str, machine_id: str, node_id: str, **kw: Any) -> Binding:
+    return Binding(id=id, machine_id=machine_id, node_id=node_id, created_at=T0, updated_at=T0, **kw)
+
+
+def domain(id: str, name: str | None = None, **kw: Any) -> Domain:
+    return Domain(
+        id=id,
+        name=name or f"{id}.example",
+        access_log_path="/var/log/access.log",
+        error_log_path="/var/log/error.log",
+        created_at=T0,
+        updated_at=T0,
+        **kw,
+    )
+
+
+def provision(id: str, hostname: str, node_id: str) -> ProvisioningRecord:
+    return ProvisioningRecord(id=id, hostname=hostname, node_id=node_id, created_at=T0, updated_at=T0)
+
+
+def route(domain_id: str, uri: str) -> DomainUri:
+    return DomainUri(domain_id=domain_id, uri=uri)
+
+
+def replace(obj: AnyObject, **changes: Any) -> AnyObject:
+    return msgspec.structs.replace(obj, **changes)
+
+
+def snapshot(store: Store) -> tuple[int, dict[tuple[str, str], AnyObject]]:
+    """The revision and every object by (kind, id): equal snapshots mean an unchanged store."""
+    view = store.view()
+    objects = {
+        (cls.kind, obj.id): obj
+        for cls in (TreeNode, Machine, Binding, Domain, ProvisioningRecord)
+        for obj in view.all(cls)
+    }
+    return store.revision, objects
+
+
+@contextlib.asynccontextmanager
+async def watching(store: Store, since: int | None = None) -> AsyncIterator[AsyncIterator[Change]]:
+    """A watch's iterator, closed (watch and generator) on exit."""
+    watch = store.watch(since)
+    iterator = aiter(watch)
+    try:
+        yield iterator
+    finally:
+        watch.close()
+        with contextlib.suppress(Exception):
+            await iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def take(iterator: AsyncIterator[Change], n: int) -> list[Change]:
+    """The next `n` changes, each awaited for at most WAIT seconds."""
+    return [await asyncio.wait_for(anext(iterator), WAIT) for _ in range(n)]
+
+
+async def nothing_pending(iterator: AsyncIterator[Change], delay: float = 0.05) -> bool:
+    """True when no change arrives within `delay` (ends the iterator: use it as a last check)."""
+    try:
+        await asyncio.wait_for(anext(iterator), delay)
+    except TimeoutError:
+        return True
+    return False
