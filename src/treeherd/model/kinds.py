@@ -10,10 +10,13 @@ Key functions may return several keys (a node holds one route key per `domain_ur
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, Object, ProvisioningRecord, TreeNode
+
+T = TypeVar("T", bound=Object)
 
 
 class UniqueKey(msgspec.Struct, frozen=True):
@@ -44,28 +47,9 @@ def _one(value: str | None) -> Iterable[str]:
     return () if value is None else (value,)
 
 
-def _node(obj: AnyObject) -> TreeNode:
-    assert isinstance(obj, TreeNode)
-    return obj
-
-
-def _machine(obj: AnyObject) -> Machine:
-    assert isinstance(obj, Machine)
-    return obj
-
-
-def _binding(obj: AnyObject) -> Binding:
-    assert isinstance(obj, Binding)
-    return obj
-
-
-def _domain(obj: AnyObject) -> Domain:
-    assert isinstance(obj, Domain)
-    return obj
-
-
-def _provision(obj: AnyObject) -> ProvisioningRecord:
-    assert isinstance(obj, ProvisioningRecord)
+def _as(cls: type[T], obj: AnyObject) -> T:
+    """Narrow a stored object to its kind's type (the registry only hands each kind its own objects)."""
+    assert isinstance(obj, cls)
     return obj
 
 
@@ -86,40 +70,46 @@ KINDS: dict[str, KindInfo] = {
             name="node",
             type=TreeNode,
             unique=(
-                UniqueKey("path", lambda o: (_node(o).path,)),
-                UniqueKey("route", lambda o: [route_key(d.domain_id, d.uri) for d in _node(o).domain_uris]),
+                UniqueKey("path", lambda o: (_as(TreeNode, o).path,)),
+                UniqueKey(
+                    "route", lambda o: [route_key(d.domain_id, d.uri) for d in _as(TreeNode, o).domain_uris]
+                ),
             ),
             references=(
-                Reference("parent", "node", lambda o: _one(_node(o).parent_id)),
-                Reference("route_domain", "domain", lambda o: {d.domain_id for d in _node(o).domain_uris}),
+                Reference("parent", "node", lambda o: _one(_as(TreeNode, o).parent_id)),
+                Reference(
+                    "route_domain", "domain", lambda o: {d.domain_id for d in _as(TreeNode, o).domain_uris}
+                ),
             ),
         ),
         KindInfo(
             name="machine",
             type=Machine,
-            unique=(UniqueKey("hostname", lambda o: (_machine(o).hostname,)),),
+            unique=(UniqueKey("hostname", lambda o: (_as(Machine, o).hostname,)),),
         ),
         KindInfo(
             name="binding",
             type=Binding,
             unique=(
-                UniqueKey("pair", lambda o: (binding_key(_binding(o).machine_id, _binding(o).node_id),)),
+                UniqueKey(
+                    "pair", lambda o: (binding_key(_as(Binding, o).machine_id, _as(Binding, o).node_id),)
+                ),
             ),
             references=(
-                Reference("machine", "machine", lambda o: (_binding(o).machine_id,)),
-                Reference("node", "node", lambda o: (_binding(o).node_id,)),
+                Reference("machine", "machine", lambda o: (_as(Binding, o).machine_id,)),
+                Reference("node", "node", lambda o: (_as(Binding, o).node_id,)),
             ),
         ),
         KindInfo(
             name="domain",
             type=Domain,
-            unique=(UniqueKey("name", lambda o: (_domain(o).name,)),),
+            unique=(UniqueKey("name", lambda o: (_as(Domain, o).name,)),),
         ),
         KindInfo(
             name="provision",
             type=ProvisioningRecord,
-            unique=(UniqueKey("hostname", lambda o: (_provision(o).hostname,)),),
-            references=(Reference("node", "node", lambda o: (_provision(o).node_id,)),),
+            unique=(UniqueKey("hostname", lambda o: (_as(ProvisioningRecord, o).hostname,)),),
+            references=(Reference("node", "node", lambda o: (_as(ProvisioningRecord, o).node_id,)),),
         ),
     )
 }
