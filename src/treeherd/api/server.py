@@ -143,7 +143,7 @@ async def serve_manager(data_dir: Path, listen: str, *, demo: bool = False) -> N
             inventory = Inventory(store)
             if demo:
                 loaded = await load_demo(inventory)
-                log.warning("demo tree %s", "loaded" if loaded else "skipped: the store is not empty")
+                log.info("demo tree %s", "loaded" if loaded else "not loaded: the store is not empty")
             supervisor = Supervisor([ApiServer(create_app(inventory), sock)])
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,7 +151,12 @@ async def serve_manager(data_dir: Path, listen: str, *, demo: bool = False) -> N
             actual_host, actual_port = sock.getsockname()[:2]
             url = f"http://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
             (data_dir / "manager.url").write_text(url + "\n")
-            log.warning("treeherd manager listening on %s (data in %s)", url, data_dir)
+            log.info(
+                "treeherd manager listening on %s (OpenAPI document at %s/openapi.json, data in %s)",
+                url,
+                url,
+                data_dir,
+            )
             try:
                 await supervisor.run()
             finally:

@@ -25,6 +25,7 @@ def _run(data_dir: Path, listen: str, demo: bool) -> None:
     from treeherd.model.errors import TreeherdError
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("treeherd").setLevel(logging.INFO)
     try:
         import uvloop
 
