@@ -17,17 +17,10 @@ from msgspec import UNSET
 from treeherd.core import validate
 from treeherd.core.tree import MAX_DEPTH, MAX_PATH_LENGTH, descendants, parent_path, validate_path
 from treeherd.core.view import View
+from treeherd.model.base import Object
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound, Refused, VersionConflict
 from treeherd.model.kinds import route_key
-from treeherd.model.objects import (
-    Binding,
-    Domain,
-    DomainUri,
-    Object,
-    ParamValue,
-    ProvisioningRecord,
-    TreeNode,
-)
+from treeherd.model.objects import Binding, Domain, DomainUri, ParamValue, ProvisioningRecord, TreeNode
 from treeherd.model.ops import Assert, Create, Delete, Op, Update
 from treeherd.model.requests import NodeCreate, NodeMove, NodeUpdate, RouteSpec
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
-from treeherd.model.objects import Object
+from treeherd.model.base import Object
 
 T = TypeVar("T", bound=Object)
 

@@ -14,7 +14,9 @@ from typing import TypeVar
 
 import msgspec
 
-from treeherd.model.objects import AnyObject, Binding, Domain, Machine, Object, ProvisioningRecord, TreeNode
+from treeherd.model.base import Object
+from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
+from treeherd.model.services import ClusterSettings, Service, Task
 
 T = TypeVar("T", bound=Object)
 
@@ -110,6 +112,25 @@ KINDS: dict[str, KindInfo] = {
             type=ProvisioningRecord,
             unique=(UniqueKey("hostname", lambda o: (_as(ProvisioningRecord, o).hostname,)),),
             references=(Reference("node", "node", lambda o: (_as(ProvisioningRecord, o).node_id,)),),
+        ),
+        KindInfo(
+            name="service",
+            type=Service,
+            unique=(UniqueKey("name", lambda o: (_as(Service, o).name,)),),
+            references=(Reference("node", "node", lambda o: (_as(Service, o).node_id,)),),
+        ),
+        KindInfo(
+            name="task",
+            type=Task,
+            references=(
+                Reference("service", "service", lambda o: (_as(Task, o).service_id,)),
+                Reference("machine", "machine", lambda o: _one(_as(Task, o).machine_id)),
+            ),
+        ),
+        KindInfo(
+            name="cluster",
+            type=ClusterSettings,
+            unique=(UniqueKey("name", lambda o: (_as(ClusterSettings, o).name,)),),
         ),
     )
 }

@@ -1,4 +1,5 @@
-"""The stored objects of the service tree: nodes, machines, bindings, domains, provisioning records.
+"""The stored objects of the service tree: nodes, machines, bindings, domains, provisioning records
+(and, from model.services, services, tasks and the cluster settings).
 
 Every object is a frozen msgspec struct tagged by its `kind` (so one decoder reads any of them) and has
 `id`, `version`, `created_at` and `updated_at`. `version` is the store revision of the object's last write:
@@ -12,18 +13,12 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from treeherd.model.base import Object
+from treeherd.model.services import ClusterSettings, Service, Task
+from treeherd.model.states import Availability, NodeRole, NodeState
+
 ParamValue = str | int | float | bool | None | list[Any] | dict[str, Any]
 MachineKind = Literal["physical", "virtual"]
-
-
-class Object(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
-    """Fields every stored object has."""
-
-    kind: ClassVar[str]
-    id: str
-    version: int = 0
-    created_at: datetime
-    updated_at: datetime
 
 
 class DomainUri(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,8 +48,23 @@ class TreeNode(Object, frozen=True, kw_only=True, tag="node"):
     domain_uris: list[DomainUri] = []
 
 
+class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The state of a machine's agent as the dispatcher sees it."""
+
+    state: NodeState = "unknown"
+    message: str = ""
+    address: str = ""
+    version: str = ""
+    since: datetime | None = None
+
+
 class Machine(Object, frozen=True, kw_only=True, tag="machine"):
-    """A host in the inventory, physical or virtual, with the resources it offers."""
+    """A host in the inventory, physical or virtual, with the resources it offers.
+
+    A machine that runs an agent is also a node of the cluster (SwarmKit's node): `agent` holds its
+    state, `availability` whether it takes tasks, `role` whether it is a manager. Its labels, kind and
+    hostname are what placement constraints match.
+    """
 
     kind: ClassVar[str] = "machine"
     hostname: str
@@ -63,6 +73,9 @@ class Machine(Object, frozen=True, kw_only=True, tag="machine"):
     labels: dict[str, str] = {}
     cpus: float = 0.0
     memory_bytes: int = 0
+    role: NodeRole = "worker"
+    availability: Availability = "active"
+    agent: AgentStatus | None = None
 
 
 class Binding(Object, frozen=True, kw_only=True, tag="binding"):
@@ -101,4 +114,4 @@ class ProvisioningRecord(Object, frozen=True, kw_only=True, tag="provision"):
     node_id: str
 
 
-AnyObject = TreeNode | Machine | Binding | Domain | ProvisioningRecord
+AnyObject = TreeNode | Machine | Binding | Domain | ProvisioningRecord | Service | Task | ClusterSettings

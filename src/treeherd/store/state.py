@@ -15,10 +15,11 @@ from typing import TypeVar
 import msgspec
 
 from treeherd.core import integrity
+from treeherd.model.base import Object
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound, Refused, VersionConflict
 from treeherd.model.events import Event
 from treeherd.model.kinds import KINDS, KindInfo
-from treeherd.model.objects import AnyObject, Object
+from treeherd.model.objects import AnyObject
 from treeherd.model.ops import Assert, Create, Delete, Op, Update
 
 T = TypeVar("T", bound=Object)

@@ -1,0 +1,1 @@
+"""Executors run tasks on a machine: processes (default), Docker containers, and the hollow executor."""

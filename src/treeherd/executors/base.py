@@ -1,0 +1,57 @@
+"""The executor protocol: one controller per task, stepped by the agent's task runner.
+
+`prepare` (fetch, check, create: a `FatalError` here means the task can never run → REJECTED),
+`start`, `wait` (until the task ends: its exit), `shutdown` (stop it, within a grace period), `remove`
+(clean up what prepare made). Each step is idempotent, so a runner that resumes after an agent restart
+can repeat the step it was in. Extra abilities (logs) are separate small protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import msgspec
+
+from treeherd.model.services import Task
+
+
+class FatalError(Exception):
+    """The task can never run as specified (missing binary, bad working directory...)."""
+
+
+class Exit(msgspec.Struct, frozen=True, kw_only=True):
+    """How a task ended: exit code, or the signal that ended it, and a message."""
+
+    code: int | None = None
+    signal: int | None = None
+    message: str = ""
+    out_of_memory: bool = False
+
+    @property
+    def success(self) -> bool:
+        return self.code == 0 and self.signal is None
+
+
+class Controller(Protocol):
+    async def prepare(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def wait(self) -> Exit: ...
+
+    async def shutdown(self, grace_s: float) -> None: ...
+
+    async def remove(self) -> None: ...
+
+
+class LogSource(Protocol):
+    def logs(self, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]: ...
+
+
+class Executor(Protocol):
+    """Makes a controller for a task; `name` appears in node descriptions."""
+
+    name: str
+
+    def controller(self, task: Task) -> Controller: ...

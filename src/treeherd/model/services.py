@@ -1,0 +1,128 @@
+"""Services, their tasks, and the cluster's settings.
+
+A service belongs to a tree node and describes what to run (`TaskSpec`) and how many (`replicated` with
+`replicas` slots, or `global`: one task per eligible machine). The orchestrator turns it into tasks; a
+task is immutable in what it runs (it carries a copy of the spec it was made from, and `spec_version`):
+an update replaces tasks, it never changes a running one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+import msgspec
+
+from treeherd.model.base import Object
+from treeherd.model.states import TaskState
+
+ServiceMode = Literal["replicated", "global"]
+RestartCondition = Literal["none", "on-failure", "any"]
+
+
+class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Resources(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Reservations are what the scheduler counts; limits are what the executor enforces (0: none)."""
+
+    reserve_cpus: float = 0.0
+    reserve_memory: int = 0
+    limit_cpus: float = 0.0
+    limit_memory: int = 0
+
+
+class RestartPolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a task that ended is replaced: `max_attempts` restarts (0: no limit) within `window_s`
+    seconds (0: ever), each after `delay_s`."""
+
+    condition: RestartCondition = "any"
+    delay_s: float = 5.0
+    max_attempts: int = 0
+    window_s: float = 0.0
+
+
+class Placement(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where tasks may go: constraints in SwarmKit syntax, a per-machine cap (0: none), fleet's
+    Conflicts (never beside these services) and MachineOf (only beside this service)."""
+
+    constraints: list[str] = []
+    max_per_node: int = 0
+    conflicts: list[str] = []
+    machine_of: str | None = None
+
+
+class PortSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A named port; without a number the allocator picks a free host port."""
+
+    name: str
+    port: int | None = None
+
+
+class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What one task runs."""
+
+    command: list[str]
+    env: dict[str, str] = {}
+    workdir: str | None = None
+    resources: Resources = msgspec.field(default_factory=Resources)
+    restart: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
+    placement: Placement = msgspec.field(default_factory=Placement)
+    ports: list[PortSpec] = []
+
+
+class Service(Object, frozen=True, kw_only=True, tag="service"):
+    """A service attached to a tree node."""
+
+    kind: ClassVar[str] = "service"
+    name: str
+    node_id: str
+    mode: ServiceMode = "replicated"
+    replicas: int = 1
+    task: TaskSpec
+    spec_version: int = 1
+
+
+class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's observed state, when it was reached, and why."""
+
+    state: TaskState = TaskState.NEW
+    timestamp: datetime
+    message: str = ""
+    error: str = ""
+    exit_code: int | None = None
+
+
+class Task(Object, frozen=True, kw_only=True, tag="task"):
+    """One run of a service's task spec in one slot (replicated) or on one machine (global)."""
+
+    kind: ClassVar[str] = "task"
+    service_id: str
+    service_name: str
+    slot: int = 0
+    machine_id: str | None = None
+    desired_state: TaskState = TaskState.RUNNING
+    status: TaskStatus
+    spec: TaskSpec
+    spec_version: int = 1
+    ports: dict[str, int] = {}
+    # Why the scheduler could not place it (empty once placed).
+    placement_error: str = ""
+    # What made the manager create it: a new slot, a restart of task X, a replacement after node loss...
+    cause: str = ""
+
+
+class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):
+    """Cluster-wide settings (one object, name "default")."""
+
+    kind: ClassVar[str] = "cluster"
+    name: str = "default"
+    heartbeat_period_s: float = 5.0
+    heartbeat_epsilon_s: float = 0.5
+    heartbeat_grace_multiplier: float = 3.0
+    status_batch_interval_s: float = 0.1
+    status_batch_max: int = 10_000
+    task_history: int = 5
+    registration_limit: int = 3
+    registration_window_s: float = 8.0

@@ -1,0 +1,44 @@
+"""Task and node states with SwarmKit's values, so "only forward" is a comparison.
+
+Task states are spaced by 64: NEW 0 ... RUNNING 512, then the terminal states COMPLETE, SHUTDOWN,
+FAILED, REJECTED. The manager sets a task's observed state up to ASSIGNED; the agent from ACCEPTED on.
+`desired_state` is the manager's alone: RUNNING at creation, SHUTDOWN (or REMOVE-like SHUTDOWN) to stop.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Literal
+
+
+class TaskState(IntEnum):
+    NEW = 0
+    ALLOCATED = 64
+    PENDING = 128
+    ASSIGNED = 192
+    ACCEPTED = 256
+    PREPARING = 320
+    READY = 384
+    STARTING = 448
+    RUNNING = 512
+    COMPLETE = 576
+    SHUTDOWN = 640
+    FAILED = 704
+    REJECTED = 768
+
+    @property
+    def terminal(self) -> bool:
+        """A task in a terminal state never runs again."""
+        return self >= TaskState.COMPLETE
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# The last state the manager sets; from ACCEPTED on only the agent moves a task.
+LAST_MANAGER_STATE = TaskState.ASSIGNED
+
+NodeState = Literal["unknown", "down", "ready", "disconnected"]
+Availability = Literal["active", "pause", "drain"]
+NodeRole = Literal["worker", "manager"]
