@@ -8,21 +8,31 @@ from litestar.openapi import OpenAPIConfig
 
 from treeherd import __version__
 from treeherd.api.errors import HANDLERS, decode_body_strictly
+from treeherd.api.routes.agent import agent_router
+from treeherd.api.routes.cluster import ClusterController
 from treeherd.api.routes.domains import DomainController, ProvisionController
 from treeherd.api.routes.events import EventController
 from treeherd.api.routes.machines import BindingController, MachineController
+from treeherd.api.routes.services import ServiceController, TaskController
 from treeherd.api.routes.system import healthz, openapi_json
 from treeherd.api.routes.tree import NodeController
+from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.inventory import Inventory
+from treeherd.manager.services import Services
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
-def create_app(inventory: Inventory) -> Litestar:
-    """The API over one inventory (and through it, one store)."""
+def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Litestar:
+    """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too."""
+
+    services = Services(inventory.store)
 
     def provide_inventory() -> Inventory:
         return inventory
+
+    def provide_services() -> Services:
+        return services
 
     return Litestar(
         route_handlers=[
@@ -32,10 +42,17 @@ def create_app(inventory: Inventory) -> Litestar:
             DomainController,
             ProvisionController,
             EventController,
+            ServiceController,
+            TaskController,
+            ClusterController,
+            *([agent_router(dispatcher)] if dispatcher is not None else []),
             healthz,
             openapi_json,
         ],
-        dependencies={"inventory": Provide(provide_inventory, sync_to_thread=False)},
+        dependencies={
+            "inventory": Provide(provide_inventory, sync_to_thread=False),
+            "services": Provide(provide_services, sync_to_thread=False),
+        },
         before_request=decode_body_strictly,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(

@@ -14,16 +14,20 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from treeherd.api.app import create_app
+from treeherd.manager.allocator import Allocator
 from treeherd.manager.demo import load_demo
+from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.inventory import Inventory
-from treeherd.manager.supervisor import Supervisor
+from treeherd.manager.orchestrator import Orchestrator
+from treeherd.manager.scheduler import Scheduler
+from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import InvalidInput
 from treeherd.store.sqlite import SqliteStore
 
@@ -128,8 +132,15 @@ def lock_data_dir(data_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-async def serve_manager(data_dir: Path, listen: str, *, demo: bool = False) -> None:
-    """Run a manager on `data_dir` until SIGTERM or SIGINT."""
+async def serve_manager(
+    data_dir: Path,
+    listen: str,
+    *,
+    demo: bool = False,
+    local_agent: Callable[[str], Component] | None = None,
+) -> None:
+    """Run a manager on `data_dir` until SIGTERM or SIGINT; `local_agent(url)` adds an agent of this
+    machine to the same process (`treeherd up`)."""
     host, port = parse_listen(listen)
     with lock_data_dir(data_dir):
         sock = bind_socket(host, port)
@@ -144,12 +155,22 @@ async def serve_manager(data_dir: Path, listen: str, *, demo: bool = False) -> N
             if demo:
                 loaded = await load_demo(inventory)
                 log.info("demo tree %s", "loaded" if loaded else "not loaded: the store is not empty")
-            supervisor = Supervisor([ApiServer(create_app(inventory), sock)])
+            actual_host, actual_port = sock.getsockname()[:2]
+            url = f"http://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
+            dispatcher = Dispatcher(store, managers=[url])
+            components: list[Component] = [
+                ApiServer(create_app(inventory, dispatcher), sock),
+                dispatcher,
+                Orchestrator(store),
+                Allocator(store),
+                Scheduler(store),
+            ]
+            if local_agent is not None:
+                components.append(local_agent(url))
+            supervisor = Supervisor(components)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, supervisor.stop)
-            actual_host, actual_port = sock.getsockname()[:2]
-            url = f"http://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
             (data_dir / "manager.url").write_text(url + "\n")
             log.info(
                 "treeherd manager listening on %s (OpenAPI document at %s/openapi.json, data in %s)",

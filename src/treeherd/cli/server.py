@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,7 +19,7 @@ def default_data_dir() -> Path:
     return Path(base) / "treeherd"
 
 
-def _run(data_dir: Path, listen: str, demo: bool) -> None:
+def _run(data_dir: Path, listen: str, demo: bool, agent: bool = False) -> None:
     import asyncio
     import logging
 
@@ -34,9 +36,24 @@ def _run(data_dir: Path, listen: str, demo: bool) -> None:
         runner = asyncio.Runner()
     try:
         with runner:
-            runner.run(serve_manager(data_dir, listen, demo=demo))
+            runner.run(
+                serve_manager(
+                    data_dir, listen, demo=demo, local_agent=_local_agent(data_dir) if agent else None
+                )
+            )
     except (StartupError, TreeherdError) as error:
         fail(str(error))
+
+
+def _local_agent(data_dir: Path) -> Callable[[str], Any]:
+    """The agent `up` runs beside the manager: hollow executor until the process executor lands."""
+
+    def make(url: str) -> Any:
+        from treeherd.agent import Agent, make_executor
+
+        return Agent(url, data_dir / "agent", executor=make_executor("hollow"))
+
+    return make
 
 
 @click.command("manager")
@@ -62,8 +79,8 @@ def manager(data_dir: Path, listen: str) -> None:
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
 @click.option("--demo", is_flag=True, help="load an example tree when the store is empty")
 def up(data_dir: Path | None, listen: str, demo: bool) -> None:
-    """Run everything one machine needs, in one process, on the embedded store."""
-    _run(data_dir or default_data_dir(), listen, demo)
+    """Run everything one machine needs in one process: a manager on the embedded store and an agent."""
+    _run(data_dir or default_data_dir(), listen, demo, agent=True)
 
 
 COMMANDS = [manager, up]

@@ -99,6 +99,10 @@ def plan_update_machine(view: View, hostname: str, request: MachineUpdate, now: 
     if request.memory_bytes is not UNSET:
         validate.non_negative(request.memory_bytes, field="memory_bytes")
         changes["memory_bytes"] = request.memory_bytes
+    if request.availability is not UNSET:
+        changes["availability"] = request.availability
+    if request.role is not UNSET:
+        changes["role"] = request.role
     if request.machine_kind is not UNSET and request.machine_kind != machine.machine_kind:
         for binding in view.referrers(Binding, "machine", machine.id):
             node = view.get(TreeNode, binding.node_id)

@@ -45,6 +45,18 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+async def apply_plan(store: Store, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> Committed:
+    """Make the plan from the current view and commit it; made again if it loses a race (unless the
+    caller pinned the version it read)."""
+    for attempt in range(PLAN_ATTEMPTS):
+        try:
+            return await store.commit(plan(store.view()))
+        except VersionConflict:
+            if pinned or attempt == PLAN_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class Inventory:
     """Reads and writes of the service tree and inventory, on top of a store."""
 
@@ -64,13 +76,7 @@ class Inventory:
         return self.store.view()
 
     async def _apply(self, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> Committed:
-        for attempt in range(PLAN_ATTEMPTS):
-            try:
-                return await self.store.commit(plan(self.store.view()))
-            except VersionConflict:
-                if pinned or attempt == PLAN_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return await apply_plan(self.store, plan, pinned=pinned)
 
     async def _first(self, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> AnyObject:
         return (await self._apply(plan, pinned=pinned)).objects[0]

@@ -7,10 +7,14 @@ Maps (`labels`, `puppet_classes`) update as JSON merge patches: a key set to nul
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from treeherd.model.objects import DomainPort, MachineKind, ParamValue
+from treeherd.model.services import TaskSpec
+from treeherd.model.states import Availability, NodeRole
 
 
 class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,6 +69,8 @@ class MachineUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     labels: dict[str, str | None] = {}
     cpus: float | UnsetType = UNSET
     memory_bytes: int | UnsetType = UNSET
+    availability: Availability | UnsetType = UNSET
+    role: NodeRole | UnsetType = UNSET
 
 
 class BindRequest(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -93,3 +99,33 @@ class DomainUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class ProvisionCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     hostname: str
     node: str
+
+
+class ServiceCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    node: str
+    mode: Literal["replicated", "global"] = "replicated"
+    replicas: int = 1
+    task: TaskSpec
+
+
+class ServiceUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Changes to a service; a changed `task` replaces every task with one of the new spec."""
+
+    version: int | None = None
+    replicas: int | UnsetType = UNSET
+    task: TaskSpec | UnsetType = UNSET
+
+
+class ClusterUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Changes to the cluster settings (absent fields stay as they are)."""
+
+    version: int | None = None
+    heartbeat_period_s: float | UnsetType = UNSET
+    heartbeat_epsilon_s: float | UnsetType = UNSET
+    heartbeat_grace_multiplier: float | UnsetType = UNSET
+    status_batch_interval_s: float | UnsetType = UNSET
+    status_batch_max: int | UnsetType = UNSET
+    task_history: int | UnsetType = UNSET
+    registration_limit: int | UnsetType = UNSET
+    registration_window_s: float | UnsetType = UNSET

@@ -82,6 +82,8 @@ class Service(Object, frozen=True, kw_only=True, tag="service"):
     replicas: int = 1
     task: TaskSpec
     spec_version: int = 1
+    # Set by `service rm`: tasks are shut down, then the service and its tasks are deleted.
+    removing: bool = False
 
 
 class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +113,12 @@ class Task(Object, frozen=True, kw_only=True, tag="task"):
     placement_error: str = ""
     # What made the manager create it: a new slot, a restart of task X, a replacement after node loss...
     cause: str = ""
+    # A restart waits out the policy's delay: the task is created with desired state READY and the
+    # orchestrator moves it to RUNNING at `restart_at`.
+    restart_at: datetime | None = None
+    # When this slot was restarted within the policy's window (carried from task to task, so the
+    # max-attempts rule survives a manager restart and history clean-up).
+    restarts: list[datetime] = []
 
 
 class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):

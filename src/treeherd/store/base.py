@@ -59,6 +59,10 @@ class Store(Protocol):
 
     async def commit(self, ops: Sequence[Op]) -> Committed: ...
 
+    def history(self, since: int = 0) -> list[Change]:
+        """The retained changes after revision `since`, oldest first (for stories and audits)."""
+        ...
+
     def watch(self, since: int | None = None) -> Watch:
         """Changes after revision `since` (None: from now). Raises `Compacted` when `since` is too old."""
         ...

@@ -105,6 +105,9 @@ class EngineStore:
         # A cancelled caller does not cancel the batch its write belongs to.
         return await asyncio.shield(future)
 
+    def history(self, since: int = 0) -> list[Change]:
+        return [change for change in self._changes if change.revision > since]
+
     def watch(self, since: int | None = None) -> _EngineWatch:
         current = self._state.revision
         if since is None or since >= current:

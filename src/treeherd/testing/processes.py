@@ -116,3 +116,70 @@ class ManagerProcess:
             self.stop()
         finally:
             self.kill()
+
+
+class AgentProcess:
+    """`treeherd agent` for one named host, in its own data directory, stopped by pid."""
+
+    def __init__(
+        self,
+        manager_url: str,
+        data_dir: Path,
+        hostname: str,
+        *,
+        executor: str = "hollow",
+        labels: tuple[str, ...] = (),
+    ) -> None:
+        self.manager_url = manager_url
+        self.data_dir = data_dir
+        self.hostname = hostname
+        self.executor = executor
+        self.labels = labels
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-agent.log"
+
+    def start(self) -> AgentProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        label_args = [arg for label in self.labels for arg in ("--label", label)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(
+                [
+                    *treeherd_command(),
+                    "agent",
+                    "--manager",
+                    self.manager_url,
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--hostname",
+                    self.hostname,
+                    "--executor",
+                    self.executor,
+                    *label_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(STOP_SECONDS)

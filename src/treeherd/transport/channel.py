@@ -6,19 +6,66 @@ Interface (both ends):
     await channel.send(message)       # one message, one binary frame
     message = await channel.receive() # raises ChannelClosed when the peer or the network goes away
     await channel.close()
+
+`ServerChannel` adapts a Litestar WebSocket and decodes `AgentMessage`s; `connect_agent(url)` dials
+a manager with the `websockets` library and returns an `AgentChannel` that decodes `ManagerMessage`s.
+Every failure of the connection (closed, broken, a malformed frame, a send that does not finish in
+time) surfaces as `ChannelClosed`, and the channel is closed from then on. Sends are bounded in time;
+receives wait for the peer (the dispatcher bounds them by its heartbeat deadlines, the agent's
+WebSocket pings detect a dead manager).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+import asyncio
+import contextlib
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from treeherd.model.wire import AgentMessage, ManagerMessage
+
+if TYPE_CHECKING:
+    from litestar.connection import WebSocket
+
+__all__ = [
+    "AGENT_PATH",
+    "AgentChannel",
+    "Channel",
+    "ChannelClosed",
+    "ManagerUnreachable",
+    "ServerChannel",
+    "agent_url",
+    "connect_agent",
+]
 
 M = TypeVar("M")
 
 AGENT_PATH = "/api/v1/agent"
+SEND_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0
+# A full assignment set of a busy machine is the largest frame (about 1 kB per task).
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+# RFC 6455 close codes.
+NORMAL_CLOSURE = 1000
+UNSUPPORTED_DATA = 1003
+INVALID_PAYLOAD = 1007
+
+_encode = msgspec.msgpack.Encoder().encode
+_agent_decoder: msgspec.msgpack.Decoder[AgentMessage] = msgspec.msgpack.Decoder(AgentMessage)
+_manager_decoder: msgspec.msgpack.Decoder[ManagerMessage] = msgspec.msgpack.Decoder(ManagerMessage)
 
 
 class ChannelClosed(Exception):
     """The other end closed the channel, or the connection broke."""
+
+
+class ManagerUnreachable(ChannelClosed):
+    """`connect_agent` could not open a channel to the manager; the message says why."""
 
 
 class Channel(Protocol[M]):  # type: ignore[misc]
@@ -27,3 +74,190 @@ class Channel(Protocol[M]):  # type: ignore[misc]
     async def receive(self) -> M: ...
 
     async def close(self) -> None: ...
+
+
+class _Decoder(Protocol[M]):  # type: ignore[misc]
+    def decode(self, data: bytes) -> M: ...
+
+
+def _decode(decoder: _Decoder[M], data: bytes) -> M:
+    try:
+        return decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise ChannelClosed(f"malformed message from the peer: {error}") from None
+
+
+class ServerChannel:
+    """The manager's end of one agent's WebSocket (a Litestar `WebSocket`)."""
+
+    def __init__(self, socket: WebSocket[Any, Any, Any], *, send_timeout: float = SEND_TIMEOUT_S) -> None:
+        self._socket = socket
+        self._send_timeout = send_timeout
+        self._closed = False
+
+    @property
+    def remote_address(self) -> str:
+        client = self._socket.client
+        return client.host if client is not None else ""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def accept(self) -> None:
+        try:
+            await asyncio.wait_for(self._socket.accept(), self._send_timeout)
+        except Exception as error:
+            self._closed = True
+            raise ChannelClosed(f"the WebSocket handshake failed: {error}") from error
+
+    async def send(self, message: object) -> None:
+        if self._closed:
+            raise ChannelClosed("the channel is closed")
+        data = _encode(message)
+        try:
+            await asyncio.wait_for(self._socket.send_bytes(data), self._send_timeout)
+        except TimeoutError:
+            await self.close()
+            raise ChannelClosed(f"the agent did not take a message within {self._send_timeout} s") from None
+        except Exception as error:  # the ASGI server's errors for a gone peer vary by implementation
+            self._closed = True
+            raise ChannelClosed(f"the agent's connection broke: {error}") from error
+
+    async def receive(self) -> AgentMessage:
+        if self._closed:
+            raise ChannelClosed("the channel is closed")
+        try:
+            event = await self._socket.receive()
+        except Exception as error:
+            self._closed = True
+            raise ChannelClosed(f"the agent's connection broke: {error}") from error
+        if event["type"] != "websocket.receive":
+            self._closed = True
+            raise ChannelClosed(f"the agent closed the channel (code {event.get('code', NORMAL_CLOSURE)})")
+        data = event.get("bytes")
+        if data is None:
+            await self.close(UNSUPPORTED_DATA, "binary msgpack frames only")
+            raise ChannelClosed("the agent sent a text frame; the channel carries binary msgpack frames")
+        try:
+            return _decode(_agent_decoder, data)
+        except ChannelClosed:
+            await self.close(INVALID_PAYLOAD, "malformed message")
+            raise
+
+    async def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if getattr(self._socket, "connection_state", None) == "disconnect":
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._socket.close(code, reason), CLOSE_TIMEOUT_S)
+
+
+class AgentChannel:
+    """The agent's end of its channel to a manager (a `websockets` client connection)."""
+
+    def __init__(
+        self, connection: ClientConnection, url: str, *, send_timeout: float = SEND_TIMEOUT_S
+    ) -> None:
+        self._connection = connection
+        self.url = url
+        self._send_timeout = send_timeout
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, message: object) -> None:
+        if self._closed:
+            raise ChannelClosed("the channel is closed")
+        data = _encode(message)
+        try:
+            await asyncio.wait_for(self._connection.send(data), self._send_timeout)
+        except TimeoutError:
+            await self.close()
+            raise ChannelClosed(
+                f"the manager at {self.url} did not take a message within {self._send_timeout} s"
+            ) from None
+        except ConnectionClosed as error:
+            self._closed = True
+            raise ChannelClosed(f"the manager at {self.url} closed the channel ({error})") from None
+
+    async def receive(self) -> ManagerMessage:
+        if self._closed:
+            raise ChannelClosed("the channel is closed")
+        try:
+            data = await self._connection.recv()
+        except ConnectionClosed as error:
+            self._closed = True
+            raise ChannelClosed(f"the manager at {self.url} closed the channel ({error})") from None
+        if isinstance(data, str):
+            await self.close()
+            raise ChannelClosed("the manager sent a text frame; the channel carries binary msgpack frames")
+        try:
+            return _decode(_manager_decoder, data)
+        except ChannelClosed:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT_S + 1)
+
+
+def agent_url(manager_url: str) -> str:
+    """The WebSocket URL of a manager's agent channel: `http://H:P` -> `ws://H:P/api/v1/agent`
+    (https -> wss; a ws/wss URL is taken as the channel's own URL if it already ends in the path)."""
+    parsed = urllib.parse.urlsplit(manager_url if "://" in manager_url else f"http://{manager_url}")
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    if parsed.scheme not in schemes or not parsed.hostname:
+        raise ManagerUnreachable(f"invalid manager URL {manager_url!r}: use http://HOST:PORT")
+    path = parsed.path.rstrip("/")
+    if not path.endswith(AGENT_PATH):
+        path += AGENT_PATH
+    return urllib.parse.urlunsplit((schemes[parsed.scheme], parsed.netloc, path, "", ""))
+
+
+async def connect_agent(url: str, *, open_timeout_s: float = CONNECT_TIMEOUT_S) -> AgentChannel:
+    """Open an agent channel to the manager at `url` (e.g. http://127.0.0.1:7400), within
+    `open_timeout_s` seconds. Raises `ManagerUnreachable` saying what went wrong.
+
+    Proxies from the environment are not used: agents talk to their managers directly. Frames are not
+    compressed: most are tiny heartbeats, and managers serve many agents.
+    """
+    target = agent_url(url)
+    try:
+        connection = await connect(
+            target,
+            open_timeout=open_timeout_s,
+            close_timeout=CLOSE_TIMEOUT_S,
+            max_size=MAX_FRAME_BYTES,
+            compression=None,
+            proxy=None,
+        )
+    except InvalidURI:
+        raise ManagerUnreachable(f"invalid manager URL {url!r}: use http://HOST:PORT") from None
+    except InvalidStatus as error:
+        status = error.response.status_code
+        raise ManagerUnreachable(
+            f"the server at {url} refused the agent channel (HTTP {status} for {target}): is it a treeherd"
+            " manager of a compatible version?"
+        ) from None
+    except InvalidHandshake as error:
+        raise ManagerUnreachable(f"the server at {url} did not open an agent channel: {error}") from None
+    except TimeoutError:
+        raise ManagerUnreachable(
+            f"the treeherd manager at {url} did not answer within {open_timeout_s} s: is it overloaded, or is a"
+            " firewall dropping the connection?"
+        ) from None
+    except OSError as error:
+        raise ManagerUnreachable(
+            f"cannot reach the treeherd manager at {url} ({error.strerror or error}): start it with"
+            " 'treeherd up', or point the agent at a running one"
+        ) from None
+    return AgentChannel(connection, url)

@@ -21,12 +21,18 @@ class MachineController(Controller):
         self,
         inventory: Inventory,
         node: str | None = Parameter(default=None, description="only machines bound to this node path"),
+        agents: bool = Parameter(
+            default=False, description="only machines that run an agent (cluster nodes)"
+        ),
         limit: int | None = None,
         after: str | None = Parameter(
             default=None, description="paging cursor: the last hostname already seen"
         ),
     ) -> list[Machine]:
-        return page(inventory.machines(node=node), lambda m: m.hostname, limit=limit, after=after)
+        machines = inventory.machines(node=node)
+        if agents:
+            machines = [m for m in machines if m.agent is not None]
+        return page(machines, lambda m: m.hostname, limit=limit, after=after)
 
     @post("/", summary="Add a machine to the inventory")
     async def create_machine(self, inventory: Inventory, data: MachineCreate) -> AnyObject:

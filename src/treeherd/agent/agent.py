@@ -1,0 +1,187 @@
+"""The agent component: a local DB, a worker and a session, run together until stopped.
+
+`Agent(manager_url, data_dir, executor=...)` does no work until `run()`, which opens the local DB
+(`<data_dir>/agent.db`), resumes the tasks it holds, and keeps a session with the manager; `stop()`
+asks both to end. Stopping leaves tasks running for the next agent to resume. `connect` replaces the
+WebSocket dialer (tests pass an in-memory channel pair). One failing part stops the whole agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+import psutil
+
+from treeherd import __version__
+from treeherd.agent.db import TaskDB
+from treeherd.agent.session import Connect, Session
+from treeherd.agent.worker import Worker, utc_now
+from treeherd.core.agent_state import AgentState
+from treeherd.executors.base import Executor
+from treeherd.executors.hollow import HollowExecutor
+from treeherd.model.objects import MachineKind
+from treeherd.model.wire import Register
+
+__all__ = ["EXECUTORS", "Agent", "describe_machine", "make_executor"]
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "agent.db"
+
+# Executors by the name `treeherd agent --executor` takes.
+EXECUTORS: dict[str, Callable[[], Executor]] = {"hollow": HollowExecutor}
+
+# What `/sys/class/dmi/id/sys_vendor` or `product_name` says on common hypervisors and clouds.
+_VIRTUAL_VENDORS = (
+    "qemu",
+    "kvm",
+    "vmware",
+    "virtualbox",
+    "xen",
+    "microsoft corporation",
+    "amazon ec2",
+    "google",
+    "openstack",
+    "bochs",
+    "parallels",
+    "hetzner",
+    "digitalocean",
+)
+
+
+def make_executor(name: str) -> Executor:
+    try:
+        return EXECUTORS[name]()
+    except KeyError:
+        raise ValueError(f"unknown executor {name!r}: choose from {', '.join(sorted(EXECUTORS))}") from None
+
+
+@cache
+def detect_machine_kind() -> MachineKind:
+    """`virtual` on a hypervisor or in a container, else `physical` (a best guess: override it)."""
+    try:
+        if " hypervisor" in Path("/proc/cpuinfo").read_text():
+            return "virtual"
+    except OSError:
+        return "virtual"
+    for name in ("sys_vendor", "product_name"):
+        try:
+            text = Path("/sys/class/dmi/id", name).read_text().strip().lower()
+        except OSError:
+            continue
+        if any(vendor in text for vendor in _VIRTUAL_VENDORS):
+            return "virtual"
+    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
+        return "virtual"
+    return "physical"
+
+
+def machine_ips() -> list[str]:
+    """The machine's addresses other than loopback and link-local, IPv4 first."""
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ip = ipaddress.ip_address(address.address.split("%")[0])
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local):
+                found.add(ip)
+    return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, ip))]
+
+
+def describe_machine(
+    hostname: str, labels: Mapping[str, str], machine_kind: MachineKind | None = None
+) -> Register:
+    """What the agent offers, as psutil sees it, in the message that opens a session."""
+    return Register(
+        hostname=hostname,
+        ips=machine_ips(),
+        machine_kind=machine_kind or detect_machine_kind(),
+        labels=dict(labels),
+        cpus=float(psutil.cpu_count() or 0),
+        memory_bytes=int(psutil.virtual_memory().total),
+        version=__version__,
+    )
+
+
+class Agent:
+    """The agent of one machine. See the module docstring."""
+
+    name = "agent"
+
+    def __init__(
+        self,
+        manager_url: str,
+        data_dir: Path,
+        *,
+        executor: Executor,
+        hostname: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        machine_kind: MachineKind | None = None,
+        connect: Connect | None = None,
+        grace_s: float = 10.0,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        silence_factor: float = 3.0,
+        now: Callable[[], datetime] = utc_now,
+        rng: random.Random | None = None,
+        state: AgentState | None = None,
+    ) -> None:
+        self.manager_url = manager_url
+        self.data_dir = Path(data_dir)
+        self.hostname = hostname or socket.gethostname()
+        self.labels = dict(labels or {})
+        self.machine_kind = machine_kind
+        self.executor = executor
+        self.db = TaskDB(self.data_dir / DB_FILE)
+        self.worker = Worker(executor, self.db, now=now, grace_s=grace_s, state=state)
+        self.session = Session(
+            manager_url,
+            self.describe,
+            self.worker,
+            connect=connect,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            silence_factor=silence_factor,
+            rng=rng,
+        )
+        self.worker.set_sender(self.session.send_report)
+
+    @property
+    def state(self) -> AgentState:
+        return self.worker.state
+
+    def describe(self) -> Register:
+        return describe_machine(self.hostname, self.labels, self.machine_kind)
+
+    async def run(self) -> None:
+        await self.db.open()
+        log.info("agent %s: executor %s, manager %s", self.hostname, self.executor.name, self.manager_url)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.worker.run(), name="agent-worker")
+                group.create_task(self._session_until_worker_ends(), name="agent-session")
+        finally:
+            await self.db.close()
+
+    async def _session_until_worker_ends(self) -> None:
+        try:
+            await self.session.run()
+        finally:
+            # Without a session the worker has nobody to report to: both end together.
+            self.worker.stop()
+
+    def stop(self) -> None:
+        self.session.stop()
+        self.worker.stop()

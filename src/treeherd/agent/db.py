@@ -1,0 +1,116 @@
+"""The agent's local DB: the tasks assigned to this machine and the last status the agent saw.
+
+One SQLite file in WAL mode, one table `tasks(id, task, status)` with the task and its status as
+msgpack. It is what lets a restarted agent resume its tasks before the manager is reachable again.
+All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
+the event loop never blocks on the disk; a batch of writes is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from treeherd.core.agent_state import StoredTask
+from treeherd.model.services import Task, TaskStatus
+
+__all__ = ["TaskDB"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    task BLOB NOT NULL,
+    status BLOB NOT NULL
+) WITHOUT ROWID
+"""
+
+
+class TaskDB:
+    """`open()`, then `load()` / `write()`, then `close()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._encoder = msgspec.msgpack.Encoder()
+        self._task_decoder = msgspec.msgpack.Decoder(Task)
+        self._status_decoder = msgspec.msgpack.Decoder(TaskStatus)
+
+    async def open(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treeherd-agent-db")
+        await self._call(self._open)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        await self._call(self._close)
+        self._thread.shutdown(wait=True)
+        self._thread = None
+
+    async def load(self) -> list[StoredTask]:
+        """Every task in the DB, in id order."""
+        return await self._call(self._load)
+
+    async def write(self, puts: Sequence[tuple[Task, TaskStatus]] = (), deletes: Sequence[str] = ()) -> None:
+        """Upsert and delete in one transaction (puts first, so a put+delete of one id deletes it)."""
+        if not puts and not deletes:
+            return
+        rows = [(task.id, self._encoder.encode(task), self._encoder.encode(status)) for task, status in puts]
+        await self._call(lambda: self._write(rows, [(task_id,) for task_id in deletes]))
+
+    async def _call(self, function: Callable[[], T]) -> T:
+        if self._thread is None:
+            raise RuntimeError("the agent DB is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function)
+
+    # --- on the DB thread -----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash; a power loss may lose the last writes, which
+        # the manager's copy and the next reports make good.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_SCHEMA)
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the agent DB is not open")
+        return self._db
+
+    def _load(self) -> list[StoredTask]:
+        rows = self._connection().execute("SELECT task, status FROM tasks ORDER BY id").fetchall()
+        return [
+            StoredTask(task=self._task_decoder.decode(task), status=self._status_decoder.decode(status))
+            for task, status in rows
+        ]
+
+    def _write(self, rows: list[tuple[str, bytes, bytes]], deletes: list[tuple[str]]) -> None:
+        db = self._connection()
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO tasks (id, task, status) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET task = excluded.task, status = excluded.status",
+                rows,
+            )
+            db.executemany("DELETE FROM tasks WHERE id = ?", deletes)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

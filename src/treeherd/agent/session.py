@@ -1,0 +1,243 @@
+"""The agent's session with the manager: dial, register, heartbeat, pass assignments on.
+
+One session at a time over one channel (`transport.channel.connect_agent`, or an injected `connect`
+for tests). Register → SessionStarted (or SessionRefused: wait what it says, then retry); then
+heartbeats every period (the manager may change it in a HeartbeatAck) while messages are passed to
+the worker. The session ends when the channel closes, when the manager stays silent for
+`silence_factor` heartbeat periods, or when assignments arrive out of sequence (a new session gets a
+fresh full set). Then it dials again after a bounded, jittered exponential backoff. Tasks keep running
+meanwhile: only reports wait, kept by the worker until a session acknowledges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from treeherd.model.wire import (
+    Assignments,
+    Heartbeat,
+    HeartbeatAck,
+    Register,
+    SessionRefused,
+    SessionStarted,
+    StatusAck,
+    StatusReport,
+    TaskStatusUpdate,
+)
+from treeherd.transport.channel import ChannelClosed, connect_agent
+
+__all__ = ["Connect", "Session", "SessionChannel", "SessionListener"]
+
+log = logging.getLogger(__name__)
+
+
+class SessionChannel(Protocol):
+    async def send(self, message: object) -> None: ...
+
+    async def receive(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+Connect = Callable[[str], Awaitable[SessionChannel]]
+
+
+class SessionListener(Protocol):
+    """What the session tells (the worker). Calls never block."""
+
+    def session_started(self, session_id: str) -> None: ...
+
+    def session_lost(self, reason: str) -> None: ...
+
+    def assignments(self, message: Assignments) -> None: ...
+
+    def acknowledged(self, report_id: int) -> None: ...
+
+
+class _SessionEnded(Exception):
+    """This session is over; dial again."""
+
+
+class Session:
+    """`run()` keeps a session up until `stop()`; `send_report()` sends on the current one."""
+
+    def __init__(
+        self,
+        url: str,
+        register: Callable[[], Register],
+        listener: SessionListener,
+        *,
+        connect: Connect | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        silence_factor: float = 3.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self.session_id: str | None = None
+        self.machine_id: str | None = None
+        self.heartbeat_period_s = 5.0
+        self.sessions = 0  # how many sessions were established, for tests and metrics
+        self._register = register
+        self._listener = listener
+        self._connect: Connect = connect or connect_agent
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._connect_timeout_s = connect_timeout_s
+        self._silence_factor = silence_factor
+        self._rng = rng or random.Random()
+        self._channel: SessionChannel | None = None
+        self._send_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._sequence = -1
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def send_report(self, report_id: int, updates: list[TaskStatusUpdate]) -> None:
+        channel, session_id = self._channel, self.session_id
+        if channel is None or session_id is None:
+            raise ChannelClosed("no session")
+        await self._send(channel, StatusReport(session_id=session_id, updates=updates, report_id=report_id))
+
+    async def _send(self, channel: SessionChannel, message: object) -> None:
+        # One sender at a time: heartbeats and reports share the channel.
+        async with self._send_lock:
+            await channel.send(message)
+
+    # --- the dialing loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.create_task(self._dial_forever(), name="agent-session")
+        stopper = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({loop, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            loop.cancel()
+            await asyncio.wait({loop}, timeout=self._connect_timeout_s)
+        error = loop.exception() if loop.done() and not loop.cancelled() else None
+        if error is not None:
+            raise error
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential up to `backoff_max_s`, with half of it jittered so agents spread out."""
+        cap = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** min(attempt, 30))
+        return cap / 2 + self._rng.uniform(0, cap / 2)
+
+    async def _dial_forever(self) -> None:
+        attempt = 0
+        while True:
+            delay = self.backoff(attempt)
+            try:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    channel = await self._connect(self.url)
+            except Exception as error:  # unreachable, refused, TLS, DNS...: all mean "try again later"
+                log.warning("manager %s unreachable (%s); retrying in %.1fs", self.url, error, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            try:
+                retry_after = await self._session(channel)
+            except (ChannelClosed, _SessionEnded, TimeoutError, OSError) as error:
+                reason = str(error) or type(error).__name__
+                retry_after = None
+            except Exception as error:
+                # A transport error the channel did not wrap, or a message we cannot handle: the
+                # session is lost either way, and the agent must keep its tasks and dial again.
+                log.warning("session failed", exc_info=True)
+                reason = f"{type(error).__name__}: {error}"
+                retry_after = None
+            else:
+                reason = "refused"
+            finally:
+                await self._close(channel)
+            if self.session_id is not None:
+                self.session_id = None
+                self._listener.session_lost(reason)
+                attempt = 0  # a session that worked resets the backoff
+                delay = self.backoff(attempt)
+            else:
+                attempt += 1
+            if retry_after is not None:
+                delay = min(max(retry_after, delay), self._backoff_max_s)
+            log.info("session with %s ended (%s); dialing again in %.1fs", self.url, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _close(self, channel: SessionChannel) -> None:
+        self._channel = None
+        try:
+            async with asyncio.timeout(1.0):
+                await channel.close()
+        except Exception as error:
+            log.debug("closing the channel: %s", error)
+
+    async def _session(self, channel: SessionChannel) -> float | None:
+        """Run one session; returns the delay asked for by a refusal, or raises when it ends."""
+        await channel.send(self._register())
+        async with asyncio.timeout(self._connect_timeout_s):
+            answer = await channel.receive()
+        if isinstance(answer, SessionRefused):
+            log.warning("manager refused the session: %s: %s", answer.code, answer.detail)
+            return answer.retry_after_s
+        if not isinstance(answer, SessionStarted):
+            raise _SessionEnded(f"expected SessionStarted, got {type(answer).__name__}")
+        self.session_id = answer.session_id
+        self.machine_id = answer.machine_id
+        self.heartbeat_period_s = answer.heartbeat_period_s
+        self.sessions += 1
+        self._sequence = -1
+        self._channel = channel
+        self._listener.session_started(answer.session_id)
+        log.info("session %s started (machine %s)", answer.session_id, answer.machine_id)
+        heartbeats = asyncio.create_task(
+            self._heartbeats(channel, answer.session_id), name="agent-heartbeats"
+        )
+        try:
+            await self._receive(channel)
+        finally:
+            heartbeats.cancel()
+            await asyncio.wait({heartbeats}, timeout=1.0)
+        return None  # _receive only ends by raising
+
+    async def _heartbeats(self, channel: SessionChannel, session_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_period_s)
+            try:
+                await self._send(channel, Heartbeat(session_id=session_id))
+            except Exception as error:
+                log.info("heartbeat not sent (%s); ending the session", error)
+                await self._close(channel)  # wakes the receiver with ChannelClosed
+                return
+
+    async def _receive(self, channel: SessionChannel) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.heartbeat_period_s * self._silence_factor):
+                    message = await channel.receive()
+            except TimeoutError:
+                raise _SessionEnded("the manager went silent") from None
+            if isinstance(message, Assignments):
+                self._check_sequence(message)
+                self._listener.assignments(message)
+            elif isinstance(message, StatusAck):
+                self._listener.acknowledged(message.report_id)
+            elif isinstance(message, HeartbeatAck):
+                if message.period_s > 0:
+                    self.heartbeat_period_s = message.period_s
+            elif isinstance(message, SessionRefused):
+                raise _SessionEnded(f"the manager ended the session: {message.code}: {message.detail}")
+            else:
+                log.warning("unexpected message from the manager: %s", type(message).__name__)
+
+    def _check_sequence(self, message: Assignments) -> None:
+        # A full set may come at any time; an increment must follow the previous message directly,
+        # or the agent's picture has a hole that only a new session's full set can fill.
+        if not message.full and (self._sequence < 0 or message.sequence != self._sequence + 1):
+            raise _SessionEnded(f"assignments out of sequence: {message.sequence} after {self._sequence}")
+        self._sequence = message.sequence

@@ -1,0 +1,274 @@
+"""One task runner per task: steps its executor's controller and reports every state it reaches.
+
+The steps follow SwarmKit's `exec.Do`: get a controller (ACCEPTED), PREPARING, `prepare` (READY),
+STARTING, `start` (RUNNING), `wait`, then a terminal state: COMPLETE on exit code 0, FAILED on any
+other exit or error, REJECTED when the executor says the task can never run (`FatalError` while
+making the controller or in `prepare`), SHUTDOWN when told to stop. A runner starts from the state the
+agent knows (after a restart a RUNNING task resumes at `wait`): the controller's steps are idempotent,
+so repeating the step it was in is safe. It reports only states it moves to, never the one it resumed in.
+A task whose desired state is READY (a restart waiting out its delay) is prepared, then held at READY
+until `proceed()`.
+
+Every wait on the controller outside `wait` itself is bounded; cancelling the runner (the agent stops)
+leaves the task alone, as an agent restart must, so it can be resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import msgspec
+
+from treeherd.executors.base import Controller, Executor, Exit, FatalError
+from treeherd.model.services import Task
+from treeherd.model.states import TaskState
+
+__all__ = ["Progress", "TaskRunner"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long past the grace period a controller may take to stop or clean up before we give up on it.
+SLACK_S = 5.0
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """A state the runner reached, as it tells the worker."""
+
+    state: TaskState
+    message: str = ""
+    error: str = ""
+    exit_code: int | None = None
+
+
+Report = Callable[[str, Progress], None]
+
+
+class _Stopped(Exception):
+    """Shutdown was asked for while a step was under way (the step was cancelled)."""
+
+
+def _describe(exit: Exit) -> str:
+    if exit.out_of_memory:
+        return "out of memory"
+    if exit.signal is not None:
+        return f"killed by signal {exit.signal}"
+    return f"exit code {exit.code}"
+
+
+class TaskRunner:
+    """`start()` launches the steps as an asyncio task; `proceed()` lets a task held at READY start;
+    `shutdown()` asks for SHUTDOWN; `remove()` stops it if needed and cleans up; `cancel()` detaches
+    without touching the task."""
+
+    def __init__(
+        self,
+        task: Task,
+        state: TaskState,
+        executor: Executor,
+        report: Report,
+        *,
+        grace_s: float = 10.0,
+        slack_s: float = SLACK_S,
+    ) -> None:
+        self.task = task
+        self.state = state
+        self.controller: Controller | None = None
+        self._executor = executor
+        self._report_to = report
+        self._grace_s = grace_s
+        self._slack_s = slack_s
+        self._stop = asyncio.Event()
+        self._proceed = asyncio.Event()
+        if task.desired_state >= TaskState.RUNNING:
+            self._proceed.set()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- control --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"task-runner-{self.task.id}")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    def proceed(self) -> None:
+        """The desired state became RUNNING: go on past READY."""
+        self._proceed.set()
+
+    @property
+    def done(self) -> bool:
+        return self._task is None or self._task.done()
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def join(self, timeout_s: float) -> bool:
+        """Wait (bounded) for the steps to end; True if they did."""
+        if self._task is None:
+            return True
+        done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+        return bool(done)
+
+    async def remove(self) -> None:
+        """Stop the task if it still runs, then let the executor clean up what prepare made."""
+        self.shutdown()
+        if not await self.join(self._grace_s + 2 * self._slack_s):
+            log.warning("task %s: runner did not stop in time; cancelling it", self.task.id)
+            self.cancel()
+            await self.join(self._slack_s)
+        controller = self.controller
+        if controller is None:
+            try:
+                controller = self._executor.controller(self.task)
+            except Exception as error:  # nothing it could have made, so nothing to clean up
+                log.info("task %s: no controller to clean up with: %s", self.task.id, error)
+                return
+        try:
+            async with asyncio.timeout(self._grace_s + self._slack_s):
+                await controller.remove()
+        except Exception:
+            log.exception("task %s: removing failed", self.task.id)
+
+    # --- the steps ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._steps()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # A controller misbehaving outside its steps' contracts, or a bug here: the task failed.
+            log.exception("task %s: runner failed", self.task.id)
+            if not self.state.terminal:
+                self._report(TaskState.FAILED, error=f"task runner failed: {error!r}")
+
+    async def _steps(self) -> None:
+        if self.state.terminal:
+            return
+        try:
+            controller = self.controller = self._executor.controller(self.task)
+        except FatalError as error:
+            self._report(TaskState.REJECTED, error=str(error))
+            return
+        except Exception as error:
+            self._report(TaskState.FAILED, error=f"no controller: {error}")
+            return
+        try:
+            while not self.state.terminal:
+                if self._stop.is_set():
+                    raise _Stopped
+                await self._step(controller)
+        except _Stopped:
+            await self._shut_down(controller, None)
+
+    async def _step(self, controller: Controller) -> None:
+        state = self.state
+        if state < TaskState.ACCEPTED:
+            self._report(TaskState.ACCEPTED)
+        elif state == TaskState.ACCEPTED:
+            self._report(TaskState.PREPARING)
+        elif state == TaskState.PREPARING:
+            try:
+                await self._unless_stopped(controller.prepare)
+            except FatalError as error:
+                self._report(TaskState.REJECTED, error=str(error))
+            except _Stopped:
+                raise
+            except Exception as error:
+                self._report(TaskState.FAILED, error=f"prepare failed: {error}")
+            else:
+                self._report(TaskState.READY)
+        elif state == TaskState.READY:
+            if not self._proceed.is_set():
+                await self._unless_stopped(self._proceed.wait)
+            self._report(TaskState.STARTING)
+        elif state == TaskState.STARTING:
+            try:
+                await self._unless_stopped(controller.start)
+            except _Stopped:
+                raise
+            except Exception as error:
+                self._report(TaskState.FAILED, error=f"start failed: {error}")
+            else:
+                self._report(TaskState.RUNNING, message="started")
+        else:  # RUNNING
+            await self._wait(controller)
+
+    async def _unless_stopped(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Run one step; if shutdown is asked for meanwhile, cancel it (steps are idempotent)."""
+        running = asyncio.ensure_future(step())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({running, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            running.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if running.done():
+            return running.result()
+        running.cancel()
+        await asyncio.wait({running}, timeout=self._slack_s)
+        raise _Stopped
+
+    async def _wait(self, controller: Controller) -> None:
+        waiter = asyncio.ensure_future(controller.wait())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # The agent is stopping: leave the task running, to be resumed by the next agent.
+            waiter.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if not waiter.done():
+            await self._shut_down(controller, waiter)
+            return
+        try:
+            exit = waiter.result()
+        except Exception as error:
+            self._report(TaskState.FAILED, error=f"wait failed: {error}")
+            return
+        if exit.success:
+            self._report(TaskState.COMPLETE, message=exit.message or "finished", exit_code=exit.code)
+        else:
+            why = _describe(exit) + (f": {exit.message}" if exit.message else "")
+            self._report(TaskState.FAILED, error=why, exit_code=exit.code)
+
+    async def _shut_down(self, controller: Controller, waiter: asyncio.Future[Exit] | None) -> None:
+        try:
+            async with asyncio.timeout(self._grace_s + self._slack_s):
+                await controller.shutdown(self._grace_s)
+        except Exception as error:
+            if waiter is not None:
+                waiter.cancel()
+            reason = "did not stop in time" if isinstance(error, TimeoutError) else str(error)
+            self._report(TaskState.FAILED, error=f"shutdown failed: {reason}")
+            return
+        exit: Exit | None = None
+        if waiter is not None:
+            # wait() returns once the task is down; a controller that never returns is not waited for.
+            done, _ = await asyncio.wait({waiter}, timeout=self._slack_s)
+            if done and not waiter.cancelled() and waiter.exception() is None:
+                exit = waiter.result()
+            else:
+                waiter.cancel()
+        self._report(
+            TaskState.SHUTDOWN,
+            message="shut down" if exit is None else f"shut down ({_describe(exit)})",
+            exit_code=None if exit is None else exit.code,
+        )
+
+    def _report(
+        self, state: TaskState, *, message: str = "", error: str = "", exit_code: int | None = None
+    ) -> None:
+        self.state = state
+        self._report_to(
+            self.task.id, Progress(state=state, message=message, error=error, exit_code=exit_code)
+        )

@@ -1,0 +1,45 @@
+"""/api/v1/agent: the agent channel, one WebSocket per agent, handed to the dispatcher.
+
+The handler accepts the WebSocket, wraps it in a `transport.channel.ServerChannel` and lets
+`Dispatcher.serve` run the session until it ends; the channel is closed whatever happens. The dispatcher
+comes in as the `dispatcher` dependency: `agent_router(dispatcher)` provides it along with the route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Router, WebSocket, websocket
+from litestar.di import Provide
+
+from treeherd.manager.dispatcher import Dispatcher
+from treeherd.transport.channel import AGENT_PATH, ChannelClosed, ServerChannel
+
+__all__ = ["agent_channel", "agent_router"]
+
+
+@websocket(AGENT_PATH)
+async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Dispatcher) -> None:
+    """One agent's session: Register, then heartbeats, status reports and assignments (msgpack frames)."""
+    channel = ServerChannel(socket)
+    try:
+        await channel.accept()
+    except ChannelClosed:
+        return
+    try:
+        await dispatcher.serve(channel, address=channel.remote_address)
+    finally:
+        await channel.close()
+
+
+def agent_router(dispatcher: Dispatcher) -> Router:
+    """The agent channel's route with its dispatcher, ready for the app's `route_handlers`."""
+
+    def provide_dispatcher() -> Dispatcher:
+        return dispatcher
+
+    return Router(
+        path="/",
+        route_handlers=[agent_channel],
+        dependencies={"dispatcher": Provide(provide_dispatcher, sync_to_thread=False)},
+    )

@@ -1,0 +1,99 @@
+"""`treeherd agent`: run the agent of this machine until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from treeherd.cli.main import Context, pass_ctx
+from treeherd.cli.output import fail
+from treeherd.cli.params import key_values
+
+
+def _run(
+    manager_url: str,
+    data_dir: Path,
+    hostname: str | None,
+    labels: dict[str, str],
+    kind: str | None,
+    executor_name: str,
+) -> None:
+    # Imported here: the agent stack (psutil, SQLite, WebSockets) is not needed by client commands.
+    import asyncio
+    import logging
+    import signal
+
+    from treeherd.agent import Agent, make_executor
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("treeherd").setLevel(logging.INFO)
+    try:
+        executor = make_executor(executor_name)
+    except ValueError as error:
+        fail(str(error), code=2)
+        return
+    agent = Agent(
+        manager_url,
+        data_dir,
+        executor=executor,
+        hostname=hostname,
+        labels=labels,
+        machine_kind=kind,  # type: ignore[arg-type]  # click.Choice guarantees the literal
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # Stop cleanly: the tasks keep running and the next agent resumes them.
+            loop.add_signal_handler(signum, agent.stop)
+        await agent.run()
+
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(main())
+
+
+@click.command("agent")
+@click.option(
+    "--manager",
+    "manager_url",
+    default=None,
+    metavar="URL",
+    help="the manager to join (default: treeherd's --manager, env TREEHERD_MANAGER)",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="where the agent keeps its local DB of assigned tasks",
+)
+@click.option("--hostname", default=None, help="the name to register under (default: this host's name)")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="a machine label (repeatable)")
+@click.option(
+    "--kind",
+    type=click.Choice(["physical", "virtual"]),
+    default=None,
+    help="the machine kind (default: detected)",
+)
+@click.option("--executor", default="hollow", show_default=True, help="how tasks run (hollow: they do not)")
+@pass_ctx
+def agent(
+    ctx: Context,
+    manager_url: str | None,
+    data_dir: Path,
+    hostname: str | None,
+    labels: tuple[str, ...],
+    kind: str | None,
+    executor: str,
+) -> None:
+    """Run this machine's agent: join a manager and run the tasks it assigns here."""
+    _run(manager_url or ctx.manager, data_dir, hostname, key_values(labels, "--label"), kind, executor)
+
+
+COMMANDS = [agent]

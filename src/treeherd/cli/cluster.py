@@ -1,0 +1,84 @@
+"""`treeherd cluster show|set`: cluster-wide settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from treeherd.cli.main import Context, pass_ctx
+from treeherd.cli.output import FORMAT_OPTION, done, print_json, print_table
+from treeherd.cli.params_services import duration
+from treeherd.model.requests import ClusterUpdate
+from treeherd.model.services import ClusterSettings
+
+CLUSTER = "/api/v1/cluster"
+FIELDS = [
+    "heartbeat_period_s",
+    "heartbeat_epsilon_s",
+    "heartbeat_grace_multiplier",
+    "status_batch_interval_s",
+    "status_batch_max",
+    "task_history",
+    "registration_limit",
+    "registration_window_s",
+]
+
+
+@click.group()
+def cluster() -> None:
+    """Cluster-wide settings."""
+
+
+@cluster.command("show")
+@FORMAT_OPTION
+@pass_ctx
+def show(ctx: Context, fmt: str) -> None:
+    """Show the settings."""
+    settings = ctx.client.get(CLUSTER, ClusterSettings)
+    if fmt == "json":
+        print_json(settings)
+    else:
+        print_table(["SETTING", "VALUE"], [[f, getattr(settings, f)] for f in FIELDS])
+
+
+@cluster.command("set")
+@click.option("--heartbeat-period", metavar="DURATION", help="agents' heartbeat period (default 5s)")
+@click.option("--heartbeat-epsilon", metavar="DURATION", help="random extra per heartbeat deadline (0.5s)")
+@click.option("--heartbeat-grace", type=float, help="deadline = (period + epsilon) x this (3)")
+@click.option("--status-batch-interval", metavar="DURATION", help="flush task statuses this often (100ms)")
+@click.option("--status-batch-max", type=int, help="or at this many statuses (10000)")
+@click.option("--task-history", type=int, help="finished tasks kept per slot (5)")
+@FORMAT_OPTION
+@pass_ctx
+def set_(
+    ctx: Context,
+    heartbeat_period: str | None,
+    heartbeat_epsilon: str | None,
+    heartbeat_grace: float | None,
+    status_batch_interval: str | None,
+    status_batch_max: int | None,
+    task_history: int | None,
+    fmt: str,
+) -> None:
+    """Change settings."""
+    fields: dict[str, Any] = {}
+    for name, value in (
+        ("heartbeat_period_s", heartbeat_period),
+        ("heartbeat_epsilon_s", heartbeat_epsilon),
+        ("status_batch_interval_s", status_batch_interval),
+    ):
+        if value is not None:
+            fields[name] = duration(value, "--" + name.removesuffix("_s").replace("_", "-"))
+    for name, number in (
+        ("heartbeat_grace_multiplier", heartbeat_grace),
+        ("status_batch_max", status_batch_max),
+        ("task_history", task_history),
+    ):
+        if number is not None:
+            fields[name] = number
+    updated = ctx.client.request("PATCH", CLUSTER, ClusterUpdate(**fields), type=ClusterSettings)
+    done(fmt, updated, "updated the cluster settings")
+
+
+COMMANDS = [cluster]

@@ -1,0 +1,268 @@
+"""`treeherd service ...`: services on tree nodes, in the habits of `docker service`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import msgspec
+from msgspec import UNSET
+
+from treeherd.cli.main import Context, pass_ctx
+from treeherd.cli.output import FORMAT_OPTION, done, listing, print_json, print_table
+from treeherd.cli.params import key_values, size
+from treeherd.cli.params_services import duration, port
+from treeherd.model.requests import ServiceCreate, ServiceUpdate
+from treeherd.model.services import Service, TaskSpec
+from treeherd.model.tasks_view import ServiceSummary, TaskRow
+
+SERVICES = "/api/v1/services"
+CONDITIONS = click.Choice(["none", "on-failure", "any"])
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def spec_options(fn: F) -> F:
+    """The task-spec options shared by create and update (update changes only what is given)."""
+    for option in reversed(
+        [
+            click.option("--env", "env", multiple=True, metavar="K=V", help="an environment variable"),
+            click.option("--workdir", metavar="DIR", help="working directory (absolute)"),
+            click.option("--reserve-cpu", type=float, help="CPUs the scheduler sets aside"),
+            click.option("--reserve-memory", metavar="SIZE", help="memory the scheduler sets aside"),
+            click.option("--limit-cpu", type=float, help="CPU limit enforced on the task"),
+            click.option("--limit-memory", metavar="SIZE", help="memory limit enforced on the task"),
+            click.option(
+                "--constraint",
+                "constraints",
+                multiple=True,
+                metavar="EXPR",
+                help="e.g. node.labels.disk==ssd, node.kind!=physical",
+            ),
+            click.option("--max-per-node", type=int, help="at most N tasks of it on one machine"),
+            click.option(
+                "--conflicts", multiple=True, metavar="SVC", help="never beside SVC (fleet Conflicts)"
+            ),
+            click.option("--machine-of", metavar="SVC", help="only beside SVC (fleet MachineOf)"),
+            click.option("--restart-condition", type=CONDITIONS),
+            click.option("--restart-delay", metavar="DURATION", help="e.g. 5s"),
+            click.option("--restart-max-attempts", type=int, help="0: no limit"),
+            click.option("--restart-window", metavar="DURATION", help="the window max attempts count in"),
+            click.option(
+                "--port",
+                "ports",
+                multiple=True,
+                metavar="NAME[:PORT]",
+                help="a named port; without a number one is allocated (TREEHERD_PORT_NAME)",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any]) -> TaskSpec:
+    """A task spec from options, on top of `base` (update) or the defaults (create)."""
+    spec = base or TaskSpec(command=list(command))
+    if command:
+        spec = msgspec.structs.replace(spec, command=list(command))
+    if o["env"]:
+        spec = msgspec.structs.replace(spec, env={**spec.env, **key_values(o["env"], "--env")})
+    if o["workdir"] is not None:
+        spec = msgspec.structs.replace(spec, workdir=o["workdir"] or None)
+    res: dict[str, Any] = {}
+    for option, field, convert in (
+        ("reserve_cpu", "reserve_cpus", float),
+        ("limit_cpu", "limit_cpus", float),
+    ):
+        if o[option] is not None:
+            res[field] = convert(o[option])
+    for option, field in (("reserve_memory", "reserve_memory"), ("limit_memory", "limit_memory")):
+        if o[option] is not None:
+            res[field] = size(o[option], "--" + option.replace("_", "-"))
+    if res:
+        spec = msgspec.structs.replace(spec, resources=msgspec.structs.replace(spec.resources, **res))
+    restart: dict[str, Any] = {}
+    if o["restart_condition"]:
+        restart["condition"] = o["restart_condition"]
+    if o["restart_delay"] is not None:
+        restart["delay_s"] = duration(o["restart_delay"], "--restart-delay")
+    if o["restart_max_attempts"] is not None:
+        restart["max_attempts"] = o["restart_max_attempts"]
+    if o["restart_window"] is not None:
+        restart["window_s"] = duration(o["restart_window"], "--restart-window")
+    if restart:
+        spec = msgspec.structs.replace(spec, restart=msgspec.structs.replace(spec.restart, **restart))
+    placement: dict[str, Any] = {}
+    if o["constraints"]:
+        placement["constraints"] = list(o["constraints"])
+    if o["max_per_node"] is not None:
+        placement["max_per_node"] = o["max_per_node"]
+    if o["conflicts"]:
+        placement["conflicts"] = list(o["conflicts"])
+    if o["machine_of"] is not None:
+        placement["machine_of"] = o["machine_of"] or None
+    if placement:
+        spec = msgspec.structs.replace(spec, placement=msgspec.structs.replace(spec.placement, **placement))
+    if o["ports"]:
+        spec = msgspec.structs.replace(spec, ports=[port(p) for p in o["ports"]])
+    return spec
+
+
+@click.group()
+def service() -> None:
+    """Services: what runs, how many, where, attached to a tree node."""
+
+
+@service.command("create")
+@click.argument("name")
+@click.option("--node", required=True, metavar="PATH", help="the tree node the service belongs to")
+@click.option("--replicas", type=int, default=None, help="number of tasks (default 1)")
+@click.option("--mode", type=click.Choice(["replicated", "global"]), default="replicated", show_default=True)
+@spec_options
+@click.argument("command", nargs=-1, required=True)
+@FORMAT_OPTION
+@pass_ctx
+def create(
+    ctx: Context,
+    /,
+    name: str,
+    node: str,
+    replicas: int | None,
+    mode: str,
+    command: tuple[str, ...],
+    fmt: str,
+    **options: Any,
+) -> None:
+    """Create a service running COMMAND (after --)."""
+    if mode == "global" and replicas is not None:
+        raise click.UsageError(
+            "--replicas does not apply to a global service (one task per eligible machine)"
+        )
+    request = ServiceCreate(
+        name=name,
+        node=node,
+        mode=mode,  # type: ignore[arg-type]
+        replicas=1 if replicas is None else replicas,
+        task=build_spec(None, command, options),
+    )
+    created = ctx.client.request("POST", SERVICES, request, type=Service)
+    done(fmt, created, f"created service {created.name} ({created.id})")
+
+
+@service.command("ls")
+@FORMAT_OPTION
+@pass_ctx
+def ls(ctx: Context, fmt: str) -> None:
+    """List services."""
+    rows = ctx.client.get(SERVICES, list[ServiceSummary])
+    listing(
+        fmt,
+        rows,
+        ["NAME", "NODE", "MODE", "REPLICAS", "COMMAND"],
+        lambda r: [
+            r.service.name + (" (removing)" if r.service.removing else ""),
+            r.path,
+            r.service.mode,
+            f"{r.running}/{r.desired}",
+            " ".join(r.service.task.command)[:40],
+        ],
+    )
+
+
+@service.command("inspect")
+@click.argument("name")
+@pass_ctx
+def inspect(ctx: Context, name: str) -> None:
+    """Show a service as JSON."""
+    print_json(ctx.client.get(f"{SERVICES}/{name}", ServiceSummary))
+
+
+@service.command("ps")
+@click.argument("name")
+@click.option("--current", is_flag=True, help="only the tasks meant to run, no history")
+@FORMAT_OPTION
+@pass_ctx
+def ps(ctx: Context, name: str, current: bool, fmt: str) -> None:
+    """A service's tasks by slot: the current one, then its history (indented)."""
+    rows = ctx.client.get(f"{SERVICES}/{name}/tasks", list[TaskRow], all=not current)
+    if fmt == "json":
+        print_json(rows)
+        return
+    table: list[list[Any]] = []
+    previous_key = None
+    for row in rows:
+        key = (row.slot, row.hostname if row.slot == 0 else None)
+        label = f"{row.service}.{row.slot}" if row.slot else f"{row.service}.{row.hostname or '-'}"
+        table.append(
+            [
+                row.id,
+                label if key != previous_key else f" \\_ {label}",
+                row.hostname,
+                row.desired_state,
+                row.state,
+                row.since.isoformat(timespec="seconds"),
+                _why(row),
+            ]
+        )
+        previous_key = key
+    print_table(["ID", "TASK", "NODE", "DESIRED", "CURRENT", "SINCE", "MESSAGE"], table)
+
+
+def _why(row: TaskRow) -> str:
+    if row.placement_error:
+        return f"cannot be placed: {row.placement_error}"
+    if row.restart_at is not None and row.state == "new":
+        return f"restarts at {row.restart_at.isoformat(timespec='seconds')}"
+    return row.error or row.message
+
+
+@service.command("scale")
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME=REPLICAS...")
+@pass_ctx
+def scale(ctx: Context, pairs: tuple[str, ...]) -> None:
+    """Set the number of replicas of one or more services."""
+    for pair in pairs:
+        name, sep, count = pair.partition("=")
+        if not sep or not count.lstrip("-").isdigit():
+            raise click.BadParameter(f"{pair!r} is not NAME=REPLICAS", param_hint="NAME=REPLICAS")
+        ctx.client.request("PATCH", f"{SERVICES}/{name}", ServiceUpdate(replicas=int(count)), type=Service)
+        click.echo(f"{name} scaled to {count}")
+
+
+@service.command("update")
+@click.argument("name")
+@click.option("--replicas", type=int)
+@spec_options
+@click.argument("command", nargs=-1)
+@FORMAT_OPTION
+@pass_ctx
+def update(
+    ctx: Context, /, name: str, replicas: int | None, command: tuple[str, ...], fmt: str, **options: Any
+) -> None:
+    """Change a service; a changed task spec replaces its tasks."""
+    current = ctx.client.get(f"{SERVICES}/{name}", ServiceSummary).service
+    spec = build_spec(current.task, command, options)
+    request = ServiceUpdate(
+        version=current.version,
+        replicas=UNSET if replicas is None else replicas,
+        task=UNSET if spec == current.task else spec,
+    )
+    updated = ctx.client.request("PATCH", f"{SERVICES}/{name}", request, type=Service)
+    what = "tasks will be replaced" if updated.spec_version != current.spec_version else "no task changes"
+    done(fmt, updated, f"updated {name} ({what})")
+
+
+@service.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@pass_ctx
+def rm(ctx: Context, names: tuple[str, ...]) -> None:
+    """Remove services: their tasks are stopped, then they are deleted."""
+    for name in names:
+        ctx.client.request("DELETE", f"{SERVICES}/{name}")
+        click.echo(f"removing {name}")
+
+
+COMMANDS = [service]

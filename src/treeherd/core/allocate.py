@@ -1,0 +1,91 @@
+"""The allocator's decision: host ports for tasks that ask for one without a number.
+
+Dynamic ports come from one cluster-wide range and are unique across every live task, so tasks on
+machines that share an address (several agents on one host) never collide. A task passes from NEW to
+PENDING once it has what it needs; a restart waiting out its delay stays NEW until `restart_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import msgspec
+
+from treeherd.model.ops import Op, Update
+from treeherd.model.services import Task, TaskStatus
+from treeherd.model.states import TaskState
+
+PORT_RANGE = (30000, 32767)
+
+
+class PortPool:
+    """The dynamic ports in use; next-fit allocation so a freed port is not reused at once."""
+
+    def __init__(self, low: int = PORT_RANGE[0], high: int = PORT_RANGE[1]) -> None:
+        self.low = low
+        self.high = high
+        self.in_use: set[int] = set()
+        self._cursor = low
+
+    def take(self) -> int | None:
+        size = self.high - self.low + 1
+        for offset in range(size):
+            port = self.low + (self._cursor - self.low + offset) % size
+            if port not in self.in_use:
+                self.in_use.add(port)
+                self._cursor = port + 1 if port < self.high else self.low
+                return port
+        return None
+
+    def hold(self, ports: Iterable[int]) -> None:
+        self.in_use.update(p for p in ports if self.low <= p <= self.high)
+
+    def release(self, ports: Iterable[int]) -> None:
+        self.in_use.difference_update(ports)
+
+
+def dynamic_ports(task: Task) -> list[int]:
+    """The ports of a task that came from the pool (those its spec did not fix)."""
+    fixed = {p.name for p in task.spec.ports if p.port is not None}
+    return [port for name, port in task.ports.items() if name not in fixed]
+
+
+def allocate(tasks: Sequence[Task], pool: PortPool, now: datetime) -> tuple[list[Op], list[str]]:
+    """Allocate every NEW task whose restart delay is over; returns the ops and the ids left waiting."""
+    ops: list[Op] = []
+    waiting: list[str] = []
+    for task in tasks:
+        if task.status.state != TaskState.NEW or task.desired_state > TaskState.RUNNING:
+            continue
+        if task.restart_at is not None and task.restart_at > now:
+            waiting.append(task.id)
+            continue
+        ports: dict[str, int] = {}
+        exhausted = False
+        for spec in task.spec.ports:
+            if spec.port is not None:
+                ports[spec.name] = spec.port
+                continue
+            port = pool.take()
+            if port is None:
+                exhausted = True
+                break
+            ports[spec.name] = port
+        if exhausted:
+            pool.release(
+                p for name, p in ports.items() if name not in {s.name for s in task.spec.ports if s.port}
+            )
+            message = f"no free host port in {pool.low}-{pool.high}"
+            if task.status.message != message:
+                status = msgspec.structs.replace(task.status, message=message)
+                ops.append(Update(msgspec.structs.replace(task, status=status, updated_at=now)))
+            continue
+        described = ", ".join(f"{name}={port}" for name, port in ports.items())
+        status = TaskStatus(
+            state=TaskState.PENDING,
+            timestamp=now,
+            message=f"allocated {described}" if described else "allocated",
+        )
+        ops.append(Update(msgspec.structs.replace(task, ports=ports, status=status, updated_at=now)))
+    return ops, waiting

@@ -1,0 +1,133 @@
+"""The hollow executor: controllers that run nothing and only report, as kubemark's hollow nodes do.
+
+Used by scale benchmarks (thousands of tasks on a handful of processes) and by tests. `prepare` and
+`start` return at once; `wait` blocks until `shutdown` is called, then returns a clean exit. For tests
+and scenarios a controller can be told to fail in one step or to exit by itself after a delay,
+either for every task (the executor's arguments) or per task through its spec's environment:
+
+    TREEHERD_HOLLOW_EXIT_AFTER_S=2     exit by itself after 2 s ...
+    TREEHERD_HOLLOW_EXIT_CODE=3        ... with this code (default 0)
+    TREEHERD_HOLLOW_FAIL=prepare       raise in prepare (FatalError), start or wait (RuntimeError)
+
+Every step is idempotent, so a runner that resumes after an agent restart can repeat it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal, get_args
+
+from treeherd.executors.base import Exit, FatalError
+from treeherd.model.services import Task
+
+__all__ = ["HollowController", "HollowExecutor"]
+
+Step = Literal["prepare", "start", "wait"]
+SHUTDOWN_SIGNAL = 15  # what a hollow task "died of" when shut down: SIGTERM, as a real one would
+
+ENV_EXIT_AFTER = "TREEHERD_HOLLOW_EXIT_AFTER_S"
+ENV_EXIT_CODE = "TREEHERD_HOLLOW_EXIT_CODE"
+ENV_FAIL = "TREEHERD_HOLLOW_FAIL"
+
+
+class HollowController:
+    """One task that does nothing. Records what was called, for tests."""
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        exit_after_s: float | None = None,
+        exit_code: int = 0,
+        fail_in: Step | None = None,
+        shutdown_exit_code: int | None = 0,
+    ) -> None:
+        self.task = task
+        self.exit_after_s = exit_after_s
+        self.exit_code = exit_code
+        self.fail_in = fail_in
+        # 0: a shut-down hollow task exits cleanly; None: it reports the SIGTERM it "received".
+        self.shutdown_exit_code = shutdown_exit_code
+        self.calls: list[str] = []
+        self.prepared = False
+        self.started = False
+        self.removed = False
+        self._shutdown = asyncio.Event()
+
+    async def prepare(self) -> None:
+        self.calls.append("prepare")
+        if self.fail_in == "prepare":
+            raise FatalError(f"hollow task {self.task.id} told to fail in prepare")
+        self.prepared = True
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        if self.fail_in == "start":
+            raise RuntimeError(f"hollow task {self.task.id} told to fail in start")
+        self.started = True
+
+    async def wait(self) -> Exit:
+        self.calls.append("wait")
+        if self.fail_in == "wait":
+            raise RuntimeError(f"hollow task {self.task.id} told to fail in wait")
+        if self.exit_after_s is None:
+            await self._shutdown.wait()
+        else:
+            try:
+                async with asyncio.timeout(self.exit_after_s):
+                    await self._shutdown.wait()
+            except TimeoutError:
+                return Exit(code=self.exit_code, message=f"exited by itself after {self.exit_after_s:g}s")
+        if self.shutdown_exit_code is None:
+            return Exit(signal=SHUTDOWN_SIGNAL, message="shutdown")
+        return Exit(code=self.shutdown_exit_code, message="shutdown")
+
+    async def shutdown(self, grace_s: float) -> None:
+        self.calls.append("shutdown")
+        self._shutdown.set()
+
+    async def remove(self) -> None:
+        self.calls.append("remove")
+        self._shutdown.set()
+        self.removed = True
+
+
+class HollowExecutor:
+    """Makes hollow controllers; keeps the latest controller per task id so tests can look inside."""
+
+    name = "hollow"
+
+    def __init__(
+        self,
+        *,
+        exit_after_s: float | None = None,
+        exit_code: int = 0,
+        fail_in: Step | None = None,
+        shutdown_exit_code: int | None = 0,
+    ) -> None:
+        self.exit_after_s = exit_after_s
+        self.exit_code = exit_code
+        self.fail_in = fail_in
+        self.shutdown_exit_code = shutdown_exit_code
+        self.controllers: dict[str, HollowController] = {}
+
+    def controller(self, task: Task) -> HollowController:
+        env = task.spec.env
+        exit_after = env.get(ENV_EXIT_AFTER)
+        fail = env.get(ENV_FAIL)
+        if fail is not None and fail not in get_args(Step):
+            raise FatalError(f"{ENV_FAIL}={fail!r}: expected one of {', '.join(get_args(Step))}")
+        try:
+            exit_after_s = float(exit_after) if exit_after is not None else self.exit_after_s
+            exit_code = int(env.get(ENV_EXIT_CODE, self.exit_code))
+        except ValueError as error:
+            raise FatalError(f"bad hollow setting in the task's environment: {error}") from None
+        controller = HollowController(
+            task,
+            exit_after_s=exit_after_s,
+            exit_code=exit_code,
+            fail_in=fail if fail is not None else self.fail_in,  # type: ignore[arg-type]
+            shutdown_exit_code=self.shutdown_exit_code,
+        )
+        self.controllers[task.id] = controller
+        return controller

@@ -1,0 +1,81 @@
+"""The allocator component: gives NEW tasks their host ports and moves them to PENDING.
+
+It holds the cluster's dynamic port pool in memory, rebuilt from the store at start (every task not
+finished keeps its ports), and frees a task's ports once it is finished or deleted. Allocations are
+committed in chunks; a chunk that loses a race is retried from the new state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from treeherd.core.allocate import PortPool, allocate, dynamic_ports
+from treeherd.core.orchestrate import finished
+from treeherd.manager.inventory import utc_now
+from treeherd.manager.reactor import Reactor, commit_safely
+from treeherd.model.events import Change
+from treeherd.model.ops import Update
+from treeherd.model.services import Task
+from treeherd.model.states import TaskState
+from treeherd.store.base import Store
+
+CHUNK = 5_000
+RETRY_S = 0.2
+
+
+class Allocator(Reactor):
+    name = "allocator"
+
+    def __init__(
+        self, store: Store, *, clock: Callable[[], datetime] = utc_now, debounce_s: float = 0.02
+    ) -> None:
+        super().__init__(store, debounce_s=debounce_s, clock=clock)
+        self.pool = PortPool()
+        self._ports: dict[str, list[int]] = {}
+        self._pending: set[str] = set()
+
+    def start(self) -> None:
+        for task in self.store.view().all(Task):
+            self._note(task)
+
+    def _note(self, task: Task) -> None:
+        if finished(task):
+            self.pool.release(self._ports.pop(task.id, ()))
+            return
+        if task.ports and task.id not in self._ports:
+            ports = dynamic_ports(task)
+            self._ports[task.id] = ports
+            self.pool.hold(ports)
+        if task.status.state == TaskState.NEW and task.desired_state <= TaskState.RUNNING:
+            self._pending.add(task.id)
+
+    def handle(self, change: Change) -> None:
+        for event in change.events:
+            task = event.object
+            if not isinstance(task, Task):
+                continue
+            if event.type == "deleted":
+                self.pool.release(self._ports.pop(task.id, ()))
+                self._pending.discard(task.id)
+            else:
+                self._note(task)
+
+    async def act(self) -> None:
+        now = self.clock()
+        view = self.store.view()
+        tasks = [t for t in (view.get(Task, i) for i in sorted(self._pending)) if t is not None]
+        self._pending = set()
+        ops, waiting = allocate(tasks, self.pool, now)
+        self._pending.update(waiting)
+        for start in range(0, len(ops), CHUNK):
+            chunk = ops[start : start + CHUNK]
+            if not await commit_safely(self.store, chunk, f"allocation of {len(chunk)} tasks"):
+                for op in chunk:
+                    assert isinstance(op, Update) and isinstance(op.object, Task)
+                    self.pool.release(dynamic_ports(op.object))
+                    self._pending.add(op.object.id)
+        wakes = [t.restart_at for t in tasks if t.id in waiting and t.restart_at is not None]
+        if len(self._pending) > len(waiting):
+            wakes.append(now + timedelta(seconds=RETRY_S))
+        self.wake_at = min(wakes) if wakes else None

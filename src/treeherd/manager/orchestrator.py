@@ -1,0 +1,94 @@
+"""The orchestrator component: keeps every service's tasks as `core.orchestrate.reconcile` decides.
+
+It reconciles a service when something that matters to it changes: the service itself, one of its tasks
+ending or finishing, a machine it has tasks on (down, drained, relabelled), any machine for global
+services, or a restart delay running out. Status updates in between (ACCEPTED ... RUNNING) do not
+wake it. Each service's plan is one transaction; a plan that loses a race is made again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from treeherd.core.orchestrate import finished, reconcile
+from treeherd.manager.inventory import new_id, utc_now
+from treeherd.manager.reactor import Reactor, commit_safely
+from treeherd.model.events import Change
+from treeherd.model.objects import Machine
+from treeherd.model.services import ClusterSettings, Service, Task
+from treeherd.model.states import TaskState
+from treeherd.store.base import Store
+
+RETRY_S = 0.2
+
+
+class Orchestrator(Reactor):
+    name = "orchestrator"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        ids: Callable[[], str] = new_id,
+        debounce_s: float = 0.05,
+    ) -> None:
+        super().__init__(store, debounce_s=debounce_s, clock=clock)
+        self._ids = ids
+        self._dirty: set[str] = set()
+        self._wakes: dict[str, datetime] = {}
+
+    def start(self) -> None:
+        self._dirty = {s.id for s in self.store.view().all(Service)}
+
+    def handle(self, change: Change) -> None:
+        view = self.store.view()
+        for event in change.events:
+            obj = event.object
+            if isinstance(obj, Service):
+                if event.type != "deleted":
+                    self._dirty.add(obj.id)
+            elif isinstance(obj, Task):
+                if event.type == "updated" and _matters(obj):
+                    self._dirty.add(obj.service_id)
+            elif isinstance(obj, Machine):
+                self._dirty.update(t.service_id for t in view.referrers(Task, "machine", obj.id))
+                self._dirty.update(s.id for s in view.all(Service) if s.mode == "global")
+
+    async def act(self) -> None:
+        now = self.clock()
+        for service_id, when in list(self._wakes.items()):
+            if when <= now:
+                self._dirty.add(service_id)
+                del self._wakes[service_id]
+        if not self._dirty:
+            self._schedule_wake()
+            return
+        view = self.store.view()
+        settings = view.lookup(ClusterSettings, "name", "default")
+        history = settings.task_history if settings is not None else 5
+        machines = {m.id: m for m in view.all(Machine)}
+        dirty, self._dirty = self._dirty, set()
+        for service_id in sorted(dirty):
+            service = view.get(Service, service_id)
+            if service is None:
+                continue
+            tasks = view.referrers(Task, "service", service_id)
+            result = reconcile(service, tasks, machines, now, self._ids, history=history)
+            if result.wake_at is not None:
+                self._wakes[service_id] = result.wake_at
+            if not await commit_safely(self.store, result.ops, f"reconcile of service {service.name}"):
+                self._wakes[service_id] = now + timedelta(seconds=RETRY_S)
+            view = self.store.view()
+        self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
+        self.wake_at = min(self._wakes.values()) if self._wakes else None
+
+
+def _matters(task: Task) -> bool:
+    """A task change the orchestrator must react to: it ended while meant to run, or it is done."""
+    if task.desired_state <= TaskState.RUNNING:
+        return task.status.state.terminal
+    return finished(task)

@@ -1,0 +1,133 @@
+"""The loop every manager component runs: wait for store changes (or a timer), coalesce them over a
+short debounce, then act.
+
+SwarmKit's components debounce the same way (the scheduler commits at most every 50 ms, at least every
+second under a steady stream). A component reads the view and opens its watch without yielding in
+between, so it starts from a consistent snapshot and misses nothing after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from treeherd.model.errors import TreeherdError, WatchLagged
+from treeherd.model.events import Change
+from treeherd.model.ops import Op
+from treeherd.store.base import Store, Watch
+
+log = logging.getLogger(__name__)
+
+
+class Reactor:
+    """Base of a store-driven component: subclasses implement `start(view)` and `handle(changes)`.
+
+    `handle` returns nothing; `act()` is called after each debounced batch and when `wake_at` passes.
+    """
+
+    name = "reactor"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        debounce_s: float = 0.05,
+        max_delay_s: float = 1.0,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.debounce_s = debounce_s
+        self.max_delay_s = max_delay_s
+        self.clock = clock
+        self.wake_at: datetime | None = None
+        self._watch: Watch | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """Read the initial state from `self.store.view()` (called right before the watch opens)."""
+
+    def handle(self, change: Change) -> None:
+        """Take note of one committed change."""
+
+    async def act(self) -> None:
+        """Do the work the noted changes call for."""
+
+    async def run(self) -> None:
+        self.start()
+        self._watch = self.store.watch()
+        try:
+            await self.act()
+            while not self._stopped:
+                got = await self._next_batch()
+                if self._stopped:
+                    return
+                if got or self._due():
+                    await self.act()
+        finally:
+            if self._watch is not None:
+                self._watch.close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._watch is not None:
+            self._watch.close()
+
+    def _due(self) -> bool:
+        return self.wake_at is not None and self.wake_at <= self.clock()
+
+    def _timeout(self) -> float | None:
+        if self.wake_at is None:
+            return None
+        return max(0.0, (self.wake_at - self.clock()).total_seconds())
+
+    async def _next(self, wait_s: float | None) -> bool:
+        """Take one change into `handle`; False on timeout. Resumes a lagging watch from the log."""
+        assert self._watch is not None
+        try:
+            change = await asyncio.wait_for(anext(self._watch), wait_s)
+        except TimeoutError:
+            return False
+        except StopAsyncIteration:
+            self._stopped = True
+            return False
+        except WatchLagged as lagged:
+            log.warning(
+                "%s fell behind the store; resuming from revision %d", self.name, lagged.last_revision
+            )
+            self._watch.close()
+            self._watch = self.store.watch(lagged.last_revision)
+            return True
+        self.handle(change)
+        return True
+
+    async def _next_batch(self) -> bool:
+        """Wait for a first change (or the wake time), then gather more for up to the debounce."""
+        if not await self._next(self._timeout()):
+            return False
+        deadline = time.monotonic() + self.max_delay_s
+        quiet_until = time.monotonic() + self.debounce_s
+        while not self._stopped:
+            now = time.monotonic()
+            remaining = min(quiet_until, deadline) - now
+            if remaining <= 0:
+                break
+            if await self._next(remaining):
+                quiet_until = time.monotonic() + self.debounce_s
+            else:
+                break
+        return True
+
+
+async def commit_safely(store: Store, ops: list[Op], what: str) -> bool:
+    """Commit; a refused transaction (a conflict: the state moved on) is logged and reported False."""
+    if not ops:
+        return True
+    try:
+        await store.commit(ops)
+    except TreeherdError as error:
+        log.info("%s: not applied (%s); will decide again from the new state", what, error.detail)
+        return False
+    return True

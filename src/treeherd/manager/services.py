@@ -1,0 +1,130 @@
+"""Reads and writes of services and their tasks: the shell over core.services' plans."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from treeherd.core import services as plans
+from treeherd.core.orchestrate import desired_running
+from treeherd.manager.inventory import apply_plan, new_id, utc_now
+from treeherd.model.errors import NotFound
+from treeherd.model.objects import Machine, TreeNode
+from treeherd.model.requests import ServiceCreate, ServiceUpdate
+from treeherd.model.services import Service, Task
+from treeherd.model.states import TaskState
+from treeherd.model.tasks_view import ServiceSummary, StoryEntry, TaskRow
+from treeherd.store.base import Store
+
+
+class Services:
+    def __init__(
+        self, store: Store, *, clock: Callable[[], datetime] = utc_now, ids: Callable[[], str] = new_id
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._ids = ids
+
+    # ---- writes ----------------------------------------------------------------------------------
+    async def create(self, request: ServiceCreate) -> Service:
+        committed = await apply_plan(
+            self.store, lambda v: plans.plan_create_service(v, request, self._clock(), self._ids)
+        )
+        service = committed.objects[0]
+        assert isinstance(service, Service)
+        return service
+
+    async def update(self, name: str, request: ServiceUpdate) -> Service:
+        committed = await apply_plan(
+            self.store,
+            lambda v: plans.plan_update_service(v, name, request, self._clock()),
+            pinned=request.version is not None,
+        )
+        service = committed.objects[0]
+        assert isinstance(service, Service)
+        return service
+
+    async def remove(self, name: str) -> None:
+        await apply_plan(self.store, lambda v: plans.plan_remove_service(v, name, self._clock()))
+
+    # ---- reads -----------------------------------------------------------------------------------
+    def get(self, name: str) -> Service:
+        return plans.service_by_name(self.store.view(), name)
+
+    def summary(self, service: Service) -> ServiceSummary:
+        view = self.store.view()
+        node = view.get(TreeNode, service.node_id)
+        tasks = view.referrers(Task, "service", service.id)
+        running = sum(1 for t in tasks if desired_running(t) and t.status.state == TaskState.RUNNING)
+        desired = (
+            service.replicas if service.mode == "replicated" else sum(1 for t in tasks if desired_running(t))
+        )
+        return ServiceSummary(
+            service=service, path=node.path if node else service.node_id, running=running, desired=desired
+        )
+
+    def overview(self) -> list[ServiceSummary]:
+        return [self.summary(s) for s in sorted(self.store.view().all(Service), key=lambda s: s.name)]
+
+    def tasks(self, name: str, *, all_tasks: bool = True) -> list[TaskRow]:
+        service = self.get(name)
+        tasks = self.store.view().referrers(Task, "service", service.id)
+        if not all_tasks:
+            tasks = [t for t in tasks if desired_running(t)]
+        order = sorted(
+            tasks,
+            key=lambda t: (t.slot, t.machine_id or "", not desired_running(t), -t.created_at.timestamp()),
+        )
+        return [self.row(t) for t in order]
+
+    def task(self, task_id: str) -> Task:
+        task = self.store.view().get(Task, task_id)
+        if task is None:
+            raise NotFound(
+                f"no task {task_id!r} (list tasks with: treeherd service ps SERVICE)", field="task"
+            )
+        return task
+
+    def row(self, task: Task) -> TaskRow:
+        machine = self.store.view().get(Machine, task.machine_id) if task.machine_id else None
+        return TaskRow(
+            id=task.id,
+            service=task.service_name,
+            slot=task.slot,
+            hostname=machine.hostname if machine else None,
+            desired_state=task.desired_state.label,
+            state=task.status.state.label,
+            since=task.status.timestamp,
+            message=task.status.message,
+            error=task.status.error,
+            placement_error=task.placement_error,
+            ports=task.ports,
+            spec_version=task.spec_version,
+            cause=task.cause,
+            restart_at=task.restart_at,
+        )
+
+    def story(self, task_id: str) -> list[StoryEntry]:
+        """Every retained version of the task, oldest first: each transition and what caused it."""
+        entries: list[StoryEntry] = []
+        view = self.store.view()
+        for change in self.store.history():
+            for event in change.events:
+                task = event.object
+                if not isinstance(task, Task) or task.id != task_id:
+                    continue
+                machine = view.get(Machine, task.machine_id) if task.machine_id else None
+                entries.append(
+                    StoryEntry(
+                        revision=change.revision,
+                        time=task.updated_at,
+                        event=event.type,
+                        desired_state=task.desired_state.label,
+                        state=task.status.state.label,
+                        message=task.placement_error or task.status.error or task.status.message,
+                        hostname=machine.hostname if machine else None,
+                    )
+                )
+        if not entries:
+            self.task(task_id)  # raises NotFound for an unknown task
+        return entries

@@ -1,0 +1,49 @@
+"""Read models of services and tasks for the API and `service ps`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from treeherd.model.services import Service
+
+
+class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One task as `service ps` shows it."""
+
+    id: str
+    service: str
+    slot: int
+    hostname: str | None
+    desired_state: str
+    state: str
+    since: datetime
+    message: str
+    error: str
+    placement_error: str
+    ports: dict[str, int]
+    spec_version: int
+    cause: str
+    restart_at: datetime | None
+
+
+class ServiceSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A service with its node's path and how many tasks run."""
+
+    service: Service
+    path: str
+    running: int
+    desired: int
+
+
+class StoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded version of a task: what changed and why."""
+
+    revision: int
+    time: datetime
+    event: str
+    desired_state: str
+    state: str
+    message: str
+    hostname: str | None

@@ -1,0 +1,180 @@
+"""Task runners: the steps of a controller, the states they report, shutdown, resume and clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from agent_helpers import OneController, ScriptedController, eventually, make_task
+
+from treeherd.agent.taskrunner import Progress, TaskRunner
+from treeherd.executors.base import Executor, Exit, FatalError
+from treeherd.executors.hollow import HollowExecutor
+from treeherd.model.services import Task
+from treeherd.model.states import TaskState as S
+
+UP = [S.ACCEPTED, S.PREPARING, S.READY, S.STARTING, S.RUNNING]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.progress: list[Progress] = []
+
+    def __call__(self, task_id: str, progress: Progress) -> None:
+        assert task_id == "t1"
+        self.progress.append(progress)
+
+    @property
+    def states(self) -> list[S]:
+        return [p.state for p in self.progress]
+
+    @property
+    def last(self) -> Progress:
+        return self.progress[-1]
+
+
+async def run_to_end(
+    executor: Executor, *, task: Task | None = None, state: S = S.ASSIGNED, **kwargs: float
+) -> Recorder:
+    recorder = Recorder()
+    runner = TaskRunner(task or make_task("t1"), state, executor, recorder, **kwargs)
+    async with asyncio.timeout(3):
+        await runner.run()
+    return recorder
+
+
+def started(
+    executor: Executor, *, task: Task | None = None, state: S = S.ASSIGNED, **kwargs: float
+) -> tuple[TaskRunner, Recorder]:
+    recorder = Recorder()
+    runner = TaskRunner(task or make_task("t1"), state, executor, recorder, **kwargs)
+    runner.start()
+    return runner, recorder
+
+
+async def test_a_hollow_task_runs_until_shut_down() -> None:
+    executor = HollowExecutor()
+    runner, recorder = started(executor)
+    await eventually(lambda: recorder.states == UP, "RUNNING")
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.states == [*UP, S.SHUTDOWN]
+    assert recorder.last.exit_code == 0
+    assert executor.controllers["t1"].calls == ["prepare", "start", "wait", "shutdown"]
+
+
+@pytest.mark.parametrize(
+    ("code", "state", "error"),
+    [(0, S.COMPLETE, ""), (3, S.FAILED, "exit code 3: exited by itself after 0.01s")],
+)
+async def test_a_task_that_exits_by_itself(code: int, state: S, error: str) -> None:
+    recorder = await run_to_end(HollowExecutor(exit_after_s=0.01, exit_code=code))
+    assert recorder.states == [*UP, state]
+    assert recorder.last.exit_code == code
+    assert recorder.last.error == error
+
+
+@pytest.mark.parametrize(
+    ("raise_in", "exception", "states"),
+    [
+        ("prepare", FatalError("no such binary"), [S.ACCEPTED, S.PREPARING, S.REJECTED]),
+        ("prepare", RuntimeError("disk full"), [S.ACCEPTED, S.PREPARING, S.FAILED]),
+        ("start", RuntimeError("fork failed"), [S.ACCEPTED, S.PREPARING, S.READY, S.STARTING, S.FAILED]),
+        ("start", FatalError("fatal only counts in prepare"), [*UP[:4], S.FAILED]),
+        ("wait", RuntimeError("lost track"), [*UP, S.FAILED]),
+    ],
+)
+async def test_controller_errors_end_the_task(raise_in: str, exception: Exception, states: list[S]) -> None:
+    controller = ScriptedController(raise_in={raise_in: exception})
+    recorder = await run_to_end(OneController(controller))
+    assert recorder.states == states
+    assert str(exception) in recorder.last.error
+
+
+async def test_an_exit_by_signal_fails_the_task() -> None:
+    recorder = await run_to_end(OneController(ScriptedController(exit=Exit(signal=9, message="oom-killed"))))
+    assert recorder.last.state == S.FAILED
+    assert recorder.last.error == "killed by signal 9: oom-killed"
+
+
+async def test_an_executor_that_cannot_make_a_controller_rejects_the_task() -> None:
+    task = make_task("t1", env={"TREEHERD_HOLLOW_FAIL": "everywhere"})
+    recorder = await run_to_end(HollowExecutor(), task=task)
+    assert recorder.states == [S.REJECTED]
+    assert "TREEHERD_HOLLOW_FAIL" in recorder.last.error
+
+
+async def test_a_task_known_running_resumes_at_wait() -> None:
+    executor = HollowExecutor()
+    runner, recorder = started(executor, state=S.RUNNING)
+    await eventually(lambda: executor.controllers.get("t1") and executor.controllers["t1"].calls == ["wait"])
+    assert recorder.states == []  # the state it resumed in is not reported again
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.states == [S.SHUTDOWN]
+
+
+async def test_a_task_resumed_while_preparing_prepares_again() -> None:
+    executor = HollowExecutor(exit_after_s=0)
+    recorder = await run_to_end(executor, state=S.PREPARING)
+    assert recorder.states == [S.READY, S.STARTING, S.RUNNING, S.COMPLETE]
+    assert executor.controllers["t1"].calls == ["prepare", "start", "wait"]
+
+
+async def test_desired_ready_holds_at_ready_until_told_to_proceed() -> None:
+    runner, recorder = started(HollowExecutor(exit_after_s=0), task=make_task("t1", desired=S.READY))
+    await eventually(lambda: recorder.states == UP[:3], "READY")
+    await asyncio.sleep(0.02)
+    assert recorder.states == UP[:3]
+    runner.proceed()
+    assert await runner.join(2)
+    assert recorder.states == [*UP, S.COMPLETE]
+
+
+async def test_shutdown_during_a_slow_step_cancels_it() -> None:
+    controller = ScriptedController(hang_in={"prepare"})
+    runner, recorder = started(OneController(controller), slack_s=0.1)
+    await eventually(lambda: controller.calls == ["prepare"])
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.states == [S.ACCEPTED, S.PREPARING, S.SHUTDOWN]
+    assert controller.calls == ["prepare", "shutdown"]
+
+
+async def test_a_shutdown_that_hangs_fails_the_task_in_bounded_time() -> None:
+    controller = ScriptedController(hang_in={"shutdown"})
+    runner, recorder = started(OneController(controller), grace_s=0.05, slack_s=0.05)
+    await eventually(lambda: recorder.states == UP)
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.last.state == S.FAILED
+    assert recorder.last.error == "shutdown failed: did not stop in time"
+
+
+async def test_remove_stops_the_task_then_cleans_up() -> None:
+    executor = HollowExecutor()
+    runner, recorder = started(executor)
+    await eventually(lambda: recorder.states == UP)
+    async with asyncio.timeout(2):
+        await runner.remove()
+    assert recorder.last.state == S.SHUTDOWN
+    assert executor.controllers["t1"].calls[-2:] == ["shutdown", "remove"]
+    assert executor.controllers["t1"].removed
+
+
+async def test_remove_without_a_runner_makes_a_controller_to_clean_up() -> None:
+    executor = HollowExecutor()
+    runner = TaskRunner(make_task("t1"), S.COMPLETE, executor, Recorder())
+    async with asyncio.timeout(2):
+        await runner.remove()
+    assert executor.controllers["t1"].calls == ["remove"]
+
+
+async def test_cancelling_a_runner_leaves_the_task_alone() -> None:
+    executor = HollowExecutor()
+    runner, recorder = started(executor)
+    await eventually(lambda: recorder.states == UP)
+    runner.cancel()
+    assert await runner.join(1)
+    assert recorder.states == UP
+    assert "shutdown" not in executor.controllers["t1"].calls

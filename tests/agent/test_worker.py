@@ -1,0 +1,160 @@
+"""The worker: assignments start runners, their states reach the manager in order and survive restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+from agent_helpers import eventually, make_task
+
+from treeherd.agent.db import TaskDB
+from treeherd.agent.taskrunner import Progress
+from treeherd.agent.worker import Worker
+from treeherd.core.agent_state import InvalidTransition
+from treeherd.executors.hollow import HollowExecutor
+from treeherd.model.services import Task
+from treeherd.model.states import TaskState as S
+from treeherd.model.wire import Assignments, TaskStatusUpdate
+
+
+class Harness:
+    """A worker on a real local DB and the hollow executor; reports are recorded (and acknowledged)."""
+
+    def __init__(self, path: Path, *, ack: bool = True) -> None:
+        self.db = TaskDB(path / "agent.db")
+        self.executor = HollowExecutor()
+        self.worker = Worker(self.executor, self.db, grace_s=1.0)
+        self.worker.set_sender(self.send)
+        self.ack = ack
+        self.reports: list[tuple[int, list[TaskStatusUpdate]]] = []
+        self.sequence = 0
+        self._run: asyncio.Task[None] | None = None
+
+    async def send(self, report_id: int, updates: list[TaskStatusUpdate]) -> None:
+        self.reports.append((report_id, updates))
+        if self.ack:
+            self.worker.acknowledged(report_id)
+
+    def states(self, task_id: str) -> list[S]:
+        return [u.status.state for _, updates in self.reports for u in updates if u.task_id == task_id]
+
+    def assign(self, *tasks: Task, full: bool = False, removed: tuple[str, ...] = ()) -> None:
+        self.sequence += 1
+        message = Assignments(full=full, sequence=self.sequence, updated=list(tasks), removed=list(removed))
+        self.worker.assignments(message)
+
+    async def stored(self) -> dict[str, S]:
+        return {stored.task.id: stored.status.state for stored in await self.db.load()}
+
+    async def __aenter__(self) -> Harness:
+        await self.db.open()
+        self._run = asyncio.create_task(self.worker.run())
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.worker.stop()
+        try:
+            async with asyncio.timeout(3):
+                assert self._run is not None
+                await self._run
+        finally:
+            await self.db.close()
+
+
+async def test_an_assignment_runs_a_task_and_reports_its_states_in_order(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.worker.session_started("s1")
+        h.assign(make_task("t1"), full=True)
+        await eventually(lambda: h.states("t1")[-1:] == [S.RUNNING], "RUNNING reported")
+        states = h.states("t1")
+        assert states == sorted(set(states)), f"not strictly forward: {states}"
+        assert states[0] >= S.ACCEPTED
+        assert await h.stored() == {"t1": S.RUNNING}
+        assert h.worker.state.unacknowledged() == 0
+
+
+async def test_a_full_set_without_a_task_shuts_its_runner_down(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.worker.session_started("s1")
+        h.assign(make_task("t1"), make_task("t2"), full=True)
+        await eventually(lambda: h.states("t1")[-1:] == h.states("t2")[-1:] == [S.RUNNING])
+        h.assign(make_task("t2"), full=True)
+        gone = h.executor.controllers["t1"]
+        await eventually(lambda: gone.removed, "t1 removed")
+        assert gone.calls == ["prepare", "start", "wait", "shutdown", "remove"]
+        assert await h.stored() == {"t2": S.RUNNING}
+        assert "shutdown" not in h.executor.controllers["t2"].calls
+        assert h.worker.state.story("t1")[-1].message == "forgotten: missing from the full assignment set"
+
+
+async def test_desired_shutdown_stops_the_task_and_reports_it(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.worker.session_started("s1")
+        h.assign(make_task("t1"), full=True)
+        await eventually(lambda: h.states("t1")[-1:] == [S.RUNNING])
+        h.assign(make_task("t1", desired=S.SHUTDOWN))
+        await eventually(lambda: h.states("t1")[-1:] == [S.SHUTDOWN], "SHUTDOWN reported")
+        assert await h.stored() == {"t1": S.SHUTDOWN}
+        assert not h.executor.controllers["t1"].removed  # still assigned: kept until the manager lets go
+
+
+async def test_a_restarted_worker_resumes_known_tasks_and_drops_unassigned_ones(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as first:
+        first.worker.session_started("s1")
+        first.assign(make_task("t1"), make_task("t2"), full=True)
+        await eventually(lambda: first.states("t1")[-1:] == first.states("t2")[-1:] == [S.RUNNING])
+    # Stopping detached from the tasks instead of stopping them.
+    assert all("shutdown" not in c.calls for c in first.executor.controllers.values())
+
+    async with Harness(tmp_path) as second:
+        controllers = second.executor.controllers
+        await eventually(lambda: set(controllers) == {"t1", "t2"}, "runners resumed")
+        await eventually(lambda: all(c.calls == ["wait"] for c in controllers.values()), "resumed at wait")
+        second.worker.session_started("s2")
+        # The statuses are said again: the old agent may have died before they were acknowledged.
+        await eventually(lambda: second.states("t1") == second.states("t2") == [S.RUNNING])
+        second.assign(make_task("t1"), full=True)
+        await eventually(lambda: controllers["t2"].removed, "t2 removed")
+        assert controllers["t2"].calls == ["wait", "shutdown", "remove"]
+        assert await second.stored() == {"t1": S.RUNNING}
+
+
+async def test_reports_are_resent_after_a_reconnect_until_acknowledged(tmp_path: Path) -> None:
+    async with Harness(tmp_path, ack=False) as h:
+        h.worker.session_started("s1")
+        h.assign(make_task("t1"), full=True)
+        await eventually(lambda: h.states("t1")[-1:] == [S.RUNNING])
+        h.worker.session_lost("network")
+        sent = len(h.reports)
+        h.worker.session_started("s2")
+        await eventually(lambda: len(h.reports) > sent, "a re-sent report")
+        resent = h.reports[sent:]
+        assert [(u.task_id, u.status.state) for _, updates in resent for u in updates] == [("t1", S.RUNNING)]
+        for report_id, _ in resent:
+            h.worker.acknowledged(report_id)
+        await eventually(lambda: h.worker.state.unacknowledged() == 0, "acknowledged")
+        h.worker.session_lost("network")
+        h.worker.session_started("s3")
+        await asyncio.sleep(0.05)
+        assert len(h.reports) == sent + len(resent)  # nothing left to re-send
+
+
+async def test_an_invalid_transition_stops_the_worker_loudly(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.db.open()
+    run = asyncio.create_task(h.worker.run())
+    try:
+        h.assign(make_task("t1"), full=True)
+        await eventually(lambda: [t.state for t in h.worker.state.story("t1")[-1:]] == [S.RUNNING], "RUNNING")
+        h.worker._progressed("t1", Progress(state=S.PREPARING))  # as a buggy runner would
+        with pytest.raises(InvalidTransition, match="running -> preparing"):
+            async with asyncio.timeout(3):
+                await run
+    finally:
+        run.cancel()
+        await asyncio.wait({run}, timeout=3)
+        await h.db.close()

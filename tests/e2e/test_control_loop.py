@@ -1,0 +1,178 @@
+"""The control loop end to end: a real manager and real agent processes (hollow executor) on loopback.
+
+Create, scale, update and remove a service; lose an agent (its tasks are replaced after the heartbeat
+grace, and when it comes back its stale tasks are shut down); kill the manager mid-deploy (nothing is
+lost, convergence resumes).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
+from treeherd.model.services import TaskSpec
+from treeherd.testing.processes import AgentProcess, ManagerProcess
+from treeherd.transport.client import Client
+
+pytestmark = pytest.mark.e2e
+WAIT_S = 30.0
+HOSTS = ("host-a", "host-b", "host-c")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.manager = ManagerProcess(tmp / "manager", listen=f"127.0.0.1:{self.port}")
+        self.agents: dict[str, AgentProcess] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_agent(self, host: str) -> AgentProcess:
+        agent = AgentProcess(self.url, self.tmp / host, host).start()
+        self.agents[host] = agent
+        return agent
+
+    def client(self) -> Client:
+        return Client(self.url, timeout=10)
+
+    def tasks(self, service: str) -> list[dict[str, Any]]:
+        with self.client() as client:
+            return client.get(f"/api/v1/services/{service}/tasks", list)
+
+    def nodes(self) -> dict[str, str]:
+        with self.client() as client:
+            return {
+                m["hostname"]: m["agent"]["state"] for m in client.get("/api/v1/machines", list, agents=True)
+            }
+
+    def running(self, service: str) -> list[dict[str, Any]]:
+        return [t for t in self.tasks(service) if t["desired_state"] == "running" and t["state"] == "running"]
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.kill()
+        self.manager.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.manager.start()
+        with cluster.client() as client:
+            # Short heartbeats so a lost agent is noticed in about two seconds.
+            client.request(
+                "PATCH",
+                "/api/v1/cluster",
+                ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
+            )
+            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+        for host in HOSTS:
+            cluster.start_agent(host)
+        wait_for(lambda: cluster.nodes() == dict.fromkeys(HOSTS, "ready"), "three ready agents")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def create(cluster: Cluster, name: str, replicas: int, **spec: Any) -> None:
+    with cluster.client() as client:
+        client.request(
+            "POST",
+            "/api/v1/services",
+            ServiceCreate(
+                name=name, node="corp", replicas=replicas, task=TaskSpec(command=["serve"], **spec)
+            ),
+        )
+
+
+def slots_meant_to_run(tasks: list[dict[str, Any]]) -> Counter[int]:
+    return Counter(t["slot"] for t in tasks if t["desired_state"] == "running")
+
+
+def test_create_scale_update_remove(cluster: Cluster) -> None:
+    create(cluster, "web", 6)
+    running = wait_for(lambda: len(cluster.running("web")) == 6 and cluster.running("web"), "6 running")
+    assert sorted(Counter(t["hostname"] for t in running).values()) == [2, 2, 2]  # spread
+    with cluster.client() as client:
+        client.request("PATCH", "/api/v1/services/web", ServiceUpdate(replicas=2))
+    wait_for(
+        lambda: (
+            sorted(t["slot"] for t in cluster.running("web")) == [1, 2]
+            and all(
+                t["state"] == "shutdown" for t in cluster.tasks("web") if t["desired_state"] == "shutdown"
+            )
+        ),
+        "scaled to 2, the others shut down by their agents",
+    )
+    with cluster.client() as client:
+        client.request(
+            "PATCH", "/api/v1/services/web", ServiceUpdate(task=TaskSpec(command=["serve"], env={"V": "2"}))
+        )
+    wait_for(
+        lambda: sorted((t["slot"], t["spec_version"]) for t in cluster.running("web")) == [(1, 2), (2, 2)],
+        "updated tasks running",
+    )
+    with cluster.client() as client:
+        client.request("DELETE", "/api/v1/services/web")
+        wait_for(lambda: not client.get("/api/v1/services", list), "the service removed")
+
+
+def test_lost_agent_is_replaced_and_its_stale_tasks_stopped_on_return(cluster: Cluster) -> None:
+    create(cluster, "api", 6, restart={"delay_s": 0})  # type: ignore[arg-type]
+    wait_for(lambda: len(cluster.running("api")) == 6, "6 running")
+    lost = [t["id"] for t in cluster.running("api") if t["hostname"] == "host-a"]
+    assert lost
+    cluster.agents["host-a"].kill()
+    wait_for(lambda: cluster.nodes()["host-a"] == "down", "host-a marked down", timeout=15)
+    wait_for(
+        lambda: len([t for t in cluster.running("api") if t["hostname"] != "host-a"]) == 6,
+        "6 running on the other agents",
+    )
+    assert all(slots_meant_to_run(cluster.tasks("api"))[s] == 1 for s in range(1, 7))
+    cluster.start_agent("host-a")
+    wait_for(lambda: cluster.nodes()["host-a"] == "ready", "host-a back")
+    wait_for(
+        lambda: all(t["state"] == "shutdown" for t in cluster.tasks("api") if t["id"] in lost),
+        "host-a's stale tasks shut down",
+    )
+    final = cluster.running("api")
+    assert sorted(t["slot"] for t in final) == [1, 2, 3, 4, 5, 6]  # one running task per slot
+    assert not any(t["id"] in lost for t in final)
+
+
+def test_manager_killed_mid_deploy_converges_after_restart(cluster: Cluster) -> None:
+    create(cluster, "batch", 30)
+    cluster.manager.kill()
+    cluster.manager = ManagerProcess(cluster.manager.data_dir, listen=f"127.0.0.1:{cluster.port}").start()
+    wait_for(lambda: len(cluster.running("batch")) == 30, "30 running after the restart", timeout=45)
+    tasks = cluster.tasks("batch")
+    assert slots_meant_to_run(tasks) == Counter(range(1, 31))  # every slot once, none twice
+    assert len({t["id"] for t in tasks}) == len(tasks)
