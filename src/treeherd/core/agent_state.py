@@ -21,11 +21,31 @@ Invariants:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
-from datetime import datetime
 
 import msgspec
 
+from treeherd.core.agent_events import (
+    AgentStarted,
+    AssignmentsReceived,
+    DeleteTask,
+    Event,
+    EventBase,
+    Instruction,
+    InvalidTransition,
+    PersistTask,
+    ProceedRunner,
+    RemoveRunner,
+    ReportAcknowledged,
+    RunnerProgressed,
+    SendReport,
+    SessionEstablished,
+    SessionLost,
+    ShutdownRunner,
+    StartRunner,
+    StoredTask,
+    Transition,
+    format_story,
+)
 from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import LAST_MANAGER_STATE, TaskState
 from treeherd.model.wire import TaskStatusUpdate
@@ -52,152 +72,6 @@ __all__ = [
     "Transition",
     "format_story",
 ]
-
-
-class StoredTask(msgspec.Struct, frozen=True, kw_only=True):
-    """A task as the local DB keeps it: the manager's copy and the agent's last observed status."""
-
-    task: Task
-    status: TaskStatus
-
-
-# --- events -------------------------------------------------------------------------------------
-
-
-class _Event(msgspec.Struct, frozen=True, kw_only=True):
-    cause_id: str
-    now: datetime
-
-
-class AgentStarted(_Event, frozen=True, kw_only=True):
-    """The agent (re)started; these tasks were in its local DB."""
-
-    tasks: list[StoredTask] = []
-
-
-class AssignmentsReceived(_Event, frozen=True, kw_only=True):
-    """The manager's assignments: the full set, or an increment (updated tasks, removed ids)."""
-
-    full: bool
-    updated: list[Task] = []
-    removed: list[str] = []
-
-
-class RunnerProgressed(_Event, frozen=True, kw_only=True):
-    """A task runner reached a new observed state."""
-
-    task_id: str
-    state: TaskState
-    message: str = ""
-    error: str = ""
-    exit_code: int | None = None
-
-
-class ReportAcknowledged(_Event, frozen=True, kw_only=True):
-    report_id: int
-
-
-class SessionLost(_Event, frozen=True, kw_only=True):
-    reason: str = ""
-
-
-class SessionEstablished(_Event, frozen=True, kw_only=True):
-    session_id: str
-
-
-Event = (
-    AgentStarted
-    | AssignmentsReceived
-    | RunnerProgressed
-    | ReportAcknowledged
-    | SessionLost
-    | SessionEstablished
-)
-
-
-# --- instructions -------------------------------------------------------------------------------
-
-
-class _Instruction(msgspec.Struct, frozen=True, kw_only=True):
-    cause_id: str
-
-
-class StartRunner(_Instruction, frozen=True, kw_only=True):
-    """Run the task from `status.state` on (a resumed RUNNING task goes straight to wait)."""
-
-    task: Task
-    status: TaskStatus
-
-
-class ProceedRunner(_Instruction, frozen=True, kw_only=True):
-    """Desired state moved up to RUNNING: a runner holding at READY starts the task."""
-
-    task_id: str
-
-
-class ShutdownRunner(_Instruction, frozen=True, kw_only=True):
-    """Stop the task; its runner reports the terminal state."""
-
-    task_id: str
-
-
-class RemoveRunner(_Instruction, frozen=True, kw_only=True):
-    """Forget the task: stop its runner if it still runs, then clean up what prepare made."""
-
-    task: Task
-
-
-class PersistTask(_Instruction, frozen=True, kw_only=True):
-    task: Task
-    status: TaskStatus
-
-
-class DeleteTask(_Instruction, frozen=True, kw_only=True):
-    task_id: str
-
-
-class SendReport(_Instruction, frozen=True, kw_only=True):
-    """One batched status report; kept by the state until `ReportAcknowledged(report_id)`."""
-
-    report_id: int
-    updates: list[TaskStatusUpdate]
-
-
-Instruction = (
-    StartRunner | ProceedRunner | ShutdownRunner | RemoveRunner | PersistTask | DeleteTask | SendReport
-)
-
-
-# --- the story of a task ------------------------------------------------------------------------
-
-
-class Transition(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of a task's story: the state it was in, why, and when."""
-
-    state: TaskState
-    cause_id: str
-    at: datetime
-    message: str = ""
-
-
-def format_story(story: Sequence[Transition]) -> str:
-    """A story as `debug story` prints it: one transition a line."""
-    return "\n".join(
-        f"  {t.at.isoformat()} {t.state.label:<10} [{t.cause_id}] {t.message}".rstrip() for t in story
-    )
-
-
-class InvalidTransition(Exception):
-    """A runner reported a state the task cannot move to; carries the task's story."""
-
-    def __init__(self, task_id: str, current: TaskState, new: TaskState, story: Sequence[Transition]) -> None:
-        self.task_id = task_id
-        self.current = current
-        self.new = new
-        self.story = list(story)
-        super().__init__(
-            f"task {task_id}: invalid transition {current.label} -> {new.label}\n{format_story(story)}"
-        )
 
 
 class _Record:
@@ -399,14 +273,14 @@ class AgentState:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _remember(self, task: Task, status: TaskStatus, event: _Event, why: str) -> _Record:
+    def _remember(self, task: Task, status: TaskStatus, event: EventBase, why: str) -> _Record:
         story: deque[Transition] = self._forgotten.pop(task.id, deque(maxlen=self._story_limit))
         record = _Record(task, status, story)
         self._tasks[task.id] = record
         self._note(record, event, why)
         return record
 
-    def _note(self, record: _Record, event: _Event, message: str) -> None:
+    def _note(self, record: _Record, event: EventBase, message: str) -> None:
         record.story.append(
             Transition(state=record.status.state, cause_id=event.cause_id, at=event.now, message=message)
         )
@@ -429,11 +303,11 @@ class AgentState:
         record.touched = True
         out.append(StartRunner(cause_id=cause_id, task=record.task, status=record.status))
 
-    def _stop(self, record: _Record, event: _Event, out: list[Instruction]) -> None:
+    def _stop(self, record: _Record, event: EventBase, out: list[Instruction]) -> None:
         if record.has_runner:
             out.append(ShutdownRunner(cause_id=event.cause_id, task_id=record.task.id))
 
-    def _forget(self, task_id: str, event: _Event, why: str, out: list[Instruction]) -> None:
+    def _forget(self, task_id: str, event: EventBase, why: str, out: list[Instruction]) -> None:
         record = self._tasks.pop(task_id)
         self._note(record, event, f"forgotten: {why}")
         if record.touched:

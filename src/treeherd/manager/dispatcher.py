@@ -27,7 +27,6 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
@@ -47,6 +46,7 @@ from treeherd.core.dispatch import (
 )
 from treeherd.core.view import View
 from treeherd.manager.inventory import new_id, utc_now
+from treeherd.manager.sessions import AgentSession
 from treeherd.model.errors import (
     AlreadyExists,
     Compacted,
@@ -56,7 +56,7 @@ from treeherd.model.errors import (
     VersionConflict,
     WatchLagged,
 )
-from treeherd.model.events import Change, Event
+from treeherd.model.events import Change
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Op
 from treeherd.model.services import ClusterSettings, Task
@@ -85,57 +85,10 @@ DRAIN_S = 2.0  # for the messages queued when a session ends
 STOP_FLUSH_S = 5.0  # for the last status write when the dispatcher stops
 TICK_S = 0.5  # the heartbeat timer's longest sleep: expiry is at most this late
 ASSIGNMENT_BATCH_S = 0.05  # changes to one agent's tasks are coalesced over this interval
-MAX_OUTBOX = 10_000  # messages queued for an agent that does not read them: the session is dropped
-MAX_SESSION_EVENTS = 100_000  # events queued for one session: drop them and send a full set instead
 COMMIT_ATTEMPTS = 5
 
 
-class _Session:
-    """One agent's live session: its channel, what is queued for it, and why it ended."""
-
-    def __init__(
-        self, session_id: str, machine_id: str, hostname: str, channel: Channel[AgentMessage]
-    ) -> None:
-        self.id = session_id
-        self.machine_id = machine_id
-        self.hostname = hostname
-        self.channel = channel
-        self.outbox: deque[object] = deque()
-        self.outbox_ready = asyncio.Event()
-        self.events: list[Event] = []
-        self.events_ready = asyncio.Event()
-        self.snapshot_revision: int | None = None
-        self.resync = False
-        self.closed = asyncio.Event()
-        self.reason = ""
-
-    def post(self, message: object) -> None:
-        """Queue a message for the agent (never blocks; a session that stops reading is dropped)."""
-        if self.closed.is_set():
-            return
-        if len(self.outbox) >= MAX_OUTBOX:
-            self.close(f"the agent left {MAX_OUTBOX} messages unread")
-            return
-        self.outbox.append(message)
-        self.outbox_ready.set()
-
-    def push(self, event: Event) -> None:
-        """Hand the session a store event about one of its machine's tasks."""
-        if len(self.events) >= MAX_SESSION_EVENTS:
-            self.events.clear()
-            self.resync = True
-        elif not self.resync:
-            self.events.append(event)
-        self.events_ready.set()
-
-    def close(self, reason: str) -> None:
-        if not self.closed.is_set():
-            self.reason = reason
-            self.closed.set()
-            self.outbox_ready.set()
-
-
-_Waiter = tuple[_Session, int]
+_Waiter = tuple[AgentSession, int]
 
 
 class Dispatcher:
@@ -167,7 +120,7 @@ class Dispatcher:
         self._unknown: set[str] = set()
         self._limiter = RegistrationLimiter()
         self._batcher: StatusBatcher[_Waiter] = StatusBatcher()
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, AgentSession] = {}
         self._task_machine: dict[str, str] = {}
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -240,7 +193,7 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(channel.close(), SEND_TIMEOUT_S)
 
-    async def _open(self, channel: Channel[AgentMessage], address: str) -> _Session | None:
+    async def _open(self, channel: Channel[AgentMessage], address: str) -> AgentSession | None:
         """Register the agent; returns its session, or None after refusing it."""
         try:
             first = await asyncio.wait_for(channel.receive(), REGISTER_TIMEOUT_S)
@@ -279,7 +232,7 @@ class Dispatcher:
         if not self._ready.is_set():
             await _refuse(channel, "unavailable", "the dispatcher stopped")
             return None
-        session = _Session(self._ids(), machine_id, hostname, channel)
+        session = AgentSession(self._ids(), machine_id, hostname, channel)
         previous = self._sessions.get(machine_id)
         if previous is not None:
             previous.close(f"replaced by session {session.id}")
@@ -339,7 +292,7 @@ class Dispatcher:
                 await asyncio.gather(ready, stopping, return_exceptions=True)
         return self._ready.is_set()
 
-    async def _run_session(self, session: _Session) -> None:
+    async def _run_session(self, session: AgentSession) -> None:
         reader = asyncio.create_task(self._read(session))
         assigner = asyncio.create_task(self._assign(session))
         writer = asyncio.create_task(self._write(session))
@@ -367,7 +320,7 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _read(self, session: _Session) -> None:
+    async def _read(self, session: AgentSession) -> None:
         while True:
             message = await session.channel.receive()
             if session.closed.is_set():
@@ -388,7 +341,7 @@ class Dispatcher:
             elif isinstance(message, StatusReport):
                 self._status_report(session, message)
 
-    async def _write(self, session: _Session) -> None:
+    async def _write(self, session: AgentSession) -> None:
         while True:
             while session.outbox:
                 await session.channel.send(session.outbox.popleft())
@@ -397,7 +350,7 @@ class Dispatcher:
             session.outbox_ready.clear()
             await session.outbox_ready.wait()
 
-    def _heartbeat(self, session: _Session) -> None:
+    def _heartbeat(self, session: AgentSession) -> None:
         settings = self._settings()
         period = heartbeat_period(settings, self._rand())
         self._deadlines.register(session.machine_id, self._monotonic(), heartbeat_timeout(period, settings))
@@ -478,7 +431,7 @@ class Dispatcher:
                         self._unknown.add(machine_id)
 
     # ---- task status -------------------------------------------------------------------------------
-    def _status_report(self, session: _Session, report: StatusReport) -> None:
+    def _status_report(self, session: AgentSession, report: StatusReport) -> None:
         outcome = self._batcher.offer(
             self._store.view(), session.machine_id, report.updates, (session, report.report_id)
         )
@@ -566,7 +519,7 @@ class Dispatcher:
                 if change.revision > session.snapshot_revision:
                     session.push(event)
 
-    async def _assign(self, session: _Session) -> None:
+    async def _assign(self, session: AgentSession) -> None:
         assignments = AssignmentSet(session.machine_id)
         session.post(self._full_assignments(session, assignments))
         while True:
@@ -585,7 +538,7 @@ class Dispatcher:
             if message is not None:
                 session.post(message)
 
-    def _full_assignments(self, session: _Session, assignments: AssignmentSet) -> Assignments:
+    def _full_assignments(self, session: AgentSession, assignments: AssignmentSet) -> Assignments:
         view = self._store.view()
         session.snapshot_revision = view.revision
         session.events.clear()
