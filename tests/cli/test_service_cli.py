@@ -1,0 +1,168 @@
+"""`treeherd service|node|cluster|debug` against a real manager with a real agent (hollow executor)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Cli
+from treeherd.testing.processes import AgentProcess, ManagerProcess
+
+WAIT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, str]]:
+    tmp = tmp_path_factory.mktemp("svc")
+    with ManagerProcess(tmp / "manager") as manager:
+        agent = AgentProcess(manager.url, tmp / "agent", "worker-1", labels=("disk=ssd",)).start()
+        cli = Cli(manager.url)
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while "ready" not in cli("node", "ls").stdout and time.monotonic() < deadline:
+                time.sleep(0.1)
+            yield cli, "worker-1"
+        finally:
+            agent.kill()
+
+
+def wait_json(cli: Cli, args: tuple[str, ...], check, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + WAIT_S
+    value = None
+    while time.monotonic() < deadline:
+        value = json.loads(cli(*args, "--format", "json").stdout)
+        if check(value):
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {value}")
+
+
+@pytest.fixture
+def names(cluster: tuple[Cli, str]) -> tuple[Cli, str, str]:
+    cli, _ = cluster
+    root = "s" + secrets.token_hex(3)
+    cli("tree", "add", root)
+    return cli, root, f"svc-{root}"
+
+
+def test_create_ps_scale_update_rm(names: tuple[Cli, str, str]) -> None:
+    cli, root, name = names
+    out = cli(
+        "service",
+        "create",
+        name,
+        "--node",
+        root,
+        "--replicas",
+        "3",
+        "--port",
+        "http",
+        "--env",
+        "MODE=test",
+        "--restart-condition",
+        "on-failure",
+        "--restart-delay",
+        "1s",
+        "--",
+        "serve",
+        "--flag",
+    ).stdout
+    assert out.startswith(f"created service {name}")
+    rows = wait_json(
+        cli, ("service", "ps", name), lambda r: [t["state"] for t in r] == ["running"] * 3, "3 running"
+    )
+    assert sorted(t["slot"] for t in rows) == [1, 2, 3]
+    assert all(set(t["ports"]) == {"http"} for t in rows)
+    table = cli("service", "ls").stdout
+    assert f"{name}" in table and "3/3" in table and root in table
+    assert "ID" in cli("service", "ps", name).stdout.splitlines()[0]
+
+    cli("service", "scale", f"{name}=1")
+    wait_json(
+        cli,
+        ("service", "ps", name, "--current"),
+        lambda r: len(r) == 1 and r[0]["state"] == "running",
+        "scaled to 1",
+    )
+    assert "tasks will be replaced" in cli("service", "update", name, "--env", "MODE=prod").stdout
+    wait_json(
+        cli,
+        ("service", "ps", name, "--current"),
+        lambda r: [(t["spec_version"], t["state"]) for t in r] == [(2, "running")],
+        "updated",
+    )
+    inspected = json.loads(cli("service", "inspect", name).stdout)
+    assert inspected["service"]["task"]["env"] == {"MODE": "prod"}
+    assert inspected["service"]["task"]["command"] == ["serve", "--flag"]
+
+    task_id = json.loads(cli("service", "ps", name, "--current", "--format", "json").stdout)[0]["id"]
+    story = cli("debug", "story", task_id).stdout
+    assert "created" in story and "assigned" in story and "running" in story
+
+    assert f"removing {name}" in cli("service", "rm", name).stdout
+    wait_json(cli, ("service", "ls"), lambda r: name not in [s["service"]["name"] for s in r], "removed")
+
+
+def test_unplaceable_service_says_why(names: tuple[Cli, str, str]) -> None:
+    cli, root, name = names
+    cli("service", "create", name, "--node", root, "--constraint", "node.labels.disk==nvme", "--", "x")
+    wait_json(
+        cli,
+        ("service", "ps", name),
+        lambda r: r and "node.labels.disk==nvme" in r[0]["placement_error"],
+        "an explanation",
+    )
+    assert "cannot be placed: no node satisfies node.labels.disk==nvme" in cli("service", "ps", name).stdout
+    cli("service", "rm", name)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--node", "no.such.node", "--", "x"), "no tree node"),
+        (("--node", "ROOT", "--conflicts", "ghost", "--", "x"), "unknown service 'ghost'"),
+        (("--node", "ROOT", "--constraint", "node.labels.disk=ssd", "--", "x"), "invalid constraint"),
+        (("--node", "ROOT", "--replicas", "-1", "--", "x"), "replicas must be between"),
+        (
+            ("--node", "ROOT", "--reserve-memory", "2G", "--limit-memory", "1G", "--", "x"),
+            "below the reservation",
+        ),
+        (("--node", "ROOT", "--restart-delay", "soon", "--", "x"), "not a duration"),
+        (("--node", "ROOT", "--mode", "global", "--replicas", "2", "--", "x"), "does not apply to a global"),
+    ],
+)
+def test_bad_service_input_writes_nothing(
+    names: tuple[Cli, str, str], args: tuple[str, ...], message: str
+) -> None:
+    cli, root, name = names
+    args = tuple(root if a == "ROOT" else a for a in args)
+    result = cli("service", "create", name, *args, check=False)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    services = json.loads(cli("service", "ls", "--format", "json").stdout)
+    assert name not in [s["service"]["name"] for s in services]
+
+
+def test_node_commands(cluster: tuple[Cli, str]) -> None:
+    cli, host = cluster
+    nodes = json.loads(cli("node", "ls", "--format", "json").stdout)
+    assert [n["hostname"] for n in nodes] == [host]
+    assert nodes[0]["agent"]["state"] == "ready" and nodes[0]["labels"] == {"disk": "ssd"}
+    cli("node", "update", host, "--availability", "pause", "--label-add", "zone=a")
+    shown = json.loads(cli("node", "inspect", host).stdout)
+    assert shown["availability"] == "pause" and shown["labels"] == {"disk": "ssd", "zone": "a"}
+    cli("node", "update", host, "--availability", "active", "--label-rm", "zone")
+    assert json.loads(cli("node", "inspect", host).stdout)["availability"] == "active"
+
+
+def test_cluster_settings(cluster: tuple[Cli, str]) -> None:
+    cli, _ = cluster
+    cli("cluster", "set", "--task-history", "7")
+    assert json.loads(cli("cluster", "show", "--format", "json").stdout)["task_history"] == 7
+    bad = cli("cluster", "set", "--heartbeat-period", "0s", check=False)
+    assert bad.returncode == 1 and "heartbeat_period_s must be between" in bad.stderr
