@@ -1,8 +1,10 @@
-"""A small example tree for `treeherd up --demo`: a web tier with routes, a database tier, machines."""
+"""A small example for `treeherd up --demo`: a web tier with routes, a database tier, machines, and a
+service of two replicas."""
 
 from __future__ import annotations
 
 from treeherd.manager.inventory import Inventory
+from treeherd.manager.services import Services
 from treeherd.model.objects import DomainPort, TreeNode
 from treeherd.model.requests import (
     BindRequest,
@@ -11,7 +13,9 @@ from treeherd.model.requests import (
     NodeCreate,
     ProvisionCreate,
     RouteSpec,
+    ServiceCreate,
 )
+from treeherd.model.services import PortSpec, TaskSpec
 
 
 async def load_demo(inventory: Inventory) -> bool:
@@ -58,4 +62,12 @@ async def load_demo(inventory: Inventory) -> bool:
     ):
         await inventory.bind(hostname, BindRequest(node=path, weight=weight))
     await inventory.create_provision(ProvisionCreate(hostname="web-04", node="corp.web.api"))
+    await Services(inventory.store).create(
+        ServiceCreate(
+            name="frontend",
+            node="corp.web.frontend",
+            replicas=2,
+            task=TaskSpec(command=["python3", "-m", "http.server"], ports=[PortSpec(name="http")]),
+        )
+    )
     return True
