@@ -38,9 +38,12 @@ class Orchestrator(Reactor):
         self._ids = ids
         self._dirty: set[str] = set()
         self._wakes: dict[str, datetime] = {}
+        self._machines: dict[str, tuple[object, ...]] = {}
 
     def start(self) -> None:
-        self._dirty = {s.id for s in self.store.view().all(Service)}
+        view = self.store.view()
+        self._dirty = {s.id for s in view.all(Service)}
+        self._machines = {m.id: _placement_facts(m) for m in view.all(Machine)}
 
     def handle(self, change: Change) -> None:
         view = self.store.view()
@@ -53,6 +56,15 @@ class Orchestrator(Reactor):
                 if event.type == "updated" and _matters(obj):
                     self._dirty.add(obj.service_id)
             elif isinstance(obj, Machine):
+                # Most machine events are heartbeat-level news (an agent registering, its address):
+                # only what decides where tasks may run wakes the services concerned.
+                facts = None if event.type == "deleted" else _placement_facts(obj)
+                if self._machines.get(obj.id) == facts:
+                    continue
+                if facts is None:
+                    self._machines.pop(obj.id, None)
+                else:
+                    self._machines[obj.id] = facts
                 self._dirty.update(t.service_id for t in view.referrers(Task, "machine", obj.id))
                 self._dirty.update(s.id for s in view.all(Service) if s.mode == "global")
 
@@ -85,6 +97,13 @@ class Orchestrator(Reactor):
 
     def _schedule_wake(self) -> None:
         self.wake_at = min(self._wakes.values()) if self._wakes else None
+
+
+def _placement_facts(machine: Machine) -> tuple[object, ...]:
+    """What about a machine the orchestrator's decisions depend on (down or not, not its exact state)."""
+    down = machine.agent is None or machine.agent.state == "down"
+    labels = tuple(sorted(machine.labels.items()))
+    return (down, machine.availability, machine.role, machine.machine_kind, machine.hostname, labels)
 
 
 def _matters(task: Task) -> bool:
