@@ -55,7 +55,10 @@ class Services:
         view = self.store.view()
         node = view.get(TreeNode, service.node_id)
         tasks = view.referrers(Task, "service", service.id)
-        running = sum(1 for t in tasks if desired_running(t) and t.status.state == TaskState.RUNNING)
+        running_state = TaskState.RUNNING
+        running = sum(
+            1 for t in tasks if t.desired_state <= running_state and t.status.state == running_state
+        )
         desired = (
             service.replicas if service.mode == "replicated" else sum(1 for t in tasks if desired_running(t))
         )

@@ -165,9 +165,12 @@ class State:
 
     def _check_references(self, info: KindInfo, obj: AnyObject, current: AnyObject | None) -> None:
         for ref in info.references:
-            known = set(ref.ids(current)) if current is not None else set()
+            new = ref.ids(obj)
+            known = ref.ids(current) if current is not None else ()
+            if new == known:  # most updates (task status, say) keep their references
+                continue
             targets = self._objects[ref.target]
-            for target in ref.ids(obj):
+            for target in new:
                 if target not in known and target not in targets:
                     raise NotFound(
                         f"{ref.target} {target!r} referenced as {ref.name} does not exist", field=ref.name
