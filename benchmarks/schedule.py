@@ -1144,9 +1144,16 @@ def plot(report: dict[str, Any], data: dict[str, Any], path: Path) -> None:
     offset = data["created_offset"]
     if samples:
         ts = [s["t"] - offset for s in samples]
-        ax_cpu.plot(ts, [s["manager_cores"] for s in samples], label="manager process")
-        ax_cpu.plot(ts, [s["agents_cores"] for s in samples], label="agents process")
-        ax_cpu.plot(ts, [s["machine_cores"] for s in samples], label="whole machine", color="black", lw=0.8)
+        # A sampler held up between reading the clock and a CPU counter shows a spike and then a dip
+        # (their sum is right): the plot clips rates to the machine's cores.
+        cores = report["machine"]["cpu_count"] or 2
+
+        def clip(key: str) -> list[float]:
+            return [min(max(s[key], 0.0), cores) for s in samples]
+
+        ax_cpu.plot(ts, clip("manager_cores"), label="manager process")
+        ax_cpu.plot(ts, clip("agents_cores"), label="agents process")
+        ax_cpu.plot(ts, clip("machine_cores"), label="whole machine", color="black", lw=0.8)
         ax_rss = ax_cpu.twinx()
         ax_rss.plot(ts, [s["manager_rss_mb"] for s in samples], color="tab:red", ls=":", label="manager RSS")
         ax_rss.set_ylabel("manager RSS (MiB)", color="tab:red")
