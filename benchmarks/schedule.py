@@ -701,6 +701,26 @@ def parse_time(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def code_version() -> dict[str, Any]:
+    """The commit this treeherd runs from, and whether src/ has changes on top of it (others may be
+    editing the tree while a long run goes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "src_modified": bool(dirty)}
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -717,6 +737,7 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "sqlite": sqlite3.sqlite_version,
         "treeherd": treeherd.__version__,
+        "code": code_version(),
         "msgspec": msgspec.__version__,
     }
 
@@ -1389,6 +1410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "placements_met": placements is not None and placements >= GOAL_PLACEMENTS_PER_S,
         "all_running_seconds": GOAL_ALL_RUNNING_S,
         "all_running_met": all_running is not None and all_running <= GOAL_ALL_RUNNING_S,
+        "all_running_goal_is_for": "100,000 tasks on 1,000 nodes",
     }
     report["agents_log"] = dict(agent_logs.counts.most_common(12))
     treeherd_logger.removeHandler(agent_logs)
