@@ -62,6 +62,7 @@ def allocate(tasks: Sequence[Task], pool: PortPool, now: datetime) -> tuple[list
             waiting.append(task.id)
             continue
         ports: dict[str, int] = {}
+        taken: list[int] = []  # from the pool, handed back if the task cannot have them all
         exhausted = False
         for spec in task.spec.ports:
             if spec.port is not None:
@@ -72,10 +73,9 @@ def allocate(tasks: Sequence[Task], pool: PortPool, now: datetime) -> tuple[list
                 exhausted = True
                 break
             ports[spec.name] = port
+            taken.append(port)
         if exhausted:
-            pool.release(
-                p for name, p in ports.items() if name not in {s.name for s in task.spec.ports if s.port}
-            )
+            pool.release(taken)
             message = f"no free host port in {pool.low}-{pool.high}"
             if task.status.message != message:
                 status = msgspec.structs.replace(task.status, message=message)

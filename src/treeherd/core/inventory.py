@@ -16,7 +16,7 @@ import msgspec
 from msgspec import UNSET
 
 from treeherd.core import validate
-from treeherd.core.nodes import V, _merge, check_version, domain_by_name, node_by_path
+from treeherd.core.nodes import check_version, domain_by_name, merge_patch, node_by_path
 from treeherd.core.view import View
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound, Refused
 from treeherd.model.kinds import binding_key
@@ -40,7 +40,6 @@ from treeherd.model.requests import (
 )
 
 __all__ = [
-    "V",
     "machine_by_hostname",
     "plan_bind",
     "plan_create_domain",
@@ -90,7 +89,7 @@ def plan_update_machine(view: View, hostname: str, request: MachineUpdate, now: 
     machine = machine_by_hostname(view, hostname)
     check_version(machine, request.version)
     validate.labels(request.labels)
-    changes: dict[str, object] = {"labels": _merge(machine.labels, request.labels), "updated_at": now}
+    changes: dict[str, object] = {"labels": merge_patch(machine.labels, request.labels), "updated_at": now}
     if request.ips is not UNSET:
         changes["ips"] = validate.ip_list(request.ips)
     if request.cpus is not UNSET:

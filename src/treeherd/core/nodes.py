@@ -122,8 +122,8 @@ def plan_update_node(view: View, path: str, request: NodeUpdate, now: datetime) 
         None if request.upstream is UNSET else request.upstream,
         None if request.port is UNSET else request.port,
     )
-    labels = _merge(node.labels, request.labels)
-    classes = _merge(node.puppet_classes, request.puppet_classes)
+    labels = merge_patch(node.labels, request.labels)
+    classes = merge_patch(node.puppet_classes, request.puppet_classes)
     changes: dict[str, object] = {"labels": labels, "puppet_classes": classes, "updated_at": now}
     for name in ("puppet_environment", "upstream", "port", "ip_hash"):
         value = getattr(request, name)
@@ -134,7 +134,7 @@ def plan_update_node(view: View, path: str, request: NodeUpdate, now: datetime) 
     return [Update(msgspec.structs.replace(node, **changes))]
 
 
-def _merge(current: dict[str, V], patch: dict[str, V | None]) -> dict[str, V]:
+def merge_patch(current: dict[str, V], patch: dict[str, V | None]) -> dict[str, V]:
     """A JSON merge patch of one map: None removes a key."""
     merged = dict(current)
     for key, value in patch.items():

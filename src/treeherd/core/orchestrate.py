@@ -113,8 +113,7 @@ class _Context:
         restart_at = None
         if previous is not None:
             # The slot's restart record carries over every replacement, so attempts are counted per slot.
-            window = timedelta(seconds=policy.window_s)
-            restarts = [t for t in previous.restarts if not policy.window_s or t > self.now - window]
+            restarts = self.recent_restarts(previous)
         if previous is not None and restart:
             if policy.max_attempts:
                 restarts = [*restarts, self.now][-policy.max_attempts :]
@@ -140,13 +139,15 @@ class _Context:
         )
         self.ops.append(Create(task))
 
+    def recent_restarts(self, previous: Task) -> list[datetime]:
+        """The slot's restarts within the policy's window (all of them when the window is 0)."""
+        window_s = self.service.task.restart.window_s
+        cutoff = self.now - timedelta(seconds=window_s)
+        return [t for t in previous.restarts if not window_s or t > cutoff]
+
     def attempts_left(self, previous: Task) -> bool:
-        policy = self.service.task.restart
-        if not policy.max_attempts:
-            return True
-        window = timedelta(seconds=policy.window_s)
-        recent = [t for t in previous.restarts if not policy.window_s or t > self.now - window]
-        return len(recent) < policy.max_attempts
+        max_attempts = self.service.task.restart.max_attempts
+        return not max_attempts or len(self.recent_restarts(previous)) < max_attempts
 
     def collect_history(self, tasks: Sequence[Task], keep_ids: set[str]) -> None:
         done = sorted((t for t in tasks if finished(t) and t.id not in keep_ids), key=lambda t: t.created_at)
