@@ -192,7 +192,7 @@ class Worker:
         if previous is not None and not previous.done:
             log.warning("task %s: a runner is already running; not starting another", task.id)
             return
-        runner = TaskRunner(task, state, self.executor, self._progressed, grace_s=self._grace_s)
+        runner = TaskRunner(task, state, self.executor, self._progressed, grace_s=task.spec.stop_grace_s)
         self.runners[task.id] = runner
         runner.start()
 
@@ -200,7 +200,7 @@ class Worker:
         # A runner that never ran in this agent's life (the task ended before a restart) still gets a
         # controller to clean up with: remove() makes one.
         runner = self.runners.pop(task.id, None) or TaskRunner(
-            task, TaskState.SHUTDOWN, self.executor, self._progressed, grace_s=self._grace_s
+            task, TaskState.SHUTDOWN, self.executor, self._progressed, grace_s=task.spec.stop_grace_s
         )
         removal = asyncio.create_task(runner.remove(), name=f"task-remove-{task.id}")
         self._removals.add(removal)

@@ -51,6 +51,11 @@ def spec_options(fn: F) -> F:
             click.option("--restart-max-attempts", type=int, help="0: no limit"),
             click.option("--restart-window", metavar="DURATION", help="the window max attempts count in"),
             click.option(
+                "--stop-grace-period",
+                metavar="DURATION",
+                help="how long a task may take to stop after SIGTERM before SIGKILL (default 10s)",
+            ),
+            click.option(
                 "--port",
                 "ports",
                 multiple=True,
@@ -108,6 +113,9 @@ def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any
         spec = msgspec.structs.replace(spec, placement=msgspec.structs.replace(spec.placement, **placement))
     if o["ports"]:
         spec = msgspec.structs.replace(spec, ports=[port(p) for p in o["ports"]])
+    if o["stop_grace_period"] is not None:
+        grace = duration(o["stop_grace_period"], "--stop-grace-period")
+        spec = msgspec.structs.replace(spec, stop_grace_s=grace)
     return spec
 
 

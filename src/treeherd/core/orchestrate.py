@@ -82,8 +82,10 @@ class _Context:
         now: datetime,
         new_id: Callable[[], str],
         history: int,
+        node_path: str,
     ) -> None:
         self.service = service
+        self.node_path = node_path
         self.machines = machines
         self.now = now
         self.new_id = new_id
@@ -128,6 +130,7 @@ class _Context:
             updated_at=self.now,
             service_id=self.service.id,
             service_name=self.service.name,
+            node_path=self.node_path,
             slot=slot,
             machine_id=machine_id,
             status=TaskStatus(state=TaskState.NEW, timestamp=self.now, message=cause),
@@ -212,9 +215,11 @@ def reconcile(
     new_id: Callable[[], str],
     *,
     history: int = 5,
+    node_path: str = "",
 ) -> Reconciled:
-    """What the service's tasks should become; see the module docstring for the rules."""
-    ctx = _Context(service, machines, now, new_id, history)
+    """What the service's tasks should become; see the module docstring for the rules.
+    `node_path` is the tree path of the service's node, recorded in the tasks it creates."""
+    ctx = _Context(service, machines, now, new_id, history, node_path)
     if service.removing:
         live = [t for t in tasks if desired_running(t)]
         for task in live:

@@ -23,6 +23,7 @@ from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, TaskSpec
 
 MAX_REPLICAS = 1_000_000
+MAX_STOP_GRACE_S = 3600.0
 _SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PORT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -61,6 +62,11 @@ def validate_spec(view: View, spec: TaskSpec, *, own_name: str) -> list[Op]:
     for name, value in (("delay_s", restart.delay_s), ("window_s", restart.window_s)):
         if value < 0:
             raise InvalidInput(f"restart {name} must not be negative", field=f"task.restart.{name}")
+    if not 0 <= spec.stop_grace_s <= MAX_STOP_GRACE_S:
+        raise InvalidInput(
+            f"stop grace period {spec.stop_grace_s:g}s is out of range: use 0 to {MAX_STOP_GRACE_S:g}s",
+            field="task.stop_grace_s",
+        )
     if restart.max_attempts < 0:
         raise InvalidInput("restart max_attempts must not be negative", field="task.restart.max_attempts")
     placement = spec.placement

@@ -15,7 +15,7 @@ from treeherd.core.orchestrate import finished, reconcile
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
 from treeherd.model.events import Change
-from treeherd.model.objects import Machine
+from treeherd.model.objects import Machine, TreeNode
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import TaskState
 from treeherd.store.base import Store
@@ -87,7 +87,16 @@ class Orchestrator(Reactor):
             if service is None:
                 continue
             tasks = view.referrers(Task, "service", service_id)
-            result = reconcile(service, tasks, machines, now, self._ids, history=history)
+            node = view.get(TreeNode, service.node_id)
+            result = reconcile(
+                service,
+                tasks,
+                machines,
+                now,
+                self._ids,
+                history=history,
+                node_path=node.path if node is not None else "",
+            )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at
             if not await commit_safely(self.store, result.ops, f"reconcile of service {service.name}"):

@@ -70,6 +70,8 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     restart: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
     placement: Placement = msgspec.field(default_factory=Placement)
     ports: list[PortSpec] = []
+    # How long a task may take to stop after SIGTERM before it is killed.
+    stop_grace_s: float = 10.0
 
 
 class Service(Object, frozen=True, kw_only=True, tag="service"):
@@ -102,6 +104,8 @@ class Task(Object, frozen=True, kw_only=True, tag="task"):
     kind: ClassVar[str] = "task"
     service_id: str
     service_name: str
+    # The tree path of the service's node when the task was made (TREEHERD_NODE_PATH for the task).
+    node_path: str = ""
     slot: int = 0
     machine_id: str | None = None
     desired_state: TaskState = TaskState.RUNNING
