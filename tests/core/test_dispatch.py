@@ -390,3 +390,13 @@ def test_a_task_moving_to_another_machine_is_removed() -> None:
 def test_cluster_settings_default_when_none_are_stored() -> None:
     settings = cluster_settings(MemoryStore().view())
     assert settings.heartbeat_period_s == 5.0 and settings.registration_limit == 3
+
+
+def test_deadlines_postpone_moves_every_deadline():
+    deadlines = Deadlines()
+    deadlines.register("a", 0.0, 15.0)
+    deadlines.register("b", 0.0, 20.0)
+    deadlines.postpone(10.0)
+    assert deadlines.expired(24.0) == []
+    assert deadlines.expired(25.0) == ["a"]
+    assert deadlines.due("b") == 30.0

@@ -160,6 +160,26 @@ def test_tasks_on_a_down_or_drained_machine_are_replaced():
     assert all(t.machine_id is None for t in creates(result))
 
 
+def test_held_down_machines_keep_their_tasks():
+    tasks = [task("a", 1, machine_id="m1"), task("b", 2, machine_id="m2")]
+    machines = {"m1": machine("m1", state="down"), "m2": machine("m2", state="down")}
+    result = reconcile(service(replicas=2), tasks, machines, NOW, ids(), held=frozenset({"m1"}))
+    assert [t.id for t in shutdowns(result)] == ["b"]
+    assert [t.slot for t in creates(result)] == [2]
+
+
+def test_global_task_on_a_held_down_machine_stays_and_none_is_added():
+    machines = {"m1": machine("m1", state="down"), "m2": machine("m2", state="down")}
+    tasks = [task("a", 0, machine_id="m1")]
+    result = reconcile(service(mode="global"), tasks, machines, NOW, ids(), held=frozenset({"m1", "m2"}))
+    assert result.ops == []
+
+
+def test_tasks_record_the_node_path():
+    result = reconcile(service(replicas=1), [], {}, NOW, ids(), node_path="corp.web")
+    assert [t.node_path for t in creates(result)] == ["corp.web"]
+
+
 def test_node_loss_with_restart_none_is_not_replaced():
     svc = service(replicas=1, restart=RestartPolicy(condition="none"))
     result = reconcile(svc, [task("a", 1)], {"m1": machine("m1", state="down")}, NOW, ids())

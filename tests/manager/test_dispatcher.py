@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -303,15 +304,36 @@ async def test_heartbeats_keep_a_node_ready_and_silence_marks_it_down(harness: H
     assert harness.state() == "ready"
     await harness.clock.advance(1.0)
     await eventually(lambda: harness.state() == "down", "node down")
-    assert harness.machine().agent == AgentStatus(
+    agent_status = harness.machine().agent
+    assert agent_status is not None and agent_status.since is not None
+    # Marked down at its deadline (55 s: the last heartbeat at 40 s + a 15 s grace), not at the advance.
+    assert agent_status == AgentStatus(
         state="down",
         message="heartbeat failure",
         address="10.0.0.9",
-        since=harness.clock.now(),
+        since=harness.clock.now() - timedelta(seconds=0.5),
     )
     with pytest.raises(ChannelClosed):  # the session was closed
         await receive(agent, SessionStarted)
     assert harness.d.session_id(started.machine_id) is None
+
+
+async def test_time_the_manager_was_stalled_does_not_count_against_nodes(harness: Harness) -> None:
+    await harness.start()
+    agent, started, _ = await harness.connect()
+    # The manager's loop is blocked for 30 s (twice the grace); the heartbeat the agent sent meanwhile
+    # is read only afterwards. The node must not be marked down for the manager's own stall.
+    await harness.clock.stall(30.0)
+    await settle()
+    assert harness.state() == "ready"
+    await agent.send(Heartbeat(session_id=started.session_id))
+    await receive(agent, HeartbeatAck)
+    await harness.clock.advance(10.0)
+    await settle()
+    assert harness.state() == "ready"
+    # Real silence after that still counts.
+    await harness.clock.advance(10.0)
+    await eventually(lambda: harness.state() == "down", "node down")
 
 
 async def test_restart_marks_nodes_unknown_with_a_doubled_grace(harness: Harness) -> None:

@@ -22,6 +22,8 @@ FIELDS = [
     "task_history",
     "registration_limit",
     "registration_window_s",
+    "node_loss_fraction",
+    "node_loss_hold_s",
 ]
 
 
@@ -49,6 +51,14 @@ def show(ctx: Context, fmt: str) -> None:
 @click.option("--status-batch-interval", metavar="DURATION", help="flush task statuses this often (100ms)")
 @click.option("--status-batch-max", type=int, help="or at this many statuses (10000)")
 @click.option("--task-history", type=int, help="finished tasks kept per slot (5)")
+@click.option(
+    "--node-loss-fraction",
+    type=float,
+    help="when more than this share of nodes goes down within the hold time, replacements wait (0.1)",
+)
+@click.option(
+    "--node-loss-hold", metavar="DURATION", help="how long tasks of a node lost in a mass loss wait (60s)"
+)
 @FORMAT_OPTION
 @pass_ctx
 def set_(
@@ -59,6 +69,8 @@ def set_(
     status_batch_interval: str | None,
     status_batch_max: int | None,
     task_history: int | None,
+    node_loss_fraction: float | None,
+    node_loss_hold: str | None,
     fmt: str,
 ) -> None:
     """Change settings."""
@@ -67,6 +79,7 @@ def set_(
         ("heartbeat_period_s", heartbeat_period),
         ("heartbeat_epsilon_s", heartbeat_epsilon),
         ("status_batch_interval_s", status_batch_interval),
+        ("node_loss_hold_s", node_loss_hold),
     ):
         if value is not None:
             fields[name] = duration(value, "--" + name.removesuffix("_s").replace("_", "-"))
@@ -74,6 +87,7 @@ def set_(
         ("heartbeat_grace_multiplier", heartbeat_grace),
         ("status_batch_max", status_batch_max),
         ("task_history", task_history),
+        ("node_loss_fraction", node_loss_fraction),
     ):
         if number is not None:
             fields[name] = number

@@ -25,6 +25,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "task_history": (1, 1000),
     "registration_limit": (1, 1000),
     "registration_window_s": (0.1, 3600),
+    "node_loss_fraction": (0, 1),
+    "node_loss_hold_s": (0, 86400),
 }
 
 

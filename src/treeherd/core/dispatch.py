@@ -119,6 +119,12 @@ class Deadlines:
     def forget(self, node_id: str) -> bool:
         return self._due.pop(node_id, None) is not None
 
+    def postpone(self, seconds: float) -> None:
+        """Move every deadline `seconds` later: for time in which nobody listened to the nodes."""
+        self._due = {node_id: due + seconds for node_id, due in self._due.items()}
+        self._heap = [(due, node_id) for node_id, due in self._due.items()]
+        heapq.heapify(self._heap)
+
     def next_due(self) -> float | None:
         while self._heap:
             due, node_id = self._heap[0]

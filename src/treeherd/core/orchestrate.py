@@ -5,7 +5,7 @@ Replicated services have slots 1..replicas; global services one task per eligibl
 given desired state SHUTDOWN (the agent stops it; only the agent reports it stopped), and a replacement is
 created when the reason calls for one:
 - the task ended (observed terminal): per the restart policy (condition, max attempts in a window, delay);
-- its machine went down, was drained, was removed, or no longer satisfies the constraints: always
+- its machine went down (unless the brake on mass node loss holds it, `core.node_loss`), was drained, was removed, or no longer satisfies the constraints: always
   (unless the restart condition is `none` and the machine went down);
 - the service's spec changed (an update never changes a running task: it replaces it).
 A slot that never had a task gets a new one; a slot whose last task ended without a restart stays empty.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 
 import msgspec
@@ -45,15 +46,19 @@ def finished(task: Task) -> bool:
 
 
 def machine_problem(
-    task: Task, machines: Mapping[str, Machine], constraints: Sequence[Constraint]
+    task: Task,
+    machines: Mapping[str, Machine],
+    constraints: Sequence[Constraint],
+    held: AbstractSet[str] = frozenset(),
 ) -> str | None:
-    """Why the machine of a placed task can no longer keep it, if it cannot."""
+    """Why the machine of a placed task can no longer keep it, if it cannot. A down machine in `held`
+    (the brake on mass node loss) keeps its tasks for now."""
     if task.machine_id is None:
         return None
     machine = machines.get(task.machine_id)
     if machine is None:
         return "its machine was removed"
-    if machine.agent is not None and machine.agent.state == "down":
+    if machine.agent is not None and machine.agent.state == "down" and machine.id not in held:
         return f"machine {machine.hostname} is down"
     if machine.availability == "drain":
         return f"machine {machine.hostname} is drained"
@@ -83,7 +88,9 @@ class _Context:
         new_id: Callable[[], str],
         history: int,
         node_path: str,
+        held: AbstractSet[str],
     ) -> None:
+        self.held = held
         self.service = service
         self.node_path = node_path
         self.machines = machines
@@ -176,7 +183,7 @@ class _Context:
                     task
                 )
                 replace = (task, f"restart after {reason}", True) if ok else None
-            elif problem := machine_problem(task, self.machines, self.constraints):
+            elif problem := machine_problem(task, self.machines, self.constraints, self.held):
                 self.shutdown(task, problem)
                 node_down = problem.endswith("is down")
                 allowed = not (node_down and self.service.task.restart.condition == "none")
@@ -216,10 +223,12 @@ def reconcile(
     *,
     history: int = 5,
     node_path: str = "",
+    held: AbstractSet[str] = frozenset(),
 ) -> Reconciled:
     """What the service's tasks should become; see the module docstring for the rules.
-    `node_path` is the tree path of the service's node, recorded in the tasks it creates."""
-    ctx = _Context(service, machines, now, new_id, history, node_path)
+    `node_path` is the tree path of the service's node, recorded in the tasks it creates; `held` are
+    down machines whose tasks are not replaced yet (`core.node_loss`)."""
+    ctx = _Context(service, machines, now, new_id, history, node_path, held)
     if service.removing:
         live = [t for t in tasks if desired_running(t)]
         for task in live:
@@ -240,8 +249,11 @@ def reconcile(
             by_machine[task.machine_id or ""].append(task)
         for machine_id in sorted(set(by_machine) | set(machines)):
             machine = machines.get(machine_id)
-            wanted = machine is not None and eligible_for_global(machine, ctx.constraints)
             existing = by_machine.get(machine_id, [])
+            wanted = machine is not None and (
+                eligible_for_global(machine, ctx.constraints)
+                or (machine_id in held and any(desired_running(t) for t in existing))
+            )
             if wanted and not existing and machine is not None and machine.availability == "pause":
                 continue  # a paused machine takes no new tasks
             ctx.reconcile_slot(0, existing, machine_id or None, wanted)

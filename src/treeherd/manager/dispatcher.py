@@ -7,7 +7,8 @@ the timers, the sessions and the store writes.
   (answered with StatusAck once written or dropped) and, from the manager, Assignments: the full set,
   then increments. A new session for a machine closes the previous one.
 - `run()` marks every node with an agent "unknown" (doubled grace) and then runs three loops: the
-  heartbeat timer (late nodes go "down", their sessions are closed), the status flusher (one
+  heartbeat timer (late nodes go "down", their sessions are closed; time the manager's own event loop
+  was stalled does not count against them), the status flusher (one
   transaction per batch, at `status_batch_max` items or `status_batch_interval_s` after the first),
   and the change router: one store watch for all sessions, each event handed to the session of the
   task's machine (one watch per session would cost every commit a wake-up per agent).
@@ -84,6 +85,9 @@ SEND_TIMEOUT_S = 10.0  # for a refusal sent before closing
 DRAIN_S = 2.0  # for the messages queued when a session ends
 STOP_FLUSH_S = 5.0  # for the last status write when the dispatcher stops
 TICK_S = 0.5  # the heartbeat timer's longest sleep: expiry is at most this late
+# A heartbeat timer that wakes later than this past its time means the event loop was busy: the
+# heartbeats that arrived meanwhile are not read yet, so the deadlines move by the lateness.
+LATE_TICK_S = 0.25
 ASSIGNMENT_BATCH_S = 0.05  # changes to one agent's tasks are coalesced over this interval
 COMMIT_ATTEMPTS = 5
 
@@ -379,8 +383,13 @@ class Dispatcher:
         while True:
             next_due = self._deadlines.next_due()
             wait = TICK_S if next_due is None else min(max(next_due - self._monotonic(), 0.0), TICK_S)
+            asleep = self._monotonic()
             await self._sleep(wait)
             now = self._monotonic()
+            lateness = now - asleep - wait
+            if lateness > LATE_TICK_S:
+                log.info("the dispatcher's timer ran %.2f s late: heartbeat deadlines move as much", lateness)
+                self._deadlines.postpone(lateness)
             late = self._deadlines.expired(now)
             if late:
                 await self._expire(late)

@@ -8,9 +8,12 @@ wake it. Each service's plan is one transaction; a plan that loses a race is mad
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from treeherd.core.node_loss import LossBrake, node_loss_brake
 from treeherd.core.orchestrate import finished, reconcile
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
@@ -21,6 +24,8 @@ from treeherd.model.states import TaskState
 from treeherd.store.base import Store
 
 RETRY_S = 0.2
+
+log = logging.getLogger(__name__)
 
 
 class Orchestrator(Reactor):
@@ -39,6 +44,9 @@ class Orchestrator(Reactor):
         self._dirty: set[str] = set()
         self._wakes: dict[str, datetime] = {}
         self._machines: dict[str, tuple[object, ...]] = {}
+        # When machines went down (as this component saw them go), for the brake on mass node loss.
+        self._losses: deque[datetime] = deque()
+        self._brake = LossBrake()
 
     def start(self) -> None:
         view = self.store.view()
@@ -61,10 +69,13 @@ class Orchestrator(Reactor):
                 facts = None if event.type == "deleted" else _placement_facts(obj)
                 if self._machines.get(obj.id) == facts:
                     continue
+                before = self._machines.get(obj.id)
                 if facts is None:
                     self._machines.pop(obj.id, None)
                 else:
                     self._machines[obj.id] = facts
+                    if facts[0] and before is not None and not before[0]:
+                        self._losses.append(self.clock())
                 self._dirty.update(t.service_id for t in view.referrers(Task, "machine", obj.id))
                 self._dirty.update(s.id for s in view.all(Service) if s.mode == "global")
 
@@ -78,9 +89,14 @@ class Orchestrator(Reactor):
             self._schedule_wake()
             return
         view = self.store.view()
-        settings = view.lookup(ClusterSettings, "name", "default")
-        history = settings.task_history if settings is not None else 5
+        settings = view.lookup(ClusterSettings, "name", "default") or ClusterSettings(
+            id="", created_at=now, updated_at=now
+        )
         machines = {m.id: m for m in view.all(Machine)}
+        self._apply_brake(machines, settings, now)
+        if not self._dirty:
+            self._schedule_wake()
+            return
         dirty, self._dirty = self._dirty, set()
         for service_id in sorted(dirty):
             service = view.get(Service, service_id)
@@ -94,8 +110,9 @@ class Orchestrator(Reactor):
                 machines,
                 now,
                 self._ids,
-                history=history,
+                history=settings.task_history,
                 node_path=node.path if node is not None else "",
+                held=self._brake.held,
             )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at
@@ -104,8 +121,39 @@ class Orchestrator(Reactor):
             view = self.store.view()
         self._schedule_wake()
 
+    def _apply_brake(self, machines: dict[str, Machine], settings: ClusterSettings, now: datetime) -> None:
+        """Work out which down machines keep their tasks for now; wake the services of those released."""
+        hold_s = settings.node_loss_hold_s
+        while self._losses and self._losses[0] <= now - timedelta(seconds=hold_s):
+            self._losses.popleft()
+        down_since = {
+            m.id: m.agent.since or now
+            for m in machines.values()
+            if m.agent is not None and m.agent.state == "down"
+        }
+        agents = sum(1 for m in machines.values() if m.agent is not None)
+        brake = node_loss_brake(
+            down_since,
+            self._losses,
+            agents,
+            now,
+            fraction=settings.node_loss_fraction,
+            hold_s=hold_s,
+        )
+        if brake.reason and not self._brake.reason:
+            log.warning("mass node loss: %s", brake.reason)
+        elif self._brake.reason and not brake.reason:
+            log.warning("mass node loss over: tasks of down machines are replaced again")
+        view = self.store.view()
+        for machine_id in self._brake.held - brake.held:
+            self._dirty.update(t.service_id for t in view.referrers(Task, "machine", machine_id))
+        self._brake = brake
+
     def _schedule_wake(self) -> None:
-        self.wake_at = min(self._wakes.values()) if self._wakes else None
+        wakes = list(self._wakes.values())
+        if self._brake.recheck_at is not None:
+            wakes.append(self._brake.recheck_at)
+        self.wake_at = min(wakes) if wakes else None
 
 
 def _placement_facts(machine: Machine) -> tuple[object, ...]:

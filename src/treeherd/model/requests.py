@@ -129,3 +129,5 @@ class ClusterUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     task_history: int | UnsetType = UNSET
     registration_limit: int | UnsetType = UNSET
     registration_window_s: float | UnsetType = UNSET
+    node_loss_fraction: float | UnsetType = UNSET
+    node_loss_hold_s: float | UnsetType = UNSET

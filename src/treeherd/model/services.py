@@ -138,3 +138,7 @@ class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):
     task_history: int = 5
     registration_limit: int = 3
     registration_window_s: float = 8.0
+    # The brake on mass node loss (core.node_loss): when more than this share of the agent machines
+    # went down within `node_loss_hold_s`, a down machine's tasks are replaced only after that long.
+    node_loss_fraction: float = 0.1
+    node_loss_hold_s: float = 60.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+MAX_STOPS = 100_000  # bounds one advance() of a clock whose sleepers keep sleeping 0 s
+
 
 class FakeClock:
     """`now()` returns the fake time; `await sleep(s)` waits until `advance()` moves past it."""
@@ -28,12 +30,33 @@ class FakeClock:
         await future
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward, wake every sleeper whose time has come, and let them run."""
+        """Move time forward, stopping at each sleeper's due time in order (so a sleeper wakes at its
+        time, not late), and let the woken tasks run after each stop."""
+        target = self._now + timedelta(seconds=seconds)
+        for _ in range(MAX_STOPS):
+            due = [t for t, f in self._sleepers if t <= target and not f.done()]
+            if not due:
+                break
+            self._now = max(self._now, min(due))
+            woken = [(t, f) for t, f in self._sleepers if t <= self._now]
+            self._sleepers = [(t, f) for t, f in self._sleepers if t > self._now]
+            for _, future in woken:
+                if not future.done():
+                    future.set_result(None)
+            for _ in range(5):  # let woken tasks run their next step
+                await asyncio.sleep(0)
+        self._now = target
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def stall(self, seconds: float) -> None:
+        """Move time forward at once and wake every due sleeper late, as an event loop that was
+        blocked for `seconds` would."""
         self._now += timedelta(seconds=seconds)
-        due = [(t, f) for t, f in self._sleepers if t <= self._now]
+        woken = [(t, f) for t, f in self._sleepers if t <= self._now]
         self._sleepers = [(t, f) for t, f in self._sleepers if t > self._now]
-        for _, future in sorted(due, key=lambda item: item[0]):
+        for _, future in woken:
             if not future.done():
                 future.set_result(None)
-        for _ in range(5):  # let woken tasks run their next step
+        for _ in range(5):
             await asyncio.sleep(0)

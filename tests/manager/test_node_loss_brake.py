@@ -1,0 +1,115 @@
+"""The orchestrator's brake on mass node loss, on a memory store with a settable clock: one lost
+machine's tasks are replaced at once, a wave of losses waits out the hold, a machine back in time keeps
+its tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import msgspec
+import pytest
+
+from treeherd.core.nodes import plan_create_node
+from treeherd.manager.orchestrator import Orchestrator
+from treeherd.manager.services import Services
+from treeherd.model.objects import AgentStatus, Machine
+from treeherd.model.ops import Create, Update
+from treeherd.model.requests import NodeCreate, ServiceCreate
+from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
+from treeherd.model.states import TaskState
+from treeherd.store.memory import MemoryStore
+from treeherd.testing.factories import FIXED_NOW, Ids, machine
+
+WAIT = 5.0
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    for _ in range(int(WAIT / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def settle() -> None:
+    await asyncio.sleep(0.2)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = FIXED_NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def cluster():
+    """10 ready machines, service `web` with one running task on each."""
+    store = MemoryStore()
+    await store.open()
+    await store.commit(plan_create_node(store.view(), NodeCreate(path="corp"), FIXED_NOW, Ids("n")))
+    machines = [
+        machine(f"h{i}", id=f"m{i}", agent=AgentStatus(state="ready", since=FIXED_NOW)) for i in range(10)
+    ]
+    await store.commit([Create(m) for m in machines])
+    clock = Clock()
+    orchestrator = Orchestrator(store, debounce_s=0.005, clock=clock)
+    runner = asyncio.create_task(orchestrator.run())
+    services = Services(store)
+    await services.create(ServiceCreate(name="web", node="corp", replicas=10, task=TaskSpec(command=["x"])))
+    await eventually(lambda: len(tasks(store)) == 10, "10 tasks")
+    placed = [
+        msgspec.structs.replace(
+            t,
+            machine_id=f"m{t.slot - 1}",
+            status=TaskStatus(state=TaskState.RUNNING, timestamp=FIXED_NOW),
+        )
+        for t in tasks(store)
+    ]
+    await store.commit([Update(t) for t in placed])
+    yield store, clock
+    orchestrator.stop()
+    await asyncio.wait_for(runner, WAIT)
+    await store.close()
+
+
+def tasks(store: MemoryStore) -> list[Task]:
+    service = store.view().lookup(Service, "name", "web")
+    return [] if service is None else store.view().referrers(Task, "service", service.id)
+
+
+def live_on(store: MemoryStore, machine_id: str) -> list[Task]:
+    return [t for t in tasks(store) if t.machine_id == machine_id and t.desired_state == TaskState.RUNNING]
+
+
+async def set_state(store: MemoryStore, clock: Clock, machine_id: str, state: str) -> None:
+    found = store.view().get(Machine, machine_id)
+    assert found is not None and found.agent is not None
+    agent = msgspec.structs.replace(found.agent, state=state, since=clock.now)
+    await store.commit([Update(msgspec.structs.replace(found, agent=agent))])
+
+
+async def test_one_loss_is_replaced_a_wave_waits_out_the_hold(cluster):
+    store, clock = cluster
+    await set_state(store, clock, "m0", "down")
+    await eventually(lambda: not live_on(store, "m0"), "m0's task replaced")
+
+    clock.now += timedelta(seconds=1)
+    await set_state(store, clock, "m1", "down")
+    await set_state(store, clock, "m2", "down")
+    await settle()
+    # Three machines lost within the hold (limit: 10% of 10 = 1): m1's and m2's tasks wait.
+    assert len(live_on(store, "m1")) == 1 and len(live_on(store, "m2")) == 1
+
+    # m1 comes back in time: it keeps its task. m2 stays down past the hold: replaced.
+    await set_state(store, clock, "m1", "ready")
+    clock.now += timedelta(seconds=61)
+    await set_state(store, clock, "m3", "ready")  # any change wakes the orchestrator
+    await eventually(lambda: not live_on(store, "m2"), "m2's task replaced after the hold")
+    assert len(live_on(store, "m1")) == 1
+    replacement = [t for t in tasks(store) if t.slot == 3 and t.desired_state == TaskState.RUNNING]
+    assert len(replacement) == 1 and replacement[0].machine_id is None
+    assert "machine h2 is down" in replacement[0].cause
