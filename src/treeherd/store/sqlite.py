@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, revision INTEGER NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL
 );
+-- Pruning deletes the oldest revisions: without this index each prune scans the whole history.
+CREATE INDEX IF NOT EXISTS events_revision ON events (revision);
 """
 SCHEMA_VERSION = 1
 R = TypeVar("R")

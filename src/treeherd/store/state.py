@@ -185,37 +185,51 @@ class State:
                 )
 
     def _put(self, kind: str, id: str, new: AnyObject | None) -> AnyObject | None:
-        """Replace the stored object (None deletes), keeping the indexes in step. Returns the old one."""
+        """Replace the stored object (None deletes), keeping the indexes in step. Returns the old one.
+
+        An index entry is touched only when the object's keys under it change: most writes (a task's
+        status) keep every key and reference, and this is the store's hottest path."""
         info = KINDS[kind]
         by_id = self._objects[kind]
         old = by_id.get(id)
-        if old is not None:
-            for key in info.unique:
-                index = self._unique[(kind, key.name)]
-                for value in key.keys(old):
-                    if index.get(value) == id:
-                        del index[value]
-            for ref in info.references:
-                index_refs = self._refs[(kind, ref.name)]
-                for target in ref.ids(old):
-                    holders = index_refs.get(target)
-                    if holders is not None:
-                        holders.discard(id)
-                        if not holders:
-                            del index_refs[target]
         if new is None:
             by_id.pop(id, None)
         else:
             by_id[id] = new
-            for key in info.unique:
-                index = self._unique[(kind, key.name)]
-                for value in key.keys(new):
-                    index[value] = id
-            for ref in info.references:
-                index_refs = self._refs[(kind, ref.name)]
-                for target in ref.ids(new):
-                    index_refs.setdefault(target, set()).add(id)
+        for key in info.unique:
+            old_values = key.keys(old) if old is not None else ()
+            new_values = key.keys(new) if new is not None else ()
+            if old_values == new_values:
+                continue
+            index = self._unique[(kind, key.name)]
+            for value in old_values:
+                if index.get(value) == id:
+                    del index[value]
+            for value in new_values:
+                index[value] = id
+        for ref in info.references:
+            old_targets = ref.ids(old) if old is not None else ()
+            new_targets = ref.ids(new) if new is not None else ()
+            if old_targets == new_targets:
+                continue
+            index_refs = self._refs[(kind, ref.name)]
+            for target in old_targets:
+                holders = index_refs.get(target)
+                if holders is not None:
+                    holders.discard(id)
+                    if not holders:
+                        del index_refs[target]
+            for target in new_targets:
+                index_refs.setdefault(target, set()).add(id)
         return old
+
+    def replay(self, events: Iterable[Event], revision: int) -> None:
+        """Put the outcome of a transaction `apply` accepted back after it was rolled back: the same
+        objects, without the checks (nothing else changed the state in between, so they would pass)."""
+        for event in events:
+            obj = event.object
+            self._put(type(obj).kind, obj.id, None if event.type == "deleted" else obj)
+        self.revision = revision
 
 
 def _describe(obj: AnyObject) -> str:
