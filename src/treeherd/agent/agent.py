@@ -22,6 +22,7 @@ import psutil
 
 from treeherd import __version__
 from treeherd.agent.db import TaskDB
+from treeherd.agent.logs import LogStreamer
 from treeherd.agent.session import Connect, Session
 from treeherd.agent.worker import Worker, utc_now
 from treeherd.core.agent_state import AgentState
@@ -146,6 +147,7 @@ class Agent:
         self.executor = executor
         self.db = TaskDB(self.data_dir / DB_FILE)
         self.worker = Worker(executor, self.db, now=now, grace_s=grace_s, state=state)
+        self.logs = LogStreamer(executor)
         self.session = Session(
             manager_url,
             self.describe,
@@ -155,6 +157,7 @@ class Agent:
             backoff_max_s=backoff_max_s,
             silence_factor=silence_factor,
             rng=rng,
+            logs=self.logs,
         )
         self.worker.set_sender(self.session.send_report)
 

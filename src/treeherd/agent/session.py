@@ -21,6 +21,9 @@ from treeherd.model.wire import (
     Assignments,
     Heartbeat,
     HeartbeatAck,
+    LogCancel,
+    LogEnd,
+    LogRequest,
     Register,
     SessionRefused,
     SessionStarted,
@@ -30,7 +33,7 @@ from treeherd.model.wire import (
 )
 from treeherd.transport.channel import ChannelClosed, connect_agent
 
-__all__ = ["Connect", "Session", "SessionChannel", "SessionListener"]
+__all__ = ["Connect", "LogHandler", "Session", "SessionChannel", "SessionListener"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,18 @@ class SessionListener(Protocol):
     def acknowledged(self, report_id: int) -> None: ...
 
 
+class LogHandler(Protocol):
+    """Serves the manager's log requests (`agent.logs.LogStreamer`)."""
+
+    def request(
+        self, message: LogRequest, session_id: str, send: Callable[[object], Awaitable[None]]
+    ) -> None: ...
+
+    def cancel(self, stream_id: int) -> None: ...
+
+    def cancel_all(self) -> None: ...
+
+
 class _SessionEnded(Exception):
     """This session is over; dial again."""
 
@@ -77,7 +92,10 @@ class Session:
         connect_timeout_s: float = 10.0,
         silence_factor: float = 3.0,
         rng: random.Random | None = None,
+        logs: LogHandler | None = None,
     ) -> None:
+        self._logs = logs
+        self._pending_sends: set[asyncio.Task[None]] = set()
         self.url = url
         self.session_id: str | None = None
         self.machine_id: str | None = None
@@ -201,6 +219,8 @@ class Session:
         try:
             await self._receive(channel)
         finally:
+            if self._logs is not None:
+                self._logs.cancel_all()
             heartbeats.cancel()
             await asyncio.wait({heartbeats}, timeout=1.0)
         return None  # _receive only ends by raising
@@ -230,10 +250,31 @@ class Session:
             elif isinstance(message, HeartbeatAck):
                 if message.period_s > 0:
                     self.heartbeat_period_s = message.period_s
+            elif isinstance(message, LogRequest):
+                self._log_request(channel, message)
+            elif isinstance(message, LogCancel):
+                if self._logs is not None:
+                    self._logs.cancel(message.stream_id)
             elif isinstance(message, SessionRefused):
                 raise _SessionEnded(f"the manager ended the session: {message.code}: {message.detail}")
             else:
                 log.warning("unexpected message from the manager: %s", type(message).__name__)
+
+    def _log_request(self, channel: SessionChannel, message: LogRequest) -> None:
+        session_id = self.session_id or ""
+
+        async def send(reply: object) -> None:
+            await self._send(channel, reply)
+
+        if self._logs is None:
+            refusal = LogEnd(
+                session_id=session_id, stream_id=message.stream_id, error="this agent serves no logs"
+            )
+            task = asyncio.create_task(send(refusal))
+            self._pending_sends.add(task)
+            task.add_done_callback(self._pending_sends.discard)
+            return
+        self._logs.request(message, session_id, send)
 
     def _check_sequence(self, message: Assignments) -> None:
         # A full set may come at any time; an increment must follow the previous message directly,

@@ -19,6 +19,7 @@ from treeherd.api.routes.tree import NodeController
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.services import Services
+from treeherd.model.errors import Unavailable
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -33,6 +34,11 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
 
     def provide_services() -> Services:
         return services
+
+    def provide_dispatcher() -> Dispatcher:
+        if dispatcher is None:
+            raise Unavailable("this manager runs no dispatcher: agents and their logs are not reachable here")
+        return dispatcher
 
     return Litestar(
         route_handlers=[
@@ -52,6 +58,7 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
         dependencies={
             "inventory": Provide(provide_inventory, sync_to_thread=False),
             "services": Provide(provide_services, sync_to_thread=False),
+            "dispatcher": Provide(provide_dispatcher, sync_to_thread=False),
         },
         before_request=decode_body_strictly,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]

@@ -49,6 +49,13 @@ class LogSource(Protocol):
     def logs(self, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]: ...
 
 
+class TaskLogs(Protocol):
+    """An executor that keeps its tasks' output: the last `tail` lines (None: all it kept), then with
+    `follow` new output until the task ends. Raises `LookupError` for a task it knows nothing of."""
+
+    def logs(self, task_id: str, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]: ...
+
+
 class Executor(Protocol):
     """Makes a controller for a task; `name` appears in node descriptions."""
 

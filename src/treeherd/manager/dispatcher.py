@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 
 from treeherd.core import validate
@@ -47,6 +47,7 @@ from treeherd.core.dispatch import (
 )
 from treeherd.core.view import View
 from treeherd.manager.inventory import new_id, utc_now
+from treeherd.manager.logstreams import LogStreams
 from treeherd.manager.sessions import AgentSession
 from treeherd.model.errors import (
     AlreadyExists,
@@ -54,6 +55,7 @@ from treeherd.model.errors import (
     InvalidInput,
     NotFound,
     TreeherdError,
+    Unavailable,
     VersionConflict,
     WatchLagged,
 )
@@ -66,6 +68,8 @@ from treeherd.model.wire import (
     Assignments,
     Heartbeat,
     HeartbeatAck,
+    LogChunk,
+    LogEnd,
     Register,
     SessionRefused,
     SessionStarted,
@@ -131,6 +135,7 @@ class Dispatcher:
         self._status_pending = asyncio.Event()
         self._status_full = asyncio.Event()
         self._watch: Watch | None = None
+        self._logs = LogStreams()
 
     # ---- introspection -----------------------------------------------------------------------------
     def session_id(self, machine_id: str) -> str | None:
@@ -141,6 +146,14 @@ class Dispatcher:
     def deadline(self, machine_id: str) -> float | None:
         """When the machine must be heard from (monotonic seconds), if it is tracked."""
         return self._deadlines.due(machine_id)
+
+    def task_logs(self, task: Task, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
+        """A task's output, streamed from the agent of its machine (see `manager.logstreams`)."""
+        session = self._sessions.get(task.machine_id) if task.machine_id is not None else None
+        if session is None:
+            where = "was never placed" if task.machine_id is None else "is on a machine without a live agent"
+            raise Unavailable(f"task {task.id} {where}: its logs cannot be read now")
+        return self._logs.open(session, task.id, follow=follow, tail=tail)
 
     # ---- the component -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -190,6 +203,7 @@ class Dispatcher:
             try:
                 await self._run_session(session)
             finally:
+                self._logs.session_closed(session)
                 if self._sessions.get(session.machine_id) is session:
                     del self._sessions[session.machine_id]
                 log.info("agent %s session %s ended: %s", session.hostname, session.id, session.reason)
@@ -344,6 +358,8 @@ class Dispatcher:
                 self._heartbeat(session)
             elif isinstance(message, StatusReport):
                 self._status_report(session, message)
+            elif isinstance(message, (LogChunk, LogEnd)):
+                self._logs.deliver(session, message)
 
     async def _write(self, session: AgentSession) -> None:
         while True:

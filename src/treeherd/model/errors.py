@@ -67,7 +67,8 @@ class Compacted(TreeherdError):
 
 
 class Unavailable(TreeherdError):
-    """The store could not make a write durable; nothing was written. Retry later."""
+    """Something the request needs cannot be reached now (the store's disk, a machine's agent);
+    nothing was changed. Retry later."""
 
     code = "unavailable"
     status = 503

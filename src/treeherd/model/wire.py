@@ -4,6 +4,9 @@ Agent to manager: `Register` once per session, then `Heartbeat`s and `StatusRepo
 Manager to agent: `SessionStarted` (or `SessionRefused`), `HeartbeatAck`s, `Assignments`: first a full
 set (`full=True`: every task the agent should know; a task it runs that is missing must be stopped),
 then increments. `sequence` grows by one per `Assignments` message of a session.
+
+Logs: the manager asks for a task's output with `LogRequest` (a `stream_id` it chose) and may end it
+early with `LogCancel`; the agent answers with `LogChunk`s and one `LogEnd`.
 """
 
 from __future__ import annotations
@@ -75,5 +78,35 @@ class Assignments(_Message, frozen=True, kw_only=True, tag="assignments"):
     removed: list[str] = []
 
 
-AgentMessage = Register | Heartbeat | StatusReport
-ManagerMessage = SessionStarted | SessionRefused | HeartbeatAck | StatusAck | Assignments
+class LogRequest(_Message, frozen=True, kw_only=True, tag="log_request"):
+    """Send the output of a task: the last `tail` lines (None: all kept), then, with `follow`, what it
+    prints until it ends or the stream is cancelled."""
+
+    stream_id: int
+    task_id: str
+    follow: bool = False
+    tail: int | None = None
+
+
+class LogCancel(_Message, frozen=True, kw_only=True, tag="log_cancel"):
+    stream_id: int
+
+
+class LogChunk(_Message, frozen=True, kw_only=True, tag="log_chunk"):
+    session_id: str
+    stream_id: int
+    data: bytes
+
+
+class LogEnd(_Message, frozen=True, kw_only=True, tag="log_end"):
+    """The end of a log stream; `error` says why when it is not the end of the output."""
+
+    session_id: str
+    stream_id: int
+    error: str = ""
+
+
+AgentMessage = Register | Heartbeat | StatusReport | LogChunk | LogEnd
+ManagerMessage = (
+    SessionStarted | SessionRefused | HeartbeatAck | StatusAck | Assignments | LogRequest | LogCancel
+)

@@ -143,6 +143,26 @@ class Client:
         result: T = self.request("GET", path, query=query, type=type)
         return result
 
+    def stream_bytes(
+        self, path: str, query: dict[str, Any] | None = None, read_timeout: float | None = None
+    ) -> Iterator[bytes]:
+        """Follow a plain byte stream (logs): yields what arrives until the server ends it."""
+        response = self._send("GET", path, None, query, read_timeout, {"Accept": "text/plain"})
+        if response.status >= 400:
+            raise _failure(response.status, response.read())
+        while True:
+            try:
+                chunk = response.read1(65536)
+            except TimeoutError:
+                self.close()
+                raise ClientError(
+                    f"the stream from {self.base_url} went silent for {read_timeout} s"
+                ) from None
+            if not chunk:
+                self.close()  # a streamed answer leaves the connection unusable for the next request
+                return
+            yield chunk
+
     def stream(
         self,
         path: str,

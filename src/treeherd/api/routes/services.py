@@ -1,13 +1,23 @@
-"""/api/v1/services and /api/v1/tasks: services on tree nodes, their tasks, and a task's story."""
+"""/api/v1/services and /api/v1/tasks: services on tree nodes, their tasks, a task's story, and the
+logs of both, streamed from the agents."""
 
 from __future__ import annotations
 
-from litestar import Controller, delete, get, patch, post
+from collections.abc import AsyncIterator
 
+from litestar import Controller, delete, get, patch, post
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from treeherd.manager.dispatcher import Dispatcher
+from treeherd.manager.service_logs import current_tasks, merge_task_logs, task_label
 from treeherd.manager.services import Services
+from treeherd.model.errors import TreeherdError
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, Task
 from treeherd.model.tasks_view import ServiceSummary, StoryEntry, TaskRow
+
+TAIL = Parameter(default=None, ge=0, description="only the last N lines (default: all the agent kept)")
 
 
 class ServiceController(Controller):
@@ -38,6 +48,27 @@ class ServiceController(Controller):
     async def service_tasks(self, services: Services, name: str, all: bool = True) -> list[TaskRow]:
         return services.tasks(name, all_tasks=all)
 
+    @get(
+        "/{name:str}/logs",
+        summary="What the service's current tasks print, line by line, each line prefixed with its task",
+        media_type="text/plain",
+    )
+    async def service_logs(
+        self,
+        services: Services,
+        dispatcher: Dispatcher,
+        name: str,
+        follow: bool = False,
+        tail: int | None = TAIL,
+    ) -> Stream:
+        service = services.get(name)
+        view = services.store.view()
+        labelled = [(task_label(view, t), t) for t in current_tasks(view, service)]
+        return Stream(
+            merge_task_logs(labelled, lambda t: dispatcher.task_logs(t, follow=follow, tail=tail)),
+            media_type="text/plain",
+        )
+
 
 class TaskController(Controller):
     path = "/api/v1/tasks"
@@ -50,3 +81,24 @@ class TaskController(Controller):
     @get("/{task_id:str}/story", summary="Every recorded transition of a task and what caused it")
     async def story(self, services: Services, task_id: str) -> list[StoryEntry]:
         return services.story(task_id)
+
+    @get("/{task_id:str}/logs", summary="What a task prints, from its agent", media_type="text/plain")
+    async def task_logs(
+        self,
+        services: Services,
+        dispatcher: Dispatcher,
+        task_id: str,
+        follow: bool = False,
+        tail: int | None = TAIL,
+    ) -> Stream:
+        chunks = dispatcher.task_logs(services.task(task_id), follow=follow, tail=tail)
+        return Stream(_noting_breaks(chunks), media_type="text/plain")
+
+
+async def _noting_breaks(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks, then a last line saying why if the stream broke off (the status is sent already)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except TreeherdError as error:
+        yield f"\n[treeherd: the log stream broke off: {error.detail}]\n".encode()
