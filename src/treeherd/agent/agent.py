@@ -26,8 +26,9 @@ from treeherd.agent.logs import LogStreamer
 from treeherd.agent.session import Connect, Session
 from treeherd.agent.worker import Worker, utc_now
 from treeherd.core.agent_state import AgentState
-from treeherd.executors.base import Executor
+from treeherd.executors.base import Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
+from treeherd.executors.process import ProcessExecutor
 from treeherd.model.objects import MachineKind
 from treeherd.model.wire import Register
 
@@ -37,8 +38,13 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "agent.db"
 
-# Executors by the name `treeherd agent --executor` takes.
-EXECUTORS: dict[str, Callable[[], Executor]] = {"hollow": HollowExecutor}
+# Executors by the name `treeherd agent --executor` takes; each is made for the agent's data directory.
+EXECUTORS: dict[str, Callable[[Path], Executor]] = {
+    "process": lambda data_dir: ProcessExecutor(data_dir / "process"),
+    "hollow": lambda _data_dir: HollowExecutor(),
+}
+# How long a process left by a task this agent no longer knows of gets to stop after SIGTERM.
+ORPHAN_GRACE_S = 10.0
 
 # What `/sys/class/dmi/id/sys_vendor` or `product_name` says on common hypervisors and clouds.
 _VIRTUAL_VENDORS = (
@@ -58,9 +64,9 @@ _VIRTUAL_VENDORS = (
 )
 
 
-def make_executor(name: str) -> Executor:
+def make_executor(name: str, data_dir: Path) -> Executor:
     try:
-        return EXECUTORS[name]()
+        return EXECUTORS[name](Path(data_dir))
     except KeyError:
         raise ValueError(f"unknown executor {name!r}: choose from {', '.join(sorted(EXECUTORS))}") from None
 
@@ -172,11 +178,29 @@ class Agent:
         await self.db.open()
         log.info("agent %s: executor %s, manager %s", self.hostname, self.executor.name, self.manager_url)
         try:
+            await self._clean_up_unknown_tasks()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.worker.run(), name="agent-worker")
                 group.create_task(self._session_until_worker_ends(), name="agent-session")
         finally:
             await self.db.close()
+
+    async def _clean_up_unknown_tasks(self) -> None:
+        """Stop and remove what the executor keeps of tasks the local DB does not know (a DB lost or
+        reset, a removal cut short): nobody would ever stop them otherwise. Tasks the DB knows are the
+        worker's: it resumes them, or removes those the manager no longer assigns."""
+        if not isinstance(self.executor, Leftovers):
+            return
+        known = {stored.task.id for stored in await self.db.load()}
+        for task_id in self.executor.task_ids():
+            if task_id in known:
+                continue
+            log.warning("agent %s: stopping and removing unknown task %s", self.hostname, task_id)
+            try:
+                await self.executor.stop_orphan(task_id, ORPHAN_GRACE_S)
+                await self.executor.purge(task_id)
+            except Exception:
+                log.exception("could not clean up unknown task %s", task_id)
 
     async def _session_until_worker_ends(self) -> None:
         try:

@@ -29,7 +29,7 @@ def _run(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("treeherd").setLevel(logging.INFO)
     try:
-        executor = make_executor(executor_name)
+        executor = make_executor(executor_name, data_dir)
     except ValueError as error:
         fail(str(error), code=2)
         return
@@ -71,7 +71,7 @@ def _run(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="where the agent keeps its local DB of assigned tasks",
+    help="where the agent keeps its local DB of assigned tasks, their logs and working directories",
 )
 @click.option("--hostname", default=None, help="the name to register under (default: this host's name)")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="a machine label (repeatable)")
@@ -81,7 +81,13 @@ def _run(
     default=None,
     help="the machine kind (default: detected)",
 )
-@click.option("--executor", default="hollow", show_default=True, help="how tasks run (hollow: they do not)")
+@click.option(
+    "--executor",
+    type=click.Choice(["process", "hollow"]),
+    default="process",
+    show_default=True,
+    help="how tasks run: process (local process groups) or hollow (nothing runs: for tests and benchmarks)",
+)
 @pass_ctx
 def agent(
     ctx: Context,

@@ -46,12 +46,13 @@ def _run(data_dir: Path, listen: str, demo: bool, agent: bool = False) -> None:
 
 
 def _local_agent(data_dir: Path) -> Callable[[str], Any]:
-    """The agent `up` runs beside the manager: hollow executor until the process executor lands."""
+    """The agent `up` runs beside the manager, with the process executor: tasks are real processes."""
 
     def make(url: str) -> Any:
         from treeherd.agent import Agent, make_executor
 
-        return Agent(url, data_dir / "agent", executor=make_executor("hollow"))
+        agent_dir = data_dir / "agent"
+        return Agent(url, agent_dir, executor=make_executor("process", agent_dir))
 
     return make
 

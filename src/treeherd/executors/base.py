@@ -9,7 +9,7 @@ can repeat the step it was in. Extra abilities (logs) are separate small protoco
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -62,3 +62,15 @@ class Executor(Protocol):
     name: str
 
     def controller(self, task: Task) -> Controller: ...
+
+
+@runtime_checkable
+class Leftovers(Protocol):
+    """An executor that keeps tasks on the machine across agent restarts (processes, files), so the
+    agent can clean up those of tasks it no longer knows of."""
+
+    def task_ids(self) -> list[str]: ...
+
+    async def stop_orphan(self, task_id: str, grace_s: float) -> None: ...
+
+    async def purge(self, task_id: str) -> None: ...

@@ -15,7 +15,7 @@ from treeherd.model.requests import (
     RouteSpec,
     ServiceCreate,
 )
-from treeherd.model.services import PortSpec, TaskSpec
+from treeherd.model.services import PortSpec, RestartPolicy, TaskSpec
 
 
 async def load_demo(inventory: Inventory) -> bool:
@@ -67,7 +67,17 @@ async def load_demo(inventory: Inventory) -> bool:
             name="frontend",
             node="corp.web.frontend",
             replicas=2,
-            task=TaskSpec(command=["python3", "-m", "http.server"], ports=[PortSpec(name="http")]),
+            task=TaskSpec(
+                # A tiny web server on the port the allocator hands each task (no shell needed).
+                command=[
+                    "python3",
+                    "-c",
+                    "import os, runpy, sys; sys.argv = ['http.server', '--bind', '127.0.0.1',"
+                    " os.environ['TREEHERD_PORT_HTTP']]; runpy.run_module('http.server', run_name='__main__')",
+                ],
+                ports=[PortSpec(name="http")],
+                restart=RestartPolicy(delay_s=1.0),
+            ),
         )
     )
     return True

@@ -3,6 +3,7 @@ loopback port, stopped by pid, every wait bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 STARTUP_SECONDS = 20.0
 STOP_SECONDS = 10.0
@@ -183,3 +186,28 @@ class AgentProcess:
             except ProcessLookupError:
                 pass
             self.process.wait(STOP_SECONDS)
+
+
+def processes_under(directory: Path) -> list[psutil.Process]:
+    """Live processes whose working directory is inside `directory` (the process executor starts a
+    task in its own directory under the agent's data directory)."""
+    root = str(directory.resolve())
+    found = []
+    for process in psutil.process_iter(["cwd"]):
+        cwd = process.info.get("cwd")
+        if cwd and (cwd == root or cwd.startswith(root + os.sep)):
+            found.append(process)
+    return found
+
+
+def reap_processes_under(directory: Path) -> int:
+    """SIGKILL every process `processes_under(directory)` finds (and its process group); returns how
+    many there were. Task processes outlive their agent by design, so tests clean up with this."""
+    victims = processes_under(directory)
+    for process in victims:
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(victims, timeout=STOP_SECONDS)
+    return len(victims)

@@ -1,0 +1,452 @@
+"""The process executor: each task is a local process session that outlives the agent, which adopts it
+again after a restart.
+
+Responsibility: start, watch, stop and clean up one OS process (and what it spawns) per task. How its
+output is kept is `logfiles`, its resource limits `limits`, how its process group is watched and
+stopped `sessions`.
+
+Start: `command[0]` with the rest as arguments, as a new session (`start_new_session`), so the task
+and what it spawns share one process group that `shutdown` signals as a whole. Environment: PATH,
+HOME and LANG from the agent (not the agent's whole environment), then the spec's `env`, then
+TREEHERD_TASK_ID, TREEHERD_SERVICE, TREEHERD_SLOT, TREEHERD_NODE_PATH and TREEHERD_PORT_<NAME> per
+allocated port (the name upper-cased, other characters than letters, digits and _ made _). Working
+directory: `spec.workdir` (absolute), or the task's own `work/` directory.
+
+Files, under `<root>/tasks/<task id>/`: `output.log*` (stdout and stderr together, see `logfiles`),
+`process.json` (pid and the process's start time, written atomically once it runs), `limits.json`
+(see `limits`), `exit.json` (the exit status once collected) and `work/`. `remove` deletes them all.
+
+Adoption: the task's process is not tied to the agent (its output is a file, its session its own), so
+it keeps running when the agent stops. A controller whose `start` or `wait` finds a `process.json`
+whose pid is alive with the recorded start time adopts that process instead of starting another one;
+if the process is gone, the task ran and ended while the agent was away: nothing is started again.
+Only the parent learns an exit status, so for a process that ended or is watched by an agent that is
+not its parent, `wait` reports `Exit(code=None, message="exited while the agent was away (exit status
+unknown)")`, which fails the task; an OOM kill is still seen by its cgroup's counter. (Children
+started by this same Python process, e.g. by an agent restarted in-process, keep their real status.)
+The exit status once collected is saved, so an agent that restarts before reporting it still knows it.
+A crash between starting a process and recording it (a few microseconds) could start a task twice.
+
+`running_tasks` and `stop_orphan` let an agent find and stop the processes of tasks it no longer
+holds. Exit statuses: code 0 → `Exit(code=0)`; code n → `Exit(code=n)`; a signal → `Exit(signal=n)`,
+"killed by SIGKILL"; an OOM kill by the task's memory cgroup → `out_of_memory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import psutil
+
+from treeherd.executors import logfiles
+from treeherd.executors.base import Exit, FatalError
+from treeherd.executors.limits import Limiter, TaskLimits
+from treeherd.executors.sessions import (
+    KILL_WAIT_S,
+    ProcessRecord,
+    child,
+    forget_child,
+    group_gone,
+    is_running,
+    open_pidfd,
+    readable,
+    register_child,
+    signal_group,
+    stop_group,
+)
+from treeherd.model.services import Task
+
+__all__ = ["UNKNOWN_EXIT", "ProcessController", "ProcessExecutor", "ProcessRecord", "TaskFiles"]
+
+log = logging.getLogger(__name__)
+S = TypeVar("S", bound=msgspec.Struct)
+
+BASE_ENV = ("PATH", "HOME", "LANG")
+MIB = 1024 * 1024
+# How often `wait` looks at a process it gets no notice from, and rotates the task's output.
+POLL_S = 0.2
+CGROUP_POLL_S = 0.05
+UNKNOWN_EXIT = "exited while the agent was away (exit status unknown)"
+# Errors of exec or chdir in the child that no retry can fix.
+_CANNOT_START = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENOEXEC,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+}
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+PROCESS = "process.json"
+EXIT = "exit.json"
+LIMITS = "limits.json"
+
+
+class TaskFiles:
+    """A task's directory, `<root>/tasks/<task id>/`, and the small JSON files in it."""
+
+    def __init__(self, root: Path, task_id: str) -> None:
+        if not _SAFE_ID.fullmatch(task_id):
+            raise FatalError(f"task id {task_id!r} cannot name a directory")
+        self.task_id = task_id
+        self.dir = root / "tasks" / task_id
+
+    @property
+    def work(self) -> Path:
+        return self.dir / "work"
+
+    def read(self, name: str, kind: type[S]) -> S | None:
+        try:
+            return msgspec.json.decode((self.dir / name).read_bytes(), type=kind)
+        except FileNotFoundError:
+            return None
+        except msgspec.DecodeError as error:
+            log.warning("task %s: ignoring unreadable %s: %s", self.task_id, name, error)
+            return None
+
+    def write(self, name: str, value: msgspec.Struct) -> None:
+        """Atomically: a reader (or the next agent) sees the old file or the new one, never half."""
+        temporary = self.dir / f".{name}.tmp"
+        temporary.write_bytes(msgspec.json.encode(value))
+        os.replace(temporary, self.dir / name)
+
+    def process(self) -> ProcessRecord | None:
+        return self.read(PROCESS, ProcessRecord)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_of(returncode: int | None, limits: TaskLimits) -> Exit:
+    """The Exit for a Popen-style return code (negative: the signal; None: unknown)."""
+    signum = -returncode if returncode is not None and returncode < 0 else None
+    code = returncode if returncode is not None and returncode >= 0 else None
+    if returncode != 0 and limits.oom_killed(signum):
+        message = f"out of memory (limit {limits.memory_bytes} bytes)"
+        return Exit(code=code, signal=signum, out_of_memory=True, message=message)
+    if returncode is None:
+        return Exit(message=UNKNOWN_EXIT)
+    if signum is not None:
+        return Exit(signal=signum, message=f"killed by {_signal_name(signum)}")
+    return Exit(code=code, message=f"exited with code {code}")
+
+
+# --- checks before starting ------------------------------------------------------------------------
+
+
+def _env_name(port_name: str) -> str:
+    return re.sub(r"[^A-Z0-9_]", "_", port_name.upper())
+
+
+def _check_workdir(workdir: Path) -> None:
+    if not workdir.exists():
+        raise FatalError(f"working directory {workdir} does not exist")
+    if not workdir.is_dir():
+        raise FatalError(f"working directory {workdir} is not a directory")
+    if not os.access(workdir, os.R_OK | os.X_OK):
+        raise FatalError(f"working directory {workdir} is not readable")
+
+
+def _check_program(program: str, workdir: Path, search_path: str) -> None:
+    """What exec will run: a path (relative to the working directory) or a name on the task's PATH."""
+    if not program:
+        raise FatalError("the task's command is an empty string")
+    if "/" not in program:
+        if shutil.which(program, path=search_path) is None:
+            raise FatalError(f"{program!r} not found on PATH {search_path}")
+        return
+    path = workdir / program  # an absolute program path replaces the working directory
+    if not path.exists():
+        raise FatalError(f"{program!r}: no such file")
+    if path.is_dir():
+        raise FatalError(f"{program!r} is a directory")
+    if not os.access(path, os.X_OK):
+        raise FatalError(f"{program!r} is not executable")
+
+
+# --- the controller and the executor ----------------------------------------------------------------
+
+
+class ProcessController:
+    """One task's process: the executor protocol's steps, each idempotent, plus its logs."""
+
+    def __init__(self, executor: ProcessExecutor, task: Task) -> None:
+        self.task = task
+        self.files = TaskFiles(executor.root, task.id)
+        self._executor = executor
+        self._record: ProcessRecord | None = None
+        self._exit: Exit | None = None
+        self._limits: TaskLimits | None = None
+
+    @property
+    def record(self) -> ProcessRecord | None:
+        """The process started or adopted (None before `start`)."""
+        return self._record
+
+    # --- steps --------------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        spec = self.task.spec
+        if not spec.command:
+            raise FatalError("the task has no command")
+        self.files.dir.mkdir(parents=True, exist_ok=True)
+        workdir = self._workdir()
+        _check_workdir(workdir)
+        _check_program(spec.command[0], workdir, self._environment()["PATH"])
+        self._ensure_limits()
+
+    async def start(self) -> None:
+        if self._record is not None or self._exit is not None:
+            return
+        if self.files.read(EXIT, Exit) is not None:
+            return  # it ran and ended already: `wait` reports how
+        record = self.files.process()
+        if record is not None:
+            self._record = record
+            if is_running(record):
+                log.info("task %s: adopted its running process %d", self.task.id, record.pid)
+            else:
+                log.info("task %s: its process %d ended while the agent was away", self.task.id, record.pid)
+            return
+        self._record = self._spawn()
+
+    async def wait(self) -> Exit:
+        if self._exit is not None:
+            return self._exit
+        if (saved := self.files.read(EXIT, Exit)) is not None:
+            self._exit = saved
+            return saved
+        record = self._record = self._record or self.files.process()
+        if record is None:
+            return Exit(message="the task's process was never started")
+        returncode = await self._watch(record, child(record))
+        # Another controller of the task (in this process) may have saved the status meanwhile.
+        if (saved := self.files.read(EXIT, Exit)) is None:
+            saved = exit_of(returncode, self._saved_limits())
+            self.files.write(EXIT, saved)
+        forget_child(record)
+        self._exit = saved
+        return saved
+
+    async def shutdown(self, grace_s: float) -> None:
+        record = self._record = self._record or self.files.process()
+        if record is not None:
+            await stop_group(record, grace_s)
+
+    async def remove(self) -> None:
+        await self._executor.purge(self.task.id)
+
+    def logs(self, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
+        return self._executor.logs(self.task.id, follow=follow, tail=tail)
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _workdir(self) -> Path:
+        workdir = self.task.spec.workdir
+        if workdir is None:
+            self.files.work.mkdir(parents=True, exist_ok=True)
+            return self.files.work
+        if not os.path.isabs(workdir):
+            raise FatalError(f"working directory {workdir!r} is not an absolute path")
+        return Path(workdir)
+
+    def _environment(self) -> dict[str, str]:
+        task = self.task
+        env = {name: os.environ[name] for name in BASE_ENV if name in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(task.spec.env)
+        env["TREEHERD_TASK_ID"] = task.id
+        env["TREEHERD_SERVICE"] = task.service_name
+        env["TREEHERD_SLOT"] = str(task.slot)
+        env["TREEHERD_NODE_PATH"] = task.node_path
+        for name, port in task.ports.items():
+            env[f"TREEHERD_PORT_{_env_name(name)}"] = str(port)
+        return env
+
+    def _ensure_limits(self) -> TaskLimits:
+        """The task's limits, made (cgroups included) on first use and saved for later controllers."""
+        if self._limits is None:
+            limits = self.files.read(LIMITS, TaskLimits)
+            if limits is None:
+                resources = self.task.spec.resources
+                limits = self._executor.limiter.create(
+                    self.task.id, memory_bytes=resources.limit_memory, cpus=resources.limit_cpus
+                )
+                self.files.write(LIMITS, limits)
+            self._limits = limits
+        return self._limits
+
+    def _saved_limits(self) -> TaskLimits:
+        return self._limits or self.files.read(LIMITS, TaskLimits) or TaskLimits()
+
+    def _spawn(self) -> ProcessRecord:
+        command = self.task.spec.command
+        if not command:
+            raise FatalError("the task has no command")
+        self.files.dir.mkdir(parents=True, exist_ok=True)
+        workdir = self._workdir()
+        limits = self._ensure_limits()
+        output = logfiles.open_for_child(self.files.dir)
+        try:
+            with limits.joining() as join:
+                # Synchronous fork and exec (about a millisecond): no await between starting the
+                # process and recording it, so a cancelled start cannot lose track of it.
+                popen = subprocess.Popen(
+                    command,
+                    cwd=workdir,
+                    env=self._environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                    start_new_session=True,
+                    preexec_fn=join,  # only os.write and setrlimit: see limits
+                )
+        except OSError as error:
+            if error.errno in _CANNOT_START:
+                where = f": {error.filename}" if error.filename else ""
+                raise FatalError(f"cannot start {command[0]!r}: {error.strerror}{where}") from None
+            raise
+        finally:
+            os.close(output)
+        record = ProcessRecord(
+            pid=popen.pid, create_time=psutil.Process(popen.pid).create_time(), started_at=time.time()
+        )
+        register_child(record, popen)
+        self.files.write(PROCESS, record)
+        log.info("task %s: started process %d: %s", self.task.id, record.pid, command)
+        return record
+
+    async def _watch(self, record: ProcessRecord, popen: subprocess.Popen[bytes] | None) -> int | None:
+        """Until the process ends, rotating its output meanwhile: its return code (None: unknown)."""
+        executor = self._executor
+        descriptor = open_pidfd(record)
+        try:
+            while True:
+                if popen is not None:
+                    if (returncode := popen.poll()) is not None:
+                        return returncode
+                elif not is_running(record):
+                    return None
+                logfiles.rotate(self.files.dir, executor.log_max_bytes, executor.log_backups)
+                await readable(descriptor, POLL_S)
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+
+
+class ProcessExecutor:
+    """Runs tasks as local processes under `root`; see the module's description."""
+
+    name = "process"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cgroup_root: Path | None = Path("/sys/fs/cgroup"),
+        log_max_bytes: int = 10 * MIB,
+        log_backups: int = 3,
+    ) -> None:
+        self.root = root
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        self.limiter = Limiter(cgroup_root)
+
+    def controller(self, task: Task) -> ProcessController:
+        return ProcessController(self, task)
+
+    def task_ids(self) -> list[str]:
+        """Every task this executor has files of (running or not)."""
+        try:
+            return sorted(path.name for path in (self.root / "tasks").iterdir() if path.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def running_tasks(self) -> dict[str, int]:
+        """Task id → pid of every task whose recorded process still runs."""
+        running = {}
+        for task_id in self.task_ids():
+            with contextlib.suppress(FatalError):  # a directory that is no task's
+                record = TaskFiles(self.root, task_id).process()
+                if record is not None and is_running(record):
+                    running[task_id] = record.pid
+        return running
+
+    async def stop_orphan(self, task_id: str, grace_s: float) -> None:
+        """Stop a task's process (SIGTERM, SIGKILL after `grace_s`) without its Task at hand."""
+        record = TaskFiles(self.root, task_id).process()
+        if record is not None:
+            await stop_group(record, grace_s)
+
+    async def purge(self, task_id: str) -> None:
+        """Kill whatever of the task still runs, remove its cgroups and delete its directory."""
+        files = TaskFiles(self.root, task_id)
+        record = files.process()
+        if record is not None:
+            signal_group(record, signal.SIGKILL)
+            if not await group_gone(record, KILL_WAIT_S):
+                log.warning("task %s: process group %d survived SIGKILL", task_id, record.pid)
+            popen = child(record)
+            if popen is not None and popen.poll() is not None:
+                forget_child(record)
+        limits = files.read(LIMITS, TaskLimits)
+        if limits is not None:
+            await self._remove_cgroups(task_id, limits)
+        await asyncio.to_thread(_remove_tree, files.dir)
+
+    async def _remove_cgroups(self, task_id: str, limits: TaskLimits) -> None:
+        # Processes that left the process group are still in the cgroups: kill them too.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KILL_WAIT_S
+        while True:
+            limits.kill_all()
+            busy = limits.remove()
+            if not busy:
+                return
+            if loop.time() >= deadline:
+                log.warning("task %s: cgroups still busy, left behind: %s", task_id, busy)
+                return
+            await asyncio.sleep(CGROUP_POLL_S)
+
+    def logs(self, task_id: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[bytes]:
+        """A task's output: the last `tail` lines (None: all kept), then with `follow` what it writes
+        until its process ends. Works for any task with a directory here, controller or not."""
+        try:
+            files = TaskFiles(self.root, task_id)
+        except FatalError:
+            raise LookupError(f"no task {task_id!r} here") from None
+        if not files.dir.is_dir():
+            raise LookupError(f"no task {task_id!r} here")
+
+        def running() -> bool:
+            record = files.process()
+            return record is not None and is_running(record)
+
+        return logfiles.follow_logs(
+            files.dir, follow=follow, tail=tail, backups=self.log_backups, running=running
+        )
+
+
+def _remove_tree(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
