@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from treeherd.testing.processes import AgentProcess, ManagerProcess
+from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_command
 from treeherd.transport.client import Client
 
 WAIT_S = 30.0
@@ -32,10 +33,10 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> An
 
 
 class Cluster:
-    def __init__(self, tmp: Path, *, executor: str = "hollow") -> None:
+    def __init__(self, tmp: Path, *, executor: str = "hollow", port: int | None = None) -> None:
         self.tmp = tmp
         self.executor = executor
-        self.port = free_port()
+        self.port = port or free_port()
         self.manager = ManagerProcess(tmp / "manager", listen=f"127.0.0.1:{self.port}")
         self.agents: dict[str, AgentProcess] = {}
 
@@ -47,6 +48,20 @@ class Cluster:
         agent = AgentProcess(self.url, self.tmp / host, host, executor=self.executor).start()
         self.agents[host] = agent
         return agent
+
+    def cli(self, *args: str, check: bool = True) -> Any:
+        """Run the real `treeherd` command against this cluster: its stdout (checked), or the result."""
+        result = subprocess.run(
+            [*treeherd_command(), "--manager", self.url, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+        return result
 
     def client(self) -> Client:
         return Client(self.url, timeout=10)
