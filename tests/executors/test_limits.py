@@ -16,7 +16,7 @@ from tests.executors.helpers import collect, make_task, output, run, started
 from treeherd.executors.base import Exit
 from treeherd.executors.limits import CPU, MEMORY, Limiter, TaskLimits, find_hierarchies
 from treeherd.executors.process import ProcessExecutor
-from treeherd.executors.sessions import child, forget_child
+from treeherd.executors.process_groups import child, forget_child
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,7 +3,7 @@ again after a restart.
 
 Responsibility: start, watch, stop and clean up one OS process (and what it spawns) per task. How its
 output is kept is `logfiles`, its resource limits `limits`, how its process group is watched and
-stopped `sessions`.
+stopped `process_groups`.
 
 Start: `command[0]` with the rest as arguments, as a new session (`start_new_session`), so the task
 and what it spawns share one process group that `shutdown` signals as a whole. Environment: PATH,
@@ -54,7 +54,7 @@ import psutil
 from treeherd.executors import logfiles
 from treeherd.executors.base import Exit, FatalError
 from treeherd.executors.limits import Limiter, TaskLimits
-from treeherd.executors.sessions import (
+from treeherd.executors.process_groups import (
     KILL_WAIT_S,
     ProcessRecord,
     child,

@@ -1,4 +1,4 @@
-"""A task's process session: which process it is, whether it or anything in its group still runs,
+"""A task's process group: which process it is, whether it or anything in its group still runs,
 stopping the whole group, and waiting for the process to end, whether or not this agent is its parent.
 
 A task runs as the leader of its own session, so its process group id is its pid and everything it
