@@ -318,6 +318,27 @@ async def test_heartbeats_keep_a_node_ready_and_silence_marks_it_down(harness: H
     assert harness.d.session_id(started.machine_id) is None
 
 
+async def test_a_shorter_period_applies_from_the_agents_next_heartbeat(harness: Harness) -> None:
+    await harness.start()
+    agent, started, _ = await harness.connect()  # told 5 s
+    await harness.store.commit(
+        [Create(ClusterSettings(id="c", created_at=FIXED_NOW, updated_at=FIXED_NOW, heartbeat_period_s=1.0))]
+    )
+    await harness.clock.advance(5.0)
+    await agent.send(Heartbeat(session_id=started.session_id))
+    assert (await receive(agent, HeartbeatAck)).period_s == 1.0
+    # The agent was sleeping its old 5 s period when the ack came: its next heartbeat comes 5 s later,
+    # past the new 3 s grace but within the old one. It must not be marked down for that.
+    await harness.clock.advance(5.0)
+    await settle()
+    assert harness.state() == "ready"
+    await agent.send(Heartbeat(session_id=started.session_id))
+    await receive(agent, HeartbeatAck)
+    # From now on the 1 s period (3 s grace) holds.
+    await harness.clock.advance(3.5)
+    await eventually(lambda: harness.state() == "down", "node down after the new grace")
+
+
 async def test_time_the_manager_was_stalled_does_not_count_against_nodes(harness: Harness) -> None:
     await harness.start()
     agent, started, _ = await harness.connect()

@@ -251,6 +251,7 @@ class Dispatcher:
             await _refuse(channel, "unavailable", "the dispatcher stopped")
             return None
         session = AgentSession(self._ids(), machine_id, hostname, channel)
+        session.period_s = period
         previous = self._sessions.get(machine_id)
         if previous is not None:
             previous.close(f"replaced by session {session.id}")
@@ -373,8 +374,12 @@ class Dispatcher:
     def _heartbeat(self, session: AgentSession) -> None:
         settings = self._settings()
         period = heartbeat_period(settings, self._rand())
-        self._deadlines.register(session.machine_id, self._monotonic(), heartbeat_timeout(period, settings))
+        # The agent is already waiting out the period it was told before; a shorter one (the cluster's
+        # period just went down) only applies from its next heartbeat on.
+        awaited = max(period, session.period_s)
+        self._deadlines.register(session.machine_id, self._monotonic(), heartbeat_timeout(awaited, settings))
         self._unknown.discard(session.machine_id)
+        session.period_s = period
         session.post(HeartbeatAck(period_s=period))
 
     # ---- heartbeat deadlines -----------------------------------------------------------------------

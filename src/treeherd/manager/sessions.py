@@ -30,6 +30,7 @@ class AgentSession:
         self.events_ready = asyncio.Event()
         self.snapshot_revision: int | None = None
         self.resync = False
+        self.period_s = 0.0  # the heartbeat period the agent was last told
         self.closed = asyncio.Event()
         self.reason = ""
 
