@@ -75,6 +75,7 @@ async def load_demo(inventory: Inventory) -> bool:
                     "import os, runpy, sys; sys.argv = ['http.server', '--bind', '127.0.0.1',"
                     " os.environ['TREEHERD_PORT_HTTP']]; runpy.run_module('http.server', run_name='__main__')",
                 ],
+                env={"PYTHONUNBUFFERED": "1"},  # so `treeherd service logs` shows its lines at once
                 ports=[PortSpec(name="http")],
                 restart=RestartPolicy(delay_s=1.0),
             ),
