@@ -5,6 +5,8 @@ set -euo pipefail
 
 PACKAGES=(
     python3-venv
+    nginx       # the edge gateway: nginx -t, reloads, end-to-end routing
+    openssl     # self-signed certificates for the ssl servers the renderer tests validate
 )
 
 missing=()

@@ -9,13 +9,16 @@ from litestar.openapi import OpenAPIConfig
 from treeherd import __version__
 from treeherd.api.errors import HANDLERS, decode_body_strictly
 from treeherd.api.routes.agent import agent_router
+from treeherd.api.routes.availability import AvailabilityController, metrics
 from treeherd.api.routes.cluster import ClusterController
 from treeherd.api.routes.domains import DomainController, ProvisionController
 from treeherd.api.routes.events import EventController
+from treeherd.api.routes.gateway import GatewayController
 from treeherd.api.routes.machines import BindingController, MachineController
 from treeherd.api.routes.services import ServiceController, TaskController
 from treeherd.api.routes.system import healthz, openapi_json
 from treeherd.api.routes.tree import NodeController
+from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.services import Services
@@ -28,12 +31,16 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too."""
 
     services = Services(inventory.store)
+    board = AvailabilityBoard()
 
     def provide_inventory() -> Inventory:
         return inventory
 
     def provide_services() -> Services:
         return services
+
+    def provide_board() -> AvailabilityBoard:
+        return board
 
     def provide_dispatcher() -> Dispatcher:
         if dispatcher is None:
@@ -51,6 +58,9 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             ServiceController,
             TaskController,
             ClusterController,
+            GatewayController,
+            AvailabilityController,
+            metrics,
             *([agent_router(dispatcher)] if dispatcher is not None else []),
             healthz,
             openapi_json,
@@ -59,6 +69,7 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             "inventory": Provide(provide_inventory, sync_to_thread=False),
             "services": Provide(provide_services, sync_to_thread=False),
             "dispatcher": Provide(provide_dispatcher, sync_to_thread=False),
+            "board": Provide(provide_board, sync_to_thread=False),
         },
         before_request=decode_body_strictly,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]

@@ -49,9 +49,21 @@ def cli(ctx: click.Context, manager: str) -> None:
 
 
 def _register() -> None:
-    from treeherd.cli import agent, cluster, domain, events, logs, machine, node, server, service, tree
+    from treeherd.cli import (
+        agent,
+        cluster,
+        domain,
+        events,
+        gateway,
+        logs,
+        machine,
+        node,
+        server,
+        service,
+        tree,
+    )
 
-    for module in (tree, machine, domain, service, logs, node, cluster, events, server, agent):
+    for module in (tree, machine, domain, service, logs, node, cluster, events, server, agent, gateway):
         for command in module.COMMANDS:
             cli.add_command(command)
 

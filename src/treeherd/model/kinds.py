@@ -15,6 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from treeherd.model.base import Object
+from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.services import ClusterSettings, Service, Task
 
@@ -131,6 +132,28 @@ KINDS: dict[str, KindInfo] = {
             name="cluster",
             type=ClusterSettings,
             unique=(UniqueKey("name", lambda o: (_as(ClusterSettings, o).name,)),),
+        ),
+        # The gateway's kinds declare no references: a node or machine that goes leaves its backend
+        # state and policy behind, ignored by the renderer, instead of being refused deletion.
+        KindInfo(
+            name="backend",
+            type=BackendState,
+            unique=(
+                UniqueKey(
+                    "pair",
+                    lambda o: (binding_key(_as(BackendState, o).machine_id, _as(BackendState, o).node_id),),
+                ),
+            ),
+        ),
+        KindInfo(
+            name="policy",
+            type=HealthPolicy,
+            unique=(UniqueKey("node", lambda o: (_as(HealthPolicy, o).node_id,)),),
+        ),
+        KindInfo(
+            name="gateway",
+            type=GatewayRecord,
+            unique=(UniqueKey("name", lambda o: (_as(GatewayRecord, o).name,)),),
         ),
     )
 }

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from treeherd.model.base import Object
+from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import Availability, NodeRole, NodeState
 
@@ -114,4 +115,16 @@ class ProvisioningRecord(Object, frozen=True, kw_only=True, tag="provision"):
     node_id: str
 
 
-AnyObject = TreeNode | Machine | Binding | Domain | ProvisioningRecord | Service | Task | ClusterSettings
+AnyObject = (
+    TreeNode
+    | Machine
+    | Binding
+    | Domain
+    | ProvisioningRecord
+    | Service
+    | Task
+    | ClusterSettings
+    | BackendState
+    | HealthPolicy
+    | GatewayRecord
+)

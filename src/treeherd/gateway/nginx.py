@@ -1,0 +1,173 @@
+"""One nginx master in its own prefix directory: validate a configuration with the real `nginx -t`,
+start or adopt the master, reload it and tell whether the reload took.
+
+nginx keeps running on its own (it daemonizes), so a gateway that restarts adopts the master named by
+the pid file instead of starting a second one. A reload is a SIGHUP to the master; it took when the
+previous generation of workers starts its graceful shutdown, and failed when the master logs an `[emerg]` or `[alert]` line instead
+(it then keeps serving the previous configuration). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+VALIDATE_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+_FAILURE = re.compile(r"\[(emerg|alert|crit)\]")
+
+
+class NginxError(Exception):
+    """nginx refused a configuration or a command; the message is nginx's own reason."""
+
+
+def find_nginx(binary: str = "nginx") -> str | None:
+    """The nginx executable (PATH and the sbin directories, where Debian puts it), or None."""
+    if os.sep in binary:
+        return binary if os.access(binary, os.X_OK) else None
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+    return shutil.which(binary, path=search)
+
+
+def _reason(output: str) -> str:
+    """nginx's error lines without the `nginx: ` prefixes and the closing 'test failed' line."""
+    lines = [line.removeprefix("nginx: ").strip() for line in output.splitlines()]
+    useful = [line for line in lines if line and "test failed" not in line and "syntax is ok" not in line]
+    return "; ".join(useful) or "nginx gave no reason"
+
+
+class Nginx:
+    """The nginx master serving from `prefix`: its pid file and error log live in `prefix/logs`."""
+
+    def __init__(self, binary: str, prefix: Path) -> None:
+        self.binary = binary
+        self.prefix = prefix
+        self.main_conf = prefix / "nginx.conf"
+        self.pid_path = prefix / "logs" / "nginx.pid"
+        self.error_log = prefix / "logs" / "error.log"
+        self.temp_dir = prefix / "temp"
+
+    def _base_args(self, conf: Path) -> list[str]:
+        return [self.binary, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.error_log)]
+
+    async def _run(self, args: list[str], limit_s: float) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), limit_s)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise NginxError(f"{' '.join(args[:2])} did not finish within {limit_s} s") from None
+        return process.returncode or 0, output.decode(errors="replace")
+
+    async def validate(self, conf: Path) -> None:
+        """Raise NginxError with nginx's reason unless `nginx -t` accepts the configuration `conf`."""
+        code, output = await self._run([*self._base_args(conf), "-t", "-q"], VALIDATE_TIMEOUT_S)
+        if code != 0:
+            raise NginxError(_reason(output))
+
+    def master_pid(self) -> int | None:
+        """The pid of the live nginx master serving this prefix, or None."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            process = psutil.Process(pid)
+            cmdline = " ".join(process.cmdline())
+        except (OSError, ValueError, psutil.Error):
+            return None
+        if "nginx" not in cmdline or str(self.prefix) not in cmdline:
+            return None  # a stale pid file: the number now belongs to another process
+        return pid
+
+    async def start(self) -> int:
+        """Start the master on the main configuration (already validated); return its pid."""
+        code, output = await self._run(self._base_args(self.main_conf), START_TIMEOUT_S)
+        if code != 0:
+            raise NginxError(_reason(output))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            pid = self.master_pid()
+            # Ready once its workers run: a reload signal sent earlier may be lost in its start-up.
+            if pid is not None and self._workers(pid):
+                return pid
+            await asyncio.sleep(0.02)
+        raise NginxError(f"nginx did not start its workers within {START_TIMEOUT_S} s (see {self.error_log})")
+
+    def _workers(self, pid: int) -> set[int]:
+        with contextlib.suppress(psutil.Error):
+            return {child.pid for child in psutil.Process(pid).children()}
+        return set()
+
+    def _retiring(self, workers: set[int]) -> bool:
+        """Has any of these workers exited or begun its graceful shutdown? (The master retires the old
+        generation only once the new configuration is in place.)"""
+        for worker in workers:
+            try:
+                if "shutting down" in " ".join(psutil.Process(worker).cmdline()):
+                    return True
+            except psutil.Error:
+                return True
+        return False
+
+    def _error_log_size(self) -> int:
+        try:
+            return self.error_log.stat().st_size
+        except OSError:
+            return 0
+
+    def _new_failures(self, offset: int) -> str:
+        try:
+            with open(self.error_log, "rb") as handle:
+                handle.seek(offset)
+                text = handle.read(65536).decode(errors="replace")
+        except OSError:
+            return ""
+        failures = [line.strip() for line in text.splitlines() if _FAILURE.search(line)]
+        return "; ".join(failures)
+
+    async def reload(self, limit_s: float = RELOAD_TIMEOUT_S) -> None:
+        """SIGHUP the master and wait for new workers; NginxError with the master's reason if it kept
+        the previous configuration."""
+        pid = self.master_pid()
+        if pid is None:
+            raise NginxError(f"no nginx master is running for {self.prefix}")
+        before = self._workers(pid)
+        offset = self._error_log_size()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            failure = self._new_failures(offset)
+            if failure:
+                raise NginxError(failure)
+            if self._retiring(before):
+                return
+            if self.master_pid() != pid:
+                raise NginxError("the nginx master exited during the reload")
+        raise NginxError(f"nginx did not retire its workers within {limit_s} s of the reload signal")
+
+    async def stop(self) -> None:
+        """Graceful stop (SIGQUIT), SIGKILL if the master outlives the timeout."""
+        pid = self.master_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not psutil.pid_exists(pid):
+                return
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,2 @@
+"""Pure renderers: configuration text from the routing table (nginx), with Jinja2 templates shipped in
+the package."""
