@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
     python3-venv
+    haproxy     # the local proxy: haproxy -c, the runtime API, master-worker reloads
     nginx       # the edge gateway: nginx -t, reloads, end-to-end routing
     openssl     # self-signed certificates for the ssl servers the renderer tests validate
 )
