@@ -8,6 +8,7 @@ PACKAGES=(
     haproxy     # the local proxy: haproxy -c, the runtime API, master-worker reloads
     nginx       # the edge gateway: nginx -t, reloads, end-to-end routing
     openssl     # self-signed certificates for the ssl servers the renderer tests validate
+    puppet      # the ENC tests: puppet node find / puppet apply with treeherd as the node classifier
 )
 
 missing=()

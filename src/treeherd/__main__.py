@@ -1,5 +1,5 @@
 """`python -m treeherd` runs the CLI."""
 
-from treeherd.cli.main import main
+from treeherd.cli.entry import main
 
 main()

@@ -15,12 +15,14 @@ from treeherd.api.routes.domains import DomainController, ProvisionController
 from treeherd.api.routes.events import EventController
 from treeherd.api.routes.gateway import GatewayController
 from treeherd.api.routes.machines import BindingController, MachineController
+from treeherd.api.routes.puppet import EncController, PuppetController, ReportController
 from treeherd.api.routes.services import ServiceController, TaskController
 from treeherd.api.routes.system import healthz, openapi_json
 from treeherd.api.routes.tree import NodeController
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.inventory import Inventory
+from treeherd.manager.puppet import Puppet
 from treeherd.manager.services import Services
 from treeherd.model.errors import Unavailable
 
@@ -31,6 +33,7 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too."""
 
     services = Services(inventory.store)
+    puppet = Puppet(inventory.store)
     board = AvailabilityBoard()
 
     def provide_inventory() -> Inventory:
@@ -41,6 +44,9 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
 
     def provide_board() -> AvailabilityBoard:
         return board
+
+    def provide_puppet() -> Puppet:
+        return puppet
 
     def provide_dispatcher() -> Dispatcher:
         if dispatcher is None:
@@ -58,6 +64,9 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             ServiceController,
             TaskController,
             ClusterController,
+            PuppetController,
+            EncController,
+            ReportController,
             GatewayController,
             AvailabilityController,
             metrics,
@@ -69,6 +78,7 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             "inventory": Provide(provide_inventory, sync_to_thread=False),
             "services": Provide(provide_services, sync_to_thread=False),
             "dispatcher": Provide(provide_dispatcher, sync_to_thread=False),
+            "puppet": Provide(provide_puppet, sync_to_thread=False),
             "board": Provide(provide_board, sync_to_thread=False),
         },
         before_request=decode_body_strictly,

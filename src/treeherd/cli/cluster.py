@@ -24,6 +24,8 @@ FIELDS = [
     "registration_window_s",
     "node_loss_fraction",
     "node_loss_hold_s",
+    "puppet_default_class",
+    "puppet_unknown_host",
 ]
 
 
@@ -59,6 +61,14 @@ def show(ctx: Context, fmt: str) -> None:
 @click.option(
     "--node-loss-hold", metavar="DURATION", help="how long tasks of a node lost in a mass loss wait (60s)"
 )
+@click.option(
+    "--puppet-default-class", metavar="NAME", help="what conflicting (and unknown) hosts get ('' for none)"
+)
+@click.option(
+    "--puppet-unknown-host",
+    type=click.Choice(["fail", "default"]),
+    help="the ENC for a host the tree does not know: fail (exit 1) or the default class",
+)
 @FORMAT_OPTION
 @pass_ctx
 def set_(
@@ -71,10 +81,16 @@ def set_(
     task_history: int | None,
     node_loss_fraction: float | None,
     node_loss_hold: str | None,
+    puppet_default_class: str | None,
+    puppet_unknown_host: str | None,
     fmt: str,
 ) -> None:
     """Change settings."""
     fields: dict[str, Any] = {}
+    if puppet_default_class is not None:
+        fields["puppet_default_class"] = puppet_default_class or None
+    if puppet_unknown_host is not None:
+        fields["puppet_unknown_host"] = puppet_unknown_host
     for name, value in (
         ("heartbeat_period_s", heartbeat_period),
         ("heartbeat_epsilon_s", heartbeat_epsilon),

@@ -37,7 +37,7 @@ def events(ctx: Context, since: int | None, kinds: tuple[str, ...], fmt: str, co
     seen = 0
     last = since
     if fmt == "table":
-        click.echo(f"{'REVISION':<10}{'EVENT':<9}{'KIND':<11}NAME")
+        click.echo(f"{'REVISION':<10}{'EVENT':<9}{'KIND':<16}NAME")
     while True:
         client = Client(ctx.manager)
         try:
@@ -55,7 +55,7 @@ def events(ctx: Context, since: int | None, kinds: tuple[str, ...], fmt: str, co
                     click.echo(data)
                 else:
                     event = _decode(data)
-                    click.echo(f"{event.revision:<10}{event.type:<9}{event.object.kind:<11}{_name(event)}")
+                    click.echo(f"{event.revision:<10}{event.type:<9}{event.object.kind:<16}{_name(event)}")
                 seen += 1
                 if count is not None and seen >= count:
                     return

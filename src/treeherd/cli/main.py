@@ -58,12 +58,28 @@ def _register() -> None:
         logs,
         machine,
         node,
+        puppet,
+        report,
         server,
         service,
         tree,
     )
 
-    for module in (tree, machine, domain, service, logs, node, cluster, events, server, agent, gateway):
+    for module in (
+        tree,
+        machine,
+        domain,
+        service,
+        logs,
+        node,
+        cluster,
+        events,
+        server,
+        agent,
+        puppet,
+        report,
+        gateway,
+    ):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -9,6 +9,7 @@ import msgspec
 from msgspec import UNSET
 
 from treeherd.core.nodes import check_version
+from treeherd.core.puppet import cluster_puppet_changes
 from treeherd.core.view import View
 from treeherd.model.errors import InvalidInput
 from treeherd.model.ops import Create, Op, Update
@@ -51,5 +52,6 @@ def plan_update_cluster(
         if not low <= value <= high:
             raise InvalidInput(f"{field} must be between {low:g} and {high:g}, not {value}", field=field)
         changes[field] = value
+    changes.update(cluster_puppet_changes(view, request))
     updated = msgspec.structs.replace(settings, **changes)
     return [Update(updated) if stored is not None else Create(updated)]

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import UNSET
 
 from treeherd.core import validate
+from treeherd.core.puppet import check_classes
 from treeherd.core.tree import MAX_DEPTH, MAX_PATH_LENGTH, descendants, parent_path, validate_path
 from treeherd.core.view import View
 from treeherd.model.base import Object
@@ -108,7 +109,7 @@ def plan_create_node(view: View, request: NodeCreate, now: datetime, new_id: Cal
         port=request.port,
         ip_hash=request.ip_hash,
     )
-    return [Create(node), *ops]
+    return [Create(node), *ops, *check_classes(view, request.puppet_classes)]
 
 
 def plan_update_node(view: View, path: str, request: NodeUpdate, now: datetime) -> list[Op]:
@@ -131,7 +132,7 @@ def plan_update_node(view: View, path: str, request: NodeUpdate, now: datetime) 
             changes[name] = value
     if request.puppet_exclude is not UNSET:
         changes["puppet_exclude"] = sorted(set(request.puppet_exclude))
-    return [Update(msgspec.structs.replace(node, **changes))]
+    return [Update(msgspec.structs.replace(node, **changes)), *check_classes(view, request.puppet_classes)]
 
 
 def merge_patch(current: dict[str, V], patch: dict[str, V | None]) -> dict[str, V]:

@@ -17,6 +17,7 @@ import msgspec
 from treeherd.model.base import Object
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
+from treeherd.model.puppet import PuppetCatalog, PuppetConflict
 from treeherd.model.services import ClusterSettings, Service, Task
 
 T = TypeVar("T", bound=Object)
@@ -132,6 +133,18 @@ KINDS: dict[str, KindInfo] = {
             name="cluster",
             type=ClusterSettings,
             unique=(UniqueKey("name", lambda o: (_as(ClusterSettings, o).name,)),),
+        ),
+        KindInfo(
+            name="puppet_catalog",
+            type=PuppetCatalog,
+            unique=(UniqueKey("name", lambda o: (_as(PuppetCatalog, o).name,)),),
+        ),
+        # No reference to the machine: a conflict record never blocks removing a machine (the ENC
+        # deletes it once the host no longer conflicts).
+        KindInfo(
+            name="puppet_conflict",
+            type=PuppetConflict,
+            unique=(UniqueKey("hostname", lambda o: (_as(PuppetConflict, o).hostname,)),),
         ),
         # The gateway's kinds declare no references: a node or machine that goes leaves its backend
         # state and policy behind, ignored by the renderer, instead of being refused deletion.

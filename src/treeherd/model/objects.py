@@ -15,6 +15,7 @@ import msgspec
 
 from treeherd.model.base import Object
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
+from treeherd.model.puppet import PuppetCatalog, PuppetConflict
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import Availability, NodeRole, NodeState
 
@@ -124,6 +125,8 @@ AnyObject = (
     | Service
     | Task
     | ClusterSettings
+    | PuppetCatalog
+    | PuppetConflict
     | BackendState
     | HealthPolicy
     | GatewayRecord

@@ -142,3 +142,7 @@ class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):
     # went down within `node_loss_hold_s`, a down machine's tasks are replaced only after that long.
     node_loss_fraction: float = 0.1
     node_loss_hold_s: float = 60.0
+    # The ENC (core.enc): the class a host gets when its bound nodes' classes conflict (and, with
+    # `puppet_unknown_host = "default"`, a host the tree does not know); None: no class at all.
+    puppet_default_class: str | None = None
+    puppet_unknown_host: Literal["fail", "default"] = "fail"
