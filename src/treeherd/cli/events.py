@@ -19,11 +19,13 @@ _decode = msgspec.json.Decoder(Event).decode
 
 def _name(event: Event) -> str:
     obj = event.object
+    summary = getattr(obj, "summary", None)  # a gateway says what it did: "reload: ..."
+    note = f"  {summary()}" if callable(summary) else ""
     for attr in ("path", "hostname", "name"):
         value = getattr(obj, attr, None)
         if isinstance(value, str):
-            return value
-    return obj.id
+            return value + note
+    return obj.id + note
 
 
 @click.command("events")

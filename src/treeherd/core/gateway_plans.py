@@ -3,8 +3,8 @@ and health policies.
 
 Invariants checked here:
 - a backend state names a machine that is bound to the node (a pin on anything else would be a typo);
-- thresholds and caps are shares between 0 and 1, minimum request counts are positive, a webhook is an
-  http(s) URL;
+- thresholds and caps are shares between 0 and 1, minimum request counts are positive, a webhook is a plain
+  http:// URL;
 - a gateway keeps its last RECENT_GATEWAY_EVENTS events; the store's event stream has them all.
 """
 
@@ -144,11 +144,11 @@ def _check_policy(policy: HealthPolicy) -> None:
             raise InvalidInput(f"{field} must be at least 1", field=field)
     webhook = policy.webhook
     if webhook is not None and (
-        not webhook.startswith(("http://", "https://"))
-        or len(webhook) > 2048
-        or any(c.isspace() for c in webhook)
+        not webhook.startswith("http://") or len(webhook) > 2048 or any(c.isspace() for c in webhook)
     ):
-        raise InvalidInput(f"invalid webhook {webhook!r}: an http:// or https:// URL", field="webhook")
+        raise InvalidInput(
+            f"invalid webhook {webhook!r}: an http:// URL (the gateway posts plain HTTP)", field="webhook"
+        )
 
 
 def plan_set_policy(
