@@ -20,15 +20,22 @@ __all__ = ["dump", "enc_document"]
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*(?:::[A-Za-z0-9_.\-/]+)*")
 _RESERVED = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "nan", "inf"})
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
-_SAFE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]*")
+
+
+def _printable(char: str) -> bool:
+    """YAML's printable set, less the two characters a double-quoted scalar escapes."""
+    code = ord(char)
+    if code < 0x7F:
+        return code >= 0x20 and char not in '"\\'
+    return 0xA0 <= code <= 0xD7FF or (0xE000 <= code <= 0xFFFD and code != 0xFEFF) or code >= 0x10000
 
 
 def _quote(text: str) -> str:
-    if _SAFE.fullmatch(text):
+    if all(_printable(char) for char in text):
         return f'"{text}"'
     out = []
     for char in text:
-        if _SAFE.fullmatch(char):
+        if _printable(char):
             out.append(char)
         elif char in _ESCAPES:
             out.append(_ESCAPES[char])
