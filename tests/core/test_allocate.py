@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from treeherd.core.allocate import PortPool, allocate, dynamic_ports
 from treeherd.model.services import PortSpec, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
@@ -61,3 +63,14 @@ def test_restart_delay_holds_the_task():
 def test_only_new_tasks_meant_to_run():
     tasks = [task("a", state=TaskState.PENDING), task("b", desired=TaskState.SHUTDOWN)]
     assert allocate(tasks, PortPool(), NOW) == ([], [])
+
+
+def test_tasks_wait_for_their_required_services():
+    waiting = msgspec.structs.replace(task("w"), spec=TaskSpec(command=["x"], requires=["db", "cache"]))
+    ops, left = allocate([waiting], PortPool(), NOW, lambda name: name == "db")
+    assert left == ["w"]
+    assert [op.object.status.message for op in ops] == [
+        "waiting for required services without an endpoint: cache"
+    ]
+    ops, left = allocate([waiting], PortPool(), NOW, lambda name: True)
+    assert left == [] and ops[0].object.status.state == TaskState.PENDING

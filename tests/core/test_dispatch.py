@@ -400,3 +400,22 @@ def test_deadlines_postpone_moves_every_deadline():
     assert deadlines.expired(24.0) == []
     assert deadlines.expired(25.0) == ["a"]
     assert deadlines.due("b") == 30.0
+
+
+def test_a_health_change_in_the_same_state_is_news_only_if_later():
+    running = msgspec.structs.replace(status(S.RUNNING), health="starting")
+    stored = msgspec.structs.replace(task(state=S.RUNNING), status=running)
+    later = msgspec.structs.replace(
+        running, health="healthy", timestamp=running.timestamp + timedelta(seconds=1)
+    )
+    earlier = msgspec.structs.replace(
+        running, health="healthy", timestamp=running.timestamp - timedelta(seconds=1)
+    )
+    assert check_status(stored, "m1", later) is Verdict.ACCEPT
+    assert check_status(stored, "m1", running) is Verdict.DUPLICATE
+    assert check_status(stored, "m1", earlier) is Verdict.BACKWARD
+    between = msgspec.structs.replace(
+        running, health="unhealthy", timestamp=running.timestamp + timedelta(seconds=0.5)
+    )
+    assert check_status(stored, "m1", between, queued=later) is Verdict.STALE
+    assert check_status(stored, "m1", later, queued=later) is Verdict.QUEUED

@@ -23,6 +23,7 @@ import psutil
 from treeherd import __version__
 from treeherd.agent.db import TaskDB
 from treeherd.agent.logs import LogStreamer
+from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
 from treeherd.agent.worker import Worker, utc_now
 from treeherd.core.agent_state import AgentState
@@ -166,6 +167,8 @@ class Agent:
             logs=self.logs,
         )
         self.worker.set_sender(self.session.send_report)
+        self.registrar = Registrar(self.worker.state, self.session)
+        self.worker.on_change = self.registrar.changed
 
     @property
     def state(self) -> AgentState:
@@ -181,6 +184,7 @@ class Agent:
             await self._clean_up_unknown_tasks()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.worker.run(), name="agent-worker")
+                group.create_task(self.registrar.run(), name="agent-registrar")
                 group.create_task(self._session_until_worker_ends(), name="agent-session")
         finally:
             await self.db.close()
@@ -206,9 +210,11 @@ class Agent:
         try:
             await self.session.run()
         finally:
-            # Without a session the worker has nobody to report to: both end together.
+            # Without a session the worker has nobody to report to: all end together.
             self.worker.stop()
+            self.registrar.stop()
 
     def stop(self) -> None:
         self.session.stop()
         self.worker.stop()
+        self.registrar.stop()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from treeherd.model.wire import (
     Assignments,
+    EndpointSet,
     Heartbeat,
     HeartbeatAck,
     LogCancel,
@@ -29,6 +30,7 @@ from treeherd.model.wire import (
     SessionStarted,
     StatusAck,
     StatusReport,
+    TaskEndpoint,
     TaskStatusUpdate,
 )
 from treeherd.transport.channel import ChannelClosed, connect_agent
@@ -100,6 +102,7 @@ class Session:
         self.session_id: str | None = None
         self.machine_id: str | None = None
         self.heartbeat_period_s = 5.0
+        self.endpoint_refresh_s = 10.0
         self.sessions = 0  # how many sessions were established, for tests and metrics
         self._register = register
         self._listener = listener
@@ -122,6 +125,12 @@ class Session:
         if channel is None or session_id is None:
             raise ChannelClosed("no session")
         await self._send(channel, StatusReport(session_id=session_id, updates=updates, report_id=report_id))
+
+    async def send_endpoints(self, endpoints: list[TaskEndpoint]) -> None:
+        channel, session_id = self._channel, self.session_id
+        if channel is None or session_id is None:
+            raise ChannelClosed("no session")
+        await self._send(channel, EndpointSet(session_id=session_id, endpoints=endpoints))
 
     async def _send(self, channel: SessionChannel, message: object) -> None:
         # One sender at a time: heartbeats and reports share the channel.
@@ -208,6 +217,7 @@ class Session:
         self.session_id = answer.session_id
         self.machine_id = answer.machine_id
         self.heartbeat_period_s = answer.heartbeat_period_s
+        self.endpoint_refresh_s = answer.endpoint_refresh_s
         self.sessions += 1
         self._sequence = -1
         self._channel = channel
@@ -250,6 +260,8 @@ class Session:
             elif isinstance(message, HeartbeatAck):
                 if message.period_s > 0:
                     self.heartbeat_period_s = message.period_s
+                if message.endpoint_refresh_s > 0:
+                    self.endpoint_refresh_s = message.endpoint_refresh_s
             elif isinstance(message, LogRequest):
                 self._log_request(channel, message)
             elif isinstance(message, LogCancel):

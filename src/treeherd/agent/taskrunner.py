@@ -86,6 +86,7 @@ class TaskRunner:
         if task.desired_state >= TaskState.RUNNING:
             self._proceed.set()
         self._task: asyncio.Task[None] | None = None
+        self._failure: str | None = None
 
     # --- control --------------------------------------------------------------------------------
 
@@ -93,6 +94,11 @@ class TaskRunner:
         self._task = asyncio.create_task(self.run(), name=f"task-runner-{self.task.id}")
 
     def shutdown(self) -> None:
+        self._stop.set()
+
+    def fail(self, reason: str) -> None:
+        """Stop the task as `shutdown` does, but report it FAILED with `reason` (an unhealthy task)."""
+        self._failure = reason
         self._stop.set()
 
     def proceed(self) -> None:
@@ -259,6 +265,9 @@ class TaskRunner:
                 exit = waiter.result()
             else:
                 waiter.cancel()
+        if self._failure is not None:
+            self._report(TaskState.FAILED, error=self._failure, exit_code=None if exit is None else exit.code)
+            return
         self._report(
             TaskState.SHUTDOWN,
             message="shut down" if exit is None else f"shut down ({_describe(exit)})",

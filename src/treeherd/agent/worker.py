@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from treeherd.agent.db import TaskDB
+from treeherd.agent.health import HealthCheckers
 from treeherd.agent.taskrunner import Progress, TaskRunner
 from treeherd.core.agent_state import (
     AgentStarted,
@@ -27,6 +28,7 @@ from treeherd.core.agent_state import (
     AssignmentsReceived,
     DeleteTask,
     Event,
+    HealthChanged,
     Instruction,
     PersistTask,
     ProceedRunner,
@@ -40,6 +42,7 @@ from treeherd.core.agent_state import (
     StartRunner,
 )
 from treeherd.executors.base import Executor
+from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.model.wire import Assignments, TaskStatusUpdate
@@ -79,6 +82,9 @@ class Worker:
         self._removals: set[asyncio.Task[None]] = set()
         self._causes = itertools.count(1)
         self._stopping = False
+        self.health = HealthCheckers(self._health_changed)
+        # Called after each batch of instructions ran (the endpoint registrar listens).
+        self.on_change: Callable[[], None] | None = None
 
     # --- inputs (from the session and the agent; never block) ------------------------------------
 
@@ -119,6 +125,24 @@ class Worker:
             )
         )
 
+    def _health_changed(self, task_id: str, health: Health, message: str) -> None:
+        self._put(
+            HealthChanged(
+                cause_id=self._cause(f"health-{health}"),
+                now=self._now(),
+                task_id=task_id,
+                health=health,
+                message=message,
+            )
+        )
+        task = self.state.task(task_id)
+        runner = self.runners.get(task_id)
+        check = task.spec.health if task is not None else None
+        wants_restart = health == "unhealthy" and check is not None and check.restart
+        if wants_restart and runner is not None and not runner.done:
+            log.warning("task %s is unhealthy: failing it (%s)", task_id, message)
+            runner.fail(f"unhealthy: {message}")
+
     def _put(self, event: Event) -> None:
         self._events.put_nowait(event)
 
@@ -143,6 +167,8 @@ class Worker:
                 if self._stopping or not batch:
                     break
                 await self._execute(self.state.handle(*batch))
+                if self.on_change is not None:
+                    self.on_change()
         finally:
             reporter.cancel()
             await self._detach()
@@ -153,6 +179,7 @@ class Worker:
 
     async def _detach(self) -> None:
         # Leave the tasks running for the next agent; only removals already under way are finished.
+        self.health.stop_all()
         for runner in self.runners.values():
             runner.cancel()
         waits = [runner.join(1.0) for runner in self.runners.values()]
@@ -172,6 +199,11 @@ class Worker:
             deletes = [task_id for task_id, row in writes.items() if row is None]
             await self._db.write(puts, deletes)
         for instruction in instructions:
+            if isinstance(instruction, PersistTask):
+                self._follow_health(instruction.task, instruction.status.state)
+            elif isinstance(instruction, DeleteTask):
+                self.health.stop(instruction.task_id)
+        for instruction in instructions:
             if isinstance(instruction, StartRunner):
                 self._start(instruction.task, instruction.status.state)
             elif isinstance(instruction, ShutdownRunner):
@@ -187,7 +219,16 @@ class Worker:
             elif isinstance(instruction, SendReport):
                 self._reports.put_nowait(instruction)
 
+    def _follow_health(self, task: Task, state: TaskState) -> None:
+        """Health checks run while the task runs and it is meant to."""
+        if state == TaskState.RUNNING and task.desired_state <= TaskState.RUNNING:
+            self.health.start(task)
+        else:
+            self.health.stop(task.id)
+
     def _start(self, task: Task, state: TaskState) -> None:
+        if state == TaskState.RUNNING:  # resumed after an agent restart: it reports no new state
+            self._follow_health(task, state)
         previous = self.runners.get(task.id)
         if previous is not None and not previous.done:
             log.warning("task %s: a runner is already running; not starting another", task.id)

@@ -24,6 +24,7 @@ from treeherd.api.app import create_app
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.demo import load_demo
 from treeherd.manager.dispatcher import Dispatcher
+from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler
@@ -157,10 +158,12 @@ async def serve_manager(
                 log.info("demo tree %s", "loaded" if loaded else "not loaded: the store is not empty")
             actual_host, actual_port = sock.getsockname()[:2]
             url = f"http://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
-            dispatcher = Dispatcher(store, managers=[url])
+            registry = Registry(store)
+            dispatcher = Dispatcher(store, managers=[url], registry=registry)
             components: list[Component] = [
                 ApiServer(create_app(inventory, dispatcher), sock),
                 dispatcher,
+                registry,
                 Orchestrator(store),
                 Allocator(store),
                 Scheduler(store),

@@ -24,6 +24,7 @@ FIELDS = [
     "registration_window_s",
     "node_loss_fraction",
     "node_loss_hold_s",
+    "endpoint_ttl_s",
     "puppet_default_class",
     "puppet_unknown_host",
 ]
@@ -62,6 +63,9 @@ def show(ctx: Context, fmt: str) -> None:
     "--node-loss-hold", metavar="DURATION", help="how long tasks of a node lost in a mass loss wait (60s)"
 )
 @click.option(
+    "--endpoint-ttl", metavar="DURATION", help="endpoint registrations expire unless refreshed within (30s)"
+)
+@click.option(
     "--puppet-default-class", metavar="NAME", help="what conflicting (and unknown) hosts get ('' for none)"
 )
 @click.option(
@@ -81,6 +85,7 @@ def set_(
     task_history: int | None,
     node_loss_fraction: float | None,
     node_loss_hold: str | None,
+    endpoint_ttl: str | None,
     puppet_default_class: str | None,
     puppet_unknown_host: str | None,
     fmt: str,
@@ -96,6 +101,7 @@ def set_(
         ("heartbeat_epsilon_s", heartbeat_epsilon),
         ("status_batch_interval_s", status_batch_interval),
         ("node_loss_hold_s", node_loss_hold),
+        ("endpoint_ttl_s", endpoint_ttl),
     ):
         if value is not None:
             fields[name] = duration(value, "--" + name.removesuffix("_s").replace("_", "-"))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import click
+import msgspec
 
-from treeherd.model.services import PortSpec
+from treeherd.model.discovery import HealthCheck
+from treeherd.model.services import PortSpec, TaskSpec
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -26,3 +29,41 @@ def port(text: str) -> PortSpec:
     if number and not number.isdigit():
         raise click.BadParameter(f"{text!r} is not NAME or NAME:PORT", param_hint="--port")
     return PortSpec(name=name, port=int(number) if number else None)
+
+
+def with_health(spec: TaskSpec, o: dict[str, Any]) -> TaskSpec:
+    """The spec with the health-check options applied (update: on top of its current check)."""
+    kinds = [
+        kind
+        for kind, given in (("cmd", o["health_cmd"]), ("http", o["health_http"]), ("tcp", o["health_tcp"]))
+        if given
+    ]
+    if len(kinds) > 1:
+        raise click.UsageError("give one of --health-cmd, --health-http and --health-tcp")
+    tuning = {
+        "port": o["health_port"],
+        "interval_s": _maybe_duration(o["health_interval"], "--health-interval"),
+        "timeout_s": _maybe_duration(o["health_timeout"], "--health-timeout"),
+        "retries": o["health_retries"],
+        "start_period_s": _maybe_duration(o["health_start_period"], "--health-start-period"),
+        "restart": o["health_restart"],
+    }
+    given = {name: value for name, value in tuning.items() if value is not None}
+    check = spec.health
+    if kinds:
+        kind = kinds[0]
+        fields: dict[str, Any] = {"kind": kind}
+        if kind == "cmd":
+            fields["command"] = ["sh", "-c", o["health_cmd"]]
+        elif kind == "http":
+            fields["path"] = o["health_http"]
+        check = HealthCheck(**fields) if check is None else msgspec.structs.replace(check, **fields)
+    elif given and check is None:
+        raise click.UsageError("health options need a check: --health-cmd, --health-http or --health-tcp")
+    if check is not None and given:
+        check = msgspec.structs.replace(check, **given)
+    return msgspec.structs.replace(spec, health=check) if check is not spec.health else spec
+
+
+def _maybe_duration(text: str | None, option: str) -> float | None:
+    return None if text is None else duration(text, option)

@@ -12,7 +12,7 @@ from msgspec import UNSET
 from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import FORMAT_OPTION, done, listing, print_json, print_table
 from treeherd.cli.params import key_values, size
-from treeherd.cli.params_services import duration, port
+from treeherd.cli.params_services import duration, port, with_health
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, TaskSpec
 from treeherd.model.tasks_view import ServiceSummary, TaskRow
@@ -50,6 +50,31 @@ def spec_options(fn: F) -> F:
             click.option("--restart-delay", metavar="DURATION", help="e.g. 5s"),
             click.option("--restart-max-attempts", type=int, help="0: no limit"),
             click.option("--restart-window", metavar="DURATION", help="the window max attempts count in"),
+            click.option(
+                "--requires",
+                multiple=True,
+                metavar="SVC",
+                help="start only once SVC has an endpoint (fleet Requires; repeatable)",
+            ),
+            click.option("--health-cmd", metavar="CMD", help="a shell command: exit 0 is healthy"),
+            click.option(
+                "--health-http", metavar="PATH", help="HTTP GET PATH on the task's port: 2xx/3xx is healthy"
+            ),
+            click.option("--health-tcp", is_flag=True, default=None, help="a TCP connect to the task's port"),
+            click.option(
+                "--health-port", metavar="NAME", help="the port the check uses (default: the first)"
+            ),
+            click.option("--health-interval", metavar="DURATION", help="between checks (default 5s)"),
+            click.option("--health-timeout", metavar="DURATION", help="for one check (default 2s)"),
+            click.option("--health-retries", type=int, help="failures in a row that make it unhealthy (3)"),
+            click.option(
+                "--health-start-period", metavar="DURATION", help="failures in it do not count (0s)"
+            ),
+            click.option(
+                "--health-restart/--no-health-restart",
+                default=None,
+                help="fail (and so restart, per the restart policy) a task that turns unhealthy",
+            ),
             click.option(
                 "--stop-grace-period",
                 metavar="DURATION",
@@ -113,6 +138,9 @@ def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any
         spec = msgspec.structs.replace(spec, placement=msgspec.structs.replace(spec.placement, **placement))
     if o["ports"]:
         spec = msgspec.structs.replace(spec, ports=[port(p) for p in o["ports"]])
+    if o["requires"]:
+        spec = msgspec.structs.replace(spec, requires=list(o["requires"]))
+    spec = with_health(spec, o)
     if o["stop_grace_period"] is not None:
         grace = duration(o["stop_grace_period"], "--stop-grace-period")
         spec = msgspec.structs.replace(spec, stop_grace_s=grace)
@@ -210,7 +238,7 @@ def ps(ctx: Context, name: str, current: bool, fmt: str) -> None:
                 label if key != previous_key else f" \\_ {label}",
                 row.hostname,
                 row.desired_state,
-                row.state,
+                f"{row.state} ({row.health})" if row.health else row.state,
                 row.since.isoformat(timespec="seconds"),
                 _why(row),
             ]

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import msgspec
 
+from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.model.wire import TaskStatusUpdate
@@ -64,8 +65,17 @@ class SessionEstablished(EventBase, frozen=True, kw_only=True):
     session_id: str
 
 
+class HealthChanged(EventBase, frozen=True, kw_only=True):
+    """The health checker of a running task found it in a new health."""
+
+    task_id: str
+    health: Health
+    message: str = ""
+
+
 Event = (
     AgentStarted
+    | HealthChanged
     | AssignmentsReceived
     | RunnerProgressed
     | ReportAcknowledged

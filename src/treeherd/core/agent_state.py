@@ -30,6 +30,7 @@ from treeherd.core.agent_events import (
     DeleteTask,
     Event,
     EventBase,
+    HealthChanged,
     Instruction,
     InvalidTransition,
     PersistTask,
@@ -56,6 +57,7 @@ __all__ = [
     "AssignmentsReceived",
     "DeleteTask",
     "Event",
+    "HealthChanged",
     "Instruction",
     "InvalidTransition",
     "PersistTask",
@@ -168,6 +170,8 @@ class AgentState:
                 self._session_id = None
             elif isinstance(event, AgentStarted):
                 self._started(event, out)
+            elif isinstance(event, HealthChanged):
+                self._health(event, out)
         if events:
             self._flush(events[-1].cause_id, out)
         return out
@@ -270,6 +274,19 @@ class AgentState:
         self._set_status(record, status, event.cause_id, out)
         if event.state.terminal:
             record.has_runner = False
+
+    def _health(self, event: HealthChanged, out: list[Instruction]) -> None:
+        record = self._tasks.get(event.task_id)
+        # Health matters only while the task runs; a late result after it stopped is dropped.
+        if record is None or record.status.state != TaskState.RUNNING or record.status.health == event.health:
+            return
+        status = msgspec.structs.replace(
+            record.status,
+            health=event.health,
+            timestamp=event.now,
+            message=event.message or record.status.message,
+        )
+        self._set_status(record, status, event.cause_id, out)
 
     # --- helpers --------------------------------------------------------------------------------
 

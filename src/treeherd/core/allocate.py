@@ -7,7 +7,7 @@ PENDING once it has what it needs; a restart waiting out its delay stays NEW unt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import msgspec
@@ -51,8 +51,14 @@ def dynamic_ports(task: Task) -> list[int]:
     return [port for name, port in task.ports.items() if name not in fixed]
 
 
-def allocate(tasks: Sequence[Task], pool: PortPool, now: datetime) -> tuple[list[Op], list[str]]:
-    """Allocate every NEW task whose restart delay is over; returns the ops and the ids left waiting."""
+def allocate(
+    tasks: Sequence[Task],
+    pool: PortPool,
+    now: datetime,
+    available: Callable[[str], bool] = lambda _service: True,
+) -> tuple[list[Op], list[str]]:
+    """Allocate every NEW task whose restart delay is over and whose required services are
+    `available` (have an endpoint); returns the ops and the ids left waiting."""
     ops: list[Op] = []
     waiting: list[str] = []
     for task in tasks:
@@ -60,6 +66,14 @@ def allocate(tasks: Sequence[Task], pool: PortPool, now: datetime) -> tuple[list
             continue
         if task.restart_at is not None and task.restart_at > now:
             waiting.append(task.id)
+            continue
+        missing = [name for name in task.spec.requires if not available(name)]
+        if missing:
+            waiting.append(task.id)
+            message = f"waiting for required services without an endpoint: {', '.join(missing)}"
+            if task.status.message != message:
+                status = msgspec.structs.replace(task.status, message=message)
+                ops.append(Update(msgspec.structs.replace(task, status=status, updated_at=now)))
             continue
         ports: dict[str, int] = {}
         taken: list[int] = []  # from the pool, handed back if the task cannot have them all

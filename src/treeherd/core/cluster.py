@@ -28,6 +28,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "registration_window_s": (0.1, 3600),
     "node_loss_fraction": (0, 1),
     "node_loss_hold_s": (0, 86400),
+    "endpoint_ttl_s": (1, 86400),
 }
 
 

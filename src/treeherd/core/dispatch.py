@@ -276,19 +276,30 @@ def check_status(
         return Verdict.NOT_ON_NODE
     if status.state <= LAST_MANAGER_STATE:
         return Verdict.MANAGER_STATE
-    current = task.status.state
-    if status.state == current:
+    ahead = moves_forward(status, task.status)
+    if ahead is None:
         return Verdict.DUPLICATE
-    if status.state < current:
+    if not ahead:
         return Verdict.BACKWARD
-    if current.terminal:
+    if task.status.state.terminal:
         return Verdict.ENDED
     if queued is not None:
-        if status.state < queued.state:
-            return Verdict.STALE
-        if status.state == queued.state:
+        ahead_of_queued = moves_forward(status, queued)
+        if ahead_of_queued is None:
             return Verdict.QUEUED
+        if not ahead_of_queued:
+            return Verdict.STALE
     return Verdict.ACCEPT
+
+
+def moves_forward(status: TaskStatus, than: TaskStatus) -> bool | None:
+    """Whether `status` is news after `than`: a later state, or in the same state a different health
+    reported later. None: the same news (a retried report)."""
+    if status.state != than.state:
+        return status.state > than.state
+    if status.health == than.health:
+        return None
+    return status.timestamp > than.timestamp
 
 
 class PendingStatus(NamedTuple):
@@ -368,7 +379,7 @@ class StatusBatcher(Generic[W]):
             return waiters
         for task_id, pending in batch.items():
             newer = self._pending.get(task_id)
-            if newer is None or newer.status.state < pending.status.state:
+            if newer is None or moves_forward(pending.status, newer.status):
                 self._pending[task_id] = pending
         self._waiters = waiters + self._waiters
         return []

@@ -76,12 +76,15 @@ def validate_spec(view: View, spec: TaskSpec, *, own_name: str) -> list[Op]:
         raise InvalidInput("max_per_node must not be negative", field="task.placement.max_per_node")
     asserts: list[Op] = []
     for field, names in (
+        ("task.requires", spec.requires),
         ("task.placement.conflicts", placement.conflicts),
         ("task.placement.machine_of", [placement.machine_of] if placement.machine_of else []),
     ):
         for name in names:
             if name == own_name and field.endswith("conflicts"):
                 continue  # conflicting with itself: at most one task per machine, as in fleet
+            if name == own_name and field.endswith("requires"):
+                raise InvalidInput("a service cannot require itself", field=field)
             other = view.lookup(Service, "name", name)
             if other is None:
                 raise NotFound(f"{field.rsplit('.', 1)[1]} names an unknown service {name!r}", field=field)
@@ -101,7 +104,42 @@ def validate_spec(view: View, spec: TaskSpec, *, own_name: str) -> list[Op]:
         seen.add(port.name)
         if port.port is not None and not 1 <= port.port <= 65535:
             raise InvalidInput(f"port {port.port} is out of range: use 1-65535", field="task.ports")
+    _check_health(spec)
     return asserts
+
+
+def _check_health(spec: TaskSpec) -> None:
+    check = spec.health
+    if check is None:
+        return
+    field = "task.health"
+    for name in ("interval_s", "timeout_s"):
+        if not getattr(check, name) > 0:
+            raise InvalidInput(f"the health check's {name} must be more than 0", field=f"{field}.{name}")
+    if check.start_period_s < 0:
+        raise InvalidInput(
+            "the health check's start period must not be negative", field=f"{field}.start_period_s"
+        )
+    if check.retries < 1:
+        raise InvalidInput("the health check's retries must be at least 1", field=f"{field}.retries")
+    if check.kind == "cmd":
+        if not check.command or not check.command[0]:
+            raise InvalidInput("a command health check needs a command", field=f"{field}.command")
+        return
+    if not spec.ports:
+        raise InvalidInput(
+            f"an {check.kind} health check needs a port: add --port NAME to the service",
+            field=f"{field}.port",
+        )
+    if check.port is not None and check.port not in {p.name for p in spec.ports}:
+        raise InvalidInput(
+            f"the health check names port {check.port!r}, which the service does not publish",
+            field=f"{field}.port",
+        )
+    if check.kind == "http" and not check.path.startswith("/"):
+        raise InvalidInput(
+            f"the health check path must start with '/', not {check.path!r}", field=f"{field}.path"
+        )
 
 
 def _check_resources(spec: TaskSpec) -> None:

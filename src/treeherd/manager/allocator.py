@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from treeherd.core.allocate import PortPool, allocate, dynamic_ports
+from treeherd.core.discovery import service_endpoints
 from treeherd.core.orchestrate import finished
 from treeherd.manager.inventory import utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
@@ -66,14 +67,15 @@ class Allocator(Reactor):
         view = self.store.view()
         tasks = [t for t in (view.get(Task, i) for i in sorted(self._pending)) if t is not None]
         self._pending = set()
-        ops, waiting = allocate(tasks, self.pool, now)
+        ops, waiting = allocate(tasks, self.pool, now, lambda name: bool(service_endpoints(view, name)))
         self._pending.update(waiting)
         for start in range(0, len(ops), CHUNK):
             chunk = ops[start : start + CHUNK]
             if not await commit_safely(self.store, chunk, f"allocation of {len(chunk)} tasks"):
                 for op in chunk:
                     assert isinstance(op, Update) and isinstance(op.object, Task)
-                    self.pool.release(dynamic_ports(op.object))
+                    if op.object.ports:
+                        self.pool.release(dynamic_ports(op.object))
                     self._pending.add(op.object.id)
         wakes = [t.restart_at for t in tasks if t.id in waiting and t.restart_at is not None]
         if len(self._pending) > len(waiting):

@@ -46,6 +46,7 @@ from treeherd.core.dispatch import (
     plan_status_flush,
 )
 from treeherd.core.view import View
+from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.logstreams import LogStreams
 from treeherd.manager.sessions import AgentSession
@@ -66,6 +67,7 @@ from treeherd.model.services import ClusterSettings, Task
 from treeherd.model.wire import (
     AgentMessage,
     Assignments,
+    EndpointSet,
     Heartbeat,
     HeartbeatAck,
     LogChunk,
@@ -115,7 +117,9 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         ids: Callable[[], str] = new_id,
         assignment_batch_s: float = ASSIGNMENT_BATCH_S,
+        registry: Registry | None = None,
     ) -> None:
+        self.registry = registry  # where agents' endpoint sets go (none: they are ignored)
         self.managers = list(managers)  # URLs sent to agents in SessionStarted; may be set before run()
         self._store = store
         self._clock = clock
@@ -262,6 +266,7 @@ class Dispatcher:
                 machine_id=machine_id,
                 heartbeat_period_s=period,
                 managers=list(self.managers),
+                endpoint_refresh_s=settings.endpoint_ttl_s / 3,
             )
         )
         return session
@@ -359,6 +364,8 @@ class Dispatcher:
                 self._heartbeat(session)
             elif isinstance(message, StatusReport):
                 self._status_report(session, message)
+            elif isinstance(message, EndpointSet):
+                self._endpoint_set(session, message)
             elif isinstance(message, (LogChunk, LogEnd)):
                 self._logs.deliver(session, message)
 
@@ -380,7 +387,23 @@ class Dispatcher:
         self._deadlines.register(session.machine_id, self._monotonic(), heartbeat_timeout(awaited, settings))
         self._unknown.discard(session.machine_id)
         session.period_s = period
-        session.post(HeartbeatAck(period_s=period))
+        session.post(HeartbeatAck(period_s=period, endpoint_refresh_s=settings.endpoint_ttl_s / 3))
+
+    def _endpoint_set(self, session: AgentSession, message: EndpointSet) -> None:
+        """Apply the agent's endpoint sets one at a time, the latest one only if several queue up."""
+        if self.registry is None:
+            return
+        session.endpoints_pending = message.endpoints
+        if session.endpoints_sync is None or session.endpoints_sync.done():
+            session.endpoints_sync = asyncio.create_task(self._sync_endpoints(session, self.registry))
+
+    async def _sync_endpoints(self, session: AgentSession, registry: Registry) -> None:
+        while session.endpoints_pending is not None:
+            endpoints, session.endpoints_pending = session.endpoints_pending, None
+            try:
+                await registry.agent_endpoints(session.machine_id, endpoints)
+            except TreeherdError as error:
+                log.warning("endpoints of agent %s not recorded: %s", session.hostname, error)
 
     # ---- heartbeat deadlines -----------------------------------------------------------------------
     async def _mark_unknown(self) -> None:

@@ -97,6 +97,7 @@ class Services:
             hostname=machine.hostname if machine else None,
             desired_state=task.desired_state.label,
             state=task.status.state.label,
+            health=task.status.health if task.status.state == TaskState.RUNNING else "",
             since=task.status.timestamp,
             message=task.status.message,
             error=task.status.error,

@@ -7,7 +7,7 @@ import asyncio
 from collections import deque
 
 from treeherd.model.events import Event
-from treeherd.model.wire import AgentMessage
+from treeherd.model.wire import AgentMessage, TaskEndpoint
 from treeherd.transport.channel import Channel
 
 MAX_OUTBOX = 10_000  # messages queued for an agent that does not read them: the session is dropped
@@ -31,6 +31,9 @@ class AgentSession:
         self.snapshot_revision: int | None = None
         self.resync = False
         self.period_s = 0.0  # the heartbeat period the agent was last told
+        # The latest endpoint set the agent sent and not yet applied, and the task applying them.
+        self.endpoints_pending: list[TaskEndpoint] | None = None
+        self.endpoints_sync: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
         self.reason = ""
 

@@ -56,3 +56,36 @@ class Endpoint(Object, frozen=True, kw_only=True, tag="endpoint"):
 def endpoint_key(service: str, address: str, port: int) -> str:
     """The unique key of an endpoint: one registration per service and address."""
     return f"{service} {address}:{port}"
+
+
+class EndpointView(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint as the API shows it: where it comes from, and when its lease runs out."""
+
+    service: str
+    address: str
+    port: int
+    host: str
+    source: EndpointSource
+    weight: int
+    task_id: str | None = None
+    machine_id: str | None = None
+    ttl_s: float = 0.0
+    expires_in_s: float | None = None
+
+
+class EndpointRegister(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /api/v1/endpoints/{name}`: register (or refresh) an address, as the secretary does."""
+
+    address: str
+    port: int
+    ttl_s: float = DEFAULT_TTL_S
+    weight: int = 1
+    host: str = ""
+
+
+class RegistryEntry(msgspec.Struct, frozen=True):
+    """The seed's record of a live instance: `/services/<name>/<ip>` = this."""
+
+    host: str
+    ipv4_addr: str
+    port: int

@@ -15,6 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from treeherd.model.base import Object
+from treeherd.model.discovery import Endpoint, endpoint_key
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
@@ -167,6 +168,22 @@ KINDS: dict[str, KindInfo] = {
             name="gateway",
             type=GatewayRecord,
             unique=(UniqueKey("name", lambda o: (_as(GatewayRecord, o).name,)),),
+        ),
+        # No references: a registration outlives nothing it names (its task or machine may go first;
+        # the TTL or its agent removes it).
+        KindInfo(
+            name="endpoint",
+            type=Endpoint,
+            unique=(
+                UniqueKey(
+                    "address",
+                    lambda o: (
+                        endpoint_key(
+                            _as(Endpoint, o).service, _as(Endpoint, o).address, _as(Endpoint, o).port
+                        ),
+                    ),
+                ),
+            ),
         ),
     )
 }

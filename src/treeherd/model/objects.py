@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from treeherd.model.base import Object
+from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
 from treeherd.model.services import ClusterSettings, Service, Task
@@ -130,4 +131,5 @@ AnyObject = (
     | BackendState
     | HealthPolicy
     | GatewayRecord
+    | Endpoint
 )

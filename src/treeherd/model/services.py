@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 import msgspec
 
 from treeherd.model.base import Object
+from treeherd.model.discovery import Health, HealthCheck
 from treeherd.model.states import TaskState
 
 ServiceMode = Literal["replicated", "global"]
@@ -72,6 +73,9 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ports: list[PortSpec] = []
     # How long a task may take to stop after SIGTERM before it is killed.
     stop_grace_s: float = 10.0
+    health: HealthCheck | None = None
+    # fleet's Requires: a task is held (NEW) until each of these services has an endpoint.
+    requires: list[str] = []
 
 
 class Service(Object, frozen=True, kw_only=True, tag="service"):
@@ -96,6 +100,9 @@ class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     error: str = ""
     exit_code: int | None = None
+    # Of a RUNNING task with a health check: "starting" until its first check passes, then "healthy" or
+    # "unhealthy". A change of health is a status update in the same state.
+    health: Health = ""
 
 
 class Task(Object, frozen=True, kw_only=True, tag="task"):
@@ -142,6 +149,8 @@ class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):
     # went down within `node_loss_hold_s`, a down machine's tasks are replaced only after that long.
     node_loss_fraction: float = 0.1
     node_loss_hold_s: float = 60.0
+    # Endpoint registrations live this long unless refreshed; agents refresh every third of it.
+    endpoint_ttl_s: float = 30.0
     # The ENC (core.enc): the class a host gets when its bound nodes' classes conflict (and, with
     # `puppet_unknown_host = "default"`, a host the tree does not know); None: no class at all.
     puppet_default_class: str | None = None

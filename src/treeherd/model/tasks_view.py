@@ -18,6 +18,8 @@ class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
     hostname: str | None
     desired_state: str
     state: str
+    # "starting", "healthy" or "unhealthy" for a running task with a health check, else "".
+    health: str = ""
     since: datetime
     message: str
     error: str

@@ -55,6 +55,8 @@ class SessionStarted(_Message, frozen=True, kw_only=True, tag="session"):
     machine_id: str
     heartbeat_period_s: float
     managers: list[str] = []
+    # How often to send the endpoint set (a third of the registrations' TTL).
+    endpoint_refresh_s: float = 10.0
 
 
 class SessionRefused(_Message, frozen=True, kw_only=True, tag="refused"):
@@ -65,6 +67,7 @@ class SessionRefused(_Message, frozen=True, kw_only=True, tag="refused"):
 
 class HeartbeatAck(_Message, frozen=True, kw_only=True, tag="heartbeat_ack"):
     period_s: float
+    endpoint_refresh_s: float = 10.0
 
 
 class StatusAck(_Message, frozen=True, kw_only=True, tag="status_ack"):
@@ -76,6 +79,20 @@ class Assignments(_Message, frozen=True, kw_only=True, tag="assignments"):
     sequence: int
     updated: list[Task] = []
     removed: list[str] = []
+
+
+class TaskEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    port: int
+
+
+class EndpointSet(_Message, frozen=True, kw_only=True, tag="endpoints"):
+    """The agent's tasks that are endpoints now (running, healthy or unchecked, with a port): sent on
+    every change and every refresh interval; the manager makes its registrations exactly this set and
+    renews their leases."""
+
+    session_id: str
+    endpoints: list[TaskEndpoint]
 
 
 class LogRequest(_Message, frozen=True, kw_only=True, tag="log_request"):
@@ -106,7 +123,7 @@ class LogEnd(_Message, frozen=True, kw_only=True, tag="log_end"):
     error: str = ""
 
 
-AgentMessage = Register | Heartbeat | StatusReport | LogChunk | LogEnd
+AgentMessage = Register | Heartbeat | StatusReport | EndpointSet | LogChunk | LogEnd
 ManagerMessage = (
     SessionStarted | SessionRefused | HeartbeatAck | StatusAck | Assignments | LogRequest | LogCancel
 )

@@ -1,4 +1,5 @@
-"""/api/v1/agent: the agent channel, one WebSocket per agent, handed to the dispatcher.
+"""/api/v1/agent: the agent channel, one WebSocket per agent, handed to the dispatcher; and the routes
+that need the dispatcher's endpoint registry (`routes.endpoints`), which come with it.
 
 The handler accepts the WebSocket, wraps it in a `transport.channel.ServerChannel` and lets
 `Dispatcher.serve` run the session until it ends; the channel is closed whatever happens. The dispatcher
@@ -12,6 +13,7 @@ from typing import Any
 from litestar import Router, WebSocket, websocket
 from litestar.di import Provide
 
+from treeherd.api.routes.endpoints import EndpointController, RegistryController
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.transport.channel import AGENT_PATH, ChannelClosed, ServerChannel
 
@@ -40,6 +42,6 @@ def agent_router(dispatcher: Dispatcher) -> Router:
 
     return Router(
         path="/",
-        route_handlers=[agent_channel],
+        route_handlers=[agent_channel, EndpointController, RegistryController],
         dependencies={"dispatcher": Provide(provide_dispatcher, sync_to_thread=False)},
     )

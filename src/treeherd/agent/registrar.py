@@ -1,0 +1,84 @@
+"""The agent's endpoint registrar: tells the manager which of its tasks are endpoints.
+
+A task is an endpoint while it runs, is meant to, has a published port, and is healthy (or has no
+health check). The registrar sends the whole set (`EndpointSet`) whenever it changes, when a new
+session starts, and every `refresh_s` (10 s) otherwise: the manager renews the registrations' leases
+(TTL 30 s) with each set, so an agent that dies or is cut off loses its endpoints one TTL later, and
+one that stops a task or sees it fail a check removes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from treeherd.agent.session import Session
+from treeherd.core.agent_state import AgentState
+from treeherd.model.states import TaskState
+from treeherd.model.wire import TaskEndpoint
+from treeherd.transport.channel import ChannelClosed
+
+__all__ = ["REFRESH_S", "Registrar", "task_endpoints"]
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 10.0
+
+
+def task_endpoints(state: AgentState) -> list[TaskEndpoint]:
+    """The endpoints the agent's tasks are now, in a stable order."""
+    found: list[TaskEndpoint] = []
+    for task_id in sorted(state.task_ids()):
+        task, status = state.task(task_id), state.status(task_id)
+        if task is None or status is None or status.state != TaskState.RUNNING:
+            continue
+        if task.desired_state > TaskState.RUNNING:
+            continue
+        if task.spec.health is not None and status.health != "healthy":
+            continue
+        found.extend(TaskEndpoint(task_id=task_id, port=port) for port in sorted(task.ports.values()))
+    return found
+
+
+class Registrar:
+    def __init__(self, state: AgentState, session: Session, *, refresh_s: float = REFRESH_S) -> None:
+        self._state = state
+        self._session = session
+        self._refresh_s = refresh_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._sent: tuple[str | None, list[TaskEndpoint]] | None = None
+
+    def changed(self) -> None:
+        """Something about the tasks changed: look again (cheap; sends only if the set changed)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._session.endpoint_refresh_s or self._refresh_s):
+                    await self._wake.wait()
+            refresh = not self._wake.is_set()
+            self._wake.clear()
+            if self._stopping:
+                return
+            await self._send(force=refresh)
+
+    async def _send(self, *, force: bool) -> None:
+        session_id = self._session.session_id
+        if session_id is None:
+            return
+        endpoints = task_endpoints(self._state)
+        if not force and self._sent == (session_id, endpoints):
+            return
+        try:
+            await self._session.send_endpoints(endpoints)
+        except (ChannelClosed, OSError) as error:
+            log.debug("endpoints not sent: %s", error)
+            return
+        self._sent = (session_id, endpoints)
