@@ -154,3 +154,19 @@ def test_the_enc_path_loads_no_heavy_module() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "1 []", result.stdout + result.stderr
     assert "the manager cannot be reached" in result.stderr
+
+
+def test_the_enc_caches_good_answers_and_forgets_unknown_hosts(
+    cli: Cli, synced: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    cli("tree", "add", "cachetest", "--puppet-class", "base")
+    cli("machine", "add", "cache-1")
+    cli("machine", "bind", "cache-1", "cachetest")
+    answer = cli("enc", "cache-1", "--cache-dir", str(cache)).stdout
+    assert (cache / "cache-1.yaml").read_text() == answer
+    assert [p.name for p in cache.iterdir()] == ["cache-1.yaml"]  # no temporary file left behind
+    cli("machine", "unbind", "cache-1", "cachetest")
+    gone = cli("enc", "cache-1", "--cache-dir", str(cache), check=False)
+    assert gone.returncode == 1 and "bound to no node" in gone.stderr
+    assert not (cache / "cache-1.yaml").exists()  # an unknown host is never served from the cache

@@ -179,14 +179,14 @@ def test_puppet_apply_applies_the_classes_and_parameters(world: tuple[Cli, Puppe
 
 
 def test_the_installed_host_reports_and_is_bound(world: tuple[Cli, Puppet, ManagerProcess]) -> None:
-    cli, _, _ = world
+    cli, puppet, _ = world
     out = cli("machine", "report", "--hostname", "new-1", "--kind", "physical").stdout
     assert "registered new-1 (physical" in out
     assert "bound new-1 to corp.db (provisioning record removed)" in out
     again = cli("machine", "report", "--hostname", "new-1", "--kind", "physical").stdout
     assert "unchanged: new-1" in again and "bound" not in again
     assert json.loads(cli("provision", "ls", "--format", "json").stdout) == []
-    text = cli("enc", "new-1").stdout
+    text = cli("enc", "new-1", "--cache-dir", str(puppet.cache)).stdout
     assert "treeherd_source: bound" in text and "profile::db::mysql:" in text
 
 

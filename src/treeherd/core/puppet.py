@@ -5,7 +5,9 @@ Rules:
   not use the catalog loses nothing). Once one is, a node may only set classes it lists, and only
   parameters the class declares (classes from a classes file declare none we know: any is accepted).
 - A plan that checked a node's classes asserts the catalog's version, so a sync committed meanwhile makes
-  it plan again against the new catalog.
+  it plan again against the new catalog. (The other order is not closed: a sync planned before a node
+  update commits does not assert every node, so in that narrow window a node can keep a class the new
+  catalog dropped, as after a forced sync; the next sync lists it.)
 - A sync that would leave a node (or the cluster's default class) using a class or parameter the new
   catalog lacks is refused with the list of what is in the way, unless forced; a forced sync reports
   those nodes as `stale` (the ENC keeps giving them what they set: Puppet will say what is missing).
