@@ -8,7 +8,7 @@ from tests.core.conftest import World
 from treeherd.core import nodes
 from treeherd.core.cluster import current_settings, plan_update_cluster
 from treeherd.core.puppet import catalog_of, plan_sync_catalog
-from treeherd.model.errors import InvalidInput, Refused
+from treeherd.model.errors import InvalidInput, Refused, VersionConflict
 from treeherd.model.ops import Assert, Create, Update
 from treeherd.model.puppet import CatalogSync, PuppetClass, PuppetParam
 from treeherd.model.requests import ClusterUpdate, NodeCreate, NodeUpdate
@@ -142,3 +142,31 @@ async def test_the_default_class_must_be_in_the_catalog(world: World) -> None:
     )
     settings = current_settings(world.view, world.now)
     assert (settings.puppet_default_class, settings.puppet_unknown_host) == (None, "default")
+
+
+async def test_racing_plans_never_leave_a_node_with_a_dropped_class(world: World) -> None:
+    await _sync(world, CLASSES)
+    await world.node("corp")
+    settings = current_settings(world.view, world.now)
+    shrunk = [PuppetClass(name="base")]
+    # A sync planned first, a node update committed before it: the sync fails and is planned again.
+    sync_ops, _ = plan_sync_catalog(world.view, CatalogSync(classes=shrunk), settings, world.now, world.ids)
+    await world.commit(
+        nodes.plan_update_node(world.view, "corp", NodeUpdate(puppet_classes={"legacy": {}}), world.now)
+    )
+    with pytest.raises(VersionConflict):
+        await world.commit(sync_ops)
+    with pytest.raises(Refused, match="corp"):
+        plan_sync_catalog(world.view, CatalogSync(classes=shrunk), settings, world.now, world.ids)
+    # A node update planned first, a sync committed before it: the update fails and is planned again.
+    await world.commit(
+        nodes.plan_update_node(world.view, "corp", NodeUpdate(puppet_classes={"legacy": None}), world.now)
+    )
+    update_ops = nodes.plan_update_node(
+        world.view, "corp", NodeUpdate(puppet_classes={"profile::web": {}}), world.now
+    )
+    await _sync(world, shrunk)
+    with pytest.raises(VersionConflict, match="puppet_catalog"):
+        await world.commit(update_ops)
+    with pytest.raises(InvalidInput, match="not in the class catalog"):
+        nodes.plan_update_node(world.view, "corp", NodeUpdate(puppet_classes={"profile::web": {}}), world.now)

@@ -4,10 +4,9 @@ Rules:
 - Until a catalog is synced, any well-formed class name and parameter is accepted (a cluster that does
   not use the catalog loses nothing). Once one is, a node may only set classes it lists, and only
   parameters the class declares (classes from a classes file declare none we know: any is accepted).
-- A plan that checked a node's classes asserts the catalog's version, so a sync committed meanwhile makes
-  it plan again against the new catalog. (The other order is not closed: a sync planned before a node
-  update commits does not assert every node, so in that narrow window a node can keep a class the new
-  catalog dropped, as after a forced sync; the next sync lists it.)
+- A plan that checked a node's classes asserts the catalog's version, and a sync asserts every node and
+  the cluster settings it checked, so whichever of two racing plans commits second is made again from
+  the new state (a sync is rare; asserting writes nothing).
 - A sync that would leave a node (or the cluster's default class) using a class or parameter the new
   catalog lacks is refused with the list of what is in the way, unless forced; a forced sync reports
   those nodes as `stale` (the ENC keeps giving them what they set: Puppet will say what is missing).
@@ -185,4 +184,9 @@ def plan_sync_catalog(
     else:
         updated = msgspec.structs.replace(current, source=request.source, classes=classes, updated_at=now)
         ops = [Update(updated)]
+    if ops:
+        ops += [Assert(node) for node in view.all(TreeNode)]
+        stored = view.lookup(ClusterSettings, "name", "default")
+        if stored is not None:
+            ops.append(Assert(stored))
     return ops, change
