@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +138,10 @@ async def serve_manager(
     listen: str,
     *,
     demo: bool = False,
-    local_agent: Callable[[str], Component] | None = None,
+    local: Sequence[Callable[[str], Component]] = (),
 ) -> None:
-    """Run a manager on `data_dir` until SIGTERM or SIGINT; `local_agent(url)` adds an agent of this
-    machine to the same process (`treeherd up`)."""
+    """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
+    of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process."""
     host, port = parse_listen(listen)
     with lock_data_dir(data_dir):
         sock = bind_socket(host, port)
@@ -168,8 +168,7 @@ async def serve_manager(
                 Allocator(store),
                 Scheduler(store),
             ]
-            if local_agent is not None:
-                components.append(local_agent(url))
+            components.extend(make(url) for make in local)
             supervisor = Supervisor(components)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

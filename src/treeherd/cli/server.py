@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def default_data_dir() -> Path:
     return Path(base) / "treeherd"
 
 
-def _run(data_dir: Path, listen: str, demo: bool, agent: bool = False) -> None:
+def _run(data_dir: Path, listen: str, demo: bool, local: Sequence[Callable[[str], Any]] = ()) -> None:
     import asyncio
     import logging
 
@@ -36,11 +37,7 @@ def _run(data_dir: Path, listen: str, demo: bool, agent: bool = False) -> None:
         runner = asyncio.Runner()
     try:
         with runner:
-            runner.run(
-                serve_manager(
-                    data_dir, listen, demo=demo, local_agent=_local_agent(data_dir) if agent else None
-                )
-            )
+            runner.run(serve_manager(data_dir, listen, demo=demo, local=local))
     except (StartupError, TreeherdError) as error:
         fail(str(error))
 
@@ -57,6 +54,23 @@ def _local_agent(data_dir: Path) -> Callable[[str], Any]:
     return make
 
 
+def _local_gateway(data_dir: Path, nginx: str) -> Callable[[str], Any]:
+    """The edge gateway `up` runs when nginx is installed: its own prefix under the data directory,
+    listening on 127.0.0.1 only; its nginx stops with `up`."""
+
+    def make(url: str) -> Any:
+        from treeherd.gateway.gateway import GatewayOptions
+        from treeherd.gateway.local import LocalGateway
+
+        return LocalGateway(
+            GatewayOptions(
+                manager_url=url, prefix=data_dir / "gateway", binary=nginx, listen_host="127.0.0.1"
+            )
+        )
+
+    return make
+
+
 @click.command("manager")
 @click.option(
     "--data-dir",
@@ -67,7 +81,7 @@ def _local_agent(data_dir: Path) -> Callable[[str], Any]:
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
 def manager(data_dir: Path, listen: str) -> None:
     """Run a manager: the store and the API."""
-    _run(data_dir, listen, demo=False)
+    _run(data_dir, listen, False)
 
 
 @click.command("up")
@@ -79,9 +93,23 @@ def manager(data_dir: Path, listen: str) -> None:
 )
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
 @click.option("--demo", is_flag=True, help="load an example tree when the store is empty")
-def up(data_dir: Path | None, listen: str, demo: bool) -> None:
-    """Run everything one machine needs in one process: a manager on the embedded store and an agent."""
-    _run(data_dir or default_data_dir(), listen, demo, agent=True)
+@click.option(
+    "--gateway/--no-gateway",
+    default=None,
+    help="run the nginx edge gateway on 127.0.0.1 (default: when nginx is installed)",
+)
+@click.option("--nginx-binary", default="nginx", show_default=True, help="the nginx the gateway runs")
+def up(data_dir: Path | None, listen: str, demo: bool, gateway: bool | None, nginx_binary: str) -> None:
+    """Run everything one machine needs in one process: a manager on the embedded store, an agent, and
+    the edge gateway when nginx is installed."""
+    data_dir = data_dir or default_data_dir()
+    nginx = shutil.which(nginx_binary)
+    if gateway and nginx is None:
+        fail(f"--gateway needs nginx: {nginx_binary!r} was not found (install nginx, or use --no-gateway)")
+    local = [_local_agent(data_dir)]
+    if nginx is not None and gateway is not False:
+        local.append(_local_gateway(data_dir, nginx))
+    _run(data_dir, listen, demo, local)
 
 
 COMMANDS = [manager, up]

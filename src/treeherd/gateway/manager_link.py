@@ -132,4 +132,4 @@ class ManagerLink:
         self._stop.set()
         client = self._stream_client
         if client is not None:
-            client.close()
+            client.abort()

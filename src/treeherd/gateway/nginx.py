@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ VALIDATE_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+MAX_OUTPUT = 65_536  # bytes of nginx's own output kept for an error message
 _FAILURE = re.compile(r"\[(emerg|alert|crit)\]")
 
 
@@ -61,16 +63,22 @@ class Nginx:
         return [self.binary, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.error_log)]
 
     async def _run(self, args: list[str], limit_s: float) -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        try:
-            output, _ = await asyncio.wait_for(process.communicate(), limit_s)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise NginxError(f"{' '.join(args[:2])} did not finish within {limit_s} s") from None
-        return process.returncode or 0, output.decode(errors="replace")
+        # Output goes to a file, not a pipe: the master nginx leaves behind when it daemonizes may hold
+        # a pipe open, and some event loops (uvloop, which `treeherd up` runs) then wait for its end.
+        with tempfile.TemporaryFile() as output:
+            process = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.STDOUT
+            )
+            try:
+                await asyncio.wait_for(process.wait(), limit_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+                raise NginxError(f"{' '.join(args[:2])} did not finish within {limit_s} s") from None
+            output.seek(0)
+            text = output.read(MAX_OUTPUT).decode(errors="replace")
+        return process.returncode or 0, text
 
     async def validate(self, conf: Path) -> None:
         """Raise NginxError with nginx's reason unless `nginx -t` accepts the configuration `conf`."""

@@ -6,6 +6,7 @@ keeps one connection alive, and turns every failure into `ClientError` with a me
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import urllib.parse
@@ -61,6 +62,16 @@ class Client:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def abort(self) -> None:
+        """Close the connection from another thread, waking a read blocked on it (a followed stream):
+        `close()` alone does not interrupt a thread waiting in recv()."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.close()
 
     def __enter__(self) -> Client:
         return self

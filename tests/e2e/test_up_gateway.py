@@ -1,0 +1,55 @@
+"""`treeherd up` with nginx installed runs the edge gateway too, on 127.0.0.1, and stops its nginx when
+it stops."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.gateway.helpers import Backend, free_port, served_by, wait_for
+from treeherd.testing.processes import ManagerProcess
+from treeherd.transport.client import Client
+
+pytestmark = pytest.mark.e2e
+HOST = "up.test"
+
+
+def nginx_masters(prefix: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info.get("cmdline") or [])
+        if "nginx" in (process.info.get("name") or "") and str(prefix) in cmdline:
+            found.append(process)
+    return found
+
+
+def test_up_serves_the_tree_through_its_gateway_and_stops_nginx(tmp_path: Path) -> None:
+    assert shutil.which("nginx"), "the test suite installs nginx (scripts/system-deps.sh)"
+    data = tmp_path / "up"
+    domain_port, node_port = free_port(), free_port("127.0.0.7")
+    backend = Backend(tmp_path, "web-7", "127.0.0.7", node_port)
+    try:
+        with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
+            client.request("POST", "/api/v1/domains", {"name": HOST, "ports": [{"port": domain_port}]})
+            client.request("POST", "/api/v1/nodes", {"path": "shop", "port": node_port})
+            client.request("POST", "/api/v1/nodes/shop/routes", {"domain": HOST, "uri": "/"})
+            client.request("POST", "/api/v1/machines", {"hostname": "web-7", "ips": ["127.0.0.7"]})
+            client.request("POST", "/api/v1/machines/web-7/bindings", {"node": "shop", "weight": 1})
+            wait_for(lambda: backend.ready(), "the backend to listen", 15)
+            wait_for(lambda: served_by(domain_port, "/", HOST) == "web-7", "up's nginx to serve the tree", 30)
+            assert nginx_masters(data / "gateway")
+        wait_for(lambda: not nginx_masters(data / "gateway"), "nginx stopped with up", 15)
+    finally:
+        backend.stop()
+        for process in nginx_masters(data / "gateway"):
+            process.kill()
+
+
+def test_up_without_the_gateway(tmp_path: Path) -> None:
+    with ManagerProcess(tmp_path / "up", command=("up",), extra_args=("--no-gateway",)) as up:
+        with Client(up.url) as client:
+            assert client.get("/healthz", dict)
+        assert not nginx_masters(tmp_path / "up" / "gateway")
