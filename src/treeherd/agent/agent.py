@@ -22,6 +22,7 @@ import psutil
 
 from treeherd import __version__
 from treeherd.agent.db import TaskDB
+from treeherd.agent.dependencies import DependencyProxy, HaproxyMode
 from treeherd.agent.logs import LogStreamer
 from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
@@ -139,6 +140,7 @@ class Agent:
         machine_kind: MachineKind | None = None,
         connect: Connect | None = None,
         grace_s: float = 10.0,
+        haproxy: HaproxyMode = "auto",
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         silence_factor: float = 3.0,
@@ -155,6 +157,7 @@ class Agent:
         self.db = TaskDB(self.data_dir / DB_FILE)
         self.worker = Worker(executor, self.db, now=now, grace_s=grace_s, state=state)
         self.logs = LogStreamer(executor)
+        self.dependencies = DependencyProxy(self.worker.state, self.data_dir / "haproxy", mode=haproxy)
         self.session = Session(
             manager_url,
             self.describe,
@@ -165,10 +168,11 @@ class Agent:
             silence_factor=silence_factor,
             rng=rng,
             logs=self.logs,
+            dependencies=self.dependencies,
         )
         self.worker.set_sender(self.session.send_report)
         self.registrar = Registrar(self.worker.state, self.session)
-        self.worker.on_change = self.registrar.changed
+        self.worker.on_change = self._tasks_changed
 
     @property
     def state(self) -> AgentState:
@@ -185,6 +189,7 @@ class Agent:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.worker.run(), name="agent-worker")
                 group.create_task(self.registrar.run(), name="agent-registrar")
+                group.create_task(self.dependencies.run(), name="agent-haproxy")
                 group.create_task(self._session_until_worker_ends(), name="agent-session")
         finally:
             await self.db.close()
@@ -213,8 +218,14 @@ class Agent:
             # Without a session the worker has nobody to report to: all end together.
             self.worker.stop()
             self.registrar.stop()
+            self.dependencies.stop()
 
     def stop(self) -> None:
         self.session.stop()
         self.worker.stop()
         self.registrar.stop()
+        self.dependencies.stop()
+
+    def _tasks_changed(self) -> None:
+        self.registrar.changed()
+        self.dependencies.changed()

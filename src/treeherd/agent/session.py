@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from treeherd.model.wire import (
     Assignments,
+    DependencyEndpoints,
     EndpointSet,
     Heartbeat,
     HeartbeatAck,
@@ -75,6 +76,12 @@ class LogHandler(Protocol):
     def cancel_all(self) -> None: ...
 
 
+class DependencyHandler(Protocol):
+    """Takes the endpoints of services this agent's tasks depend on (`agent.dependencies`)."""
+
+    def endpoints(self, message: DependencyEndpoints) -> None: ...
+
+
 class _SessionEnded(Exception):
     """This session is over; dial again."""
 
@@ -95,8 +102,10 @@ class Session:
         silence_factor: float = 3.0,
         rng: random.Random | None = None,
         logs: LogHandler | None = None,
+        dependencies: DependencyHandler | None = None,
     ) -> None:
         self._logs = logs
+        self._dependencies = dependencies
         self._pending_sends: set[asyncio.Task[None]] = set()
         self.url = url
         self.session_id: str | None = None
@@ -262,6 +271,9 @@ class Session:
                     self.heartbeat_period_s = message.period_s
                 if message.endpoint_refresh_s > 0:
                     self.endpoint_refresh_s = message.endpoint_refresh_s
+            elif isinstance(message, DependencyEndpoints):
+                if self._dependencies is not None:
+                    self._dependencies.endpoints(message)
             elif isinstance(message, LogRequest):
                 self._log_request(channel, message)
             elif isinstance(message, LogCancel):

@@ -18,6 +18,7 @@ def _run(
     labels: dict[str, str],
     kind: str | None,
     executor_name: str,
+    haproxy: str = "auto",
 ) -> None:
     # Imported here: the agent stack (psutil, SQLite, WebSockets) is not needed by client commands.
     import asyncio
@@ -40,6 +41,7 @@ def _run(
         hostname=hostname,
         labels=labels,
         machine_kind=kind,  # type: ignore[arg-type]  # click.Choice guarantees the literal
+        haproxy=haproxy,  # type: ignore[arg-type]  # click.Choice guarantees the literal
     )
 
     async def main() -> None:
@@ -88,6 +90,13 @@ def _run(
     show_default=True,
     help="how tasks run: process (local process groups) or hollow (nothing runs: for tests and benchmarks)",
 )
+@click.option(
+    "--haproxy",
+    type=click.Choice(["auto", "off"]),
+    default="auto",
+    show_default=True,
+    help="run a local haproxy for the services this host's tasks depend on (auto: when installed)",
+)
 @pass_ctx
 def agent(
     ctx: Context,
@@ -97,9 +106,12 @@ def agent(
     labels: tuple[str, ...],
     kind: str | None,
     executor: str,
+    haproxy: str,
 ) -> None:
     """Run this machine's agent: join a manager and run the tasks it assigns here."""
-    _run(manager_url or ctx.manager, data_dir, hostname, key_values(labels, "--label"), kind, executor)
+    _run(
+        manager_url or ctx.manager, data_dir, hostname, key_values(labels, "--label"), kind, executor, haproxy
+    )
 
 
 COMMANDS = [agent]

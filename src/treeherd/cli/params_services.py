@@ -8,7 +8,7 @@ from typing import Any
 import click
 import msgspec
 
-from treeherd.model.discovery import HealthCheck
+from treeherd.model.discovery import Dependency, HealthCheck
 from treeherd.model.services import PortSpec, TaskSpec
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -63,6 +63,14 @@ def with_health(spec: TaskSpec, o: dict[str, Any]) -> TaskSpec:
     if check is not None and given:
         check = msgspec.structs.replace(check, **given)
     return msgspec.structs.replace(spec, health=check) if check is not spec.health else spec
+
+
+def dependency(text: str) -> Dependency:
+    """SVC or SVC:LOCALPORT."""
+    name, sep, port = text.partition(":")
+    if not name or (sep and not port.isdigit()):
+        raise click.BadParameter(f"{text!r} is not SVC or SVC:LOCALPORT", param_hint="--depends-on")
+    return Dependency(service=name, local_port=int(port) if sep else None)
 
 
 def _maybe_duration(text: str | None, option: str) -> float | None:

@@ -12,7 +12,7 @@ from msgspec import UNSET
 from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import FORMAT_OPTION, done, listing, print_json, print_table
 from treeherd.cli.params import key_values, size
-from treeherd.cli.params_services import duration, port, with_health
+from treeherd.cli.params_services import dependency, duration, port, with_health
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, TaskSpec
 from treeherd.model.tasks_view import ServiceSummary, TaskRow
@@ -50,6 +50,13 @@ def spec_options(fn: F) -> F:
             click.option("--restart-delay", metavar="DURATION", help="e.g. 5s"),
             click.option("--restart-max-attempts", type=int, help="0: no limit"),
             click.option("--restart-window", metavar="DURATION", help="the window max attempts count in"),
+            click.option(
+                "--depends-on",
+                "depends_on",
+                multiple=True,
+                metavar="SVC[:LOCALPORT]",
+                help="reach SVC through this host's haproxy at 127.0.0.1:LOCALPORT (TREEHERD_DEP_SVC)",
+            ),
             click.option(
                 "--requires",
                 multiple=True,
@@ -138,6 +145,8 @@ def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any
         spec = msgspec.structs.replace(spec, placement=msgspec.structs.replace(spec.placement, **placement))
     if o["ports"]:
         spec = msgspec.structs.replace(spec, ports=[port(p) for p in o["ports"]])
+    if o["depends_on"]:
+        spec = msgspec.structs.replace(spec, depends_on=[dependency(d) for d in o["depends_on"]])
     if o["requires"]:
         spec = msgspec.structs.replace(spec, requires=list(o["requires"]))
     spec = with_health(spec, o)

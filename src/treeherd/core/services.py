@@ -17,6 +17,7 @@ from msgspec import UNSET
 from treeherd.core.nodes import check_version, node_by_path
 from treeherd.core.scheduling.constraints import parse_constraint
 from treeherd.core.view import View
+from treeherd.model.discovery import Dependency
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound
 from treeherd.model.ops import Assert, Create, Op, Update
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
@@ -173,6 +174,7 @@ def plan_create_service(
     node = node_by_path(view, request.node, field="node")
     _check_replicas(request.replicas)
     asserts = validate_spec(view, request.task, own_name=name)
+    task, port_ops = resolve_dependencies(view, request.task, own_name=name)
     service = Service(
         id=new_id(),
         created_at=now,
@@ -181,9 +183,9 @@ def plan_create_service(
         node_id=node.id,
         mode=request.mode,
         replicas=request.replicas if request.mode == "replicated" else 0,
-        task=request.task,
+        task=task,
     )
-    return [Create(service), Assert(node), *asserts]
+    return [Create(service), Assert(node), *_without_updated(asserts, port_ops), *port_ops]
 
 
 def plan_update_service(view: View, name: str, request: ServiceUpdate, now: datetime) -> list[Op]:
@@ -200,11 +202,21 @@ def plan_update_service(view: View, name: str, request: ServiceUpdate, now: date
             )
         _check_replicas(request.replicas)
         changes["replicas"] = request.replicas
-    if request.task is not UNSET and request.task != service.task:
-        asserts = validate_spec(view, request.task, own_name=name)
-        changes["task"] = request.task
-        changes["spec_version"] = service.spec_version + 1
+    if request.task is not UNSET:
+        # Compared once resolved: a dependency given without its local port is the same as with it.
+        task, port_ops = resolve_dependencies(view, request.task, own_name=name)
+        if task != service.task:
+            asserts = validate_spec(view, request.task, own_name=name)
+            asserts = [*_without_updated(asserts, port_ops), *port_ops]
+            changes["task"] = task
+            changes["spec_version"] = service.spec_version + 1
     return [Update(msgspec.structs.replace(service, **changes)), *asserts]
+
+
+def _without_updated(asserts: list[Op], updates: list[Op]) -> list[Op]:
+    """Asserts of objects the same transaction updates anyway (the update checks the version too)."""
+    updated = {op.object.id for op in updates}
+    return [op for op in asserts if op.object.id not in updated]
 
 
 def plan_remove_service(view: View, name: str, now: datetime) -> list[Op]:
@@ -219,3 +231,55 @@ def plan_remove_service(view: View, name: str, now: datetime) -> list[Op]:
     if service.removing:
         return [Assert(service)]
     return [Update(msgspec.structs.replace(service, removing=True, updated_at=now))]
+
+
+LOCAL_PORTS = (20000, 29999)  # the cluster's range for dependencies' local ports
+
+
+def resolve_dependencies(view: View, spec: TaskSpec, *, own_name: str) -> tuple[TaskSpec, list[Op]]:
+    """The spec with every dependency's local port filled in, and the updates that record newly chosen
+    ports on the depended-upon services (the port is the same on every host, so it belongs to them)."""
+    if not spec.depends_on:
+        return spec, []
+    services = {s.name: s for s in view.all(Service)}
+    taken = {s.local_port: s.name for s in services.values() if s.local_port is not None}
+    resolved: list[Dependency] = []
+    ops: list[Op] = []
+    seen: set[str] = set()
+    for dependency in spec.depends_on:
+        field = "task.depends_on"
+        if dependency.service == own_name:
+            raise InvalidInput("a service cannot depend on itself", field=field)
+        if dependency.service in seen:
+            raise InvalidInput(f"{dependency.service!r} is listed twice", field=field)
+        seen.add(dependency.service)
+        target = services.get(dependency.service)
+        if target is None:
+            raise NotFound(f"depends on an unknown service {dependency.service!r}", field=field)
+        port = dependency.local_port
+        if port is not None and not 1 <= port <= 65535:
+            raise InvalidInput(f"local port {port} is out of range: use 1-65535", field=field)
+        if target.local_port is not None:
+            if port is not None and port != target.local_port:
+                raise InvalidInput(
+                    f"{target.name} is reached at 127.0.0.1:{target.local_port} on every host: use that port"
+                    " or leave it out",
+                    field=field,
+                )
+            port = target.local_port
+        else:
+            if port is not None and port in taken:
+                raise InvalidInput(
+                    f"local port {port} is already taken by {taken[port]}: choose another or leave it out",
+                    field=field,
+                )
+            if port is None:
+                port = next((p for p in range(LOCAL_PORTS[0], LOCAL_PORTS[1] + 1) if p not in taken), None)
+                if port is None:
+                    raise InvalidInput(
+                        f"no free local port in {LOCAL_PORTS[0]}-{LOCAL_PORTS[1]}", field=field
+                    )
+            taken[port] = target.name
+            ops.append(Update(msgspec.structs.replace(target, local_port=port)))
+        resolved.append(Dependency(service=target.name, local_port=port))
+    return msgspec.structs.replace(spec, depends_on=resolved), ops

@@ -281,6 +281,9 @@ class ProcessController:
         env["TREEHERD_NODE_PATH"] = task.node_path
         for name, port in task.ports.items():
             env[f"TREEHERD_PORT_{_env_name(name)}"] = str(port)
+        for dependency in task.spec.depends_on:
+            if dependency.local_port is not None:
+                env[f"TREEHERD_DEP_{_env_name(dependency.service)}"] = f"127.0.0.1:{dependency.local_port}"
         return env
 
     def _ensure_limits(self) -> TaskLimits:

@@ -46,10 +46,12 @@ from treeherd.core.dispatch import (
     plan_status_flush,
 )
 from treeherd.core.view import View
+from treeherd.manager.dependencies import DependencyFeeds, dependency_message
 from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.logstreams import LogStreams
 from treeherd.manager.sessions import AgentSession
+from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import (
     AlreadyExists,
     Compacted,
@@ -140,6 +142,7 @@ class Dispatcher:
         self._status_full = asyncio.Event()
         self._watch: Watch | None = None
         self._logs = LogStreams()
+        self._feeds = DependencyFeeds()
 
     # ---- introspection -----------------------------------------------------------------------------
     def session_id(self, machine_id: str) -> str | None:
@@ -532,6 +535,9 @@ class Dispatcher:
         view = self._store.view()
         watch = self._store.watch()
         self._task_machine = {t.id: t.machine_id for t in view.all(Task) if t.machine_id is not None}
+        self._feeds = DependencyFeeds()
+        for task in view.all(Task):
+            self._feeds.note(task)
         return watch
 
     async def _route_loop(self) -> None:
@@ -556,10 +562,16 @@ class Dispatcher:
             self._route(change)
 
     def _route(self, change: Change) -> None:
+        changed_services: set[str] = set()
         for event in change.events:
             task = event.object
+            if isinstance(task, Endpoint):
+                changed_services.add(task.service)
+                continue
             if not isinstance(task, Task):
                 continue
+            for needing, service in self._feeds.note(task, deleted=event.type == "deleted"):
+                self._send_dependency(needing, service)
             previous = self._task_machine.get(task.id)
             if event.type == "deleted" or task.machine_id is None:
                 self._task_machine.pop(task.id, None)
@@ -571,10 +583,24 @@ class Dispatcher:
                     continue
                 if change.revision > session.snapshot_revision:
                     session.push(event)
+        for service in changed_services:
+            for needing in self._feeds.machines_of(service):
+                self._send_dependency(needing, service)
+
+    def _send_dependency(self, machine_id: str, service: str) -> None:
+        session = self._sessions.get(machine_id)
+        if session is not None and session.snapshot_revision is not None:
+            session.post(dependency_message(self._store.view(), service))
+
+    def _send_dependencies(self, session: AgentSession) -> None:
+        view = self._store.view()
+        for service in self._feeds.services_of(session.machine_id):
+            session.post(dependency_message(view, service))
 
     async def _assign(self, session: AgentSession) -> None:
         assignments = AssignmentSet(session.machine_id)
         session.post(self._full_assignments(session, assignments))
+        self._send_dependencies(session)
         while True:
             await session.events_ready.wait()
             if self._assignment_batch_s > 0:
@@ -583,6 +609,7 @@ class Dispatcher:
             if session.resync:
                 session.resync = False
                 session.post(self._full_assignments(session, assignments))
+                self._send_dependencies(session)
                 continue
             events, session.events = session.events, []
             for event in events:

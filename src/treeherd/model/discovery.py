@@ -38,6 +38,14 @@ class HealthCheck(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     restart: bool = False
 
 
+class Dependency(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A service a task reaches through its host's haproxy at 127.0.0.1:`local_port` (the same port on
+    every host: allocated per cluster when not given, and kept on the depended-upon service)."""
+
+    service: str
+    local_port: int | None = None
+
+
 class Endpoint(Object, frozen=True, kw_only=True, tag="endpoint"):
     """One address of a service: a registration that lives while refreshed within `ttl_s`."""
 

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 import msgspec
 
 from treeherd.model.base import Object
-from treeherd.model.discovery import Health, HealthCheck
+from treeherd.model.discovery import Dependency, Health, HealthCheck
 from treeherd.model.states import TaskState
 
 ServiceMode = Literal["replicated", "global"]
@@ -76,6 +76,8 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     health: HealthCheck | None = None
     # fleet's Requires: a task is held (NEW) until each of these services has an endpoint.
     requires: list[str] = []
+    # Services reached through the host's haproxy: TREEHERD_DEP_<SVC>=127.0.0.1:<local port>.
+    depends_on: list[Dependency] = []
 
 
 class Service(Object, frozen=True, kw_only=True, tag="service"):
@@ -90,6 +92,8 @@ class Service(Object, frozen=True, kw_only=True, tag="service"):
     spec_version: int = 1
     # Set by `service rm`: tasks are shut down, then the service and its tasks are deleted.
     removing: bool = False
+    # Where tasks that depend on this service reach it on their host: 127.0.0.1:local_port.
+    local_port: int | None = None
 
 
 class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):

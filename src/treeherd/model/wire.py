@@ -95,6 +95,20 @@ class EndpointSet(_Message, frozen=True, kw_only=True, tag="endpoints"):
     endpoints: list[TaskEndpoint]
 
 
+class DependencyServer(msgspec.Struct, frozen=True, kw_only=True):
+    address: str
+    port: int
+    weight: int = 1
+
+
+class DependencyEndpoints(_Message, frozen=True, kw_only=True, tag="dependency_endpoints"):
+    """The live endpoints of a service this agent's tasks depend on (sent at session start, when one of
+    its tasks starts depending on it, and at every change)."""
+
+    service: str
+    servers: list[DependencyServer]
+
+
 class LogRequest(_Message, frozen=True, kw_only=True, tag="log_request"):
     """Send the output of a task: the last `tail` lines (None: all kept), then, with `follow`, what it
     prints until it ends or the stream is cancelled."""
@@ -125,5 +139,12 @@ class LogEnd(_Message, frozen=True, kw_only=True, tag="log_end"):
 
 AgentMessage = Register | Heartbeat | StatusReport | EndpointSet | LogChunk | LogEnd
 ManagerMessage = (
-    SessionStarted | SessionRefused | HeartbeatAck | StatusAck | Assignments | LogRequest | LogCancel
+    SessionStarted
+    | SessionRefused
+    | HeartbeatAck
+    | StatusAck
+    | Assignments
+    | DependencyEndpoints
+    | LogRequest
+    | LogCancel
 )

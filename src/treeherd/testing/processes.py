@@ -190,12 +190,16 @@ class AgentProcess:
 
 def processes_under(directory: Path) -> list[psutil.Process]:
     """Live processes whose working directory is inside `directory` (the process executor starts a
-    task in its own directory under the agent's data directory)."""
+    task in its own directory under the agent's data directory), or whose command line names a path
+    inside it (an nginx or haproxy run on a prefix there, which works from `/`)."""
     root = str(directory.resolve())
     found = []
-    for process in psutil.process_iter(["cwd"]):
-        cwd = process.info.get("cwd")
-        if cwd and (cwd == root or cwd.startswith(root + os.sep)):
+    for process in psutil.process_iter(["cwd", "cmdline"]):
+        cwd = process.info.get("cwd") or ""
+        cmdline = process.info.get("cmdline") or []
+        if process.pid == os.getpid():
+            continue
+        if cwd == root or cwd.startswith(root + os.sep) or any(root + os.sep in arg for arg in cmdline[1:]):
             found.append(process)
     return found
 

@@ -1,0 +1,168 @@
+"""The agent's local haproxy for its tasks' dependencies (SmartStack's model, D3).
+
+Every service a task here depends on (`--depends-on SVC`) gets a frontend on 127.0.0.1:LOCALPORT (the
+same port on every host); its servers are the service's live endpoints, which the manager sends
+(`DependencyEndpoints`) at session start and at every change. Endpoint changes reach haproxy through its
+runtime API without a reload; only a change in the set of frontends reloads it (hitless, checked first
+with `haproxy -c`). The proxy stops with the agent: the next agent starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from treeherd.core.agent_state import AgentState
+from treeherd.model.states import TaskState
+from treeherd.model.wire import DependencyEndpoints, DependencyServer
+from treeherd.proxy.haproxy import LocalHaproxy
+from treeherd.proxy.master import find_haproxy
+from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, server_name
+
+__all__ = ["DependencyProxy", "HaproxyMode", "desired_proxy"]
+
+log = logging.getLogger(__name__)
+
+HaproxyMode = Literal["auto", "off"]
+RETRY_S = 2.0  # after a failed apply (haproxy could not load a configuration)
+LEFTOVER_WAIT_S = 3.0
+
+
+def desired_proxy(state: AgentState, servers: dict[str, list[DependencyServer]]) -> LocalProxy:
+    """One frontend per service the agent's live tasks depend on, with its known endpoints."""
+    ports: dict[str, int] = {}
+    for task_id in state.task_ids():
+        task, status = state.task(task_id), state.status(task_id)
+        if task is None or status is None or status.state.terminal or task.desired_state > TaskState.RUNNING:
+            continue
+        for dependency in task.spec.depends_on:
+            if dependency.local_port is not None:
+                ports.setdefault(dependency.service, dependency.local_port)
+    frontends = [
+        ProxyFrontend(
+            name=service,
+            port=port,
+            servers=[
+                ProxyServer(
+                    name=server_name(s.address, s.port), address=s.address, port=s.port, weight=s.weight
+                )
+                for s in servers.get(service, [])
+            ],
+        )
+        for service, port in sorted(ports.items())
+    ]
+    return LocalProxy(frontends=frontends)
+
+
+async def stop_leftover(workdir: Path) -> None:
+    """Stop a haproxy a previous agent left running on this directory (it was killed, not stopped):
+    it would share the local ports with the new one (SO_REUSEPORT) and serve stale endpoints."""
+    try:
+        pid = int((workdir / "haproxy.pid").read_text().split()[0])
+        master = psutil.Process(pid)
+        if str(workdir) not in " ".join(master.cmdline()):
+            return  # the pid was reused by something else
+        group = [master, *master.children(recursive=True)]
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return
+    log.warning("stopping the haproxy (pid %d) a previous agent left running", pid)
+    for process in group:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    await asyncio.to_thread(psutil.wait_procs, group, LEFTOVER_WAIT_S)
+
+
+class DependencyProxy:
+    """Keeps this host's haproxy at `desired_proxy`; `changed()` and `endpoints()` never block."""
+
+    def __init__(
+        self, state: AgentState, workdir: Path, *, mode: HaproxyMode = "auto", binary: str = "haproxy"
+    ) -> None:
+        self._state = state
+        self._workdir = workdir
+        self._mode = mode
+        self._binary = binary
+        self._servers: dict[str, list[DependencyServer]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._applied: LocalProxy | None = None
+        self.haproxy: LocalHaproxy | None = None
+        self._warned = False
+
+    def endpoints(self, message: DependencyEndpoints) -> None:
+        self._servers[message.service] = message.servers
+        self._wake.set()
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                if not await self._apply(desired_proxy(self._state, self._servers)):
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RETRY_S):
+                            await self._wake.wait()
+                    self._wake.set()
+        finally:
+            if self.haproxy is not None:
+                with contextlib.suppress(Exception):
+                    await self.haproxy.stop()
+
+    async def _apply(self, desired: LocalProxy) -> bool:
+        if desired == self._applied:
+            return True
+        if self.haproxy is None:
+            if not desired.frontends:
+                return True
+            if not self._usable():
+                return True
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            await stop_leftover(self._workdir)
+            self.haproxy = LocalHaproxy(self._workdir, binary=self._binary)
+            try:
+                await self.haproxy.start(desired)
+            except Exception as error:
+                log.warning("the local haproxy did not start: %s", error)
+                self.haproxy = None
+                return False
+            log.info("local haproxy started for %s", ", ".join(f.name for f in desired.frontends))
+            self._applied = desired
+            return True
+        try:
+            result = await self.haproxy.apply(desired)
+        except Exception as error:
+            log.warning("the local haproxy kept its previous state: %s", error)
+            return False
+        if result.reloaded:
+            log.info("local haproxy reloaded for frontends %s", ", ".join(f.name for f in desired.frontends))
+        self._applied = desired
+        return True
+
+    def _usable(self) -> bool:
+        if self._mode == "off":
+            if not self._warned:
+                log.warning(
+                    "tasks here depend on other services but --haproxy is off: nothing serves their ports"
+                )
+                self._warned = True
+            return False
+        if find_haproxy(self._binary) is None:
+            if not self._warned:
+                log.warning("tasks here depend on other services but haproxy is not installed")
+                self._warned = True
+            return False
+        return True

@@ -1,0 +1,170 @@
+"""Dependencies through the agent's local haproxy, end to end: service `app` depends on `api` and
+reaches it only at 127.0.0.1:LOCALPORT; api's endpoints change (a killed process, a scale-up) through
+haproxy's runtime API, without a reload and without a failed request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.e2e.helpers import Cluster, wait_for
+from treeherd.model.discovery import Dependency, HealthCheck
+from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
+from treeherd.model.services import Placement, PortSpec, RestartPolicy, TaskSpec
+from treeherd.proxy.stats import info, servers_state
+from treeherd.testing.processes import processes_under
+
+pytestmark = pytest.mark.e2e
+HOSTS = ("host-a", "host-b")
+
+SERVER = """
+import http.server, os
+port = int(os.environ["TREEHERD_PORT_HTTP"])
+body = os.environ["TREEHERD_TASK_ID"].encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path, executor="process")
+    try:
+        cluster.manager.start()
+        with cluster.client() as client:
+            client.request(
+                "PATCH",
+                "/api/v1/cluster",
+                ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, endpoint_ttl_s=3.0),
+            )
+            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+        for host in HOSTS:
+            cluster.start_agent(host)
+        wait_for(lambda: cluster.nodes() == dict.fromkeys(HOSTS, "ready"), "two ready agents")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def endpoints(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    with cluster.client() as client:
+        return client.get(f"/api/v1/endpoints/{name}", list)
+
+
+def get(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as response:
+        return response.read().decode()
+
+
+def app_env(cluster: Cluster) -> dict[str, str]:
+    for process in processes_under(cluster.tmp):
+        try:
+            env = process.environ()
+        except psutil.Error:
+            continue
+        if env.get("TREEHERD_SERVICE") == "app":
+            return env
+    return {}
+
+
+def test_app_reaches_its_dependency_through_the_local_haproxy(cluster: Cluster) -> None:
+    api = TaskSpec(
+        command=[sys.executable, "-c", SERVER],
+        ports=[PortSpec(name="http")],
+        restart=RestartPolicy(condition="none"),
+        health=HealthCheck(kind="http", interval_s=0.2, timeout_s=1.0, retries=1),
+    )
+    app = TaskSpec(
+        command=["sleep", "300"],
+        depends_on=[Dependency(service="api")],
+        placement=Placement(constraints=["node.hostname==host-a"]),  # one haproxy per host: one host here
+    )
+    with cluster.client() as client:
+        client.request(
+            "POST", "/api/v1/services", ServiceCreate(name="api", node="corp", replicas=2, task=api)
+        )
+        client.request(
+            "POST", "/api/v1/services", ServiceCreate(name="app", node="corp", replicas=1, task=app)
+        )
+    wait_for(lambda: len(endpoints(cluster, "api")) == 2, "2 api endpoints")
+    address = wait_for(lambda: app_env(cluster).get("TREEHERD_DEP_API"), "app's TREEHERD_DEP_API")
+    assert address.startswith("127.0.0.1:")
+    answered = wait_for(lambda: _try(get, address), "api through the local port")
+    admin = str(cluster.tmp / "host-a" / "haproxy" / "admin.sock")
+    worker = int(asyncio.run(info(admin))["Pid"])
+
+    seen = Counter(get(address) for _ in range(20))
+    assert len(seen) == 2 and answered in seen  # spread over both api tasks
+
+    # Kill one api process, then loop through haproxy: no failed request, and the dead server is gone
+    # from haproxy within a second, without a reload.
+    victim = next(t for t in cluster.running("api"))
+    pid = next(p.pid for p in processes_under(cluster.tmp) if _env(p).get("TREEHERD_TASK_ID") == victim["id"])
+    failures, started = 0, time.monotonic()
+    os.killpg(pid, signal.SIGKILL)
+    # A request in flight at the very moment of the kill cannot be replayed by a TCP proxy; every one
+    # after it must succeed (haproxy retries a refused connection on another server).
+    psutil.wait_procs([psutil.Process(pid)], timeout=2)
+    gone_after = None
+    while time.monotonic() - started < 5:
+        try:
+            get(address)
+        except OSError:
+            failures += 1
+        if gone_after is None and not _listed(admin, victim["ports"]["http"]):
+            gone_after = time.monotonic() - started
+    assert failures == 0
+    assert gone_after is not None and gone_after <= 1.5, gone_after
+    assert int(asyncio.run(info(admin))["Pid"]) == worker  # no reload
+
+    # Scale api up: the new tasks receive traffic, still without a reload.
+    with cluster.client() as client:
+        client.request("PATCH", "/api/v1/services/api", ServiceUpdate(replicas=5))
+    # The killed task's slot stays empty (restart condition none): 4 endpoints, the survivor and 3 new.
+    wait_for(lambda: len(endpoints(cluster, "api")) == 4, "4 api endpoints", timeout=30)
+    answers: Counter[str] = Counter()
+    for _ in range(200):
+        answers[get(address)] += 1  # every request must succeed
+        if len(answers) == 4:
+            break
+        time.sleep(0.02)
+    assert len(answers) == 4, answers
+    assert int(asyncio.run(info(admin))["Pid"]) == worker
+
+
+def _listed(admin: str, port: int) -> bool:
+    """Is a server on `port` still in haproxy, up and not in maintenance?"""
+    states = asyncio.run(servers_state(admin))
+    return any(s.port == port and s.op_state == 2 and not s.admin_state & 1 for s in states)
+
+
+def _env(process: psutil.Process) -> dict[str, str]:
+    try:
+        return process.environ()
+    except psutil.Error:
+        return {}
+
+
+def _try(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except OSError:
+        return None
