@@ -330,3 +330,15 @@ def test_reconcile_converges_to_the_desired_count(replicas, events, condition):
     else:  # on-failure: a slot whose task completed successfully stays empty
         assert len(slots) == len(set(slots)) and all(1 <= s <= replicas for s in slots)
     assert all(t.status.state == TaskState.RUNNING for t in meant)
+
+
+def test_a_sidekick_runs_on_the_machines_of_its_service_only():
+    sidekick = msgspec.structs.replace(
+        service(replicas=1), task=msgspec.structs.replace(service().task, binds_to="api")
+    )
+    machines = {m: machine(m) for m in ("m1", "m2", "m3")}
+    result = reconcile(sidekick, [], machines, NOW, ids(), bound_to=frozenset({"m1", "m3"}))
+    assert sorted(t.machine_id for t in creates(result)) == ["m1", "m3"]
+    running = [task("a", 0, machine_id="m1"), task("b", 0, machine_id="m3")]
+    result = reconcile(sidekick, running, machines, NOW, ids(), bound_to=frozenset({"m1"}))
+    assert [t.id for t in shutdowns(result)] == ["b"] and creates(result) == []

@@ -168,3 +168,34 @@ def _try(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except OSError:
         return None
+
+
+def test_a_sidekick_lives_and_stops_with_the_tasks_of_its_service(cluster: Cluster) -> None:
+    def hosts_of(name: str) -> list[str]:
+        return sorted(t["hostname"] for t in cluster.running(name))
+
+    def processes_of(name: str) -> int:
+        return sum(1 for p in processes_under(cluster.tmp) if _env(p).get("TREEHERD_SERVICE") == name)
+
+    with cluster.client() as client:
+        client.request(
+            "POST",
+            "/api/v1/services",
+            ServiceCreate(name="web", node="corp", replicas=2, task=TaskSpec(command=["sleep", "300"])),
+        )
+        sidekick = TaskSpec(command=["sleep", "300"], binds_to="web")
+        client.request(
+            "POST", "/api/v1/services", ServiceCreate(name="logship", node="corp", replicas=1, task=sidekick)
+        )
+    wait_for(
+        lambda: len(cluster.running("web")) == 2 and hosts_of("logship") == hosts_of("web"),
+        "sidekicks beside web",
+    )
+    assert hosts_of("web") == ["host-a", "host-b"]  # spread, so one sidekick on each
+    wait_for(lambda: processes_of("logship") == 2, "2 sidekick processes")
+    with cluster.client() as client:
+        client.request("PATCH", "/api/v1/services/web", ServiceUpdate(replicas=1))
+    wait_for(
+        lambda: hosts_of("logship") == hosts_of("web") and len(hosts_of("web")) == 1, "one sidekick left"
+    )
+    wait_for(lambda: processes_of("logship") == 1, "the other sidekick's process gone")

@@ -58,6 +58,11 @@ def spec_options(fn: F) -> F:
                 help="reach SVC through this host's haproxy at 127.0.0.1:LOCALPORT (TREEHERD_DEP_SVC)",
             ),
             click.option(
+                "--binds-to",
+                metavar="SVC",
+                help="a sidekick of SVC: one task on each machine running SVC, stopped when SVC stops there",
+            ),
+            click.option(
                 "--requires",
                 multiple=True,
                 metavar="SVC",
@@ -147,6 +152,8 @@ def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any
         spec = msgspec.structs.replace(spec, ports=[port(p) for p in o["ports"]])
     if o["depends_on"]:
         spec = msgspec.structs.replace(spec, depends_on=[dependency(d) for d in o["depends_on"]])
+    if o["binds_to"] is not None:
+        spec = msgspec.structs.replace(spec, binds_to=o["binds_to"] or None)
     if o["requires"]:
         spec = msgspec.structs.replace(spec, requires=list(o["requires"]))
     spec = with_health(spec, o)

@@ -224,10 +224,12 @@ def reconcile(
     history: int = 5,
     node_path: str = "",
     held: AbstractSet[str] = frozenset(),
+    bound_to: AbstractSet[str] = frozenset(),
 ) -> Reconciled:
     """What the service's tasks should become; see the module docstring for the rules.
     `node_path` is the tree path of the service's node, recorded in the tasks it creates; `held` are
-    down machines whose tasks are not replaced yet (`core.node_loss`)."""
+    down machines whose tasks are not replaced yet (`core.node_loss`); `bound_to`, for a sidekick
+    (`binds_to`), the machines that run a live task of the service it is bound to."""
     ctx = _Context(service, machines, now, new_id, history, node_path, held)
     if service.removing:
         live = [t for t in tasks if desired_running(t)]
@@ -237,7 +239,7 @@ def reconcile(
             ctx.ops.extend(Delete(t) for t in tasks)
             ctx.ops.append(Delete(service))
         return Reconciled(ctx.ops, ctx.wake_at)
-    if service.mode == "replicated":
+    if service.mode == "replicated" and service.task.binds_to is None:
         by_slot: dict[int, list[Task]] = defaultdict(list)
         for task in tasks:
             by_slot[task.slot].append(task)
@@ -254,6 +256,8 @@ def reconcile(
                 eligible_for_global(machine, ctx.constraints)
                 or (machine_id in held and any(desired_running(t) for t in existing))
             )
+            if service.task.binds_to is not None:
+                wanted = wanted and machine_id in bound_to
             if wanted and not existing and machine is not None and machine.availability == "pause":
                 continue  # a paused machine takes no new tasks
             ctx.reconcile_slot(0, existing, machine_id or None, wanted)

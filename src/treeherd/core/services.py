@@ -78,14 +78,15 @@ def validate_spec(view: View, spec: TaskSpec, *, own_name: str) -> list[Op]:
     asserts: list[Op] = []
     for field, names in (
         ("task.requires", spec.requires),
+        ("task.binds_to", [spec.binds_to] if spec.binds_to else []),
         ("task.placement.conflicts", placement.conflicts),
         ("task.placement.machine_of", [placement.machine_of] if placement.machine_of else []),
     ):
         for name in names:
             if name == own_name and field.endswith("conflicts"):
                 continue  # conflicting with itself: at most one task per machine, as in fleet
-            if name == own_name and field.endswith("requires"):
-                raise InvalidInput("a service cannot require itself", field=field)
+            if name == own_name and field.endswith(("requires", "binds_to")):
+                raise InvalidInput(f"a service cannot name itself in {field.rsplit('.', 1)[1]}", field=field)
             other = view.lookup(Service, "name", name)
             if other is None:
                 raise NotFound(f"{field.rsplit('.', 1)[1]} names an unknown service {name!r}", field=field)

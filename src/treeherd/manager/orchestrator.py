@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from treeherd.core.node_loss import LossBrake, node_loss_brake
 from treeherd.core.orchestrate import finished, reconcile
+from treeherd.core.view import View
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
 from treeherd.model.events import Change
@@ -46,11 +47,14 @@ class Orchestrator(Reactor):
         self._machines: dict[str, tuple[object, ...]] = {}
         # When machines went down (as this component saw them go), for the brake on mass node loss.
         self._losses: deque[datetime] = deque()
+        # service name -> ids of the sidekick services bound to it (`binds_to`)
+        self._sidekicks: dict[str, set[str]] = {}
         self._brake = LossBrake()
 
     def start(self) -> None:
         view = self.store.view()
         self._dirty = {s.id for s in view.all(Service)}
+        self._index_sidekicks(view)
         self._machines = {m.id: _placement_facts(m) for m in view.all(Machine)}
 
     def handle(self, change: Change) -> None:
@@ -60,9 +64,12 @@ class Orchestrator(Reactor):
             if isinstance(obj, Service):
                 if event.type != "deleted":
                     self._dirty.add(obj.id)
+                self._index_sidekicks(view)
             elif isinstance(obj, Task):
                 if event.type == "updated" and _matters(obj):
                     self._dirty.add(obj.service_id)
+                # A sidekick follows every move of the tasks it is bound to (placed, ended, stopped).
+                self._dirty.update(self._sidekicks.get(obj.service_name, ()))
             elif isinstance(obj, Machine):
                 # Most machine events are heartbeat-level news (an agent registering, its address):
                 # only what decides where tasks may run wakes the services concerned.
@@ -77,7 +84,9 @@ class Orchestrator(Reactor):
                     if facts[0] and before is not None and not before[0]:
                         self._losses.append(self.clock())
                 self._dirty.update(t.service_id for t in view.referrers(Task, "machine", obj.id))
-                self._dirty.update(s.id for s in view.all(Service) if s.mode == "global")
+                self._dirty.update(
+                    s.id for s in view.all(Service) if s.mode == "global" or s.task.binds_to is not None
+                )
 
     async def act(self) -> None:
         now = self.clock()
@@ -113,6 +122,7 @@ class Orchestrator(Reactor):
                 history=settings.task_history,
                 node_path=node.path if node is not None else "",
                 held=self._brake.held,
+                bound_to=_bound_machines(view, service),
             )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at
@@ -149,6 +159,12 @@ class Orchestrator(Reactor):
             self._dirty.update(t.service_id for t in view.referrers(Task, "machine", machine_id))
         self._brake = brake
 
+    def _index_sidekicks(self, view: View) -> None:
+        self._sidekicks = {}
+        for service in view.all(Service):
+            if service.task.binds_to is not None:
+                self._sidekicks.setdefault(service.task.binds_to, set()).add(service.id)
+
     def _schedule_wake(self) -> None:
         wakes = list(self._wakes.values())
         if self._brake.recheck_at is not None:
@@ -168,3 +184,17 @@ def _matters(task: Task) -> bool:
     if task.desired_state <= TaskState.RUNNING:
         return task.status.state.terminal
     return finished(task)
+
+
+def _bound_machines(view: View, service: Service) -> frozenset[str]:
+    """For a sidekick: the machines that run a live task of the service it is bound to."""
+    if service.task.binds_to is None:
+        return frozenset()
+    target = view.lookup(Service, "name", service.task.binds_to)
+    if target is None:
+        return frozenset()
+    return frozenset(
+        t.machine_id
+        for t in view.referrers(Task, "service", target.id)
+        if t.machine_id is not None and t.desired_state <= TaskState.RUNNING and not t.status.state.terminal
+    )

@@ -78,6 +78,9 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     requires: list[str] = []
     # Services reached through the host's haproxy: TREEHERD_DEP_<SVC>=127.0.0.1:<local port>.
     depends_on: list[Dependency] = []
+    # fleet's BindsTo (with MachineOf): a sidekick of this service, one task on every machine that runs
+    # a live task of it, stopped when that machine no longer does.
+    binds_to: str | None = None
 
 
 class Service(Object, frozen=True, kw_only=True, tag="service"):
