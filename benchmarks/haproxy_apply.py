@@ -270,7 +270,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "haproxy": version,
-        "parameters": vars(args) | {"out": str(args.out)},
+        # The output directory relative to the checkout, so results name no machine's paths.
+        "parameters": vars(args) | {"out": str(args.out).removeprefix(f"{Path(__file__).parent.parent}/")},
         "no_reload_during_runtime_changes": worker == worker_after,
         "stray_answers_after_removal": samples["stray_answers"],
         "failed_requests_during_reloads": samples["failed_requests_during_reloads"],
