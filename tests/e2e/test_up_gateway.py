@@ -4,6 +4,7 @@ it stops."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import psutil
@@ -53,3 +54,48 @@ def test_up_without_the_gateway(tmp_path: Path) -> None:
         with Client(up.url) as client:
             assert client.get("/healthz", dict)
         assert not nginx_masters(tmp_path / "up" / "gateway")
+
+
+TASK_SERVER = """
+import http.server, json, os
+port = int(os.environ["TREEHERD_PORT_HTTP"])
+body = json.dumps({"name": "task-" + os.environ["TREEHERD_SLOT"]}).encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_running_tasks_of_a_routed_node_are_its_backends(tmp_path: Path) -> None:
+    data = tmp_path / "up"
+    domain_port = free_port()
+    task = {"command": [sys.executable, "-c", TASK_SERVER], "ports": [{"name": "http"}]}
+    try:
+        with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
+            client.request("POST", "/api/v1/domains", {"name": HOST, "ports": [{"port": domain_port}]})
+            client.request("POST", "/api/v1/nodes", {"path": "shop", "port": 8080})
+            client.request("POST", "/api/v1/nodes/shop/routes", {"domain": HOST, "uri": "/"})
+            client.request(
+                "POST", "/api/v1/services", {"name": "web", "node": "shop", "replicas": 2, "task": task}
+            )
+            # No machine is bound to the node: only the two running tasks (their endpoints) serve it.
+            wait_for(
+                lambda: {served_by(domain_port, "/", HOST) for _ in range(4)} == {"task-1", "task-2"},
+                "nginx to reach both tasks",
+                30,
+            )
+            client.request("PATCH", "/api/v1/services/web", {"replicas": 1})
+            wait_for(
+                lambda: {served_by(domain_port, "/", HOST) for _ in range(4)} == {"task-1"},
+                "the stopped task out of nginx",
+                30,
+            )
+    finally:
+        for process in nginx_masters(data / "gateway"):
+            process.kill()

@@ -165,3 +165,48 @@ def test_real_nginx_accepts_a_route_on_a_domain_without_a_root(tmp_path: Path) -
     assert "location / {\n        return 404;" in text
     result = nginx_test(text, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_registered_endpoints_of_a_nodes_services_serve_it() -> None:
+    from treeherd.model.discovery import Endpoint
+    from treeherd.model.services import Service, TaskSpec
+
+    snapshot = tricky_snapshot()
+    web_node = next(n for n in snapshot.nodes if n.path == "corp.web")
+    service = Service(
+        id="s1",
+        created_at=f.FIXED_NOW,
+        updated_at=f.FIXED_NOW,
+        name="web",
+        node_id=web_node.id,
+        task=TaskSpec(command=["x"]),
+    )
+    endpoints = [
+        Endpoint(
+            id="e1",
+            created_at=f.FIXED_NOW,
+            updated_at=f.FIXED_NOW,
+            service="web",
+            address="127.0.0.1",
+            port=30001,
+            host="vm",
+            source="task",
+        ),
+        Endpoint(
+            id="e2",
+            created_at=f.FIXED_NOW,
+            updated_at=f.FIXED_NOW,
+            service="other",
+            address="127.0.0.1",
+            port=30002,
+        ),
+    ]
+    table = routing_table(msgspec.structs.replace(snapshot, services=[service], endpoints=endpoints))
+    web = {u.name: u for u in table.upstreams}["corp_web"]
+    # The bound machines on the node's port, and the task's endpoint on its own port; not another service's.
+    assert [s.endpoint for s in web.servers] == [
+        "10.0.0.11:8000",
+        "10.0.0.12:8000",
+        "10.0.0.13:8000",
+        "127.0.0.1:30001",
+    ]

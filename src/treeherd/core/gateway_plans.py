@@ -20,6 +20,7 @@ from msgspec import UNSET
 from treeherd.core.inventory import machine_by_hostname
 from treeherd.core.nodes import node_by_path
 from treeherd.core.view import View
+from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import InvalidInput, NotFound
 from treeherd.model.gateway import (
     RECENT_GATEWAY_EVENTS,
@@ -33,6 +34,7 @@ from treeherd.model.kinds import binding_key
 from treeherd.model.objects import Binding, Domain, Machine, TreeNode
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.routing import RoutingSnapshot
+from treeherd.model.services import Service
 
 __all__ = [
     "plan_delete_policy",
@@ -56,6 +58,8 @@ def routing_snapshot(view: View) -> RoutingSnapshot:
         domains=sorted(view.all(Domain), key=lambda d: d.name),
         backends=sorted(view.all(BackendState), key=lambda b: b.id),
         policies=sorted(view.all(HealthPolicy), key=lambda p: p.id),
+        services=sorted(view.all(Service), key=lambda s: s.name),
+        endpoints=sorted(view.all(Endpoint), key=lambda e: e.id),
     )
 
 

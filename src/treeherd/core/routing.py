@@ -3,8 +3,9 @@ deterministic, so the same tree always renders the same bytes.
 
 - one upstream per node that has routes, named after the node's upstream attribute (a name two nodes
   share is made unique with the node id, and reported);
-- its servers come from `backends()`, the one place that says what serves a node (bound machines
-  today; running tasks join here when discovery lands);
+- its servers come from `backends()`, the one place that says what serves a node: bound machines on
+  the node's port, and the registered endpoints (running, healthy tasks; external registrations) of
+  the services on the node;
 - one server block per domain and port, its locations longest URI first, equal lengths in byte order;
 - an upstream with nothing serving renders no `upstream` block: its locations answer 503.
 """
@@ -15,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from treeherd.core.tree import resolve
+from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, HealthPolicy
 from treeherd.model.objects import Binding, Domain, Machine, TreeNode
 from treeherd.model.routing import Backend, Location, RoutingSnapshot, RoutingTable, ServerBlock, Upstream
@@ -37,6 +39,12 @@ class SnapshotIndex:
             (s.node_id, s.machine_id): s for s in snapshot.backends
         }
         self.policies: dict[str, HealthPolicy] = {p.node_id: p for p in snapshot.policies}
+        node_of_service = {s.name: s.node_id for s in snapshot.services}
+        self.endpoints: dict[str, list[Endpoint]] = defaultdict(list)
+        for endpoint in snapshot.endpoints:
+            node_id = node_of_service.get(endpoint.service)
+            if node_id is not None:
+                self.endpoints[node_id].append(endpoint)
 
     def chain(self, node: TreeNode) -> list[TreeNode]:
         """The node's ancestors, root first."""
@@ -82,7 +90,26 @@ def backends(index: SnapshotIndex, node: TreeNode, port: int) -> tuple[list[Back
                 down=down,
             )
         )
-    found.sort(key=lambda b: (b.address, b.hostname))
+    for endpoint in index.endpoints.get(node.id, ()):
+        state = index.states.get((node.id, endpoint.id))
+        down = ""
+        if state is not None and state.pin == "out":
+            down = "pinned out"
+        elif state is not None and state.ejected and state.pin != "in":
+            down = "ejected"
+        elif endpoint.weight == 0:
+            down = "weight 0"
+        found.append(
+            Backend(
+                machine_id=endpoint.id,
+                hostname=endpoint.host or endpoint.address,
+                address=endpoint.address,
+                port=endpoint.port,
+                weight=max(endpoint.weight, 1),
+                down=down,
+            )
+        )
+    found.sort(key=lambda b: (b.address, b.port, b.hostname))
     return found, problems
 
 

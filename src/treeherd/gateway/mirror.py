@@ -20,6 +20,8 @@ ROUTING_KINDS = {
     "domain": "domains",
     "backend": "backends",
     "policy": "policies",
+    "service": "services",
+    "endpoint": "endpoints",
 }
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import msgspec
 
+from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, HealthPolicy
 from treeherd.model.objects import Binding, Domain, Machine, TreeNode
+from treeherd.model.services import Service
 
 
 class RoutingSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,10 +25,15 @@ class RoutingSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     domains: list[Domain] = []
     backends: list[BackendState] = []
     policies: list[HealthPolicy] = []
+    # Services (which node each belongs to) and their registered endpoints: running tasks serve too.
+    services: list[Service] = []
+    endpoints: list[Endpoint] = []
 
 
 class Backend(msgspec.Struct, frozen=True, kw_only=True):
-    """One server of an upstream: a bound machine's first IP and the node's port.
+    """One server of an upstream: a bound machine's first IP and the node's port, or a registered
+    endpoint of a service on the node (a running task; `machine_id` is then the endpoint's id, the key
+    its ejections and pins are kept under).
 
     `down` says why it takes no traffic ("" when it serves): weight 0, ejected, or pinned out.
     """
