@@ -9,11 +9,14 @@ still meant to run counts as a failure, so a half-alive manager never lingers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+SLOW_STOP_S = 3.0
 
 
 class Component(Protocol):
@@ -32,13 +35,20 @@ class Supervisor:
     def __init__(self, components: Sequence[Component]) -> None:
         self._components = list(components)
         self._stopping = False
+        self._running: set[str] = set()
+        self._reporter: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for component in self._components:
-                group.create_task(self._watch(component), name=component.name)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for component in self._components:
+                    group.create_task(self._watch(component), name=component.name)
+        finally:
+            if self._reporter is not None:
+                self._reporter.cancel()
 
     async def _watch(self, component: Component) -> None:
+        self._running.add(component.name)
         try:
             await component.run()
         except asyncio.CancelledError:
@@ -47,6 +57,8 @@ class Supervisor:
             log.exception("component %s failed; stopping the process", component.name)
             self.stop()
             raise
+        finally:
+            self._running.discard(component.name)
         if not self._stopping:
             self.stop()
             raise ComponentExited(f"component {component.name} exited unexpectedly")
@@ -57,3 +69,12 @@ class Supervisor:
         self._stopping = True
         for component in self._components:
             component.stop()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to report on
+            self._reporter = asyncio.get_running_loop().create_task(self._report_slow_stop())
+
+    async def _report_slow_stop(self) -> None:
+        """Say which components are still stopping, every few seconds, so a slow stop is explained."""
+        while self._running:
+            await asyncio.sleep(SLOW_STOP_S)
+            if self._running:
+                log.warning("still stopping: %s", ", ".join(sorted(self._running)))

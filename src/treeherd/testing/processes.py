@@ -100,7 +100,10 @@ class ManagerProcess:
             return self.process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise
+            tail = "\n".join(self.log().splitlines()[-15:])
+            raise AssertionError(
+                f"{' '.join(self.command)} did not stop within {STOP_SECONDS} s of SIGTERM; its log ends:\n{tail}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL the process group (no clean shutdown)."""
