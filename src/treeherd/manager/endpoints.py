@@ -18,9 +18,9 @@ from datetime import datetime
 from treeherd.core.discovery import plan_agent_endpoints, plan_deregister, plan_expire, plan_register
 from treeherd.core.dispatch import cluster_settings
 from treeherd.core.view import View
-from treeherd.manager.inventory import new_id, utc_now
+from treeherd.manager.inventory import apply_plan, new_id, utc_now
 from treeherd.model.discovery import DEFAULT_TTL_S, Endpoint
-from treeherd.model.errors import NotFound, TreeherdError, VersionConflict
+from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.wire import TaskEndpoint
@@ -31,7 +31,6 @@ __all__ = ["Registry"]
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # how late past its deadline an expired registration may be deleted
-COMMIT_ATTEMPTS = 5
 
 
 class Registry:
@@ -99,7 +98,7 @@ class Registry:
                 versions.append((endpoint_id, found.version))
                 log.info("endpoint %s:%d of %s expired", found.address, found.port, found.service)
         if versions:
-            await self._commit(lambda v: plan_expire(v, versions), "expire endpoints")
+            await self._commit(lambda v: plan_expire(v, versions))
 
     # ---- writes ------------------------------------------------------------------------------------
     async def agent_endpoints(self, machine_id: str, endpoints: Sequence[TaskEndpoint]) -> None:
@@ -131,7 +130,7 @@ class Registry:
             held[:] = ids
             return ops
 
-        await self._commit(plan, f"endpoints of machine {machine_id}")
+        await self._commit(plan)
         due = self._monotonic() + ttl[0]
         for endpoint_id in held:
             self._leases[endpoint_id] = due
@@ -159,7 +158,7 @@ class Registry:
             ids[:] = [endpoint_id]
             return ops
 
-        await self._commit(plan, f"register {address}:{port} for {service}")
+        await self._commit(plan)
         self._leases[ids[0]] = self._monotonic() + ttl_s
         found = self._store.view().get(Endpoint, ids[0])
         if found is None:  # expired and deleted in between: vanishingly rare; say so
@@ -168,32 +167,26 @@ class Registry:
 
     async def deregister(self, service: str, address: str, port: int) -> None:
         self._load()
-        await self._commit(
-            lambda view: plan_deregister(view, service, address, port), f"deregister {address}:{port}"
-        )
+        await self._commit(lambda view: plan_deregister(view, service, address, port))
 
-    async def _commit(self, plan: Callable[[View], list[Op]], what: str) -> None:
-        """Plan against the current view and commit, planning again after a lost race; keeps the
-        lease table and the machine index in step with what was written."""
-        for _ in range(COMMIT_ATTEMPTS):
-            ops = plan(self._store.view())
-            if not ops:
-                return
-            try:
-                await self._store.commit(ops)
-            except VersionConflict as error:
-                log.debug("%s lost a race, planning again: %s", what, error)
+    async def _commit(self, plan: Callable[[View], list[Op]]) -> None:
+        """Commit the plan (`apply_plan`: made again after a lost race), then keep the lease table and
+        the machine index in step with what was written."""
+        written: list[Op] = []
+
+        def planned(view: View) -> list[Op]:
+            written[:] = plan(view)
+            return written
+
+        await apply_plan(self._store, planned)
+        for op in written:
+            endpoint = op.object
+            if not isinstance(endpoint, Endpoint):
                 continue
-            for op in ops:
-                endpoint = op.object
-                if not isinstance(endpoint, Endpoint):
-                    continue
-                if isinstance(op, Delete):
-                    self._forget(endpoint.id, endpoint.machine_id)
-                elif isinstance(op, (Create, Update)) and endpoint.id not in self._leases:
-                    self._leases[endpoint.id] = self._monotonic() + endpoint.ttl_s
-            return
-        raise TreeherdError(f"{what}: the state kept changing; try again")
+            if isinstance(op, Delete):
+                self._forget(endpoint.id, endpoint.machine_id)
+            elif isinstance(op, (Create, Update)) and endpoint.id not in self._leases:
+                self._leases[endpoint.id] = self._monotonic() + endpoint.ttl_s
 
     def _forget(self, endpoint_id: str, machine_id: str | None) -> None:
         self._leases.pop(endpoint_id, None)

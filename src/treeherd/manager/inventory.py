@@ -49,8 +49,11 @@ async def apply_plan(store: Store, plan: Callable[[View], list[Op]], *, pinned: 
     """Make the plan from the current view and commit it; made again if it loses a race (unless the
     caller pinned the version it read)."""
     for attempt in range(PLAN_ATTEMPTS):
+        ops = plan(store.view())
+        if not ops:  # nothing to write: no trip through the store's writer
+            return Committed(revision=store.revision, objects=[])
         try:
-            return await store.commit(plan(store.view()))
+            return await store.commit(ops)
         except VersionConflict:
             if pinned or attempt == PLAN_ATTEMPTS - 1:
                 raise
