@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from treeherd.model.requests import ClusterUpdate, NodeCreate
 from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_command
 from treeherd.transport.client import Client
 
 WAIT_S = 30.0
+
+# A task that answers HTTP on its allocated port with its task id and slot, or 500 while the file named
+# by $SICK (if set) exists; it says where it serves on stdout.
+TASK_HTTP_SERVER = """
+import http.server, os
+port = int(os.environ["TREEHERD_PORT_HTTP"])
+sick = os.environ.get("SICK")
+body = (os.environ["TREEHERD_TASK_ID"] + " " + os.environ["TREEHERD_SLOT"]).encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        failing = sick is not None and os.path.exists(sick)
+        self.send_response(500 if failing else 200)
+        self.send_header("Content-Length", "0" if failing else str(len(body)))
+        self.end_headers()
+        if not failing:
+            self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+print(f"serving {os.environ['TREEHERD_SERVICE']} slot {os.environ['TREEHERD_SLOT']} on {port}", flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
 
 
 def free_port() -> int:
@@ -83,3 +108,39 @@ class Cluster:
         for agent in self.agents.values():
             agent.kill()
         self.manager.kill()
+
+
+@contextlib.contextmanager
+def running_cluster(
+    tmp: Path, hosts: Sequence[str], *, settings: ClusterUpdate, executor: str = "hollow"
+) -> Iterator[Cluster]:
+    """A manager with these cluster settings and the tree node `corp`, and one ready agent per host;
+    everything stopped by pid afterwards."""
+    cluster = Cluster(tmp, executor=executor)
+    try:
+        cluster.manager.start()
+        with cluster.client() as client:
+            client.request("PATCH", "/api/v1/cluster", settings)
+            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+        for host in hosts:
+            cluster.start_agent(host)
+        wait_for(lambda: cluster.nodes() == dict.fromkeys(hosts, "ready"), f"{len(hosts)} ready agents")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def try_call(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), or None when it fails with an OSError (not listening yet, refused, reset)."""
+    try:
+        return fn(*args)
+    except OSError:
+        return None
+
+
+def process_env(process: psutil.Process) -> dict[str, str]:
+    """A process's environment, empty if it is gone or not ours to read."""
+    try:
+        return process.environ()
+    except psutil.Error:
+        return {}

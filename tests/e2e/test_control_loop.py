@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import Cluster, wait_for
-from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
+from tests.e2e.helpers import Cluster, running_cluster, wait_for
+from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import TaskSpec
 from treeherd.testing.processes import ManagerProcess
 
@@ -25,23 +25,12 @@ HOSTS = ("host-a", "host-b", "host-c")
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path)
-    try:
-        cluster.manager.start()
-        with cluster.client() as client:
-            # Short heartbeats so a lost agent is noticed in about two seconds.
-            client.request(
-                "PATCH",
-                "/api/v1/cluster",
-                ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
-            )
-            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
-        for host in HOSTS:
-            cluster.start_agent(host)
-        wait_for(lambda: cluster.nodes() == dict.fromkeys(HOSTS, "ready"), "three ready agents")
+    with running_cluster(
+        tmp_path,
+        HOSTS,
+        settings=ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def create(cluster: Cluster, name: str, replicas: int, **spec: Any) -> None:

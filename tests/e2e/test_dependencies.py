@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.helpers import Cluster, wait_for
+from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, process_env, running_cluster, try_call, wait_for
 from treeherd.model.discovery import Dependency, HealthCheck
-from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
+from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import Placement, PortSpec, RestartPolicy, TaskSpec
 from treeherd.proxy.stats import info, servers_state
 from treeherd.testing.processes import processes_under
@@ -28,40 +28,16 @@ from treeherd.testing.processes import processes_under
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b")
 
-SERVER = """
-import http.server, os
-port = int(os.environ["TREEHERD_PORT_HTTP"])
-body = os.environ["TREEHERD_TASK_ID"].encode()
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, executor="process")
-    try:
-        cluster.manager.start()
-        with cluster.client() as client:
-            client.request(
-                "PATCH",
-                "/api/v1/cluster",
-                ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, endpoint_ttl_s=3.0),
-            )
-            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
-        for host in HOSTS:
-            cluster.start_agent(host)
-        wait_for(lambda: cluster.nodes() == dict.fromkeys(HOSTS, "ready"), "two ready agents")
+    with running_cluster(
+        tmp_path,
+        HOSTS,
+        settings=ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, endpoint_ttl_s=3.0),
+        executor="process",
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def endpoints(cluster: Cluster, name: str) -> list[dict[str, Any]]:
@@ -74,12 +50,9 @@ def get(address: str) -> str:
         return response.read().decode()
 
 
-def app_env(cluster: Cluster) -> dict[str, str]:
+def appprocess_env(cluster: Cluster) -> dict[str, str]:
     for process in processes_under(cluster.tmp):
-        try:
-            env = process.environ()
-        except psutil.Error:
-            continue
+        env = process_env(process)
         if env.get("TREEHERD_SERVICE") == "app":
             return env
     return {}
@@ -87,7 +60,7 @@ def app_env(cluster: Cluster) -> dict[str, str]:
 
 def test_app_reaches_its_dependency_through_the_local_haproxy(cluster: Cluster) -> None:
     api = TaskSpec(
-        command=[sys.executable, "-c", SERVER],
+        command=[sys.executable, "-c", TASK_HTTP_SERVER],
         ports=[PortSpec(name="http")],
         restart=RestartPolicy(condition="none"),
         health=HealthCheck(kind="http", interval_s=0.2, timeout_s=1.0, retries=1),
@@ -105,9 +78,9 @@ def test_app_reaches_its_dependency_through_the_local_haproxy(cluster: Cluster) 
             "POST", "/api/v1/services", ServiceCreate(name="app", node="corp", replicas=1, task=app)
         )
     wait_for(lambda: len(endpoints(cluster, "api")) == 2, "2 api endpoints")
-    address = wait_for(lambda: app_env(cluster).get("TREEHERD_DEP_API"), "app's TREEHERD_DEP_API")
+    address = wait_for(lambda: appprocess_env(cluster).get("TREEHERD_DEP_API"), "app's TREEHERD_DEP_API")
     assert address.startswith("127.0.0.1:")
-    answered = wait_for(lambda: _try(get, address), "api through the local port")
+    answered = wait_for(lambda: try_call(get, address), "api through the local port")
     admin = str(cluster.tmp / "host-a" / "haproxy" / "admin.sock")
     worker = int(asyncio.run(info(admin))["Pid"])
 
@@ -117,7 +90,9 @@ def test_app_reaches_its_dependency_through_the_local_haproxy(cluster: Cluster) 
     # Kill one api process, then loop through haproxy: no failed request, and the dead server is gone
     # from haproxy within a second, without a reload.
     victim = next(t for t in cluster.running("api"))
-    pid = next(p.pid for p in processes_under(cluster.tmp) if _env(p).get("TREEHERD_TASK_ID") == victim["id"])
+    pid = next(
+        p.pid for p in processes_under(cluster.tmp) if process_env(p).get("TREEHERD_TASK_ID") == victim["id"]
+    )
     failures, started = 0, time.monotonic()
     os.killpg(pid, signal.SIGKILL)
     # A request in flight at the very moment of the kill cannot be replayed by a TCP proxy; every one
@@ -156,26 +131,12 @@ def _listed(admin: str, port: int) -> bool:
     return any(s.port == port and s.op_state == 2 and not s.admin_state & 1 for s in states)
 
 
-def _env(process: psutil.Process) -> dict[str, str]:
-    try:
-        return process.environ()
-    except psutil.Error:
-        return {}
-
-
-def _try(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except OSError:
-        return None
-
-
 def test_a_sidekick_lives_and_stops_with_the_tasks_of_its_service(cluster: Cluster) -> None:
     def hosts_of(name: str) -> list[str]:
         return sorted(t["hostname"] for t in cluster.running(name))
 
     def processes_of(name: str) -> int:
-        return sum(1 for p in processes_under(cluster.tmp) if _env(p).get("TREEHERD_SERVICE") == name)
+        return sum(1 for p in processes_under(cluster.tmp) if process_env(p).get("TREEHERD_SERVICE") == name)
 
     with cluster.client() as client:
         client.request(

@@ -13,54 +13,30 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import Cluster, wait_for
+from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, running_cluster, wait_for
 from treeherd.model.discovery import HealthCheck
-from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
+from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import PortSpec, RestartPolicy, TaskSpec
 
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b")
 TTL_S = 3.0
 
-# Serves 200 on its port until the file named by SICK exists, then 500.
-SERVER = """
-import http.server, os
-port = int(os.environ["TREEHERD_PORT_HTTP"])
-sick = os.environ["SICK"]
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(500 if os.path.exists(sick) else 200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, executor="process")
-    try:
-        cluster.manager.start()
-        with cluster.client() as client:
-            client.request(
-                "PATCH",
-                "/api/v1/cluster",
-                ClusterUpdate(
-                    heartbeat_period_s=0.5,
-                    heartbeat_epsilon_s=0.1,
-                    heartbeat_grace_multiplier=3,
-                    endpoint_ttl_s=TTL_S,
-                ),
-            )
-            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
-        for host in HOSTS:
-            cluster.start_agent(host)
-        wait_for(lambda: cluster.nodes() == dict.fromkeys(HOSTS, "ready"), "two ready agents")
+    with running_cluster(
+        tmp_path,
+        HOSTS,
+        settings=ClusterUpdate(
+            heartbeat_period_s=0.5,
+            heartbeat_epsilon_s=0.1,
+            heartbeat_grace_multiplier=3,
+            endpoint_ttl_s=TTL_S,
+        ),
+        executor="process",
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def endpoints(cluster: Cluster, name: str) -> list[dict[str, Any]]:
@@ -70,7 +46,7 @@ def endpoints(cluster: Cluster, name: str) -> list[dict[str, Any]]:
 
 def create(cluster: Cluster, name: str, replicas: int, sick: Path, **health: Any) -> None:
     spec = TaskSpec(
-        command=[sys.executable, "-c", SERVER],
+        command=[sys.executable, "-c", TASK_HTTP_SERVER],
         env={"SICK": str(sick)},
         ports=[PortSpec(name="http")],
         restart=RestartPolicy(delay_s=0),

@@ -19,50 +19,24 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.helpers import Cluster, wait_for
-from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
+from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, process_env, running_cluster, try_call, wait_for
+from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import PortSpec, Resources, RestartPolicy, TaskSpec
 from treeherd.testing.processes import ManagerProcess, processes_under
 
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b", "host-c")
 
-# A tiny HTTP server on its allocated port that answers with its task id and slot.
-SERVER = """
-import http.server, os, sys
-port = int(os.environ["TREEHERD_PORT_HTTP"])
-body = (os.environ["TREEHERD_TASK_ID"] + " " + os.environ["TREEHERD_SLOT"]).encode()
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-print(f"serving {os.environ['TREEHERD_SERVICE']} slot {os.environ['TREEHERD_SLOT']} on {port}", flush=True)
-http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, executor="process")
-    try:
-        cluster.manager.start()
-        with cluster.client() as client:
-            client.request(
-                "PATCH",
-                "/api/v1/cluster",
-                ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
-            )
-            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
-        for host in HOSTS:
-            cluster.start_agent(host)
-        wait_for(lambda: cluster.nodes() == dict.fromkeys(HOSTS, "ready"), "three ready agents")
+    with running_cluster(
+        tmp_path,
+        HOSTS,
+        settings=ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
+        executor="process",
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def create(cluster: Cluster, name: str, replicas: int, command: list[str], **spec: Any) -> None:
@@ -76,15 +50,22 @@ def create(cluster: Cluster, name: str, replicas: int, command: list[str], **spe
 
 def server(cluster: Cluster, name: str, replicas: int, **spec: Any) -> None:
     spec.setdefault("restart", RestartPolicy(delay_s=0))
-    create(cluster, name, replicas, [sys.executable, "-c", SERVER], ports=[PortSpec(name="http")], **spec)
+    create(
+        cluster,
+        name,
+        replicas,
+        [sys.executable, "-c", TASK_HTTP_SERVER],
+        ports=[PortSpec(name="http")],
+        **spec,
+    )
 
 
 def live(cluster: Cluster, service: str) -> dict[int, list[psutil.Process]]:
     """The service's live task processes on this machine by slot, from the OS process table."""
     by_slot: dict[int, list[psutil.Process]] = {}
     for process in processes_under(cluster.tmp):
+        env = process_env(process)
         try:
-            env = process.environ()
             if env.get("TREEHERD_SERVICE") != service or process.status() == psutil.STATUS_ZOMBIE:
                 continue
         except psutil.Error:
@@ -116,7 +97,8 @@ def test_replicas_run_spread_answer_scale_log_and_go(cluster: Cluster) -> None:
     for task in running:
         port = task["ports"]["http"]
         assert (
-            wait_for(lambda port=port: _try(answer, port), f"port {port}") == f"{task['id']} {task['slot']}"
+            wait_for(lambda port=port: try_call(answer, port), f"port {port}")
+            == f"{task['id']} {task['slot']}"
         )
 
     logs = cluster.cli("service", "logs", "web")
@@ -134,13 +116,6 @@ def test_replicas_run_spread_answer_scale_log_and_go(cluster: Cluster) -> None:
         client.request("DELETE", "/api/v1/services/web")
         wait_for(lambda: not client.get("/api/v1/services", list), "the service removed")
     wait_for(lambda: not live(cluster, "web"), "no process left")
-
-
-def _try(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except OSError:
-        return None
 
 
 def test_a_killed_task_is_restarted_per_policy(cluster: Cluster) -> None:
@@ -276,7 +251,7 @@ def test_up_runs_the_demo_as_real_processes(tmp_path: Path) -> None:
         )
         for task in running:
             port = task["ports"]["http"]
-            assert wait_for(lambda port=port: _try(_status, port), f"port {port}") == 200
+            assert wait_for(lambda port=port: try_call(_status, port), f"port {port}") == 200
         assert len(live(cluster_view, "frontend")) == 2
 
 
