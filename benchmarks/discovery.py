@@ -19,17 +19,17 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import os
-import platform
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import machine_info
 from treeherd.model.discovery import Dependency, EndpointRegister
 from treeherd.model.requests import NodeCreate, ServiceCreate
 from treeherd.model.services import TaskSpec
@@ -149,23 +149,19 @@ def main() -> int:
 
     def summary(kind: str) -> dict[str, float]:
         values = sorted(c["seconds"] for c in changes if c["kind"] == kind)
+        if not values:
+            return {"count": 0}
         return {
             "count": len(values),
             "p50_ms": round(statistics.median(values) * 1000, 2),
-            "p90_ms": round(values[int(0.9 * (len(values) - 1))] * 1000, 2),
+            "p90_ms": round(values[math.ceil(0.9 * len(values)) - 1] * 1000, 2),  # nearest rank
             "max_ms": round(values[-1] * 1000, 2),
         }
 
     report = {
         "benchmark": "discovery",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "code": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-            ).stdout.strip(),
-        },
+        "machine": machine_info(),
         "parameters": {"changes": args.changes, "backends": args.backends, "poll_s": POLL_S},
         "summary": {"register": summary("register"), "deregister": summary("deregister")},
         "changes": changes,
@@ -174,6 +170,9 @@ def main() -> int:
     (args.out / "discovery.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.out / "discovery.png")
     for kind, figures in report["summary"].items():
+        if not figures["count"]:
+            print(f"  {kind:10} none")
+            continue
         print(
             f"  {kind:10} p50 {figures['p50_ms']} ms, p90 {figures['p90_ms']} ms, max {figures['max_ms']} ms"
         )

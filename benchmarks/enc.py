@@ -39,6 +39,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import machine_info
 from tree_load import (
     Connection,
     ErrorBudget,
@@ -47,7 +48,6 @@ from tree_load import (
     hostname,
     ip_address,
     leaves_of,
-    machine_info,
     percentile,
     run_phase,
     tree_levels,

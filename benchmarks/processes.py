@@ -25,10 +25,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from benchlib import machine_info
 from treeherd.model.requests import NodeCreate, ServiceCreate
 from treeherd.model.services import PortSpec, RestartPolicy, TaskSpec
 from treeherd.testing.processes import AgentProcess, ManagerProcess, processes_under, reap_processes_under
@@ -241,13 +240,7 @@ def main() -> int:
     report = {
         "benchmark": "processes",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "code": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-            ).stdout.strip(),
-        },
+        "machine": machine_info(),
         "parameters": {
             "agents": args.agents,
             "replicas": args.replicas,

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -52,12 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import psutil
 
-import treeherd
 import treeherd.agent.agent as agent_module
 import treeherd.agent.db as agent_db
+from benchlib import machine_info
 from treeherd.agent import Agent
 from treeherd.agent.worker import SendReportFn
 from treeherd.executors.hollow import HollowController, HollowExecutor
@@ -699,47 +697,6 @@ def distribution(values: Sequence[float]) -> dict[str, float]:
 
 def parse_time(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def code_version() -> dict[str, Any]:
-    """The commit this treeherd runs from, and whether src/ has changes on top of it (others may be
-    editing the tree while a long run goes)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"commit": commit, "src_modified": bool(dirty)}
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "memory_bytes": psutil.virtual_memory().total,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "treeherd": treeherd.__version__,
-        "code": code_version(),
-        "msgspec": msgspec.__version__,
-    }
 
 
 def wait_quiet(max_wait: float, threshold: float = 0.25, window: float = 2.0) -> dict[str, Any]:

@@ -30,10 +30,7 @@ import contextlib
 import datetime as dt
 import json
 import math
-import os
-import platform
 import random
-import sqlite3
 import sys
 import tempfile
 import time
@@ -46,7 +43,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 import psutil
 
-import treeherd
+from benchlib import machine_info
 from treeherd.testing import processes
 from treeherd.testing.processes import ManagerProcess
 
@@ -426,28 +423,6 @@ def host_port(url: str) -> tuple[str, int]:
     if parts.hostname != "127.0.0.1" or parts.port is None:
         raise RuntimeError(f"the manager listens on {url}, not on 127.0.0.1: refusing to send load there")
     return parts.hostname, parts.port
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "cpu_model": model,
-        "memory_bytes": psutil.virtual_memory().total,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "sqlite": sqlite3.sqlite_version,
-        "treeherd": treeherd.__version__,
-        "msgspec": msgspec.__version__,
-    }
 
 
 # ---- the benchmark ----------------------------------------------------------------------------------
