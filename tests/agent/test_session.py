@@ -123,6 +123,37 @@ async def test_a_refused_session_is_retried() -> None:
         assert listener.kinds()[0] == "started"  # refusals are not sessions: nothing was lost
 
 
+async def test_stop_ends_the_dialing_even_when_a_cancellation_is_swallowed() -> None:
+    # Python 3.11's asyncio.wait_for can lose a cancellation that arrives as the awaited call
+    # finishes; a dial that does so must not keep the session dialing after stop().
+    dials = 0
+
+    async def swallowing_connect(url: str) -> FakeManager:
+        nonlocal dials
+        dials += 1
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass
+        raise OSError("connection refused")
+
+    session = Session(
+        "http://manager",
+        register,
+        Listener(),
+        connect=swallowing_connect,  # type: ignore[arg-type]
+        backoff_initial_s=0.01,
+        backoff_max_s=0.01,
+        connect_timeout_s=30.0,
+    )
+    run = asyncio.create_task(session.run())
+    await eventually(lambda: dials == 1, "a dial under way")
+    session.stop()
+    async with asyncio.timeout(5):
+        await run
+    assert dials == 1
+
+
 async def test_an_increment_out_of_sequence_starts_a_new_session() -> None:
     manager = FakeManager()
     async with session_with(manager) as (session, listener):

@@ -73,7 +73,8 @@ async def _command(task: Task, check: HealthCheck) -> tuple[bool, str]:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(process.wait(), 1.0)
+            async with asyncio.timeout(1.0):
+                await process.wait()
         raise
     text = output.decode(errors="replace").strip()[-OUTPUT_LIMIT:]
     return process.returncode == 0, text or f"exit code {process.returncode}"

@@ -12,6 +12,7 @@ meanwhile: only reports wait, kept by the worker until a session acknowledges th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -166,17 +167,28 @@ class Session:
         cap = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** min(attempt, 30))
         return cap / 2 + self._rng.uniform(0, cap / 2)
 
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less when the session is stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+
     async def _dial_forever(self) -> None:
+        # The loop checks the stop flag itself: cancellation alone is not enough, because on Python
+        # 3.11 `asyncio.wait_for` (used inside the WebSocket library's close) can swallow a
+        # cancellation that arrives as the awaited call finishes, and the loop would dial on.
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             delay = self.backoff(attempt)
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
                     channel = await self._connect(self.url)
             except Exception as error:  # unreachable, refused, TLS, DNS...: all mean "try again later"
+                if self._stopping.is_set():
+                    return
                 log.warning("manager %s unreachable (%s); retrying in %.1fs", self.url, error, delay)
                 attempt += 1
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
             try:
                 retry_after = await self._session(channel)
@@ -200,10 +212,12 @@ class Session:
                 delay = self.backoff(attempt)
             else:
                 attempt += 1
+            if self._stopping.is_set():
+                return
             if retry_after is not None:
                 delay = min(max(retry_after, delay), self._backoff_max_s)
             log.info("session with %s ended (%s); dialing again in %.1fs", self.url, reason, delay)
-            await asyncio.sleep(delay)
+            await self._pause(delay)
 
     async def _close(self, channel: SessionChannel) -> None:
         self._channel = None

@@ -106,7 +106,8 @@ class Gateway:
             except ClientError as error:
                 log.warning("gateway %s: %s; retrying", self.options.name, error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), SNAPSHOT_RETRY_S)
+                async with asyncio.timeout(SNAPSHOT_RETRY_S):
+                    await self._stopped.wait()
         return None
 
     async def _render(self, why: str) -> None:
@@ -199,7 +200,8 @@ class Gateway:
         last_report = 0.0
         while not self._stopped.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), self.options.health_interval_s)
+                async with asyncio.timeout(self.options.health_interval_s):
+                    await self._stopped.wait()
             if self._stopped.is_set() or self.mirror is None:
                 return
             now = wall_clock()

@@ -46,7 +46,8 @@ class LocalGateway:
         finally:
             stopping.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.gateway.nginx.stop(), STOP_S)
+                async with asyncio.timeout(STOP_S):
+                    await self.gateway.nginx.stop()
         await self._stopping.wait()  # a component returns only when asked to stop
 
     async def _run_gateway(self) -> None:

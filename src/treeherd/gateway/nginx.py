@@ -70,7 +70,8 @@ class Nginx:
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.STDOUT
             )
             try:
-                await asyncio.wait_for(process.wait(), limit_s)
+                async with asyncio.timeout(limit_s):
+                    await process.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()

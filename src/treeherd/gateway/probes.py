@@ -36,7 +36,8 @@ async def _http(host: str, port: int, request: bytes, limit_s: float) -> int | N
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
 
 async def probe(address: str, port: int, path: str, host_header: str) -> bool:

@@ -186,7 +186,8 @@ class Dispatcher:
             if self._watch is not None:
                 self._watch.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush_statuses(), STOP_FLUSH_S)
+                async with asyncio.timeout(STOP_FLUSH_S):
+                    await self._flush_statuses()
             for session in list(self._sessions.values()):
                 session.close("the dispatcher stopped")
 
@@ -216,12 +217,14 @@ class Dispatcher:
                 log.info("agent %s session %s ended: %s", session.hostname, session.id, session.reason)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), SEND_TIMEOUT_S)
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await channel.close()
 
     async def _open(self, channel: Channel[AgentMessage], address: str) -> AgentSession | None:
         """Register the agent; returns its session, or None after refusing it."""
         try:
-            first = await asyncio.wait_for(channel.receive(), REGISTER_TIMEOUT_S)
+            async with asyncio.timeout(REGISTER_TIMEOUT_S):
+                first = await channel.receive()
         except (TimeoutError, ChannelClosed):
             return None
         if not isinstance(first, Register):
@@ -341,7 +344,8 @@ class Dispatcher:
             assigner.cancel()
             # Let queued messages (a last acknowledgement) reach the agent, briefly.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(writer), DRAIN_S)
+                async with asyncio.timeout(DRAIN_S):
+                    await asyncio.shield(writer)
         finally:
             for task in tasks:
                 task.cancel()
@@ -661,7 +665,5 @@ async def _refuse(
     channel: Channel[AgentMessage], code: str, detail: str, *, retry_after_s: float = 1.0
 ) -> None:
     with contextlib.suppress(ChannelClosed, TimeoutError):
-        await asyncio.wait_for(
-            channel.send(SessionRefused(code=code, detail=detail, retry_after_s=retry_after_s)),
-            SEND_TIMEOUT_S,
-        )
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await channel.send(SessionRefused(code=code, detail=detail, retry_after_s=retry_after_s))

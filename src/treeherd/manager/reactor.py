@@ -87,7 +87,8 @@ class Reactor:
         """Take one change into `handle`; False on timeout. Resumes a lagging watch from the log."""
         assert self._watch is not None
         try:
-            change = await asyncio.wait_for(anext(self._watch), wait_s)
+            async with asyncio.timeout(wait_s):
+                change = await anext(self._watch)
         except TimeoutError:
             return False
         except StopAsyncIteration:

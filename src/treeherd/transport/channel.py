@@ -106,7 +106,8 @@ class ServerChannel:
 
     async def accept(self) -> None:
         try:
-            await asyncio.wait_for(self._socket.accept(), self._send_timeout)
+            async with asyncio.timeout(self._send_timeout):
+                await self._socket.accept()
         except Exception as error:
             self._closed = True
             raise ChannelClosed(f"the WebSocket handshake failed: {error}") from error
@@ -116,7 +117,8 @@ class ServerChannel:
             raise ChannelClosed("the channel is closed")
         data = _encode(message)
         try:
-            await asyncio.wait_for(self._socket.send_bytes(data), self._send_timeout)
+            async with asyncio.timeout(self._send_timeout):
+                await self._socket.send_bytes(data)
         except TimeoutError:
             await self.close()
             raise ChannelClosed(f"the agent did not take a message within {self._send_timeout} s") from None
@@ -152,7 +154,8 @@ class ServerChannel:
         if getattr(self._socket, "connection_state", None) == "disconnect":
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._socket.close(code, reason), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._socket.close(code, reason)
 
 
 class AgentChannel:
@@ -175,7 +178,8 @@ class AgentChannel:
             raise ChannelClosed("the channel is closed")
         data = _encode(message)
         try:
-            await asyncio.wait_for(self._connection.send(data), self._send_timeout)
+            async with asyncio.timeout(self._send_timeout):
+                await self._connection.send(data)
         except TimeoutError:
             await self.close()
             raise ChannelClosed(
@@ -207,7 +211,8 @@ class AgentChannel:
             return
         self._closed = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT_S + 1)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S + 1):
+                await self._connection.close()
 
 
 def agent_url(manager_url: str) -> str:

@@ -79,7 +79,8 @@ async def _stream(
         yield b": treeherd event stream\n\n"
         while True:
             try:
-                change = await asyncio.wait_for(anext(watch), keepalive)
+                async with asyncio.timeout(keepalive):
+                    change = await anext(watch)
             except TimeoutError:
                 revision = store.revision
                 if sent is None or revision > sent:
