@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -37,6 +38,7 @@ class Supervisor:
         self._stopping = False
         self._running: set[str] = set()
         self._reporter: asyncio.Task[None] | None = None
+        self._stop_requested_at: float | None = None
 
     async def run(self) -> None:
         try:
@@ -59,6 +61,12 @@ class Supervisor:
             raise
         finally:
             self._running.discard(component.name)
+            if self._stop_requested_at is not None:
+                log.info(
+                    "%s stopped (%.2f s after the stop request)",
+                    component.name,
+                    time.monotonic() - self._stop_requested_at,
+                )
         if not self._stopping:
             self.stop()
             raise ComponentExited(f"component {component.name} exited unexpectedly")
@@ -67,6 +75,7 @@ class Supervisor:
         if self._stopping:
             return
         self._stopping = True
+        self._stop_requested_at = time.monotonic()
         for component in self._components:
             component.stop()
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to report on
