@@ -1,7 +1,8 @@
 """The agent's health checks: one loop per running task whose spec has a check, beside the task.
 
-Each loop runs the check every `interval_s` (a command with the task's environment, an HTTP GET or a
-TCP connect on 127.0.0.1 and the task's port), bounded by `timeout_s`, steps `core.health.observe` and
+Each loop runs the check every `interval_s` (a command with the task's environment and working
+directory, as the executor says, an HTTP GET or a TCP connect on 127.0.0.1 and the task's port),
+bounded by `timeout_s`, steps `core.health.observe` and
 tells the worker each change of health (`on_change(task_id, health, message)`). The worker reports it
 to the manager, and fails a task that turned unhealthy when its check says `restart`.
 """
@@ -16,15 +17,18 @@ import time
 from collections.abc import Callable
 
 from treeherd.core.health import HealthState, observe
+from treeherd.core.task_env import task_environment
+from treeherd.executors.base import CommandContext
 from treeherd.model.discovery import Health, HealthCheck
 from treeherd.model.services import Task
 
-__all__ = ["HealthCheckers", "run_check"]
+__all__ = ["HealthCheckers", "default_context", "run_check"]
 
 log = logging.getLogger(__name__)
 
 OUTPUT_LIMIT = 200  # characters of a failing check's output kept in the status message
 OnChange = Callable[[str, Health, str], None]
+CommandContextOf = Callable[[Task], CommandContext]
 
 
 def check_port(task: Task, check: HealthCheck) -> int | None:
@@ -34,12 +38,19 @@ def check_port(task: Task, check: HealthCheck) -> int | None:
     return next(iter(task.ports.values()), None)
 
 
-async def run_check(task: Task, check: HealthCheck) -> tuple[bool, str]:
+def default_context(task: Task) -> CommandContext:
+    """For an executor that says nothing of its own: the task's environment, the agent's directory."""
+    return CommandContext(env=task_environment(task, os.environ, os.defpath))
+
+
+async def run_check(
+    task: Task, check: HealthCheck, context: CommandContextOf = default_context
+) -> tuple[bool, str]:
     """Run one check; (passed, what it said). Never raises for the check's own failures."""
     try:
         async with asyncio.timeout(check.timeout_s):
             if check.kind == "cmd":
-                return await _command(task, check)
+                return await _command(check, context(task))
             port = check_port(task, check)
             if port is None:
                 return False, "the task has no port to check"
@@ -56,12 +67,11 @@ async def run_check(task: Task, check: HealthCheck) -> tuple[bool, str]:
         return False, str(error)
 
 
-async def _command(task: Task, check: HealthCheck) -> tuple[bool, str]:
-    env = {"PATH": os.environ.get("PATH", os.defpath), **task.spec.env}
-    env.update({f"TREEHERD_PORT_{name.upper()}": str(port) for name, port in task.ports.items()})
+async def _command(check: HealthCheck, context: CommandContext) -> tuple[bool, str]:
     process = await asyncio.create_subprocess_exec(
         *check.command,
-        env=env,
+        env=context.env,
+        cwd=context.cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -101,8 +111,9 @@ async def _http(port: int, path: str) -> tuple[bool, str]:
 class HealthCheckers:
     """The check loops of this agent's running tasks."""
 
-    def __init__(self, on_change: OnChange) -> None:
+    def __init__(self, on_change: OnChange, context: CommandContextOf = default_context) -> None:
         self._on_change = on_change
+        self._context = context
         self._loops: dict[str, asyncio.Task[None]] = {}
 
     def __contains__(self, task_id: object) -> bool:
@@ -128,7 +139,7 @@ class HealthCheckers:
         state = HealthState()
         self._on_change(task.id, state.health, "waiting for the first health check")
         while True:
-            passed, output = await run_check(task, check)
+            passed, output = await run_check(task, check, self._context)
             new = observe(
                 state, check, passed=passed, since_start_s=time.monotonic() - started, output=output
             )

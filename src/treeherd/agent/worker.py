@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from treeherd.agent.db import TaskDB
-from treeherd.agent.health import HealthCheckers
+from treeherd.agent.health import HealthCheckers, default_context
 from treeherd.agent.taskrunner import Progress, TaskRunner
 from treeherd.core.agent_state import (
     AgentStarted,
@@ -41,7 +41,7 @@ from treeherd.core.agent_state import (
     ShutdownRunner,
     StartRunner,
 )
-from treeherd.executors.base import Executor
+from treeherd.executors.base import CommandContexts, Executor
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
@@ -82,7 +82,10 @@ class Worker:
         self._removals: set[asyncio.Task[None]] = set()
         self._causes = itertools.count(1)
         self._stopping = False
-        self.health = HealthCheckers(self._health_changed)
+        self.health = HealthCheckers(
+            self._health_changed,
+            executor.command_context if isinstance(executor, CommandContexts) else default_context,
+        )
         # Called after each batch of instructions ran (the endpoint registrar listens).
         self.on_change: Callable[[], None] | None = None
 

@@ -16,6 +16,7 @@ from msgspec import UNSET
 
 from treeherd.core.nodes import check_version, node_by_path
 from treeherd.core.scheduling.constraints import parse_constraint
+from treeherd.core.task_env import env_var_name
 from treeherd.core.view import View
 from treeherd.model.discovery import Dependency
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound
@@ -98,7 +99,7 @@ def validate_spec(view: View, spec: TaskSpec, *, own_name: str) -> list[Op]:
         if not _PORT_NAME.fullmatch(port.name):
             raise InvalidInput(
                 f"invalid port name {port.name!r}: lower-case letters, digits, '_' (it becomes"
-                f" TREEHERD_PORT_{port.name.upper()})",
+                f" TREEHERD_PORT_{env_var_name(port.name)})",
                 field="task.ports",
             )
         if port.name in seen:

@@ -64,6 +64,20 @@ class Executor(Protocol):
     def controller(self, task: Task) -> Controller: ...
 
 
+class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
+    """How to run a command beside a task (a health check): the task's environment and directory."""
+
+    env: dict[str, str]
+    cwd: str | None = None
+
+
+@runtime_checkable
+class CommandContexts(Protocol):
+    """An executor that can say how a command beside one of its tasks is run."""
+
+    def command_context(self, task: Task) -> CommandContext: ...
+
+
 @runtime_checkable
 class Leftovers(Protocol):
     """An executor that keeps tasks on the machine across agent restarts (processes, files), so the

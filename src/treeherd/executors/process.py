@@ -6,11 +6,10 @@ output is kept is `logfiles`, its resource limits `limits`, how its process grou
 stopped `process_groups`.
 
 Start: `command[0]` with the rest as arguments, as a new session (`start_new_session`), so the task
-and what it spawns share one process group that `shutdown` signals as a whole. Environment: PATH,
-HOME and LANG from the agent (not the agent's whole environment), then the spec's `env`, then
-TREEHERD_TASK_ID, TREEHERD_SERVICE, TREEHERD_SLOT, TREEHERD_NODE_PATH and TREEHERD_PORT_<NAME> per
-allocated port (the name upper-cased, other characters than letters, digits and _ made _). Working
-directory: `spec.workdir` (absolute), or the task's own `work/` directory.
+and what it spawns share one process group that `shutdown` signals as a whole. Environment:
+`core.task_env` (PATH, HOME and LANG from the agent, the spec's `env`, TREEHERD_* variables). Working
+directory: `spec.workdir` (absolute), or the task's own `work/` directory. `command_context` gives a
+command run beside the task (a health check) the same environment and working directory.
 
 Files, under `<root>/tasks/<task id>/`: `output.log*` (stdout and stderr together, see `logfiles`),
 `process.json` (pid and the process's start time, written atomically once it runs), `limits.json`
@@ -51,8 +50,9 @@ from typing import TypeVar
 import msgspec
 import psutil
 
+from treeherd.core.task_env import task_environment
 from treeherd.executors import logfiles
-from treeherd.executors.base import Exit, FatalError
+from treeherd.executors.base import CommandContext, Exit, FatalError
 from treeherd.executors.limits import Limiter, TaskLimits
 from treeherd.executors.process_groups import (
     KILL_WAIT_S,
@@ -74,7 +74,6 @@ __all__ = ["UNKNOWN_EXIT", "ProcessController", "ProcessExecutor", "ProcessRecor
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=msgspec.Struct)
 
-BASE_ENV = ("PATH", "HOME", "LANG")
 MIB = 1024 * 1024
 # How often `wait` looks at a process it gets no notice from, and rotates the task's output.
 POLL_S = 0.2
@@ -152,10 +151,6 @@ def exit_of(returncode: int | None, limits: TaskLimits) -> Exit:
 
 
 # --- checks before starting ------------------------------------------------------------------------
-
-
-def _env_name(port_name: str) -> str:
-    return re.sub(r"[^A-Z0-9_]", "_", port_name.upper())
 
 
 def _check_workdir(workdir: Path) -> None:
@@ -271,20 +266,7 @@ class ProcessController:
         return Path(workdir)
 
     def _environment(self) -> dict[str, str]:
-        task = self.task
-        env = {name: os.environ[name] for name in BASE_ENV if name in os.environ}
-        env.setdefault("PATH", os.defpath)
-        env.update(task.spec.env)
-        env["TREEHERD_TASK_ID"] = task.id
-        env["TREEHERD_SERVICE"] = task.service_name
-        env["TREEHERD_SLOT"] = str(task.slot)
-        env["TREEHERD_NODE_PATH"] = task.node_path
-        for name, port in task.ports.items():
-            env[f"TREEHERD_PORT_{_env_name(name)}"] = str(port)
-        for dependency in task.spec.depends_on:
-            if dependency.local_port is not None:
-                env[f"TREEHERD_DEP_{_env_name(dependency.service)}"] = f"127.0.0.1:{dependency.local_port}"
-        return env
+        return task_environment(self.task, os.environ, os.defpath)
 
     def _ensure_limits(self) -> TaskLimits:
         """The task's limits, made (cgroups included) on first use and saved for later controllers."""
@@ -377,6 +359,15 @@ class ProcessExecutor:
 
     def controller(self, task: Task) -> ProcessController:
         return ProcessController(self, task)
+
+    def command_context(self, task: Task) -> CommandContext:
+        """The task's environment and working directory, for a command run beside it."""
+        controller = ProcessController(self, task)
+        try:
+            cwd: str | None = str(controller._workdir())
+        except FatalError:
+            cwd = None  # the task itself was refused for it; the check runs where the agent runs
+        return CommandContext(env=controller._environment(), cwd=cwd)
 
     def task_ids(self) -> list[str]:
         """Every task this executor has files of (running or not)."""
