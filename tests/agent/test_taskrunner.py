@@ -178,3 +178,44 @@ async def test_cancelling_a_runner_leaves_the_task_alone() -> None:
     assert await runner.join(1)
     assert recorder.states == UP
     assert "shutdown" not in executor.controllers["t1"].calls
+
+
+async def test_shutdown_while_held_at_ready_shuts_down_without_starting() -> None:
+    executor = HollowExecutor()
+    runner, recorder = started(executor, task=make_task("t1", desired=S.READY))
+    await eventually(lambda: recorder.states == UP[:3], "READY")
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.states == [*UP[:3], S.SHUTDOWN]
+    assert "start" not in executor.controllers["t1"].calls
+
+
+async def test_cancelling_during_a_step_leaves_the_task_alone_even_after_a_shutdown() -> None:
+    # The agent detaching cancels the runner; a shutdown asked for at the same moment must not
+    # turn that cancellation into a shutdown of the task.
+    controller = ScriptedController(hang_in={"prepare"})
+    runner, recorder = started(OneController(controller), slack_s=0.1)
+    await eventually(lambda: controller.calls == ["prepare"])
+    runner.shutdown()
+    runner.cancel()
+    assert await runner.join(2)
+    assert recorder.states == [S.ACCEPTED, S.PREPARING]
+    assert controller.calls == ["prepare"]
+
+
+async def test_a_step_that_swallows_the_shutdown_still_stops_the_task() -> None:
+    class Stubborn(ScriptedController):
+        async def prepare(self) -> None:
+            self.calls.append("prepare")
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass  # a controller that does not let itself be interrupted
+
+    controller = Stubborn()
+    runner, recorder = started(OneController(controller), slack_s=0.1)
+    await eventually(lambda: controller.calls == ["prepare"])
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.states == [S.ACCEPTED, S.PREPARING, S.SHUTDOWN]
+    assert controller.calls == ["prepare", "shutdown"]

@@ -87,6 +87,10 @@ class TaskRunner:
             self._proceed.set()
         self._task: asyncio.Task[None] | None = None
         self._failure: str | None = None
+        # The asyncio task running the steps, and whether it is inside a step `shutdown` may
+        # interrupt (by cancelling it; `_interrupted` tells that cancellation from the agent's own).
+        self._stepping_in: asyncio.Task[object] | None = None
+        self._interrupted = False
 
     # --- control --------------------------------------------------------------------------------
 
@@ -95,11 +99,15 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self._stop.set()
+        stepping = self._stepping_in
+        if stepping is not None and not self._interrupted and stepping is not asyncio.current_task():
+            self._interrupted = True
+            stepping.cancel()
 
     def fail(self, reason: str) -> None:
         """Stop the task as `shutdown` does, but report it FAILED with `reason` (an unhealthy task)."""
         self._failure = reason
-        self._stop.set()
+        self.shutdown()
 
     def proceed(self) -> None:
         """The desired state became RUNNING: go on past READY."""
@@ -206,21 +214,29 @@ class TaskRunner:
             await self._wait(controller)
 
     async def _unless_stopped(self, step: Callable[[], Awaitable[T]]) -> T:
-        """Run one step; if shutdown is asked for meanwhile, cancel it (steps are idempotent)."""
-        running = asyncio.ensure_future(step())
-        stopper = asyncio.ensure_future(self._stop.wait())
+        """Run one step; if shutdown is asked for meanwhile, cancel it (steps are idempotent).
+
+        The step runs in the runner's own asyncio task, which `shutdown` cancels: no extra task or
+        wait per step, which is most of an agent's CPU when it starts thousands of quick tasks."""
+        if self._stop.is_set():
+            raise _Stopped
+        current = asyncio.current_task()
+        self._stepping_in = current
         try:
-            await asyncio.wait({running, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            running.cancel()
+            result = await step()
+        except asyncio.CancelledError:
+            # Ours only if no one else (the agent detaching) cancelled the task as well.
+            if self._interrupted and current is not None and current.uncancel() == 0:
+                raise _Stopped from None
             raise
+        else:
+            if self._interrupted and current is not None:
+                current.uncancel()  # the step swallowed our cancellation: stop all the same
+                raise _Stopped
+            return result
         finally:
-            stopper.cancel()
-        if running.done():
-            return running.result()
-        running.cancel()
-        await asyncio.wait({running}, timeout=self._slack_s)
-        raise _Stopped
+            self._stepping_in = None
+            self._interrupted = False
 
     async def _wait(self, controller: Controller) -> None:
         waiter = asyncio.ensure_future(controller.wait())
