@@ -65,3 +65,31 @@ async def test_a_closed_db_says_so(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not open"):
         await db.load()
     await db.close()  # closing a DB never opened is harmless
+
+
+async def test_a_new_status_alone_and_a_changed_task_both_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    db = TaskDB(path)
+    await db.open()
+    first, changed = make_task("t1"), make_task("t1", env={"B": "2"})
+    await db.write([(first, status(TaskState.ACCEPTED))])
+    await db.write([(first, status(TaskState.PREPARING))])  # the status column alone
+    await db.write([(make_task("t2"), status(TaskState.ASSIGNED))], ["t2"])
+    await db.write([(changed, status(TaskState.READY)), (make_task("t3"), status(TaskState.NEW))])
+    await db.write(
+        [(make_task("t3"), status(TaskState.ASSIGNED)), (make_task("t3"), status(TaskState.ACCEPTED))]
+    )
+    await db.close()
+
+    db = TaskDB(path)
+    await db.open()
+    try:
+        assert await db.load() == [
+            StoredTask(task=changed, status=status(TaskState.READY)),
+            StoredTask(task=make_task("t3"), status=status(TaskState.ACCEPTED)),
+        ]
+        await db.write([(changed, status(TaskState.STARTING))])  # known from the load: status only
+    finally:
+        await db.close()
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2

@@ -2,6 +2,8 @@
 
 One SQLite file in WAL mode, one table `tasks(id, task, status)` with the task and its status as
 msgpack. It is what lets a restarted agent resume its tasks before the manager is reachable again.
+Most writes are a new status of a task already stored as it is: those rewrite only the status column
+(a task is about ten times the size of its status).
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
 the event loop never blocks on the disk; a batch of writes is one transaction.
 """
@@ -43,6 +45,7 @@ class TaskDB:
         self._encoder = msgspec.msgpack.Encoder()
         self._task_decoder = msgspec.msgpack.Decoder(Task)
         self._status_decoder = msgspec.msgpack.Decoder(TaskStatus)
+        self._stored: dict[str, Task] = {}  # each task as its row holds it
 
     async def open(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treeherd-agent-db")
@@ -57,14 +60,33 @@ class TaskDB:
 
     async def load(self) -> list[StoredTask]:
         """Every task in the DB, in id order."""
-        return await self._call(self._load)
+        loaded = await self._call(self._load)
+        self._stored = {stored.task.id: stored.task for stored in loaded}
+        return loaded
 
     async def write(self, puts: Sequence[tuple[Task, TaskStatus]] = (), deletes: Sequence[str] = ()) -> None:
         """Upsert and delete in one transaction (puts first, so a put+delete of one id deletes it)."""
         if not puts and not deletes:
             return
-        rows = [(task.id, self._encoder.encode(task), self._encoder.encode(status)) for task, status in puts]
-        await self._call(lambda: self._write(rows, [(task_id,) for task_id in deletes]))
+        rows: list[tuple[str, bytes, bytes]] = []
+        statuses: list[tuple[bytes, str]] = []
+        latest = {task.id: (task, status) for task, status in puts}  # the last put of an id wins
+        for task, status in latest.values():
+            stored = self._stored.get(task.id)
+            if stored is task or stored == task:
+                statuses.append((self._encoder.encode(status), task.id))
+            else:
+                rows.append((task.id, self._encoder.encode(task), self._encoder.encode(status)))
+        removed = [(task_id,) for task_id in deletes]
+        try:
+            await self._call(lambda: self._write(rows, statuses, removed))
+        except BaseException:
+            self._stored.clear()  # unsure what the rows hold now: the next writes rewrite them whole
+            raise
+        for task, _ in latest.values():
+            self._stored[task.id] = task
+        for task_id in deletes:
+            self._stored.pop(task_id, None)
 
     async def _call(self, function: Callable[[], T]) -> T:
         if self._thread is None:
@@ -100,7 +122,12 @@ class TaskDB:
             for task, status in rows
         ]
 
-    def _write(self, rows: list[tuple[str, bytes, bytes]], deletes: list[tuple[str]]) -> None:
+    def _write(
+        self,
+        rows: list[tuple[str, bytes, bytes]],
+        statuses: list[tuple[bytes, str]],
+        deletes: list[tuple[str]],
+    ) -> None:
         db = self._connection()
         db.execute("BEGIN")
         try:
@@ -109,6 +136,7 @@ class TaskDB:
                 " ON CONFLICT (id) DO UPDATE SET task = excluded.task, status = excluded.status",
                 rows,
             )
+            db.executemany("UPDATE tasks SET status = ? WHERE id = ?", statuses)
             db.executemany("DELETE FROM tasks WHERE id = ?", deletes)
         except BaseException:
             db.execute("ROLLBACK")
