@@ -169,3 +169,49 @@ async def test_service_endpoints_include_bound_machines_on_the_node_port(store):
     await store.commit(ops)
     found = service_endpoints(store.view(), "api")
     assert [(e.source, e.address, e.port, e.weight) for e in found] == [("static", "10.0.0.8", 8080, 3)]
+
+
+class NoEndpointScan:
+    """A view that refuses to scan every endpoint: a service's must be read through the index."""
+
+    def __init__(self, view):
+        self._view = view
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
+
+    def all(self, cls):
+        assert cls is not Endpoint, "every endpoint was scanned"
+        return self._view.all(cls)
+
+
+async def test_service_endpoints_reads_the_service_index_in_address_order(store):
+    await world(store)  # api on n1 (port 8080); m1 (10.0.0.7) is not bound yet
+    await store.commit([Create(binding("m1", "n1"))])
+    ids = Ids("e")
+    for service, address, port in [
+        ("api", "10.0.0.10", 80),
+        ("api", "::1", 80),
+        ("db", "10.0.0.8", 80),
+        ("api", "10.0.0.9", 80),
+        ("api", "10.0.0.9", 70),
+    ]:
+        args = {"ttl_s": 30.0, "weight": 1, "host": "", "now": FIXED_NOW, "new_id": ids}
+        ops, _ = plan_register(store.view(), service, address, port, **args)
+        await store.commit(ops)
+    view = NoEndpointScan(store.view())
+    # registrations and static machines together, by address (numerically, IPv4 first), then port
+    assert [(e.source, e.address, e.port) for e in service_endpoints(view, "api")] == [
+        ("static", "10.0.0.7", 8080),
+        ("external", "10.0.0.9", 70),
+        ("external", "10.0.0.9", 80),
+        ("external", "10.0.0.10", 80),
+        ("external", "::1", 80),
+    ]
+    assert [e.address for e in service_endpoints(view, "db")] == ["10.0.0.8"]  # not a service: no static
+    assert service_endpoints(view, "nope") == []
+    await store.commit(plan_deregister(store.view(), "api", "10.0.0.9", 70))
+    assert [(e.address, e.port) for e in service_endpoints(view, "api")][:2] == [
+        ("10.0.0.7", 8080),
+        ("10.0.0.9", 80),
+    ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from treeherd.model.discovery import Endpoint
 from treeherd.model.events import Change
 from treeherd.model.objects import (
     AnyObject,
@@ -54,6 +55,21 @@ def provision(id: str, hostname: str, node_id: str) -> ProvisioningRecord:
     return ProvisioningRecord(id=id, hostname=hostname, node_id=node_id, created_at=T0, updated_at=T0)
 
 
+def endpoint(id: str, service: str, port: int, *, machine_id: str | None = None, **kw: Any) -> Endpoint:
+    """A registration of `service` at 10.0.0.1:`port`: a task's on `machine_id` if given, else external."""
+    return Endpoint(
+        id=id,
+        service=service,
+        address="10.0.0.1",
+        port=port,
+        source="external" if machine_id is None else "task",
+        machine_id=machine_id,
+        created_at=T0,
+        updated_at=T0,
+        **kw,
+    )
+
+
 def route(domain_id: str, uri: str) -> DomainUri:
     return DomainUri(domain_id=domain_id, uri=uri)
 
@@ -67,7 +83,7 @@ def snapshot(store: Store) -> tuple[int, dict[tuple[str, str], AnyObject]]:
     view = store.view()
     objects = {
         (cls.kind, obj.id): obj
-        for cls in (TreeNode, Machine, Binding, Domain, ProvisioningRecord)
+        for cls in (TreeNode, Machine, Binding, Domain, ProvisioningRecord, Endpoint)
         for obj in view.all(cls)
     }
     return store.revision, objects

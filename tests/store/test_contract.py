@@ -10,6 +10,7 @@ from store_helpers import (
     WAIT,
     binding,
     domain,
+    endpoint,
     machine,
     node,
     nothing_pending,
@@ -21,6 +22,7 @@ from store_helpers import (
     watching,
 )
 
+from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import (
     AlreadyExists,
     Compacted,
@@ -387,6 +389,114 @@ async def test_deleted_object_cannot_be_referenced_later_in_the_txn(store):
     with pytest.raises(NotFound):
         await commit(store, Delete(objs["m2"]), Create(binding("b2", "m2", "web")))
     assert snapshot(store) == before
+
+
+# ---- non-unique indexes --------------------------------------------------------------------------
+
+
+async def seed_endpoints(store):
+    """Endpoints of api (e1, a task's on m1; e2, external) and db (e3, on m1); returns the stored objects.
+    Machine m1 does not exist: an index key names nothing."""
+    done = await commit(
+        store,
+        Create(endpoint("e1", "api", 1, machine_id="m1")),
+        Create(endpoint("e2", "api", 2)),
+        Create(endpoint("e3", "db", 3, machine_id="m1")),
+    )
+    return {obj.id: obj for obj in done.objects}
+
+
+def filed(view, index, key):
+    return sorted(e.id for e in view.where(Endpoint, index, key))
+
+
+async def test_where_reads_the_objects_filed_under_a_key(store):
+    objs = await seed_endpoints(store)
+    view = store.view()
+    assert sorted(view.where(Endpoint, "service", "api"), key=lambda e: e.id) == [objs["e1"], objs["e2"]]
+    assert view.where(Endpoint, "service", "db") == [objs["e3"]]
+    assert filed(view, "machine", "m1") == ["e1", "e3"]
+    assert view.where(Endpoint, "service", "nope") == []
+    assert view.where(Endpoint, "machine", "m2") == []  # e2 has no machine: filed under no key
+
+
+async def test_an_index_checks_and_refuses_nothing(store):
+    await seed_endpoints(store)
+    m1 = (await commit(store, Create(machine("m1")))).objects[0]
+    await commit(store, Delete(m1))  # unlike a reference, an index does not hold its key's object
+    assert filed(store.view(), "machine", "m1") == ["e1", "e3"]
+
+
+async def test_where_follows_updates_that_change_the_key(store):
+    objs = await seed_endpoints(store)
+    moved = (await commit(store, Update(replace(objs["e1"], service="db", machine_id="m2")))).objects[0]
+    view = store.view()
+    assert filed(view, "service", "api") == ["e2"]
+    assert filed(view, "service", "db") == ["e1", "e3"]
+    assert filed(view, "machine", "m1") == ["e3"]
+    assert view.where(Endpoint, "machine", "m2") == [moved]
+    # an update that keeps its keys is read as it is now
+    reweighted = (await commit(store, Update(replace(moved, weight=7)))).objects[0]
+    assert view.where(Endpoint, "machine", "m2") == [reweighted]
+    # a key no longer set files the object under none
+    await commit(store, Update(replace(reweighted, machine_id=None)))
+    assert view.where(Endpoint, "machine", "m2") == []
+    assert filed(view, "service", "db") == ["e1", "e3"]
+
+
+async def test_deleted_objects_leave_the_index(store):
+    objs = await seed_endpoints(store)
+    await commit(store, Delete(objs["e1"]), Delete(objs["e3"]))
+    view = store.view()
+    assert filed(view, "service", "api") == ["e2"]
+    assert view.where(Endpoint, "service", "db") == []
+    assert view.where(Endpoint, "machine", "m1") == []
+    await commit(store, Create(endpoint("e4", "db", 3, machine_id="m1")))
+    assert filed(view, "service", "db") == ["e4"]
+    assert filed(view, "machine", "m1") == ["e4"]
+
+
+async def test_failed_transaction_leaves_the_index_as_it_was(store):
+    objs = await seed_endpoints(store)
+    before = snapshot(store)
+    with pytest.raises(AlreadyExists):
+        await commit(
+            store,
+            Update(replace(objs["e1"], service="web", machine_id="m2")),
+            Delete(objs["e2"]),
+            Create(endpoint("e4", "web", 4, machine_id="m2")),
+            Create(endpoint("e5", "db", 3)),  # db at 10.0.0.1:3 is e3
+        )
+    assert snapshot(store) == before
+    view = store.view()
+    assert filed(view, "service", "api") == ["e1", "e2"]
+    assert filed(view, "service", "db") == ["e3"]
+    assert view.where(Endpoint, "service", "web") == []
+    assert filed(view, "machine", "m1") == ["e1", "e3"]
+    assert view.where(Endpoint, "machine", "m2") == []
+
+
+async def test_index_after_a_batch_with_one_refused_transaction(store):
+    """Commits grouped in one batch, one refused among them (a durable backend rolls the accepted ones
+    back, writes them, and replays them)."""
+    objs = await seed_endpoints(store)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            store.commit([Update(replace(objs["e1"], service="web"))]),
+            store.commit([Delete(objs["e2"]), Create(endpoint("e9", "db", 3))]),  # db at :3 is e3
+            store.commit([Create(endpoint("e4", "web", 4, machine_id="m1"))]),
+            store.commit([Delete(objs["e3"])]),
+            return_exceptions=True,
+        ),
+        WAIT,
+    )
+    assert isinstance(results[1], AlreadyExists)
+    assert not [r for i, r in enumerate(results) if i != 1 and isinstance(r, BaseException)]
+    view = store.view()
+    assert filed(view, "service", "api") == ["e2"]
+    assert filed(view, "service", "web") == ["e1", "e4"]
+    assert view.where(Endpoint, "service", "db") == []
+    assert filed(view, "machine", "m1") == ["e1", "e4"]
 
 
 # ---- cross-object invariants (core/integrity.py) --------------------------------------------------

@@ -12,6 +12,7 @@ from store_helpers import (
     WAIT,
     binding,
     domain,
+    endpoint,
     machine,
     node,
     provision,
@@ -22,6 +23,7 @@ from store_helpers import (
     watching,
 )
 
+from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import AlreadyExists, Compacted, Unavailable
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine
@@ -108,6 +110,41 @@ async def test_reopen_shows_same_objects_versions_and_revision(open_sqlite):
         await commit(reopened, Create(machine("m9", "m1.example")))
     done = await commit(reopened, Create(machine("m3")))
     assert done.revision == 4
+
+
+def endpoint_index(view) -> dict[tuple[str, str], list[str]]:
+    """The ids filed under the keys the endpoint tests use, per (index, key)."""
+    keys = [("service", "api"), ("service", "db"), ("machine", "m1"), ("machine", "m2")]
+    return {(index, key): sorted(e.id for e in view.where(Endpoint, index, key)) for index, key in keys}
+
+
+async def test_reopen_rebuilds_the_non_unique_indexes(open_sqlite):
+    store = await open_sqlite()
+    first = await commit(
+        store,
+        Create(endpoint("e1", "api", 1, machine_id="m1")),
+        Create(endpoint("e2", "api", 2)),
+        Create(endpoint("e3", "db", 3, machine_id="m1")),
+    )
+    objs = {o.id: o for o in first.objects}
+    await commit(store, Update(replace(objs["e1"], service="db", machine_id="m2")))
+    await commit(store, Delete(objs["e3"]))
+    before = endpoint_index(store.view())
+    assert before == {
+        ("service", "api"): ["e2"],
+        ("service", "db"): ["e1"],
+        ("machine", "m1"): [],
+        ("machine", "m2"): ["e1"],
+    }
+    await store.close()
+
+    reopened = await open_sqlite()
+    view = reopened.view()
+    assert endpoint_index(view) == before
+    assert view.where(Endpoint, "machine", "m2") == [view.get(Endpoint, "e1")]
+    await commit(reopened, Delete(view.get(Endpoint, "e1")))  # and kept in step after the reopen
+    assert view.where(Endpoint, "service", "db") == []
+    assert view.where(Endpoint, "machine", "m2") == []
 
 
 async def test_reopen_of_a_fresh_file_is_empty(open_sqlite, db_path):
@@ -335,6 +372,32 @@ async def test_failed_disk_write_is_unavailable_for_the_whole_batch(open_sqlite,
     reopened = await open_sqlite()
     assert sorted(m.id for m in reopened.view().all(Machine)) == ["m0", "m1"]
     assert reopened.revision == done.revision
+
+
+async def test_failed_disk_write_leaves_the_non_unique_indexes_as_they_were(open_sqlite, monkeypatch):
+    store = await open_sqlite()
+    e1 = (await commit(store, Create(endpoint("e1", "api", 1, machine_id="m1")))).objects[0]
+    before = endpoint_index(store.view())
+
+    async def broken(changes, history):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store._log, "write", broken)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            store.commit([Update(replace(e1, service="db", machine_id="m2"))]),
+            store.commit([Create(endpoint("e2", "api", 2, machine_id="m2"))]),
+            return_exceptions=True,
+        ),
+        WAIT,
+    )
+    assert [type(r) for r in results] == [Unavailable, Unavailable]
+    assert endpoint_index(store.view()) == before
+    assert store.view().where(Endpoint, "service", "api") == [e1]
+    monkeypatch.undo()
+    await store.close()
+    reopened = await open_sqlite()
+    assert endpoint_index(reopened.view()) == before
 
 
 class _FailingConnection:

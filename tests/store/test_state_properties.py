@@ -3,9 +3,11 @@
 The model keeps plain dicts of objects and decides each operation by scanning everything (no indexes);
 its unique keys and references are written out here, independently of `model/kinds.py`. After every
 step the state must hold exactly the model's objects, its indexes must match what the objects declare,
-every reference must resolve, the cross-object invariants of `core/integrity.py` must hold (a node's
-path extends its parent's by one segment; one node's machines are all physical or all virtual), and a
-refused transaction must leave the state exactly as it was.
+every reference must resolve, every non-unique index must file exactly what a scan finds, the
+cross-object invariants of `core/integrity.py` must hold (a node's path extends its parent's by one
+segment; one node's machines are all physical or all virtual), and a refused transaction must leave the
+state exactly as it was. An accepted one must also survive what the engine does with it (rolled back,
+then replayed) and what a restart does (a new state loaded from its objects), indexes included.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import msgspec
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from store_helpers import binding, domain, machine, node, route
+from store_helpers import binding, domain, endpoint, machine, node, route
 
+from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import AlreadyExists, NotFound, Refused, VersionConflict
 from treeherd.model.kinds import KINDS
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
@@ -29,6 +32,7 @@ CLASSES: dict[str, type[AnyObject]] = {
     "machine": Machine,
     "binding": Binding,
     "domain": Domain,
+    "endpoint": Endpoint,
 }
 REFUSALS = (AlreadyExists, NotFound, VersionConflict, Refused)
 
@@ -43,6 +47,8 @@ def unique_keys(obj: AnyObject) -> set[tuple[str, ...]]:
         return {("hostname", obj.hostname)}
     if isinstance(obj, Binding):
         return {("pair", obj.machine_id, obj.node_id)}
+    if isinstance(obj, Endpoint):
+        return {("address", obj.service, obj.address, str(obj.port))}
     assert isinstance(obj, Domain)
     return {("name", obj.name)}
 
@@ -157,6 +163,7 @@ STALE = st.sampled_from([None, None, None, None, -1, 1])  # None (mostly): the c
 KIND = st.sampled_from(sorted(CLASSES))
 HOSTS = {"a": "h1", "b": "h2", "c": "h3"}
 REUSE = st.sampled_from([False, False, False, True])  # True: Create with an id already taken
+PORT = st.sampled_from([1, 2])
 
 ACTION = st.one_of(
     st.tuples(
@@ -169,6 +176,7 @@ ACTION = st.one_of(
     st.tuples(st.just("create_machine"), NAME, st.sampled_from(["virtual", "physical"]), REUSE),
     st.tuples(st.just("create_domain"), NAME, REUSE),
     st.tuples(st.just("bind"), PICK, PICK, REUSE),
+    st.tuples(st.just("create_endpoint"), NAME, PORT, st.none() | PICK, REUSE),
     st.tuples(st.just("update"), KIND, PICK, STALE, st.integers(0, 3), NAME, PICK, URI),
     st.tuples(st.just("delete"), KIND, PICK, STALE),
     st.tuples(st.just("assert"), KIND, PICK, STALE),
@@ -179,6 +187,7 @@ GHOSTS: dict[str, AnyObject] = {
     "machine": machine("ghost-machine"),
     "binding": binding("ghost-binding", "ghost-machine", "ghost-node"),
     "domain": domain("ghost-domain"),
+    "endpoint": endpoint("ghost-endpoint", "a", 1),
 }
 
 
@@ -229,6 +238,12 @@ class StateMachine(RuleBasedStateMachine):
                 )
             case ("create_domain", name, reuse):
                 return Create(domain(self.fresh(model, "domain", reuse), f"{name}.example"))
+            case ("create_endpoint", service, port, m, reuse):
+                # An endpoint's machine need not exist (no reference): PICK's None gives "missing".
+                machine_id = None if m is None else id_of(pick(model, "machine", m))
+                return Create(
+                    endpoint(self.fresh(model, "endpoint", reuse), service, port, machine_id=machine_id)
+                )
             case ("bind", m, n, reuse):
                 machine_id, node_id = id_of(pick(model, "machine", m)), id_of(pick(model, "node", n))
                 return Create(binding(self.fresh(model, "binding", reuse), machine_id, node_id))
@@ -260,6 +275,16 @@ class StateMachine(RuleBasedStateMachine):
                     else:
                         target = "node" if choice == 2 else "machine"
                         changes[f"{target}_id"] = id_of(pick(model, target, other))
+                elif kind == "endpoint":
+                    if choice == 0:  # keeps every key
+                        changes["weight"] = len(name)
+                    elif choice == 1:
+                        changes["service"] = name
+                    elif choice == 2:  # to another machine, or to none
+                        found = pick(model, "machine", other)
+                        changes["machine_id"] = None if found is None else found.id
+                    else:
+                        changes["port"] = 3 - obj.port
                 else:
                     changes["name"] = f"{name}.example"
                 return Update(msgspec.structs.replace(obj, **changes))
@@ -275,7 +300,7 @@ class StateMachine(RuleBasedStateMachine):
         expected, expected_events = self.model.apply(ops, revision)
         refused: Exception | None = None
         try:
-            events, _ = self.state.apply(ops, revision)
+            events, undo = self.state.apply(ops, revision)
         except REFUSALS as error:
             refused = error
         if refused is not None:
@@ -286,6 +311,13 @@ class StateMachine(RuleBasedStateMachine):
         assert expected is None, f"state accepted {ops}; the model expects {expected}"
         assert [(e.type, e.object) for e in events] == expected_events
         assert all(e.revision == revision for e in events)
+        if events:  # what the durable engine does: roll back, write, replay
+            after = snapshot(self.state)
+            self.state.rollback(undo)
+            self.state.revision = before[0]
+            assert snapshot(self.state) == before, "a rollback did not restore the state"
+            self.state.replay(events, revision)
+            assert snapshot(self.state) == after, "a replay did not give the state apply gave"
 
     # ---- rules ---------------------------------------------------------------------------------
     @initialize()
@@ -344,6 +376,38 @@ class StateMachine(RuleBasedStateMachine):
                     assert state.lookup(info.type, key.name, value).id == id
 
     @invariant()
+    def indexes_equal_a_scan(self) -> None:
+        state = self.state
+        for info in KINDS.values():
+            for index in info.indexes:
+                expected: dict[str, set[str]] = {}
+                for obj in state.all(info.type):
+                    for key in index.keys(obj):
+                        expected.setdefault(key, set()).add(obj.id)
+                assert state._indexes[(info.name, index.name)] == expected
+                for key, ids in expected.items():
+                    found = state.where(info.type, index.name, key)
+                    assert sorted(o.id for o in found) == sorted(ids)
+                    assert all(state.get(info.type, o.id) is o for o in found)
+        # The endpoint indexes, written out here: by service, and by machine when one is set.
+        endpoints = self.model.objects["endpoint"].values()
+        for service in ("a", "b", "c", "nope"):
+            found = state.where(Endpoint, "service", service)
+            assert sorted(e.id for e in found) == sorted(e.id for e in endpoints if e.service == service)
+        for machine_id in [*self.model.objects["machine"], "missing", "nope"]:
+            found = state.where(Endpoint, "machine", machine_id)
+            assert sorted(e.id for e in found) == sorted(
+                e.id for e in endpoints if e.machine_id == machine_id
+            )
+
+    @invariant()
+    def a_reload_holds_the_same(self) -> None:
+        """A state loaded from this one's objects (a restart) has the same objects and indexes."""
+        reloaded = State()
+        reloaded.load(self.state.objects(), self.state.revision)
+        assert snapshot(reloaded) == snapshot(self.state)
+
+    @invariant()
     def integrity_holds(self) -> None:
         state = self.state
         for n in state.all(TreeNode):
@@ -371,11 +435,12 @@ class StateMachine(RuleBasedStateMachine):
 
 
 def snapshot(state: State) -> Any:
-    """Everything a State holds, copied: objects, unique indexes, reference indexes and revision."""
+    """Everything a State holds, copied: objects, unique, non-unique and reference indexes, revision."""
     return (
         state.revision,
         {kind: dict(by_id) for kind, by_id in state._objects.items()},
         {name: dict(index) for name, index in state._unique.items()},
+        {name: {key: set(ids) for key, ids in index.items()} for name, index in state._indexes.items()},
         {name: {target: set(ids) for target, ids in index.items()} for name, index in state._refs.items()},
     )
 

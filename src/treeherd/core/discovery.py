@@ -194,7 +194,7 @@ def static_endpoints(view: View, service: Service) -> list[Endpoint]:
 def service_endpoints(view: View, name: str) -> list[Endpoint]:
     """Every endpoint of `name`: registrations, then the static machines of its node (if it is a
     service), ordered by address and port."""
-    registered = [e for e in view.all(Endpoint) if e.service == name]
+    registered = view.where(Endpoint, "service", name)
     service = view.lookup(Service, "name", name)
     static = static_endpoints(view, service) if service is not None else []
     return sorted([*registered, *static], key=lambda e: (_sortable(e.address), e.port, e.source))

@@ -15,7 +15,15 @@ T = TypeVar("T", bound=Object)
 
 
 class View(Protocol):
-    """What a decision may read."""
+    """What a decision may read.
+
+    Besides `get` by id, reads go through the indexes each kind declares in `model/kinds.py`, each in
+    time proportional to what it returns, not to the kind's size:
+    - `lookup`: the one object holding a key of a unique index (a machine by hostname);
+    - `where`: the objects filed under a key of a non-unique index (a service's endpoints);
+    - `referrers`: the objects whose reference names a target (a node's bindings).
+    `all` is a scan: use it when every object is wanted, not to filter by a field.
+    """
 
     @property
     def revision(self) -> int:
@@ -28,6 +36,11 @@ class View(Protocol):
 
     def lookup(self, cls: type[T], index: str, key: str) -> T | None:
         """The object holding `key` in the unique index `index` of its kind, or None."""
+        ...
+
+    def where(self, cls: type[T], index: str, key: str) -> list[T]:
+        """Objects of kind `cls` filed under `key` in the index `index` of their kind, in no particular
+        order (empty when none is)."""
         ...
 
     def referrers(self, cls: type[T], reference: str, target_id: str) -> list[T]:

@@ -20,10 +20,12 @@ def dependency_message(view: View, service: str) -> DependencyEndpoints:
 
 
 class DependencyFeeds:
-    """machine -> service -> the tasks on it that depend on that service."""
+    """machine -> service -> the tasks on it that depend on that service, and service -> the machines
+    that need it (read at every endpoint change: no scan of every machine)."""
 
     def __init__(self) -> None:
         self._by_machine: dict[str, dict[str, set[str]]] = {}
+        self._by_service: dict[str, set[str]] = {}
         self._task_pairs: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     def note(self, task: Task, *, deleted: bool = False) -> list[tuple[str, str]]:
@@ -37,6 +39,7 @@ class DependencyFeeds:
                     holders.discard(task.id)
                     if not holders:
                         del self._by_machine[machine_id][service]
+                        self._drop(service, machine_id)
         alive = not deleted and task.machine_id is not None and not task.status.state.terminal
         if not alive or not task.spec.depends_on or task.machine_id is None:
             return []
@@ -47,6 +50,7 @@ class DependencyFeeds:
         for service in services:
             if service not in wanted:
                 wanted[service] = set()
+                self._by_service.setdefault(service, set()).add(task.machine_id)
                 added.append((task.machine_id, service))
             wanted[service].add(task.id)
         return added
@@ -55,4 +59,11 @@ class DependencyFeeds:
         return sorted(self._by_machine.get(machine_id, {}))
 
     def machines_of(self, service: str) -> list[str]:
-        return [m for m, services in self._by_machine.items() if service in services]
+        return sorted(self._by_service.get(service, ()))
+
+    def _drop(self, service: str, machine_id: str) -> None:
+        machines = self._by_service.get(service)
+        if machines is not None:
+            machines.discard(machine_id)
+            if not machines:
+                del self._by_service[service]

@@ -54,7 +54,6 @@ class Registry:
         self._sleep = sleep
         self._ids = ids
         self._leases: dict[str, float] = {}
-        self._by_machine: dict[str, set[str]] = {}
         self._loaded = False
         self._stopping = asyncio.Event()
 
@@ -80,8 +79,6 @@ class Registry:
         now = self._monotonic()
         for endpoint in self._store.view().all(Endpoint):
             self._leases.setdefault(endpoint.id, now + endpoint.ttl_s)
-            if endpoint.machine_id is not None and endpoint.source == "task":
-                self._by_machine.setdefault(endpoint.machine_id, set()).add(endpoint.id)
 
     async def _expire(self) -> None:
         now = self._monotonic()
@@ -93,7 +90,7 @@ class Registry:
         for endpoint_id in expired:
             found = view.get(Endpoint, endpoint_id)
             if found is None:
-                self._forget(endpoint_id, None)
+                self._leases.pop(endpoint_id, None)
             else:
                 versions.append((endpoint_id, found.version))
                 log.info("endpoint %s:%d of %s expired", found.address, found.port, found.service)
@@ -111,11 +108,7 @@ class Registry:
             machine = view.get(Machine, machine_id)
             if machine is None or machine.agent is None:
                 return []
-            current = [
-                found
-                for endpoint_id in self._by_machine.get(machine_id, ())
-                if (found := view.get(Endpoint, endpoint_id)) is not None
-            ]
+            current = [e for e in view.where(Endpoint, "machine", machine_id) if e.source == "task"]
             ttl[0] = cluster_settings(view).endpoint_ttl_s
             ops, ids = plan_agent_endpoints(
                 view,
@@ -134,7 +127,6 @@ class Registry:
         due = self._monotonic() + ttl[0]
         for endpoint_id in held:
             self._leases[endpoint_id] = due
-        self._by_machine[machine_id] = set(held)
 
     async def register(
         self, service: str, address: str, port: int, *, ttl_s: float, weight: int = 1, host: str = ""
@@ -170,8 +162,8 @@ class Registry:
         await self._commit(lambda view: plan_deregister(view, service, address, port))
 
     async def _commit(self, plan: Callable[[View], list[Op]]) -> None:
-        """Commit the plan (`apply_plan`: made again after a lost race), then keep the lease table and
-        the machine index in step with what was written."""
+        """Commit the plan (`apply_plan`: made again after a lost race), then keep the lease table in
+        step with what was written."""
         written: list[Op] = []
 
         def planned(view: View) -> list[Op]:
@@ -184,13 +176,6 @@ class Registry:
             if not isinstance(endpoint, Endpoint):
                 continue
             if isinstance(op, Delete):
-                self._forget(endpoint.id, endpoint.machine_id)
+                self._leases.pop(endpoint.id, None)
             elif isinstance(op, (Create, Update)) and endpoint.id not in self._leases:
                 self._leases[endpoint.id] = self._monotonic() + endpoint.ttl_s
-
-    def _forget(self, endpoint_id: str, machine_id: str | None) -> None:
-        self._leases.pop(endpoint_id, None)
-        if machine_id is not None:
-            held = self._by_machine.get(machine_id)
-            if held is not None:
-                held.discard(endpoint_id)

@@ -1,10 +1,12 @@
-"""The registry of object kinds: each kind's type, unique keys and references to other kinds.
+"""The registry of object kinds: each kind's type, unique keys, indexes and references to other kinds.
 
 The store enforces what is declared here for every write, whichever backend holds the data:
 - a unique key (a node's path, a machine's hostname, a route's `{domain, uri}`) is held by one object;
 - a reference (a node's parent, a binding's machine) must name an existing object, and an object that is
   still referenced cannot be deleted.
-Key functions may return several keys (a node holds one route key per `domain_uris` entry).
+An index (an endpoint's service) only files objects under its keys so that they are read without a scan:
+any number of objects share a key, and a key names nothing (no check, nothing refused).
+Key functions may return several keys (a node holds one route key per `domain_uris` entry), or none.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ class UniqueKey(msgspec.Struct, frozen=True):
     keys: Callable[[AnyObject], Iterable[str]]
 
 
+class Index(msgspec.Struct, frozen=True):
+    """A named non-unique index: `keys(obj)` lists the values the object is filed under (read with
+    `View.where`). Objects may share a value; nothing is checked or refused."""
+
+    name: str
+    keys: Callable[[AnyObject], Iterable[str]]
+
+
 class Reference(msgspec.Struct, frozen=True):
     """A named reference from objects of one kind to objects of `target` kind."""
 
@@ -45,6 +55,7 @@ class KindInfo(msgspec.Struct, frozen=True):
     name: str
     type: type[Object]
     unique: tuple[UniqueKey, ...] = ()
+    indexes: tuple[Index, ...] = ()
     references: tuple[Reference, ...] = ()
 
 
@@ -170,7 +181,8 @@ KINDS: dict[str, KindInfo] = {
             unique=(UniqueKey("name", lambda o: (_as(GatewayRecord, o).name,)),),
         ),
         # No references: a registration outlives nothing it names (its task or machine may go first;
-        # the TTL or its agent removes it).
+        # the TTL or its agent removes it). Indexes instead: a service's endpoints are read on every
+        # lookup and dependency feed, a machine's whenever its agent reports them.
         KindInfo(
             name="endpoint",
             type=Endpoint,
@@ -183,6 +195,10 @@ KINDS: dict[str, KindInfo] = {
                         ),
                     ),
                 ),
+            ),
+            indexes=(
+                Index("service", lambda o: (_as(Endpoint, o).service,)),
+                Index("machine", lambda o: _one(_as(Endpoint, o).machine_id)),
             ),
         ),
     )

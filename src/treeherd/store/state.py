@@ -5,6 +5,9 @@ none (an undo log restores what a failing operation's predecessors changed). It 
 kind in the registry: ids are unique, unique keys are held by one object, references name existing
 objects, referenced objects are not deleted, and `Update`/`Delete`/`Assert` are based on the current
 version. Written objects are stamped with the transaction's revision as their version.
+
+Every index the registry declares (unique keys, non-unique indexes, references) is kept in step by
+`_put`, the one place an object is stored or removed: applies, rollbacks, replays and loads.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ for _info in KINDS.values():
 
 
 class State:
-    """All objects by kind and id, plus unique and reference indexes."""
+    """All objects by kind and id, plus unique, non-unique and reference indexes."""
 
     def __init__(self) -> None:
         self.revision = 0
         self._objects: dict[str, dict[str, AnyObject]] = {name: {} for name in KINDS}
         self._unique: dict[tuple[str, str], dict[str, str]] = {
             (info.name, key.name): {} for info in KINDS.values() for key in info.unique
+        }
+        self._indexes: dict[tuple[str, str], dict[str, set[str]]] = {
+            (info.name, index.name): {} for info in KINDS.values() for index in info.indexes
         }
         self._refs: dict[tuple[str, str], dict[str, set[str]]] = {
             (info.name, ref.name): {} for info in KINDS.values() for ref in info.references
@@ -55,6 +61,12 @@ class State:
     def lookup(self, cls: type[T], index: str, key: str) -> T | None:
         owner = self._unique[(cls.kind, index)].get(key)
         return None if owner is None else self.get(cls, owner)
+
+    def where(self, cls: type[T], index: str, key: str) -> list[T]:
+        ids = self._indexes[(cls.kind, index)].get(key, ())
+        objects = self._objects[cls.kind]
+        # One class per kind, as in `referrers`: no per-object type check.
+        return [objects[i] for i in ids]  # type: ignore[misc]
 
     def referrers(self, cls: type[T], reference: str, target_id: str) -> list[T]:
         ids = self._refs[(cls.kind, reference)].get(target_id, ())
@@ -207,20 +219,18 @@ class State:
                     del index[value]
             for value in new_values:
                 index[value] = id
+        for filed in info.indexes:
+            old_keys = filed.keys(old) if old is not None else ()
+            new_keys = filed.keys(new) if new is not None else ()
+            if old_keys == new_keys:
+                continue
+            _refile(self._indexes[(kind, filed.name)], id, old_keys, new_keys)
         for ref in info.references:
             old_targets = ref.ids(old) if old is not None else ()
             new_targets = ref.ids(new) if new is not None else ()
             if old_targets == new_targets:
                 continue
-            index_refs = self._refs[(kind, ref.name)]
-            for target in old_targets:
-                holders = index_refs.get(target)
-                if holders is not None:
-                    holders.discard(id)
-                    if not holders:
-                        del index_refs[target]
-            for target in new_targets:
-                index_refs.setdefault(target, set()).add(id)
+            _refile(self._refs[(kind, ref.name)], id, old_targets, new_targets)
         return old
 
     def replay(self, events: Iterable[Event], revision: int) -> None:
@@ -230,6 +240,19 @@ class State:
             obj = event.object
             self._put(type(obj).kind, obj.id, None if event.type == "deleted" else obj)
         self.revision = revision
+
+
+def _refile(index: dict[str, set[str]], id: str, old: Iterable[str], new: Iterable[str]) -> None:
+    """Move `id` from the holders of its `old` keys to those of its `new` ones in a many-to-one index
+    (a non-unique index or a reference index); a key left with no holder is dropped."""
+    for key in old:
+        holders = index.get(key)
+        if holders is not None:
+            holders.discard(id)
+            if not holders:
+                del index[key]
+    for key in new:
+        index.setdefault(key, set()).add(id)
 
 
 def _describe(obj: AnyObject) -> str:
