@@ -20,7 +20,7 @@ from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import Compacted, WatchLagged
 from treeherd.model.events import Change
 from treeherd.model.services import Task
-from treeherd.model.wire import Assignments
+from treeherd.model.wire import Assignments, DependencyEndpoints
 from treeherd.store.base import Store, Watch
 
 __all__ = ["ASSIGNMENT_BATCH_S", "AssignmentRouter"]
@@ -115,13 +115,22 @@ class AssignmentRouter:
                 if change.revision > session.snapshot_revision:
                     session.push(event)
         for service in changed_services:
-            for needing in self._feeds.machines_of(service):
-                self._send_dependency(needing, service)
+            machines = self._feeds.machines_of(service)
+            if machines:
+                # One message for every agent that needs the service, not one made per agent.
+                message = dependency_message(self._store.view(), service)
+                for machine_id in machines:
+                    self._post_dependency(machine_id, message)
 
     def _send_dependency(self, machine_id: str, service: str) -> None:
         session = self._sessions.get(machine_id)
         if session is not None and session.snapshot_revision is not None:
             session.post(dependency_message(self._store.view(), service))
+
+    def _post_dependency(self, machine_id: str, message: DependencyEndpoints) -> None:
+        session = self._sessions.get(machine_id)
+        if session is not None and session.snapshot_revision is not None:
+            session.post(message)
 
     def _send_dependencies(self, session: AgentSession) -> None:
         view = self._store.view()
