@@ -505,3 +505,35 @@ async def test_other_schema_version_is_refused(db_path):
             await again.open()
     finally:
         await again.close()
+
+
+async def test_a_schema_1_store_is_migrated_with_everything_in_it(db_path, open_sqlite):
+    store = await open_sqlite()
+    await commit(store, Create(machine("m1", "web-1")), Create(node("n1")))
+    await commit(store, Update(replace(store.view().get(Machine, "m1"), hostname="web-one")))
+    before, revision = snapshot(store), store.revision
+    await store.close()
+    # Make it what schema 1 wrote: the same rows in a WITHOUT ROWID table.
+    with sqlite3.connect(db_path) as db:
+        db.execute("ALTER TABLE objects RENAME TO new_objects")
+        db.execute(
+            "CREATE TABLE objects (kind TEXT NOT NULL, id TEXT NOT NULL, data BLOB NOT NULL,"
+            " PRIMARY KEY (kind, id)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO objects SELECT kind, id, data FROM new_objects")
+        db.execute("DROP TABLE new_objects")
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'schema'")
+    db.close()
+
+    reopened = await open_sqlite()
+    assert snapshot(reopened) == before and reopened.revision == revision
+    async with watching(reopened, since=1) as changes:  # the history survived too
+        assert [c.revision for c in await take(changes, revision - 1)] == list(range(2, revision + 1))
+    await commit(reopened, Create(machine("m2", "web-2")))
+    await reopened.close()
+    with sqlite3.connect(db_path) as db:
+        table = db.execute("SELECT sql FROM sqlite_master WHERE name = 'objects'").fetchone()[0]
+        schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+        count = db.execute("SELECT count(*) FROM objects").fetchone()[0]
+    db.close()
+    assert "WITHOUT ROWID" not in table and schema == 2 and count == 3

@@ -21,18 +21,24 @@ from treeherd.model.objects import AnyObject
 from treeherd.store.codec import decode, encode
 from treeherd.store.engine import DEFAULT_HISTORY, EngineStore
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+_OBJECTS = """
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, id TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, id)
-) WITHOUT ROWID;
+)
+"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+{_OBJECTS};
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, revision INTEGER NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL
 );
 -- Pruning deletes the oldest revisions: without this index each prune scans the whole history.
 CREATE INDEX IF NOT EXISTS events_revision ON events (revision);
 """
-SCHEMA_VERSION = 1
+# Schema 2: `objects` is a rowid table. Schema 1 had it WITHOUT ROWID, which SQLite advises against for
+# rows this large (a task is about 1 kB): every upsert moved whole rows around the primary key's
+# B-tree, several times slower than a rowid table with the key in an index of its own.
+SCHEMA_VERSION = 2
 R = TypeVar("R")
 _PRUNE_EVERY = 1_000  # events written between two prunes of the history table
 
@@ -68,15 +74,20 @@ class SqliteLog:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.executescript(_SCHEMA)
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID"
+        )
         row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema', ?), ('revision', 0)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
+        if row is not None and row[0] == 1:
+            _migrate_from_1(db)
+        elif row is not None and row[0] != SCHEMA_VERSION:
             db.close()
             raise RuntimeError(
                 f"{self._path} holds store schema {row[0]}, this treeherd reads schema {SCHEMA_VERSION}"
             )
+        db.executescript(_SCHEMA)
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?), ('revision', 0)", (SCHEMA_VERSION,))
         self._db = db
         revision = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
         objects = [decode(data) for (data,) in db.execute("SELECT data FROM objects")]
@@ -125,6 +136,21 @@ class SqliteLog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the same rows in a rowid `objects` table, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE objects RENAME TO objects_schema_1")
+        db.execute(_OBJECTS)
+        db.execute("INSERT INTO objects (kind, id, data) SELECT kind, id, data FROM objects_schema_1")
+        db.execute("DROP TABLE objects_schema_1")
+        db.execute("UPDATE meta SET value = 2 WHERE key = 'schema'")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class SqliteStore(EngineStore):
