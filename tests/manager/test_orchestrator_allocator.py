@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from treeherd.core.nodes import plan_create_node
+from treeherd.manager import orchestrator as orchestrator_module
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.services import Services
@@ -97,3 +98,33 @@ async def test_removed_service_disappears_with_its_tasks(loop):
     await services.remove("gone")
     await eventually(lambda: store.view().lookup(Service, "name", "gone") is None, "the service deleted")
     assert store.view().count(Task) == 0
+
+
+async def test_a_big_service_is_created_a_chunk_at_a_time(loop, monkeypatch):
+    store, services = loop
+    monkeypatch.setattr(orchestrator_module, "CHUNK", 10)
+    creates_per_transaction: list[int] = []
+    watch = store.watch(store.revision)
+
+    async def count_creates() -> None:
+        async for change in watch:
+            created = sum(1 for e in change.events if e.type == "created" and isinstance(e.object, Task))
+            if created:
+                creates_per_transaction.append(created)
+
+    counting = asyncio.create_task(count_creates())
+    try:
+        spec = TaskSpec(command=["x"], restart=RestartPolicy(delay_s=0))
+        await services.create(ServiceCreate(name="big", node="corp", replicas=25, task=spec))
+        await eventually(
+            lambda: (
+                len(meant(store, "big")) == 25
+                and all(t.status.state == TaskState.PENDING for t in meant(store, "big"))
+            ),
+            "25 pending tasks",
+        )
+    finally:
+        watch.close()
+        counting.cancel()
+    assert creates_per_transaction == [10, 10, 5]
+    assert sorted(t.slot for t in meant(store, "big")) == list(range(1, 26))
