@@ -16,11 +16,12 @@ from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import InvalidInput, NotFound
 from treeherd.model.objects import AgentStatus
 from treeherd.model.ops import Create, Delete, Update
-from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
+from treeherd.model.services import Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.model.wire import TaskEndpoint
 from treeherd.store.memory import MemoryStore
 from treeherd.testing.factories import FIXED_NOW, Ids, binding, machine, node
+from treeherd.testing.factories import service as make_service
 
 
 @pytest.fixture
@@ -87,14 +88,7 @@ async def test_expire_only_the_version_that_expired(store):
 async def world(store):
     corp = node("corp", id="n1", port=8080)
     host = machine("h1", id="m1", ips=["10.0.0.7"], agent=AgentStatus(state="ready", address="127.0.0.1"))
-    service = Service(
-        id="s1",
-        created_at=FIXED_NOW,
-        updated_at=FIXED_NOW,
-        name="api",
-        node_id="n1",
-        task=TaskSpec(command=["x"]),
-    )
+    service = make_service("api", "n1", id="s1")
     tasks = [
         Task(
             id=f"t{i}",

@@ -9,11 +9,12 @@ from treeherd.manager.endpoints import Registry
 from treeherd.model.discovery import Endpoint
 from treeherd.model.objects import AgentStatus
 from treeherd.model.ops import Create
-from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
+from treeherd.model.services import Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.model.wire import TaskEndpoint
 from treeherd.store.memory import MemoryStore
 from treeherd.testing.factories import FIXED_NOW, Ids, machine, node
+from treeherd.testing.factories import service as make_service
 
 
 def task(id: str, machine_id: str) -> Task:
@@ -35,14 +36,7 @@ async def store():
     store = MemoryStore()
     await store.open()
     agent = AgentStatus(state="ready", address="127.0.0.1")
-    service = Service(
-        id="s1",
-        created_at=FIXED_NOW,
-        updated_at=FIXED_NOW,
-        name="api",
-        node_id="n1",
-        task=TaskSpec(command=["x"]),
-    )
+    service = make_service("api", "n1", id="s1")
     await store.commit(
         [
             Create(node("corp", id="n1")),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.backends import Backend
 from treeherd.proxy import LocalHaproxy
 from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, server_name
+from treeherd.testing.backends import Backend
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.backends import ClientLoop, ask, backends, free_port
 from tests.proxy.conftest import frontend, one_frontend, server_of
 from treeherd.proxy import HaproxyConfigRejected, HaproxyFailed, LocalHaproxy
 from treeherd.render.haproxy import (
@@ -18,6 +17,7 @@ from treeherd.render.haproxy import (
     ProxyFrontend,
     render_haproxy,
 )
+from treeherd.testing.backends import ClientLoop, ask, backends, free_port
 
 
 async def test_a_new_frontend_is_one_hitless_reload(local_haproxy: LocalHaproxy) -> None:

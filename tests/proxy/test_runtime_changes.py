@@ -9,11 +9,11 @@ import time
 
 import msgspec
 
-from tests.proxy.backends import ClientLoop, ask, backends, free_port
 from tests.proxy.conftest import eventually, one_frontend, server_of
 from treeherd.proxy import LocalHaproxy
 from treeherd.proxy.runtime import call
 from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer
+from treeherd.testing.backends import ClientLoop, ask, backends, free_port
 
 
 async def _answers(port: int, count: int) -> collections.Counter[str]:

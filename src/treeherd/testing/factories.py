@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from treeherd.model.objects import Binding, Domain, DomainPort, Machine, ProvisioningRecord, TreeNode
+from treeherd.model.services import Service, TaskSpec
 
 FIXED_NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -62,4 +63,12 @@ def domain(name: str, *, ports: tuple[int, ...] = (80,), id: str | None = None, 
 def provision(hostname: str, node_id: str, *, id: str | None = None) -> ProvisioningRecord:
     return ProvisioningRecord(
         id=id or _ids(), created_at=FIXED_NOW, updated_at=FIXED_NOW, hostname=hostname, node_id=node_id
+    )
+
+
+def service(name: str, node_id: str, *, id: str | None = None, **fields: Any) -> Service:
+    """A service of `node_id` running `x` unless `task` says otherwise."""
+    fields.setdefault("task", TaskSpec(command=["x"]))
+    return Service(
+        id=id or _ids(), created_at=FIXED_NOW, updated_at=FIXED_NOW, name=name, node_id=node_id, **fields
     )
