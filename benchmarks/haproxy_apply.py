@@ -120,6 +120,7 @@ async def reloads(proxy: LocalHaproxy, port: int, pool: list[Backend], count: in
 async def kills(proxy: LocalHaproxy, port: int, pool: list[Backend], count: int) -> dict[str, Any]:
     with_traffic: list[float] = []
     idle: list[float] = []
+    slowest: list[float] = []  # per kill with traffic: the slowest request (the one sent to the dead server)
     victim = pool[0]
     name = server_of(victim).name
 
@@ -138,21 +139,33 @@ async def kills(proxy: LocalHaproxy, port: int, pool: list[Backend], count: int)
         if traffic:
             stop = asyncio.Event()
 
-            async def client(stop: asyncio.Event = stop) -> None:
+            durations: list[float] = []
+
+            async def client(stop: asyncio.Event = stop, durations: list[float] = durations) -> None:
                 while not stop.is_set():
+                    started = time.perf_counter()
                     # A request that reached the victim as it died fails: only the load matters here.
                     with contextlib.suppress(OSError, TimeoutError):
                         await ask(port)
+                    durations.append((time.perf_counter() - started) * 1000)
 
             task = asyncio.create_task(client())
             with_traffic.append(await wait(up=False))
+            # Requests that the check or the observation has not yet spared: keep the client running
+            # until the one retried elsewhere (after haproxy's turn-around delay) has come back.
+            await asyncio.sleep(0.5)
             stop.set()
             await task
+            slowest.append(max(durations))
         else:
             idle.append(await wait(up=False))
         victim = pool[0] = await Backend.start(victim.name, victim.port)  # same port
         await wait(up=True)
-    return {"kill_to_down_traffic_ms": with_traffic, "kill_to_down_idle_ms": idle}
+    return {
+        "kill_to_down_traffic_ms": with_traffic,
+        "kill_slowest_request_ms": slowest,
+        "kill_to_down_idle_ms": idle,
+    }
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -177,6 +190,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ("add_to_traffic_ms", "add: apply ->\nfirst answer"),
         ("reload_apply_ms", "new frontend:\ncheck + reload"),
         ("kill_to_down_traffic_ms", "kill -9 -> down\n(traffic)"),
+        ("kill_slowest_request_ms", "kill -9: slowest\nrequest after it"),
         ("kill_to_down_idle_ms", "kill -9 -> down\n(idle, check)"),
     ]
     fig, ax = plt.subplots(figsize=(10, 4.5))

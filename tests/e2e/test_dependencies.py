@@ -107,7 +107,7 @@ def test_app_reaches_its_dependency_through_the_local_haproxy(cluster: Cluster) 
         if gone_after is None and not _listed(admin, victim["ports"]["http"]):
             gone_after = time.monotonic() - started
     assert failures == 0
-    assert gone_after is not None and gone_after <= 1.5, gone_after
+    assert gone_after is not None and gone_after <= 1.0, gone_after  # the goal; ~0.2 s here
     assert int(asyncio.run(info(admin))["Pid"]) == worker  # no reload
 
     # Scale api up: the new tasks receive traffic, still without a reload.

@@ -90,7 +90,10 @@ class HaproxyOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     threads: int = 1
     maxconn: int = 4096
     retries: int = 3
-    connect_timeout_ms: int = 1000
+    # Short, because haproxy waits min(timeout connect, 1 s) before it retries a refused connection,
+    # even on another server: with 1000 ms, the first request to a server that just died waited 1 s.
+    # A connect on the hosts' network takes well under a millisecond; a slower one is retried elsewhere.
+    connect_timeout_ms: int = 200
     client_timeout_s: int = 3600  # apps keep idle pooled connections: a short idle timeout would cut them
     server_timeout_s: int = 3600
     hard_stop_after_s: int = 60  # how long a replaced worker keeps serving its open connections
