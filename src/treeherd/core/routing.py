@@ -72,14 +72,7 @@ def backends(index: SnapshotIndex, node: TreeNode, port: int) -> tuple[list[Back
                 f" (treeherd machine set {machine.hostname} --ip ADDRESS)"
             )
             continue
-        state = index.states.get((node.id, machine.id))
-        down = ""
-        if state is not None and state.pin == "out":
-            down = "pinned out"
-        elif state is not None and state.ejected and state.pin != "in":
-            down = "ejected"
-        elif binding.weight == 0:
-            down = "weight 0"
+        down = _down_reason(index.states.get((node.id, machine.id)), binding.weight)
         found.append(
             Backend(
                 machine_id=machine.id,
@@ -91,14 +84,7 @@ def backends(index: SnapshotIndex, node: TreeNode, port: int) -> tuple[list[Back
             )
         )
     for endpoint in index.endpoints.get(node.id, ()):
-        state = index.states.get((node.id, endpoint.id))
-        down = ""
-        if state is not None and state.pin == "out":
-            down = "pinned out"
-        elif state is not None and state.ejected and state.pin != "in":
-            down = "ejected"
-        elif endpoint.weight == 0:
-            down = "weight 0"
+        down = _down_reason(index.states.get((node.id, endpoint.id)), endpoint.weight)
         found.append(
             Backend(
                 machine_id=endpoint.id,
@@ -111,6 +97,18 @@ def backends(index: SnapshotIndex, node: TreeNode, port: int) -> tuple[list[Back
         )
     found.sort(key=lambda b: (b.address, b.port, b.hostname))
     return found, problems
+
+
+def _down_reason(state: BackendState | None, weight: int) -> str:
+    """Why a backend is rendered `down` ("" when it is not): a pin out, an ejection not pinned in, or
+    weight 0 (nginx refuses `weight=0`)."""
+    if state is not None and state.pin == "out":
+        return "pinned out"
+    if state is not None and state.ejected and state.pin != "in":
+        return "ejected"
+    if weight == 0:
+        return "weight 0"
+    return ""
 
 
 def location_order(uris: Iterable[str]) -> list[str]:
