@@ -57,9 +57,7 @@ class Puppet:
             outcome[:] = [change]
             return [] if request.dry_run else ops
 
-        ops = plan(self.store.view())
-        if ops:
-            await apply_plan(self.store, plan)
+        await apply_plan(self.store, plan)  # an empty plan (a dry run, no change) writes nothing
         return outcome[0]
 
     def conflicts(self) -> list[PuppetConflict]:
