@@ -20,7 +20,7 @@ from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import Compacted, WatchLagged
 from treeherd.model.events import Change
 from treeherd.model.services import Task
-from treeherd.model.wire import Assignments, DependencyEndpoints
+from treeherd.model.wire import Assignments
 from treeherd.store.base import Store, Watch
 
 __all__ = ["ASSIGNMENT_BATCH_S", "AssignmentRouter"]
@@ -115,22 +115,22 @@ class AssignmentRouter:
                 if change.revision > session.snapshot_revision:
                     session.push(event)
         for service in changed_services:
-            machines = self._feeds.machines_of(service)
-            if machines:
+            listening = [s for m in self._feeds.machines_of(service) if (s := self._listening(m)) is not None]
+            if listening:
                 # One message for every agent that needs the service, not one made per agent.
                 message = dependency_message(self._store.view(), service)
-                for machine_id in machines:
-                    self._post_dependency(machine_id, message)
+                for session in listening:
+                    session.post(message)
 
     def _send_dependency(self, machine_id: str, service: str) -> None:
-        session = self._sessions.get(machine_id)
-        if session is not None and session.snapshot_revision is not None:
+        session = self._listening(machine_id)
+        if session is not None:
             session.post(dependency_message(self._store.view(), service))
 
-    def _post_dependency(self, machine_id: str, message: DependencyEndpoints) -> None:
+    def _listening(self, machine_id: str) -> AgentSession | None:
+        """The machine's session, once it has its full assignment set (then it takes increments)."""
         session = self._sessions.get(machine_id)
-        if session is not None and session.snapshot_revision is not None:
-            session.post(message)
+        return session if session is not None and session.snapshot_revision is not None else None
 
     def _send_dependencies(self, session: AgentSession) -> None:
         view = self._store.view()
