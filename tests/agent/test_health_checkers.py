@@ -27,7 +27,7 @@ async def test_a_command_check_sees_what_its_task_sees(tmp_path: Path) -> None:
     assert await controller.wait() == Exit(code=0, message="exited with code 0")
     check = HealthCheck(kind="cmd", command=[sys.executable, "-c", dump_script(tmp_path / "check.json")])
 
-    assert await run_check(task, check, executor.command_context) == (True, "exit code 0")
+    assert await run_check(task, check, executor.command_context(task)) == (True, "exit code 0")
 
     seen_by_task = json.loads((tmp_path / "task.json").read_text())
     seen_by_check = json.loads((tmp_path / "check.json").read_text())

@@ -44,13 +44,13 @@ def default_context(task: Task) -> CommandContext:
 
 
 async def run_check(
-    task: Task, check: HealthCheck, context: CommandContextOf = default_context
+    task: Task, check: HealthCheck, context: CommandContext | None = None
 ) -> tuple[bool, str]:
     """Run one check; (passed, what it said). Never raises for the check's own failures."""
     try:
         async with asyncio.timeout(check.timeout_s):
             if check.kind == "cmd":
-                return await _command(check, context(task))
+                return await _command(check, context or default_context(task))
             port = check_port(task, check)
             if port is None:
                 return False, "the task has no port to check"
@@ -137,9 +137,11 @@ class HealthCheckers:
     async def _loop(self, task: Task, check: HealthCheck) -> None:
         started = time.monotonic()
         state = HealthState()
+        # A task's environment and directory do not change while it runs: worked out once.
+        context = self._context(task) if check.kind == "cmd" else None
         self._on_change(task.id, state.health, "waiting for the first health check")
         while True:
-            passed, output = await run_check(task, check, self._context)
+            passed, output = await run_check(task, check, context)
             new = observe(
                 state, check, passed=passed, since_start_s=time.monotonic() - started, output=output
             )
