@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import machine_info
-from treeherd.core.discovery import service_endpoints, static_endpoints
+from treeherd.core.edge.discovery import service_endpoints, static_endpoints
 from treeherd.core.view import View
 from treeherd.manager.dependencies import dependency_message
 from treeherd.model.discovery import Endpoint

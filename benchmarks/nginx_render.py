@@ -6,7 +6,7 @@ N routed nodes under 10 groups, each node with 3 bound machines (weights 1-3, on
 routes on 10 domains (one in two nodes also on an inner domain), every tenth domain with an ssl port.
 For each size it measures, over `--repeat` runs (median and min reported):
 
-- `routing`: the core's routing table from the snapshot (core/routing.py);
+- `routing`: the core's routing table from the snapshot (core/edge/routing.py);
 - `render`: routing table + Jinja2 templates to bytes (render/nginx.py, what the gateway does per change);
 - `validate`: the real `nginx -t` on the rendered file in a temp prefix (once per size: it is a process).
 
@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from treeherd.core.routing import routing_table
-from treeherd.gateway.nginx import find_nginx
+from treeherd.core.edge.routing import routing_table
 from treeherd.model.objects import Binding, Domain, DomainPort, DomainUri, Machine, TreeNode
 from treeherd.model.routing import RoutingSnapshot
+from treeherd.proxy.nginx import find_nginx
 from treeherd.render.nginx import ROUTING_FILE, MainOptions, RenderOptions, render_main, render_nginx
 from treeherd.testing.factories import FIXED_NOW
 

@@ -11,7 +11,7 @@ import pytest
 from agent_helpers import NOW, make_task
 
 from treeherd.agent.db import TaskDB
-from treeherd.core.agent_state import StoredTask
+from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import TaskStatus
 from treeherd.model.states import TaskState
 

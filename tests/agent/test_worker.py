@@ -12,7 +12,7 @@ from agent_helpers import eventually, make_task
 from treeherd.agent.db import TaskDB
 from treeherd.agent.taskrunner import Progress
 from treeherd.agent.worker import Worker
-from treeherd.core.agent_state import InvalidTransition
+from treeherd.core.tasks.agent_state import InvalidTransition
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState as S

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from treeherd.core import inventory as inv
-from treeherd.core import nodes
+from treeherd.core.tree import inventory as inv
+from treeherd.core.tree import nodes
 from treeherd.core.view import View
 from treeherd.model.objects import Binding, Domain, DomainPort, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.ops import Op

@@ -1,4 +1,4 @@
-"""The plans of core/nodes.py and core/inventory.py, called directly against a MemoryStore's view.
+"""The plans of core/tree/nodes.py and core/tree/inventory.py, called directly against a MemoryStore's view.
 
 State is built by committing what the plans return (see `World` in conftest.py), so every test also
 checks that the operations a plan makes are ones the store accepts.
@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from msgspec import UNSET
 
-from treeherd.core import inventory as inv
-from treeherd.core import nodes
-from treeherd.core.tree import MAX_DEPTH, MAX_PATH_LENGTH
+from treeherd.core.tree import inventory as inv
+from treeherd.core.tree import nodes
+from treeherd.core.tree.tree import MAX_DEPTH, MAX_PATH_LENGTH
 from treeherd.model.errors import (
     AlreadyExists,
     InvalidInput,

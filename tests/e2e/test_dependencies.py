@@ -90,14 +90,15 @@ def test_app_reaches_its_dependency_through_the_local_haproxy(cluster: Cluster) 
     # Kill one api process, then loop through haproxy: no failed request, and the dead server is gone
     # from haproxy within a second, without a reload.
     victim = next(t for t in cluster.running("api"))
-    pid = next(
-        p.pid for p in processes_under(cluster.tmp) if process_env(p).get("TREEHERD_TASK_ID") == victim["id"]
+    process = next(
+        p for p in processes_under(cluster.tmp) if process_env(p).get("TREEHERD_TASK_ID") == victim["id"]
     )
     failures, started = 0, time.monotonic()
-    os.killpg(pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     # A request in flight at the very moment of the kill cannot be replayed by a TCP proxy; every one
-    # after it must succeed (haproxy retries a refused connection on another server).
-    psutil.wait_procs([psutil.Process(pid)], timeout=2)
+    # after it must succeed (haproxy retries a refused connection on another server). The handle was taken
+    # before the kill: the agent may reap the process before a new one could be made from its pid.
+    psutil.wait_procs([process], timeout=2)
     gone_after = None
     while time.monotonic() - started < 5:
         try:

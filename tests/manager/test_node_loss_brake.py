@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import msgspec
 import pytest
 
-from treeherd.core.nodes import plan_create_node
+from treeherd.core.tree.nodes import plan_create_node
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.services import Services
 from treeherd.model.objects import AgentStatus, Machine

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from treeherd.core.nodes import plan_create_node
+from treeherd.core.tree.nodes import plan_create_node
 from treeherd.manager import orchestrator as orchestrator_module
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.orchestrator import Orchestrator

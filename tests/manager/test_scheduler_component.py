@@ -10,7 +10,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from treeherd.core.nodes import plan_create_node
+from treeherd.core.tree.nodes import plan_create_node
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from treeherd.gateway.nginx import find_nginx
+from treeherd.proxy.nginx import find_nginx
 from treeherd.render.nginx import ROUTING_FILE, MainOptions, render_main
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.render.nginx_check import make_certificate, nginx_test
 from tests.render.trees import empty_snapshot, route, tricky_snapshot
-from treeherd.core.routing import location_order, routing_table
+from treeherd.core.edge.routing import location_order, routing_table
 from treeherd.model.routing import RoutingSnapshot
 from treeherd.render.nginx import RenderOptions, render_nginx
 from treeherd.testing import factories as f

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from treeherd.core.inventory import default_access_log, default_error_log
+from treeherd.core.tree.inventory import default_access_log, default_error_log
 from treeherd.model.gateway import BackendState
 from treeherd.model.objects import DomainPort, DomainUri
 from treeherd.model.routing import RoutingSnapshot

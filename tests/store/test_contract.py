@@ -499,7 +499,7 @@ async def test_index_after_a_batch_with_one_refused_transaction(store):
     assert filed(view, "machine", "m1") == ["e1", "e4"]
 
 
-# ---- cross-object invariants (core/integrity.py) --------------------------------------------------
+# ---- cross-object invariants (core/tree/integrity.py) --------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ The model keeps plain dicts of objects and decides each operation by scanning ev
 its unique keys and references are written out here, independently of `model/kinds.py`. After every
 step the state must hold exactly the model's objects, its indexes must match what the objects declare,
 every reference must resolve, every non-unique index must file exactly what a scan finds, the
-cross-object invariants of `core/integrity.py` must hold (a node's path extends its parent's by one
+cross-object invariants of `core/tree/integrity.py` must hold (a node's path extends its parent's by one
 segment; one node's machines are all physical or all virtual), and a refused transaction must leave the
 state exactly as it was. An accepted one must also survive what the engine does with it (rolled back,
 then replayed) and what a restart does (a new state loaded from its objects), indexes included.

@@ -27,7 +27,7 @@ from treeherd.agent.logs import LogStreamer
 from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
 from treeherd.agent.worker import Worker, utc_now
-from treeherd.core.agent_state import AgentState
+from treeherd.core.tasks.agent_state import AgentState
 from treeherd.executors.base import Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.executors.process import ProcessExecutor

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import msgspec
 
-from treeherd.core.agent_state import StoredTask
+from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import Task, TaskStatus
 
 __all__ = ["TaskDB"]

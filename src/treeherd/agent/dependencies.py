@@ -17,7 +17,7 @@ from typing import Literal
 
 import psutil
 
-from treeherd.core.agent_state import AgentState
+from treeherd.core.tasks.agent_state import AgentState
 from treeherd.model.states import TaskState
 from treeherd.model.wire import DependencyEndpoints, DependencyServer
 from treeherd.proxy.haproxy import LocalHaproxy

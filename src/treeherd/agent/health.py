@@ -2,7 +2,7 @@
 
 Each loop runs the check every `interval_s` (a command with the task's environment and working
 directory, as the executor says, an HTTP GET or a TCP connect on 127.0.0.1 and the task's port),
-bounded by `timeout_s`, steps `core.health.observe` and
+bounded by `timeout_s`, steps `core.tasks.health.observe` and
 tells the worker each change of health (`on_change(task_id, health, message)`). The worker reports it
 to the manager, and fails a task that turned unhealthy when its check says `restart`.
 """
@@ -16,8 +16,8 @@ import os
 import time
 from collections.abc import Callable
 
-from treeherd.core.health import HealthState, observe
-from treeherd.core.task_env import task_environment
+from treeherd.core.tasks.health import HealthState, observe
+from treeherd.core.tasks.task_env import task_environment
 from treeherd.executors.base import CommandContext
 from treeherd.model.discovery import Health, HealthCheck
 from treeherd.model.services import Task

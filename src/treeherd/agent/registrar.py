@@ -14,7 +14,7 @@ import contextlib
 import logging
 
 from treeherd.agent.session import Session
-from treeherd.core.agent_state import AgentState
+from treeherd.core.tasks.agent_state import AgentState
 from treeherd.model.states import TaskState
 from treeherd.model.wire import TaskEndpoint
 from treeherd.transport.channel import ChannelClosed

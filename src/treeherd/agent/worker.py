@@ -1,4 +1,4 @@
-"""The worker: the async shell around `core.agent_state.AgentState`.
+"""The worker: the async shell around `core.tasks.agent_state.AgentState`.
 
 It turns what happens (assignments and acknowledgements from the session, progress of task runners,
 the tasks in the local DB at start) into events, feeds them to the state machine in batches (every
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
 from treeherd.agent.taskrunner import Progress, TaskRunner
-from treeherd.core.agent_state import (
+from treeherd.core.tasks.agent_state import (
     AgentStarted,
     AgentState,
     AssignmentsReceived,

@@ -41,7 +41,7 @@ def render_nginx_command(
 ) -> None:
     """Render the nginx configuration once: OUT/treeherd.conf (for nginx's http context) and
     OUT/nginx.conf (a main configuration that includes it). Nothing is written unless all of it is valid."""
-    from treeherd.gateway.nginx import find_nginx
+    from treeherd.proxy.nginx import find_nginx
     from treeherd.render.nginx import ROUTING_FILE, MainOptions, render_main, render_nginx
 
     snapshot = ctx.client.get("/api/v1/gateway/snapshot", RoutingSnapshot)
@@ -188,7 +188,7 @@ def gateway_run(ctx: Context, nginx_prefix: Path, nginx_binary: str, log_dir: Pa
     """Run the gateway: start or adopt nginx, follow the manager's changes, watch availability."""
     from treeherd.cli.gateway_runner import run_gateway
     from treeherd.gateway.gateway import GatewayOptions
-    from treeherd.gateway.nginx import find_nginx
+    from treeherd.proxy.nginx import find_nginx
 
     binary = find_nginx(nginx_binary)
     if binary is None:

@@ -14,7 +14,7 @@ import click
 
 from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import FORMAT_OPTION, fail, listing, print_json
-from treeherd.core.manifests import ManifestError, classes_file, module_classes
+from treeherd.core.puppet.manifests import ManifestError, classes_file, module_classes
 from treeherd.model.puppet import CatalogChange, CatalogSync, PuppetClass, PuppetConflict
 
 CLASSES = "/api/v1/puppet/classes"

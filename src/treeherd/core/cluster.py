@@ -8,8 +8,8 @@ from datetime import datetime
 import msgspec
 from msgspec import UNSET
 
-from treeherd.core.nodes import check_version
-from treeherd.core.puppet import cluster_puppet_changes
+from treeherd.core.puppet.puppet import cluster_puppet_changes
+from treeherd.core.tree.nodes import check_version
 from treeherd.core.view import View
 from treeherd.model.errors import InvalidInput
 from treeherd.model.ops import Create, Op, Update

@@ -7,7 +7,7 @@ stopped `process_groups`.
 
 Start: `command[0]` with the rest as arguments, as a new session (`start_new_session`), so the task
 and what it spawns share one process group that `shutdown` signals as a whole. Environment:
-`core.task_env` (PATH, HOME and LANG from the agent, the spec's `env`, TREEHERD_* variables). Working
+`core.tasks.task_env` (PATH, HOME and LANG from the agent, the spec's `env`, TREEHERD_* variables). Working
 directory: `spec.workdir` (absolute), or the task's own `work/` directory. `command_context` gives a
 command run beside the task (a health check) the same environment and working directory.
 
@@ -50,7 +50,7 @@ from typing import TypeVar
 import msgspec
 import psutil
 
-from treeherd.core.task_env import task_environment
+from treeherd.core.tasks.task_env import task_environment
 from treeherd.executors import logfiles
 from treeherd.executors.base import CommandContext, Exit, FatalError
 from treeherd.executors.limits import Limiter, TaskLimits

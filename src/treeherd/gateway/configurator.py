@@ -17,10 +17,10 @@ from typing import Literal
 
 import msgspec
 
-from treeherd.gateway.nginx import Nginx, NginxError
-from treeherd.gateway.releases import DIGEST_CHARS, Releases
 from treeherd.model.gateway import Figure, GatewayEventType
 from treeherd.model.routing import RoutingSnapshot
+from treeherd.proxy.nginx import Nginx, NginxError
+from treeherd.proxy.releases import DIGEST_CHARS, Releases
 from treeherd.render.nginx import (
     ROUTING_FILE,
     MainOptions,

@@ -21,11 +21,11 @@ from treeherd.gateway.configurator import Configurator
 from treeherd.gateway.health import HealthMonitor, HealthOptions, wall_clock
 from treeherd.gateway.manager_link import ManagerLink, Resync
 from treeherd.gateway.mirror import SnapshotMirror
-from treeherd.gateway.nginx import Nginx
 from treeherd.model.events import Event
 from treeherd.model.gateway import BackendState, Figure, GatewayEventType
 from treeherd.model.gateway_requests import BackendUpdate
 from treeherd.model.routing import RoutingSnapshot
+from treeherd.proxy.nginx import Nginx
 from treeherd.render.nginx import RenderOptions
 from treeherd.transport.client import ClientError
 

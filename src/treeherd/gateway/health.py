@@ -18,15 +18,15 @@ from pathlib import Path
 
 import msgspec
 
-from treeherd.core.availability import (
+from treeherd.core.edge.availability import (
     AvailabilityBook,
     alert_change,
     backend_key,
     parse_access_line,
     service_key,
 )
-from treeherd.core.ejection import BackendHealth, EjectionRule, decide_ejections
-from treeherd.core.routing import SnapshotIndex, location_order, policy_for, routing_table
+from treeherd.core.edge.ejection import BackendHealth, EjectionRule, decide_ejections
+from treeherd.core.edge.routing import SnapshotIndex, location_order, policy_for, routing_table
 from treeherd.gateway.logtail import LogTailer, PathPosition
 from treeherd.gateway.probes import post_webhook, probe
 from treeherd.model.availability import AvailabilityReport, BackendAvailability, ServiceAvailability

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from treeherd.core.allocate import PortPool, allocate, dynamic_ports
-from treeherd.core.discovery import service_endpoints
-from treeherd.core.orchestrate import finished
+from treeherd.core.edge.discovery import service_endpoints
+from treeherd.core.tasks.allocate import PortPool, allocate, dynamic_ports
+from treeherd.core.tasks.orchestrate import finished
 from treeherd.manager.inventory import utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
 from treeherd.model.events import Change

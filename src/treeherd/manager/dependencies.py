@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from treeherd.core.discovery import service_endpoints
+from treeherd.core.edge.discovery import service_endpoints
 from treeherd.core.view import View
 from treeherd.model.services import Task
 from treeherd.model.wire import DependencyEndpoints, DependencyServer

@@ -4,7 +4,7 @@ A lease is what etcd's lessor keeps: a deadline per registration, renewed by its
 store write (agents renew every 10 s, external registrants as often as they like), and the
 registration deleted when the deadline passes. Leases are not durable: a manager that starts gives
 every stored registration a full TTL, as etcd does after a leader change, so a restart never drops a
-live endpoint and a dead one is gone one TTL later. Decisions are in `core.discovery`.
+live endpoint and a dead one is gone one TTL later. Decisions are in `core.edge.discovery`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
-from treeherd.core.discovery import plan_agent_endpoints, plan_deregister, plan_expire, plan_register
-from treeherd.core.dispatch import cluster_settings
+from treeherd.core.edge.discovery import plan_agent_endpoints, plan_deregister, plan_expire, plan_register
+from treeherd.core.tasks.dispatch import cluster_settings
 from treeherd.core.view import View
 from treeherd.manager.inventory import apply_plan, new_id, utc_now
 from treeherd.model.discovery import DEFAULT_TTL_S, Endpoint

@@ -11,9 +11,9 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from treeherd.core import inventory as inv
-from treeherd.core import nodes
-from treeherd.core.tree import ancestors, resolve
+from treeherd.core.tree import inventory as inv
+from treeherd.core.tree import nodes
+from treeherd.core.tree.tree import ancestors, resolve
 from treeherd.core.view import View
 from treeherd.model.errors import NotFound, VersionConflict
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode

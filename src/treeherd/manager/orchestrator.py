@@ -1,4 +1,4 @@
-"""The orchestrator component: keeps every service's tasks as `core.orchestrate.reconcile` decides.
+"""The orchestrator component: keeps every service's tasks as `core.tasks.orchestrate.reconcile` decides.
 
 It reconciles a service when something that matters to it changes: the service itself, one of its tasks
 ending or finishing, a machine it has tasks on (down, drained, relabelled), any machine for global
@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from treeherd.core.node_loss import LossBrake, node_loss_brake
-from treeherd.core.orchestrate import finished, reconcile
+from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
+from treeherd.core.tasks.orchestrate import finished, reconcile
 from treeherd.core.view import View
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.reactor import Reactor, commit_safely

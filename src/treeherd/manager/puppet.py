@@ -12,9 +12,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from treeherd.core import enc, provisioning
-from treeherd.core import puppet as catalog_plans
 from treeherd.core.cluster import current_settings
+from treeherd.core.puppet import enc
+from treeherd.core.puppet import puppet as catalog_plans
+from treeherd.core.tree import provisioning
 from treeherd.core.view import View
 from treeherd.manager.inventory import apply_plan, new_id, utc_now
 from treeherd.model.enc import EncAnswer, UnknownHost

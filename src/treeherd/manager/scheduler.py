@@ -1,4 +1,4 @@
-"""The scheduler component: places PENDING tasks with `core.scheduling.schedule` and commits ASSIGNED.
+"""The scheduler component: places PENDING tasks with `core.tasks.scheduling.schedule` and commits ASSIGNED.
 
 It keeps a `NodeSet` (every machine and what is counted on it) in step with the store's events, so a
 batch costs what it places, not the cluster's size. Decisions are made in memory for a batch and
@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from treeherd.core.orchestrate import finished
-from treeherd.core.scheduling.nodeinfo import NodeSet
-from treeherd.core.scheduling.scheduler import schedule
+from treeherd.core.tasks.orchestrate import finished
+from treeherd.core.tasks.scheduling.nodeinfo import NodeSet
+from treeherd.core.tasks.scheduling.scheduler import schedule
 from treeherd.manager.inventory import utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
 from treeherd.model.events import Change

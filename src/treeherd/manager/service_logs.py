@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from treeherd.core.orchestrate import desired_running
+from treeherd.core.tasks.orchestrate import desired_running
 from treeherd.core.view import View
 from treeherd.model.errors import TreeherdError
 from treeherd.model.objects import Machine

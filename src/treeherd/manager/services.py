@@ -1,12 +1,12 @@
-"""Reads and writes of services and their tasks: the shell over core.services' plans."""
+"""Reads and writes of services and their tasks: the shell over core.tasks.services' plans."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
 
-from treeherd.core import services as plans
-from treeherd.core.orchestrate import desired_running
+from treeherd.core.tasks import services as plans
+from treeherd.core.tasks.orchestrate import desired_running
 from treeherd.manager.inventory import apply_plan, new_id, utc_now
 from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine, TreeNode

@@ -152,13 +152,13 @@ class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):
     task_history: int = 5
     registration_limit: int = 3
     registration_window_s: float = 8.0
-    # The brake on mass node loss (core.node_loss): when more than this share of the agent machines
+    # The brake on mass node loss (core.tasks.node_loss): when more than this share of the agent machines
     # went down within `node_loss_hold_s`, a down machine's tasks are replaced only after that long.
     node_loss_fraction: float = 0.1
     node_loss_hold_s: float = 60.0
     # Endpoint registrations live this long unless refreshed; agents refresh every third of it.
     endpoint_ttl_s: float = 30.0
-    # The ENC (core.enc): the class a host gets when its bound nodes' classes conflict (and, with
+    # The ENC (core.puppet.enc): the class a host gets when its bound nodes' classes conflict (and, with
     # `puppet_unknown_host = "default"`, a host the tree does not know); None: no class at all.
     puppet_default_class: str | None = None
     puppet_unknown_host: Literal["fail", "default"] = "fail"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import jinja2
 import msgspec
 
-from treeherd.core.routing import routing_table
+from treeherd.core.edge.routing import routing_table
 from treeherd.model.routing import RoutingSnapshot, RoutingTable
 
 __all__ = [

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import msgspec
 
-from treeherd.core import integrity
+from treeherd.core.tree import integrity
 from treeherd.model.base import Object
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound, Refused, VersionConflict
 from treeherd.model.events import Event
@@ -114,7 +114,7 @@ class State:
         return events, undo
 
     def _check_invariants(self, undo: list[Undo]) -> None:
-        """Cross-object invariants, on the state the transaction lands on (see core.integrity)."""
+        """Cross-object invariants, on the state the transaction lands on (see core.tree.integrity)."""
         before: dict[tuple[str, str], AnyObject | None] = {}
         for kind, id, previous in undo:
             before.setdefault((kind, id), previous)

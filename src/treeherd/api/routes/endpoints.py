@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 
-from treeherd.core.discovery import service_endpoints
-from treeherd.core.services import validate_name
+from treeherd.core.edge.discovery import service_endpoints
+from treeherd.core.tasks.services import validate_name
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import Inventory

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post, put
 
-from treeherd.core import gateway_plans as plans
+from treeherd.core.edge import gateway_plans as plans
 from treeherd.manager.inventory import Inventory, apply_plan, new_id, utc_now
 from treeherd.model.errors import NotFound
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
