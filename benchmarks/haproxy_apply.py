@@ -39,7 +39,8 @@ from typing import Any
 from treeherd.proxy import LocalHaproxy
 from treeherd.proxy.stats import info
 from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, server_name
-from treeherd.testing.backends import Backend, ask, free_port
+from treeherd.testing.backends import Backend, ask
+from treeherd.testing.ports import free_port
 
 TIMEOUT_S = 10.0
 
