@@ -121,6 +121,8 @@ def main() -> None:
         "create_and_delete": per_call(write),
     }
     report = {
+        "benchmark": "endpoint_reads",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": vars(args) | {"out": str(args.out)},
         "service_size": len(indexed),
         "machine_size": len(state.where(Endpoint, "machine", machine_id)),
