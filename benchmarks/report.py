@@ -279,7 +279,11 @@ def enc() -> str:
         ])  # fmt: skip
     header = ["hosts", "`treeherd enc` p50", "p90", "p99", "`GET /api/v1/enc` p50", "p99",
               "manager CPU per request", "loading machines + bindings"]  # fmt: skip
-    baselines = "; ".join(f"`{name}` p50 {ms(b['p50'], 1)}" for name, b in d["baselines_ms"].items())
+    baselines = "; ".join(
+        f"`{command}`{' (' + note if note else ''} p50 {ms(b['p50'], 1)}"
+        for name, b in d["baselines_ms"].items()
+        for command, _, note in [name.partition(" (")]
+    )
     return f"{provenance('enc', d)}\n\n{table(header, rows)}\n\nBaselines: {baselines}."
 
 
