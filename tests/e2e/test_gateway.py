@@ -17,12 +17,12 @@ from tests.gateway.helpers import (
     Backend,
     GatewayProcess,
     WebhookReceiver,
-    free_port,
     get,
     served_by,
-    wait_for,
 )
+from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
+from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client
 
 pytestmark = pytest.mark.e2e
