@@ -36,7 +36,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from benchlib import machine_info
 from treeherd.model.discovery import Dependency, HealthCheck
 from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
 from treeherd.model.services import Placement, PortSpec, RestartPolicy, TaskSpec
+from treeherd.testing.ports import free_port
 from treeherd.testing.processes import (
     AgentProcess,
     ManagerProcess,
@@ -59,6 +59,7 @@ from treeherd.testing.processes import (
     reap_processes_under,
     treeherd_command,
 )
+from treeherd.testing.waiting import wait_for as shared_wait_for
 from treeherd.transport.client import Client
 
 SCENARIOS = ("task", "agent", "manager", "gateway", "nginx", "haproxy", "sigstop")
@@ -82,20 +83,20 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(check: Callable[[], Any], what: str, timeout: float, poll_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if result := check():
-                return result
-        time.sleep(poll_s)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+    """The shared bounded wait, where a check that raises (the API down while the manager restarts) counts
+    as not yet; a timeout is a TimeoutError, which a scenario records as not recovered."""
+
+    def tolerant() -> Any:
+        try:
+            return check()
+        except Exception:
+            return None
+
+    try:
+        return shared_wait_for(tolerant, what, timeout, poll_s=poll_s)
+    except AssertionError as timed_out:
+        raise TimeoutError(str(timed_out)) from None
 
 
 def http_get(port: int, host: str | None = None, timeout: float = 2.0) -> int:

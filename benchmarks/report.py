@@ -300,6 +300,28 @@ def discovery() -> str:
     return f"{provenance('discovery', d)}\n\n{table(header, rows)}"
 
 
+def chaos() -> str:
+    """Every chaos run kept: the figures of each fault, one table per file (before and after a change)."""
+    parts = []
+    for path in sorted(RESULTS.glob("chaos*.json")):
+        name = path.stem
+        d = load(name)
+        rows = []
+        for r in d["results"]:
+            recovery = sec(r["recovery_s"]) if r["recovered"] else "**not recovered**"
+            twice = ", ".join(str(s) for s in r["slots_seen_twice"]) or "none"
+            rows.append([
+                r["scenario"], recovery, f"{num(r['edge_failed'])} / {num(r['edge_requests'])}",
+                f"{num(r['dependency_failed'])} / {num(r['dependency_requests'])}",
+                f"{twice} ({r['seconds_with_a_slot_twice']} s)", ", ".join(map(str, r["slots_without_process_at_end"])) or "none",
+            ])  # fmt: skip
+        header = ["fault", "to current configuration", "edge failed / sent", "dependency failed / sent",
+                  "web slots seen twice", "slots without a process after"]  # fmt: skip
+        left = f"Processes left when the run ended: {d['processes_left']}."
+        parts.append(f"{provenance(name, d)} {left}\n\n{table(header, rows)}")
+    return "\n\n".join(parts)
+
+
 def endpoint_reads() -> str:
     d = load("endpoint_reads")
     f, p = d["figures"], d["parameters"]
@@ -332,6 +354,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "enc": enc,
     "discovery": discovery,
     "endpoint_reads": endpoint_reads,
+    "chaos": chaos,
 }
 
 

@@ -57,8 +57,9 @@ def _results_sections(text: str) -> list[str]:
 
 
 def test_results_prose_quotes_only_figures_its_tables_show() -> None:
-    sections = _results_sections(README.read_text())
-    assert len(sections) == 8
+    text = README.read_text()
+    sections = _results_sections(text)
+    assert sections and len(sections) == text.count("\n### Results\n")  # the parse finds every one
     unbacked = []
     for section in sections:
         tables = "\n".join(report.blocks(section).values())
