@@ -70,9 +70,9 @@ def routing_snapshot(view: View) -> RoutingSnapshot:
 
 
 def validate_gateway_name(name: str) -> str:
-    if not name or len(name) > 63 or not all(c.isalnum() or c in "-_." for c in name):
+    if not name or len(name) > 63 or not all((c.isascii() and c.isalnum()) or c in "-_." for c in name):
         raise InvalidInput(
-            f"invalid gateway name {name!r}: 1-63 letters, digits, '-', '_' or '.'", field="name"
+            f"invalid gateway name {name!r}: 1-63 ASCII letters, digits, '-', '_' or '.'", field="name"
         )
     return name
 
