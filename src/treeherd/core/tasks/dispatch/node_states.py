@@ -1,6 +1,6 @@
 """The agent state recorded on each machine (ready, unknown, down) as the dispatcher sees agents come
 and go: the writes that move it, and the "unknown" state every live agent gets when the dispatcher
-starts."""
+starts. Whether a machine counts as down is `core.tasks.machine_problems.agent_down`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import datetime
 
 import msgspec
 
+from treeherd.core.tasks.machine_problems import agent_down
 from treeherd.core.view import View
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Op, Update
@@ -38,6 +39,6 @@ def plan_mark_unknown(view: View, now: datetime) -> tuple[list[Op], list[str]]:
     """At dispatcher start: every machine with an agent that is not down becomes "unknown" until its
     agent registers again. Returns the writes and the ids to track with a doubled grace. Down nodes
     are not resurrected."""
-    ids = sorted(m.id for m in view.all(Machine) if m.agent is not None and m.agent.state != "down")
+    ids = sorted(m.id for m in view.all(Machine) if m.agent is not None and not agent_down(m))
     message = "the dispatcher started: waiting for the agent to connect"
     return plan_agent_state(view, ids, "unknown", message, now), ids
