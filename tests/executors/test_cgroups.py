@@ -10,15 +10,19 @@ import signal
 import sys
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
+from tests.executors.conftest import MakeExecutor
 from tests.executors.helpers import eventually, make_task, started, until_ready
+from treeherd.agent.taskrunner import Progress, TaskRunner
 from treeherd.executors.base import FatalError
 from treeherd.executors.cgroup_host import HostCgroups
 from treeherd.executors.cgroups import CPU, MEMORY, PIDS, CgroupHost, detect
 from treeherd.executors.limits import Limiter, TaskLimits
 from treeherd.executors.process import ProcessExecutor, exit_of
+from treeherd.model.states import TaskState as S
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,3 +184,36 @@ def _zombie(pid: int) -> bool:
         return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
+
+
+# --- a limit the host cannot enforce: a warning on the task, or REJECTED when strict ------------------
+
+
+async def test_an_unenforced_limit_is_in_the_running_message_or_rejects_a_strict_task(
+    make_executor: MakeExecutor,
+) -> None:
+    executor = make_executor(cgroup_root=None)  # as on a host without cgroups
+    progress: list[Progress] = []
+    task = make_task(script="pass", cpus=0.5)
+    runner = TaskRunner(task, S.ASSIGNED, executor, lambda _id, p: progress.append(p), grace_s=1)
+    async with asyncio.timeout(15):
+        await runner.run()
+    running = next(p for p in progress if p.state == S.RUNNING)
+    assert running.message == (
+        "started; warning: CPU limit not enforced (no usable cpu cgroup controller; cgroups none)"
+    )
+    assert progress[-1].state == S.COMPLETE
+
+    progress.clear()
+    resources = msgspec.structs.replace(task.spec.resources, limits="strict")
+    strict = msgspec.structs.replace(
+        task, id="t2", spec=msgspec.structs.replace(task.spec, resources=resources)
+    )
+    runner = TaskRunner(strict, S.ASSIGNED, executor, lambda _id, p: progress.append(p), grace_s=1)
+    async with asyncio.timeout(15):
+        await runner.run()
+    assert [p.state for p in progress] == [S.ACCEPTED, S.PREPARING, S.REJECTED]
+    assert progress[-1].error == (
+        "strict limits cannot be enforced here: "
+        "CPU limit not enforced (no usable cpu cgroup controller; cgroups none)"
+    )
