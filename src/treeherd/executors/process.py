@@ -10,8 +10,9 @@ and what it spawns share one process group that `shutdown` signals as a whole, a
 allows it in a cgroup of its own that holds its whole tree. Environment: `core.tasks.task_env` (PATH,
 HOME and LANG from the agent, the spec's `env`, TREEHERD_* variables) plus the executor's marker (see
 `spawn`). Working directory: `spec.workdir` (absolute), or the task's own `work/` directory.
-`command_context` gives a command run beside the task (a health check) the same environment (without
-the marker) and working directory.
+`command_context` gives a command run beside the task (a health check) the same environment (the
+marker included: one left running by a dead agent is the task's, and ends with it) and working
+directory.
 
 Adoption: the task's process is not tied to the agent (its output is a file, its session its own), so
 it keeps running when the agent stops. A controller whose `start` or `wait` finds a `process.json`
@@ -61,11 +62,12 @@ from treeherd.executors.process_groups import (
     stop_group,
 )
 from treeherd.executors.spawn import (
+    ENV_EXECUTOR_DIR,
     check_program,
     check_workdir,
-    find_leader,
     kill_processes,
     marked_processes,
+    recover,
     spawn,
 )
 from treeherd.executors.taskfiles import EXIT, LIMITS, PROCESS, SPAWN, TaskFiles, remove_tree
@@ -201,21 +203,7 @@ class ProcessController:
         if not self.files.exists(SPAWN):
             return None
         found = self._executor.marked(self.task.id, self._saved_limits()).get(self.task.id, [])
-        record = find_leader(found)
-        if record is None:
-            if found:  # what a dead leader left: not the task's process, and nobody else's
-                log.warning("task %s: ending %d processes its lost process left", self.task.id, len(found))
-                kill_processes(found)
-            return None
-        log.warning("task %s: found process %d started before the agent died", self.task.id, record.pid)
-        strays = [
-            process
-            for process in found
-            if process.pid != record.pid and os.getsid(process.pid) == process.pid
-        ]
-        kill_processes(strays)  # a second leader: the task was started twice before this fix
-        self.files.write(PROCESS, record)
-        return record
+        return recover(self.files, found)
 
     def _workdir(self) -> Path:
         workdir = self.task.spec.workdir
@@ -301,7 +289,7 @@ class ProcessExecutor:
             cwd: str | None = str(controller._workdir())
         except FatalError:
             cwd = None  # the task itself was refused for it; the check runs where the agent runs
-        return CommandContext(env=controller._environment(), cwd=cwd)
+        return CommandContext(env={**controller._environment(), ENV_EXECUTOR_DIR: str(self.root)}, cwd=cwd)
 
     def marked(
         self, task_id: str | None = None, limits: TaskLimits | None = None

@@ -38,7 +38,9 @@ __all__ = [
     "check_program",
     "check_workdir",
     "find_leader",
+    "kill_processes",
     "marked_processes",
+    "recover",
     "spawn",
 ]
 
@@ -157,15 +159,35 @@ def marked_processes(
 def find_leader(processes: list[psutil.Process]) -> ProcessRecord | None:
     """The task's process among its marked processes: the oldest leader of its own session (what
     `spawn` starts; what the task spawns stays in that session unless it leaves it)."""
-    leaders = []
-    for process in processes:
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getsid(process.pid) == process.pid:
-                leaders.append(process)
+    leaders = [process for process in processes if _leads(process)]
     if not leaders:
         return None
     oldest = min(leaders, key=lambda process: process.create_time())
     return ProcessRecord(pid=oldest.pid, create_time=oldest.create_time(), started_at=oldest.create_time())
+
+
+def recover(files: TaskFiles, found: list[psutil.Process]) -> ProcessRecord | None:
+    """After a crash between starting the task's process and recording it: the process among the
+    task's marked processes `found`, recorded now (None: it never started, or it has ended; what a
+    dead leader left is ended, being nobody's)."""
+    record = find_leader(found)
+    if record is None:
+        if found:
+            log.warning("task %s: ending %d processes its lost process left", files.task_id, len(found))
+            kill_processes(found)
+        return None
+    log.warning("task %s: found process %d started before the agent died", files.task_id, record.pid)
+    # Another session leader: the task was started twice by an agent without this recovery.
+    kill_processes([process for process in found if process.pid != record.pid and _leads(process)])
+    files.write(PROCESS, record)
+    return record
+
+
+def _leads(process: psutil.Process) -> bool:
+    try:
+        return bool(os.getsid(process.pid) == process.pid)
+    except OSError:
+        return False
 
 
 def kill_processes(processes: list[psutil.Process], signum: int = signal.SIGKILL) -> None:
