@@ -319,10 +319,14 @@ class ProcessExecutor:
         return running
 
     async def stop_orphan(self, task_id: str, grace_s: float) -> None:
-        """Stop a task's process (SIGTERM, SIGKILL after `grace_s`) without its Task at hand."""
-        record = TaskFiles(self.root, task_id).process()
+        """Stop a task's processes (SIGTERM, SIGKILL after `grace_s`) without its Task at hand: its
+        recorded process group, or, with no record, what carries its marker."""
+        files = TaskFiles(self.root, task_id)
+        record = files.process()
         if record is not None:
             await stop_group(record, grace_s)
+        elif files.exists(SPAWN) or not files.dir.exists():
+            await self._stop_marked(task_id, grace_s)
 
     async def purge(self, task_id: str) -> None:
         """Kill whatever of the task still runs (its process group, its cgroups, and processes with
@@ -339,17 +343,20 @@ class ProcessExecutor:
         limits = files.read(LIMITS, TaskLimits)
         if limits is not None:
             await self._remove_cgroups(task_id, limits)
-        if (record is None and files.exists(SPAWN)) or not files.dir.exists():
-            await self._kill_marked(task_id)
+        if record is None and files.exists(SPAWN):  # started, maybe, but not recorded
+            await self._stop_marked(task_id, 0)
         await asyncio.to_thread(remove_tree, files.dir)
 
-    async def _kill_marked(self, task_id: str) -> None:
-        found = await asyncio.to_thread(self.marked, task_id)
-        processes = found.get(task_id, [])
-        if processes:
-            log.warning("task %s: killing %d unrecorded processes of it", task_id, len(processes))
-            kill_processes(processes)
-            await asyncio.to_thread(psutil.wait_procs, processes, KILL_WAIT_S)
+    async def _stop_marked(self, task_id: str, grace_s: float) -> None:
+        processes = (await asyncio.to_thread(self.marked, task_id)).get(task_id, [])
+        if not processes:
+            return
+        log.warning("task %s: stopping %d unrecorded processes of it", task_id, len(processes))
+        for signum in (signal.SIGTERM, signal.SIGKILL) if grace_s > 0 else (signal.SIGKILL,):
+            kill_processes(processes, signum)
+            _, processes = await asyncio.to_thread(psutil.wait_procs, processes, grace_s or KILL_WAIT_S)
+            if not processes:
+                return
 
     async def _remove_cgroups(self, task_id: str, limits: TaskLimits) -> None:
         # Processes that left the process group are still in the cgroups: kill them too.
