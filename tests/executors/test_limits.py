@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.executors.conftest import MakeExecutor
 from tests.executors.helpers import collect, make_task, output, run, started
 from treeherd.executors.base import Exit
-from treeherd.executors.cgroups import CPU, MEMORY, find_hierarchies
+from treeherd.executors.cgroups import CPU, MEMORY, PIDS, find_hierarchies
 from treeherd.executors.limits import Limiter, TaskLimits
 from treeherd.executors.process import UNKNOWN_EXIT, ProcessExecutor
 from treeherd.executors.process_groups import child, forget_child
@@ -233,3 +234,32 @@ async def test_without_cgroups_a_memory_limit_is_an_address_space_rlimit(
         assert await controller.wait() == Exit(code=1, message="exited with code 1")
     limit = 150 * MIB
     assert await collect(executor.logs("t1")) == f"({limit}, {limit})\nMemoryError\n".encode()
+
+
+async def test_a_process_count_limit_stops_forks_or_is_a_warning(executor: ProcessExecutor) -> None:
+    script = (
+        "import os, time\n"
+        "made = 0\n"
+        "for _ in range(20):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(5)\n"
+        "            os._exit(0)\n"
+        "        made += 1\n"
+        "    except OSError:\n"
+        "        break\n"
+        "print(made)\n"
+    )
+    base = make_task(script=script)
+    resources = msgspec.structs.replace(base.spec.resources, limit_pids=5)
+    task = msgspec.structs.replace(base, spec=msgspec.structs.replace(base.spec, resources=resources))
+    controller = await started(executor, task)
+    async with asyncio.timeout(30):
+        assert (await controller.wait()).success
+    if enforced(PIDS):
+        assert int(output(executor)) == 4  # the task's own process is one of the five
+        assert controller.warnings == []
+    else:
+        assert int(output(executor)) == 20
+        assert "process count limit not enforced" in controller.warnings[0]
+    await controller.remove()
