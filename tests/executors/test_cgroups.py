@@ -22,6 +22,7 @@ from treeherd.executors.cgroup_host import HostCgroups
 from treeherd.executors.cgroups import CPU, MEMORY, PIDS, CgroupHost, detect
 from treeherd.executors.limits import Limiter, TaskLimits
 from treeherd.executors.process import ProcessExecutor, exit_of
+from treeherd.executors.taskfiles import remove_tree
 from treeherd.model.states import TaskState as S
 
 pytestmark = pytest.mark.timeout(60)
@@ -217,3 +218,23 @@ async def test_an_unenforced_limit_is_in_the_running_message_or_rejects_a_strict
         "strict limits cannot be enforced here: "
         "CPU limit not enforced (no usable cpu cgroup controller; cgroups none)"
     )
+
+
+async def test_cgroups_a_lost_task_left_are_found_and_removed(make_executor: MakeExecutor) -> None:
+    # As when an agent dies in the middle of removing a task: its directory is gone, its cgroups not.
+    first = make_executor()
+    controller = await started(first, make_task(script="pass", memory=100 * MIB))
+    async with asyncio.timeout(15):
+        await controller.wait()
+    limits = controller.files.read("limits.json", TaskLimits)
+    assert limits is not None
+    remove_tree(controller.files.dir)
+    second = make_executor()  # the next agent on the same directory
+    other = make_executor(first.root.parent / "other-agent")  # another agent on this machine
+    assert other.task_ids() == []
+    expected = ["t1"] if limits.cgroups else []  # none where the host has no usable cgroups
+    assert second.task_ids() == expected
+    assert all(cgroup.exists() for cgroup in limits.cgroups)
+    await second.purge("t1")
+    assert not any(cgroup.exists() for cgroup in limits.cgroups)
+    assert second.task_ids() == []

@@ -177,9 +177,13 @@ async def test_a_task_runs_in_its_own_cgroups(executor: ProcessExecutor) -> None
     assert await run(executor, task) == Exit(code=0, message="exited with code 0")
     lines = output(executor).decode().splitlines()
     if enforced(MEMORY) == "cgroup v1":
-        assert next(line for line in lines if ":memory:" in line).endswith("/treeherd/t1")
+        assert next(line for line in lines if ":memory:" in line).endswith(
+            f"/treeherd/{executor.limiter.scope}/t1"
+        )
     if Limiter(CGROUP_ROOT).support().task_tree == "cgroup v2":
-        assert next(line for line in lines if line.startswith("0::")).endswith("/treeherd/t1")
+        assert next(line for line in lines if line.startswith("0::")).endswith(
+            f"/treeherd/{executor.limiter.scope}/t1"
+        )
 
 
 async def test_a_cpu_limit_throttles_the_task_or_is_a_warning(executor: ProcessExecutor) -> None:

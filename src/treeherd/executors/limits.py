@@ -157,11 +157,12 @@ class TaskLimits(msgspec.Struct, kw_only=True):
                     raise
                 busy.append(cgroup)
                 continue
-            # Leave the agent's own cgroup as we found it: our directory goes with its last task
-            # (it is busy while other tasks' cgroups are in it).
-            if cgroup.parent.name == GROUP:
-                with contextlib.suppress(OSError):
-                    cgroup.parent.rmdir()
+            # Leave the agent's own cgroup as we found it: this executor's directory and ours go with
+            # their last task (they are busy while other tasks' cgroups are in them).
+            for parent in (cgroup.parent, cgroup.parent.parent):
+                if GROUP in (parent.name, parent.parent.name):
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
         return busy
 
 
@@ -184,8 +185,9 @@ class Limiter:
 
     `cgroup_root` None: never use cgroups."""
 
-    def __init__(self, cgroup_root: Path | None) -> None:
+    def __init__(self, cgroup_root: Path | None, scope: str = "") -> None:
         self.cgroup_root = cgroup_root
+        self.scope = scope  # this executor's directory below ours, so agents sharing a cgroup stay apart
         self._host: HostCgroups | None = None
         self._warned: set[str] = set()
 
@@ -210,6 +212,21 @@ class Limiter:
 
     def support(self) -> LimitSupport:
         return self.host.support()
+
+    def leftovers(self) -> dict[str, TaskLimits]:
+        """Task id → the cgroups of this executor's tasks that exist (to find what a lost task left)."""
+        found: dict[str, TaskLimits] = {}
+        if not self.scope:
+            return found
+        places = [(f"{c}_cgroup", base) for c, base in self.bases.items()]
+        if self.unified_base is not None:
+            places.append(("unified_cgroup", self.unified_base))
+        for field, base in places:
+            with contextlib.suppress(OSError):
+                for cgroup in (base / self.scope).iterdir():
+                    if cgroup.is_dir():
+                        setattr(found.setdefault(cgroup.name, TaskLimits()), field, str(cgroup))
+        return found
 
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
@@ -277,12 +294,13 @@ class Limiter:
     def _make(
         self, base: Path, task_id: str, settings: dict[str, str], enable: list[str] | None = None
     ) -> Path | None:
-        cgroup = base / task_id
+        cgroup = base / self.scope / task_id
         try:
-            made = not base.exists()
-            base.mkdir(exist_ok=True)  # again: it goes when its last task's cgroup is removed
-            if made and enable:
-                (base / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in enable))
+            for level in (base, base / self.scope) if self.scope else (base,):
+                made = not level.exists()
+                level.mkdir(exist_ok=True)  # again: it goes when its last task's cgroup is removed
+                if made and enable:
+                    (level / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in enable))
             cgroup.mkdir(exist_ok=True)
             for name, value in settings.items():  # in order: the cfs period before its quota
                 if name == "memory.swap.max" and not (cgroup / name).exists():

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -273,7 +274,7 @@ class ProcessExecutor:
         self.root = root
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
-        self.limiter = Limiter(cgroup_root)
+        self.limiter = Limiter(cgroup_root, scope=hashlib.sha256(str(root).encode()).hexdigest()[:12])
 
     def controller(self, task: Task) -> ProcessController:
         return ProcessController(self, task)
@@ -306,6 +307,7 @@ class ProcessExecutor:
         except FileNotFoundError:
             ids = set()
         ids.update(task_id for task_id in self.marked() if task_id)
+        ids.update(self.limiter.leftovers())
         return sorted(ids)
 
     def running_tasks(self) -> dict[str, int]:
@@ -326,7 +328,8 @@ class ProcessExecutor:
         if record is not None:
             await stop_group(record, grace_s)
         elif files.exists(SPAWN) or not files.dir.exists():
-            await self._stop_marked(task_id, grace_s)
+            limits = files.read(LIMITS, TaskLimits) or self.limiter.leftovers().get(task_id)
+            await self._stop_marked(task_id, grace_s, limits)
 
     async def purge(self, task_id: str) -> None:
         """Kill whatever of the task still runs (its process group, its cgroups, and processes with
@@ -340,15 +343,16 @@ class ProcessExecutor:
             popen = child(record)
             if popen is not None and popen.poll() is not None:
                 forget_child(record)
-        limits = files.read(LIMITS, TaskLimits)
+        limits = files.read(LIMITS, TaskLimits) or self.limiter.leftovers().get(task_id)
         if limits is not None:
             await self._remove_cgroups(task_id, limits)
         if record is None and files.exists(SPAWN):  # started, maybe, but not recorded
-            await self._stop_marked(task_id, 0)
+            await self._stop_marked(task_id, 0, limits)
         await asyncio.to_thread(remove_tree, files.dir)
 
-    async def _stop_marked(self, task_id: str, grace_s: float) -> None:
-        processes = (await asyncio.to_thread(self.marked, task_id)).get(task_id, [])
+    async def _stop_marked(self, task_id: str, grace_s: float, limits: TaskLimits | None) -> None:
+        """End the task's marked processes (in its cgroup, if it has one, else in the process table)."""
+        processes = (await asyncio.to_thread(self.marked, task_id, limits)).get(task_id, [])
         if not processes:
             return
         log.warning("task %s: stopping %d unrecorded processes of it", task_id, len(processes))
