@@ -1,9 +1,10 @@
 """A task's resource limits and its own cgroups: cgroup v1 or v2 per controller, as the host has them
 (see `cgroups`), an address-space rlimit for memory without either, and never a silent gap.
 
-Where a task's cgroups go: below this agent's own cgroup, `<own cgroup>/treeherd/<task id>`, in each
-v1 hierarchy of a limit it has, and in the unified hierarchy (when one is mounted and writable) for
-every task, limits or not: that cgroup holds the task's whole process tree, whatever sessions or
+Where a task's cgroups go: below this agent's own cgroup, `<own cgroup>/treeherd/<scope>/<task id>`
+(`scope` names the executor's directory, so agents sharing a cgroup keep apart and each finds what its
+lost tasks left), in each v1 hierarchy of a limit it has, and in the unified hierarchy (when one is
+mounted and writable) for every task, limits or not: that cgroup holds the task's whole process tree, whatever sessions or
 groups its processes make, so the tree is found by `cgroup.procs` and ended at once by `cgroup.kill`.
 An agent that is itself confined (a container, a systemd slice) may only write below its own cgroup,
 and its tasks then count against its limits too. The directories made are recorded in the task's
