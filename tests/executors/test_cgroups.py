@@ -238,17 +238,3 @@ async def test_cgroups_a_lost_task_left_are_found_and_removed(make_executor: Mak
     await second.purge("t1")
     assert not any(cgroup.exists() for cgroup in limits.cgroups)
     assert second.task_ids() == []
-
-
-def test_a_cgroup_without_limits_is_joined_after_the_start_keeping_the_fast_start(tmp_path: Path) -> None:
-    placement = TaskLimits(unified_cgroup=str(tmp_path))
-    with placement.joining() as join:
-        assert join is None  # no preexec_fn: the child is started with vfork
-    placement.place(12345)
-    assert (tmp_path / "cgroup.procs").read_text() == "12345"
-    limited = TaskLimits(unified_cgroup=str(tmp_path), unified_limits=[MEMORY], memory_bytes=MIB)
-    (tmp_path / "cgroup.procs").write_text("")
-    with limited.joining() as join:
-        assert join is not None  # joined before exec, so the limit holds from the first instruction
-    limited.place(12345)
-    assert (tmp_path / "cgroup.procs").read_text() == ""

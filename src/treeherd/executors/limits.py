@@ -81,33 +81,16 @@ class TaskLimits(msgspec.Struct, kw_only=True):
     def cpu_enforced(self) -> bool:
         return self.cpus <= 0 or self.cpu_cgroup is not None or CPU in self.unified_limits
 
-    @property
-    def _limiting(self) -> list[Path]:
-        """The cgroups the child must be in before exec: those with limits."""
-        if self.unified_cgroup is not None and not self.unified_limits:
-            return self.cgroups[:-1]  # only placement there: joined right after the start (`place`)
-        return self.cgroups
-
-    def place(self, pid: int) -> None:
-        """Move a started process into the task's unified cgroup if it has no limits there (joining
-        before exec would cost the fast vfork start, about 5 ms a task here; what the task forks in
-        the microseconds before this stays in its process group and carries its marker)."""
-        if self.unified_cgroup is not None and not self.unified_limits:
-            try:
-                (Path(self.unified_cgroup) / "cgroup.procs").write_text(str(pid))
-            except OSError as error:
-                log.warning("cannot place process %d in %s: %s", pid, self.unified_cgroup, error)
-
     @contextlib.contextmanager
     def joining(self) -> Iterator[Callable[[], None] | None]:
-        """A `preexec_fn` that puts the child in the task's cgroups with limits and sets its rlimit
-        (None when there is nothing to do, so the child can be started with vfork)."""
-        if not self._limiting and not self.rlimit_as:
+        """A `preexec_fn` that puts the child in the task's cgroups and sets its rlimit (None when
+        there is nothing to do, so the child can be started with vfork)."""
+        if not self.cgroups and not self.rlimit_as:
             yield None
             return
         descriptors: list[int] = []
         try:
-            for cgroup in self._limiting:
+            for cgroup in self.cgroups:
                 descriptors.append(os.open(cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
             rlimit = self.rlimit_as
 

@@ -120,7 +120,6 @@ def spawn(
         raise
     finally:
         os.close(output)
-    limits.place(popen.pid)
     record = ProcessRecord(
         pid=popen.pid, create_time=psutil.Process(popen.pid).create_time(), started_at=time.time()
     )
