@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from treeherd.core.edge.discovery import service_endpoints
 from treeherd.core.tasks.allocate import PortPool, allocate, dynamic_ports
 from treeherd.core.tasks.orchestrate import finished
-from treeherd.manager.inventory import utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
 from treeherd.model.events import Change
 from treeherd.model.ops import Update
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
+from treeherd.runtime import utc_now
 from treeherd.store.base import Store
 
 CHUNK = 5_000

@@ -18,12 +18,13 @@ from datetime import datetime
 from treeherd.core.edge.discovery import plan_agent_endpoints, plan_deregister, plan_expire, plan_register
 from treeherd.core.tasks.dispatch import cluster_settings
 from treeherd.core.view import View
-from treeherd.manager.inventory import apply_plan, new_id, utc_now
+from treeherd.manager.inventory import apply_plan
 from treeherd.model.discovery import DEFAULT_TTL_S, Endpoint
 from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.wire import TaskEndpoint
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 
 __all__ = ["Registry"]

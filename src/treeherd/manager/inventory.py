@@ -7,9 +7,8 @@ the caller pinned the version it read: then the conflict is the caller's to reso
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from treeherd.core.tree import inventory as inv
 from treeherd.core.tree import nodes
@@ -31,18 +30,10 @@ from treeherd.model.requests import (
     RouteSpec,
 )
 from treeherd.model.views import BindingView, ResolvedNode
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Committed, Store
 
 PLAN_ATTEMPTS = 5
-
-
-def new_id() -> str:
-    """A random 64-bit object id in hex."""
-    return secrets.token_hex(8)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def apply_plan(store: Store, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> Committed:

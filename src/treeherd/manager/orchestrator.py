@@ -21,13 +21,13 @@ from treeherd.core.tasks.machine_problems import agent_down
 from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
 from treeherd.core.tasks.orchestrate import finished, reconcile
 from treeherd.core.view import View
-from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine, TreeNode
 from treeherd.model.ops import Op
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import TaskState
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 
 RETRY_S = 0.2

@@ -17,13 +17,14 @@ from treeherd.core.puppet import enc
 from treeherd.core.puppet import puppet as catalog_plans
 from treeherd.core.tree import provisioning
 from treeherd.core.view import View
-from treeherd.manager.inventory import apply_plan, new_id, utc_now
+from treeherd.manager.inventory import apply_plan
 from treeherd.model.enc import EncAnswer, UnknownHost
 from treeherd.model.errors import NotFound, TreeherdError
 from treeherd.model.objects import Machine, ProvisioningRecord, TreeNode
 from treeherd.model.ops import Assert, Create, Delete, Op
 from treeherd.model.provisioning import MachineReport, ReportResult
 from treeherd.model.puppet import CatalogChange, CatalogSync, PuppetCatalog, PuppetConflict
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 
 __all__ = ["Puppet"]

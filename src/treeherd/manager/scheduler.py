@@ -18,13 +18,13 @@ import msgspec
 from treeherd.core.tasks.orchestrate import finished
 from treeherd.core.tasks.scheduling.nodeinfo import NodeSet
 from treeherd.core.tasks.scheduling.scheduler import schedule
-from treeherd.manager.inventory import utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Op, Update
 from treeherd.model.services import Service, Task, TaskStatus
 from treeherd.model.states import TaskState
+from treeherd.runtime import utc_now
 from treeherd.store.base import Store
 
 CHUNK = 5_000

@@ -7,13 +7,14 @@ from datetime import datetime
 
 from treeherd.core.tasks import services as plans
 from treeherd.core.tasks.orchestrate import desired_running
-from treeherd.manager.inventory import apply_plan, new_id, utc_now
+from treeherd.manager.inventory import apply_plan
 from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine, TreeNode
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, Task
 from treeherd.model.states import TaskState
 from treeherd.model.tasks_view import ServiceSummary, StoryEntry, TaskRow
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 
 

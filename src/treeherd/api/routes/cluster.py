@@ -5,9 +5,10 @@ from __future__ import annotations
 from litestar import Controller, get, patch
 
 from treeherd.core.cluster import current_settings, plan_update_cluster
-from treeherd.manager.inventory import Inventory, apply_plan, new_id, utc_now
+from treeherd.manager.inventory import Inventory, apply_plan
 from treeherd.model.requests import ClusterUpdate
 from treeherd.model.services import ClusterSettings
+from treeherd.runtime import new_id, utc_now
 
 
 class ClusterController(Controller):

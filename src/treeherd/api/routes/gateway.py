@@ -6,12 +6,13 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post, put
 
 from treeherd.core.edge import gateway_plans as plans
-from treeherd.manager.inventory import Inventory, apply_plan, new_id, utc_now
+from treeherd.manager.inventory import Inventory, apply_plan
 from treeherd.model.errors import NotFound
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.gateway_requests import BackendUpdate, GatewayEventIn, PolicySet
 from treeherd.model.objects import AnyObject
 from treeherd.model.routing import RoutingSnapshot
+from treeherd.runtime import new_id, utc_now
 
 
 class GatewayController(Controller):

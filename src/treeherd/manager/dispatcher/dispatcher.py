@@ -43,7 +43,6 @@ from treeherd.manager.dispatcher.planned_writes import COMMIT_ATTEMPTS
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.manager.dispatcher.status_writer import StatusWriter
 from treeherd.manager.endpoints import Registry
-from treeherd.manager.inventory import new_id, utc_now
 from treeherd.model.errors import (
     AlreadyExists,
     InvalidInput,
@@ -66,6 +65,7 @@ from treeherd.model.wire import (
     SessionStarted,
     StatusReport,
 )
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 from treeherd.transport.channel import Channel, ChannelClosed
 
