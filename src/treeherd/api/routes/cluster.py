@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get, patch
 
 from treeherd.core.cluster import current_settings, plan_update_cluster
-from treeherd.manager.inventory import Inventory, apply_plan
+from treeherd.manager.inventory import Inventory
 from treeherd.model.requests import ClusterUpdate
 from treeherd.model.services import ClusterSettings
 from treeherd.runtime import new_id, utc_now
@@ -21,8 +21,7 @@ class ClusterController(Controller):
 
     @patch("/", summary="Change cluster settings")
     async def update_settings(self, inventory: Inventory, data: ClusterUpdate) -> ClusterSettings:
-        committed = await apply_plan(
-            inventory.store,
+        committed = await inventory.apply(
             lambda v: plan_update_cluster(v, data, utc_now(), new_id),
             pinned=data.version is not None,
         )
