@@ -8,7 +8,6 @@ from treeherd.core.cluster import current_settings, plan_update_cluster
 from treeherd.manager.inventory import Inventory
 from treeherd.model.requests import ClusterUpdate
 from treeherd.model.services import ClusterSettings
-from treeherd.runtime import new_id, utc_now
 
 
 class ClusterController(Controller):
@@ -17,12 +16,12 @@ class ClusterController(Controller):
 
     @get("/", summary="The cluster settings (defaults until first changed)")
     async def get_settings(self, inventory: Inventory) -> ClusterSettings:
-        return current_settings(inventory.view, utc_now())
+        return current_settings(inventory.view, inventory.clock())
 
     @patch("/", summary="Change cluster settings")
     async def update_settings(self, inventory: Inventory, data: ClusterUpdate) -> ClusterSettings:
         committed = await inventory.apply(
-            lambda v: plan_update_cluster(v, data, utc_now(), new_id),
+            lambda v: plan_update_cluster(v, data, inventory.clock(), inventory.ids),
             pinned=data.version is not None,
         )
         settings = committed.objects[0]

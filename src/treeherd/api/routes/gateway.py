@@ -12,7 +12,6 @@ from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.gateway_requests import BackendUpdate, GatewayEventIn, PolicySet
 from treeherd.model.objects import AnyObject
 from treeherd.model.routing import RoutingSnapshot
-from treeherd.runtime import new_id, utc_now
 
 
 class GatewayController(Controller):
@@ -36,7 +35,9 @@ class GatewayController(Controller):
 
     @post("/gateways/{name:str}/events", summary="Record what a gateway did (render, reload, rollback, ...)")
     async def record_event(self, inventory: Inventory, name: str, data: GatewayEventIn) -> AnyObject:
-        committed = await inventory.apply(lambda v: plans.plan_record_event(v, name, data, utc_now(), new_id))
+        committed = await inventory.apply(
+            lambda v: plans.plan_record_event(v, name, data, inventory.clock(), inventory.ids)
+        )
         return committed.objects[0]
 
     @get("/backends", summary="Backend pins and ejections")
@@ -52,7 +53,7 @@ class GatewayController(Controller):
         self, inventory: Inventory, path: str, hostname: str, data: BackendUpdate
     ) -> AnyObject:
         committed = await inventory.apply(
-            lambda v: plans.plan_set_backend(v, path, hostname, data, utc_now(), new_id)
+            lambda v: plans.plan_set_backend(v, path, hostname, data, inventory.clock(), inventory.ids)
         )
         return committed.objects[0]
 
@@ -66,7 +67,9 @@ class GatewayController(Controller):
         status_code=200,
     )
     async def set_policy(self, inventory: Inventory, path: str, data: PolicySet) -> AnyObject:
-        committed = await inventory.apply(lambda v: plans.plan_set_policy(v, path, data, utc_now(), new_id))
+        committed = await inventory.apply(
+            lambda v: plans.plan_set_policy(v, path, data, inventory.clock(), inventory.ids)
+        )
         return committed.objects[0]
 
     @delete("/policies/{path:str}", summary="Remove a node's own health policy")
