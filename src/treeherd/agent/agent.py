@@ -26,13 +26,14 @@ from treeherd.agent.dependencies import DependencyProxy, HaproxyMode
 from treeherd.agent.logs import LogStreamer
 from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
-from treeherd.agent.worker import Worker, utc_now
+from treeherd.agent.worker import Worker
 from treeherd.core.tasks.agent_state import AgentState
 from treeherd.executors.base import EnforcesLimits, Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.executors.process import ProcessExecutor
 from treeherd.model.objects import LimitSupport, MachineKind
 from treeherd.model.wire import Register
+from treeherd.runtime import utc_now
 
 __all__ = ["EXECUTORS", "Agent", "describe_machine", "make_executor"]
 
