@@ -23,6 +23,7 @@ import psutil
 from treeherd import __version__
 from treeherd.agent.db import TaskDB
 from treeherd.agent.dependencies import DependencyProxy, HaproxyMode
+from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.logs import LogStreamer
 from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
@@ -32,7 +33,7 @@ from treeherd.executors.base import Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.executors.process import ProcessExecutor
 from treeherd.model.objects import MachineKind
-from treeherd.model.wire import Register
+from treeherd.model.wire import Register, SessionStarted
 
 __all__ = ["EXECUTORS", "Agent", "describe_machine", "make_executor"]
 
@@ -147,6 +148,7 @@ class Agent:
         now: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
         state: AgentState | None = None,
+        kept_history: int = 5,
     ) -> None:
         self.manager_url = manager_url
         self.data_dir = Path(data_dir)
@@ -155,8 +157,11 @@ class Agent:
         self.machine_kind = machine_kind
         self.executor = executor
         self.db = TaskDB(self.data_dir / DB_FILE)
-        self.worker = Worker(executor, self.db, now=now, grace_s=grace_s, state=state)
-        self.logs = LogStreamer(executor)
+        self.kept_logs = KeptLogs(self.data_dir / "kept-logs", history=kept_history)
+        self.worker = Worker(
+            executor, self.db, now=now, grace_s=grace_s, state=state, kept_logs=self.kept_logs
+        )
+        self.logs = LogStreamer(executor, self.kept_logs)
         self.dependencies = DependencyProxy(self.worker.state, self.data_dir / "haproxy", mode=haproxy)
         self.session = Session(
             manager_url,
@@ -171,6 +176,7 @@ class Agent:
             dependencies=self.dependencies,
         )
         self.worker.set_sender(self.session.send_report)
+        self.session.on_started = self._session_started
         self.registrar = Registrar(self.worker.state, self.session)
         self.worker.on_change = self._tasks_changed
 
@@ -225,6 +231,11 @@ class Agent:
         self.worker.stop()
         self.registrar.stop()
         self.dependencies.stop()
+
+    def _session_started(self, started: SessionStarted) -> None:
+        if started.task_history != self.kept_logs.history:
+            self.kept_logs.history = started.task_history
+            self.kept_logs.prune()
 
     def _tasks_changed(self) -> None:
         self.registrar.changed()

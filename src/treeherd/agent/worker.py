@@ -7,6 +7,9 @@ progress becomes one status report), and executes the instructions in a fixed or
 first, in one transaction, so nothing is reported or started that a restart would not know; then
 runners; then reports, which a separate reporter task hands to the session.
 
+A task that failed reports the last line of its output with its error, so `service ps` says why. A
+finished task's output is moved aside (`agent.kept_logs`) before its directory is removed.
+
 Stopping the worker detaches from the tasks instead of stopping them: the next agent resumes them
 from the local DB, as SwarmKit's agent does with its containers.
 """
@@ -18,9 +21,13 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
 
 from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
+from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.taskrunner import Progress, TaskRunner
 from treeherd.core.tasks.agent_state import (
     AgentStarted,
@@ -41,7 +48,9 @@ from treeherd.core.tasks.agent_state import (
     ShutdownRunner,
     StartRunner,
 )
-from treeherd.executors.base import CommandContexts, Executor
+from treeherd.executors import logfiles
+from treeherd.executors.base import CommandContexts, Executor, FatalError
+from treeherd.executors.process import ProcessExecutor, TaskFiles
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
@@ -69,8 +78,10 @@ class Worker:
         now: Callable[[], datetime] = utc_now,
         grace_s: float = 10.0,
         state: AgentState | None = None,
+        kept_logs: KeptLogs | None = None,
     ) -> None:
         self.executor = executor
+        self.kept_logs = kept_logs
         self.state = state or AgentState()
         self.runners: dict[str, TaskRunner] = {}
         self._db = db
@@ -116,6 +127,11 @@ class Worker:
         self._put(ReportAcknowledged(cause_id=self._cause("ack"), now=self._now(), report_id=report_id))
 
     def _progressed(self, task_id: str, progress: Progress) -> None:
+        if progress.state == TaskState.FAILED and progress.exit_code is not None:
+            directory = self._task_directory(task_id)
+            line = logfiles.last_line(directory) if directory is not None else ""
+            if line:
+                progress = msgspec.structs.replace(progress, error=f"{progress.error}: {line}")
         self._put(
             RunnerProgressed(
                 cause_id=self._cause(f"runner-{progress.state.label}"),
@@ -218,6 +234,8 @@ class Worker:
                 if runner is not None:
                     runner.proceed()
             elif isinstance(instruction, RemoveRunner):
+                if instruction.finished:
+                    self._keep_output(instruction.task)
                 self._remove(instruction.task)
             elif isinstance(instruction, SendReport):
                 self._reports.put_nowait(instruction)
@@ -239,6 +257,22 @@ class Worker:
         runner = TaskRunner(task, state, self.executor, self._progressed, grace_s=task.spec.stop_grace_s)
         self.runners[task.id] = runner
         runner.start()
+
+    def _task_directory(self, task_id: str) -> Path | None:
+        """Where the executor keeps a task's output (process executor only)."""
+        if not isinstance(self.executor, ProcessExecutor):
+            return None
+        try:
+            return TaskFiles(self.executor.root, task_id).dir
+        except FatalError:
+            return None
+
+    def _keep_output(self, task: Task) -> None:
+        directory = self._task_directory(task.id)
+        runner = self.runners.get(task.id)
+        if self.kept_logs is None or directory is None or (runner is not None and not runner.done):
+            return
+        self.kept_logs.keep(task, directory)
 
     def _remove(self, task: Task) -> None:
         # A runner that never ran in this agent's life (the task ended before a restart) still gets a

