@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.e2e.helpers import Cluster, running_cluster
-from treeherd.model.requests import ClusterUpdate, ServiceCreate
+from tests.e2e.test_processes import live, one_each, server
+from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
 from treeherd.model.services import RestartPolicy, TaskSpec
+from treeherd.testing.processes import ManagerProcess
 from treeherd.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -74,3 +77,54 @@ def test_a_failed_tasks_output_stays_readable_while_it_is_in_the_history(cluster
     kept = cluster.tmp / "host-a" / "kept-logs"
     wait_for(lambda: len(list(kept.iterdir())) == HISTORY, f"{HISTORY} kept outputs")
     assert sorted(p.name for p in kept.iterdir()) == sorted(t["id"] for t in tasks)
+
+
+def _up(tmp: Path, *args: str) -> tuple[ManagerProcess, Cluster]:
+    up = ManagerProcess(tmp / "up", command=("up",), extra_args=("--no-gateway", *args)).start()
+    return up, Cluster(tmp, port=int(up.url.rsplit(":", 1)[1]))
+
+
+def _pids(cluster: Cluster) -> set[int]:
+    return {process.pid for processes in live(cluster, "web").values() for process in processes}
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Which of `pids` still run (a zombie waiting for its parent to reap it has ended)."""
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def test_up_stops_its_tasks_unless_told_to_leave_them_for_the_next_up(tmp_path: Path) -> None:
+    up, cluster = _up(tmp_path)
+    try:
+        with cluster.client() as client:
+            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+        server(cluster, "web", 2)
+        wait_for(lambda: one_each(cluster, "web", 2), "2 task processes")
+        pids = _pids(cluster)
+        assert up.stop() == 0
+        # A clean stop stopped the tasks' processes (by the time `up` exited).
+        assert not _alive(pids)
+
+        up, cluster = _up(tmp_path, "--live-restore")
+        wait_for(lambda: one_each(cluster, "web", 2) and len(cluster.running("web")) == 2, "2 new tasks")
+        pids = _pids(cluster)
+        assert up.stop() == 0
+        assert _alive(pids) == pids
+        assert "left 2 tasks running: the next `treeherd up` adopts them" in up.log()
+
+        # The next `up` adopts them: the same processes, no new ones; its clean stop ends them.
+        up, cluster = _up(tmp_path)
+        wait_for(lambda: up.log().count("treeherd.agent.session: session") == 3, "the agent's third session")
+        wait_for(lambda: len(cluster.running("web")) == 2, "2 running")
+        assert _pids(cluster) == pids
+        assert up.stop() == 0
+        assert not _alive(pids)
+    finally:
+        up.kill()

@@ -2,7 +2,8 @@
 
 `Agent(manager_url, data_dir, executor=...)` does no work until `run()`, which opens the local DB
 (`<data_dir>/agent.db`), resumes the tasks it holds, and keeps a session with the manager; `stop()`
-asks both to end. Stopping leaves tasks running for the next agent to resume. `connect` replaces the
+asks both to end. Stopping leaves tasks running for the next agent to resume (live restore), or
+with `live_restore=False` stops them first. `connect` replaces the
 WebSocket dialer (tests pass an in-memory channel pair). One failing part stops the whole agent.
 """
 
@@ -149,6 +150,7 @@ class Agent:
         rng: random.Random | None = None,
         state: AgentState | None = None,
         kept_history: int = 5,
+        live_restore: bool = True,
     ) -> None:
         self.manager_url = manager_url
         self.data_dir = Path(data_dir)
@@ -159,7 +161,13 @@ class Agent:
         self.db = TaskDB(self.data_dir / DB_FILE)
         self.kept_logs = KeptLogs(self.data_dir / "kept-logs", history=kept_history)
         self.worker = Worker(
-            executor, self.db, now=now, grace_s=grace_s, state=state, kept_logs=self.kept_logs
+            executor,
+            self.db,
+            now=now,
+            grace_s=grace_s,
+            state=state,
+            kept_logs=self.kept_logs,
+            live_restore=live_restore,
         )
         self.logs = LogStreamer(executor, self.kept_logs)
         self.dependencies = DependencyProxy(self.worker.state, self.data_dir / "haproxy", mode=haproxy)

@@ -10,8 +10,10 @@ runners; then reports, which a separate reporter task hands to the session.
 A task that failed reports the last line of its output with its error, so `service ps` says why. A
 finished task's output is moved aside (`agent.kept_logs`) before its directory is removed.
 
-Stopping the worker detaches from the tasks instead of stopping them: the next agent resumes them
-from the local DB, as SwarmKit's agent does with its containers.
+Stopping the worker detaches from the tasks instead of stopping them (live restore, the default): the
+next agent resumes them from the local DB, as SwarmKit's agent does with its containers. Without live
+restore it stops every task first (as `treeherd up` does on a clean stop) and records their SHUTDOWN
+in the local DB, which the next agent reports.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import msgspec
 from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
 from treeherd.agent.kept_logs import KeptLogs
-from treeherd.agent.taskrunner import Progress, TaskRunner
+from treeherd.agent.taskrunner import SLACK_S, Progress, TaskRunner
 from treeherd.core.tasks.agent_state import (
     AgentStarted,
     AgentState,
@@ -79,9 +81,13 @@ class Worker:
         grace_s: float = 10.0,
         state: AgentState | None = None,
         kept_logs: KeptLogs | None = None,
+        live_restore: bool = True,
     ) -> None:
         self.executor = executor
         self.kept_logs = kept_logs
+        self.live_restore = live_restore
+        # How many tasks were left running by the last stop (with live restore).
+        self.left_running = 0
         self.state = state or AgentState()
         self.runners: dict[str, TaskRunner] = {}
         self._db = db
@@ -199,6 +205,9 @@ class Worker:
     async def _detach(self) -> None:
         # Leave the tasks running for the next agent; only removals already under way are finished.
         self.health.stop_all()
+        if not self.live_restore:
+            await self._stop_tasks()
+        self.left_running = sum(not runner.done for runner in self.runners.values())
         for runner in self.runners.values():
             runner.cancel()
         waits = [runner.join(1.0) for runner in self.runners.values()]
@@ -206,7 +215,25 @@ class Worker:
         if self._removals:
             await asyncio.wait(self._removals, timeout=self._grace_s)
 
-    async def _execute(self, instructions: Sequence[Instruction]) -> None:
+    async def _stop_tasks(self) -> None:
+        """Stop every task that runs (bounded by the longest grace) and record how they ended."""
+        live = [runner for runner in self.runners.values() if not runner.done]
+        for runner in live:
+            runner.shutdown()
+        if live:
+            bound = max(runner.task.spec.stop_grace_s for runner in live) + 2 * SLACK_S
+            await asyncio.wait([asyncio.ensure_future(runner.join(bound)) for runner in live])
+        batch = []
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if event is not None:
+                batch.append(event)
+        if batch:  # the runners' SHUTDOWN reports: into the local DB, for the next agent to send
+            await self._write(self.state.handle(*batch))
+        log.info("stopped %d tasks", len(live))
+
+    async def _write(self, instructions: Sequence[Instruction]) -> None:
+        """The local DB writes among `instructions`, in one transaction."""
         writes: dict[str, tuple[Task, TaskStatus] | None] = {}
         for instruction in instructions:
             if isinstance(instruction, PersistTask):
@@ -217,6 +244,9 @@ class Worker:
             puts = [row for row in writes.values() if row is not None]
             deletes = [task_id for task_id, row in writes.items() if row is None]
             await self._db.write(puts, deletes)
+
+    async def _execute(self, instructions: Sequence[Instruction]) -> None:
+        await self._write(instructions)
         for instruction in instructions:
             if isinstance(instruction, PersistTask):
                 self._follow_health(instruction.task, instruction.status.state)
