@@ -4,6 +4,8 @@ holds is rejected with who holds it, and `treeherd up` stops what it started."""
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +14,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.helpers import Cluster, running_cluster
-from tests.e2e.test_processes import live, one_each, server
+from tests.e2e.helpers import Cluster, running_cluster, try_call
+from tests.e2e.test_processes import answer, live, one_each, server
+from treeherd.core.tasks.allocate import PORT_RANGE
 from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
 from treeherd.model.services import RestartPolicy, TaskSpec
 from treeherd.testing.processes import ManagerProcess
@@ -128,3 +131,29 @@ def test_up_stops_its_tasks_unless_told_to_leave_them_for_the_next_up(tmp_path: 
         assert not _alive(pids)
     finally:
         up.kill()
+
+
+def test_a_task_whose_host_port_is_taken_is_rejected_naming_the_holder(cluster: Cluster) -> None:
+    # A fresh manager hands out the range's first port first: hold it, as a stray process would.
+    first = PORT_RANGE[0]
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            holder.bind(("127.0.0.1", first))
+            holder.listen()
+            mine = True
+        except OSError:  # something else on this machine holds it already: it is taken all the same
+            mine = False
+        server(cluster, "web", 1)
+        running = wait_for(lambda: cluster.running("web"), "a task running on a free port")
+        assert running[0]["ports"]["http"] != first
+        rejected = [t for t in cluster.tasks("web") if t["state"] == "rejected"]
+        assert rejected and rejected[0]["ports"]["http"] == first
+        reason = rejected[0]["error"]
+        assert reason.startswith(f"port {first} is in use on host-a ")
+        if mine:  # the agent runs as our user (or root), so it can name the holder: this test
+            assert reason.startswith(f"port {first} is in use on host-a (pid {os.getpid()}, ")
+        port = running[0]["ports"]["http"]
+        wait_for(lambda: try_call(answer, port), "the task answering on its port")
+    finally:
+        holder.close()

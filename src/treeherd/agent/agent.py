@@ -168,6 +168,7 @@ class Agent:
             state=state,
             kept_logs=self.kept_logs,
             live_restore=live_restore,
+            hostname=self.hostname,
         )
         self.logs = LogStreamer(executor, self.kept_logs)
         self.dependencies = DependencyProxy(self.worker.state, self.data_dir / "haproxy", mode=haproxy)

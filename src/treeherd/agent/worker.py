@@ -7,7 +7,8 @@ progress becomes one status report), and executes the instructions in a fixed or
 first, in one transaction, so nothing is reported or started that a restart would not know; then
 runners; then reports, which a separate reporter task hands to the session.
 
-A task that failed reports the last line of its output with its error, so `service ps` says why. A
+A task whose host port is in use here is rejected before it starts (`agent.ports`). A task that
+failed reports the last line of its output with its error, so `service ps` says why. A
 finished task's output is moved aside (`agent.kept_logs`) before its directory is removed.
 
 Stopping the worker detaches from the tasks instead of stopping them (live restore, the default): the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +32,7 @@ import msgspec
 from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
 from treeherd.agent.kept_logs import KeptLogs
+from treeherd.agent.ports import busy_port
 from treeherd.agent.taskrunner import SLACK_S, Progress, TaskRunner
 from treeherd.core.tasks.agent_state import (
     AgentStarted,
@@ -82,10 +85,12 @@ class Worker:
         state: AgentState | None = None,
         kept_logs: KeptLogs | None = None,
         live_restore: bool = True,
+        hostname: str = "",
     ) -> None:
         self.executor = executor
         self.kept_logs = kept_logs
         self.live_restore = live_restore
+        self.hostname = hostname or socket.gethostname()
         # How many tasks were left running by the last stop (with live restore).
         self.left_running = 0
         self.state = state or AgentState()
@@ -284,9 +289,20 @@ class Worker:
         if previous is not None and not previous.done:
             log.warning("task %s: a runner is already running; not starting another", task.id)
             return
-        runner = TaskRunner(task, state, self.executor, self._progressed, grace_s=task.spec.stop_grace_s)
+        runner = TaskRunner(
+            task,
+            state,
+            self.executor,
+            self._progressed,
+            grace_s=task.spec.stop_grace_s,
+            check_ports=self._busy_port if isinstance(self.executor, ProcessExecutor) else None,
+        )
         self.runners[task.id] = runner
         runner.start()
+
+    def _busy_port(self, task: Task) -> str | None:
+        """Why the task cannot start here: one of its host ports is in use (real processes only)."""
+        return busy_port(task.ports.values(), self.hostname)
 
     def _task_directory(self, task_id: str) -> Path | None:
         """Where the executor keeps a task's output (process executor only)."""
