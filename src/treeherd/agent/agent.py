@@ -2,7 +2,8 @@
 
 `Agent(manager_url, data_dir, executor=...)` does no work until `run()`, which opens the local DB
 (`<data_dir>/agent.db`), resumes the tasks it holds, and keeps a session with the manager; `stop()`
-asks both to end. Stopping leaves tasks running for the next agent to resume. `connect` replaces the
+asks both to end. Stopping leaves tasks running for the next agent to resume (live restore), or
+with `live_restore=False` stops them first. `connect` replaces the
 WebSocket dialer (tests pass an in-memory channel pair). One failing part stops the whole agent.
 """
 
@@ -23,6 +24,7 @@ import psutil
 from treeherd import __version__
 from treeherd.agent.db import TaskDB
 from treeherd.agent.dependencies import DependencyProxy, HaproxyMode
+from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.logs import LogStreamer
 from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
@@ -32,7 +34,7 @@ from treeherd.executors.base import EnforcesLimits, Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.executors.process import ProcessExecutor
 from treeherd.model.objects import LimitSupport, MachineKind
-from treeherd.model.wire import Register
+from treeherd.model.wire import Register, SessionStarted
 from treeherd.runtime import utc_now
 
 __all__ = ["EXECUTORS", "Agent", "describe_machine", "make_executor"]
@@ -153,6 +155,8 @@ class Agent:
         now: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
         state: AgentState | None = None,
+        kept_history: int = 5,
+        live_restore: bool = True,
     ) -> None:
         self.manager_url = manager_url
         self.data_dir = Path(data_dir)
@@ -161,8 +165,18 @@ class Agent:
         self.machine_kind = machine_kind
         self.executor = executor
         self.db = TaskDB(self.data_dir / DB_FILE)
-        self.worker = Worker(executor, self.db, now=now, grace_s=grace_s, state=state)
-        self.logs = LogStreamer(executor)
+        self.kept_logs = KeptLogs(self.data_dir / "kept-logs", history=kept_history)
+        self.worker = Worker(
+            executor,
+            self.db,
+            now=now,
+            grace_s=grace_s,
+            state=state,
+            kept_logs=self.kept_logs,
+            live_restore=live_restore,
+            hostname=self.hostname,
+        )
+        self.logs = LogStreamer(executor, self.kept_logs)
         self.dependencies = DependencyProxy(self.worker.state, self.data_dir / "haproxy", mode=haproxy)
         self.session = Session(
             manager_url,
@@ -177,6 +191,7 @@ class Agent:
             dependencies=self.dependencies,
         )
         self.worker.set_sender(self.session.send_report)
+        self.session.on_started = self._session_started
         self.registrar = Registrar(self.worker.state, self.session)
         self.worker.on_change = self._tasks_changed
 
@@ -234,6 +249,11 @@ class Agent:
         self.worker.stop()
         self.registrar.stop()
         self.dependencies.stop()
+
+    def _session_started(self, started: SessionStarted) -> None:
+        if started.task_history != self.kept_logs.history:
+            self.kept_logs.history = started.task_history
+            self.kept_logs.prune()
 
     def _tasks_changed(self) -> None:
         self.registrar.changed()

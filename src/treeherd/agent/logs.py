@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+from treeherd.agent.kept_logs import KeptLogs
+from treeherd.executors import logfiles
 from treeherd.executors.base import Executor, TaskLogs
 from treeherd.model.wire import LogChunk, LogEnd, LogRequest
 from treeherd.transport.channel import ChannelClosed
@@ -27,8 +29,9 @@ Send = Callable[[object], Awaitable[None]]
 class LogStreamer:
     """Runs the log streams of the current session."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, kept: KeptLogs | None = None) -> None:
         self._executor = executor
+        self._kept = kept
         self._streams: dict[int, asyncio.Task[None]] = {}
 
     def __len__(self) -> int:
@@ -59,7 +62,7 @@ class LogStreamer:
             if source is None:
                 error = f"the {self._executor.name} executor keeps no logs"
             else:
-                chunks = source.logs(message.task_id, follow=message.follow, tail=message.tail)
+                chunks = self._logs(source, message)
                 try:
                     async for chunk in chunks:
                         for start in range(0, len(chunk), CHUNK_BYTES):
@@ -81,6 +84,22 @@ class LogStreamer:
             error = f"reading the logs failed: {failure}"
         with contextlib.suppress(ChannelClosed, OSError):
             await send(LogEnd(session_id=session_id, stream_id=message.stream_id, error=error))
+
+    def _logs(self, source: TaskLogs, message: LogRequest) -> AsyncIterator[bytes]:
+        """The running task's output, or the kept output of a finished one."""
+        try:
+            return source.logs(message.task_id, follow=message.follow, tail=message.tail)
+        except LookupError:
+            kept = self._kept.directory(message.task_id) if self._kept is not None else None
+            if kept is None:
+                raise
+            return logfiles.follow_logs(
+                kept,
+                follow=False,
+                tail=message.tail,
+                backups=len(list(kept.glob("output.log.*"))),
+                running=lambda: False,
+            )
 
     def _source(self) -> TaskLogs | None:
         logs = getattr(self._executor, "logs", None)

@@ -112,6 +112,8 @@ class Session:
         self.session_id: str | None = None
         self.machine_id: str | None = None
         self.heartbeat_period_s = 5.0
+        # Told the manager's settings at the start of each session (the agent keeps output by them).
+        self.on_started: Callable[[SessionStarted], None] | None = None
         self.endpoint_refresh_s = 10.0
         self.sessions = 0  # how many sessions were established, for tests and metrics
         self._register = register
@@ -241,6 +243,8 @@ class Session:
         self.machine_id = answer.machine_id
         self.heartbeat_period_s = answer.heartbeat_period_s
         self.endpoint_refresh_s = answer.endpoint_refresh_s
+        if self.on_started is not None:
+            self.on_started(answer)
         self.sessions += 1
         self._sequence = -1
         self._channel = channel

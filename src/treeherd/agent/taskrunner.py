@@ -7,7 +7,8 @@ making the controller or in `prepare`), SHUTDOWN when told to stop. A runner sta
 agent knows (after a restart a RUNNING task resumes at `wait`): the controller's steps are idempotent,
 so repeating the step it was in is safe. It reports only states it moves to, never the one it resumed in.
 A task whose desired state is READY (a restart waiting out its delay) is prepared, then held at READY
-until `proceed()`.
+until `proceed()`. Before STARTING, `check_ports` (if given) may reject the task: a host port it needs
+is in use.
 
 Every wait on the controller outside `wait` itself is bounded; cancelling the runner (the agent stops)
 leaves the task alone, as an agent restart must, so it can be resumed.
@@ -79,8 +80,10 @@ class TaskRunner:
         *,
         grace_s: float = 10.0,
         slack_s: float = SLACK_S,
+        check_ports: Callable[[Task], str | None] | None = None,
     ) -> None:
         self.task = task
+        self._check_ports = check_ports
         self.state = state
         self.controller: Controller | None = None
         self._executor = executor
@@ -206,7 +209,11 @@ class TaskRunner:
         elif state == TaskState.READY:
             if not self._proceed.is_set():
                 await self._unless_stopped(self._proceed.wait)
-            self._report(TaskState.STARTING)
+            busy = self._check_ports(self.task) if self._check_ports and self.task.ports else None
+            if busy:
+                self._report(TaskState.REJECTED, error=busy)
+            else:
+                self._report(TaskState.STARTING)
         elif state == TaskState.STARTING:
             try:
                 await self._unless_stopped(controller.start)

@@ -7,8 +7,14 @@ progress becomes one status report), and executes the instructions in a fixed or
 first, in one transaction, so nothing is reported or started that a restart would not know; then
 runners; then reports, which a separate reporter task hands to the session.
 
-Stopping the worker detaches from the tasks instead of stopping them: the next agent resumes them
-from the local DB, as SwarmKit's agent does with its containers.
+A task whose host port is in use here is rejected before it starts (`agent.ports`). A task that
+failed reports the last line of its output with its error, so `service ps` says why. A
+finished task's output is moved aside (`agent.kept_logs`) before its directory is removed.
+
+Stopping the worker detaches from the tasks instead of stopping them (live restore, the default): the
+next agent resumes them from the local DB, as SwarmKit's agent does with its containers. Without live
+restore it stops every task first (as `treeherd up` does on a clean stop) and records their SHUTDOWN
+in the local DB, which the next agent reports.
 """
 
 from __future__ import annotations
@@ -16,12 +22,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from pathlib import Path
+
+import msgspec
 
 from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
-from treeherd.agent.taskrunner import Progress, TaskRunner
+from treeherd.agent.kept_logs import KeptLogs
+from treeherd.agent.ports import busy_port
+from treeherd.agent.taskrunner import SLACK_S, Progress, TaskRunner
 from treeherd.core.tasks.agent_state import (
     AgentStarted,
     AgentState,
@@ -41,7 +53,9 @@ from treeherd.core.tasks.agent_state import (
     ShutdownRunner,
     StartRunner,
 )
-from treeherd.executors.base import CommandContexts, Executor
+from treeherd.executors import logfiles
+from treeherd.executors.base import CommandContexts, Executor, FatalError
+from treeherd.executors.process import ProcessExecutor, TaskFiles
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
@@ -66,8 +80,16 @@ class Worker:
         now: Callable[[], datetime] = utc_now,
         grace_s: float = 10.0,
         state: AgentState | None = None,
+        kept_logs: KeptLogs | None = None,
+        live_restore: bool = True,
+        hostname: str = "",
     ) -> None:
         self.executor = executor
+        self.kept_logs = kept_logs
+        self.live_restore = live_restore
+        self.hostname = hostname or socket.gethostname()
+        # How many tasks were left running by the last stop (with live restore).
+        self.left_running = 0
         self.state = state or AgentState()
         self.runners: dict[str, TaskRunner] = {}
         self._db = db
@@ -113,6 +135,11 @@ class Worker:
         self._put(ReportAcknowledged(cause_id=self._cause("ack"), now=self._now(), report_id=report_id))
 
     def _progressed(self, task_id: str, progress: Progress) -> None:
+        if progress.state == TaskState.FAILED and progress.exit_code is not None:
+            directory = self._task_directory(task_id)
+            line = logfiles.last_line(directory) if directory is not None else ""
+            if line:
+                progress = msgspec.structs.replace(progress, error=f"{progress.error}: {line}")
         self._put(
             RunnerProgressed(
                 cause_id=self._cause(f"runner-{progress.state.label}"),
@@ -180,6 +207,9 @@ class Worker:
     async def _detach(self) -> None:
         # Leave the tasks running for the next agent; only removals already under way are finished.
         self.health.stop_all()
+        if not self.live_restore:
+            await self._stop_tasks()
+        self.left_running = sum(not runner.done for runner in self.runners.values())
         for runner in self.runners.values():
             runner.cancel()
         waits = [runner.join(1.0) for runner in self.runners.values()]
@@ -187,7 +217,25 @@ class Worker:
         if self._removals:
             await asyncio.wait(self._removals, timeout=self._grace_s)
 
-    async def _execute(self, instructions: Sequence[Instruction]) -> None:
+    async def _stop_tasks(self) -> None:
+        """Stop every task that runs (bounded by the longest grace) and record how they ended."""
+        live = [runner for runner in self.runners.values() if not runner.done]
+        for runner in live:
+            runner.shutdown()
+        if live:
+            bound = max(runner.task.spec.stop_grace_s for runner in live) + 2 * SLACK_S
+            await asyncio.wait([asyncio.ensure_future(runner.join(bound)) for runner in live])
+        batch = []
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if event is not None:
+                batch.append(event)
+        if batch:  # the runners' SHUTDOWN reports: into the local DB, for the next agent to send
+            await self._write(self.state.handle(*batch))
+        log.info("stopped %d tasks", len(live))
+
+    async def _write(self, instructions: Sequence[Instruction]) -> None:
+        """The local DB writes among `instructions`, in one transaction."""
         writes: dict[str, tuple[Task, TaskStatus] | None] = {}
         for instruction in instructions:
             if isinstance(instruction, PersistTask):
@@ -198,6 +246,9 @@ class Worker:
             puts = [row for row in writes.values() if row is not None]
             deletes = [task_id for task_id, row in writes.items() if row is None]
             await self._db.write(puts, deletes)
+
+    async def _execute(self, instructions: Sequence[Instruction]) -> None:
+        await self._write(instructions)
         for instruction in instructions:
             if isinstance(instruction, PersistTask):
                 self._follow_health(instruction.task, instruction.status.state)
@@ -215,6 +266,8 @@ class Worker:
                 if runner is not None:
                     runner.proceed()
             elif isinstance(instruction, RemoveRunner):
+                if instruction.finished:
+                    self._keep_output(instruction.task)
                 self._remove(instruction.task)
             elif isinstance(instruction, SendReport):
                 self._reports.put_nowait(instruction)
@@ -233,9 +286,36 @@ class Worker:
         if previous is not None and not previous.done:
             log.warning("task %s: a runner is already running; not starting another", task.id)
             return
-        runner = TaskRunner(task, state, self.executor, self._progressed, grace_s=task.spec.stop_grace_s)
+        runner = TaskRunner(
+            task,
+            state,
+            self.executor,
+            self._progressed,
+            grace_s=task.spec.stop_grace_s,
+            check_ports=self._busy_port if isinstance(self.executor, ProcessExecutor) else None,
+        )
         self.runners[task.id] = runner
         runner.start()
+
+    def _busy_port(self, task: Task) -> str | None:
+        """Why the task cannot start here: one of its host ports is in use (real processes only)."""
+        return busy_port(task.ports.values(), self.hostname)
+
+    def _task_directory(self, task_id: str) -> Path | None:
+        """Where the executor keeps a task's output (process executor only)."""
+        if not isinstance(self.executor, ProcessExecutor):
+            return None
+        try:
+            return TaskFiles(self.executor.root, task_id).dir
+        except FatalError:
+            return None
+
+    def _keep_output(self, task: Task) -> None:
+        directory = self._task_directory(task.id)
+        runner = self.runners.get(task.id)
+        if self.kept_logs is None or directory is None or (runner is not None and not runner.done):
+            return
+        self.kept_logs.keep(task, directory)
 
     def _remove(self, task: Task) -> None:
         # A runner that never ran in this agent's life (the task ended before a restart) still gets a

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+import msgspec
 from msgspec import UNSET
 
 from treeherd.cli.main import Context, pass_ctx
@@ -77,10 +78,10 @@ def ls(ctx: Context, node: str | None, fmt: str) -> None:
 def show(ctx: Context, hostname: str, fmt: str) -> None:
     """Show one machine and its bindings."""
     found = ctx.client.get(f"{MACHINES}/{hostname}", Machine)
-    if fmt == "json":
-        print_json(found)
-        return
     bindings = ctx.client.get(f"{MACHINES}/{hostname}/bindings", list[BindingView])
+    if fmt == "json":
+        print_json({**msgspec.to_builtins(found), "bindings": bindings})
+        return
     print_table(
         ["FIELD", "VALUE"],
         [

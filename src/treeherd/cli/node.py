@@ -8,7 +8,15 @@ import click
 from msgspec import UNSET
 
 from treeherd.cli.main import Context, pass_ctx
-from treeherd.cli.output import FORMAT_OPTION, done, human_bytes, listing, print_json
+from treeherd.cli.output import (
+    FORMAT_OPTION,
+    INSPECT_FORMAT_OPTION,
+    done,
+    fail,
+    human_bytes,
+    inspected,
+    listing,
+)
 from treeherd.model.objects import Machine
 from treeherd.model.requests import MachineUpdate
 from treeherd.model.tasks_view import StoryEntry
@@ -45,16 +53,36 @@ def ls(ctx: Context, fmt: str) -> None:
     )
 
 
+def hostname_of(ctx: Context, node: str) -> str:
+    """The hostname of a node named by its hostname, its id, or a prefix of its id that names one node
+    (as `docker node` takes them); what names no node is passed on, for the manager to say so."""
+    machines = ctx.client.get(MACHINES, list[Machine])
+    if any(m.hostname == node for m in machines):
+        return node
+    exact = [m.hostname for m in machines if m.id == node]
+    prefixed = [m.hostname for m in machines if m.id.startswith(node)]
+    if exact:
+        return exact[0]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if len(prefixed) > 1:
+        fail(
+            f"{node!r} is the start of {len(prefixed)} node ids ({', '.join(sorted(prefixed))}): give more of it"
+        )
+    return node
+
+
 @node.command("inspect")
-@click.argument("hostname")
+@click.argument("node_ref", metavar="NODE")
+@INSPECT_FORMAT_OPTION
 @pass_ctx
-def inspect(ctx: Context, hostname: str) -> None:
-    """Show a node as JSON."""
-    print_json(ctx.client.get(f"{MACHINES}/{hostname}", Machine))
+def inspect(ctx: Context, node_ref: str, fmt: str) -> None:
+    """Show a node (by hostname or id; as JSON by default)."""
+    inspected(fmt, ctx.client.get(f"{MACHINES}/{hostname_of(ctx, node_ref)}", Machine))
 
 
 @node.command("update")
-@click.argument("hostname")
+@click.argument("hostname", metavar="NODE")
 @click.option(
     "--availability",
     type=click.Choice(["active", "pause", "drain"]),
@@ -74,21 +102,23 @@ def update(
     label_rm: tuple[str, ...],
     fmt: str,
 ) -> None:
-    """Change a node's availability, role or labels."""
+    """Change a node's availability, role or labels (the node by hostname or id)."""
     from treeherd.cli.params import key_values
 
     labels: dict[str, str | None] = {**key_values(label_add, "--label-add"), **dict.fromkeys(label_rm)}
     request = MachineUpdate(availability=availability or UNSET, role=role or UNSET, labels=labels)
+    hostname = hostname_of(ctx, hostname)
     updated = ctx.client.request("PATCH", f"{MACHINES}/{hostname}", request, type=Machine)
     done(fmt, updated, f"updated {updated.hostname}: {updated.availability}, {updated.role}")
 
 
 @node.command("rm")
-@click.argument("hostname")
+@click.argument("hostname", metavar="NODE")
 @click.option("--force", is_flag=True, help="also remove its bindings")
 @pass_ctx
 def rm(ctx: Context, hostname: str, force: bool) -> None:
-    """Remove a node (its machine record) from the cluster."""
+    """Remove a node (its machine record; by hostname or id) from the cluster."""
+    hostname = hostname_of(ctx, hostname)
     result = ctx.client.request("DELETE", f"{MACHINES}/{hostname}", query={"force": force}, type=Deleted)
     click.echo(f"removed {hostname} ({', '.join(f'{n} {k}' for k, n in result.deleted.items())})")
 

@@ -21,6 +21,25 @@ FORMAT_OPTION = click.option(
 )
 
 
+INSPECT_FORMAT_OPTION = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="json",
+    show_default=True,
+    help="json (all there is) or a table of the top-level fields",
+)
+
+
+def inspected(fmt: str, value: Any) -> None:
+    """What an `inspect` command prints: the whole object as JSON, or its top-level fields as a table."""
+    if fmt == "json":
+        print_json(value)
+        return
+    fields = msgspec.to_builtins(value)
+    print_table(["FIELD", "VALUE"], [[key, item] for key, item in fields.items()])
+
+
 def print_json(value: Any) -> None:
     click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
 

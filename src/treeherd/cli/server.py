@@ -42,14 +42,17 @@ def _run(data_dir: Path, listen: str, demo: bool, local: Sequence[Callable[[str]
         fail(str(error))
 
 
-def _local_agent(data_dir: Path) -> Callable[[str], Any]:
-    """The agent `up` runs beside the manager, with the process executor: tasks are real processes."""
+def _local_agent(data_dir: Path, live_restore: bool, made: list[Any]) -> Callable[[str], Any]:
+    """The agent `up` runs beside the manager, with the process executor: tasks are real processes.
+    Without `live_restore` it stops its tasks when `up` stops. The agent made is appended to `made`."""
 
     def make(url: str) -> Any:
         from treeherd.agent import Agent, make_executor
 
         agent_dir = data_dir / "agent"
-        return Agent(url, agent_dir, executor=make_executor("process", agent_dir))
+        agent = Agent(url, agent_dir, executor=make_executor("process", agent_dir), live_restore=live_restore)
+        made.append(agent)
+        return agent
 
     return make
 
@@ -99,17 +102,37 @@ def manager(data_dir: Path, listen: str) -> None:
     help="run the nginx edge gateway on 127.0.0.1 (default: when nginx is installed)",
 )
 @click.option("--nginx-binary", default="nginx", show_default=True, help="the nginx the gateway runs")
-def up(data_dir: Path | None, listen: str, demo: bool, gateway: bool | None, nginx_binary: str) -> None:
+@click.option(
+    "--live-restore",
+    is_flag=True,
+    help="on stop, leave the tasks' processes running for the next `up` to adopt (default: stop them)",
+)
+def up(
+    data_dir: Path | None,
+    listen: str,
+    demo: bool,
+    gateway: bool | None,
+    nginx_binary: str,
+    live_restore: bool,
+) -> None:
     """Run everything one machine needs in one process: a manager on the embedded store, an agent, and
-    the edge gateway when nginx is installed."""
+    the edge gateway when nginx is installed. A clean stop (Ctrl-C, SIGTERM) stops the tasks it
+    started, unless --live-restore is given."""
     data_dir = data_dir or default_data_dir()
     nginx = shutil.which(nginx_binary)
     if gateway and nginx is None:
         fail(f"--gateway needs nginx: {nginx_binary!r} was not found (install nginx, or use --no-gateway)")
-    local = [_local_agent(data_dir)]
+    agents: list[Any] = []
+    local = [_local_agent(data_dir, live_restore, agents)]
     if nginx is not None and gateway is not False:
         local.append(_local_gateway(data_dir, nginx))
     _run(data_dir, listen, demo, local)
+    left = sum(agent.worker.left_running for agent in agents)
+    if live_restore and left:
+        click.echo(
+            f"left {left} task{'s' if left != 1 else ''} running: the next `treeherd up` adopts them",
+            err=True,
+        )
 
 
 COMMANDS = [manager, up]

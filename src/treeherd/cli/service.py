@@ -10,7 +10,15 @@ import msgspec
 from msgspec import UNSET
 
 from treeherd.cli.main import Context, pass_ctx
-from treeherd.cli.output import FORMAT_OPTION, done, listing, print_json, print_table
+from treeherd.cli.output import (
+    FORMAT_OPTION,
+    INSPECT_FORMAT_OPTION,
+    done,
+    inspected,
+    listing,
+    print_json,
+    print_table,
+)
 from treeherd.cli.params import key_values, size
 from treeherd.cli.params_services import dependency, duration, port, with_health
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
@@ -235,10 +243,11 @@ def ls(ctx: Context, fmt: str) -> None:
 
 @service.command("inspect")
 @click.argument("name")
+@INSPECT_FORMAT_OPTION
 @pass_ctx
-def inspect(ctx: Context, name: str) -> None:
-    """Show a service as JSON."""
-    print_json(ctx.client.get(f"{SERVICES}/{name}", ServiceSummary))
+def inspect(ctx: Context, name: str, fmt: str) -> None:
+    """Show a service (as JSON by default)."""
+    inspected(fmt, ctx.client.get(f"{SERVICES}/{name}", ServiceSummary))
 
 
 @service.command("ps")

@@ -19,6 +19,9 @@ work, so a reader never sees a half-done rotation. A reader notices that rotatio
 last read by `output.log.1` being another file (each rotation makes a new `.1`), and then finds the
 rest of what it was reading in the backups (by where the `.1` it knew has moved to). A reader in
 another process may miss or repeat output around a rotation.
+
+A finished task's output outlives its directory: `keep` moves it to a directory of kept output
+before the task's directory is removed, and `last_line` gives the line that says why a task failed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["LOG_NAME", "LogReader", "backup_path", "follow_logs", "open_for_child", "rotate"]
+__all__ = [
+    "LOG_NAME",
+    "LogReader",
+    "backup_path",
+    "follow_logs",
+    "keep",
+    "last_line",
+    "open_for_child",
+    "rotate",
+]
 
 LOG_NAME = "output.log"
 CHUNK = 64 * 1024
@@ -85,6 +97,40 @@ def rotate(directory: Path, max_bytes: int, backups: int) -> bool:
                     os.truncate(path, 0)
             os.replace(temporary, backup_path(directory, piece))
     return True
+
+
+def keep(directory: Path, destination: Path) -> bool:
+    """Move `output.log` and its backups from `directory` into `destination` (made if needed, emptied
+    of an earlier copy first); True if there was any output to keep. Both sit on one file system, so
+    each file is renamed, not copied."""
+    names = [LOG_NAME] + [p.name for p in sorted(directory.glob(f"{LOG_NAME}.*")) if p.name[-1].isdigit()]
+    present = [name for name in names if (directory / name).is_file()]
+    if not present:
+        return False
+    destination.mkdir(parents=True, exist_ok=True)
+    for old in destination.glob(f"{LOG_NAME}*"):
+        old.unlink(missing_ok=True)
+    for name in present:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(directory / name, destination / name)
+    return True
+
+
+def last_line(directory: Path, limit: int = 200) -> str:
+    """The last non-empty line the task wrote (cut to `limit` characters), "" if none."""
+    for path in (directory / LOG_NAME, backup_path(directory, 1)):
+        try:
+            with open(path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                file.seek(max(0, size - 4096))
+                block = file.read()
+        except FileNotFoundError:
+            continue
+        for line in reversed(block.splitlines()):
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                return text if len(text) <= limit else text[: limit - 3] + "..."
+    return ""
 
 
 def _copy(source: BinaryIO, copy: BinaryIO, length: int | None) -> None:

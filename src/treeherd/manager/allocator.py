@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from treeherd.core.edge.discovery import service_endpoints
-from treeherd.core.tasks.allocate import PortPool, allocate, dynamic_ports
+from treeherd.core.tasks.allocate import PortPool, allocate, busy_port_of, dynamic_ports
 from treeherd.core.tasks.orchestrate import finished
 from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
 from treeherd.manager.reactor import Reactor
@@ -39,6 +39,9 @@ class Allocator(Reactor):
             self._note(task)
 
     def _note(self, task: Task) -> None:
+        busy = busy_port_of(task)  # an agent found this port in use on its host: hand it out later
+        if busy is not None:
+            self.pool.mark_busy(busy, self.clock())
         if finished(task):
             self.pool.release(self._ports.pop(task.id, ()))
             return

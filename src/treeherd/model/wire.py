@@ -58,6 +58,8 @@ class SessionStarted(_Message, frozen=True, kw_only=True, tag="session"):
     managers: list[str] = []
     # How often to send the endpoint set (a third of the registrations' TTL).
     endpoint_refresh_s: float = 10.0
+    # The cluster's task history per slot: the agent keeps finished tasks' output as long.
+    task_history: int = 5
 
 
 class SessionRefused(_Message, frozen=True, kw_only=True, tag="refused"):

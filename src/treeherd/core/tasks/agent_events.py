@@ -111,9 +111,11 @@ class ShutdownRunner(_Instruction, frozen=True, kw_only=True):
 
 
 class RemoveRunner(_Instruction, frozen=True, kw_only=True):
-    """Forget the task: stop its runner if it still runs, then clean up what prepare made."""
+    """Forget the task: stop its runner if it still runs, then clean up what prepare made.
+    `finished`: the task had ended (its output is worth keeping for a while)."""
 
     task: Task
+    finished: bool = False
 
 
 class PersistTask(_Instruction, frozen=True, kw_only=True):

@@ -328,7 +328,9 @@ class AgentState:
         record = self._tasks.pop(task_id)
         self._note(record, event, f"forgotten: {why}")
         if record.touched:
-            out.append(RemoveRunner(cause_id=event.cause_id, task=record.task))
+            out.append(
+                RemoveRunner(cause_id=event.cause_id, task=record.task, finished=record.status.state.terminal)
+            )
         out.append(DeleteTask(cause_id=event.cause_id, task_id=task_id))
         # The manager no longer tracks it: its pending statuses would only be noise.
         self._outbox.pop(task_id, None)

@@ -3,12 +3,17 @@
 Dynamic ports come from one cluster-wide range and are unique across every live task, so tasks on
 machines that share an address (several agents on one host) never collide. A task passes from NEW to
 PENDING once it has what it needs; a restart waiting out its delay stays NEW until `restart_at`.
+
+Something outside the cluster may hold a port of the range on a host: the agent then rejects the task
+with `port_in_use_message`, and the allocator, reading the port back with `busy_port_of`, hands that
+port to no task for `BUSY_S` (the pool's `busy`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -17,6 +22,22 @@ from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
 
 PORT_RANGE = (30000, 32767)
+BUSY_S = 300.0  # how long a port an agent found in use is not handed out
+
+_IN_USE = re.compile(r"\bport (\d+) is in use on ")
+
+
+def port_in_use_message(port: int, hostname: str, holder: str) -> str:
+    """What an agent says when a task's host port is taken: `holder` is "pid N, NAME" or ""."""
+    return f"port {port} is in use on {hostname} " + (f"({holder})" if holder else "by another process")
+
+
+def busy_port_of(task: Task) -> int | None:
+    """The port an agent rejected `task` for (it was in use on the host), if that is why."""
+    if task.status.state != TaskState.REJECTED:
+        return None
+    found = _IN_USE.search(task.status.error)
+    return int(found.group(1)) if found else None
 
 
 class PortPool:
@@ -26,13 +47,20 @@ class PortPool:
         self.low = low
         self.high = high
         self.in_use: set[int] = set()
+        # Ports some host has in use outside the cluster, and until when they are not handed out.
+        self.busy: dict[int, datetime] = {}
         self._cursor = low
 
-    def take(self) -> int | None:
+    def mark_busy(self, port: int, now: datetime) -> None:
+        self.busy[port] = now + timedelta(seconds=BUSY_S)
+
+    def take(self, now: datetime | None = None) -> int | None:
+        if now is not None:
+            self.busy = {port: until for port, until in self.busy.items() if until > now}
         size = self.high - self.low + 1
         for offset in range(size):
             port = self.low + (self._cursor - self.low + offset) % size
-            if port not in self.in_use:
+            if port not in self.in_use and port not in self.busy:
                 self.in_use.add(port)
                 self._cursor = port + 1 if port < self.high else self.low
                 return port
@@ -82,7 +110,7 @@ def allocate(
             if spec.port is not None:
                 ports[spec.name] = spec.port
                 continue
-            port = pool.take()
+            port = pool.take(now)
             if port is None:
                 exhausted = True
                 break

@@ -236,6 +236,7 @@ class Dispatcher:
                 heartbeat_period_s=period,
                 managers=list(self.managers),
                 endpoint_refresh_s=settings.endpoint_ttl_s / 3,
+                task_history=settings.task_history,
             )
         )
         return session
