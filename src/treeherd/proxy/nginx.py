@@ -2,7 +2,9 @@
 start or adopt the master, reload it and tell whether the reload took.
 
 nginx keeps running on its own (it daemonizes), so a gateway that restarts adopts the master named by
-the pid file instead of starting a second one. A reload is a SIGHUP to the master; it took when the
+the pid file instead of starting a second one. The daemonized master leads its own session and process
+group, which its workers share: when the master dies (SIGKILL leaves its workers serving the old
+configuration and holding the ports), `end_leftovers` kills that group before a new master starts. A reload is a SIGHUP to the master; it took when the
 previous generation of workers starts its graceful shutdown, and failed when the master logs an `[emerg]` or `[alert]` line instead
 (it then keeps serving the previous configuration). Every wait is bounded.
 """
@@ -99,8 +101,46 @@ class Nginx:
             return None  # a stale pid file: the number now belongs to another process
         return pid
 
+    def recorded_pid(self) -> int | None:
+        """The pid in the pid file, whether or not that process still runs."""
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def leftovers(self, pid: int) -> list[psutil.Process]:
+        """The nginx processes still in the process group of the master `pid`, once that master is gone
+        (or a zombie); empty while it runs."""
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return []  # alive: our master (not a leftover) or the pid now belongs to another process
+        found: list[psutil.Process] = []
+        for process in psutil.process_iter(["name"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if process.info["name"] == "nginx" and os.getpgid(process.pid) == pid:
+                    found.append(process)
+        return found
+
+    async def end_leftovers(self, pid: int | None = None) -> int:
+        """Kill what is left of the dead master `pid` (the pid file's by default): its workers still
+        serve the old configuration and hold the ports a new master needs. Returns how many it ended."""
+        pid = self.recorded_pid() if pid is None else pid
+        if pid is None:
+            return 0
+        group = self.leftovers(pid)
+        if not group:
+            return 0
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # the dead leader's group id cannot be reused while in use
+        _, alive = await asyncio.to_thread(psutil.wait_procs, group, STOP_TIMEOUT_S)
+        if alive:
+            raise NginxError(f"nginx processes {[p.pid for p in alive]} of a dead master outlived SIGKILL")
+        return len(group)
+
     async def start(self) -> int:
-        """Start the master on the main configuration (already validated); return its pid."""
+        """End what a dead master left, start the master on the main configuration (already
+        validated) and return its pid."""
+        await self.end_leftovers()
         code, output = await self._run(self._base_args(self.main_conf), START_TIMEOUT_S)
         if code != 0:
             raise NginxError(_reason(output))
