@@ -241,6 +241,7 @@ class Gateway:
                 if self.nginx.master_pid() is not None:
                     continue  # a render started it meanwhile
             cause = death_cause(seen, None)  # nginx runs detached: its exit status is not ours to see
+            log.warning("gateway %s: nginx %s", self.options.name, cause)
             decision = after_death(history, time.monotonic())
             if decision.crash_loop:
                 await self._record(
@@ -255,7 +256,7 @@ class Gateway:
             assert self.mirror is not None
             async with self._applying:
                 if self.nginx.master_pid() is None:
-                    await self.configurator.apply(self.mirror.snapshot(), f"proxy restarted: {cause}")
+                    await self.configurator.apply(self.mirror.snapshot(), "found by the master watch")
             history = started(decision, time.monotonic())
             seen = self.nginx.master_pid() or seen
 
