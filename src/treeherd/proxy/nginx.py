@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from treeherd.proxy.supervise import end_group
+
 VALIDATE_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 10.0
@@ -108,34 +110,23 @@ class Nginx:
         except (OSError, ValueError):
             return None
 
-    def leftovers(self, pid: int) -> list[psutil.Process]:
-        """The nginx processes still in the process group of the master `pid`, once that master is gone
-        (or a zombie); empty while it runs."""
-        with contextlib.suppress(psutil.Error):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return []  # alive: our master (not a leftover) or the pid now belongs to another process
-        found: list[psutil.Process] = []
-        for process in psutil.process_iter(["name"]):
-            with contextlib.suppress(psutil.Error, OSError):
-                if process.info["name"] == "nginx" and os.getpgid(process.pid) == pid:
-                    found.append(process)
-        return found
+    def _dead(self, pid: int) -> bool:
+        """Is `pid` gone or a zombie? (A live pid is our master, or now belongs to someone else.)"""
+        try:
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return True
 
     async def end_leftovers(self, pid: int | None = None) -> int:
         """Kill what is left of the dead master `pid` (the pid file's by default): its workers still
         serve the old configuration and hold the ports a new master needs. Returns how many it ended."""
         pid = self.recorded_pid() if pid is None else pid
-        if pid is None:
+        if pid is None or not self._dead(pid):
             return 0
-        group = self.leftovers(pid)
-        if not group:
-            return 0
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # the dead leader's group id cannot be reused while in use
-        _, alive = await asyncio.to_thread(psutil.wait_procs, group, STOP_TIMEOUT_S)
-        if alive:
-            raise NginxError(f"nginx processes {[p.pid for p in alive]} of a dead master outlived SIGKILL")
-        return len(group)
+        try:
+            return len(await end_group(pid, timeout_s=STOP_TIMEOUT_S))
+        except TimeoutError as error:
+            raise NginxError(f"what the dead nginx master {pid} left did not end: {error}") from None
 
     async def start(self) -> int:
         """End what a dead master left, start the master on the main configuration (already

@@ -3,15 +3,30 @@ backoff while it keeps dying soon after each restart (a crash loop), never in a 
 
 `after_death` is a pure function of the restart history and the time of death (passed in, so tests
 use explicit times); the owners (the gateway for nginx, the local haproxy for haproxy) apply it.
+`end_group` ends what a dead master left: its workers share its process group and outlive it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import signal
+import time
 
 import msgspec
+import psutil
 
-__all__ = ["RestartDecision", "RestartPolicy", "Restarts", "after_death", "death_cause", "started"]
+__all__ = [
+    "RestartDecision",
+    "RestartPolicy",
+    "Restarts",
+    "after_death",
+    "death_cause",
+    "end_group",
+    "group_members",
+    "started",
+]
 
 
 class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,3 +82,37 @@ def death_cause(pid: int, returncode: int | None) -> str:
             return f"master pid {pid} died (signal {number})"
         return f"master pid {pid} died (signal {number}, {name})"
     return f"master pid {pid} exited with status {returncode}"
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (not zombie) processes of process group `pgid`."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() == psutil.STATUS_ZOMBIE)  # dead; its new parent reaps it when it will
+    except psutil.Error:
+        return True
+
+
+async def end_group(pgid: int, *, timeout_s: float = 10.0) -> list[int]:
+    """SIGKILL process group `pgid` and wait until its members are gone (or zombies); returns the pids
+    that were ended. Raises TimeoutError if one outlives `timeout_s`. The group id stays reserved while
+    any member lives, so it cannot name an unrelated group."""
+    members = group_members(pgid)
+    if not members:
+        return []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while not all(_gone(p) for p in members):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"processes {[p.pid for p in members if not _gone(p)]} outlived SIGKILL")
+        await asyncio.sleep(0.01)
+    return [p.pid for p in members]
