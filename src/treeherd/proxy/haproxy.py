@@ -270,7 +270,7 @@ class LocalHaproxy:
         in a crash loop; `on_restart(cause)` after each fresh start."""
         history = Restarts()
         while True:
-            await asyncio.sleep(watch_interval_s)
+            await self._master.wait_exit(watch_interval_s)  # an exit is seen at once
             cause = await self.dead_master()
             if cause is None:
                 continue

@@ -121,6 +121,16 @@ class HaproxyMaster:
         """The pid of the master this object started, alive or not (None: never started or stopped)."""
         return self._process.pid if self._process else None
 
+    async def wait_exit(self, timeout_s: float) -> None:
+        """Return when the master exits or after `timeout_s`, whichever comes first."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            await asyncio.sleep(timeout_s)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await process.wait()
+
     async def end(self, *, timeout_s: float = 10.0) -> None:
         """Kill the master and every process of its group (its workers, which may outlive it) and
         wait until they are gone; the next `start` begins afresh."""
