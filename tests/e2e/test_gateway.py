@@ -68,6 +68,8 @@ class Edge:
         wait_for(lambda: all(b.ready() for b in self.backends.values()), "the backends to listen", 15)
         self.gateway = GatewayProcess(manager.url, tmp / "nginx")
         wait_for(lambda: served_by(self.port, "/", HOST) == "web-1", "nginx to serve the tree", 30)
+        # nginx serves before the gateway has recorded the start (and its digest) with the manager.
+        wait_for(lambda: self.record().get("config_sha256"), "the live configuration to be recorded", 10)
 
     def record(self) -> dict[str, Any]:
         return dict(self.client.get("/api/v1/gateways/edge", dict))

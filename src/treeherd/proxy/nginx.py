@@ -198,16 +198,20 @@ class Nginx:
         raise NginxError(f"nginx did not retire its workers within {limit_s} s of the reload signal")
 
     async def stop(self) -> None:
-        """Graceful stop (SIGQUIT), SIGKILL if the master outlives the timeout."""
+        """Graceful stop (SIGQUIT), SIGKILL to its group if the master outlives the timeout; what a
+        dead master left is killed."""
         pid = self.master_pid()
         if pid is None:
+            await self.end_leftovers()
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGQUIT)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
-            if not psutil.pid_exists(pid):
-                return
+            if self._dead(pid):
+                break
             await asyncio.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        await self.end_leftovers(pid)
