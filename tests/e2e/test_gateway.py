@@ -4,6 +4,8 @@ real backend processes on 127.0.0.x addresses."""
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import socket
 import threading
 import time
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.gateway.helpers import (
@@ -65,6 +68,8 @@ class Edge:
         wait_for(lambda: all(b.ready() for b in self.backends.values()), "the backends to listen", 15)
         self.gateway = GatewayProcess(manager.url, tmp / "nginx")
         wait_for(lambda: served_by(self.port, "/", HOST) == "web-1", "nginx to serve the tree", 30)
+        # nginx serves before the gateway has recorded the start (and its digest) with the manager.
+        wait_for(lambda: self.record().get("config_sha256"), "the live configuration to be recorded", 10)
 
     def record(self) -> dict[str, Any]:
         return dict(self.client.get("/api/v1/gateways/edge", dict))
@@ -328,3 +333,63 @@ def test_gateway_restart_adopts_nginx_and_keeps_counting(edge: Edge, manager: Ma
     assert edge.gateway.nginx_pid() == pid
     time.sleep(0.5)
     assert requests_counted() == 15
+
+
+def nginx_listeners(port: int) -> set[int]:
+    """The pids of nginx processes in the OS listening on `port`."""
+    found = set()
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "nginx":
+            continue
+        try:
+            sockets = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets):
+            found.add(process.pid)
+    return found
+
+
+def test_a_killed_nginx_master_is_replaced_on_the_current_configuration(edge: Edge) -> None:
+    assert edge.gateway is not None
+    old = edge.gateway.nginx_pid()
+    assert old is not None
+    old_workers = psutil.Process(old).children()
+    assert old_workers and nginx_listeners(edge.port) >= {w.pid for w in old_workers}
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+    edge.bind("api-3", "shop.api", 0)  # a change made after the kill: api-3 renders `down`
+    live = edge.tmp / "nginx" / "rendered" / "current" / "treeherd.conf"
+
+    def fresh_master_serves_the_change() -> int | None:
+        assert edge.gateway is not None
+        pid = edge.gateway.nginx_pid()
+        if pid in (None, old) or "api-3: weight 0" not in live.read_text():
+            return None
+        return pid if served_by(edge.port, "/api", HOST) in {"api-1", "api-2"} else None
+
+    new = wait_for(fresh_master_serves_the_change, "a fresh master on the change made after the kill", 5)
+    recovered_s = time.monotonic() - killed
+    assert recovered_s < 3.0, f"recovered in {recovered_s:.2f} s"
+    assert not any(_alive(w) for w in old_workers), "a worker of the killed master still runs"
+    new_group = {p.pid for p in psutil.process_iter() if _pgid(p.pid) == new}
+    assert nginx_listeners(edge.port) <= new_group, "an nginx outside the new master's group holds the port"
+    counts = collections.Counter(served_by(edge.port, "/api", HOST) for _ in range(20))
+    assert counts["api-3"] == 0 and counts["api-1"] + counts["api-2"] == 20, counts
+    restarted = [e for e in edge.events("started") if "proxy restarted" in e["reason"]]
+    assert restarted and f"master pid {old} died" in restarted[-1]["reason"], edge.record()["recent"]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (a dead worker re-parented to an init that reaps it later)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -4,7 +4,9 @@ Every service a task here depends on (`--depends-on SVC`) gets a frontend on 127
 same port on every host); its servers are the service's live endpoints, which the manager sends
 (`DependencyEndpoints`) at session start and at every change. Endpoint changes reach haproxy through its
 runtime API without a reload; only a change in the set of frontends reloads it (hitless, checked first
-with `haproxy -c`). The proxy stops with the agent: the next agent starts it again.
+with `haproxy -c`). The proxy stops with the agent: the next agent starts it again. While it runs, it
+is supervised: a master that dies or stops answering its CLI socket is replaced within about a second
+on the state last applied (a crash loop backs off), and the next apply catches up from there.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class DependencyProxy:
         self._stopping = False
         self._applied: LocalProxy | None = None
         self.haproxy: LocalHaproxy | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._warned = False
 
     def endpoints(self, message: DependencyEndpoints) -> None:
@@ -118,6 +121,10 @@ class DependencyProxy:
                             await self._wake.wait()
                     self._wake.set()
         finally:
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._supervisor
             if self.haproxy is not None:
                 with contextlib.suppress(Exception):
                     await self.haproxy.stop()
@@ -140,6 +147,9 @@ class DependencyProxy:
                 self.haproxy = None
                 return False
             log.info("local haproxy started for %s", ", ".join(f.name for f in desired.frontends))
+            self._supervisor = asyncio.create_task(
+                self.haproxy.supervise(on_restart=lambda _cause: self._wake.set()), name="haproxy-supervisor"
+            )
             self._applied = desired
             return True
         try:

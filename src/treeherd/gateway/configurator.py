@@ -3,7 +3,8 @@
 
 A configuration that `nginx -t` refuses never becomes current. A reload nginx refuses (a port taken
 since validation, for instance) points `current` back at the previous release; the master itself kept
-serving the previous configuration. Each render ends in exactly one recorded event: unchanged, started,
+serving the previous configuration. A start that finds the pid file of a dead master says so in its
+event (`proxy restarted: master pid N died ...`); nginx ends that master's leftovers first. Each render ends in exactly one recorded event: unchanged, started,
 reload, rejected or rollback, with the reason.
 """
 
@@ -21,6 +22,7 @@ from treeherd.model.gateway import Figure, GatewayEventType
 from treeherd.model.routing import RoutingSnapshot
 from treeherd.proxy.nginx import Nginx, NginxError
 from treeherd.proxy.releases import DIGEST_CHARS, Releases
+from treeherd.proxy.supervise import death_cause
 from treeherd.render.nginx import (
     ROUTING_FILE,
     MainOptions,
@@ -114,6 +116,9 @@ class Configurator:
         previous = self.releases.current_digest()
         self.releases.activate(digest)
         if running is None:
+            dead = self.nginx.recorded_pid()  # a pid file without its master: the master died
+            if dead is not None:
+                why = f"proxy restarted: {death_cause(dead, None)}; {why}"
             try:
                 pid = await self.nginx.start()
             except NginxError as error:

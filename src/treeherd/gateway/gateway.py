@@ -4,7 +4,10 @@
 stream. Changes are coalesced: a render waits until the stream has been quiet for `min_wait_s`, but
 never more than `max_wait_s` after the first change, so a burst of edits costs one reload. Beside it,
 the health loop tails the access logs every `health_interval_s`, reports availability, evaluates
-alerts and ejections. nginx outlives the gateway on purpose: a restarted gateway adopts it.
+alerts and ejections. nginx outlives the gateway on purpose: a restarted gateway adopts it. A third
+loop watches the master every `watch_interval_s`: a master that is gone (or a zombie) has what is left
+of it ended and a fresh one started on the current snapshot, with an event giving the cause; one that
+keeps dying right after its restarts is started again only after a growing delay (`proxy.supervise`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from treeherd.model.gateway import BackendState, Figure, GatewayEventType
 from treeherd.model.gateway_requests import BackendUpdate
 from treeherd.model.routing import RoutingSnapshot
 from treeherd.proxy.nginx import Nginx
+from treeherd.proxy.supervise import Restarts, after_death, death_cause, started
 from treeherd.render.nginx import RenderOptions
 from treeherd.transport.client import ClientError
 
@@ -50,6 +54,7 @@ class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
     report_interval_s: float = 2.0
     probe_interval_s: float = 2.0
     probes_needed: int = 3
+    watch_interval_s: float = 0.2
 
     @property
     def logs(self) -> Path:
@@ -144,6 +149,7 @@ class Gateway:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._follow_changes())
                 group.create_task(self._watch_health())
+                group.create_task(self._watch_nginx())
         finally:
             self.link.stop()
             self.health.close()
@@ -215,6 +221,44 @@ class Gateway:
                     await self.link.report(self.health.report(self.mirror.snapshot(), now))
                 except ClientError as error:
                     log.warning("could not report availability: %s", error)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
+
+    async def _watch_nginx(self) -> None:
+        """Start nginx again when its master dies: at once, or after a growing delay in a crash loop."""
+        seen = self.nginx.master_pid()
+        history = Restarts()
+        while not self._stopped.is_set():
+            await self._pause(self.options.watch_interval_s)
+            pid = self.nginx.master_pid()
+            if pid is not None or seen is None or self._stopped.is_set():
+                seen = pid or seen
+                continue
+            async with self._applying:
+                if self.nginx.master_pid() is not None:
+                    continue  # a render started it meanwhile
+            cause = death_cause(seen, None)  # nginx runs detached: its exit status is not ours to see
+            log.warning("gateway %s: nginx %s", self.options.name, cause)
+            decision = after_death(history, time.monotonic())
+            if decision.crash_loop:
+                await self._record(
+                    "error",
+                    f"crash loop: the nginx master died {decision.quick_deaths} time(s) in a row within"
+                    f" seconds of a restart ({cause}); next start in {decision.delay_s:g} s",
+                    {"quick_deaths": decision.quick_deaths, "delay_s": decision.delay_s},
+                )
+                await self._pause(decision.delay_s)
+                if self._stopped.is_set():
+                    return
+            assert self.mirror is not None
+            async with self._applying:
+                if self.nginx.master_pid() is None:
+                    await self.configurator.apply(self.mirror.snapshot(), "found by the master watch")
+            history = started(decision, time.monotonic())
+            seen = self.nginx.master_pid() or seen
 
     def stop(self) -> None:
         self._stopped.set()

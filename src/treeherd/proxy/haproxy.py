@@ -10,13 +10,18 @@ Invariants:
   or after `drain_timeout_s` by shutting its sessions; this happens in the background, so `apply` never
   waits for a client's connection;
 - a runtime command haproxy refuses (its state differs from ours) falls back to a reload of the whole
-  desired state, which converges whatever haproxy had.
+  desired state, which converges whatever haproxy had;
+- `supervise` notices a master that exited, or stops answering `show proc` on its CLI socket, within
+  `watch_interval_s` (plus the CLI timeout), ends its process group (workers included) and starts a fresh
+  master on the state last applied; one that dies again right after is restarted after a growing
+  delay (`proxy.supervise`), logged as a crash loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +32,7 @@ from treeherd.proxy.master import HaproxyFailed, HaproxyMaster, check_config, fi
 from treeherd.proxy.plan import plan_changes, servers_of
 from treeherd.proxy.runtime import RuntimeApiError, RuntimeCall, call, query
 from treeherd.proxy.stats import ProcTable, ServerState, StatRow, servers_state, stat
+from treeherd.proxy.supervise import RestartPolicy, Restarts, after_death, death_cause, started
 from treeherd.render.haproxy import (
     HaproxyOptions,
     LocalProxy,
@@ -38,8 +44,12 @@ from treeherd.render.haproxy import (
 
 __all__ = ["ApplyResult", "HaproxyConfigRejected", "LocalHaproxy"]
 
+log = logging.getLogger(__name__)
 Renderer = Callable[[LocalProxy, HaproxyOptions], str]
 DRAIN_POLL_S = 0.1
+WATCH_INTERVAL_S = 0.2
+CLI_TIMEOUT_S = 1.0
+SILENT_CHECKS = 2  # `show proc` unanswered this many times in a row: the master is taken for dead
 
 
 class HaproxyConfigRejected(HaproxyFailed):
@@ -98,7 +108,11 @@ class LocalHaproxy:
         self._draining: dict[str, tuple[ProxyServer, float]] = {}
         self._drainer: asyncio.Task[None] | None = None
         self._worker_pid = 0
+        self._state = LocalProxy()
+        self._silent = 0
+        self._wanted = False  # started and not stopped: a missing master is a dead one
         self.last_drain_error = ""
+        self.restarts = 0
 
     @property
     def admin_socket(self) -> str:
@@ -132,6 +146,7 @@ class LocalHaproxy:
         check_ms = await self._write_checked(self._render(state, self.options))
         self._candidate.replace(self.config)
         self._worker_pid = await self._master.start()
+        self._wanted = True
         self._adopt(state)
         return ApplyResult(
             commands=[], reloaded=False, worker_pid=self._worker_pid, check_ms=check_ms, total_ms=_ms(started)
@@ -162,6 +177,7 @@ class LocalHaproxy:
                 if name in wanted.get(proxy, {}):
                     del self._draining[target]  # wanted again: the plan re-enabled it
             self._servers = wanted
+            self._state = state
             deadline = time.monotonic() + self.drain_timeout_s
             for target in plan.removals:
                 proxy, name = target.split("/", 1)
@@ -184,7 +200,11 @@ class LocalHaproxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
             self._drainer = None
-        await self._master.stop()
+        self._wanted = False
+        if self._master.returncode is not None:
+            await self._master.end()  # a dead master's workers may outlive it
+        else:
+            await self._master.stop()
         self._worker_pid = 0
 
     async def servers_state(self) -> list[ServerState]:
@@ -199,6 +219,84 @@ class LocalHaproxy:
         """haproxy's `show stat` rows."""
         return await stat(self.admin_socket)
 
+    async def dead_master(self) -> str | None:
+        """Why the started master is dead (exited, or silent on its CLI socket `SILENT_CHECKS` times
+        in a row), or None while it is fine or was never started."""
+        if not self._wanted:
+            return None
+        pid = self._master.started_pid
+        if pid is None:
+            return "no master is running (its last start failed)"
+        if self._master.returncode is not None:
+            return death_cause(pid, self._master.returncode)
+        if self._lock.locked():
+            return None  # a reload is under way: the master re-executes itself and may not answer
+        async with self._lock:
+            try:
+                await self._master.workers(timeout_s=CLI_TIMEOUT_S)
+            except (RuntimeApiError, ValueError) as error:
+                self._silent += 1
+                if self._silent >= SILENT_CHECKS:
+                    return f"master pid {pid} stopped answering its CLI socket ({error})"
+                return None
+        self._silent = 0
+        return None
+
+    async def restart(self) -> ApplyResult:
+        """End the master and what is left of it, and start a fresh one on the state last applied."""
+        async with self._lock:
+            started_at = time.perf_counter()
+            await self._master.end()
+            self._silent = 0
+            self._wanted = True
+            check_ms = await self._write_checked(self._render(self._state, self.options))
+            self._candidate.replace(self.config)
+            self._worker_pid = await self._master.start()
+            self._adopt(self._state)
+            self.restarts += 1
+            return ApplyResult(
+                commands=[], reloaded=False, worker_pid=self._worker_pid, check_ms=check_ms,
+                total_ms=_ms(started_at),
+            )  # fmt: skip
+
+    async def supervise(
+        self,
+        *,
+        watch_interval_s: float = WATCH_INTERVAL_S,
+        policy: RestartPolicy | None = None,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        """Run until cancelled: restart the master whenever `dead_master` finds it dead, backing off
+        in a crash loop; `on_restart(cause)` after each fresh start."""
+        history = Restarts()
+        while True:
+            await self._master.wait_exit(watch_interval_s)  # an exit is seen at once
+            cause = await self.dead_master()
+            if cause is None:
+                continue
+            decision = after_death(history, time.monotonic(), policy)
+            if decision.crash_loop:
+                log.warning(
+                    "haproxy in %s: crash loop: %s, %d time(s) in a row soon after a restart; next start"
+                    " in %g s", self.workdir, cause, decision.quick_deaths, decision.delay_s,
+                )  # fmt: skip
+            with contextlib.suppress(HaproxyFailed):  # `restart` tries again and says why
+                async with self._lock:
+                    await self._master.end()  # nothing half-alive keeps serving during the delay
+            await asyncio.sleep(decision.delay_s)
+            try:
+                result = await self.restart()
+            except (HaproxyFailed, OSError) as error:
+                log.warning("haproxy in %s: %s; it did not start again: %s", self.workdir, cause, error)
+            else:
+                log.warning(
+                    "haproxy in %s: proxy restarted: %s; new worker pid %d",
+                    self.workdir, cause, result.worker_pid,
+                )  # fmt: skip
+                if on_restart is not None:
+                    on_restart(cause)
+            history = started(decision, time.monotonic())
+
     def _view(self) -> dict[str, dict[str, tuple[ProxyServer, bool]]]:
         view = {proxy: dict(servers) for proxy, servers in self._servers.items()}
         for target, (server, _) in self._draining.items():
@@ -207,6 +305,7 @@ class LocalHaproxy:
         return view
 
     def _adopt(self, state: LocalProxy) -> None:
+        self._state = state
         self._frontends = state.frontend_ports()
         self._servers = servers_of(state)
         self._draining.clear()

@@ -6,6 +6,8 @@ for its parent do not reach it. A reload re-reads CONFIG and forks a new worker,
 listening sockets over from the old one (no refused connection); the old worker finishes its
 connections and exits. A reload that fails in the master (a port another process holds: `haproxy -c`
 does not bind) leaves the old worker serving; `reload` reports it by the master's failed-reload count.
+Its workers share the master's process group, so `end` kills what is left of a dead or silent master
+(SIGKILL to the group) before a new one takes the ports.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import msgspec
 from treeherd.model.errors import Unavailable
 from treeherd.proxy.runtime import RuntimeApiError, query
 from treeherd.proxy.stats import ProcTable, info, proc
+from treeherd.proxy.supervise import end_group
 
 __all__ = ["ConfigCheck", "HaproxyFailed", "HaproxyMaster", "check_config", "find_haproxy"]
 
@@ -107,6 +110,39 @@ class HaproxyMaster:
     def pid(self) -> int | None:
         """The master's pid while it runs."""
         return self._process.pid if self._process and self._process.returncode is None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The master's exit status once it exited (negative: the signal that ended it), else None."""
+        return self._process.returncode if self._process else None
+
+    @property
+    def started_pid(self) -> int | None:
+        """The pid of the master this object started, alive or not (None: never started or stopped)."""
+        return self._process.pid if self._process else None
+
+    async def wait_exit(self, timeout_s: float) -> None:
+        """Return when the master exits or after `timeout_s`, whichever comes first."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            await asyncio.sleep(timeout_s)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await process.wait()
+
+    async def end(self, *, timeout_s: float = 10.0) -> None:
+        """Kill the master and every process of its group (its workers, which may outlive it) and
+        wait until they are gone; the next `start` begins afresh."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            await end_group(process.pid, timeout_s=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await process.wait()
+        except TimeoutError as error:
+            raise HaproxyFailed(f"haproxy did not end: {error}") from None
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of haproxy's own output: what it said before failing."""

@@ -2,7 +2,9 @@
 start or adopt the master, reload it and tell whether the reload took.
 
 nginx keeps running on its own (it daemonizes), so a gateway that restarts adopts the master named by
-the pid file instead of starting a second one. A reload is a SIGHUP to the master; it took when the
+the pid file instead of starting a second one. The daemonized master leads its own session and process
+group, which its workers share: when the master dies (SIGKILL leaves its workers serving the old
+configuration and holding the ports), `end_leftovers` kills that group before a new master starts. A reload is a SIGHUP to the master; it took when the
 previous generation of workers starts its graceful shutdown, and failed when the master logs an `[emerg]` or `[alert]` line instead
 (it then keeps serving the previous configuration). Every wait is bounded.
 """
@@ -20,6 +22,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from treeherd.proxy.supervise import end_group
 
 VALIDATE_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 10.0
@@ -99,8 +103,35 @@ class Nginx:
             return None  # a stale pid file: the number now belongs to another process
         return pid
 
+    def recorded_pid(self) -> int | None:
+        """The pid in the pid file, whether or not that process still runs."""
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _dead(self, pid: int) -> bool:
+        """Is `pid` gone or a zombie? (A live pid is our master, or now belongs to someone else.)"""
+        try:
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return True
+
+    async def end_leftovers(self, pid: int | None = None) -> int:
+        """Kill what is left of the dead master `pid` (the pid file's by default): its workers still
+        serve the old configuration and hold the ports a new master needs. Returns how many it ended."""
+        pid = self.recorded_pid() if pid is None else pid
+        if pid is None or not self._dead(pid):
+            return 0
+        try:
+            return len(await end_group(pid, timeout_s=STOP_TIMEOUT_S))
+        except TimeoutError as error:
+            raise NginxError(f"what the dead nginx master {pid} left did not end: {error}") from None
+
     async def start(self) -> int:
-        """Start the master on the main configuration (already validated); return its pid."""
+        """End what a dead master left, start the master on the main configuration (already
+        validated) and return its pid."""
+        await self.end_leftovers()
         code, output = await self._run(self._base_args(self.main_conf), START_TIMEOUT_S)
         if code != 0:
             raise NginxError(_reason(output))
@@ -167,16 +198,20 @@ class Nginx:
         raise NginxError(f"nginx did not retire its workers within {limit_s} s of the reload signal")
 
     async def stop(self) -> None:
-        """Graceful stop (SIGQUIT), SIGKILL if the master outlives the timeout."""
+        """Graceful stop (SIGQUIT), SIGKILL to its group if the master outlives the timeout; what a
+        dead master left is killed."""
         pid = self.master_pid()
         if pid is None:
+            await self.end_leftovers()
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGQUIT)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
-            if not psutil.pid_exists(pid):
-                return
+            if self._dead(pid):
+                break
             await asyncio.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        await self.end_leftovers(pid)
