@@ -22,10 +22,10 @@ from treeherd.model.wire import Assignments, TaskStatusUpdate
 class Harness:
     """A worker on a real local DB and the hollow executor; reports are recorded (and acknowledged)."""
 
-    def __init__(self, path: Path, *, ack: bool = True) -> None:
+    def __init__(self, path: Path, *, ack: bool = True, live_restore: bool = True) -> None:
         self.db = TaskDB(path / "agent.db")
         self.executor = HollowExecutor()
-        self.worker = Worker(self.executor, self.db, grace_s=1.0)
+        self.worker = Worker(self.executor, self.db, grace_s=1.0, live_restore=live_restore)
         self.worker.set_sender(self.send)
         self.ack = ack
         self.reports: list[tuple[int, list[TaskStatusUpdate]]] = []
@@ -121,6 +121,32 @@ async def test_a_restarted_worker_resumes_known_tasks_and_drops_unassigned_ones(
         await eventually(lambda: controllers["t2"].removed, "t2 removed")
         assert controllers["t2"].calls == ["wait", "shutdown", "remove"]
         assert await second.stored() == {"t1": S.RUNNING}
+
+
+async def test_a_stop_without_live_restore_stops_every_task_and_records_it(tmp_path: Path) -> None:
+    async with Harness(tmp_path, live_restore=False) as h:
+        h.worker.session_started("s1")
+        h.assign(make_task("t1"), make_task("t2"), full=True)
+        await eventually(lambda: h.states("t1")[-1:] == h.states("t2")[-1:] == [S.RUNNING])
+    assert [c.calls[-1] for c in h.executor.controllers.values()] == ["shutdown", "shutdown"]
+    assert h.worker.left_running == 0
+    async with Harness(tmp_path) as second:  # the next worker finds them ended: nothing to resume
+        assert await second.stored() == {"t1": S.SHUTDOWN, "t2": S.SHUTDOWN}
+
+
+async def test_a_stop_right_after_a_restart_still_stops_the_resumed_tasks(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as first:
+        first.worker.session_started("s1")
+        first.assign(make_task("t1"), full=True)
+        await eventually(lambda: first.states("t1")[-1:] == [S.RUNNING])
+    assert first.worker.left_running == 1  # live restore: left running for the next worker
+    second = Harness(tmp_path, live_restore=False)
+    second.worker.stop()  # before its loop ever ran
+    async with second:
+        pass
+    assert second.executor.controllers["t1"].calls[-1:] == ["shutdown"]
+    async with Harness(tmp_path) as third:
+        assert await third.stored() == {"t1": S.SHUTDOWN}
 
 
 async def test_reports_are_resent_after_a_reconnect_until_acknowledged(tmp_path: Path) -> None:

@@ -183,17 +183,21 @@ class Worker:
         stored = await self._db.load()
         self._put(AgentStarted(cause_id=self._cause("agent-start"), now=self._now(), tasks=stored))
         reporter = asyncio.create_task(self._reporter(), name="agent-reporter")
+        # The first batch (the tasks of the local DB) is handled even when a stop came first: a stop
+        # without live restore must reach the tasks resumed from an earlier life too.
+        started = False
         try:
-            while not self._stopping:
+            while not (self._stopping and started):
                 first = await self._events.get()
                 batch = [first] if first is not None else []
                 while not self._events.empty():
                     event = self._events.get_nowait()
                     if event is not None:
                         batch.append(event)
-                if self._stopping or not batch:
+                if (self._stopping and started) or not batch:
                     break
                 await self._execute(self.state.handle(*batch))
+                started = True
                 if self.on_change is not None:
                     self.on_change()
         finally:
