@@ -53,6 +53,7 @@ def _register() -> None:
         agent,
         cluster,
         domain,
+        edge_health,
         endpoints,
         events,
         gateway,
@@ -81,6 +82,7 @@ def _register() -> None:
         puppet,
         report,
         gateway,
+        edge_health,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)
