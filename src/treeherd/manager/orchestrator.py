@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
 from treeherd.core.tasks.orchestrate import finished, reconcile
+from treeherd.core.tasks.rollout import ACTIVE
 from treeherd.core.view import View
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
@@ -72,7 +73,7 @@ class Orchestrator(Reactor):
                     self._dirty.add(obj.id)
                 self._index_sidekicks(view)
             elif isinstance(obj, Task):
-                if event.type == "updated" and _matters(obj):
+                if event.type == "updated" and (_matters(obj) or _in_update(view, obj)):
                     self._dirty.add(obj.service_id)
                 # A sidekick follows every move of the tasks it is bound to (placed, ended, stopped).
                 self._dirty.update(self._sidekicks.get(obj.service_name, ()))
@@ -201,6 +202,12 @@ def _matters(task: Task) -> bool:
     if task.desired_state <= TaskState.RUNNING:
         return task.status.state.terminal
     return finished(task)
+
+
+def _in_update(view: View, task: Task) -> bool:
+    """A task of a service under update: the updater follows every step of its new tasks."""
+    service = view.get(Service, task.service_id)
+    return service is not None and service.update_status is not None and service.update_status.state in ACTIVE
 
 
 def _bound_machines(view: View, service: Service) -> frozenset[str]:

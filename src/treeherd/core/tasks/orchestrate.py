@@ -7,7 +7,9 @@ created when the reason calls for one:
 - the task ended (observed terminal): per the restart policy (condition, max attempts in a window, delay);
 - its machine went down (unless the brake on mass node loss holds it, `core.tasks.node_loss`), was drained, was removed, or no longer satisfies the constraints: always
   (unless the restart condition is `none` and the machine went down);
-- the service's spec changed (an update never changes a running task: it replaces it).
+- the service's spec changed (an update never changes a running task: it replaces it), in the slots
+  and the order the updater (`core.tasks.rollout`) picks; an outdated task waits its turn, and with
+  start-first it runs beside its replacement until that one is ready.
 A slot that never had a task gets a new one; a slot whose last task ended without a restart stays empty.
 Finished tasks beyond the history limit are deleted, oldest first. A removed service stops every task,
 then is deleted with them once none is left running.
@@ -22,10 +24,12 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from treeherd.core.tasks.rollout import outdated, ready
+from treeherd.core.tasks.rollout import step as rollout_step
 from treeherd.core.tasks.scheduling.constraints import Constraint, parse_constraint
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Delete, Op, Update
-from treeherd.model.services import RestartPolicy, Service, Task, TaskStatus
+from treeherd.model.services import RestartPolicy, Service, Task, TaskStatus, UpdateOrder
 from treeherd.model.states import TaskState
 
 
@@ -164,8 +168,17 @@ class _Context:
         for task in done[: max(0, len(done) - self.history)]:
             self.ops.append(Delete(task))
 
-    def reconcile_slot(self, slot: int, tasks: Sequence[Task], machine_id: str | None, wanted: bool) -> None:
-        """One slot (or one global machine): at most one task meant to run, replaced as needed."""
+    def reconcile_slot(
+        self,
+        slot: int,
+        tasks: Sequence[Task],
+        machine_id: str | None,
+        wanted: bool,
+        update: UpdateOrder | None = None,
+    ) -> None:
+        """One slot (or one global machine): at most one task meant to run, replaced as needed, but
+        for an outdated task beside its start-first replacement. `update` says how to replace an
+        outdated task (the updater's choice); without it the outdated task stays for now."""
         ordered = sorted(tasks, key=lambda t: t.created_at)
         live = [t for t in ordered if desired_running(t)]
         if not wanted:
@@ -174,6 +187,7 @@ class _Context:
             self.collect_history(ordered, set())
             return
         keep: Task | None = None
+        old: list[Task] = []
         replace: tuple[Task, str, bool] | None = None  # (previous, cause, counts as a restart)
         for task in live:
             if task.status.state.terminal:
@@ -188,18 +202,35 @@ class _Context:
                 node_down = problem.endswith("is down")
                 allowed = not (node_down and self.service.task.restart.condition == "none")
                 replace = (task, f"replacement of {task.id}: {problem}", False) if allowed else None
-            elif task.spec_version < self.service.spec_version:
-                self.shutdown(task, "the service was updated")
-                replace = (task, f"update of {task.id} to spec {self.service.spec_version}", False)
+            elif outdated(task, self.service):
+                old.append(task)
             elif keep is not None:
                 self.shutdown(keep, "a newer task runs in this slot")
                 keep = task
             else:
                 keep = task
+        for extra in old[:-1]:
+            self.shutdown(extra, "a newer task runs in this slot")
+        previous = old[-1] if old else None
+        if previous is not None:
+            cause = f"update of {previous.id} to spec {self.service.spec_version}"
+            if keep is not None and ready(keep):
+                self.shutdown(previous, f"replaced by {keep.id} (spec {self.service.spec_version})")
+            elif update == "stop-first":
+                self.shutdown(previous, "the service was updated")
+                if keep is None:
+                    self.create(slot, machine_id, cause, previous, False)
+            elif update == "start-first" and keep is None:
+                self.create(slot, machine_id, cause, previous, False)
+            # Otherwise the outdated task serves on: no update reaches this slot now, and a failed
+            # task of the new spec is not restarted beside it.
+            kept = {previous.id} | ({keep.id} if keep else set())
+            self.collect_history(ordered, kept)
+            return
         if keep is None:
             if replace is not None:
-                previous, cause, restart = replace
-                self.create(slot, machine_id, cause, previous, restart)
+                previous_task, cause, restart = replace
+                self.create(slot, machine_id, cause, previous_task, restart)
             elif not ordered:
                 self.create(
                     slot, machine_id, "new slot" if machine_id is None else "new machine", None, False
@@ -239,29 +270,65 @@ def reconcile(
             ctx.ops.extend(Delete(t) for t in tasks)
             ctx.ops.append(Delete(service))
         return Reconciled(ctx.ops, ctx.wake_at)
+    slots = _slots(service, tasks, machines, ctx.constraints, held, bound_to)
+    rollout = rollout_step(service, {key: s.tasks for key, s in slots.items() if s.wanted}, now)
+    if rollout.service is not service:
+        ctx.service = rollout.service
+        ctx.constraints = [parse_constraint(c) for c in rollout.service.task.placement.constraints]
+        ctx.ops.append(Update(rollout.service))
+    policy = ctx.service.rollback if _rolling_back(ctx.service) else ctx.service.update
+    for key, s in slots.items():
+        mode = policy.order if key in rollout.replace else None
+        ctx.reconcile_slot(s.slot, s.tasks, s.machine_id, s.wanted, mode)
+    if rollout.wake_at is not None:
+        ctx.wake_at = rollout.wake_at if ctx.wake_at is None else min(ctx.wake_at, rollout.wake_at)
+    return Reconciled(ctx.ops, ctx.wake_at)
+
+
+class _Slot(msgspec.Struct, frozen=True):
+    slot: int
+    tasks: list[Task]
+    machine_id: str | None
+    wanted: bool
+
+
+def _slots(
+    service: Service,
+    tasks: Sequence[Task],
+    machines: Mapping[str, Machine],
+    constraints: Sequence[Constraint],
+    held: AbstractSet[str],
+    bound_to: AbstractSet[str],
+) -> dict[str, _Slot]:
+    """The service's slots by key (replicated: the slot number; global: the machine id), in order."""
+    slots: dict[str, _Slot] = {}
     if service.mode == "replicated" and service.task.binds_to is None:
         by_slot: dict[int, list[Task]] = defaultdict(list)
         for task in tasks:
             by_slot[task.slot].append(task)
         for slot in sorted(set(by_slot) | set(range(1, service.replicas + 1))):
-            ctx.reconcile_slot(slot, by_slot.get(slot, []), None, slot <= service.replicas)
-    else:
-        by_machine: dict[str, list[Task]] = defaultdict(list)
-        for task in tasks:
-            by_machine[task.machine_id or ""].append(task)
-        for machine_id in sorted(set(by_machine) | set(machines)):
-            machine = machines.get(machine_id)
-            existing = by_machine.get(machine_id, [])
-            wanted = machine is not None and (
-                eligible_for_global(machine, ctx.constraints)
-                or (machine_id in held and any(desired_running(t) for t in existing))
-            )
-            if service.task.binds_to is not None:
-                wanted = wanted and machine_id in bound_to
-            if wanted and not existing and machine is not None and machine.availability == "pause":
-                continue  # a paused machine takes no new tasks
-            ctx.reconcile_slot(0, existing, machine_id or None, wanted)
-    return Reconciled(ctx.ops, ctx.wake_at)
+            slots[str(slot)] = _Slot(slot, by_slot.get(slot, []), None, slot <= service.replicas)
+        return slots
+    by_machine: dict[str, list[Task]] = defaultdict(list)
+    for task in tasks:
+        by_machine[task.machine_id or ""].append(task)
+    for machine_id in sorted(set(by_machine) | set(machines)):
+        machine = machines.get(machine_id)
+        existing = by_machine.get(machine_id, [])
+        wanted = machine is not None and (
+            eligible_for_global(machine, constraints)
+            or (machine_id in held and any(desired_running(t) for t in existing))
+        )
+        if service.task.binds_to is not None:
+            wanted = wanted and machine_id in bound_to
+        if wanted and not existing and machine is not None and machine.availability == "pause":
+            continue  # a paused machine takes no new tasks
+        slots[machine_id] = _Slot(0, existing, machine_id or None, wanted)
+    return slots
+
+
+def _rolling_back(service: Service) -> bool:
+    return service.update_status is not None and service.update_status.state.startswith("rollback")
 
 
 def _on_lost_machine(task: Task, machines: Mapping[str, Machine]) -> bool:
