@@ -90,7 +90,7 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # a live task of it, stopped when that machine no longer does.
     binds_to: str | None = None
     # Raised by `service update --force`: a spec that differs only here still replaces every task.
-    force_update: Annotated[int, Meta(ge=0)] = 0
+    force_update: Annotated[int, Meta(ge=0, description="raised by every forced update")] = 0
 
 
 class UpdatePolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -99,12 +99,23 @@ class UpdatePolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True)
     one stops or after; a new task must stay ready (running, and healthy with a health check) for
     `monitor_s` to count as a success; past `max_failure_ratio` of the slots failing, `failure_action`."""
 
-    parallelism: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
-    delay_s: Annotated[float, Meta(ge=0, le=86_400)] = 0.0
+    parallelism: Annotated[
+        int, Meta(ge=0, le=1_000_000, description="slots replaced at once; 0: every slot at once")
+    ] = 1
+    delay_s: Annotated[float, Meta(ge=0, le=86_400, description="seconds between batches")] = 0.0
     order: UpdateOrder = "stop-first"
-    monitor_s: Annotated[float, Meta(ge=0, le=86_400)] = 5.0
+    monitor_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=86_400,
+            description="seconds a new task must stay running (and healthy) to count as a success",
+        ),
+    ] = 5.0
     failure_action: FailureAction = "pause"
-    max_failure_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    max_failure_ratio: Annotated[
+        float, Meta(ge=0, le=1, description="the share of slots that may fail before the failure action")
+    ] = 0.0
 
 
 class UpdateStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -144,6 +155,11 @@ class Service(Object, frozen=True, kw_only=True, tag="service"):
     # The spec before the latest change: what `service rollback` returns to.
     previous_task: TaskSpec | None = None
     update_status: UpdateStatus | None = None
+
+    def summary(self) -> str:
+        """What `treeherd events` shows beside the name: where the latest update stands."""
+        status = self.update_status
+        return "" if status is None else f"update {status.state}: {status.message}"
 
 
 class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -190,3 +190,33 @@ def test_rolling_update_properties(replicas, policy, health, failing, crash_afte
         assert sim.service.task == old and on_spec(sim, old)
     else:
         assert state in ("paused", "rollback_paused") and status.failed
+
+
+def test_stop_first_waits_while_other_slots_are_down():
+    """Scaled up in the same change: the two new slots are down while they start, so no old task is
+    stopped before they run (parallelism 1)."""
+    sim = Sim(3, OLD, UpdatePolicy(parallelism=1, monitor_s=1))
+    sim.update(NEW)
+    sim.service = msgspec.structs.replace(sim.service, replicas=5)
+    sim.reconcile()
+    assert sorted(t.slot for t in sim.live() if t.spec == NEW) == [4, 5]
+    assert sorted(t.slot for t in sim.live() if t.spec == OLD) == [1, 2, 3]  # none stopped yet
+    sim.watch()
+    run(sim)
+    assert sim.state() == "completed" and on_spec(sim, NEW) and sim.most_down <= 2
+
+
+def test_a_slot_down_before_the_update_is_replaced_first():
+    sim = Sim(3, OLD, UpdatePolicy(parallelism=1, monitor_s=1))
+    sim.bad = {"old"}
+    sim.failing_slots = {"3"}  # slot 3's old task crashes, again and again
+    sim.crash_after_s = 0
+    sim.tick()
+    while any(t.slot == 3 for t in sim.running()):
+        sim.tick()
+    sim.update(NEW)
+    sim.reconcile()
+    assert [t.slot for t in sim.live() if t.spec == NEW] == [3]
+    assert sorted(t.slot for t in sim.running() if t.spec == OLD) == [1, 2]
+    run(sim)
+    assert sim.state() == "completed" and on_spec(sim, NEW)
