@@ -23,6 +23,7 @@ from treeherd.core.tasks.rollout import ACTIVE
 from treeherd.core.view import View
 from treeherd.manager.inventory import new_id, utc_now
 from treeherd.manager.reactor import Reactor, commit_safely
+from treeherd.model.discovery import Endpoint
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine, TreeNode
 from treeherd.model.ops import Op
@@ -130,6 +131,7 @@ class Orchestrator(Reactor):
                 node_path=node.path if node is not None else "",
                 held=self._brake.held,
                 bound_to=_bound_machines(view, service),
+                endpoints=_registrations(view, service),
             )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at
@@ -202,6 +204,15 @@ def _matters(task: Task) -> bool:
     if task.desired_state <= TaskState.RUNNING:
         return task.status.state.terminal
     return finished(task)
+
+
+def _registrations(view: View, service: Service) -> dict[str, list[Endpoint]]:
+    """The service's task registrations by task id (an updated task is drained from them first)."""
+    found: dict[str, list[Endpoint]] = {}
+    for endpoint in view.where(Endpoint, "service", service.name):
+        if endpoint.task_id is not None:
+            found.setdefault(endpoint.task_id, []).append(endpoint)
+    return found
 
 
 def _in_update(view: View, task: Task) -> bool:

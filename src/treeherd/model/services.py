@@ -200,6 +200,9 @@ class Task(Object, frozen=True, kw_only=True, tag="task"):
     # When this slot was restarted within the policy's window (carried from task to task, so the
     # max-attempts rule survives a manager restart and history clean-up).
     restarts: list[datetime] = []
+    # Set when an update retires a running task that is an endpoint: its registrations are removed
+    # (the proxies stop sending it requests) and it is told to stop at this time.
+    drain_until: datetime | None = None
 
 
 class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):

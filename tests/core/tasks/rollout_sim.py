@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from treeherd.core.tasks.orchestrate import reconcile
-from treeherd.model.discovery import HealthCheck
+from treeherd.model.discovery import Endpoint, HealthCheck
 from treeherd.model.objects import AgentStatus, Machine
 from treeherd.model.ops import Create, Delete, Update
 from treeherd.model.services import (
@@ -49,7 +49,11 @@ class Sim:
         *,
         mode: str = "replicated",
         machines: int = 1,
+        endpoints: bool = False,
     ) -> None:
+        # With `endpoints`, every running task is registered (as its agent would report it), so an
+        # update drains a task before it stops it.
+        self.endpoints = endpoints
         self.now = T0
         self._counter = itertools.count(1)
         self.machines = (
@@ -77,6 +81,7 @@ class Sim:
         self.crash_after_s: float | None = None  # None: a bad task fails as it starts
         self.failing_slots: set[str] | None = None  # None: every slot
         self.ticks = 0
+        self.deregistered: set[str] = set()  # tasks whose registrations the manager removed
         # Seen after every decision since the last `watch()` (a task that crashes on its own between two
         # decisions is not the updater's doing; the next decision sees it).
         self.most_down = 0
@@ -99,12 +104,38 @@ class Sim:
         return f"t{next(self._counter)}"
 
     def reconcile(self) -> None:
-        result = reconcile(self.service, list(self.tasks.values()), self.machines, self.now, self._next_id)
+        registered = {
+            t.id: [
+                Endpoint(
+                    id=f"e-{t.id}",
+                    created_at=T0,
+                    updated_at=T0,
+                    service="web",
+                    address="127.0.0.1",
+                    port=1,
+                    source="task",
+                    task_id=t.id,
+                )
+            ]
+            for t in self.running()
+            if self.endpoints
+        }
+        result = reconcile(
+            self.service,
+            list(self.tasks.values()),
+            self.machines,
+            self.now,
+            self._next_id,
+            endpoints=registered,
+        )
         for op in result.ops:
             obj = op.object
             if isinstance(obj, Service):
                 assert isinstance(op, Update)
                 self.service = obj
+            elif isinstance(obj, Endpoint):
+                assert isinstance(op, Delete) and obj.task_id is not None
+                self.deregistered.add(obj.task_id)
             elif isinstance(obj, Task):
                 if isinstance(op, Delete):
                     del self.tasks[obj.id]
@@ -146,6 +177,8 @@ class Sim:
         if state.terminal:
             return None
         if task.desired_state > TaskState.RUNNING:
+            if self.endpoints and state == TaskState.RUNNING:
+                assert task.id in self.deregistered, f"{task.id} stopped while still an endpoint"
             return TaskStatus(state=TaskState.SHUTDOWN, timestamp=self.now)
         if state < TaskState.STARTING:
             if task.restart_at is not None and task.restart_at > self.now:
@@ -172,7 +205,8 @@ class Sim:
         return [t for t in self.tasks.values() if t.desired_state <= TaskState.RUNNING]
 
     def running(self) -> list[Task]:
-        return [t for t in self.live() if t.status.state == TaskState.RUNNING]
+        """Running and serving (a task being drained serves no more)."""
+        return [t for t in self.live() if t.status.state == TaskState.RUNNING and t.drain_until is None]
 
     def ready(self) -> list[Task]:
         """Running, and healthy when the spec has a health check."""

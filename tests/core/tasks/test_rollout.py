@@ -150,14 +150,16 @@ policies = st.builds(
     health=st.booleans(),
     failing=st.sets(st.integers(1, 6)),
     crash_after=st.sampled_from([None, 1.0, 2.0]),
+    endpoints=st.booleans(),
 )
-def test_rolling_update_properties(replicas, policy, health, failing, crash_after):
+def test_rolling_update_properties(replicas, policy, health, failing, crash_after, endpoints):
     """With stop-first never more than `parallelism` slots without a running task; with start-first
     (bad tasks failing as they start) never fewer than `replicas` ready tasks (running, and healthy); every slot reaches the
-    new spec, or the update pauses or rolls back; a rollback ends on the previous spec everywhere."""
+    new spec, or the update pauses or rolls back; a rollback ends on the previous spec everywhere; a
+    task that is an endpoint is deregistered before it is told to stop (with `endpoints`)."""
     old, new = spec("old", health=health), spec("new", health=health)
     rollback = msgspec.structs.replace(policy, failure_action="pause")
-    sim = Sim(replicas, old, policy, rollback)
+    sim = Sim(replicas, old, policy, rollback, endpoints=endpoints)
     failing_slots = {str(n) for n in failing if n <= replicas}
     if failing_slots:
         sim.bad = {"new"}

@@ -9,7 +9,9 @@ created when the reason calls for one:
   (unless the restart condition is `none` and the machine went down);
 - the service's spec changed (an update never changes a running task: it replaces it), in the slots
   and the order the updater (`core.tasks.rollout`) picks; an outdated task waits its turn, and with
-  start-first it runs beside its replacement until that one is ready.
+  start-first it runs beside its replacement until that one is ready. An outdated task that is an
+  endpoint is drained first: its registrations go (the proxies stop sending it requests), and it is
+  told to stop `DRAIN_S` later, with its stop grace period for the requests in flight.
 A slot that never had a task gets a new one; a slot whose last task ended without a restart stays empty.
 Finished tasks beyond the history limit are deleted, oldest first. A removed service stops every task,
 then is deleted with them once none is left running.
@@ -27,10 +29,15 @@ import msgspec
 from treeherd.core.tasks.rollout import outdated, ready
 from treeherd.core.tasks.rollout import step as rollout_step
 from treeherd.core.tasks.scheduling.constraints import Constraint, parse_constraint
+from treeherd.model.discovery import Endpoint
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.services import RestartPolicy, Service, Task, TaskStatus, UpdateOrder
 from treeherd.model.states import TaskState
+
+# How long an outdated task that is an endpoint is out of its proxies before it is told to stop: the
+# gateway's nginx and the local haproxies take the change within tens of milliseconds.
+DRAIN_S = 1.0
 
 
 class Reconciled(msgspec.Struct, frozen=True):
@@ -93,8 +100,10 @@ class _Context:
         history: int,
         node_path: str,
         held: AbstractSet[str],
+        endpoints: Mapping[str, Sequence[Endpoint]],
     ) -> None:
         self.held = held
+        self.endpoints = endpoints
         self.service = service
         self.node_path = node_path
         self.machines = machines
@@ -117,6 +126,24 @@ class _Context:
                 )
             )
         )
+
+    def retire(self, task: Task, reason: str) -> bool:
+        """Stop an outdated task, taken out of its proxies first when it is an endpoint: its
+        registrations are deleted and it stops `DRAIN_S` later. True once it is told to stop."""
+        registered = self.endpoints.get(task.id, ())
+        if task.drain_until is None and (not registered or task.status.state != TaskState.RUNNING):
+            self.shutdown(task, reason)
+            return True
+        if task.drain_until is not None and task.drain_until <= self.now:
+            self.shutdown(task, reason)
+            return True
+        self.ops.extend(Delete(e) for e in registered)
+        until = task.drain_until
+        if until is None:
+            until = self.now + timedelta(seconds=DRAIN_S)
+            self.ops.append(Update(msgspec.structs.replace(task, drain_until=until, updated_at=self.now)))
+        self.wake_at = until if self.wake_at is None else min(self.wake_at, until)
+        return False
 
     def create(
         self, slot: int, machine_id: str | None, cause: str, previous: Task | None, restart: bool
@@ -188,6 +215,7 @@ class _Context:
             return
         keep: Task | None = None
         old: list[Task] = []
+        draining: list[Task] = []
         replace: tuple[Task, str, bool] | None = None  # (previous, cause, counts as a restart)
         for task in live:
             if task.status.state.terminal:
@@ -202,6 +230,8 @@ class _Context:
                 node_down = problem.endswith("is down")
                 allowed = not (node_down and self.service.task.restart.condition == "none")
                 replace = (task, f"replacement of {task.id}: {problem}", False) if allowed else None
+            elif task.drain_until is not None:
+                draining.append(task)  # on its way out, whatever its spec
             elif outdated(task, self.service):
                 old.append(task)
             elif keep is not None:
@@ -212,19 +242,26 @@ class _Context:
         for extra in old[:-1]:
             self.shutdown(extra, "a newer task runs in this slot")
         previous = old[-1] if old else None
+        # A drain once begun is seen through, even if the update paused meanwhile.
+        drained = [self.retire(t, "the service was updated") for t in draining]
+        kept = {t.id for t in [*draining, *old[-1:]]} | ({keep.id} if keep else set())
         if previous is not None:
             cause = f"update of {previous.id} to spec {self.service.spec_version}"
             if keep is not None and ready(keep):
-                self.shutdown(previous, f"replaced by {keep.id} (spec {self.service.spec_version})")
+                self.retire(previous, f"replaced by {keep.id} (spec {self.service.spec_version})")
             elif update == "stop-first":
-                self.shutdown(previous, "the service was updated")
-                if keep is None:
+                if self.retire(previous, "the service was updated") and keep is None and not draining:
                     self.create(slot, machine_id, cause, previous, False)
             elif update == "start-first" and keep is None:
                 self.create(slot, machine_id, cause, previous, False)
             # Otherwise the outdated task serves on: no update reaches this slot now, and a failed
             # task of the new spec is not restarted beside it.
-            kept = {previous.id} | ({keep.id} if keep else set())
+            self.collect_history(ordered, kept)
+            return
+        if draining:
+            if keep is None and all(drained):
+                cause = f"update of {draining[-1].id} to spec {self.service.spec_version}"
+                self.create(slot, machine_id, cause, draining[-1], False)
             self.collect_history(ordered, kept)
             return
         if keep is None:
@@ -256,12 +293,14 @@ def reconcile(
     node_path: str = "",
     held: AbstractSet[str] = frozenset(),
     bound_to: AbstractSet[str] = frozenset(),
+    endpoints: Mapping[str, Sequence[Endpoint]] | None = None,
 ) -> Reconciled:
     """What the service's tasks should become; see the module docstring for the rules.
     `node_path` is the tree path of the service's node, recorded in the tasks it creates; `held` are
     down machines whose tasks are not replaced yet (`core.tasks.node_loss`); `bound_to`, for a sidekick
-    (`binds_to`), the machines that run a live task of the service it is bound to."""
-    ctx = _Context(service, machines, now, new_id, history, node_path, held)
+    (`binds_to`), the machines that run a live task of the service it is bound to; `endpoints`, the
+    service's registrations by task id (an outdated task that is one is drained before it stops)."""
+    ctx = _Context(service, machines, now, new_id, history, node_path, held, endpoints or {})
     if service.removing:
         live = [t for t in tasks if desired_running(t)]
         for task in live:

@@ -63,7 +63,8 @@ def _live(task: Task) -> bool:
 
 
 def _running(task: Task) -> bool:
-    return _live(task) and task.status.state == TaskState.RUNNING
+    """Running and serving: a task being drained before it stops serves no more."""
+    return _live(task) and task.status.state == TaskState.RUNNING and task.drain_until is None
 
 
 def rolled_back(service: Service, now: datetime, message: str) -> Service:
@@ -111,8 +112,17 @@ def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -
     for key in status.batch:
         if key not in slots or key in failed:
             continue  # scaled away, or failed
+        # The slot's task of the current spec (one the update made, or, for a rollback, the old one that
+        # never left) that will go on running.
         fresh = sorted(
-            (t for t in _new(slots[key], service, status) if _live(t) and not t.status.state.terminal),
+            (
+                t
+                for t in slots[key]
+                if _live(t)
+                and t.drain_until is None
+                and not t.status.state.terminal
+                and not outdated(t, service)
+            ),
             key=lambda t: t.created_at,
         )
         if fresh and ready(fresh[-1]):
