@@ -1,7 +1,8 @@
 """Traffic follows a rolling update, end to end: `treeherd up` (a manager, a local agent and the nginx
-gateway) serves a node that has no port of its own from four task processes with an HTTP health check;
-a start-first update under steady load through nginx fails no request, and no request is even tried
-on a task that is already gone (each old task leaves the upstream before it is stopped)."""
+gateway) serves a node that has no port of its own from four task processes with an HTTP health check,
+and a dependent service on the same host reaches them through its local haproxy. A start-first or a
+stop-first update (parallelism 1) under steady load on both paths fails no request, and nginx never
+even tries a task that is already gone (each old task leaves the proxies before it is stopped)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
-def test_a_start_first_update_under_load_fails_no_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("order", ["start-first", "stop-first"])
+def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path, order: str) -> None:
     assert shutil.which("nginx"), "the test suite installs nginx (scripts/system-deps.sh)"
     data = tmp_path / "up"
     domain_port = free_port()
@@ -50,12 +52,13 @@ def test_a_start_first_update_under_load_fails_no_request(tmp_path: Path) -> Non
         "ports": [{"name": "http"}],
         "health": {"kind": "http", "path": "/", "interval_s": 0.2, "timeout_s": 1},
     }
-    update = {"parallelism": 1, "order": "start-first", "monitor_s": 0.5}
-    statuses: Counter[int] = Counter()
+    update = {"parallelism": 1, "order": order, "monitor_s": 0.5}
+    statuses: Counter[int] = Counter()  # through the gateway's nginx
+    local: Counter[int] = Counter()  # through the local haproxy, as a dependent task reaches it
     versions: Counter[str] = Counter()
     stop = threading.Event()
 
-    def load() -> None:
+    def load(local_port: int) -> None:
         while not stop.is_set():
             try:
                 status, body = get(domain_port, "/", HOST)
@@ -64,6 +67,10 @@ def test_a_start_first_update_under_load_fails_no_request(tmp_path: Path) -> Non
             statuses[status] += 1
             if body:
                 versions[body["v"]] += 1
+            try:
+                local[get(local_port, "/", HOST)[0]] += 1
+            except OSError:
+                local[0] += 1
 
     try:
         with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
@@ -75,6 +82,16 @@ def test_a_start_first_update_under_load_fails_no_request(tmp_path: Path) -> Non
                 "/api/v1/services",
                 {"name": "web", "node": "shop", "replicas": 4, "task": task, "update": update},
             )
+            # A dependent service on the same host: its agent runs a haproxy with web's endpoints.
+            client.request(
+                "POST",
+                "/api/v1/services",
+                {
+                    "name": "front",
+                    "node": "shop",
+                    "task": {"command": ["sleep", "1000"], "depends_on": [{"service": "web"}]},
+                },
+            )
             wait_for(
                 lambda: (
                     {served_by(domain_port, "/", HOST) for _ in range(12)}
@@ -83,8 +100,10 @@ def test_a_start_first_update_under_load_fails_no_request(tmp_path: Path) -> Non
                 "nginx to reach the four tasks",
                 60,
             )
+            local_port = client.get("/api/v1/services/web", dict)["service"]["local_port"]
+            wait_for(lambda: served_by(local_port, "/", HOST), "the local haproxy to reach web", 30)
             started = time.time()
-            loader = threading.Thread(target=load)
+            loader = threading.Thread(target=load, args=(local_port,))
             loader.start()
             try:
                 wait_for(lambda: sum(statuses.values()) > 50, "load to flow", 10)
@@ -105,6 +124,7 @@ def test_a_start_first_update_under_load_fails_no_request(tmp_path: Path) -> Non
                 stop.set()
                 loader.join(timeout=15)
             assert statuses[200] > 200 and set(statuses) == {200}, statuses
+            assert local[200] > 200 and set(local) == {200}, local
             assert versions["1"] and versions["2"], versions
             tail = [served_by(domain_port, "/", HOST) for _ in range(8)]
             assert all(name is not None for name in tail)
