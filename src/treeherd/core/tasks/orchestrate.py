@@ -20,13 +20,13 @@ then is deleted with them once none is left running.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 
 import msgspec
 
-from treeherd.core.tasks.rollout import outdated, ready
+from treeherd.core.tasks.rollout import ACTIVE, ready, stale_versions
 from treeherd.core.tasks.rollout import step as rollout_step
 from treeherd.core.tasks.scheduling.constraints import Constraint, parse_constraint
 from treeherd.model.discovery import Endpoint
@@ -104,6 +104,7 @@ class _Context:
     ) -> None:
         self.held = held
         self.endpoints = endpoints
+        self.stale: frozenset[int] = frozenset()  # spec versions of outdated tasks
         self.service = service
         self.node_path = node_path
         self.machines = machines
@@ -195,6 +196,38 @@ class _Context:
         for task in done[: max(0, len(done) - self.history)]:
             self.ops.append(Delete(task))
 
+    def update_slot(
+        self,
+        slot: int,
+        machine_id: str | None,
+        update: UpdateOrder | None,
+        keep: Task | None,
+        old: list[Task],
+        draining: list[Task],
+    ) -> None:
+        """A slot with outdated tasks (`old`) or tasks being drained: replaced as `update` says."""
+        for extra in old[:-1]:
+            self.shutdown(extra, "a newer task runs in this slot")
+        previous = old[-1] if old else None
+        # A drain once begun is seen through, even if the update paused meanwhile.
+        drained = [self.retire(t, "the service was updated") for t in draining]
+        version = self.service.spec_version
+        if previous is not None:
+            cause = f"update of {previous.id} to spec {version}"
+            if keep is not None and ready(keep):
+                self.retire(previous, f"replaced by {keep.id} (spec {version})")
+            elif update == "stop-first":
+                if self.retire(previous, "the service was updated") and keep is None and not draining:
+                    self.create(slot, machine_id, cause, previous, False)
+            elif update == "start-first" and keep is None:
+                self.create(slot, machine_id, cause, previous, False)
+            # Otherwise the outdated task serves on: no update reaches this slot now, and a failed
+            # task of the new spec is not restarted beside it.
+        elif keep is None and all(drained):
+            self.create(
+                slot, machine_id, f"update of {draining[-1].id} to spec {version}", draining[-1], False
+            )
+
     def reconcile_slot(
         self,
         slot: int,
@@ -232,36 +265,20 @@ class _Context:
                 replace = (task, f"replacement of {task.id}: {problem}", False) if allowed else None
             elif task.drain_until is not None:
                 draining.append(task)  # on its way out, whatever its spec
-            elif outdated(task, self.service):
+            elif task.spec_version in self.stale:
                 old.append(task)
             elif keep is not None:
                 self.shutdown(keep, "a newer task runs in this slot")
                 keep = task
             else:
                 keep = task
-        for extra in old[:-1]:
-            self.shutdown(extra, "a newer task runs in this slot")
-        previous = old[-1] if old else None
-        # A drain once begun is seen through, even if the update paused meanwhile.
-        drained = [self.retire(t, "the service was updated") for t in draining]
-        kept = {t.id for t in [*draining, *old[-1:]]} | ({keep.id} if keep else set())
-        if previous is not None:
-            cause = f"update of {previous.id} to spec {self.service.spec_version}"
-            if keep is not None and ready(keep):
-                self.retire(previous, f"replaced by {keep.id} (spec {self.service.spec_version})")
-            elif update == "stop-first":
-                if self.retire(previous, "the service was updated") and keep is None and not draining:
-                    self.create(slot, machine_id, cause, previous, False)
-            elif update == "start-first" and keep is None:
-                self.create(slot, machine_id, cause, previous, False)
-            # Otherwise the outdated task serves on: no update reaches this slot now, and a failed
-            # task of the new spec is not restarted beside it.
-            self.collect_history(ordered, kept)
-            return
-        if draining:
-            if keep is None and all(drained):
-                cause = f"update of {draining[-1].id} to spec {self.service.spec_version}"
-                self.create(slot, machine_id, cause, draining[-1], False)
+        if old or draining:
+            if draining or update is not None or keep is not None or len(old) > 1:
+                self.update_slot(slot, machine_id, update, keep, old, draining)
+            kept = {old[-1].id} if old else set()
+            kept.update(t.id for t in draining)
+            if keep is not None:
+                kept.add(keep.id)
             self.collect_history(ordered, kept)
             return
         if keep is None:
@@ -309,26 +326,30 @@ def reconcile(
             ctx.ops.extend(Delete(t) for t in tasks)
             ctx.ops.append(Delete(service))
         return Reconciled(ctx.ops, ctx.wake_at)
-    slots = _slots(service, tasks, machines, ctx.constraints, held, bound_to)
-    rollout = rollout_step(service, {key: s.tasks for key, s in slots.items() if s.wanted}, now)
-    if rollout.service is not service:
-        ctx.service = rollout.service
-        ctx.constraints = [parse_constraint(c) for c in rollout.service.task.placement.constraints]
-        ctx.ops.append(Update(rollout.service))
+    slots: Iterable[_Slot] = _slots(service, tasks, machines, ctx.constraints, held, bound_to)
+    replace: AbstractSet[str] = frozenset()
+    if _rollout_due(service, tasks):
+        slots = list(slots)  # (otherwise made one at a time: 100,000 kept tuples cost the GC's time)
+        wanted = {key: slot_tasks for key, _, slot_tasks, _, is_wanted in slots if is_wanted}
+        rollout = rollout_step(service, wanted, now)
+        replace = rollout.replace
+        if rollout.service is not service:
+            ctx.service = rollout.service
+            ctx.constraints = [parse_constraint(c) for c in rollout.service.task.placement.constraints]
+            ctx.ops.append(Update(rollout.service))
+        if rollout.wake_at is not None:
+            ctx.wake_at = rollout.wake_at
+    ctx.stale = stale_versions(ctx.service, tasks)
     policy = ctx.service.rollback if _rolling_back(ctx.service) else ctx.service.update
-    for key, s in slots.items():
-        mode = policy.order if key in rollout.replace else None
-        ctx.reconcile_slot(s.slot, s.tasks, s.machine_id, s.wanted, mode)
-    if rollout.wake_at is not None:
-        ctx.wake_at = rollout.wake_at if ctx.wake_at is None else min(ctx.wake_at, rollout.wake_at)
+    for key, slot, slot_tasks, machine_id, is_wanted in slots:
+        mode = policy.order if key in replace else None
+        ctx.reconcile_slot(slot, slot_tasks, machine_id, is_wanted, mode)
     return Reconciled(ctx.ops, ctx.wake_at)
 
 
-class _Slot(msgspec.Struct, frozen=True):
-    slot: int
-    tasks: list[Task]
-    machine_id: str | None
-    wanted: bool
+# A slot: its key (replicated: the slot number; global: the machine id), slot number, tasks, machine
+# (global), and whether it is wanted.
+_Slot = tuple[str, int, list[Task], str | None, bool]
 
 
 def _slots(
@@ -338,16 +359,16 @@ def _slots(
     constraints: Sequence[Constraint],
     held: AbstractSet[str],
     bound_to: AbstractSet[str],
-) -> dict[str, _Slot]:
-    """The service's slots by key (replicated: the slot number; global: the machine id), in order."""
-    slots: dict[str, _Slot] = {}
+) -> Iterator[_Slot]:
+    """The service's slots, in order."""
     if service.mode == "replicated" and service.task.binds_to is None:
         by_slot: dict[int, list[Task]] = defaultdict(list)
         for task in tasks:
             by_slot[task.slot].append(task)
-        for slot in sorted(set(by_slot) | set(range(1, service.replicas + 1))):
-            slots[str(slot)] = _Slot(slot, by_slot.get(slot, []), None, slot <= service.replicas)
-        return slots
+        replicas = service.replicas
+        for slot in sorted(set(by_slot) | set(range(1, replicas + 1))):
+            yield (str(slot), slot, by_slot.get(slot, []), None, slot <= replicas)
+        return
     by_machine: dict[str, list[Task]] = defaultdict(list)
     for task in tasks:
         by_machine[task.machine_id or ""].append(task)
@@ -362,8 +383,17 @@ def _slots(
             wanted = wanted and machine_id in bound_to
         if wanted and not existing and machine is not None and machine.availability == "pause":
             continue  # a paused machine takes no new tasks
-        slots[machine_id] = _Slot(0, existing, machine_id or None, wanted)
-    return slots
+        yield (machine_id, 0, existing, machine_id or None, wanted)
+
+
+def _rollout_due(service: Service, tasks: Sequence[Task]) -> bool:
+    """Whether the updater has anything to decide: an update under way, or (none on record) a task of
+    another spec version. Without either, every task is of the current spec or waits for an update."""
+    status = service.update_status
+    if status is not None:
+        return status.state in ACTIVE
+    version = service.spec_version
+    return any(t.spec_version != version for t in tasks)
 
 
 def _rolling_back(service: Service) -> bool:

@@ -1,8 +1,9 @@
 """The updater's decision: which slots of a service get a task of its current spec in this step, and
 where the update stands (SwarmKit's rolling update, as a pure function of a snapshot and `now`).
 
-A task is *outdated* when its spec is not the service's (equal `spec_version`s are equal specs, which
-is the quick test); a slot is *dirty* while a live outdated task is in it. The reconciler
+A task is *outdated* when its spec is not the service's (equal `spec_version`s are equal specs, so the
+specs are compared once per version: `stale_versions`); a slot is *dirty* while a live outdated task
+is in it. The reconciler
 (`core.tasks.orchestrate`) calls `step` first and replaces only the slots it returns:
 - stop-first: the old task is stopped and the new one created at once;
 - start-first: the new task is created beside the old one, which is stopped once the new one is ready
@@ -23,7 +24,7 @@ is never rolled back), or continue. A failed slot is not tried again in the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import msgspec
@@ -46,9 +47,16 @@ class Step(msgspec.Struct, frozen=True):
     wake_at: datetime | None = None
 
 
-def outdated(task: Task, service: Service) -> bool:
-    """Whether a task runs another spec than the service's."""
-    return task.spec_version != service.spec_version and task.spec != service.task
+def stale_versions(service: Service, tasks: Iterable[Task]) -> frozenset[int]:
+    """The spec versions among `tasks` whose spec is not the service's: a task is outdated when its
+    version is one of them. One spec comparison per version, not per task."""
+    seen: dict[int, bool] = {}
+    current = service.spec_version
+    for task in tasks:
+        version = task.spec_version
+        if version not in seen:
+            seen[version] = version != current and task.spec != service.task
+    return frozenset(version for version, stale in seen.items() if stale)
 
 
 def ready(task: Task) -> bool:
@@ -85,7 +93,8 @@ def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -
     """One step of the service's update. `slots` are the wanted slots (replicated: by slot number;
     global: by machine id) in the order to replace them, each with all its tasks."""
     status = service.update_status
-    dirty = [key for key, tasks in slots.items() if any(_live(t) and outdated(t, service) for t in tasks)]
+    stale = stale_versions(service, (t for tasks in slots.values() for t in tasks))
+    dirty = [key for key, tasks in slots.items() if any(t.spec_version in stale and _live(t) for t in tasks)]
     if status is None:
         if not dirty:
             return Step(service)
@@ -100,13 +109,19 @@ def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -
         status = msgspec.structs.replace(status, to_replace=len(dirty))
     failed = list(status.failed)
     failures: list[Task] = []
+    started = status.started_at
     for key, tasks in slots.items():
         if key in failed:
             continue
-        ended = [t for t in _new(tasks, service, status) if t.status.state in _FAILED]
+        # A task of the current spec made since the update started that ended on its own.
+        ended = [
+            t
+            for t in tasks
+            if t.status.state in _FAILED and t.created_at >= started and t.spec_version not in stale
+        ]
         if ended:
             failed.append(key)
-            failures.append(ended[-1])
+            failures.append(max(ended, key=lambda t: t.created_at))
     unfinished: list[str] = []
     wake_at: datetime | None = None
     for key in status.batch:
@@ -121,7 +136,7 @@ def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -
                 if _live(t)
                 and t.drain_until is None
                 and not t.status.state.terminal
-                and not outdated(t, service)
+                and t.spec_version not in stale
             ),
             key=lambda t: t.created_at,
         )
@@ -162,16 +177,15 @@ def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -
         )
         return Step(_with(service, over, now))
     size = policy.parallelism or len(candidates)
-    down = [key for key in candidates if not any(_running(t) for t in slots[key])]
-    up = [key for key in candidates if key not in set(down)]
+    serving = {key for key, tasks in slots.items() if any(_running(t) for t in tasks)}
+    down = [key for key in candidates if key not in serving]
+    up = [key for key in candidates if key in serving]
     batch = down[:size]
     room = size - len(batch)
     if policy.order == "stop-first":
         # Never more than `parallelism` slots without a running task, whatever brought them down, but
         # for slots that failed in this update: a failure the ratio tolerates may stay down.
-        unavailable = sum(
-            1 for key, tasks in slots.items() if key not in failed and not any(_running(t) for t in tasks)
-        )
+        unavailable = sum(1 for key in slots if key not in serving and key not in failed)
         room = min(room, size - unavailable)
     batch += up[: max(0, room)]
     if not batch:
@@ -184,11 +198,6 @@ def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -
         message=f"{what} in progress: {done_count} of {total} slots done, replacing {len(batch)}",
     )
     return Step(_with(service, status, now), frozenset(batch))
-
-
-def _new(tasks: Sequence[Task], service: Service, status: UpdateStatus) -> list[Task]:
-    """The slot's tasks of the service's spec made since the update started."""
-    return [t for t in tasks if t.created_at >= status.started_at and not outdated(t, service)]
 
 
 def _with(service: Service, status: UpdateStatus, now: datetime) -> Service:
