@@ -80,6 +80,8 @@ def start_web(cluster: Cluster, *policy: str) -> None:
         "4",
         "--update-monitor",
         "1s",
+        "--rollback-monitor",
+        "1s",
         *policy,
         "--",
         *OLD,
@@ -89,9 +91,12 @@ def start_web(cluster: Cluster, *policy: str) -> None:
 
 def test_a_failing_update_pauses_after_its_first_batch_then_rolls_itself_back(cluster: Cluster) -> None:
     start_web(cluster)
-    out = cluster.cli("service", "update", "web", "--", "sh", "-c", "exit 1")
-    assert "tasks will be replaced: 1 at a time, stop-first, on failure pause" in out
-    wait_for(lambda: status(cluster) == "paused", "the update paused")
+    # --follow: what an operator at a terminal sees, and an exit status that says how it ended.
+    followed = cluster.cli("service", "update", "web", "--follow", "--", "sh", "-c", "exit 1", check=False)
+    assert "tasks will be replaced: 1 at a time, stop-first, on failure pause" in followed.stdout
+    assert "web.1" in followed.stdout and "spec 2" in followed.stdout
+    assert followed.returncode == 1 and "update paused: task" in followed.stderr, followed
+    assert status(cluster) == "paused"
     paused = service(cluster)["update_status"]
     assert "task" in paused["message"] and "slot 1 ended (failed, exit code 1)" in paused["message"]
     assert paused["failed"] == ["1"]
@@ -105,8 +110,13 @@ def test_a_failing_update_pauses_after_its_first_batch_then_rolls_itself_back(cl
 
     # An update of the paused service resumes it; with the failure action rollback, the next failure
     # brings the old spec back by itself.
-    cluster.cli("service", "update", "web", "--update-failure-action", "rollback")
-    wait_for(lambda: status(cluster) == "rollback_completed", "the update rolled back", timeout=60)
+    resumed = cluster.cli(
+        "service", "update", "web", "--update-failure-action", "rollback", "--follow", check=False
+    )
+    assert resumed.returncode == 1 and "update rollback_completed: rollback completed" in resumed.stderr, (
+        resumed
+    )
+    assert status(cluster) == "rollback_completed"
     rolled = service(cluster)
     assert rolled["task"]["command"] == OLD and rolled["previous_task"]["command"] == ["sh", "-c", "exit 1"]
     assert rolled["update_status"]["completed_at"] >= rolled["update_status"]["started_at"]
@@ -122,8 +132,9 @@ def test_a_failing_update_pauses_after_its_first_batch_then_rolls_itself_back(cl
 
 def test_a_good_update_reaches_every_slot_and_rollback_returns(cluster: Cluster) -> None:
     start_web(cluster, "--update-parallelism", "2")
-    cluster.cli("service", "update", "web", "--env", "V=2")
-    wait_for(lambda: status(cluster) == "completed", "the update completed", timeout=60)
+    out = cluster.cli("service", "update", "web", "--env", "V=2", "--follow")
+    assert "web: converged, 4 tasks running spec 2 (update completed)" in out
+    assert status(cluster) == "completed"
     with cluster.client() as client:
         rows = client.get("/api/v1/services/web/tasks", list, all=False)
     assert sorted(r["slot"] for r in rows if r["state"] == "running") == [1, 2, 3, 4]
@@ -136,9 +147,9 @@ def test_a_good_update_reaches_every_slot_and_rollback_returns(cluster: Cluster)
         "4 processes of the new spec",
     )
 
-    out = cluster.cli("service", "rollback", "web")
-    assert "rolling back web" in out
-    wait_for(lambda: status(cluster) == "rollback_completed", "the rollback completed", timeout=60)
+    out = cluster.cli("service", "rollback", "web", "--follow")
+    assert "rolling back web" in out and "web: converged, 4 tasks running spec 3 (rollback completed)" in out
+    assert status(cluster) == "rollback_completed"
     wait_for(
         lambda: (
             all(len(p) == 1 and "V" not in process_env(p[0]) for p in live_processes(cluster).values())

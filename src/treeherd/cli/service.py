@@ -9,6 +9,8 @@ import click
 import msgspec
 from msgspec import UNSET
 
+from treeherd.cli.follow import follow_command as _follow
+from treeherd.cli.follow import follow_options
 from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import FORMAT_OPTION, done, listing, print_json, print_table
 from treeherd.cli.params import key_values, size
@@ -182,6 +184,7 @@ def service() -> None:
 @click.option("--mode", type=click.Choice(["replicated", "global"]), default="replicated", show_default=True)
 @spec_options
 @policy_options
+@follow_options
 @click.argument("command", nargs=-1, required=True)
 @FORMAT_OPTION
 @pass_ctx
@@ -194,6 +197,8 @@ def create(
     mode: str,
     command: tuple[str, ...],
     fmt: str,
+    detach: bool,
+    follow: bool,
     **options: Any,
 ) -> None:
     """Create a service running COMMAND (after --)."""
@@ -212,6 +217,7 @@ def create(
     )
     created = ctx.client.request("POST", SERVICES, request, type=Service)
     done(fmt, created, f"created service {created.name} ({created.id})")
+    _follow(ctx, created, detach, follow)
 
 
 @service.command("ls")
@@ -286,15 +292,23 @@ def _why(row: TaskRow) -> str:
 
 @service.command("scale")
 @click.argument("pairs", nargs=-1, required=True, metavar="NAME=REPLICAS...")
+@follow_options
 @pass_ctx
-def scale(ctx: Context, pairs: tuple[str, ...]) -> None:
+def scale(ctx: Context, pairs: tuple[str, ...], detach: bool, follow: bool) -> None:
     """Set the number of replicas of one or more services."""
+    scaled = []
     for pair in pairs:
         name, sep, count = pair.partition("=")
         if not sep or not count.lstrip("-").isdigit():
             raise click.BadParameter(f"{pair!r} is not NAME=REPLICAS", param_hint="NAME=REPLICAS")
-        ctx.client.request("PATCH", f"{SERVICES}/{name}", ServiceUpdate(replicas=int(count)), type=Service)
+        scaled.append(
+            ctx.client.request(
+                "PATCH", f"{SERVICES}/{name}", ServiceUpdate(replicas=int(count)), type=Service
+            )
+        )
         click.echo(f"{name} scaled to {count}")
+    for one in scaled:
+        _follow(ctx, one, detach, follow)
 
 
 @service.command("update")
@@ -303,6 +317,7 @@ def scale(ctx: Context, pairs: tuple[str, ...]) -> None:
 @click.option("--force", is_flag=True, help="replace every task even if nothing changed (a rolling restart)")
 @spec_options
 @policy_options
+@follow_options
 @click.argument("command", nargs=-1)
 @FORMAT_OPTION
 @pass_ctx
@@ -314,6 +329,8 @@ def update(
     force: bool,
     command: tuple[str, ...],
     fmt: str,
+    detach: bool,
+    follow: bool,
     **options: Any,
 ) -> None:
     """Change a service. A changed task spec is rolled out as the update policy says; an update of a
@@ -337,16 +354,20 @@ def update(
     else:
         what = "no task changes"
     done(fmt, updated, f"updated {name} ({what})")
+    started = updated.update_status != current.update_status
+    _follow(ctx, updated, detach, follow, started=started)
 
 
 @service.command("rollback")
 @click.argument("name")
+@follow_options
 @FORMAT_OPTION
 @pass_ctx
-def rollback(ctx: Context, name: str, fmt: str) -> None:
+def rollback(ctx: Context, name: str, fmt: str, detach: bool, follow: bool) -> None:
     """Return a service to its spec before the latest change, with the rollback policy."""
     updated = ctx.client.request("POST", f"{SERVICES}/{name}/rollback", type=Service)
     done(fmt, updated, f"rolling back {name} ({_policy(updated.rollback)})")
+    _follow(ctx, updated, detach, follow, started=True, rollback=True)
 
 
 def _policy(policy: UpdatePolicy) -> str:
