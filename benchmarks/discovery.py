@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,26 +33,13 @@ from treeherd.model.discovery import Dependency, EndpointRegister
 from treeherd.model.requests import NodeCreate, ServiceCreate
 from treeherd.model.services import TaskSpec
 from treeherd.proxy.stats import servers_state
+from treeherd.testing.ports import listening_socket
 from treeherd.testing.processes import AgentProcess, ManagerProcess, reap_processes_under
+from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client
 
 POLL_S = 0.002
 WAIT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def listen(port: int) -> socket.socket:
-    """A listening socket: enough for haproxy to see the server up (its checks connect)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
-    return sock
 
 
 def usable(admin: str) -> set[int]:
@@ -65,12 +51,9 @@ def usable(admin: str) -> set[int]:
 
 
 def wait_until(check: Any, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < WAIT_S:
-        if check():
-            return time.monotonic()
-        time.sleep(POLL_S)
-    raise TimeoutError(f"timed out waiting for {what}")
+    """The monotonic time at which `check()` held."""
+    wait_for(check, what, WAIT_S, poll_s=POLL_S)
+    return time.monotonic()
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -108,8 +91,9 @@ def main() -> int:
         try:
             manager.start()
             agent = AgentProcess(manager.url, root / "agent", "bench", executor="process").start()
-            ports = [free_port() for _ in range(args.backends)]
-            sockets = [listen(port) for port in ports]
+            # Held listening sockets: enough for haproxy to see the servers up (its checks connect).
+            sockets = [listening_socket() for _ in range(args.backends)]
+            ports = [int(sock.getsockname()[1]) for sock in sockets]
             admin = str(root / "agent" / "haproxy" / "admin.sock")
             with Client(manager.url, timeout=30) as client:
                 client.request("POST", "/api/v1/nodes", NodeCreate(path="bench"))

@@ -39,19 +39,16 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine_info
-from tree_load import (
+from benchlib import (
     Connection,
     ErrorBudget,
     Request,
     host_port,
-    hostname,
-    ip_address,
-    leaves_of,
+    machine_info,
     percentile,
     run_phase,
-    tree_levels,
 )
+from tree_load import hostname, ip_address, leaves_of, tree_levels
 from treeherd.testing import processes
 from treeherd.testing.processes import ManagerProcess
 

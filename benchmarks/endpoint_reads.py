@@ -121,7 +121,10 @@ def main() -> None:
         "create_and_delete": per_call(write),
     }
     report = {
-        "parameters": vars(args) | {"out": str(args.out)},
+        "benchmark": "endpoint_reads",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        # The output directory relative to the checkout, so results name no machine's paths.
+        "parameters": vars(args) | {"out": str(args.out).removeprefix(f"{Path(__file__).parent.parent}/")},
         "service_size": len(indexed),
         "machine_size": len(state.where(Endpoint, "machine", machine_id)),
         "figures": figures,

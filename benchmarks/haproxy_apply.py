@@ -27,8 +27,6 @@ import contextlib
 import datetime as dt
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,10 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import machine_info
 from treeherd.proxy import LocalHaproxy
 from treeherd.proxy.stats import info
 from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, server_name
-from treeherd.testing.backends import Backend, ask, free_port
+from treeherd.testing.backends import Backend, ask
+from treeherd.testing.ports import free_port
 
 TIMEOUT_S = 10.0
 
@@ -233,7 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stats = {key: summarize(value) for key, value in samples.items() if isinstance(value, list)}
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine_info(),
         "haproxy": version,
         # The output directory relative to the checkout, so results name no machine's paths.
         "parameters": vars(args) | {"out": str(args.out).removeprefix(f"{Path(__file__).parent.parent}/")},

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from benchlib import machine_info
 from treeherd.core.edge.routing import routing_table
 from treeherd.model.objects import Binding, Domain, DomainPort, DomainUri, Machine, TreeNode
 from treeherd.model.routing import RoutingSnapshot
@@ -187,9 +187,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "nginx_render",
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "cpus": __import__("os").cpu_count(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
         "repeat": args.repeat,
         "goal_render_ms_at_1000": GOAL_MS_1000,
         "results": results,

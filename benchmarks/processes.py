@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ import psutil
 from benchlib import machine_info
 from treeherd.model.requests import NodeCreate, ServiceCreate
 from treeherd.model.services import PortSpec, RestartPolicy, TaskSpec
+from treeherd.testing import waiting
 from treeherd.testing.processes import AgentProcess, ManagerProcess, processes_under, reap_processes_under
 from treeherd.transport.client import Client
 
@@ -56,14 +58,7 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
-def wait_for(check: Any, what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(POLL_S)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+wait_for = functools.partial(waiting.wait_for, poll_s=POLL_S)
 
 
 def running(client: Client, service: str) -> list[dict[str, Any]]:

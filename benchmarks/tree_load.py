@@ -13,8 +13,8 @@ temporary directory on the embedded SQLite store, then:
 5. records the manager's RSS and the data directory's size, and restarts the manager on the full data set
    (stop, start, until /healthz answers) to show what loading from disk costs.
 
-Load comes from a small asyncio HTTP/1.1 client (keep-alive, one request in flight per connection) over
-`--concurrency` connections. Every response is checked (2xx); failures are counted and reported, and the
+Load comes from benchlib.py's asyncio HTTP/1.1 client (keep-alive, one request in flight per
+connection) over `--concurrency` connections. Every response is checked (2xx); failures are counted and reported, and the
 run aborts once more than `--max-errors` have failed. Results go to `OUT/tree_load.json` and
 `OUT/tree_load.png` (`tree_load-quick.*` with `--quick`), and a summary is printed.
 
@@ -25,7 +25,6 @@ run aborts once more than `--max-errors` have failed. Results go to `OUT/tree_lo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -35,303 +34,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import msgspec
 import psutil
 
-from benchlib import machine_info
+from benchlib import (
+    ErrorBudget,
+    PhaseResult,
+    Request,
+    TooManyErrors,
+    event_loop_runner,
+    get_json,
+    host_port,
+    machine_info,
+    merge_phases,
+    percentile,
+    run_phase,
+)
 from treeherd.testing import processes
 from treeherd.testing.processes import ManagerProcess
 
 FANOUT = 10
 LEVEL_NAMES = ("org", "dept", "svc", "sub")  # deeper levels are named l4, l5, ...
-REQUEST_TIMEOUT = 60.0  # seconds for one request/response exchange
 WARMUP_READS = 200
 _encode = msgspec.json.encode
-
-# (method, target, body)
-Request = tuple[str, str, bytes | None]
-
-
-# ---- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------------
-class ProtocolError(Exception):
-    """The server's response is not HTTP/1.1 as this client understands it."""
-
-
-class TooManyErrors(Exception):
-    """More requests failed than the run tolerates."""
-
-
-class Connection:
-    """One keep-alive connection; requests are sent one at a time. Reconnects after a failure or `close`."""
-
-    def __init__(self, host: str, port: int, *, timeout: float = REQUEST_TIMEOUT) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self._host_header = f"{host}:{port}"
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, target: str, body: bytes | None = None) -> tuple[int, bytes]:
-        """Send one request and return (status, body)."""
-        head = f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        data = (head + "\r\n").encode("ascii") + (body or b"")
-        try:
-            async with asyncio.timeout(self.timeout):
-                if self._writer is None:
-                    self._reader, self._writer = await asyncio.open_connection(
-                        self.host, self.port, limit=1 << 20
-                    )
-                assert self._reader is not None
-                self._writer.write(data)
-                status, payload, keep_alive = await self._read_response(self._reader)
-        except BaseException:
-            self.close()  # the connection's state is unknown: start afresh next time
-            raise
-        if not keep_alive:
-            self.close()
-        return status, payload
-
-    async def _read_response(self, reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head[:-4].decode("latin-1").split("\r\n")
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise ProtocolError(f"bad status line {lines[0]!r}")
-            status = int(parts[1])
-            if 100 <= status < 200:  # interim response (not expected: no Expect header is sent)
-                continue
-            break
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ProtocolError(f"bad header line {line!r}")
-            headers[name.strip().lower()] = value.strip()
-        keep_alive = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            payload = await self._read_chunked(reader)
-        elif "content-length" in headers:
-            payload = await reader.readexactly(int(headers["content-length"]))
-        elif status in (204, 304):
-            payload = b""
-        else:  # delimited by the end of the connection
-            payload = await reader.read()
-            keep_alive = False
-        return status, payload, keep_alive
-
-    @staticmethod
-    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-        chunks: list[bytes] = []
-        while True:  # bounded by the request timeout
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                    pass
-                return b"".join(chunks)
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-@dataclass
-class ErrorBudget:
-    """Counts failed requests; raises TooManyErrors once more than `limit` have failed."""
-
-    limit: int
-    count: int = 0
-    samples: list[str] = field(default_factory=list)
-
-    def record(self, what: str) -> None:
-        self.count += 1
-        if len(self.samples) < 20:
-            self.samples.append(what)
-        if self.count > self.limit:
-            raise TooManyErrors(f"{self.count} requests failed; the first: {self.samples[:3]}")
-
-
-@dataclass
-class PhaseResult:
-    name: str
-    requests: int
-    concurrency: int
-    seconds: float
-    latencies_ns: list[int]
-    errors: int
-    usage: Usage
-
-    @property
-    def ok(self) -> int:
-        return len(self.latencies_ns)
-
-    @property
-    def per_second(self) -> float:
-        return self.ok / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        u, wall = self.usage, self.seconds or math.inf
-        return {
-            "requests": self.requests,
-            "ok": self.ok,
-            "errors": self.errors,
-            "concurrency": self.concurrency,
-            "seconds": round(self.seconds, 3),
-            "per_second": round(self.per_second, 1),
-            "latency_ms": latency_summary(self.latencies_ns),
-            # utilisation 1.0 = one core busy for the whole phase
-            "server_cpu_seconds": round(u.server_cpu, 2),
-            "server_cpu_utilisation": round(u.server_cpu / wall, 3),
-            "server_main_thread_cpu_utilisation": round(u.server_main_cpu / wall, 3),
-            "server_other_threads_cpu_utilisation": round(
-                max(0.0, u.server_cpu - u.server_main_cpu) / wall, 3
-            ),
-            # what the manager's CPU time per request is (less sensitive to a noisy machine than rates)
-            "server_cpu_us_per_request": round(u.server_cpu / self.ok * 1e6) if self.ok else 0,
-            "client_cpu_seconds": round(u.client_cpu, 2),
-            "client_cpu_utilisation": round(u.client_cpu / wall, 3),
-            # bytes the manager caused to be written to storage (Linux /proc/PID/io write_bytes)
-            "server_disk_write_bytes": u.server_write_bytes,
-            "server_disk_write_bytes_per_request": round(u.server_write_bytes / self.ok) if self.ok else 0,
-            # shares of all CPUs' time, machine-wide: busy (not idle or iowait), waiting on I/O
-            "machine_cpu_busy_fraction": round(u.machine_busy / u.machine_total, 3) if u.machine_total else 0,
-            "machine_cpu_iowait_fraction": round(u.machine_iowait / u.machine_total, 3)
-            if u.machine_total
-            else 0,
-            # CPU (in cores) used by everything but the manager and this client: the noise
-            "other_cpu_cores": round((u.machine_busy - u.server_cpu - u.client_cpu) / wall, 2),
-        }
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending sequence."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def latency_summary(latencies_ns: Sequence[int]) -> dict[str, float]:
-    values = sorted(v / 1e6 for v in latencies_ns)
-    if not values:
-        return {}
-    return {
-        "p50": round(percentile(values, 50), 3),
-        "p90": round(percentile(values, 90), 3),
-        "p99": round(percentile(values, 99), 3),
-        "p999": round(percentile(values, 99.9), 3),
-        "max": round(values[-1], 3),
-        "mean": round(sum(values) / len(values), 3),
-    }
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-@dataclass
-class Usage:
-    """Resources used (a snapshot, or the difference of two): CPU seconds, bytes written to storage."""
-
-    server_cpu: float = 0.0
-    server_main_cpu: float = 0.0  # the manager's main thread: the event loop, HTTP, validation, state
-    client_cpu: float = 0.0
-    server_write_bytes: int = 0
-    machine_busy: float = 0.0
-    machine_iowait: float = 0.0
-    machine_total: float = 0.0
-
-    @classmethod
-    def now(cls, server: psutil.Process) -> Usage:
-        main = next((t for t in server.threads() if t.id == server.pid), None)
-        try:
-            write_bytes = server.io_counters().write_bytes
-        except (AttributeError, psutil.Error):  # no /proc/PID/io here
-            write_bytes = 0
-        machine = psutil.cpu_times()
-        idle = machine.idle + getattr(machine, "iowait", 0.0)
-        total = sum(machine)
-        return cls(
-            server_cpu=cpu_seconds(server),
-            server_main_cpu=main.user_time + main.system_time if main else 0.0,
-            client_cpu=cpu_seconds(psutil.Process()),
-            server_write_bytes=write_bytes,
-            machine_busy=total - idle,
-            machine_iowait=getattr(machine, "iowait", 0.0),
-            machine_total=total,
-        )
-
-    def __sub__(self, other: Usage) -> Usage:
-        return Usage(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
-
-async def run_phase(
-    name: str,
-    host: str,
-    port: int,
-    requests: Sequence[Request],
-    *,
-    concurrency: int,
-    budget: ErrorBudget,
-    server: psutil.Process,
-) -> PhaseResult:
-    """Send every request over `concurrency` keep-alive connections; each connection one at a time."""
-    next_index = iter(range(len(requests)))  # shared by the workers: each index is taken once
-    latencies: list[int] = []
-    errors_before = budget.count
-
-    async def worker() -> None:
-        conn = Connection(host, port)
-        try:
-            for index in next_index:
-                method, target, body = requests[index]
-                started = time.perf_counter_ns()
-                try:
-                    status, payload = await conn.request(method, target, body)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                        ProtocolError, ValueError) as error:  # fmt: skip
-                    budget.record(f"{method} {target}: {error!r}")
-                    continue
-                elapsed = time.perf_counter_ns() - started
-                if 200 <= status < 300:
-                    latencies.append(elapsed)
-                else:
-                    budget.record(f"{method} {target}: HTTP {status} {payload[:300]!r}")
-        finally:
-            conn.close()
-
-    before = Usage.now(server)
-    started = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        for _ in range(max(1, min(concurrency, len(requests)))):
-            group.create_task(worker())
-    seconds = time.perf_counter() - started
-    usage = Usage.now(server) - before
-    return PhaseResult(
-        name=name,
-        requests=len(requests),
-        concurrency=concurrency,
-        seconds=seconds,
-        latencies_ns=latencies,
-        errors=budget.count - errors_before,
-        usage=usage,
-    )
 
 
 # ---- the data set ---------------------------------------------------------------------------------
@@ -405,24 +134,6 @@ def dir_size(path: Path) -> dict[str, int]:
             sizes[str(item.relative_to(path))] = item.stat().st_size
     sizes["total"] = sum(sizes.values())
     return sizes
-
-
-async def get_json(host: str, port: int, target: str) -> Any:
-    conn = Connection(host, port)
-    try:
-        status, payload = await conn.request("GET", target)
-    finally:
-        conn.close()
-    if status != 200:
-        raise RuntimeError(f"GET {target}: HTTP {status} {payload[:300]!r}")
-    return json.loads(payload)
-
-
-def host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.hostname != "127.0.0.1" or parts.port is None:
-        raise RuntimeError(f"the manager listens on {url}, not on 127.0.0.1: refusing to send load there")
-    return parts.hostname, parts.port
 
 
 # ---- the benchmark ----------------------------------------------------------------------------------
@@ -585,18 +296,6 @@ async def load_and_measure(args: argparse.Namespace, data_dir: Path, report: dic
     }
 
 
-def merge_phases(name: str, parts: list[PhaseResult]) -> PhaseResult:
-    return PhaseResult(
-        name=name,
-        requests=sum(p.requests for p in parts),
-        concurrency=parts[0].concurrency if parts else 0,
-        seconds=sum(p.seconds for p in parts),
-        latencies_ns=[v for p in parts for v in p.latencies_ns],
-        errors=sum(p.errors for p in parts),
-        usage=sum((p.usage for p in parts), Usage()),
-    )
-
-
 def print_phase(p: PhaseResult) -> None:
     s = p.summary()
     lat = s["latency_ms"]
@@ -752,14 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "store": "sqlite (embedded, WAL, synchronous=FULL)",
         },
     }
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-        report["parameters"]["client_loop"] = "uvloop"
-    except ImportError:
-        runner = asyncio.Runner()
-        report["parameters"]["client_loop"] = "asyncio"
+    runner, report["parameters"]["client_loop"] = event_loop_runner()
     started = time.perf_counter()
     aborted: BaseException | None = None
     workdir: contextlib.AbstractContextManager[str] = (

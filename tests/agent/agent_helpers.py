@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from treeherd.model.wire import (
     StatusReport,
     TaskStatusUpdate,
 )
+from treeherd.testing import waiting
 from treeherd.testing.channels import MemoryChannel, channel_pair
 from treeherd.transport.channel import ChannelClosed
 
@@ -47,17 +48,8 @@ def make_task(
     )
 
 
-async def eventually(
-    predicate: Callable[[], object], what: str = "condition", timeout_s: float = 3.0
-) -> None:
-    """Poll until `predicate()` is true; fail after `timeout_s`."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            # Polling: the state belongs to other tasks, which have no event to wait on.
-            while not predicate():  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+# The agent's tests poll often and give up early: their conditions are other tasks' next steps.
+eventually = functools.partial(waiting.eventually, timeout_s=3.0, poll_s=0.005)
 
 
 class ScriptedController:

@@ -47,6 +47,11 @@ def test_policies_and_pins(cli: Cli) -> None:
     assert bad.returncode == 1 and "eject_cap must be a share between 0 and 1" in bad.stderr
     assert "pin out" in cli("backend", "pin", "pcli", "pcli-1", "out").stdout
     unbound = cli("backend", "pin", "pcli", "nosuch", "in", check=False)
-    assert unbound.returncode == 1 and "no machine 'nosuch'" in unbound.stderr
+    assert unbound.returncode == 1 and "'nosuch' is no backend of pcli" in unbound.stderr
+    assert "/ (default)" in cli("policy", "ls").stdout
+    cli("policy", "set", "/", "--no-eject")
+    shown = cli("policy", "ls").stdout
+    assert "/ (default)" not in shown and "\n/ " in shown
+    assert "built-in default applies again" in cli("policy", "rm", "/").stdout
     assert cli("availability").stdout.startswith("SERVICE")
     cli("policy", "rm", "pcli")

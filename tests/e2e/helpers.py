@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import psutil
 
 from treeherd.model.requests import ClusterUpdate, NodeCreate
 from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_command
+from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client
 
 WAIT_S = 30.0
@@ -40,34 +39,21 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
-
-
 class Cluster:
     def __init__(self, tmp: Path, *, executor: str = "hollow", port: int | None = None) -> None:
         self.tmp = tmp
         self.executor = executor
-        self.port = port or free_port()
-        self.manager = ManagerProcess(tmp / "manager", listen=f"127.0.0.1:{self.port}")
+        self._port = port  # of a manager started elsewhere; ours binds port 0 and says which it got
+        self.manager = ManagerProcess(tmp / "manager")
         self.agents: dict[str, AgentProcess] = {}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.manager.url or f"http://127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def start_agent(self, host: str) -> AgentProcess:
         agent = AgentProcess(self.url, self.tmp / host, host, executor=self.executor).start()

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import Cluster, running_cluster, wait_for
+from tests.e2e.helpers import Cluster, running_cluster
 from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import TaskSpec
 from treeherd.testing.processes import ManagerProcess
+from treeherd.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b", "host-c")
@@ -82,7 +83,7 @@ def test_lost_agent_is_replaced_and_its_stale_tasks_stopped_on_return(cluster: C
     lost = [t["id"] for t in cluster.running("api") if t["hostname"] == "host-a"]
     assert lost
     cluster.agents["host-a"].kill()
-    wait_for(lambda: cluster.nodes()["host-a"] == "down", "host-a marked down", timeout=15)
+    wait_for(lambda: cluster.nodes()["host-a"] == "down", "host-a marked down", timeout_s=15)
     wait_for(
         lambda: len([t for t in cluster.running("api") if t["hostname"] != "host-a"]) == 6,
         "6 running on the other agents",
@@ -103,7 +104,7 @@ def test_manager_killed_mid_deploy_converges_after_restart(cluster: Cluster) -> 
     create(cluster, "batch", 30)
     cluster.manager.kill()
     cluster.manager = ManagerProcess(cluster.manager.data_dir, listen=f"127.0.0.1:{cluster.port}").start()
-    wait_for(lambda: len(cluster.running("batch")) == 30, "30 running after the restart", timeout=45)
+    wait_for(lambda: len(cluster.running("batch")) == 30, "30 running after the restart", timeout_s=45)
     tasks = cluster.tasks("batch")
     assert slots_meant_to_run(tasks) == Counter(range(1, 31))  # every slot once, none twice
     assert len({t["id"] for t in tasks}) == len(tasks)

@@ -18,12 +18,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, process_env, running_cluster, try_call, wait_for
+from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, process_env, running_cluster, try_call
 from treeherd.model.discovery import Dependency, HealthCheck
 from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import Placement, PortSpec, RestartPolicy, TaskSpec
 from treeherd.proxy.stats import info, servers_state
 from treeherd.testing.processes import processes_under
+from treeherd.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b")
@@ -115,7 +116,7 @@ def test_app_reaches_its_dependency_through_the_local_haproxy(cluster: Cluster) 
     with cluster.client() as client:
         client.request("PATCH", "/api/v1/services/api", ServiceUpdate(replicas=5))
     # The killed task's slot stays empty (restart condition none): 4 endpoints, the survivor and 3 new.
-    wait_for(lambda: len(endpoints(cluster, "api")) == 4, "4 api endpoints", timeout=30)
+    wait_for(lambda: len(endpoints(cluster, "api")) == 4, "4 api endpoints", timeout_s=30)
     answers: Counter[str] = Counter()
     for _ in range(200):
         answers[get(address)] += 1  # every request must succeed

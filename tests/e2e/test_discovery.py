@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, running_cluster, wait_for
+from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, running_cluster
 from treeherd.model.discovery import HealthCheck
 from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import PortSpec, RestartPolicy, TaskSpec
+from treeherd.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b")
@@ -80,14 +81,14 @@ def test_healthy_tasks_are_endpoints_and_leave_when_unhealthy_or_stopped(
     assert all(r["ipv4_addr"] == "127.0.0.1" for r in registry)
 
     sick.touch()  # every instance now answers 500: unhealthy, no endpoint, but still running
-    wait_for(lambda: endpoints(cluster, "api") == [], "no endpoint while unhealthy", timeout=10)
+    wait_for(lambda: endpoints(cluster, "api") == [], "no endpoint while unhealthy", timeout_s=10)
     wait_for(lambda: [t["health"] for t in cluster.running("api")] == ["unhealthy"] * 2, "unhealthy, running")
     sick.unlink()
-    wait_for(lambda: len(endpoints(cluster, "api")) == 2, "back when healthy again", timeout=10)
+    wait_for(lambda: len(endpoints(cluster, "api")) == 2, "back when healthy again", timeout_s=10)
 
     with cluster.client() as client:
         client.request("PATCH", "/api/v1/services/api", ServiceUpdate(replicas=1))
-    wait_for(lambda: len(endpoints(cluster, "api")) == 1, "a stopped task's endpoint removed", timeout=10)
+    wait_for(lambda: len(endpoints(cluster, "api")) == 1, "a stopped task's endpoint removed", timeout_s=10)
 
 
 def test_unhealthy_task_is_restarted_with_health_restart(cluster: Cluster, tmp_path: Path) -> None:
@@ -120,13 +121,13 @@ def test_frozen_agent_registrations_expire_and_return(cluster: Cluster, tmp_path
         wait_for(
             lambda: not any(e["host"] == "host-a" for e in endpoints(cluster, "web")),
             "host-a's expired",
-            timeout=15,
+            timeout_s=15,
         )
         expired_after = time.monotonic() - started
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
     assert expired_after >= TTL_S - 1.5  # not before its lease could have run out
-    wait_for(lambda: len(endpoints(cluster, "web")) == 2, "host-a's back after it resumed", timeout=15)
+    wait_for(lambda: len(endpoints(cluster, "web")) == 2, "host-a's back after it resumed", timeout_s=15)
 
 
 def test_external_registration_lives_while_refreshed(cluster: Cluster) -> None:
@@ -139,7 +140,7 @@ def test_external_registration_lives_while_refreshed(cluster: Cluster) -> None:
             "endpoints", "register", "db", "--addr", "127.0.0.9:5432", "--ttl", "2s", "--host", "db-1"
         )
         assert len(endpoints(cluster, "db")) == 1
-    wait_for(lambda: endpoints(cluster, "db") == [], "expired after its TTL", timeout=10)
+    wait_for(lambda: endpoints(cluster, "db") == [], "expired after its TTL", timeout_s=10)
     cluster.cli("endpoints", "register", "db", "--addr", "127.0.0.9:5432", "--ttl", "30s")
     cluster.cli("endpoints", "deregister", "db", "--addr", "127.0.0.9:5432")
     assert endpoints(cluster, "db") == []

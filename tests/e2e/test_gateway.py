@@ -17,12 +17,12 @@ from tests.gateway.helpers import (
     Backend,
     GatewayProcess,
     WebhookReceiver,
-    free_port,
     get,
     served_by,
-    wait_for,
 )
+from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
+from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client
 
 pytestmark = pytest.mark.e2e
@@ -234,6 +234,40 @@ def test_failing_backend_alerts_is_ejected_and_returns(edge: Edge) -> None:
         assert 'treeherd_service_availability{gateway="edge",path="shop.api",window="1m"}' in metrics
     finally:
         hook.stop()
+
+
+def test_one_of_two_backends_failing_is_ejected_by_the_default_policy(edge: Edge) -> None:
+    # No policy anywhere: the root default ejects under 0.5 over 1 min with at least 20 requests, and
+    # with two backends the cap still lets one go while its peer serves.
+    assert edge.client.request("GET", "/api/v1/policies", type=list)[0]["id"] == "default"
+    web_port = edge.backends["web-1"].port
+    edge.client.request("POST", "/api/v1/machines", {"hostname": "web-2", "ips": ["127.0.0.7"]})
+    edge.bind("web-2", "shop.web", 1)
+    edge.backends["web-2"] = Backend(edge.tmp, "web-2", "127.0.0.7", web_port)
+    wait_for(lambda: edge.backends["web-2"].ready(), "web-2 to listen")
+    wait_for(lambda: "web-2" in {served_by(edge.port, "/", HOST) for _ in range(4)}, "web-2 to serve")
+    edge.backends["web-2"].fail(True)
+    statuses = collections.Counter(get(edge.port, "/", HOST)[0] for _ in range(60))
+    assert statuses[500] >= 20 and statuses[500] + statuses[200] == 60, statuses
+
+    ejected = wait_for(lambda: edge.events("ejected"), "web-2 to be ejected")
+    assert "web-2" in ejected[-1]["reason"]
+    figures = ejected[-1]["figures"]
+    assert figures["availability"] < 0.5 and figures["requests"] >= 20  # it served before it failed
+    assert figures["healthy_peers"] == 1 and figures["cap"] == 1
+    wait_for(
+        lambda: any(e["at"] >= ejected[-1]["at"] for e in edge.events("reload")),
+        "the reload after the ejection",
+    )
+    assert [get(edge.port, "/", HOST)[0] for _ in range(20)] == [200] * 20
+    states = edge.client.request("GET", "/api/v1/backends", type=list)
+    assert [s["ejected"] for s in states] == [True]
+    # The probes bring it back once it answers again.
+    edge.backends["web-2"].fail(False)
+    wait_for(lambda: edge.events("restored"), "web-2 to be probed back in")
+    wait_for(
+        lambda: "web-2" in {served_by(edge.port, "/", HOST) for _ in range(6)}, "web-2 to take traffic again"
+    )
 
 
 def _metrics(edge: Edge) -> str:

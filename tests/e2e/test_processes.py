@@ -19,10 +19,11 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, process_env, running_cluster, try_call, wait_for
+from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, process_env, running_cluster, try_call
 from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import PortSpec, Resources, RestartPolicy, TaskSpec
 from treeherd.testing.processes import ManagerProcess, processes_under
+from treeherd.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b", "host-c")
@@ -171,7 +172,7 @@ def test_lost_agent_is_replaced_then_its_processes_are_stopped_or_adopted(cluste
     lost = {t["slot"] for t in cluster.running("api") if t["hostname"] == "host-a"}
     assert lost
     cluster.agents["host-a"].kill()
-    wait_for(lambda: cluster.nodes()["host-a"] == "down", "host-a marked down", timeout=15)
+    wait_for(lambda: cluster.nodes()["host-a"] == "down", "host-a marked down", timeout_s=15)
     wait_for(
         lambda: len([t for t in cluster.running("api") if t["hostname"] != "host-a"]) == 6,
         "6 running on the other agents",
@@ -197,7 +198,7 @@ def test_manager_killed_mid_deploy_converges_without_duplicates(cluster: Cluster
     wait_for(lambda: live(cluster, "batch"), "the first processes")
     cluster.manager.kill()
     cluster.manager = ManagerProcess(cluster.manager.data_dir, listen=f"127.0.0.1:{cluster.port}").start()
-    wait_for(lambda: len(cluster.running("batch")) == 12, "12 running after the restart", timeout=45)
+    wait_for(lambda: len(cluster.running("batch")) == 12, "12 running after the restart", timeout_s=45)
     wait_for(lambda: one_each(cluster, "batch", 12), "12 processes, one per slot")
     assert len({t["id"] for t in cluster.running("batch")}) == 12
 

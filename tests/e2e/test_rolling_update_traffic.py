@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_up_gateway import nginx_masters
-from tests.gateway.helpers import free_port, get, served_by, wait_for
+from tests.gateway.helpers import get, served_by
+from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
+from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client
 
 pytestmark = pytest.mark.e2e

@@ -13,9 +13,10 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.helpers import Cluster, process_env, running_cluster, wait_for
+from tests.e2e.helpers import Cluster, process_env, running_cluster
 from treeherd.model.requests import ClusterUpdate
 from treeherd.testing.processes import processes_under
+from treeherd.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 HOSTS = ("host-a", "host-b")

@@ -10,8 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.gateway.helpers import Backend, free_port, served_by, wait_for
+from tests.gateway.helpers import Backend, served_by
+from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
+from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client
 
 pytestmark = pytest.mark.e2e

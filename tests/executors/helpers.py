@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from treeherd.executors.base import Exit
 from treeherd.executors.process import ProcessController, ProcessExecutor
 from treeherd.model.services import Resources, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
+from treeherd.testing import waiting
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PYTHON = sys.executable
@@ -65,14 +67,8 @@ async def run(executor: ProcessExecutor, task: Task, timeout_s: float = 15.0) ->
         return await controller.wait()
 
 
-async def eventually(predicate: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            # Polling: the state is another process's.
-            while not predicate():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+# The conditions are another process's: poll less often and wait longer.
+eventually = functools.partial(waiting.eventually, timeout_s=10.0, poll_s=0.02)
 
 
 async def collect(chunks: AsyncIterator[bytes], timeout_s: float = 15.0) -> bytes:

@@ -18,17 +18,10 @@ from typing import Any
 
 import psutil
 
-from tests.e2e.helpers import wait_for
 from treeherd.testing.processes import treeherd_command
 
 BACKEND_SCRIPT = Path(__file__).with_name("backend_server.py")
 STOP_S = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class Backend:
@@ -165,4 +158,4 @@ class WebhookReceiver:
         self.thread.join(STOP_S)
 
 
-__all__ = ["Backend", "GatewayProcess", "WebhookReceiver", "free_port", "get", "served_by", "wait_for"]
+__all__ = ["Backend", "GatewayProcess", "WebhookReceiver", "get", "served_by"]

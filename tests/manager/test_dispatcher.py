@@ -4,6 +4,7 @@ restarts, status batching and assignment streams."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from treeherd.model.wire import (
 )
 from treeherd.store.base import Committed
 from treeherd.store.memory import MemoryStore
+from treeherd.testing import waiting
 from treeherd.testing.channels import MemoryChannel, channel_pair
 from treeherd.testing.clock import FakeClock
 from treeherd.testing.factories import FIXED_NOW, Ids, machine, node
@@ -40,13 +42,7 @@ S = TaskState
 M = TypeVar("M")
 
 
-async def eventually(condition: Callable[[], bool], what: str = "condition") -> None:
-    """Wait (in real time, at most WAIT seconds) until `condition()` holds."""
-    for _ in range(int(WAIT / 0.001)):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"{what} did not hold within {WAIT} s")
+eventually = functools.partial(waiting.eventually, timeout_s=WAIT, poll_s=0.001)
 
 
 async def settle() -> None:

@@ -21,6 +21,7 @@ from treeherd.model.services import Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.store.memory import MemoryStore
 from treeherd.testing.channels import channel_pair
+from treeherd.testing.waiting import eventually
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 WAIT = 5.0
@@ -53,14 +54,6 @@ class LoggingExecutor(HollowExecutor):
                 await self.more.wait()
         finally:
             self.open_streams -= 1
-
-
-async def eventually(check, what: str) -> None:
-    for _ in range(int(WAIT / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ its tasks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
 from datetime import datetime, timedelta
 
 import msgspec
@@ -20,17 +20,13 @@ from treeherd.model.requests import NodeCreate, ServiceCreate
 from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.store.memory import MemoryStore
+from treeherd.testing import waiting
 from treeherd.testing.factories import FIXED_NOW, Ids, machine
 
 WAIT = 5.0
 
 
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(int(WAIT / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+eventually = functools.partial(waiting.eventually, timeout_s=WAIT, poll_s=0.02)
 
 
 async def settle() -> None:

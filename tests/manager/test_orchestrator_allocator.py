@@ -4,7 +4,7 @@ ports; scaling, endings and removal converge."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
 
 import msgspec
 import pytest
@@ -19,17 +19,13 @@ from treeherd.model.requests import NodeCreate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import PortSpec, RestartPolicy, Service, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.store.memory import MemoryStore
+from treeherd.testing import waiting
 from treeherd.testing.factories import FIXED_NOW, Ids
 
 WAIT = 5.0
 
 
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(int(WAIT / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+eventually = functools.partial(waiting.eventually, timeout_s=WAIT, poll_s=0.02)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ window on the manager's clock, and the update's progress is seen as events of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import msgspec
@@ -22,6 +22,7 @@ from treeherd.model.services import Service, Task, TaskSpec, TaskStatus, UpdateP
 from treeherd.model.states import TaskState
 from treeherd.store.memory import MemoryStore
 from treeherd.testing.factories import FIXED_NOW, Ids, machine
+from treeherd.testing.waiting import eventually
 
 WAIT = 5.0
 HEALTH = HealthCheck(kind="cmd", command=["true"])
@@ -33,14 +34,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(int(WAIT / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def tasks(store: MemoryStore) -> list[Task]:

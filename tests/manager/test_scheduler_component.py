@@ -4,8 +4,8 @@ over ready machines; tasks no machine can take say why, and are placed once a ma
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
-from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -21,17 +21,13 @@ from treeherd.model.requests import NodeCreate, ServiceCreate
 from treeherd.model.services import Placement, Resources, Service, Task, TaskSpec
 from treeherd.model.states import TaskState
 from treeherd.store.memory import MemoryStore
+from treeherd.testing import waiting
 from treeherd.testing.factories import FIXED_NOW, Ids
 
 WAIT = 5.0
 
 
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(int(WAIT / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+eventually = functools.partial(waiting.eventually, timeout_s=WAIT, poll_s=0.02)
 
 
 def machine(index: int, state: str = "ready", **fields) -> Machine:

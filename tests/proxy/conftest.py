@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,15 +33,3 @@ def frontend(name: str, port: int, servers: list[Backend]) -> ProxyFrontend:
 
 def one_frontend(port: int, servers: list[Backend], name: str = "dep") -> LocalProxy:
     return LocalProxy(frontends=[frontend(name, port, servers)])
-
-
-async def eventually(
-    predicate: Callable[[], object], *, timeout_s: float = 10.0, poll_s: float = 0.01
-) -> float:
-    """Seconds until the async `predicate()` is truthy; fails after `timeout_s`."""
-    started = time.monotonic()
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await predicate():  # type: ignore[misc]
-                return time.monotonic() - started
-            await asyncio.sleep(poll_s)

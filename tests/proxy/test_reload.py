@@ -17,7 +17,8 @@ from treeherd.render.haproxy import (
     ProxyFrontend,
     render_haproxy,
 )
-from treeherd.testing.backends import ClientLoop, ask, backends, free_port
+from treeherd.testing.backends import ClientLoop, ask, backends
+from treeherd.testing.ports import free_port
 
 
 async def test_a_new_frontend_is_one_hitless_reload(local_haproxy: LocalHaproxy) -> None:

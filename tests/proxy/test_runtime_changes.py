@@ -9,11 +9,13 @@ import time
 
 import msgspec
 
-from tests.proxy.conftest import eventually, one_frontend, server_of
+from tests.proxy.conftest import one_frontend, server_of
 from treeherd.proxy import LocalHaproxy
 from treeherd.proxy.runtime import call
 from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer
-from treeherd.testing.backends import ClientLoop, ask, backends, free_port
+from treeherd.testing.backends import ClientLoop, ask, backends
+from treeherd.testing.ports import free_port
+from treeherd.testing.waiting import eventually
 
 
 async def _answers(port: int, count: int) -> collections.Counter[str]:
@@ -55,7 +57,7 @@ async def test_a_killed_backend_costs_no_request_and_no_reload(local_haproxy: Lo
             async def marked_down() -> bool:
                 return not any(s.up for s in await local_haproxy.servers_state() if s.name == dead)
 
-            await eventually(marked_down, timeout_s=5.0, poll_s=0.001)
+            await eventually(marked_down, "the dead server marked down", timeout_s=5.0, poll_s=0.001)
             down_after_s = time.monotonic() - killed_at
             await loop.wait_for(100)
         await loop.finish()
@@ -77,7 +79,7 @@ async def test_an_idle_killed_backend_is_marked_down_by_its_check(local_haproxy:
         async def marked_down() -> bool:
             return not any(s.up for s in await local_haproxy.servers_state() if s.name == dead)
 
-        down_after_s = await eventually(marked_down, timeout_s=5.0)
+        down_after_s = await eventually(marked_down, "the dead server marked down", timeout_s=5.0)
         print(f"idle killed backend marked down by its check after {down_after_s * 1000:.0f} ms")
         # One check interval (1 s) plus the check's own connect; a loaded machine adds a little.
         assert down_after_s < 2.0
@@ -132,7 +134,7 @@ async def test_a_removed_server_with_a_connection_drains_then_goes(local_haproxy
         async def deleted() -> bool:
             return server_of(servers[0]).name not in await _server_names(local_haproxy)
 
-        await eventually(deleted, timeout_s=5.0)
+        await eventually(deleted, "the server deleted", timeout_s=5.0)
 
 
 async def test_drain_timeout_shuts_the_sessions_and_deletes(local_haproxy: LocalHaproxy) -> None:
@@ -151,7 +153,7 @@ async def test_drain_timeout_shuts_the_sessions_and_deletes(local_haproxy: Local
         async def deleted() -> bool:
             return server_of(servers[0]).name not in await _server_names(local_haproxy)
 
-        await eventually(deleted, timeout_s=5.0)
+        await eventually(deleted, "the server deleted", timeout_s=5.0)
 
 
 async def test_a_draining_server_wanted_again_is_enabled_not_added(local_haproxy: LocalHaproxy) -> None:

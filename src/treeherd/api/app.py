@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from collections import defaultdict
+from typing import Any
+
+from litestar import Litestar, Request, Response
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 
 from treeherd import __version__
 from treeherd.api.errors import HANDLERS, decode_body_strictly
@@ -17,7 +21,7 @@ from treeherd.api.routes.gateway import GatewayController
 from treeherd.api.routes.machines import BindingController, MachineController
 from treeherd.api.routes.puppet import EncController, PuppetController, ReportController
 from treeherd.api.routes.services import ServiceController, TaskController
-from treeherd.api.routes.system import healthz, openapi_json
+from treeherd.api.routes.system import OpenApiJson, Redoc, healthz, openapi_json, redoc_script
 from treeherd.api.routes.tree import NodeController
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.dispatcher import Dispatcher
@@ -53,7 +57,7 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             raise Unavailable("this manager runs no dispatcher: agents and their logs are not reachable here")
         return dispatcher
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             NodeController,
             MachineController,
@@ -73,6 +77,7 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             *([agent_router(dispatcher)] if dispatcher is not None else []),
             healthz,
             openapi_json,
+            redoc_script,
         ],
         dependencies={
             "inventory": Provide(provide_inventory, sync_to_thread=False),
@@ -81,15 +86,36 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             "puppet": Provide(provide_puppet, sync_to_thread=False),
             "board": Provide(provide_board, sync_to_thread=False),
         },
-        before_request=decode_body_strictly,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
             title="treeherd",
             version=__version__,
             description="The service tree, machine inventory and domains of a treeherd cluster.",
             path="/schema",
+            render_plugins=[Redoc(), OpenApiJson()],
         ),
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
         debug=False,
     )
+    allowed = _allowed_methods(app)
+
+    async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
+        if request.method == "OPTIONS":
+            methods = allowed.get(request.scope.get("path_template", ""), ("OPTIONS",))
+            return Response(None, status_code=204, headers={"Allow": ", ".join(methods)})
+        await decode_body_strictly(request)
+        return None
+
+    app.before_request = before_request
+    return app
+
+
+def _allowed_methods(app: Litestar) -> dict[str, tuple[str, ...]]:
+    """Each path's methods, for `Allow` on OPTIONS (the framework's own OPTIONS answer lists only
+    the methods of the handler it was made with, not every handler of the path)."""
+    methods: dict[str, set[str]] = defaultdict(set)
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            methods[route.path_format].update(route.methods)
+    return {path: tuple(sorted(found | {"OPTIONS"})) for path, found in methods.items()}

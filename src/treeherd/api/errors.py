@@ -38,8 +38,8 @@ _STATUS_CODES = {
 }
 
 
-def _answer(status: int, body: ApiError) -> Response[ApiError]:
-    return Response(content=body, status_code=status)
+def _answer(status: int, body: ApiError, headers: dict[str, str] | None = None) -> Response[ApiError]:
+    return Response(content=body, status_code=status, headers=headers)
 
 
 def treeherd_error(_: Request[Any, Any, Any], exc: TreeherdError) -> Response[ApiError]:
@@ -79,7 +79,10 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     if status == 404 and detail in ("Not Found", ""):
         detail = f"no such endpoint: {request.method} {request.url.path} (see /openapi.json)"
     code = _STATUS_CODES.get(status, "error" if status < 500 else "internal")
-    return _answer(status, ApiError(error=code, detail=detail))
+    headers = dict(exc.headers or {})
+    if status == 405 and "allow" in headers:  # RFC 9110: a 405 lists the methods the resource has
+        detail = f"{request.method} is not allowed on {request.url.path}: it takes {headers['allow']}"
+    return _answer(status, ApiError(error=code, detail=detail), headers or None)
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ApiError]:
@@ -132,9 +135,21 @@ async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
         return
     body = await request.body()
     try:
-        msgspec.json.decode(body or b"null", type=parameter.annotation)
+        value = _integral_floats_as_ints(msgspec.json.decode(body or b"null"))
+        msgspec.convert(value, type=parameter.annotation, strict=True)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise body_error(error) from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """JSON has one number type: `80.0` is the integer 80 (as JSON Schema has it), `80.5` is not."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    return value
 
 
 HANDLERS = {

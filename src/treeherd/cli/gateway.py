@@ -296,12 +296,15 @@ def backend() -> None:
 
 @backend.command("pin")
 @click.argument("path")
-@click.argument("hostname")
+@click.argument("hostname", metavar="BACKEND")
 @click.argument("pin", type=click.Choice(["in", "out", "none"]))
 @FORMAT_OPTION
 @pass_ctx
 def backend_pin(ctx: Context, path: str, hostname: str, pin: str, fmt: str) -> None:
-    """Pin HOSTNAME's backend of PATH in (never ejected), out (takes no traffic) or none (automatic)."""
+    """Pin a backend of PATH in (never ejected), out (takes no traffic) or none (automatic).
+
+    BACKEND is a bound machine's hostname, or a task id or ADDRESS:PORT of an endpoint of a service
+    on PATH."""
     body = {"pin": None if pin == "none" else pin}
     state = ctx.client.request("PUT", f"/api/v1/backends/{path}/{hostname}", body, type=BackendState)
     done(fmt, state, f"{hostname} on {path}: pin {pin}")
@@ -332,7 +335,10 @@ def policy() -> None:
 @click.option("--eject-window", type=click.Choice(WINDOWS))
 @click.option("--eject-min-requests", type=int)
 @click.option(
-    "--eject-cap", type=float, help="most of a node's backends ejected at once (share, default 0.34)"
+    "--eject-cap",
+    type=float,
+    help="most of a node's backends ejected at once (share, default 0.34; one may always go while a"
+    " healthy peer keeps serving)",
 )
 @click.option("--no-alert", is_flag=True, help="switch the alert rule off")
 @click.option("--no-eject", is_flag=True, help="switch automatic ejection off")
@@ -353,7 +359,9 @@ def policy_set(
     no_eject: bool,
     fmt: str,
 ) -> None:
-    """Set PATH's health policy (fields not given keep their values)."""
+    """Set PATH's health policy (fields not given keep their values). PATH `/` is the root policy that
+    every node without one of its own inherits; until it is set it is the built-in default: ejection
+    under 0.5 availability over 1m with at least 20 requests, no alert."""
     values: dict[str, Any] = {
         "alert_below": alert_below,
         "alert_window": alert_window,
@@ -369,28 +377,42 @@ def policy_set(
         body["alert_below"] = None
     if no_eject:
         body["eject_below"] = None
-    stored = ctx.client.request("PUT", f"/api/v1/policies/{path}", body, type=HealthPolicy)
+    stored = ctx.client.request("PUT", f"/api/v1/policies/{_policy_path(path)}", body, type=HealthPolicy)
     done(fmt, stored, f"health policy of {path} set")
+
+
+def _policy_path(path: str) -> str:
+    """The root policy is `/` on the command line and `_root` in the URL."""
+    return "_root" if path == "/" else path
 
 
 @policy.command("ls")
 @FORMAT_OPTION
 @pass_ctx
 def policy_ls(ctx: Context, fmt: str) -> None:
-    """Every node's own health policy."""
+    """Every node's own health policy, and the root policy (`/`; "/ (default)" while not set)."""
     policies = ctx.client.get("/api/v1/policies", list[HealthPolicy])
-    listing(fmt, policies, ["NODE", "ALERT BELOW", "WINDOW", "MIN", "WEBHOOK", "EJECT BELOW", "CAP"],
-            lambda p: [p.node_id, p.alert_below, p.alert_window, p.alert_min_requests, p.webhook, p.eject_below,
-                       p.eject_cap])  # fmt: skip
+    listing(fmt, policies, ["NODE", "ALERT BELOW", "WINDOW", "MIN", "WEBHOOK", "EJECT BELOW", "WINDOW", "MIN", "CAP"],
+            lambda p: [_node_shown(p), p.alert_below, p.alert_window, p.alert_min_requests, p.webhook, p.eject_below,
+                       p.eject_window, p.eject_min_requests, p.eject_cap])  # fmt: skip
+
+
+def _node_shown(policy: HealthPolicy) -> str:
+    if policy.node_id == "":
+        return "/ (default)" if policy.id == "default" else "/"
+    return policy.node_id
 
 
 @policy.command("rm")
 @click.argument("path")
 @pass_ctx
 def policy_rm(ctx: Context, path: str) -> None:
-    """Remove PATH's own policy (it inherits its nearest ancestor's again)."""
-    ctx.client.request("DELETE", f"/api/v1/policies/{path}")
-    click.echo(f"health policy of {path} removed")
+    """Remove PATH's own policy (it inherits its nearest ancestor's again; `/` the built-in default)."""
+    ctx.client.request("DELETE", f"/api/v1/policies/{_policy_path(path)}")
+    if path == "/":
+        click.echo("root health policy removed: the built-in default applies again")
+    else:
+        click.echo(f"health policy of {path} removed")
 
 
 COMMANDS = [render, gateway, availability, backend, policy]

@@ -170,7 +170,7 @@ class HealthMonitor:
             node = index.nodes[upstream.node_id]
             policy = policy_for(index, node)
             firing = upstream.node_id in self.firing
-            if policy is None or policy.alert_below is None:
+            if policy.alert_below is None:
                 if firing:
                     del self.firing[upstream.node_id]
                 continue
@@ -215,7 +215,7 @@ class HealthMonitor:
         for upstream in routing_table(snapshot).upstreams:
             node = index.nodes[upstream.node_id]
             policy = policy_for(index, node)
-            if policy is None or policy.eject_below is None or not upstream.servers:
+            if policy.eject_below is None or not upstream.servers:
                 continue
             window = WINDOW_SECONDS[policy.eject_window]
             health = []
@@ -244,7 +244,9 @@ class HealthMonitor:
             for decision in decide_ejections(node.path, health, rule):
                 ejecting = decision.action == "eject"
                 update = BackendUpdate(ejected=ejecting, reason=decision.reason, figures=decision.figures)
-                await self._set_backend(node.path, decision.hostname, update)
+                # A bound machine is named by its hostname, an endpoint (a task) by its id.
+                name = decision.hostname if decision.machine_id in index.machines else decision.machine_id
+                await self._set_backend(node.path, name, update)
                 self._probe_ok.pop((node.id, decision.machine_id), None)
                 if not ejecting:
                     endpoint = next(

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from treeherd.core.tasks.machine_problems import agent_down
 from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
 from treeherd.core.tasks.orchestrate import finished, reconcile
 from treeherd.core.tasks.rollout import ACTIVE
@@ -157,9 +158,7 @@ class Orchestrator(Reactor):
         while self._losses and self._losses[0] <= now - timedelta(seconds=hold_s):
             self._losses.popleft()
         down_since = {
-            m.id: m.agent.since or now
-            for m in machines.values()
-            if m.agent is not None and m.agent.state == "down"
+            m.id: m.agent.since or now for m in machines.values() if m.agent is not None and agent_down(m)
         }
         agents = sum(1 for m in machines.values() if m.agent is not None)
         brake = node_loss_brake(
@@ -194,7 +193,7 @@ class Orchestrator(Reactor):
 
 def _placement_facts(machine: Machine) -> tuple[object, ...]:
     """What about a machine the orchestrator's decisions depend on (down or not, not its exact state)."""
-    down = machine.agent is None or machine.agent.state == "down"
+    down = machine.agent is None or agent_down(machine)
     labels = tuple(sorted(machine.labels.items()))
     return (down, machine.availability, machine.role, machine.machine_kind, machine.hostname, labels)
 

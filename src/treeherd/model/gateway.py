@@ -5,7 +5,9 @@ the snapshot the gateway renders from.
   its availability, `out` takes it out) and the gateway's automatic ejection with the figures behind it.
 - `HealthPolicy` (at most one per node, inherited whole by the subtree): the alert rule (threshold,
   window, minimum request count, optional webhook) and the ejection rule (threshold, window, minimum
-  request count, cap on the share of a node's backends ejected at once).
+  request count, cap on the share of a node's backends ejected at once). The root policy (node id "",
+  path `/`) is what a node without a policy of its own or of an ancestor follows; until one is stored,
+  it is `DEFAULT_POLICY`: no alert, ejection under 0.5 availability over 1 min with at least 20 requests.
 - `GatewayRecord` (one per gateway): what it did last (render, reload, rejection, rollback, alert,
   ejection), with the reason; every update is a store event, so `treeherd events --kind gateway`
   shows the gateway's history as it happens.
@@ -13,7 +15,7 @@ the snapshot the gateway renders from.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import ClassVar, Literal
 
 import msgspec
@@ -38,6 +40,7 @@ GatewayEventType = Literal[
 ]
 Figure = int | float | str
 RECENT_GATEWAY_EVENTS = 50
+ROOT_POLICY_NODE = ""  # the node id of the root policy, which every node inherits last
 
 
 class BackendState(Object, frozen=True, kw_only=True, tag="backend"):
@@ -94,3 +97,11 @@ class GatewayRecord(Object, frozen=True, kw_only=True, tag="gateway"):
         if self.last_event is None:
             return ""
         return f"{self.last_event.type}: {self.last_event.reason}"
+
+
+DEFAULT_POLICY = HealthPolicy(
+    id="default",
+    created_at=datetime(1970, 1, 1, tzinfo=UTC),
+    updated_at=datetime(1970, 1, 1, tzinfo=UTC),
+    node_id=ROOT_POLICY_NODE,
+)

@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.inventory import Inventory
 from treeherd.model.availability import AvailabilityReport, ServiceAvailability, WindowStats
-from treeherd.model.errors import InvalidInput
+from treeherd.model.errors import Refused
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,8 +56,8 @@ class AvailabilityController(Controller):
         status_code=204,
     )
     async def put_report(self, board: AvailabilityBoard, gateway: str, data: AvailabilityReport) -> None:
-        if data.gateway != gateway:
-            raise InvalidInput(
+        if data.gateway != gateway:  # the URL and the body disagree: a conflict, not a malformed body
+            raise Refused(
                 f"the report is from gateway {data.gateway!r} but was sent for {gateway!r}", field="gateway"
             )
         board.put(data)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 
-from treeherd.core.edge.discovery import service_endpoints
+from treeherd.core.edge.discovery import check_address, service_endpoints
 from treeherd.core.tasks.services import validate_name
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import Inventory
 from treeherd.model.discovery import Endpoint, EndpointRegister, EndpointView, RegistryEntry
-from treeherd.model.errors import Unavailable
+from treeherd.model.errors import InvalidInput, NotFound, Unavailable
 
 __all__ = ["EndpointController", "RegistryController"]
 
@@ -59,6 +59,14 @@ class EndpointController(Controller):
 
     @delete("/{name:str}/{address:str}/{port:int}", summary="Remove a registration at once")
     async def deregister(self, dispatcher: Dispatcher, name: str, address: str, port: int) -> None:
+        try:
+            check_address(address)
+        except InvalidInput:  # a URL that names no registration: nothing there to remove
+            raise NotFound(
+                f"no endpoint {address}:{port} of {name!r} is registered (an endpoint's address is an IP"
+                " address)",
+                field="address",
+            ) from None
         await _registry(dispatcher).deregister(name, address, port)
 
 

@@ -59,7 +59,7 @@ class GatewayController(Controller):
 
     @get("/policies", summary="Health policies (alert and ejection rules) of nodes")
     async def list_policies(self, inventory: Inventory) -> list[HealthPolicy]:
-        return sorted(inventory.view.all(HealthPolicy), key=lambda p: p.id)
+        return plans.policies(inventory.view)
 
     @put(
         "/policies/{path:str}",

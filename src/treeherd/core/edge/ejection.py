@@ -6,8 +6,10 @@ Rules:
   least the minimum number of requests, while at least one other serving backend of the node is
   healthy (at or above the threshold with enough requests): a node whose backends all fail has a
   problem ejection cannot fix;
-- never more than `floor(cap x backends)` of a node's backends are ejected at once, and at least one
-  backend always serves (pinned-out and weight-0 backends do not count as serving); the worst go first;
+- never more than `floor(cap x backends)` of a node's backends are ejected at once, but always at least
+  one when a healthy peer keeps serving (as Envoy's outlier detection does: with two backends and a cap
+  of 0.34 the floor is 0, and one failing backend of two could never go); at least one backend always
+  serves (pinned-out and weight-0 backends do not count as serving); the worst go first;
 - a backend pinned in is never ejected; a pinned-out one is the operator's, not ours;
 - an ejected backend comes back after `probes_needed` consecutive successful probes.
 """
@@ -64,6 +66,12 @@ def _healthy(backend: BackendHealth, rule: EjectionRule) -> bool:
     )
 
 
+def ejection_cap(cap: float, backends: int, serving_candidates: int) -> int:
+    """How many of a node's backends may be ejected at once: the cap's share of them, at least one
+    (each ejection still needs a healthy peer that keeps serving), and never every serving candidate."""
+    return max(0, min(max(math.floor(cap * backends + 1e-9), 1), serving_candidates - 1))
+
+
 def decide_ejections(
     node_path: str, backends: list[BackendHealth], rule: EjectionRule
 ) -> list[EjectionDecision]:
@@ -86,7 +94,7 @@ def decide_ejections(
                 )
             )
             ejected_now -= 1
-    allowed = min(math.floor(rule.cap * len(backends) + 1e-9), len(capacity) - 1)
+    allowed = ejection_cap(rule.cap, len(backends), len(capacity))
     candidates = sorted(
         (
             b

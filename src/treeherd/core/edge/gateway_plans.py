@@ -2,7 +2,10 @@
 and health policies.
 
 Invariants checked here:
-- a backend state names a machine that is bound to the node (a pin on anything else would be a typo);
+- a backend state names a machine that is bound to the node, or an endpoint (a task's or an external
+  registration) of a service on the node: a pin on anything else would be a typo;
+- the root policy (path `/`, or `_root` in a URL) is what every node inherits last; it is stored only
+  once set, and until then it is the built-in default (`DEFAULT_POLICY`);
 - thresholds and caps are shares between 0 and 1, minimum request counts are positive, a webhook is a plain
   http:// URL;
 - a gateway keeps its last RECENT_GATEWAY_EVENTS events; the store's event stream has them all.
@@ -17,13 +20,14 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from treeherd.core.tree.inventory import machine_by_hostname
 from treeherd.core.tree.nodes import node_by_path
 from treeherd.core.view import View
 from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import InvalidInput, NotFound
 from treeherd.model.gateway import (
+    DEFAULT_POLICY,
     RECENT_GATEWAY_EVENTS,
+    ROOT_POLICY_NODE,
     BackendState,
     GatewayEvent,
     GatewayRecord,
@@ -41,11 +45,13 @@ __all__ = [
     "plan_record_event",
     "plan_set_backend",
     "plan_set_policy",
+    "policies",
     "routing_snapshot",
     "validate_gateway_name",
 ]
 
 MAX_REASON = 2000
+ROOT_PATHS = ("/", "_root")  # how the root policy is named: `/` on the command line, `_root` in a URL
 
 
 def routing_snapshot(view: View) -> RoutingSnapshot:
@@ -64,9 +70,9 @@ def routing_snapshot(view: View) -> RoutingSnapshot:
 
 
 def validate_gateway_name(name: str) -> str:
-    if not name or len(name) > 63 or not all(c.isalnum() or c in "-_." for c in name):
+    if not name or len(name) > 63 or not all((c.isascii() and c.isalnum()) or c in "-_." for c in name):
         raise InvalidInput(
-            f"invalid gateway name {name!r}: 1-63 letters, digits, '-', '_' or '.'", field="name"
+            f"invalid gateway name {name!r}: 1-63 ASCII letters, digits, '-', '_' or '.'", field="name"
         )
     return name
 
@@ -101,23 +107,35 @@ def plan_record_event(
     return [Update(updated)]
 
 
-def _bound(view: View, path: str, hostname: str) -> tuple[TreeNode, Machine]:
+def _backend_of(view: View, path: str, name: str) -> tuple[TreeNode, str]:
+    """The node at `path` and the id its backend state is kept under: a bound machine (by hostname),
+    or an endpoint of a service on the node (by endpoint id, task id, or ADDRESS:PORT)."""
     node = node_by_path(view, path, field="node")
-    machine = machine_by_hostname(view, hostname)
-    if view.lookup(Binding, "pair", binding_key(machine.id, node.id)) is None:
+    machine = view.lookup(Machine, "hostname", name.strip().lower()) if name else None
+    if machine is not None and view.lookup(Binding, "pair", binding_key(machine.id, node.id)) is not None:
+        return node, machine.id
+    for service in view.referrers(Service, "node", node.id):
+        for endpoint in view.where(Endpoint, "service", service.name):
+            if name in (endpoint.id, endpoint.task_id, f"{endpoint.address}:{endpoint.port}"):
+                return node, endpoint.id
+    if machine is not None:
         raise NotFound(
-            f"machine {machine.hostname} is not bound to {node.path}: a backend is a bound machine"
-            f" (treeherd machine bind {machine.hostname} {node.path})",
+            f"machine {machine.hostname} is not bound to {node.path}: a backend is a bound machine or an"
+            f" endpoint of a service on the node (treeherd machine bind {machine.hostname} {node.path})",
             field="hostname",
         )
-    return node, machine
+    raise NotFound(
+        f"{name!r} is no backend of {node.path}: name a bound machine's hostname, or a task id or"
+        " ADDRESS:PORT of an endpoint of a service on the node (treeherd endpoints SERVICE)",
+        field="hostname",
+    )
 
 
 def plan_set_backend(
     view: View, path: str, hostname: str, request: BackendUpdate, now: datetime, new_id: Callable[[], str]
 ) -> list[Op]:
     """Pin a backend in or out, or record its ejection or restoration."""
-    node, machine = _bound(view, path, hostname)
+    node, backend_id = _backend_of(view, path, hostname)
     if request.reason is not UNSET and len(request.reason) > MAX_REASON:
         raise InvalidInput(f"reason must be at most {MAX_REASON} characters", field="reason")
     changes: dict[str, Any] = {
@@ -125,10 +143,10 @@ def plan_set_backend(
         for name in ("pin", "ejected", "reason", "figures")
         if (value := getattr(request, name)) is not UNSET
     }
-    current = view.lookup(BackendState, "pair", binding_key(machine.id, node.id))
+    current = view.lookup(BackendState, "pair", binding_key(backend_id, node.id))
     if current is None:
         state = BackendState(
-            id=new_id(), created_at=now, updated_at=now, node_id=node.id, machine_id=machine.id, **changes
+            id=new_id(), created_at=now, updated_at=now, node_id=node.id, machine_id=backend_id, **changes
         )
         return [Create(state)]
     return [Update(msgspec.structs.replace(current, updated_at=now, **changes))]
@@ -158,14 +176,14 @@ def _check_policy(policy: HealthPolicy) -> None:
 def plan_set_policy(
     view: View, path: str, request: PolicySet, now: datetime, new_id: Callable[[], str]
 ) -> list[Op]:
-    """Create or change the health policy of the node at `path`."""
-    node = node_by_path(view, path)
+    """Create or change the health policy of the node at `path` (or the root policy)."""
+    node_id = _policy_node(view, path)
     changes: dict[str, Any] = {
         name: value for name in request.__struct_fields__ if (value := getattr(request, name)) is not UNSET
     }
-    current = view.lookup(HealthPolicy, "node", node.id)
+    current = view.lookup(HealthPolicy, "node", node_id)
     if current is None:
-        policy = HealthPolicy(id=new_id(), created_at=now, updated_at=now, node_id=node.id, **changes)
+        policy = HealthPolicy(id=new_id(), created_at=now, updated_at=now, node_id=node_id, **changes)
         _check_policy(policy)
         return [Create(policy)]
     policy = msgspec.structs.replace(current, updated_at=now, **changes)
@@ -173,9 +191,23 @@ def plan_set_policy(
     return [Update(policy)]
 
 
+def _policy_node(view: View, path: str) -> str:
+    return ROOT_POLICY_NODE if path in ROOT_PATHS else node_by_path(view, path).id
+
+
 def plan_delete_policy(view: View, path: str) -> list[Op]:
-    node = node_by_path(view, path)
-    current = view.lookup(HealthPolicy, "node", node.id)
+    """Remove a node's own policy; removing the root policy brings back the built-in default."""
+    node_id = _policy_node(view, path)
+    current = view.lookup(HealthPolicy, "node", node_id)
     if current is None:
-        raise NotFound(f"{node.path} has no health policy of its own", field="path")
+        where = "the root" if node_id == ROOT_POLICY_NODE else repr(path)
+        raise NotFound(f"{where} has no health policy of its own", field="path")
     return [Delete(current)]
+
+
+def policies(view: View) -> list[HealthPolicy]:
+    """Every stored policy, and the built-in root default while no root policy is stored."""
+    stored = sorted(view.all(HealthPolicy), key=lambda p: (p.node_id != ROOT_POLICY_NODE, p.id))
+    if view.lookup(HealthPolicy, "node", ROOT_POLICY_NODE) is None:
+        return [DEFAULT_POLICY, *stored]
+    return stored

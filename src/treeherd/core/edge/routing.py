@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from treeherd.core.tree.tree import resolve
 from treeherd.model.discovery import Endpoint
-from treeherd.model.gateway import BackendState, HealthPolicy
+from treeherd.model.gateway import DEFAULT_POLICY, ROOT_POLICY_NODE, BackendState, HealthPolicy
 from treeherd.model.objects import Binding, Domain, Machine, TreeNode
 from treeherd.model.routing import Backend, Location, RoutingSnapshot, RoutingTable, ServerBlock, Upstream
 
@@ -123,13 +123,14 @@ def location_order(uris: Iterable[str]) -> list[str]:
     return sorted(uris, key=lambda uri: (-len(uri), uri.encode()))
 
 
-def policy_for(index: SnapshotIndex, node: TreeNode) -> HealthPolicy | None:
-    """The health policy of the node or its nearest ancestor that has one."""
+def policy_for(index: SnapshotIndex, node: TreeNode) -> HealthPolicy:
+    """The health policy of the node or its nearest ancestor that has one, else the root policy (the
+    stored one, or the built-in default: ejection on, alerts off)."""
     for level in [node, *reversed(index.chain(node))]:
         policy = index.policies.get(level.id)
         if policy is not None:
             return policy
-    return None
+    return index.policies.get(ROOT_POLICY_NODE, DEFAULT_POLICY)
 
 
 def routing_table(snapshot: RoutingSnapshot) -> RoutingTable:

@@ -5,8 +5,9 @@ Replicated services have slots 1..replicas; global services one task per eligibl
 given desired state SHUTDOWN (the agent stops it; only the agent reports it stopped), and a replacement is
 created when the reason calls for one:
 - the task ended (observed terminal): per the restart policy (condition, max attempts in a window, delay);
-- its machine went down (unless the brake on mass node loss holds it, `core.tasks.node_loss`), was drained, was removed, or no longer satisfies the constraints: always
-  (unless the restart condition is `none` and the machine went down);
+- its machine went down (unless the brake on mass node loss holds it, `core.tasks.node_loss`), was drained,
+  was removed, or no longer satisfies the constraints (the typed reasons of `core.tasks.machine_problems`):
+  always (unless the restart condition is `none` and the machine went down);
 - the service's spec changed (an update never changes a running task: it replaces it), in the slots
   and the order the updater (`core.tasks.rollout`) picks; an outdated task waits its turn, and with
   start-first it runs beside its replacement until that one is ready. An outdated task that is an
@@ -26,6 +27,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from treeherd.core.tasks.machine_problems import ProblemKind, agent_down, machine_problem
 from treeherd.core.tasks.rollout import ACTIVE, ready, stale_versions
 from treeherd.core.tasks.rollout import step as rollout_step
 from treeherd.core.tasks.scheduling.constraints import Constraint, parse_constraint
@@ -54,29 +56,6 @@ def desired_running(task: Task) -> bool:
 def finished(task: Task) -> bool:
     """A task that will never run again: ended, or stopped before any machine got it."""
     return task.status.state.terminal or (not desired_running(task) and task.machine_id is None)
-
-
-def machine_problem(
-    task: Task,
-    machines: Mapping[str, Machine],
-    constraints: Sequence[Constraint],
-    held: AbstractSet[str] = frozenset(),
-) -> str | None:
-    """Why the machine of a placed task can no longer keep it, if it cannot. A down machine in `held`
-    (the brake on mass node loss) keeps its tasks for now."""
-    if task.machine_id is None:
-        return None
-    machine = machines.get(task.machine_id)
-    if machine is None:
-        return "its machine was removed"
-    if machine.agent is not None and machine.agent.state == "down" and machine.id not in held:
-        return f"machine {machine.hostname} is down"
-    if machine.availability == "drain":
-        return f"machine {machine.hostname} is drained"
-    for constraint in constraints:
-        if not constraint.matches(machine):
-            return f"machine {machine.hostname} no longer satisfies {constraint}"
-    return None
 
 
 def restart_allowed(policy: RestartPolicy, state: TaskState) -> bool:
@@ -258,11 +237,13 @@ class _Context:
                     task
                 )
                 replace = (task, f"restart after {reason}", True) if ok else None
-            elif problem := machine_problem(task, self.machines, self.constraints, self.held):
-                self.shutdown(task, problem)
-                node_down = problem.endswith("is down")
+            elif (
+                problem := machine_problem(task, self.machines, self.constraints, self.held)
+            ) and problem.replaces_task:
+                self.shutdown(task, problem.message)
+                node_down = problem.kind is ProblemKind.DOWN
                 allowed = not (node_down and self.service.task.restart.condition == "none")
-                replace = (task, f"replacement of {task.id}: {problem}", False) if allowed else None
+                replace = (task, f"replacement of {task.id}: {problem.message}", False) if allowed else None
             elif task.drain_until is not None:
                 draining.append(task)  # on its way out, whatever its spec
             elif task.spec_version in self.stale:
@@ -294,7 +275,7 @@ class _Context:
 
 def eligible_for_global(machine: Machine, constraints: Sequence[Constraint]) -> bool:
     """A machine a global service runs on: has a live agent, is not drained, satisfies the constraints."""
-    if machine.agent is None or machine.agent.state == "down" or machine.availability == "drain":
+    if machine.agent is None or agent_down(machine) or machine.availability == "drain":
         return False
     return all(c.matches(machine) for c in constraints)
 
@@ -405,4 +386,4 @@ def _on_lost_machine(task: Task, machines: Mapping[str, Machine]) -> bool:
     if task.machine_id is None:
         return False
     machine = machines.get(task.machine_id)
-    return machine is None or machine.agent is None or machine.agent.state == "down"
+    return machine is None or machine.agent is None or agent_down(machine)

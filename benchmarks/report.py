@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""The result tables of benchmarks/README.md, written from the JSON files in benchmarks/results/.
+
+Each table sits between `<!-- BEGIN name -->` and `<!-- END name -->` in the README; this script rewrites
+what is between them from the JSON, so a figure in a table is always the one in its file. Every table
+starts with where its figures come from: the file, the date, the commit and whether the tree was clean
+(or that the file does not record them: older runs predate that record).
+
+    .venv/bin/python benchmarks/report.py            # rewrite the README's tables
+    .venv/bin/python benchmarks/report.py --check    # exit 1 if a table differs from its JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+RESULTS = HERE / "results"
+MIB = 1024 * 1024
+BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.S)
+
+
+# ---- formatting ---------------------------------------------------------------------------------------
+def num(value: float, digits: int = 0) -> str:
+    """1,234 or 1,234.5: thousands separated, `digits` decimals."""
+    return f"{value:,.{digits}f}"
+
+
+def sec(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f} s"
+
+
+def ms(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f} ms"
+
+
+def pct(fraction: float) -> str:
+    return f"{fraction * 100:.0f} %"
+
+
+def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
+    """A Markdown table; `align` has one letter per column (l or r), right-aligned by default."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if a == "l" else "---:" for a in align]
+    return "\n".join("| " + " | ".join(row) + " |" for row in [header, rule, *rows])
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((RESULTS / f"{name}.json").read_text())
+    return data
+
+
+def provenance(name: str, data: dict[str, Any]) -> str:
+    """Where the figures come from: the file, when, on which code, on how many CPUs."""
+    date = str(data.get("date") or "")[:10] or "date not recorded"
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    code = machine.get("code")
+    if isinstance(code, dict) and code.get("commit"):
+        parts = [f"code `{code['commit']}`"]
+        if code.get("src_modified"):
+            parts.append("with uncommitted changes in src/")
+        if "tree_clean" in code:
+            parts.append("clean tree" if code["tree_clean"] else "tree not clean")
+        else:
+            parts.append("tree cleanliness not recorded")
+        where = ", ".join(parts)
+    elif isinstance(code, str) and code:
+        where = f"code `{code}` (whether the tree was clean is not recorded)"
+    else:
+        where = "commit not recorded (the run predates that record)"
+    cpus = machine.get("cpu_count") or machine.get("cpus") or data.get("cpus")
+    load_average = machine.get("load_average_at_start")
+    extra = f", {cpus} CPUs" if cpus else ""
+    if load_average:
+        extra += f", load average {load_average[0]} at the start"
+    return f"From `results/{name}.json`: {date}, {where}{extra}."
+
+
+# ---- the tables -----------------------------------------------------------------------------------------
+def tree_load() -> str:
+    d = load("tree_load")
+    rows = []
+    for name, label in (("nodes", "nodes"), ("machines", "machines"), ("bindings", "bindings")):
+        p = d["phases"][name]
+        rows.append([
+            f"{label} ({num(p['requests'])})", num(p["requests"]), num(p["per_second"]),
+            ms(p["latency_ms"]["p50"]), ms(p["latency_ms"]["p99"], 1),
+            f"{pct(p['server_cpu_utilisation'])} (main {pct(p['server_main_thread_cpu_utilisation'])})",
+            str(p["server_cpu_us_per_request"]), f"{p['server_disk_write_bytes_per_request'] / 1024:.1f} KiB",
+            pct(p["client_cpu_utilisation"]), f"{p['machine_cpu_busy_fraction'] * d['machine']['cpu_count']:.2f}",
+        ])  # fmt: skip
+    overall = d["overall_writes"]
+    rows.append(["**all writes**", num(overall["writes"]), f"**{num(overall['per_second'])}**", *[""] * 7])
+    for name, label in (
+        ("sequential", "resolved reads, 1 connection"),
+        ("concurrent", "resolved reads, 16 connections"),
+    ):
+        p = d["reads"][name]
+        rows.append([
+            label, num(p["requests"]), num(p["per_second"]), ms(p["latency_ms"]["p50"]),
+            ms(p["latency_ms"]["p99"]), pct(p["server_cpu_utilisation"]), str(p["server_cpu_us_per_request"]),
+            "0" if not p["server_disk_write_bytes_per_request"] else f"{p['server_disk_write_bytes_per_request'] / 1024:.1f} KiB",
+            pct(p["client_cpu_utilisation"]), f"{p['machine_cpu_busy_fraction'] * d['machine']['cpu_count']:.2f}",
+        ])  # fmt: skip
+    phases = table(
+        ["phase", "requests", "per s", "p50", "p99", "manager CPU", "µs CPU / request", "disk written / request",
+         "client CPU", "machine busy (cores)"],
+        rows,
+    )  # fmt: skip
+    memory, disk, startup = d["memory"], d["disk"], d["startup"]
+    restarts = startup["restart_seconds"]
+    after_restart = memory["rss_after_restart_bytes"]
+    full = table(
+        [f"with the full data set ({num(overall['writes'])} objects, revision {num(d['revision_after_load'])})", ""],
+        [
+            ["manager RSS, empty", f"{memory['rss_empty_bytes'] / MIB:.0f} MiB"],
+            ["manager RSS after the load", f"{memory['rss_after_load_bytes'] / MIB:.0f} MiB"],
+            ["manager RSS right after a restart (lowest of the runs)", f"{min(after_restart) / MIB:.0f} MiB"],
+            ["data directory while running (`treeherd.db` + WAL)", f"{disk['while_running']['total'] / MIB:.1f} MiB"],
+            ["data directory after a clean stop (WAL checkpointed)", f"{disk['after_stop']['total'] / MIB:.1f} MiB"],
+            [f"restart: start until `/healthz` answers ({len(restarts)} runs; median)",
+             f"**{sec(startup['restart_median_seconds'])}** ({min(restarts):.2f}-{max(restarts):.2f} s)"],
+            ["start of an empty manager, for comparison", sec(startup["empty_start_seconds"])],
+        ],
+    )  # fmt: skip
+    return f"{provenance('tree_load', d)}\n\n{phases}\n\n{full}"
+
+
+SCHEDULE_RUNS = ("schedule-100x10000", "schedule-1000x100000", "schedule-1000x100000-hb30")
+
+
+def schedule_column(d: dict[str, Any]) -> dict[str, str]:
+    s = d["phases"].get("schedule", {})
+    lat = d.get("latency_s", {})
+    timing = d.get("timing", {})
+    split = d.get("manager_cpu_split_s") or {}
+    reports = (d.get("agent_reports") or {}).get("statuses_by_state", {})
+    stalls = d.get("stalls", {})
+    code = d["machine"].get("code")
+    commit = code.get("commit") if isinstance(code, dict) else None
+    dirty = isinstance(code, dict) and code.get("src_modified")
+
+    def p50(key: str) -> str:
+        value = (lat.get(key) or {}).get("p50")
+        return "" if value is None else sec(value)
+
+    def longest(key: str) -> str:
+        over = [v for _, v in stalls.get(key, [])]
+        return f"{max(over):.1f} s" if over else "none"
+
+    pps = d.get("placements_per_second")
+    last = timing.get("request_to_last_placement_committed_s")
+    return {
+        "date, code": f"{d['date'][:10]}, " + (f"`{commit}`" + (" + changes" if dirty else "") if commit else "not recorded"),
+        "agents' DB threads": str(d["parameters"].get("agent_db_threads")),
+        "heartbeat period": sec(d["parameters"].get("heartbeat_period_s") or d.get("cluster_settings", {}).get("heartbeat_period_s"), 0),
+        "all RUNNING (API)": f"**{sec(d.get('seconds_to_all_running'))}**" if d.get("status") == "ok" else f"timeout ({d.get('tasks_running')} running)",
+        "placements/s (last placement committed after)": f"**{num(pps)}** ({sec(last)})" if pps else "n/a",
+        "first placement committed after": sec(timing.get("request_to_first_placement_committed_s")),
+        "create -> RUNNING p50 / p99": f"{sec(d.get('create_to_running_p50_s'))} / {sec(d.get('create_to_running_p99_s'))}",
+        "... created -> ASSIGNED, p50": p50("created_to_assigned"),
+        "... ASSIGNED -> at its agent, p50": p50("assigned_to_agent"),
+        "manager CPU (main thread + others), cores": f"{s['manager_cpu_s']:.1f} s ({s['manager_main_thread_cpu_s']:.1f} + {s['manager_other_threads_cpu_s']:.1f}), {s['manager_cores']:.2f}",
+        "... until the last placement / after it": f"{split['until_last_placement']:.1f} s / {split['after_last_placement']:.1f} s" if split else "",
+        "manager CPU per task": f"{s['manager_cpu_s'] / d['tasks'] * 1e6:.0f} µs",
+        "manager RSS (max)": f"{d['manager_rss_mb']:.0f} MiB",
+        "agents process CPU (DB threads), cores": f"{s['agents_cpu_s']:.1f} s ({s['agents_db_threads_cpu_s']:.1f} s), {s['agents_cores']:.2f}",
+        "machine busy (cores)": f"{s['machine_busy_cores']:.2f}",
+        "status updates reported per task": f"{sum(reports.values()) / d['tasks']:.1f}" if reports else "",
+        "longest stall over 1 s: manager `/healthz` / agents' loop": f"{longest('manager_healthz_over_1s')} / {longest('agents_loop_lag_over_1s')}",
+        "agent sessions": num(d.get("agent_sessions_established") or 0),
+    }  # fmt: skip
+
+
+def schedule_table(names: tuple[str, ...]) -> str:
+    columns = {name: schedule_column(load(name)) for name in names}
+    rows = [[label, *(c[label] for c in columns.values())] for label in next(iter(columns.values()))]
+    header = ["", *(f"`{n}`: {load(n)['nodes']:,} x {load(n)['tasks']:,}" for n in names)]
+    lines = [provenance(name, load(name)) for name in names]
+    return "\n".join(f"- {line}" for line in lines) + "\n\n" + table(header, rows)
+
+
+def schedule() -> str:
+    return schedule_table(SCHEDULE_RUNS)
+
+
+def schedule_db_threads() -> str:
+    return schedule_table(("schedule-1000x10000-db-own", "schedule-1000x10000-db-shared4"))
+
+
+def schedule_profiles() -> str:
+    parts = []
+    for name in ("schedule-1000x100000-hb30-profile", "schedule-100x10000-profile"):
+        d = load(name)
+        rows = []
+        for file, summary in d.get("profile", {}).items():
+            for component, share in list(summary["components_pct"].items())[:8]:
+                rows.append([f"`{file}`", component, f"{share:.1f} %"])
+            rows.append([f"`{file}`", "(busy samples)", num(summary["samples"])])
+        parts.append(
+            provenance(name, d) + f" All RUNNING after {sec(d['seconds_to_all_running'])} under py-spy."
+        )
+        parts.append(table(["profile", "component (first 8)", "share of busy samples"], rows, "llr"))
+    return "\n\n".join(parts)
+
+
+def processes() -> str:
+    d = load("processes")
+    labels = {
+        "create_to_running_s": f"create -> all {d['parameters']['replicas']} RUNNING",
+        "create_to_answering_s": f"create -> all {d['parameters']['replicas']} answering on their ports",
+        "death_to_replacement_running_s": "kill -9 of a task -> replacement RUNNING",
+        "death_to_replacement_answering_s": "kill -9 of a task -> replacement answering",
+    }
+    p = d["parameters"]
+    rows = [[label, sec(d["summary"][k]["median"]), sec(d["summary"][k]["min"]), sec(d["summary"][k]["max"])]
+            for k, label in labels.items()]  # fmt: skip
+    header = [f"{p['replicas']} replicas on {p['agents']} agents, {p['runs']} runs", "median", "min", "max"]
+    spreads = sorted(
+        {"/".join(str(n) for n in sorted(r["tasks_per_agent"].values(), reverse=True)) for r in d["runs"]}
+    )
+    spread = f"Tasks per agent in the runs: {', '.join(spreads)}."
+    return f"{provenance('processes', d)} {spread}\n\n{table(header, rows)}"
+
+
+def haproxy_apply() -> str:
+    d = load("haproxy_apply")
+    labels = {
+        "remove_apply_ms": "remove a server: `apply()` (routing to it stops within)",
+        "add_apply_ms": "add a server: `apply()`",
+        "add_to_traffic_ms": "add a server: `apply()` start -> it answers a request",
+        "reload_apply_ms": "new frontend: `haproxy -c` + reload, until the new worker answers",
+        "kill_to_down_traffic_ms": "kill -9 of a backend -> marked down, with traffic",
+        "kill_slowest_request_ms": "kill -9 of a backend, with traffic: the slowest request after it",
+        "kill_to_down_idle_ms": "kill -9 of a backend -> marked down, idle (active check)",
+    }
+    s = d["summary_ms"]
+    rows = [[label, ms(s[k]["median"]), ms(s[k]["p90"]), ms(s[k]["max"])] for k, label in labels.items()]
+    facts = (
+        f"haproxy {d['haproxy']}; reload during the runtime changes: "
+        f"{'none' if d['no_reload_during_runtime_changes'] else 'yes'}; requests answered by a removed server: "
+        f"{d['stray_answers_after_removal']}; failed requests during the reloads: "
+        f"{d['failed_requests_during_reloads']} of {num(d['requests_during_reloads'])}."
+    )
+    return f"{provenance('haproxy_apply', d)} {facts}\n\n{table(['', 'median', 'p90', 'max'], rows)}"
+
+
+def nginx_render() -> str:
+    d = load("nginx_render")
+    rows = []
+    for r in d["results"]:
+        size = r["bytes"]
+        shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+        validate = r["validate_ms"]
+        rows.append([
+            num(r["nodes"]), num(r["backends"]), shown, ms(r["routing_ms_median"], 1), ms(r["render_ms_median"], 1),
+            f"{validate / 1000:.1f} s" if validate >= 1000 else ms(validate, 0),
+        ])  # fmt: skip
+    header = ["routed nodes", "backends", "config size", "routing table", "render", "`nginx -t`"]
+    medians = f"Medians of {d['repeat']} (`nginx -t` once); goal: render 1,000 nodes in {d['goal_render_ms_at_1000']:.0f} ms."
+    return f"{provenance('nginx_render', d)} {medians}\n\n{table(header, rows)}"
+
+
+def enc() -> str:
+    d = load("enc")
+    rows = []
+    for size in d["sizes"].values():
+        e, g = size["treeherd_enc_process_ms"], size["manager_get_enc_ms"]
+        rows.append([
+            num(size["hosts"]), ms(e["p50"], 1), ms(e["p90"], 1), ms(e["p99"], 1), ms(g["p50"]), ms(g["p99"]),
+            f"{size['manager_cpu_us_per_enc_request']} µs", f"{size['load_seconds']:.1f} s",
+        ])  # fmt: skip
+    header = ["hosts", "`treeherd enc` p50", "p90", "p99", "`GET /api/v1/enc` p50", "p99",
+              "manager CPU per request", "loading machines + bindings"]  # fmt: skip
+    baselines = "; ".join(
+        f"`{command}`{' (' + note if note else ''} p50 {ms(b['p50'], 1)}"
+        for name, b in d["baselines_ms"].items()
+        for command, _, note in [name.partition(" (")]
+    )
+    return f"{provenance('enc', d)}\n\n{table(header, rows)}\n\nBaselines: {baselines}."
+
+
+def discovery() -> str:
+    d = load("discovery")
+    s = d["summary"]
+    rows = [
+        [f"registration -> in haproxy ({s['register']['count']})", ms(s["register"]["p50_ms"], 1),
+         ms(s["register"]["p90_ms"], 1), ms(s["register"]["max_ms"], 1)],
+        [f"deregistration -> out of haproxy ({s['deregister']['count']})", ms(s["deregister"]["p50_ms"], 1),
+         ms(s["deregister"]["p90_ms"], 1), ms(s["deregister"]["max_ms"], 1)],
+    ]  # fmt: skip
+    header = [f"{d['parameters']['changes']} changes", "p50", "p90", "max"]
+    return f"{provenance('discovery', d)}\n\n{table(header, rows)}"
+
+
+def chaos() -> str:
+    """Every chaos run kept: the figures of each fault, one table per file (before and after a change)."""
+    parts = []
+    for path in sorted(RESULTS.glob("chaos*.json")):
+        name = path.stem
+        d = load(name)
+        rows = []
+        for r in d["results"]:
+            recovery = sec(r["recovery_s"]) if r["recovered"] else "**not recovered**"
+            twice = ", ".join(str(s) for s in r["slots_seen_twice"]) or "none"
+            rows.append([
+                r["scenario"], recovery, f"{num(r['edge_failed'])} / {num(r['edge_requests'])}",
+                f"{num(r['dependency_failed'])} / {num(r['dependency_requests'])}",
+                f"{twice} ({r['seconds_with_a_slot_twice']} s)", ", ".join(map(str, r["slots_without_process_at_end"])) or "none",
+            ])  # fmt: skip
+        header = ["fault", "to current configuration", "edge failed / sent", "dependency failed / sent",
+                  "web slots seen twice", "slots without a process after"]  # fmt: skip
+        left = f"Processes left when the run ended: {d['processes_left']}."
+        parts.append(f"{provenance(name, d)} {left}\n\n{table(header, rows)}")
+    return "\n\n".join(parts)
+
+
+def endpoint_reads() -> str:
+    d = load("endpoint_reads")
+    f, p = d["figures"], d["parameters"]
+
+    def us(key: str) -> str:
+        value = f[key]["median_s"] * 1e6
+        return f"{value / 1000:.1f} ms" if value >= 1000 else f"{value:.1f} µs"
+
+    rows = [
+        ["`service_endpoints`, index", us("service_endpoints_index")],
+        ["`service_endpoints`, scan (before the index)", us("service_endpoints_scan")],
+        ["`dependency_message`", us("dependency_message")],
+        [f"a machine's {d['machine_size']} registrations", us("machine_registrations")],
+        ["create + delete one endpoint", us("create_and_delete")],
+        [f"load {num(p['endpoints'])} endpoints into a state (min of 3)", f"{f['load_all_s'] * 1000:.0f} ms"],
+    ]
+    header = [f"{num(p['endpoints'])} endpoints, {num(p['services'])} services, one service of {d['service_size']}",
+              "median per call"]  # fmt: skip
+    return f"{provenance('endpoint_reads', d)}\n\n{table(header, rows)}"
+
+
+SECTIONS: dict[str, Callable[[], str]] = {
+    "tree_load": tree_load,
+    "schedule": schedule,
+    "schedule-db-threads": schedule_db_threads,
+    "schedule-profiles": schedule_profiles,
+    "processes": processes,
+    "haproxy_apply": haproxy_apply,
+    "nginx_render": nginx_render,
+    "enc": enc,
+    "discovery": discovery,
+    "endpoint_reads": endpoint_reads,
+    "chaos": chaos,
+}
+
+
+# ---- the README -------------------------------------------------------------------------------------------
+def blocks(text: str) -> dict[str, str]:
+    """The README's generated blocks by name, as they are now."""
+    return {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+
+
+def rewrite(text: str) -> str:
+    """The README with every generated block written afresh; an unknown block name is an error."""
+
+    def fresh(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in SECTIONS:
+            raise SystemExit(
+                f"README.md has a block {name!r} that report.py does not know: one of {sorted(SECTIONS)}"
+            )
+        return f"{match[1]}{SECTIONS[name]()}\n{match[4]}"
+
+    return BLOCK.sub(fresh, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only say whether the README is up to date")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    missing = sorted(set(SECTIONS) - set(blocks(text)))
+    if missing:
+        print(f"README.md lacks the blocks {missing}: add <!-- BEGIN name --> / <!-- END name --> lines")
+        return 1
+    updated = rewrite(text)
+    if updated == text:
+        print("README.md's tables match the results")
+        return 0
+    if args.check:
+        stale = [name for name, body in blocks(text).items() if blocks(updated)[name] != body]
+        print(f"README.md's tables differ from the results: {stale}; run benchmarks/report.py")
+        return 1
+    README.write_text(updated)
+    print("rewrote README.md's tables from the results")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The schedule benchmark's monitors: CPU and memory counters of the manager, the agents' process and the
+machine (`Usage` for a phase, `Sampler` over time), and `Poller`, which watches the manager's revision
+and the service's summary from a thread of its own."""
+
+from __future__ import annotations
+
+import http.client
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from benchlib import Api, ApiError, cpu_seconds, thread_cpu
+
+MIB = 1024 * 1024
+
+
+def thread_split(
+    proc: psutil.Process, exclude: frozenset[int] | set[int] = frozenset()
+) -> tuple[float, float]:
+    """(main thread, all other threads) CPU seconds of a process, threads that ended included; the
+    threads in `exclude` are left out. Reads three /proc files, not one per thread: with a thousand
+    agent DB threads, listing them all takes the GIL for tens of milliseconds."""
+    total = cpu_seconds(proc)
+    main = thread_cpu(proc.pid, proc.pid)
+    excluded = sum(thread_cpu(proc.pid, tid) for tid in exclude)
+    return main, max(0.0, total - main - excluded)
+
+
+@dataclass
+class Usage:
+    """Cumulative counters at one instant; subtract two for a phase."""
+
+    wall: float = 0.0
+    manager_cpu: float = 0.0
+    manager_main: float = 0.0
+    manager_others: float = 0.0
+    agents_cpu: float = 0.0
+    agents_main: float = 0.0
+    agents_others: float = 0.0
+    machine_busy: float = 0.0
+    machine_total: float = 0.0
+
+    @classmethod
+    def now(cls, manager: psutil.Process, exclude_threads: set[int]) -> Usage:
+        me = psutil.Process()
+        manager_main, manager_others = thread_split(manager)
+        agents_main, agents_others = thread_split(me, exclude_threads)
+        machine = psutil.cpu_times()
+        total = sum(machine)
+        return cls(
+            wall=time.perf_counter(),
+            manager_cpu=cpu_seconds(manager),
+            manager_main=manager_main,
+            manager_others=manager_others,
+            agents_cpu=agents_main + agents_others,
+            agents_main=agents_main,
+            agents_others=agents_others,
+            machine_busy=total - machine.idle - getattr(machine, "iowait", 0.0),
+            machine_total=total,
+        )
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(**{k: getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__})
+
+    def summary(self) -> dict[str, float]:
+        wall = self.wall or math.nan
+        cores = os.cpu_count() or 1
+        machine = self.machine_busy / self.machine_total * cores if self.machine_total else math.nan
+        return {
+            "seconds": round(self.wall, 3),
+            "manager_cpu_s": round(self.manager_cpu, 2),
+            "manager_main_thread_cpu_s": round(self.manager_main, 2),
+            "manager_other_threads_cpu_s": round(self.manager_others, 2),
+            "manager_cores": round(self.manager_cpu / wall, 3),
+            "agents_cpu_s": round(self.agents_cpu, 2),
+            "agents_main_thread_cpu_s": round(self.agents_main, 2),
+            "agents_db_threads_cpu_s": round(self.agents_others, 2),
+            "agents_cores": round(self.agents_cpu / wall, 3),
+            "machine_busy_cores": round(machine, 3),
+            "machine_busy_fraction": round(machine / cores, 3),
+            "other_processes_cores": round(machine - (self.manager_cpu + self.agents_cpu) / wall, 3),
+        }
+
+
+class Sampler(threading.Thread):
+    """CPU and memory every `interval` seconds: the manager, this process (the agents) and the machine.
+
+    A thread of its own that makes no requests, so neither a busy manager nor the agents' loop delays it
+    (the GIL can, by up to its switch interval, 5 ms). Each counter's rate uses the times it was read at."""
+
+    def __init__(self, manager: psutil.Process, *, interval: float, exclude: set[int]) -> None:
+        super().__init__(name="bench-sampler", daemon=True)
+        self._manager = manager
+        self._interval = interval
+        self._exclude = exclude
+        self.stopping = threading.Event()
+        self.samples: list[dict[str, float]] = []
+        self.rss_max = 0
+        self.started_at = time.perf_counter()
+
+    def _read(self, me: psutil.Process) -> tuple[tuple[float, float], ...] | None:
+        try:
+            manager = (time.perf_counter(), cpu_seconds(self._manager))
+            rss = self._manager.memory_info().rss
+        except psutil.Error:
+            return None
+        self.rss_max = max(self.rss_max, rss)
+        agents_at = time.perf_counter()
+        agents = cpu_seconds(me)  # the sampler and the poller included (a few ms per second)
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        return manager, (agents_at, agents), (busy, sum(machine)), (time.perf_counter(), float(rss))
+
+    def run(self) -> None:
+        me = psutil.Process()
+        cores = os.cpu_count() or 1
+        previous = self._read(me)
+        while previous is not None and not self.stopping.wait(self._interval):
+            current = self._read(me)
+            if current is None:
+                break
+            (m0, mc0), (a0, ac0), (b0, t0), _ = previous
+            (m1, mc1), (a1, ac1), (b1, t1), (now, rss) = current
+            self.samples.append(
+                {
+                    "t": round(now - self.started_at, 3),
+                    "manager_cores": round((mc1 - mc0) / max(m1 - m0, 1e-6), 3),
+                    "agents_cores": round((ac1 - ac0) / max(a1 - a0, 1e-6), 3),
+                    "machine_cores": round((b1 - b0) / (t1 - t0) * cores, 3) if t1 > t0 else 0.0,
+                    "manager_rss_mb": round(rss / MIB, 1),
+                }
+            )
+            previous = current
+
+
+class Poller(threading.Thread):
+    """Polls the manager every `interval`: `/healthz` (the store's revision) always, and once the service
+    exists its summary (running/desired), until running == desired == M; then calls `all_running`.
+
+    A thread with its own connection, so a busy agents' loop does not delay the polls (a busy manager
+    does: each poll records how long it took)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        service: str,
+        target: int,
+        interval: float,
+        summary_interval: float,
+        all_running: Callable[[float], None],
+    ) -> None:
+        super().__init__(name="bench-poller", daemon=True)
+        self._api = Api(host, port, timeout=30.0)
+        self._service = service
+        self._target = target
+        self._interval = interval
+        self._summary_interval = summary_interval
+        self._last_summary = -math.inf
+        self.hurry = threading.Event()  # poll the summary at every tick from now on
+        self._all_running = all_running
+        self.stopping = threading.Event()
+        self.wake = threading.Event()  # poll now
+        self.polling = threading.Event()  # set once the service is created
+        self.created_at: float | None = None  # perf_counter of the create request
+        self.polls: list[
+            tuple[float, int, int, float]
+        ] = []  # (t since create, running, desired, poll seconds)
+        self.revisions: list[tuple[float, int, float]] = []  # (epoch seconds, store revision, poll seconds)
+        self.errors: list[str] = []
+        self.first_all_running: float | None = None
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            tick = time.perf_counter()
+            self._revision()
+            due = self.hurry.is_set() or tick - self._last_summary >= self._summary_interval
+            if self.polling.is_set() and self.first_all_running is None and due:
+                self._last_summary = tick
+                self._poll()
+            self.wake.wait(max(0.0, self._interval - (time.perf_counter() - tick)))
+            self.wake.clear()
+        self._api.close()
+
+    def _revision(self) -> None:
+        started = time.time()
+        try:
+            health = self._api.call("GET", "/healthz")
+        except (OSError, http.client.HTTPException, ApiError, ValueError) as error:
+            self.errors.append(repr(error)[:300])
+            return
+        done = time.time()
+        self.revisions.append(((started + done) / 2, int(health["revision"]), round(done - started, 4)))
+
+    def _poll(self) -> None:
+        assert self.created_at is not None
+        started = time.perf_counter()
+        try:
+            summary = self._api.call("GET", f"/api/v1/services/{self._service}")
+        except (OSError, http.client.HTTPException, ApiError, ValueError) as error:
+            self.errors.append(repr(error)[:300])
+            return
+        done = time.perf_counter()
+        running, desired = int(summary["running"]), int(summary["desired"])
+        # The summary was computed somewhere between the request and the response: take the midpoint.
+        at = (started + done) / 2 - self.created_at
+        self.polls.append((round(at, 3), running, desired, round(done - started, 4)))
+        if running >= self._target and desired == self._target and self.first_all_running is None:
+            self.first_all_running = at
+            self._all_running(at)

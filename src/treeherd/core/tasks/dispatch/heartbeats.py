@@ -1,0 +1,93 @@
+"""Heartbeat deadlines: the period an agent is told, how long it may stay silent, and the set of
+deadlines the dispatcher watches.
+
+Time comes in as `now` in monotonic seconds; randomness as a `draw` in [0, 1]. A node's deadline is
+`now + (period + draw * epsilon) * multiplier` after its last registration or heartbeat, twice that while
+it is "unknown" (the dispatcher restarted and the agent has not come back).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from treeherd.model.services import ClusterSettings
+
+UNKNOWN_GRACE_FACTOR = 2.0
+
+
+def heartbeat_period(settings: ClusterSettings, draw: float) -> float:
+    """The period an agent is told to heartbeat at: the base period plus `draw` (in [0, 1]) of the
+    epsilon, so that agents restarted together spread out."""
+    return settings.heartbeat_period_s + min(max(draw, 0.0), 1.0) * settings.heartbeat_epsilon_s
+
+
+def heartbeat_timeout(period: float, settings: ClusterSettings, *, unknown: bool = False) -> float:
+    """How long a node may stay silent after being told `period`: the grace multiplier of periods,
+    doubled for a node in the "unknown" state."""
+    timeout = period * settings.heartbeat_grace_multiplier
+    return timeout * UNKNOWN_GRACE_FACTOR if unknown else timeout
+
+
+class Deadlines:
+    """When each tracked node must have been heard from; `expired(now)` hands back the late ones.
+
+    A heap ordered by deadline with lazy deletion: a heartbeat pushes a new entry and leaves the old
+    one to be skipped, and the heap is rebuilt when skipped entries outnumber live ones.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._due
+
+    def due(self, node_id: str) -> float | None:
+        return self._due.get(node_id)
+
+    def register(self, node_id: str, now: float, timeout: float) -> float:
+        """Track `node_id` (again) with a deadline `timeout` seconds from `now`; returns the deadline."""
+        due = now + timeout
+        self._due[node_id] = due
+        heapq.heappush(self._heap, (due, node_id))
+        if len(self._heap) > 2 * len(self._due) + 64:
+            self._heap = [(d, n) for n, d in self._due.items()]
+            heapq.heapify(self._heap)
+        return due
+
+    def heartbeat(self, node_id: str, now: float, timeout: float) -> bool:
+        """Move a tracked node's deadline; False (and nothing tracked) for a node not tracked."""
+        if node_id not in self._due:
+            return False
+        self.register(node_id, now, timeout)
+        return True
+
+    def forget(self, node_id: str) -> bool:
+        return self._due.pop(node_id, None) is not None
+
+    def postpone(self, seconds: float) -> None:
+        """Move every deadline `seconds` later: for time in which nobody listened to the nodes."""
+        self._due = {node_id: due + seconds for node_id, due in self._due.items()}
+        self._heap = [(due, node_id) for node_id, due in self._due.items()]
+        heapq.heapify(self._heap)
+
+    def next_due(self) -> float | None:
+        while self._heap:
+            due, node_id = self._heap[0]
+            if self._due.get(node_id) == due:
+                return due
+            heapq.heappop(self._heap)
+        return None
+
+    def expired(self, now: float) -> list[str]:
+        """Nodes whose deadline is at or before `now`, earliest first; they are no longer tracked."""
+        late: list[str] = []
+        while self._heap and self._heap[0][0] <= now:
+            due, node_id = heapq.heappop(self._heap)
+            if self._due.get(node_id) == due:
+                del self._due[node_id]
+                late.append(node_id)
+        return late

@@ -1,0 +1,75 @@
+"""The dispatcher's heartbeat decisions: the period an agent is told, its grace, the deadlines
+watched, and the cluster settings they read."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from test_dispatch_support import DEFAULTS
+
+from treeherd.core.tasks.dispatch.heartbeats import Deadlines, heartbeat_period, heartbeat_timeout
+from treeherd.core.tasks.dispatch.settings import cluster_settings
+from treeherd.store.memory import MemoryStore
+
+
+def test_period_adds_the_drawn_share_of_epsilon() -> None:
+    assert heartbeat_period(DEFAULTS, 0.0) == 5.0
+    assert heartbeat_period(DEFAULTS, 0.5) == 5.25
+    assert heartbeat_period(DEFAULTS, 1.0) == 5.5
+    assert heartbeat_period(DEFAULTS, 7.0) == 5.5  # a draw out of range is clamped
+
+
+def test_timeout_is_the_period_times_the_grace_and_doubled_when_unknown() -> None:
+    assert heartbeat_timeout(5.0, DEFAULTS) == 15.0
+    assert heartbeat_timeout(5.5, DEFAULTS) == pytest.approx(16.5)
+    assert heartbeat_timeout(5.0, DEFAULTS, unknown=True) == 30.0
+    custom = msgspec.structs.replace(DEFAULTS, heartbeat_period_s=1.0, heartbeat_grace_multiplier=4.0)
+    assert heartbeat_timeout(heartbeat_period(custom, 0.0), custom) == 4.0
+
+
+def test_deadlines_expire_in_order_and_heartbeats_push_them_back() -> None:
+    table = Deadlines()
+    table.register("a", 0.0, 15.0)
+    table.register("b", 1.0, 15.0)
+    table.register("c", 0.0, 30.0)  # unknown: doubled grace
+    assert table.heartbeat("a", 10.0, 15.0)  # a now due at 25
+    assert not table.heartbeat("nobody", 10.0, 15.0)
+    assert "nobody" not in table
+    assert table.next_due() == 16.0
+    assert table.expired(15.9) == []
+    assert table.expired(16.0) == ["b"]
+    assert table.expired(100.0) == ["a", "c"]  # earliest first
+    assert len(table) == 0 and table.next_due() is None
+
+
+def test_deadlines_forget_and_ties_expire_by_id() -> None:
+    table = Deadlines()
+    for node_id in ("z", "y", "x"):
+        table.register(node_id, 0.0, 5.0)
+    assert table.forget("y") and not table.forget("y")
+    assert table.expired(5.0) == ["x", "z"]
+
+
+def test_deadline_heap_stays_small_under_many_heartbeats() -> None:
+    table = Deadlines()
+    table.register("a", 0.0, 15.0)
+    for second in range(1, 1000):
+        table.heartbeat("a", float(second), 15.0)
+    assert len(table._heap) < 100
+    assert table.due("a") == 1014.0
+    assert table.expired(1013.9) == [] and table.expired(1014.0) == ["a"]
+
+
+def test_deadlines_postpone_moves_every_deadline():
+    deadlines = Deadlines()
+    deadlines.register("a", 0.0, 15.0)
+    deadlines.register("b", 0.0, 20.0)
+    deadlines.postpone(10.0)
+    assert deadlines.expired(24.0) == []
+    assert deadlines.expired(25.0) == ["a"]
+    assert deadlines.due("b") == 30.0
+
+
+def test_cluster_settings_default_when_none_are_stored() -> None:
+    settings = cluster_settings(MemoryStore().view())
+    assert settings.heartbeat_period_s == 5.0 and settings.registration_limit == 3
