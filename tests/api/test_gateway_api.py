@@ -129,3 +129,21 @@ async def test_availability_reports_and_metrics(client: Client) -> None:
     )
     assert 'treeherd_alert_firing{gateway="edge",path="shop.api"} 1' in text
     assert "# TYPE treeherd_store_revision gauge" in text
+
+
+async def test_routes_write_with_the_inventorys_clock_and_ids(client: Client, routed: Inventory) -> None:
+    """The fixture's inventory has a fixed clock and ids "id-N": every write of these routes carries them."""
+    written = [
+        (await client.patch("/api/v1/cluster", json={"task_history": 3})).json(),
+        (await client.post("/api/v1/gateways/edge/events", json={"type": "reload", "reason": "r"})).json(),
+        (await client.put("/api/v1/backends/shop/web-1", json={"pin": "out"})).json(),
+        (await client.put("/api/v1/policies/shop", json={"eject_cap": 0.5})).json(),
+        (
+            await client.post(
+                "/api/v1/services", json={"name": "api", "node": "shop", "task": {"command": ["x"]}}
+            )
+        ).json(),
+    ]
+    assert [(w["created_at"], w["updated_at"]) for w in written] == [("2026-01-01T00:00:00Z",) * 2] * 5
+    assert all(w["id"].startswith("id-") for w in written), [w["id"] for w in written]
+    assert (await client.get("/api/v1/cluster")).json()["updated_at"] == "2026-01-01T00:00:00Z"

@@ -6,8 +6,10 @@ never have two live processes, and what the store says stopped must really be go
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -20,7 +22,7 @@ import psutil
 import pytest
 
 from tests.e2e.helpers import TASK_HTTP_SERVER, Cluster, process_env, running_cluster, try_call
-from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
+from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import PortSpec, Resources, RestartPolicy, TaskSpec
 from treeherd.testing.processes import ManagerProcess, processes_under
 from treeherd.testing.waiting import wait_for
@@ -193,14 +195,74 @@ def heartbeats(cluster: Cluster, period_s: float) -> None:
     time.sleep(previous + 0.5)
 
 
-def test_manager_killed_mid_deploy_converges_without_duplicates(cluster: Cluster) -> None:
-    server(cluster, "batch", 12)
-    wait_for(lambda: live(cluster, "batch"), "the first processes")
-    cluster.manager.kill()
-    cluster.manager = ManagerProcess(cluster.manager.data_dir, listen=f"127.0.0.1:{cluster.port}").start()
-    wait_for(lambda: len(cluster.running("batch")) == 12, "12 running after the restart", timeout_s=45)
-    wait_for(lambda: one_each(cluster, "batch", 12), "12 processes, one per slot")
-    assert len({t["id"] for t in cluster.running("batch")}) == 12
+def test_up_killed_mid_deploy_leaves_one_process_per_slot_and_none_after_rm(tmp_path: Path) -> None:
+    # `up` runs the manager and the agent in one process: kill -9 ends both in the same instant,
+    # while the agent is starting processes. Counted in the OS, not in the store.
+    replicas = 150
+    up = ManagerProcess(tmp_path / "up", command=("up",), extra_args=("--no-gateway",)).start()
+    view = Cluster(tmp_path, port=int(up.url.rsplit(":", 1)[1]))
+    try:
+        with view.client() as client:
+            client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+        create(view, "batch", replicas, ["sleep", "600"], restart=RestartPolicy(delay_s=0))
+        # Killed up to three times while it starts processes, so that a kill is likely to fall between
+        # starting one and recording it (the unit tests of spawn cover that instant deterministically).
+        started = [0]
+        for _ in range(3):
+            seen = started[-1]
+            count = wait_for(lambda seen=seen: _count(view, "batch", seen), "more processes", poll_s=0.005)
+            up.kill()
+            started.append(count)
+            up = ManagerProcess(
+                up.data_dir, command=("up",), listen=f"127.0.0.1:{view.port}", extra_args=("--no-gateway",)
+            ).start()
+            if count >= replicas:
+                break
+        wait_for(lambda: len(view.running("batch")) == replicas, f"{replicas} running again", timeout_s=90)
+        wait_for(lambda: one_each(view, "batch", replicas), "one process per slot", timeout_s=30)
+        by_slot = live(view, "batch")
+        assert sum(len(processes) for processes in by_slot.values()) == replicas, (
+            f"processes seen at the kills: {started[1:]}"
+        )
+
+        node = json.loads(view.cli("node", "inspect", socket.gethostname()))
+        limits = node["agent"]["limits"]
+        assert limits["cgroups"] in ("v1", "hybrid", "v2", "none")
+        assert limits["task_tree"] in ("cgroup v2", "process group")
+
+        # A strict CPU limit: runs where the host enforces CPU limits, else is rejected with the reason.
+        view.cli(
+            "service",
+            "create",
+            "strict",
+            "--node",
+            "corp",
+            "--limit-cpu",
+            "0.1",
+            "--limits",
+            "strict",
+            "--",
+            "sleep",
+            "600",
+        )
+        expected = "running" if limits["cpu"] else "rejected"
+        wait_for(lambda: [t["state"] for t in view.tasks("strict")][:1] == [expected], f"strict: {expected}")
+        if not limits["cpu"]:
+            assert (
+                "strict limits cannot be enforced here: CPU limit not enforced"
+                in view.tasks("strict")[0]["error"]
+            )
+
+        assert "removing batch" in view.cli("service", "rm", "batch", "strict")
+        wait_for(lambda: not live(view, "batch"), "no process left after service rm", timeout_s=60)
+    finally:
+        up.kill()
+
+
+def _count(view: Cluster, service: str, more_than: int) -> int:
+    """How many processes of the service run, if more than `more_than` (else 0)."""
+    count = sum(len(processes) for processes in live(view, service).values())
+    return count if count > more_than else 0
 
 
 def test_a_task_over_its_memory_limit_is_reported_out_of_memory(cluster: Cluster) -> None:

@@ -25,9 +25,8 @@ async def make_executor(tmp_path: Path) -> AsyncIterator[MakeExecutor]:
 
     yield make
     for executor in made:
-        tasks = executor.root / "tasks"
-        for task_dir in sorted(tasks.iterdir()) if tasks.is_dir() else []:
-            await executor.purge(task_dir.name)
+        for task_id in executor.task_ids():  # directories, processes and cgroups of tasks
+            await executor.purge(task_id)
 
 
 @pytest.fixture

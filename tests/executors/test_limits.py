@@ -1,21 +1,21 @@
-"""Resource limits: finding the cgroup v1 hierarchies, and real tasks under cgroup and RLIMIT_AS limits.
-
-The cgroup tests need cgroup v1 memory and cpu hierarchies this process may write to (root); they fail,
-never skip, where those are missing: the machines these tests run on have them.
-"""
+"""Resource limits: finding the cgroup v1 hierarchies, and real tasks under whatever limits this host
+enforces (cgroup v1 or v2), or under the documented fallback (an RLIMIT_AS for memory, a warning on
+the task) where it has no controller for them: these tests pass on a v1, hybrid or v2-only host."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.executors.conftest import MakeExecutor
 from tests.executors.helpers import collect, make_task, output, run, started
 from treeherd.executors.base import Exit
-from treeherd.executors.limits import CPU, MEMORY, Limiter, TaskLimits, find_hierarchies
-from treeherd.executors.process import ProcessExecutor
+from treeherd.executors.cgroups import CPU, MEMORY, PIDS, find_hierarchies
+from treeherd.executors.limits import Limiter, TaskLimits
+from treeherd.executors.process import UNKNOWN_EXIT, ProcessExecutor
 from treeherd.executors.process_groups import child, forget_child
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,7 +79,16 @@ def test_without_cgroups_memory_falls_back_to_rlimit_and_cpu_is_not_enforced(
 ) -> None:
     limiter = Limiter(None)
     limits = limiter.create("t1", memory_bytes=100 * MIB, cpus=0.5)
-    assert limits == TaskLimits(memory_bytes=100 * MIB, cpus=0.5, rlimit_as=100 * MIB)
+    assert limits == TaskLimits(
+        memory_bytes=100 * MIB,
+        cpus=0.5,
+        rlimit_as=100 * MIB,
+        warnings=[
+            "memory limit is an address-space rlimit, not enforced as resident memory "
+            "(no usable memory cgroup controller; cgroups none)",
+            "CPU limit not enforced (no usable cpu cgroup controller; cgroups none)",
+        ],
+    )
     assert not limits.cpu_enforced
     limiter.create("t2", memory_bytes=100 * MIB, cpus=0.5)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -87,21 +96,49 @@ def test_without_cgroups_memory_falls_back_to_rlimit_and_cpu_is_not_enforced(
     assert limiter.create("t3", memory_bytes=0, cpus=0) == TaskLimits()
 
 
-def test_this_machine_has_writable_cgroup_v1_memory_and_cpu() -> None:
-    bases = Limiter(CGROUP_ROOT).bases
-    assert set(bases) == {MEMORY, CPU}, f"cgroup v1 memory and cpu not usable here: {bases}"
+def enforced(controller: str) -> str:
+    """How this host enforces a limit: "cgroup v1", "cgroup v2", or another answer (a fallback)."""
+    return str(getattr(Limiter(CGROUP_ROOT).support(), controller))
 
 
-async def test_a_task_over_its_memory_cgroup_limit_is_killed_as_out_of_memory(
+def cgroup_of(limits: TaskLimits, controller: str) -> Path:
+    """The task's cgroup that holds a limit, v1 or v2."""
+    path = getattr(limits, f"{controller}_cgroup") or limits.unified_cgroup
+    assert path is not None
+    return Path(path)
+
+
+def test_the_host_reports_its_cgroups_and_what_it_enforces_with_them() -> None:
+    support = Limiter(CGROUP_ROOT).support()
+    unified_at_root = (CGROUP_ROOT / "cgroup.controllers").exists()
+    if unified_at_root:
+        assert support.cgroups == "v2"
+    elif any(line.split()[2] == "cgroup2" for line in Path("/proc/mounts").read_text().splitlines()):
+        assert support.cgroups == "hybrid"
+    else:
+        assert support.cgroups in ("v1", "none")
+    for how in (support.cpu, support.pids):
+        assert how in ("cgroup v1", "cgroup v2", "")
+    assert support.memory in ("cgroup v1", "cgroup v2", "rlimit (address space)")
+    assert support.task_tree in ("cgroup v2", "process group")
+    assert Limiter(None).support().cgroups == "none"
+
+
+async def test_a_task_over_its_memory_limit_is_killed_as_out_of_memory_or_meets_the_fallback(
     executor: ProcessExecutor,
 ) -> None:
     controller = await started(executor, make_task(script=ALLOCATE_200_MIB, memory=50 * MIB))
     limits = controller.files.read("limits.json", TaskLimits)
     assert limits is not None
-    assert limits.memory_cgroup is not None, "no memory cgroup: cgroup v1 memory not usable here"
-    cgroup = Path(limits.memory_cgroup)
+    if not enforced(MEMORY).startswith("cgroup"):  # the documented fallback: an rlimit and a warning
+        assert limits.rlimit_as == 50 * MIB
+        assert controller.warnings and "address-space rlimit" in controller.warnings[0]
+        return
+    assert controller.warnings == []
+    cgroup = cgroup_of(limits, MEMORY)
     assert cgroup.name == "t1"
-    assert (cgroup / "memory.limit_in_bytes").read_text().strip() == str(50 * MIB)
+    limit_file = "memory.limit_in_bytes" if enforced(MEMORY) == "cgroup v1" else "memory.max"
+    assert (cgroup / limit_file).read_text().strip() == str(50 * MIB)
     assert limits.rlimit_as == 0
     async with asyncio.timeout(30):
         exit = await controller.wait()
@@ -112,6 +149,10 @@ async def test_a_task_over_its_memory_cgroup_limit_is_killed_as_out_of_memory(
 
 
 async def test_an_oom_kill_is_seen_even_when_the_exit_status_is_unknown(executor: ProcessExecutor) -> None:
+    # Without a memory cgroup (the documented fallback) nothing counts kills: the exit stays unknown.
+    expected = Exit(out_of_memory=True, message=f"out of memory (limit {50 * MIB} bytes)")
+    if not enforced(MEMORY).startswith("cgroup"):
+        expected = Exit(message=UNKNOWN_EXIT)
     # As after an agent restart: the process is not this agent's child, but its cgroup counted the kill.
     script = f"import time; time.sleep(0.5); {ALLOCATE_200_MIB}"
     controller = await started(executor, make_task(script=script, memory=50 * MIB))
@@ -123,7 +164,7 @@ async def test_an_oom_kill_is_seen_even_when_the_exit_status_is_unknown(executor
     try:
         async with asyncio.timeout(30):
             exit = await executor.controller(make_task(script=script, memory=50 * MIB)).wait()
-        assert exit == Exit(out_of_memory=True, message=f"out of memory (limit {50 * MIB} bytes)")
+        assert exit == expected
     finally:
         popen.kill()
         async with asyncio.timeout(10):
@@ -131,14 +172,21 @@ async def test_an_oom_kill_is_seen_even_when_the_exit_status_is_unknown(executor
                 await asyncio.sleep(0.02)
 
 
-async def test_a_task_within_its_memory_limit_runs_in_its_cgroup(executor: ProcessExecutor) -> None:
+async def test_a_task_runs_in_its_own_cgroups(executor: ProcessExecutor) -> None:
     task = make_task(script="print(open('/proc/self/cgroup').read())", memory=200 * MIB)
     assert await run(executor, task) == Exit(code=0, message="exited with code 0")
-    memory_line = next(line for line in output(executor).decode().splitlines() if ":memory:" in line)
-    assert memory_line.endswith("/treeherd/t1")
+    lines = output(executor).decode().splitlines()
+    if enforced(MEMORY) == "cgroup v1":
+        assert next(line for line in lines if ":memory:" in line).endswith(
+            f"/treeherd/{executor.limiter.scope}/t1"
+        )
+    if Limiter(CGROUP_ROOT).support().task_tree == "cgroup v2":
+        assert next(line for line in lines if line.startswith("0::")).endswith(
+            f"/treeherd/{executor.limiter.scope}/t1"
+        )
 
 
-async def test_a_cpu_limit_throttles_the_task(executor: ProcessExecutor) -> None:
+async def test_a_cpu_limit_throttles_the_task_or_is_a_warning(executor: ProcessExecutor) -> None:
     # Spins for 1 s of wall-clock time; at 0.2 CPUs it gets about 0.2 s of CPU time.
     script = (
         "import time\n"
@@ -150,10 +198,18 @@ async def test_a_cpu_limit_throttles_the_task(executor: ProcessExecutor) -> None
     controller = await started(executor, make_task(script=script, cpus=0.2))
     limits = controller.files.read("limits.json", TaskLimits)
     assert limits is not None
-    assert limits.cpu_cgroup is not None, "no cpu cgroup: cgroup v1 cpu not usable here"
-    cgroup = Path(limits.cpu_cgroup)
-    assert (cgroup / "cpu.cfs_quota_us").read_text().strip() == "20000"
-    assert (cgroup / "cpu.cfs_period_us").read_text().strip() == "100000"
+    if not enforced(CPU):
+        assert not limits.cpu_enforced
+        assert controller.warnings == [
+            f"CPU limit not enforced (no usable cpu cgroup controller; cgroups {Limiter(CGROUP_ROOT).support().cgroups})"
+        ]
+        return
+    cgroup = cgroup_of(limits, CPU)
+    if enforced(CPU) == "cgroup v1":
+        assert (cgroup / "cpu.cfs_quota_us").read_text().strip() == "20000"
+        assert (cgroup / "cpu.cfs_period_us").read_text().strip() == "100000"
+    else:
+        assert (cgroup / "cpu.max").read_text().split() == ["20000", "100000"]
     async with asyncio.timeout(30):
         assert (await controller.wait()).success
     assert float(output(executor)) < 0.6
@@ -182,3 +238,32 @@ async def test_without_cgroups_a_memory_limit_is_an_address_space_rlimit(
         assert await controller.wait() == Exit(code=1, message="exited with code 1")
     limit = 150 * MIB
     assert await collect(executor.logs("t1")) == f"({limit}, {limit})\nMemoryError\n".encode()
+
+
+async def test_a_process_count_limit_stops_forks_or_is_a_warning(executor: ProcessExecutor) -> None:
+    script = (
+        "import os, time\n"
+        "made = 0\n"
+        "for _ in range(20):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(5)\n"
+        "            os._exit(0)\n"
+        "        made += 1\n"
+        "    except OSError:\n"
+        "        break\n"
+        "print(made)\n"
+    )
+    base = make_task(script=script)
+    resources = msgspec.structs.replace(base.spec.resources, limit_pids=5)
+    task = msgspec.structs.replace(base, spec=msgspec.structs.replace(base.spec, resources=resources))
+    controller = await started(executor, task)
+    async with asyncio.timeout(30):
+        assert (await controller.wait()).success
+    if enforced(PIDS):
+        assert int(output(executor)) == 4  # the task's own process is one of the five
+        assert controller.warnings == []
+    else:
+        assert int(output(executor)) == 20
+        assert "process count limit not enforced" in controller.warnings[0]
+    await controller.remove()

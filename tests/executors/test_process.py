@@ -86,6 +86,7 @@ async def test_the_environment_is_minimal_plus_the_tasks(
         "TREEHERD_PORT_ADMIN_UI": "9090",
         "LANG": "C.UTF-8",
         "PATH": os.environ["PATH"],
+        "TREEHERD_EXECUTOR_DIR": str(executor.root),  # the marker that finds it again
     }
     if "HOME" in os.environ:
         expected["HOME"] = os.environ["HOME"]

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from treeherd.core.tree.nodes import plan_create_node
-from treeherd.manager import orchestrator as orchestrator_module
+from treeherd.manager import commits
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.services import Services
@@ -98,7 +98,7 @@ async def test_removed_service_disappears_with_its_tasks(loop):
 
 async def test_a_big_service_is_created_a_chunk_at_a_time(loop, monkeypatch):
     store, services = loop
-    monkeypatch.setattr(orchestrator_module, "CHUNK", 10)
+    monkeypatch.setattr(commits, "CHUNK", 10)
     creates_per_transaction: list[int] = []
     watch = store.watch(store.revision)
 

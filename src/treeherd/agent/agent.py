@@ -26,13 +26,14 @@ from treeherd.agent.dependencies import DependencyProxy, HaproxyMode
 from treeherd.agent.logs import LogStreamer
 from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
-from treeherd.agent.worker import Worker, utc_now
+from treeherd.agent.worker import Worker
 from treeherd.core.tasks.agent_state import AgentState
-from treeherd.executors.base import Executor, Leftovers
+from treeherd.executors.base import EnforcesLimits, Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.executors.process import ProcessExecutor
-from treeherd.model.objects import MachineKind
+from treeherd.model.objects import LimitSupport, MachineKind
 from treeherd.model.wire import Register
+from treeherd.runtime import utc_now
 
 __all__ = ["EXECUTORS", "Agent", "describe_machine", "make_executor"]
 
@@ -110,9 +111,13 @@ def machine_ips() -> list[str]:
 
 
 def describe_machine(
-    hostname: str, labels: Mapping[str, str], machine_kind: MachineKind | None = None
+    hostname: str,
+    labels: Mapping[str, str],
+    machine_kind: MachineKind | None = None,
+    limits: LimitSupport | None = None,
 ) -> Register:
-    """What the agent offers, as psutil sees it, in the message that opens a session."""
+    """What the agent offers, as psutil sees it (and which task limits its executor enforces), in the
+    message that opens a session."""
     return Register(
         hostname=hostname,
         ips=machine_ips(),
@@ -121,6 +126,7 @@ def describe_machine(
         cpus=float(psutil.cpu_count() or 0),
         memory_bytes=int(psutil.virtual_memory().total),
         version=__version__,
+        limits=limits,
     )
 
 
@@ -179,11 +185,14 @@ class Agent:
         return self.worker.state
 
     def describe(self) -> Register:
-        return describe_machine(self.hostname, self.labels, self.machine_kind)
+        limits = self.executor.limit_support() if isinstance(self.executor, EnforcesLimits) else None
+        return describe_machine(self.hostname, self.labels, self.machine_kind, limits)
 
     async def run(self) -> None:
         await self.db.open()
         log.info("agent %s: executor %s, manager %s", self.hostname, self.executor.name, self.manager_url)
+        if isinstance(self.executor, EnforcesLimits):  # detect the host's cgroups now, not mid-task
+            log.info("agent %s: task limits %s", self.hostname, self.executor.limit_support())
         try:
             await self._clean_up_unknown_tasks()
             async with asyncio.TaskGroup() as group:

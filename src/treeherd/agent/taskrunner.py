@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import msgspec
 
-from treeherd.executors.base import Controller, Executor, Exit, FatalError
+from treeherd.executors.base import Controller, Executor, Exit, FatalError, Warnings
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
 
@@ -57,6 +57,12 @@ def _describe(exit: Exit) -> str:
     if exit.signal is not None:
         return f"killed by signal {exit.signal}"
     return f"exit code {exit.code}"
+
+
+def _started(controller: Controller) -> str:
+    """The RUNNING message: "started", with what the task runs without (limits not enforced here)."""
+    warnings = controller.warnings if isinstance(controller, Warnings) else []
+    return f"started; warning: {'; '.join(warnings)}" if warnings else "started"
 
 
 class TaskRunner:
@@ -209,7 +215,7 @@ class TaskRunner:
             except Exception as error:
                 self._report(TaskState.FAILED, error=f"start failed: {error}")
             else:
-                self._report(TaskState.RUNNING, message="started")
+                self._report(TaskState.RUNNING, message=_started(controller))
         else:  # RUNNING
             await self._wait(controller)
 

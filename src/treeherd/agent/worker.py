@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
@@ -46,16 +46,13 @@ from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.model.wire import Assignments, TaskStatusUpdate
+from treeherd.runtime import utc_now
 
 __all__ = ["SendReportFn", "Worker"]
 
 log = logging.getLogger(__name__)
 
 SendReportFn = Callable[[int, list[TaskStatusUpdate]], Awaitable[None]]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Worker:

@@ -36,9 +36,9 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Litestar:
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too."""
 
-    services = Services(inventory.store)
-    puppet = Puppet(inventory.store)
-    board = AvailabilityBoard()
+    services = Services(inventory.store, clock=inventory.clock, ids=inventory.ids)
+    puppet = Puppet(inventory.store, clock=inventory.clock, ids=inventory.ids)
+    board = AvailabilityBoard(clock=inventory.clock)
 
     def provide_inventory() -> Inventory:
         return inventory

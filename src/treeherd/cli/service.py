@@ -43,6 +43,13 @@ def spec_options(fn: F) -> F:
             click.option("--reserve-memory", metavar="SIZE", help="memory the scheduler sets aside"),
             click.option("--limit-cpu", type=float, help="CPU limit enforced on the task"),
             click.option("--limit-memory", metavar="SIZE", help="memory limit enforced on the task"),
+            click.option("--limit-pids", type=int, help="most processes the task may have at once"),
+            click.option(
+                "--limits",
+                "limits_mode",
+                type=click.Choice(["best-effort", "strict"]),
+                help="strict: reject a task whose host cannot enforce its limits (default: run it, with a warning)",
+            ),
             click.option(
                 "--constraint",
                 "constraints",
@@ -127,6 +134,8 @@ def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any
     for option, field, convert in (
         ("reserve_cpu", "reserve_cpus", float),
         ("limit_cpu", "limit_cpus", float),
+        ("limit_pids", "limit_pids", int),
+        ("limits_mode", "limits", str),
     ):
         if o[option] is not None:
             res[field] = convert(o[option])

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
 
 
@@ -64,6 +65,13 @@ class Executor(Protocol):
     def controller(self, task: Task) -> Controller: ...
 
 
+@runtime_checkable
+class EnforcesLimits(Protocol):
+    """An executor that enforces tasks' resource limits: how, on this host (for the node description)."""
+
+    def limit_support(self) -> LimitSupport: ...
+
+
 class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
     """How to run a command beside a task (a health check): the task's environment and directory."""
 
@@ -76,6 +84,15 @@ class CommandContexts(Protocol):
     """An executor that can say how a command beside one of its tasks is run."""
 
     def command_context(self, task: Task) -> CommandContext: ...
+
+
+@runtime_checkable
+class Warnings(Protocol):
+    """A controller whose task runs without something its spec asks for (a limit the host cannot
+    enforce): said in the task's status message once it runs."""
+
+    @property
+    def warnings(self) -> list[str]: ...
 
 
 @runtime_checkable

@@ -1,53 +1,49 @@
 """The process executor: each task is a local process session that outlives the agent, which adopts it
 again after a restart.
 
-Responsibility: start, watch, stop and clean up one OS process (and what it spawns) per task. How its
-output is kept is `logfiles`, its resource limits `limits`, how its process group is watched and
-stopped `process_groups`.
+Responsibility: start, watch, stop and clean up one OS process (and what it spawns) per task. How it
+is started and found again is `spawn`, its files `taskfiles`, its output `logfiles`, its resource
+limits and cgroups `limits`, how its process group is watched and stopped `process_groups`.
 
 Start: `command[0]` with the rest as arguments, as a new session (`start_new_session`), so the task
-and what it spawns share one process group that `shutdown` signals as a whole. Environment:
-`core.tasks.task_env` (PATH, HOME and LANG from the agent, the spec's `env`, TREEHERD_* variables). Working
-directory: `spec.workdir` (absolute), or the task's own `work/` directory. `command_context` gives a
-command run beside the task (a health check) the same environment and working directory.
-
-Files, under `<root>/tasks/<task id>/`: `output.log*` (stdout and stderr together, see `logfiles`),
-`process.json` (pid and the process's start time, written atomically once it runs), `limits.json`
-(see `limits`), `exit.json` (the exit status once collected) and `work/`. `remove` deletes them all.
+and what it spawns share one process group that `shutdown` signals as a whole, and where the host
+allows it in a cgroup of its own that holds its whole tree. Environment: `core.tasks.task_env` (PATH,
+HOME and LANG from the agent, the spec's `env`, TREEHERD_* variables) plus the executor's marker (see
+`spawn`). Working directory: `spec.workdir` (absolute), or the task's own `work/` directory.
+`command_context` gives a command run beside the task (a health check) the same environment (the
+marker included: one left running by a dead agent is the task's, and ends with it) and working
+directory.
 
 Adoption: the task's process is not tied to the agent (its output is a file, its session its own), so
 it keeps running when the agent stops. A controller whose `start` or `wait` finds a `process.json`
 whose pid is alive with the recorded start time adopts that process instead of starting another one;
 if the process is gone, the task ran and ended while the agent was away: nothing is started again.
-Only the parent learns an exit status, so for a process that ended or is watched by an agent that is
-not its parent, `wait` reports `Exit(code=None, message="exited while the agent was away (exit status
-unknown)")`, which fails the task; an OOM kill is still seen by its cgroup's counter. (Children
-started by this same Python process, e.g. by an agent restarted in-process, keep their real status.)
-The exit status once collected is saved, so an agent that restarts before reporting it still knows it.
-A crash between starting a process and recording it (a few microseconds) could start a task twice.
+A `spawn.json` without `process.json` (the agent died in between) makes `start` look for the process
+by its marker and adopt it; only when none is found is it started (again). Only the parent learns an
+exit status, so for a process that ended or is watched by an agent that is not its parent, `wait`
+reports `Exit(code=None, message="exited while the agent was away (exit status unknown)")`, which
+fails the task; an OOM kill is still seen by its cgroup's counter. (Children started by this same
+Python process, e.g. by an agent restarted in-process, keep their real status.) The exit status once
+collected is saved, so an agent that restarts before reporting it still knows it.
 
-`running_tasks` and `stop_orphan` let an agent find and stop the processes of tasks it no longer
-holds. Exit statuses: code 0 → `Exit(code=0)`; code n → `Exit(code=n)`; a signal → `Exit(signal=n)`,
-"killed by SIGKILL"; an OOM kill by the task's memory cgroup → `out_of_memory`.
+`task_ids`, `stop_orphan` and `purge` let an agent find, stop and remove what is left of tasks it no
+longer holds, including processes whose task directory is gone (found by the marker). Exit statuses:
+code 0 → `Exit(code=0)`; code n → `Exit(code=n)`; a signal → `Exit(signal=n)`, "killed by SIGKILL";
+an OOM kill by the task's memory cgroup → `out_of_memory`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
+import hashlib
 import logging
 import os
-import re
-import shutil
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
-import msgspec
 import psutil
 
 from treeherd.core.tasks.task_env import task_environment
@@ -63,70 +59,31 @@ from treeherd.executors.process_groups import (
     is_running,
     open_pidfd,
     readable,
-    register_child,
     signal_group,
     stop_group,
 )
+from treeherd.executors.spawn import (
+    ENV_EXECUTOR_DIR,
+    check_program,
+    check_workdir,
+    kill_processes,
+    marked_processes,
+    recover,
+    spawn,
+)
+from treeherd.executors.taskfiles import EXIT, LIMITS, PROCESS, SPAWN, TaskFiles, remove_tree
+from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
 
-__all__ = ["UNKNOWN_EXIT", "ProcessController", "ProcessExecutor", "ProcessRecord", "TaskFiles"]
+__all__ = ["PROCESS", "UNKNOWN_EXIT", "ProcessController", "ProcessExecutor", "ProcessRecord", "TaskFiles"]
 
 log = logging.getLogger(__name__)
-S = TypeVar("S", bound=msgspec.Struct)
 
 MIB = 1024 * 1024
 # How often `wait` looks at a process it gets no notice from, and rotates the task's output.
 POLL_S = 0.2
 CGROUP_POLL_S = 0.05
 UNKNOWN_EXIT = "exited while the agent was away (exit status unknown)"
-# Errors of exec or chdir in the child that no retry can fix.
-_CANNOT_START = {
-    errno.ENOENT,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.ENOEXEC,
-    errno.ELOOP,
-    errno.ENAMETOOLONG,
-}
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-PROCESS = "process.json"
-EXIT = "exit.json"
-LIMITS = "limits.json"
-
-
-class TaskFiles:
-    """A task's directory, `<root>/tasks/<task id>/`, and the small JSON files in it."""
-
-    def __init__(self, root: Path, task_id: str) -> None:
-        if not _SAFE_ID.fullmatch(task_id):
-            raise FatalError(f"task id {task_id!r} cannot name a directory")
-        self.task_id = task_id
-        self.dir = root / "tasks" / task_id
-
-    @property
-    def work(self) -> Path:
-        return self.dir / "work"
-
-    def read(self, name: str, kind: type[S]) -> S | None:
-        try:
-            return msgspec.json.decode((self.dir / name).read_bytes(), type=kind)
-        except FileNotFoundError:
-            return None
-        except msgspec.DecodeError as error:
-            log.warning("task %s: ignoring unreadable %s: %s", self.task_id, name, error)
-            return None
-
-    def write(self, name: str, value: msgspec.Struct) -> None:
-        """Atomically: a reader (or the next agent) sees the old file or the new one, never half."""
-        temporary = self.dir / f".{name}.tmp"
-        temporary.write_bytes(msgspec.json.encode(value))
-        os.replace(temporary, self.dir / name)
-
-    def process(self) -> ProcessRecord | None:
-        return self.read(PROCESS, ProcessRecord)
 
 
 def _signal_name(signum: int) -> str:
@@ -150,38 +107,6 @@ def exit_of(returncode: int | None, limits: TaskLimits) -> Exit:
     return Exit(code=code, message=f"exited with code {code}")
 
 
-# --- checks before starting ------------------------------------------------------------------------
-
-
-def _check_workdir(workdir: Path) -> None:
-    if not workdir.exists():
-        raise FatalError(f"working directory {workdir} does not exist")
-    if not workdir.is_dir():
-        raise FatalError(f"working directory {workdir} is not a directory")
-    if not os.access(workdir, os.R_OK | os.X_OK):
-        raise FatalError(f"working directory {workdir} is not readable")
-
-
-def _check_program(program: str, workdir: Path, search_path: str) -> None:
-    """What exec will run: a path (relative to the working directory) or a name on the task's PATH."""
-    if not program:
-        raise FatalError("the task's command is an empty string")
-    if "/" not in program:
-        if shutil.which(program, path=search_path) is None:
-            raise FatalError(f"{program!r} not found on PATH {search_path}")
-        return
-    path = workdir / program  # an absolute program path replaces the working directory
-    if not path.exists():
-        raise FatalError(f"{program!r}: no such file")
-    if path.is_dir():
-        raise FatalError(f"{program!r} is a directory")
-    if not os.access(path, os.X_OK):
-        raise FatalError(f"{program!r} is not executable")
-
-
-# --- the controller and the executor ----------------------------------------------------------------
-
-
 class ProcessController:
     """One task's process: the executor protocol's steps, each idempotent, plus its logs."""
 
@@ -198,6 +123,12 @@ class ProcessController:
         """The process started or adopted (None before `start`)."""
         return self._record
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the task runs without that its spec asks for (limits the host cannot enforce)."""
+        limits = self._limits or self.files.read(LIMITS, TaskLimits)
+        return list(limits.warnings) if limits is not None else []
+
     # --- steps --------------------------------------------------------------------------------------
 
     async def prepare(self) -> None:
@@ -206,8 +137,8 @@ class ProcessController:
             raise FatalError("the task has no command")
         self.files.dir.mkdir(parents=True, exist_ok=True)
         workdir = self._workdir()
-        _check_workdir(workdir)
-        _check_program(spec.command[0], workdir, self._environment()["PATH"])
+        check_workdir(workdir)
+        check_program(spec.command[0], workdir, self._environment()["PATH"])
         self._ensure_limits()
 
     async def start(self) -> None:
@@ -215,7 +146,7 @@ class ProcessController:
             return
         if self.files.read(EXIT, Exit) is not None:
             return  # it ran and ended already: `wait` reports how
-        record = self.files.process()
+        record = self.files.process() or self._find_lost()
         if record is not None:
             self._record = record
             if is_running(record):
@@ -223,7 +154,18 @@ class ProcessController:
             else:
                 log.info("task %s: its process %d ended while the agent was away", self.task.id, record.pid)
             return
-        self._record = self._spawn()
+        command = self.task.spec.command
+        if not command:
+            raise FatalError("the task has no command")
+        self.files.dir.mkdir(parents=True, exist_ok=True)
+        self._record = spawn(
+            self.files,
+            self._executor.root,
+            command,
+            workdir=self._workdir(),
+            env=self._environment(),
+            limits=self._ensure_limits(),
+        )
 
     async def wait(self) -> Exit:
         if self._exit is not None:
@@ -256,6 +198,14 @@ class ProcessController:
 
     # --- helpers ------------------------------------------------------------------------------------
 
+    def _find_lost(self) -> ProcessRecord | None:
+        """After a crash between starting the process and recording it: the process, found by its
+        marker and recorded now (None: it never started, or it has ended)."""
+        if not self.files.exists(SPAWN):
+            return None
+        found = self._executor.marked(self.task.id, self._saved_limits()).get(self.task.id, [])
+        return recover(self.files, found)
+
     def _workdir(self) -> Path:
         workdir = self.task.spec.workdir
         if workdir is None:
@@ -275,51 +225,20 @@ class ProcessController:
             if limits is None:
                 resources = self.task.spec.resources
                 limits = self._executor.limiter.create(
-                    self.task.id, memory_bytes=resources.limit_memory, cpus=resources.limit_cpus
+                    self.task.id,
+                    memory_bytes=resources.limit_memory,
+                    cpus=resources.limit_cpus,
+                    pids=resources.limit_pids,
+                    strict=resources.limits == "strict",
                 )
                 self.files.write(LIMITS, limits)
+                for warning in limits.warnings:
+                    log.warning("task %s: %s", self.task.id, warning)
             self._limits = limits
         return self._limits
 
     def _saved_limits(self) -> TaskLimits:
         return self._limits or self.files.read(LIMITS, TaskLimits) or TaskLimits()
-
-    def _spawn(self) -> ProcessRecord:
-        command = self.task.spec.command
-        if not command:
-            raise FatalError("the task has no command")
-        self.files.dir.mkdir(parents=True, exist_ok=True)
-        workdir = self._workdir()
-        limits = self._ensure_limits()
-        output = logfiles.open_for_child(self.files.dir)
-        try:
-            with limits.joining() as join:
-                # Synchronous fork and exec (about a millisecond): no await between starting the
-                # process and recording it, so a cancelled start cannot lose track of it.
-                popen = subprocess.Popen(
-                    command,
-                    cwd=workdir,
-                    env=self._environment(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=output,
-                    start_new_session=True,
-                    preexec_fn=join,  # only os.write and setrlimit: see limits
-                )
-        except OSError as error:
-            if error.errno in _CANNOT_START:
-                where = f": {error.filename}" if error.filename else ""
-                raise FatalError(f"cannot start {command[0]!r}: {error.strerror}{where}") from None
-            raise
-        finally:
-            os.close(output)
-        record = ProcessRecord(
-            pid=popen.pid, create_time=psutil.Process(popen.pid).create_time(), started_at=time.time()
-        )
-        register_child(record, popen)
-        self.files.write(PROCESS, record)
-        log.info("task %s: started process %d: %s", self.task.id, record.pid, command)
-        return record
 
     async def _watch(self, record: ProcessRecord, popen: subprocess.Popen[bytes] | None) -> int | None:
         """Until the process ends, rotating its output meanwhile: its return code (None: unknown)."""
@@ -355,10 +274,14 @@ class ProcessExecutor:
         self.root = root
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
-        self.limiter = Limiter(cgroup_root)
+        self.limiter = Limiter(cgroup_root, scope=hashlib.sha256(str(root).encode()).hexdigest()[:12])
 
     def controller(self, task: Task) -> ProcessController:
         return ProcessController(self, task)
+
+    def limit_support(self) -> LimitSupport:
+        """Which limits this host enforces (cgroups detected on first use)."""
+        return self.limiter.support()
 
     def command_context(self, task: Task) -> CommandContext:
         """The task's environment and working directory, for a command run beside it."""
@@ -367,14 +290,25 @@ class ProcessExecutor:
             cwd: str | None = str(controller._workdir())
         except FatalError:
             cwd = None  # the task itself was refused for it; the check runs where the agent runs
-        return CommandContext(env=controller._environment(), cwd=cwd)
+        return CommandContext(env={**controller._environment(), ENV_EXECUTOR_DIR: str(self.root)}, cwd=cwd)
+
+    def marked(
+        self, task_id: str | None = None, limits: TaskLimits | None = None
+    ) -> dict[str, list[psutil.Process]]:
+        """Task id → live processes carrying this executor's marker (of `task_id` only when given),
+        looked for in the task's unified cgroup when it has one, else in the whole process table."""
+        candidates = limits.pids_in_cgroup() if limits is not None else None
+        return marked_processes(self.root, task_id, candidates)
 
     def task_ids(self) -> list[str]:
-        """Every task this executor has files of (running or not)."""
+        """Every task this executor has files of (running or not), or processes of."""
         try:
-            return sorted(path.name for path in (self.root / "tasks").iterdir() if path.is_dir())
+            ids = {path.name for path in (self.root / "tasks").iterdir() if path.is_dir()}
         except FileNotFoundError:
-            return []
+            ids = set()
+        ids.update(task_id for task_id in self.marked() if task_id)
+        ids.update(self.limiter.leftovers())
+        return sorted(ids)
 
     def running_tasks(self) -> dict[str, int]:
         """Task id → pid of every task whose recorded process still runs."""
@@ -387,13 +321,19 @@ class ProcessExecutor:
         return running
 
     async def stop_orphan(self, task_id: str, grace_s: float) -> None:
-        """Stop a task's process (SIGTERM, SIGKILL after `grace_s`) without its Task at hand."""
-        record = TaskFiles(self.root, task_id).process()
+        """Stop a task's processes (SIGTERM, SIGKILL after `grace_s`) without its Task at hand: its
+        recorded process group, or, with no record, what carries its marker."""
+        files = TaskFiles(self.root, task_id)
+        record = files.process()
         if record is not None:
             await stop_group(record, grace_s)
+        elif files.exists(SPAWN) or not files.dir.exists():
+            limits = files.read(LIMITS, TaskLimits) or self.limiter.leftovers().get(task_id)
+            await self._stop_marked(task_id, grace_s, limits)
 
     async def purge(self, task_id: str) -> None:
-        """Kill whatever of the task still runs, remove its cgroups and delete its directory."""
+        """Kill whatever of the task still runs (its process group, its cgroups, and processes with
+        its marker when it may have some unrecorded), remove its cgroups and delete its directory."""
         files = TaskFiles(self.root, task_id)
         record = files.process()
         if record is not None:
@@ -403,10 +343,24 @@ class ProcessExecutor:
             popen = child(record)
             if popen is not None and popen.poll() is not None:
                 forget_child(record)
-        limits = files.read(LIMITS, TaskLimits)
+        limits = files.read(LIMITS, TaskLimits) or self.limiter.leftovers().get(task_id)
         if limits is not None:
             await self._remove_cgroups(task_id, limits)
-        await asyncio.to_thread(_remove_tree, files.dir)
+        if record is None and files.exists(SPAWN):  # started, maybe, but not recorded
+            await self._stop_marked(task_id, 0, limits)
+        await asyncio.to_thread(remove_tree, files.dir)
+
+    async def _stop_marked(self, task_id: str, grace_s: float, limits: TaskLimits | None) -> None:
+        """End the task's marked processes (in its cgroup, if it has one, else in the process table)."""
+        processes = (await asyncio.to_thread(self.marked, task_id, limits)).get(task_id, [])
+        if not processes:
+            return
+        log.warning("task %s: stopping %d unrecorded processes of it", task_id, len(processes))
+        for signum in (signal.SIGTERM, signal.SIGKILL) if grace_s > 0 else (signal.SIGKILL,):
+            kill_processes(processes, signum)
+            _, processes = await asyncio.to_thread(psutil.wait_procs, processes, grace_s or KILL_WAIT_S)
+            if not processes:
+                return
 
     async def _remove_cgroups(self, task_id: str, limits: TaskLimits) -> None:
         # Processes that left the process group are still in the cgroups: kill them too.
@@ -439,8 +393,3 @@ class ProcessExecutor:
         return logfiles.follow_logs(
             files.dir, follow=follow, tail=tail, backups=self.log_backups, running=running
         )
-
-
-def _remove_tree(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)

@@ -13,16 +13,14 @@ from datetime import datetime, timedelta
 from treeherd.core.edge.discovery import service_endpoints
 from treeherd.core.tasks.allocate import PortPool, allocate, dynamic_ports
 from treeherd.core.tasks.orchestrate import finished
-from treeherd.manager.inventory import utc_now
-from treeherd.manager.reactor import Reactor, commit_safely
+from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
+from treeherd.manager.reactor import Reactor
 from treeherd.model.events import Change
-from treeherd.model.ops import Update
+from treeherd.model.ops import Op, Update
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
+from treeherd.runtime import utc_now
 from treeherd.store.base import Store
-
-CHUNK = 5_000
-RETRY_S = 0.2
 
 
 class Allocator(Reactor):
@@ -69,15 +67,22 @@ class Allocator(Reactor):
         self._pending = set()
         ops, waiting = allocate(tasks, self.pool, now, lambda name: bool(service_endpoints(view, name)))
         self._pending.update(waiting)
-        for start in range(0, len(ops), CHUNK):
-            chunk = ops[start : start + CHUNK]
-            if not await commit_safely(self.store, chunk, f"allocation of {len(chunk)} tasks"):
-                for op in chunk:
-                    assert isinstance(op, Update) and isinstance(op.object, Task)
-                    if op.object.ports:
-                        self.pool.release(dynamic_ports(op.object))
-                    self._pending.add(op.object.id)
+        await commit_chunks(
+            self.store,
+            ops,
+            f"allocation of {len(ops)} tasks",
+            on_refused_chunk=RefusedChunk.CONTINUE,
+            refused=self._refused,
+        )
         wakes = [t.restart_at for t in tasks if t.id in waiting and t.restart_at is not None]
         if len(self._pending) > len(waiting):
             wakes.append(now + timedelta(seconds=RETRY_S))
         self.wake_at = min(wakes) if wakes else None
+
+    def _refused(self, chunk: list[Op]) -> None:
+        """A chunk of allocations was not committed: free its ports and allocate its tasks again."""
+        for op in chunk:
+            assert isinstance(op, Update) and isinstance(op.object, Task)
+            if op.object.ports:
+                self.pool.release(dynamic_ports(op.object))
+            self._pending.add(op.object.id)

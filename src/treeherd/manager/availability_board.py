@@ -7,15 +7,16 @@ revision each. A report older than STALE_S is marked stale (its gateway stopped 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from treeherd.model.availability import AvailabilityReport
+from treeherd.runtime import utc_now
 
 STALE_S = 60.0
 
 
 class AvailabilityBoard:
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
         self._reports: dict[str, tuple[datetime, AvailabilityReport]] = {}
         self._clock = clock
 

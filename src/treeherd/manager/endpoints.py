@@ -18,12 +18,13 @@ from datetime import datetime
 from treeherd.core.edge.discovery import plan_agent_endpoints, plan_deregister, plan_expire, plan_register
 from treeherd.core.tasks.dispatch import cluster_settings
 from treeherd.core.view import View
-from treeherd.manager.inventory import apply_plan, new_id, utc_now
+from treeherd.manager.commits import commit_plan
 from treeherd.model.discovery import DEFAULT_TTL_S, Endpoint
 from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.wire import TaskEndpoint
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 
 __all__ = ["Registry"]
@@ -162,7 +163,7 @@ class Registry:
         await self._commit(lambda view: plan_deregister(view, service, address, port))
 
     async def _commit(self, plan: Callable[[View], list[Op]]) -> None:
-        """Commit the plan (`apply_plan`: made again after a lost race), then keep the lease table in
+        """Commit the plan (`commit_plan`: made again after a lost race), then keep the lease table in
         step with what was written."""
         written: list[Op] = []
 
@@ -170,7 +171,7 @@ class Registry:
             written[:] = plan(view)
             return written
 
-        await apply_plan(self._store, planned)
+        await commit_plan(self._store, planned)
         for op in written:
             endpoint = op.object
             if not isinstance(endpoint, Endpoint):

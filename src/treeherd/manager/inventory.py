@@ -7,15 +7,15 @@ the caller pinned the version it read: then the conflict is the caller's to reso
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from treeherd.core.tree import inventory as inv
 from treeherd.core.tree import nodes
 from treeherd.core.tree.tree import ancestors, resolve
 from treeherd.core.view import View
-from treeherd.model.errors import NotFound, VersionConflict
+from treeherd.manager.commits import Lost, commit_plan
+from treeherd.model.errors import NotFound
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.ops import Op
 from treeherd.model.requests import (
@@ -31,33 +31,8 @@ from treeherd.model.requests import (
     RouteSpec,
 )
 from treeherd.model.views import BindingView, ResolvedNode
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Committed, Store
-
-PLAN_ATTEMPTS = 5
-
-
-def new_id() -> str:
-    """A random 64-bit object id in hex."""
-    return secrets.token_hex(8)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-async def apply_plan(store: Store, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> Committed:
-    """Make the plan from the current view and commit it; made again if it loses a race (unless the
-    caller pinned the version it read)."""
-    for attempt in range(PLAN_ATTEMPTS):
-        ops = plan(store.view())
-        if not ops:  # nothing to write: no trip through the store's writer
-            return Committed(revision=store.revision, objects=[])
-        try:
-            return await store.commit(ops)
-        except VersionConflict:
-            if pinned or attempt == PLAN_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 class Inventory:
@@ -71,18 +46,20 @@ class Inventory:
         ids: Callable[[], str] = new_id,
     ) -> None:
         self.store = store
-        self._clock = clock
-        self._ids = ids
+        self.clock = clock  # the API's clock and ids: every write of every route takes them from here
+        self.ids = ids
 
     @property
     def view(self) -> View:
         return self.store.view()
 
-    async def _apply(self, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> Committed:
-        return await apply_plan(self.store, plan, pinned=pinned)
+    async def apply(self, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> Committed:
+        """Make the plan from the current view and commit it; made again if it loses a race, unless
+        the caller pinned the version it read (then the conflict is raised)."""
+        return await commit_plan(self.store, plan, on_conflict=Lost.RAISE if pinned else Lost.RETRY)
 
     async def _first(self, plan: Callable[[View], list[Op]], *, pinned: bool = False) -> AnyObject:
-        return (await self._apply(plan, pinned=pinned)).objects[0]
+        return (await self.apply(plan, pinned=pinned)).objects[0]
 
     # ---- tree ------------------------------------------------------------------------------------
     def node(self, path: str) -> TreeNode:
@@ -99,32 +76,32 @@ class Inventory:
         return resolve(node, ancestors(self.view, node))
 
     async def create_node(self, request: NodeCreate) -> AnyObject:
-        return await self._first(lambda v: nodes.plan_create_node(v, request, self._clock(), self._ids))
+        return await self._first(lambda v: nodes.plan_create_node(v, request, self.clock(), self.ids))
 
     async def update_node(self, path: str, request: NodeUpdate) -> AnyObject:
         return await self._first(
-            lambda v: nodes.plan_update_node(v, path, request, self._clock()),
+            lambda v: nodes.plan_update_node(v, path, request, self.clock()),
             pinned=request.version is not None,
         )
 
     async def move_node(self, path: str, request: NodeMove) -> AnyObject:
         return await self._first(
-            lambda v: nodes.plan_move_node(v, path, request, self._clock()),
+            lambda v: nodes.plan_move_node(v, path, request, self.clock()),
             pinned=request.version is not None,
         )
 
     async def delete_node(self, path: str, *, recursive: bool, version: int | None = None) -> list[AnyObject]:
-        committed = await self._apply(
+        committed = await self.apply(
             lambda v: nodes.plan_delete_node(v, path, recursive=recursive, version=version),
             pinned=version is not None,
         )
         return committed.objects
 
     async def add_route(self, path: str, request: RouteSpec) -> AnyObject:
-        return await self._first(lambda v: nodes.plan_add_route(v, path, request, self._clock()))
+        return await self._first(lambda v: nodes.plan_add_route(v, path, request, self.clock()))
 
     async def remove_route(self, path: str, request: RouteSpec) -> AnyObject:
-        return await self._first(lambda v: nodes.plan_remove_route(v, path, request, self._clock()))
+        return await self._first(lambda v: nodes.plan_remove_route(v, path, request, self.clock()))
 
     # ---- machines and bindings -------------------------------------------------------------------
     def machine(self, hostname: str) -> Machine:
@@ -144,30 +121,30 @@ class Inventory:
         return sorted(found, key=lambda m: m.hostname)
 
     async def create_machine(self, request: MachineCreate) -> AnyObject:
-        return await self._first(lambda v: inv.plan_create_machine(v, request, self._clock(), self._ids))
+        return await self._first(lambda v: inv.plan_create_machine(v, request, self.clock(), self.ids))
 
     async def update_machine(self, hostname: str, request: MachineUpdate) -> AnyObject:
         return await self._first(
-            lambda v: inv.plan_update_machine(v, hostname, request, self._clock()),
+            lambda v: inv.plan_update_machine(v, hostname, request, self.clock()),
             pinned=request.version is not None,
         )
 
     async def delete_machine(
         self, hostname: str, *, force: bool, version: int | None = None
     ) -> list[AnyObject]:
-        committed = await self._apply(
+        committed = await self.apply(
             lambda v: inv.plan_delete_machine(v, hostname, force=force, version=version),
             pinned=version is not None,
         )
         return committed.objects
 
     async def bind(self, hostname: str, request: BindRequest) -> BindingView:
-        binding = await self._first(lambda v: inv.plan_bind(v, hostname, request, self._clock(), self._ids))
+        binding = await self._first(lambda v: inv.plan_bind(v, hostname, request, self.clock(), self.ids))
         assert isinstance(binding, Binding)
         return self.binding_view(binding)
 
     async def unbind(self, hostname: str, path: str) -> None:
-        await self._apply(lambda v: inv.plan_unbind(v, hostname, path))
+        await self.apply(lambda v: inv.plan_unbind(v, hostname, path))
 
     def bindings(self, *, node: str | None = None, machine: str | None = None) -> list[BindingView]:
         view = self.view
@@ -203,16 +180,16 @@ class Inventory:
         return sorted(self.view.all(Domain), key=lambda d: d.name)
 
     async def create_domain(self, request: DomainCreate) -> AnyObject:
-        return await self._first(lambda v: inv.plan_create_domain(v, request, self._clock(), self._ids))
+        return await self._first(lambda v: inv.plan_create_domain(v, request, self.clock(), self.ids))
 
     async def update_domain(self, name: str, request: DomainUpdate) -> AnyObject:
         return await self._first(
-            lambda v: inv.plan_update_domain(v, name, request, self._clock()),
+            lambda v: inv.plan_update_domain(v, name, request, self.clock()),
             pinned=request.version is not None,
         )
 
     async def delete_domain(self, name: str, *, version: int | None = None) -> None:
-        await self._apply(
+        await self.apply(
             lambda v: inv.plan_delete_domain(v, name, version=version), pinned=version is not None
         )
 
@@ -227,7 +204,7 @@ class Inventory:
         return record
 
     async def create_provision(self, request: ProvisionCreate) -> AnyObject:
-        return await self._first(lambda v: inv.plan_create_provision(v, request, self._clock(), self._ids))
+        return await self._first(lambda v: inv.plan_create_provision(v, request, self.clock(), self.ids))
 
     async def delete_provision(self, hostname: str) -> None:
-        await self._apply(lambda v: inv.plan_delete_provision(v, hostname))
+        await self.apply(lambda v: inv.plan_delete_provision(v, hostname))

@@ -3,7 +3,7 @@
 It reconciles a service when something that matters to it changes: the service itself, one of its tasks
 ending or finishing, a machine it has tasks on (down, drained, relabelled), any machine for global
 services, or a restart delay running out. Status updates in between (ACCEPTED ... RUNNING) do not
-wake it. A service's plan is committed in transactions of at most `CHUNK` writes, as SwarmKit's
+wake it. A service's plan is committed in transactions of at most `commits.CHUNK` writes, as SwarmKit's
 orchestrator batches its writes: a service of 100,000 replicas reaches the allocator, the scheduler
 and the agents a chunk at a time instead of after one 100,000-task transaction. A chunk that loses a
 race stops the rest; the service is reconciled again from the new state (which creates only the
@@ -22,18 +22,15 @@ from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
 from treeherd.core.tasks.orchestrate import finished, reconcile
 from treeherd.core.tasks.rollout import ACTIVE
 from treeherd.core.view import View
-from treeherd.manager.inventory import new_id, utc_now
-from treeherd.manager.reactor import Reactor, commit_safely
+from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
+from treeherd.manager.reactor import Reactor
 from treeherd.model.discovery import Endpoint
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine, TreeNode
-from treeherd.model.ops import Op
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import TaskState
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
-
-RETRY_S = 0.2
-CHUNK = 5_000  # writes per transaction, as the allocator and the scheduler commit
 
 log = logging.getLogger(__name__)
 
@@ -136,21 +133,16 @@ class Orchestrator(Reactor):
             )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at
-            if not await self._commit(result.ops, service.name):
+            committed = await commit_chunks(
+                self.store,
+                result.ops,
+                f"reconcile of service {service.name}",
+                on_refused_chunk=RefusedChunk.STOP,
+            )
+            if not committed:
                 self._wakes[service_id] = now + timedelta(seconds=RETRY_S)
             view = self.store.view()
         self._schedule_wake()
-
-    async def _commit(self, ops: list[Op], service_name: str) -> bool:
-        """Commit a service's plan a chunk at a time; False once a chunk is refused."""
-        for start in range(0, len(ops), CHUNK):
-            chunk = ops[start : start + CHUNK]
-            what = f"reconcile of service {service_name}"
-            if len(ops) > CHUNK:
-                what += f" (writes {start + 1}-{start + len(chunk)} of {len(ops)})"
-            if not await commit_safely(self.store, chunk, what):
-                return False
-        return True
 
     def _apply_brake(self, machines: dict[str, Machine], settings: ClusterSettings, now: datetime) -> None:
         """Work out which down machines keep their tasks for now; wake the services of those released."""

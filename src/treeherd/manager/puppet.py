@@ -17,13 +17,14 @@ from treeherd.core.puppet import enc
 from treeherd.core.puppet import puppet as catalog_plans
 from treeherd.core.tree import provisioning
 from treeherd.core.view import View
-from treeherd.manager.inventory import apply_plan, new_id, utc_now
+from treeherd.manager.commits import commit_plan
 from treeherd.model.enc import EncAnswer, UnknownHost
 from treeherd.model.errors import NotFound, TreeherdError
 from treeherd.model.objects import Machine, ProvisioningRecord, TreeNode
 from treeherd.model.ops import Assert, Create, Delete, Op
 from treeherd.model.provisioning import MachineReport, ReportResult
 from treeherd.model.puppet import CatalogChange, CatalogSync, PuppetCatalog, PuppetConflict
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 
 __all__ = ["Puppet"]
@@ -58,7 +59,7 @@ class Puppet:
             outcome[:] = [change]
             return [] if request.dry_run else ops
 
-        await apply_plan(self.store, plan)  # an empty plan (a dry run, no change) writes nothing
+        await commit_plan(self.store, plan)  # an empty plan (a dry run, no change) writes nothing
         return outcome[0]
 
     def conflicts(self) -> list[PuppetConflict]:
@@ -88,7 +89,7 @@ class Puppet:
                 answer.parameters.get("treeherd_conflict_reason"),
             )
         try:
-            await apply_plan(
+            await commit_plan(
                 self.store, lambda v: enc.conflict_ops(v, host, answer, self._clock(), self._ids)
             )
         except TreeherdError as error:
@@ -102,7 +103,7 @@ class Puppet:
             made[:] = provisioning.plan_report(view, request, self._clock(), self._ids)
             return made
 
-        await apply_plan(self.store, plan)
+        await commit_plan(self.store, plan)
         view = self.store.view()
         machine = view.get(Machine, made[0].object.id)
         assert machine is not None

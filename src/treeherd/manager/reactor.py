@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from treeherd.model.errors import TreeherdError, WatchLagged
+from treeherd.model.errors import WatchLagged
 from treeherd.model.events import Change
-from treeherd.model.ops import Op
 from treeherd.store.base import Store, Watch
 
 log = logging.getLogger(__name__)
@@ -120,15 +119,3 @@ class Reactor:
             else:
                 break
         return True
-
-
-async def commit_safely(store: Store, ops: list[Op], what: str) -> bool:
-    """Commit; a refused transaction (a conflict: the state moved on) is logged and reported False."""
-    if not ops:
-        return True
-    try:
-        await store.commit(ops)
-    except TreeherdError as error:
-        log.info("%s: not applied (%s); will decide again from the new state", what, error.detail)
-        return False
-    return True

@@ -18,17 +18,15 @@ import msgspec
 from treeherd.core.tasks.orchestrate import finished
 from treeherd.core.tasks.scheduling.nodeinfo import NodeSet
 from treeherd.core.tasks.scheduling.scheduler import schedule
-from treeherd.manager.inventory import utc_now
-from treeherd.manager.reactor import Reactor, commit_safely
+from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
+from treeherd.manager.reactor import Reactor
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Op, Update
 from treeherd.model.services import Service, Task, TaskStatus
 from treeherd.model.states import TaskState
+from treeherd.runtime import utc_now
 from treeherd.store.base import Store
-
-CHUNK = 5_000
-RETRY_S = 0.2
 
 
 def _placeable(task: Task) -> bool:
@@ -135,14 +133,19 @@ class Scheduler(Reactor):
             task = by_id[task_id]
             if task.placement_error != why:
                 ops.append(Update(msgspec.structs.replace(task, placement_error=why, updated_at=now)))
-        failed = False
-        for start in range(0, len(ops), CHUNK):
-            chunk = ops[start : start + CHUNK]
-            if not await commit_safely(self.store, chunk, f"placement of {len(chunk)} tasks"):
-                failed = True
-                for op in chunk:
-                    assert isinstance(op.object, Task)
-                    if op.object.status.state == TaskState.ASSIGNED:
-                        self.node_set.release(op.object.id)
-                    self._new.add(op.object.id)
-        self.wake_at = now + timedelta(seconds=RETRY_S) if failed or self._new else None
+        committed = await commit_chunks(
+            self.store,
+            ops,
+            f"placement of {len(ops)} tasks",
+            on_refused_chunk=RefusedChunk.CONTINUE,
+            refused=self._refused,
+        )
+        self.wake_at = now + timedelta(seconds=RETRY_S) if not committed or self._new else None
+
+    def _refused(self, chunk: list[Op]) -> None:
+        """A chunk of decisions was not committed: give back what they counted and place them again."""
+        for op in chunk:
+            assert isinstance(op.object, Task)
+            if op.object.status.state == TaskState.ASSIGNED:
+                self.node_set.release(op.object.id)
+            self._new.add(op.object.id)

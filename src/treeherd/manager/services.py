@@ -7,13 +7,14 @@ from datetime import datetime
 
 from treeherd.core.tasks import services as plans
 from treeherd.core.tasks.orchestrate import desired_running
-from treeherd.manager.inventory import apply_plan, new_id, utc_now
+from treeherd.manager.commits import Lost, commit_plan
 from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine, TreeNode
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, Task
 from treeherd.model.states import TaskState
 from treeherd.model.tasks_view import ServiceSummary, StoryEntry, TaskRow
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 
 
@@ -27,7 +28,7 @@ class Services:
 
     # ---- writes ----------------------------------------------------------------------------------
     async def create(self, request: ServiceCreate) -> Service:
-        committed = await apply_plan(
+        committed = await commit_plan(
             self.store, lambda v: plans.plan_create_service(v, request, self._clock(), self._ids)
         )
         service = committed.objects[0]
@@ -35,17 +36,17 @@ class Services:
         return service
 
     async def update(self, name: str, request: ServiceUpdate) -> Service:
-        committed = await apply_plan(
+        committed = await commit_plan(
             self.store,
             lambda v: plans.plan_update_service(v, name, request, self._clock()),
-            pinned=request.version is not None,
+            on_conflict=Lost.RAISE if request.version is not None else Lost.RETRY,
         )
         service = committed.objects[0]
         assert isinstance(service, Service)
         return service
 
     async def rollback(self, name: str) -> Service:
-        committed = await apply_plan(
+        committed = await commit_plan(
             self.store, lambda v: plans.plan_rollback_service(v, name, self._clock())
         )
         service = committed.objects[0]
@@ -53,7 +54,7 @@ class Services:
         return service
 
     async def remove(self, name: str) -> None:
-        await apply_plan(self.store, lambda v: plans.plan_remove_service(v, name, self._clock()))
+        await commit_plan(self.store, lambda v: plans.plan_remove_service(v, name, self._clock()))
 
     # ---- reads -----------------------------------------------------------------------------------
     def get(self, name: str) -> Service:

@@ -51,6 +51,19 @@ class TreeNode(Object, frozen=True, kw_only=True, tag="node"):
     domain_uris: list[DomainUri] = []
 
 
+class LimitSupport(msgspec.Struct, frozen=True, kw_only=True):
+    """How an agent's host enforces task limits, found when the agent starts: its cgroups (`v1`,
+    `hybrid`, `v2`, `none`), per limit the mechanism (`cgroup v1`, `cgroup v2`, for memory
+    `rlimit (address space)`; empty: not enforced), and how a task's whole process tree is found
+    and ended (`cgroup v2`, or `process group`)."""
+
+    cgroups: str = "none"
+    memory: str = ""
+    cpu: str = ""
+    pids: str = ""
+    task_tree: str = "process group"
+
+
 class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The state of a machine's agent as the dispatcher sees it."""
 
@@ -59,6 +72,7 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     address: str = ""
     version: str = ""
     since: datetime | None = None
+    limits: LimitSupport | None = None
 
 
 class Machine(Object, frozen=True, kw_only=True, tag="machine"):

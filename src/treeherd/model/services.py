@@ -22,6 +22,7 @@ from treeherd.model.states import TaskState
 
 ServiceMode = Literal["replicated", "global"]
 RestartCondition = Literal["none", "on-failure", "any"]
+LimitsMode = Literal["best-effort", "strict"]
 UpdateOrder = Literal["stop-first", "start-first"]
 FailureAction = Literal["pause", "continue", "rollback"]
 UpdateState = Literal[
@@ -40,6 +41,9 @@ class Resources(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     reserve_memory: int = 0
     limit_cpus: float = 0.0
     limit_memory: int = 0
+    limit_pids: int = 0
+    # best-effort: a limit the host cannot enforce is a warning on the task; strict: the task is rejected.
+    limits: LimitsMode = "best-effort"
 
 
 class RestartPolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import msgspec
 
-from treeherd.model.objects import MachineKind
+from treeherd.model.objects import LimitSupport, MachineKind
 from treeherd.model.services import Task, TaskStatus
 
 
@@ -31,6 +31,7 @@ class Register(_Message, frozen=True, kw_only=True, tag="register"):
     cpus: float = 0.0
     memory_bytes: int = 0
     version: str = ""
+    limits: LimitSupport | None = None  # None: the executor enforces no limits (hollow)
 
 
 class Heartbeat(_Message, frozen=True, kw_only=True, tag="heartbeat"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post, put
 
 from treeherd.core.edge import gateway_plans as plans
-from treeherd.manager.inventory import Inventory, apply_plan, new_id, utc_now
+from treeherd.manager.inventory import Inventory
 from treeherd.model.errors import NotFound
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.gateway_requests import BackendUpdate, GatewayEventIn, PolicySet
@@ -35,8 +35,8 @@ class GatewayController(Controller):
 
     @post("/gateways/{name:str}/events", summary="Record what a gateway did (render, reload, rollback, ...)")
     async def record_event(self, inventory: Inventory, name: str, data: GatewayEventIn) -> AnyObject:
-        committed = await apply_plan(
-            inventory.store, lambda v: plans.plan_record_event(v, name, data, utc_now(), new_id)
+        committed = await inventory.apply(
+            lambda v: plans.plan_record_event(v, name, data, inventory.clock(), inventory.ids)
         )
         return committed.objects[0]
 
@@ -52,8 +52,8 @@ class GatewayController(Controller):
     async def set_backend(
         self, inventory: Inventory, path: str, hostname: str, data: BackendUpdate
     ) -> AnyObject:
-        committed = await apply_plan(
-            inventory.store, lambda v: plans.plan_set_backend(v, path, hostname, data, utc_now(), new_id)
+        committed = await inventory.apply(
+            lambda v: plans.plan_set_backend(v, path, hostname, data, inventory.clock(), inventory.ids)
         )
         return committed.objects[0]
 
@@ -67,11 +67,11 @@ class GatewayController(Controller):
         status_code=200,
     )
     async def set_policy(self, inventory: Inventory, path: str, data: PolicySet) -> AnyObject:
-        committed = await apply_plan(
-            inventory.store, lambda v: plans.plan_set_policy(v, path, data, utc_now(), new_id)
+        committed = await inventory.apply(
+            lambda v: plans.plan_set_policy(v, path, data, inventory.clock(), inventory.ids)
         )
         return committed.objects[0]
 
     @delete("/policies/{path:str}", summary="Remove a node's own health policy")
     async def delete_policy(self, inventory: Inventory, path: str) -> None:
-        await apply_plan(inventory.store, lambda v: plans.plan_delete_policy(v, path))
+        await inventory.apply(lambda v: plans.plan_delete_policy(v, path))

@@ -150,7 +150,7 @@ def _check_health(spec: TaskSpec) -> None:
 
 def _check_resources(spec: TaskSpec) -> None:
     res = spec.resources
-    for name in ("reserve_cpus", "reserve_memory", "limit_cpus", "limit_memory"):
+    for name in ("reserve_cpus", "reserve_memory", "limit_cpus", "limit_memory", "limit_pids"):
         if getattr(res, name) < 0:
             raise InvalidInput(f"{name} must not be negative", field=f"task.resources.{name}")
     if res.limit_cpus and res.limit_cpus < res.reserve_cpus:

@@ -11,10 +11,7 @@ streams (`manager.logstreams`).
 - `run()` marks every node with an agent "unknown" (doubled grace), then runs the heartbeat timer, the
   status flusher and the change router until `stop()`.
 - Timers run on an injectable clock (`sleep`, `monotonic`, `clock`); socket-level waits (the first
-  message, a send) use the event loop's own time.
-
-Invariant: every store write is planned from the current view and planned again when it loses a
-version race.
+  message, a send) use the event loop's own time. Every store write goes through `manager.commits`.
 """
 
 from __future__ import annotations
@@ -35,24 +32,17 @@ from treeherd.core.tasks.dispatch import (
     plan_register,
 )
 from treeherd.core.tree import validate
+from treeherd.core.view import View
+from treeherd.manager.commits import Exhausted, Lost, commit_plan
 from treeherd.manager.dispatcher.assignments import ASSIGNMENT_BATCH_S, AssignmentRouter
 from treeherd.manager.dispatcher.endpoint_sets import apply_endpoint_set
 from treeherd.manager.dispatcher.heartbeats import HeartbeatDeadlines
 from treeherd.manager.dispatcher.logstreams import LogStreams
-from treeherd.manager.dispatcher.planned_writes import COMMIT_ATTEMPTS
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.manager.dispatcher.status_writer import StatusWriter
 from treeherd.manager.endpoints import Registry
-from treeherd.manager.inventory import new_id, utc_now
-from treeherd.model.errors import (
-    AlreadyExists,
-    InvalidInput,
-    NotFound,
-    TreeherdError,
-    Unavailable,
-    VersionConflict,
-)
-from treeherd.model.ops import Create
+from treeherd.model.errors import InvalidInput, TreeherdError, Unavailable
+from treeherd.model.ops import Create, Op
 from treeherd.model.services import ClusterSettings, Task
 from treeherd.model.wire import (
     AgentMessage,
@@ -66,6 +56,7 @@ from treeherd.model.wire import (
     SessionStarted,
     StatusReport,
 )
+from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
 from treeherd.transport.channel import Channel, ChannelClosed
 
@@ -254,30 +245,40 @@ class Dispatcher:
     ) -> str | None:
         """Write the machine's record and mark it ready; returns its id, or None after refusing."""
         now = self._clock()
-        for _ in range(COMMIT_ATTEMPTS):
-            try:
-                ops, machine_id = plan_register(
-                    self._store.view(), register, address=address, now=now, new_id=self._ids
-                )
-            except InvalidInput as error:
+        machine_ids: list[str] = []  # the machine of the plan being committed
+
+        def plan(view: View) -> list[Op]:
+            machine_ids.clear()  # empty while planning: an InvalidInput then refuses the registration
+            ops, machine_id = plan_register(view, register, address=address, now=now, new_id=self._ids)
+            self._heartbeats.heard_from(machine_id, grace_s)  # tracked first: a racing expiry sees it alive
+            machine_ids.append(machine_id)
+            return ops
+
+        def refused(ops: list[Op], error: TreeherdError) -> None:
+            if isinstance(ops[0], Create):  # the next plan makes a new id (or finds the winner's)
+                self._heartbeats.forget(machine_ids[0])
+
+        try:
+            committed = await commit_plan(
+                self._store,
+                plan,
+                what=f"registration of agent {register.hostname}",
+                on_not_found=Lost.RETRY,
+                on_already_exists=Lost.RETRY,
+                exhausted=Exhausted.GIVE_UP,
+                refused=refused,
+                logger=log,
+            )
+        except TreeherdError as error:
+            if isinstance(error, InvalidInput) and not machine_ids:
                 await _refuse(channel, "invalid", error.detail, retry_after_s=60.0)
                 return None
-            # Tracked before the write: an expiry racing this registration sees the node alive.
-            self._heartbeats.heard_from(machine_id, grace_s)
-            try:
-                await self._store.commit(ops)
-                return machine_id
-            except (VersionConflict, NotFound, AlreadyExists):
-                if isinstance(ops[0], Create):  # the next plan makes a new id (or finds the winner's)
-                    self._heartbeats.forget(machine_id)
-                continue
-            except TreeherdError as error:
-                log.error("cannot record agent %s: %s", register.hostname, error)
-                if isinstance(ops[0], Create):
-                    self._heartbeats.forget(machine_id)
-                break
-        await _refuse(channel, "unavailable", "the manager could not record this machine; retry later")
-        return None
+            log.error("cannot record agent %s: %s", register.hostname, error)
+            committed = None
+        if committed is None:
+            await _refuse(channel, "unavailable", "the manager could not record this machine; retry later")
+            return None
+        return machine_ids[0]
 
     async def _wait_ready(self) -> bool:
         if not self._ready.is_set() and not self._stopping.is_set():

@@ -22,7 +22,7 @@ from treeherd.core.tasks.dispatch import (
     plan_mark_unknown,
 )
 from treeherd.core.view import View
-from treeherd.manager.dispatcher.planned_writes import commit_planned
+from treeherd.manager.commits import Exhausted, Lost, commit_plan
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.model.errors import TreeherdError
 from treeherd.model.objects import Machine
@@ -90,7 +90,14 @@ class HeartbeatDeadlines:
             tracked[:] = ids
             return ops
 
-        await commit_planned(self._store, plan, "mark nodes unknown")
+        await commit_plan(
+            self._store,
+            plan,
+            what="dispatcher write (mark nodes unknown)",
+            on_not_found=Lost.RETRY,
+            exhausted=Exhausted.GIVE_UP,
+            logger=log,
+        )
         settings = cluster_settings(self._store.view())
         started = self._monotonic()
         for machine_id in tracked:
@@ -147,7 +154,15 @@ class HeartbeatDeadlines:
                 "node %s missed its heartbeats: marking it down", found.hostname if found else machine_id
             )
         try:
-            written = await commit_planned(self._store, plan, "mark nodes down")
+            committed = await commit_plan(
+                self._store,
+                plan,
+                what="dispatcher write (mark nodes down)",
+                on_not_found=Lost.RETRY,
+                exhausted=Exhausted.GIVE_UP,
+                logger=log,
+            )
+            written = committed is not None
         except TreeherdError as error:
             log.error("cannot mark %d node(s) down: %s", len(late), error)
             written = False

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from treeherd.core.tasks.dispatch import StatusBatcher, cluster_settings, plan_status_flush
-from treeherd.manager.dispatcher.planned_writes import commit_planned
+from treeherd.manager.commits import Exhausted, Lost, commit_plan
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.model.errors import TreeherdError
 from treeherd.model.wire import StatusAck, StatusReport
@@ -68,9 +68,15 @@ class StatusWriter:
         batch = self.batcher.take()
         written = False
         try:
-            written = await commit_planned(
-                self._store, lambda view: plan_status_flush(view, batch, self._clock())[0], "statuses"
+            committed = await commit_plan(
+                self._store,
+                lambda view: plan_status_flush(view, batch, self._clock())[0],
+                what="dispatcher write (statuses)",
+                on_not_found=Lost.RETRY,
+                exhausted=Exhausted.GIVE_UP,
+                logger=log,
             )
+            written = committed is not None
         except TreeherdError as error:
             log.error("cannot write %d task status(es), will retry: %s", len(batch), error)
         finally:

@@ -65,7 +65,9 @@ def plan_register(
     machine = view.lookup(Machine, "hostname", hostname)
     if machine is None:
         validate.labels(register.labels)
-        agent = AgentStatus(state="ready", address=address, version=register.version, since=now)
+        agent = AgentStatus(
+            state="ready", address=address, version=register.version, since=now, limits=register.limits
+        )
         created = Machine(
             id=new_id(),
             created_at=now,
@@ -81,7 +83,13 @@ def plan_register(
         return [Create(created)], created.id
     previous = machine.agent
     since = previous.since if previous is not None and previous.state == "ready" else None
-    agent = AgentStatus(state="ready", address=address, version=register.version, since=since or now)
+    agent = AgentStatus(
+        state="ready",
+        address=address,
+        version=register.version,
+        since=since or now,
+        limits=register.limits,
+    )
     updated = msgspec.structs.replace(
         machine,
         ips=ips or machine.ips,

@@ -1,0 +1,173 @@
+"""Committing plans to the store: the one plan-commit-retry loop and the one chunked commit.
+
+`commit_plan(store, plan)` makes `plan(view) -> ops` from the current view and commits the ops. When
+the store refuses the commit, named rules say what happens: on a version conflict (`on_conflict`), on
+a missing object (`on_not_found`) and on a duplicate key (`on_already_exists`) the plan is either made
+again from the new view (`Lost.RETRY`) or the error goes to the caller (`Lost.RAISE`); any other error
+goes to the caller. After `attempts` lost races the last error is raised (`Exhausted.RAISE`) or the
+write is given up and None returned (`Exhausted.GIVE_UP`, for writers that try again later anyway).
+
+`commit_chunks(store, ops, what)` commits a long list of writes in transactions of at most `CHUNK`
+(as SwarmKit's components batch theirs), one attempt each. A refused chunk is logged, handed to
+`refused` (so the caller can undo what it decided for those writes: free their ports, try their tasks
+again), and then either the rest is left for the next decision (`RefusedChunk.STOP`) or the next chunk
+is committed (`RefusedChunk.CONTINUE`). Components decide again `RETRY_S` after a refused chunk.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from typing import Literal, overload
+
+from treeherd.core.view import View
+from treeherd.model.errors import AlreadyExists, NotFound, TreeherdError, VersionConflict
+from treeherd.model.ops import Op
+from treeherd.store.base import Committed, Store
+
+__all__ = [
+    "ATTEMPTS",
+    "CHUNK",
+    "RETRY_S",
+    "Exhausted",
+    "Lost",
+    "RefusedChunk",
+    "commit_chunks",
+    "commit_plan",
+]
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 5  # plans made per write before the races count as lost
+CHUNK = 5_000  # writes per transaction of a chunked commit
+RETRY_S = 0.2  # how soon a component decides again after a refused chunk
+
+
+class Lost(enum.Enum):
+    """What to do when a commit is refused because the state moved on under the plan."""
+
+    RETRY = "retry"  # make the plan again from the new view
+    RAISE = "raise"  # the caller's to resolve (it pinned what it read, or the refusal is final)
+
+
+class Exhausted(enum.Enum):
+    """What to do when every attempt lost its race."""
+
+    RAISE = "raise"  # the last refusal goes to the caller
+    GIVE_UP = "give up"  # log it and return None: the caller writes again later
+
+
+class RefusedChunk(enum.Enum):
+    """What a chunked commit does after one of its chunks is refused."""
+
+    STOP = "stop"  # commit nothing more: the caller decides again from the new state
+    CONTINUE = "continue"  # go on with the next chunk
+
+
+@overload
+async def commit_plan(
+    store: Store,
+    plan: Callable[[View], list[Op]],
+    *,
+    what: str = ...,
+    on_conflict: Lost = ...,
+    on_not_found: Lost = ...,
+    on_already_exists: Lost = ...,
+    exhausted: Literal[Exhausted.RAISE] = ...,
+    refused: Callable[[list[Op], TreeherdError], None] | None = ...,
+    attempts: int = ...,
+    logger: logging.Logger = ...,
+) -> Committed: ...
+
+
+@overload
+async def commit_plan(
+    store: Store,
+    plan: Callable[[View], list[Op]],
+    *,
+    what: str = ...,
+    on_conflict: Lost = ...,
+    on_not_found: Lost = ...,
+    on_already_exists: Lost = ...,
+    exhausted: Exhausted,
+    refused: Callable[[list[Op], TreeherdError], None] | None = ...,
+    attempts: int = ...,
+    logger: logging.Logger = ...,
+) -> Committed | None: ...
+
+
+async def commit_plan(
+    store: Store,
+    plan: Callable[[View], list[Op]],
+    *,
+    what: str = "write",
+    on_conflict: Lost = Lost.RETRY,
+    on_not_found: Lost = Lost.RAISE,
+    on_already_exists: Lost = Lost.RAISE,
+    exhausted: Exhausted = Exhausted.RAISE,
+    refused: Callable[[list[Op], TreeherdError], None] | None = None,
+    attempts: int = ATTEMPTS,
+    logger: logging.Logger = log,
+) -> Committed | None:
+    """Make the plan from the current view and commit it, by the rules above.
+
+    An empty plan writes nothing (no trip through the store's writer). Errors raised by the plan
+    itself go to the caller untouched. `refused(ops, error)` is called for every refused commit,
+    before the plan is made again or the error raised.
+    """
+    rules: Sequence[tuple[type[TreeherdError], Lost]] = (
+        (VersionConflict, on_conflict),
+        (NotFound, on_not_found),
+        (AlreadyExists, on_already_exists),
+    )
+    for attempt in range(attempts):
+        ops = plan(store.view())
+        if not ops:
+            return Committed(revision=store.revision, objects=[])
+        try:
+            return await store.commit(ops)
+        except TreeherdError as error:
+            if refused is not None:
+                refused(ops, error)
+            rule = next((r for kind, r in rules if isinstance(error, kind)), Lost.RAISE)
+            if rule is Lost.RAISE:
+                raise
+            if attempt == attempts - 1:
+                if exhausted is Exhausted.RAISE:
+                    raise
+                logger.warning("%s lost %d races in a row; will retry later", what, attempts)
+                return None
+            logger.debug("%s lost a race, planning again: %s", what, error)
+    raise AssertionError("unreachable")
+
+
+async def commit_chunks(
+    store: Store,
+    ops: list[Op],
+    what: str,
+    *,
+    on_refused_chunk: RefusedChunk,
+    refused: Callable[[list[Op]], None] | None = None,
+    size: int | None = None,
+    logger: logging.Logger = log,
+) -> bool:
+    """Commit `ops` in transactions of at most `size` (default `CHUNK`) writes; True if every chunk
+    was committed. A refused chunk (any store error) is logged and handed to `refused`."""
+    size = size or CHUNK
+    all_committed = True
+    for start in range(0, len(ops), size):
+        chunk = ops[start : start + size]
+        label = (
+            what if len(ops) <= size else f"{what} (writes {start + 1}-{start + len(chunk)} of {len(ops)})"
+        )
+        try:
+            await store.commit(chunk)
+        except TreeherdError as error:
+            logger.info("%s: not applied (%s); will decide again from the new state", label, error.detail)
+            all_committed = False
+            if refused is not None:
+                refused(chunk)
+            if on_refused_chunk is RefusedChunk.STOP:
+                break
+    return all_committed
