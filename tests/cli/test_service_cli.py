@@ -166,3 +166,17 @@ def test_cluster_settings(cluster: tuple[Cli, str]) -> None:
     assert json.loads(cli("cluster", "show", "--format", "json").stdout)["task_history"] == 7
     bad = cli("cluster", "set", "--heartbeat-period", "0s", check=False)
     assert bad.returncode == 1 and "heartbeat_period_s must be between" in bad.stderr
+
+
+def test_create_scale_and_update_follow_the_convergence(names: tuple[Cli, str, str]) -> None:
+    cli, root, name = names
+    created = cli("service", "create", name, "--node", root, "--replicas", "3", "--follow", "--", "x")
+    assert f"{name}.1" in created.stdout and f"{name}: converged, 3 tasks running spec 1" in created.stdout
+    scaled = cli("service", "scale", f"{name}=1", "--follow")
+    assert f"{name}: converged, 1 tasks running spec 1" in scaled.stdout
+    updated = cli("service", "update", name, "--env", "A=1", "--update-monitor", "0s", "--follow")
+    assert "spec 1 -> 2" in updated.stdout
+    assert f"{name}: converged, 1 tasks running spec 2 (update completed)" in updated.stdout
+    # Without a terminal (or with --detach) the command returns at once.
+    detached = cli("service", "update", name, "--force")
+    assert "converged" not in detached.stdout

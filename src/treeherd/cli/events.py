@@ -19,8 +19,10 @@ _decode = msgspec.json.Decoder(Event).decode
 
 def _name(event: Event) -> str:
     obj = event.object
-    summary = getattr(obj, "summary", None)  # a gateway says what it did: "reload: ..."
-    note = f"  {summary()}" if callable(summary) else ""
+    # A gateway says what it did ("reload: ..."), a service where its update stands.
+    summary = getattr(obj, "summary", None)
+    text = summary() if callable(summary) else ""
+    note = f"  {text}" if text else ""
     for attr in ("path", "hostname", "name"):
         value = getattr(obj, attr, None)
         if isinstance(value, str):

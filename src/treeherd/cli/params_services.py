@@ -1,15 +1,19 @@
-"""Option parsing for service commands: durations, ports, and the task spec built from options."""
+"""Option parsing for service commands: durations, ports, the task spec and the update policies built
+from options."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import msgspec
 
 from treeherd.model.discovery import Dependency, HealthCheck
-from treeherd.model.services import PortSpec, TaskSpec
+from treeherd.model.services import PortSpec, TaskSpec, UpdatePolicy
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -75,3 +79,54 @@ def dependency(text: str) -> Dependency:
 
 def _maybe_duration(text: str | None, option: str) -> float | None:
     return None if text is None else duration(text, option)
+
+
+ORDERS = click.Choice(["stop-first", "start-first"])
+FAILURE_ACTIONS = click.Choice(["pause", "continue", "rollback"])
+
+
+def policy_options(fn: F) -> F:
+    """`--update-*` and `--rollback-*`: how a changed spec (and a rollback) reaches the tasks."""
+    for kind in ("rollback", "update"):
+        what = "slots replaced at once" if kind == "update" else "slots rolled back at once"
+        for option in reversed(
+            [
+                click.option(f"--{kind}-parallelism", type=int, help=f"{what} (default 1; 0: all)"),
+                click.option(f"--{kind}-delay", metavar="DURATION", help="between batches (default 0s)"),
+                click.option(
+                    f"--{kind}-order", type=ORDERS, help="stop the old task first, or start the new one first"
+                ),
+                click.option(
+                    f"--{kind}-monitor",
+                    metavar="DURATION",
+                    help="how long a new task must stay running (and healthy) to count as a success (5s)",
+                ),
+                click.option(
+                    f"--{kind}-failure-action", type=FAILURE_ACTIONS, help="when too many slots fail (pause)"
+                ),
+                click.option(
+                    f"--{kind}-max-failure-ratio",
+                    type=float,
+                    help="the share of slots that may fail before the failure action (0 to 1; default 0)",
+                ),
+            ]
+        ):
+            fn = option(fn)
+    return fn
+
+
+def build_policy(base: UpdatePolicy, kind: str, o: dict[str, Any]) -> UpdatePolicy:
+    """The `--update-*` (or `--rollback-*`) options on top of `base`."""
+    changes: dict[str, Any] = {}
+    for name, field in (
+        ("parallelism", "parallelism"),
+        ("order", "order"),
+        ("failure_action", "failure_action"),
+        ("max_failure_ratio", "max_failure_ratio"),
+    ):
+        if o[f"{kind}_{name}"] is not None:
+            changes[field] = o[f"{kind}_{name}"]
+    for name in ("delay", "monitor"):
+        if o[f"{kind}_{name}"] is not None:
+            changes[f"{name}_s"] = duration(o[f"{kind}_{name}"], f"--{kind}-{name}")
+    return msgspec.structs.replace(base, **changes) if changes else base

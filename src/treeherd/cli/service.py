@@ -9,6 +9,8 @@ import click
 import msgspec
 from msgspec import UNSET
 
+from treeherd.cli.follow import follow_command as _follow
+from treeherd.cli.follow import follow_options
 from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import (
     FORMAT_OPTION,
@@ -20,9 +22,16 @@ from treeherd.cli.output import (
     print_table,
 )
 from treeherd.cli.params import key_values, size
-from treeherd.cli.params_services import dependency, duration, port, with_health
+from treeherd.cli.params_services import (
+    build_policy,
+    dependency,
+    duration,
+    policy_options,
+    port,
+    with_health,
+)
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
-from treeherd.model.services import Service, TaskSpec
+from treeherd.model.services import Service, TaskSpec, UpdatePolicy, UpdateStatus
 from treeherd.model.tasks_view import ServiceSummary, TaskRow
 
 SERVICES = "/api/v1/services"
@@ -191,6 +200,8 @@ def service() -> None:
 @click.option("--replicas", type=int, default=None, help="number of tasks (default 1)")
 @click.option("--mode", type=click.Choice(["replicated", "global"]), default="replicated", show_default=True)
 @spec_options
+@policy_options
+@follow_options
 @click.argument("command", nargs=-1, required=True)
 @FORMAT_OPTION
 @pass_ctx
@@ -203,6 +214,8 @@ def create(
     mode: str,
     command: tuple[str, ...],
     fmt: str,
+    detach: bool,
+    follow: bool,
     **options: Any,
 ) -> None:
     """Create a service running COMMAND (after --)."""
@@ -216,9 +229,12 @@ def create(
         mode=mode,  # type: ignore[arg-type]
         replicas=1 if replicas is None else replicas,
         task=build_spec(None, command, options),
+        update=build_policy(UpdatePolicy(), "update", options),
+        rollback=build_policy(UpdatePolicy(), "rollback", options),
     )
     created = ctx.client.request("POST", SERVICES, request, type=Service)
     done(fmt, created, f"created service {created.name} ({created.id})")
+    _follow(ctx, created, detach, follow)
 
 
 @service.command("ls")
@@ -261,6 +277,9 @@ def ps(ctx: Context, name: str, current: bool, fmt: str) -> None:
     if fmt == "json":
         print_json(rows)
         return
+    line = update_line(ctx.client.get(f"{SERVICES}/{name}", ServiceSummary).service.update_status)
+    if line is not None:
+        click.echo(line)
     table: list[list[Any]] = []
     previous_key = None
     for row in rows:
@@ -291,38 +310,96 @@ def _why(row: TaskRow) -> str:
 
 @service.command("scale")
 @click.argument("pairs", nargs=-1, required=True, metavar="NAME=REPLICAS...")
+@follow_options
 @pass_ctx
-def scale(ctx: Context, pairs: tuple[str, ...]) -> None:
+def scale(ctx: Context, pairs: tuple[str, ...], detach: bool, follow: bool) -> None:
     """Set the number of replicas of one or more services."""
+    scaled = []
     for pair in pairs:
         name, sep, count = pair.partition("=")
         if not sep or not count.lstrip("-").isdigit():
             raise click.BadParameter(f"{pair!r} is not NAME=REPLICAS", param_hint="NAME=REPLICAS")
-        ctx.client.request("PATCH", f"{SERVICES}/{name}", ServiceUpdate(replicas=int(count)), type=Service)
+        scaled.append(
+            ctx.client.request(
+                "PATCH", f"{SERVICES}/{name}", ServiceUpdate(replicas=int(count)), type=Service
+            )
+        )
         click.echo(f"{name} scaled to {count}")
+    for one in scaled:
+        _follow(ctx, one, detach, follow)
 
 
 @service.command("update")
 @click.argument("name")
 @click.option("--replicas", type=int)
+@click.option("--force", is_flag=True, help="replace every task even if nothing changed (a rolling restart)")
 @spec_options
+@policy_options
+@follow_options
 @click.argument("command", nargs=-1)
 @FORMAT_OPTION
 @pass_ctx
 def update(
-    ctx: Context, /, name: str, replicas: int | None, command: tuple[str, ...], fmt: str, **options: Any
+    ctx: Context,
+    /,
+    name: str,
+    replicas: int | None,
+    force: bool,
+    command: tuple[str, ...],
+    fmt: str,
+    detach: bool,
+    follow: bool,
+    **options: Any,
 ) -> None:
-    """Change a service; a changed task spec replaces its tasks."""
+    """Change a service. A changed task spec is rolled out as the update policy says; an update of a
+    service whose update is paused resumes it."""
     current = ctx.client.get(f"{SERVICES}/{name}", ServiceSummary).service
     spec = build_spec(current.task, command, options)
+    policies = {kind: build_policy(getattr(current, kind), kind, options) for kind in ("update", "rollback")}
     request = ServiceUpdate(
         version=current.version,
         replicas=UNSET if replicas is None else replicas,
         task=UNSET if spec == current.task else spec,
+        update=UNSET if policies["update"] == current.update else policies["update"],
+        rollback=UNSET if policies["rollback"] == current.rollback else policies["rollback"],
+        force=force,
     )
     updated = ctx.client.request("PATCH", f"{SERVICES}/{name}", request, type=Service)
-    what = "tasks will be replaced" if updated.spec_version != current.spec_version else "no task changes"
+    if updated.spec_version != current.spec_version:
+        what = f"tasks will be replaced: {_policy(updated.update)}"
+    elif updated.update_status != current.update_status and updated.update_status is not None:
+        what = updated.update_status.message
+    else:
+        what = "no task changes"
     done(fmt, updated, f"updated {name} ({what})")
+    started = updated.update_status != current.update_status
+    _follow(ctx, updated, detach, follow, started=started)
+
+
+@service.command("rollback")
+@click.argument("name")
+@follow_options
+@FORMAT_OPTION
+@pass_ctx
+def rollback(ctx: Context, name: str, fmt: str, detach: bool, follow: bool) -> None:
+    """Return a service to its spec before the latest change, with the rollback policy."""
+    updated = ctx.client.request("POST", f"{SERVICES}/{name}/rollback", type=Service)
+    done(fmt, updated, f"rolling back {name} ({_policy(updated.rollback)})")
+    _follow(ctx, updated, detach, follow, started=True, rollback=True)
+
+
+def _policy(policy: UpdatePolicy) -> str:
+    batch = "all at once" if policy.parallelism == 0 else f"{policy.parallelism} at a time"
+    delay = f", {policy.delay_s:g}s apart" if policy.delay_s else ""
+    return f"{batch}{delay}, {policy.order}, on failure {policy.failure_action}"
+
+
+def update_line(status: UpdateStatus | None) -> str | None:
+    """`UPDATE: paused since ...: why` for `service ps`."""
+    if status is None:
+        return None
+    when = (status.completed_at or status.started_at).isoformat(timespec="seconds")
+    return f"UPDATE: {status.state} (since {when}): {status.message}"
 
 
 @service.command("rm")

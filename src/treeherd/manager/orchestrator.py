@@ -20,9 +20,11 @@ from datetime import datetime, timedelta
 from treeherd.core.tasks.machine_problems import agent_down
 from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
 from treeherd.core.tasks.orchestrate import finished, reconcile
+from treeherd.core.tasks.rollout import ACTIVE
 from treeherd.core.view import View
 from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
 from treeherd.manager.reactor import Reactor
+from treeherd.model.discovery import Endpoint
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine, TreeNode
 from treeherd.model.services import ClusterSettings, Service, Task
@@ -70,7 +72,7 @@ class Orchestrator(Reactor):
                     self._dirty.add(obj.id)
                 self._index_sidekicks(view)
             elif isinstance(obj, Task):
-                if event.type == "updated" and _matters(obj):
+                if event.type == "updated" and (_matters(obj) or _in_update(view, obj)):
                     self._dirty.add(obj.service_id)
                 # A sidekick follows every move of the tasks it is bound to (placed, ended, stopped).
                 self._dirty.update(self._sidekicks.get(obj.service_name, ()))
@@ -127,6 +129,7 @@ class Orchestrator(Reactor):
                 node_path=node.path if node is not None else "",
                 held=self._brake.held,
                 bound_to=_bound_machines(view, service),
+                endpoints=_registrations(view, service),
             )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at
@@ -192,6 +195,21 @@ def _matters(task: Task) -> bool:
     if task.desired_state <= TaskState.RUNNING:
         return task.status.state.terminal
     return finished(task)
+
+
+def _registrations(view: View, service: Service) -> dict[str, list[Endpoint]]:
+    """The service's task registrations by task id (an updated task is drained from them first)."""
+    found: dict[str, list[Endpoint]] = {}
+    for endpoint in view.where(Endpoint, "service", service.name):
+        if endpoint.task_id is not None:
+            found.setdefault(endpoint.task_id, []).append(endpoint)
+    return found
+
+
+def _in_update(view: View, task: Task) -> bool:
+    """A task of a service under update: the updater follows every step of its new tasks."""
+    service = view.get(Service, task.service_id)
+    return service is not None and service.update_status is not None and service.update_status.state in ACTIVE
 
 
 def _bound_machines(view: View, service: Service) -> frozenset[str]:

@@ -45,6 +45,14 @@ class Services:
         assert isinstance(service, Service)
         return service
 
+    async def rollback(self, name: str) -> Service:
+        committed = await commit_plan(
+            self.store, lambda v: plans.plan_rollback_service(v, name, self._clock())
+        )
+        service = committed.objects[0]
+        assert isinstance(service, Service)
+        return service
+
     async def remove(self, name: str) -> None:
         await commit_plan(self.store, lambda v: plans.plan_remove_service(v, name, self._clock()))
 

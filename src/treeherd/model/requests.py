@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from treeherd.model.objects import DomainPort, MachineKind, ParamValue
-from treeherd.model.services import TaskSpec
+from treeherd.model.services import TaskSpec, UpdatePolicy
 from treeherd.model.states import Availability, NodeRole
 
 
@@ -107,14 +107,21 @@ class ServiceCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     mode: Literal["replicated", "global"] = "replicated"
     replicas: int = 1
     task: TaskSpec
+    update: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
+    rollback: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
 
 
 class ServiceUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Changes to a service; a changed `task` replaces every task with one of the new spec."""
+    """Changes to a service. A changed `task` (or `force`) replaces its tasks as the update policy
+    says; any update of a service whose update is paused resumes it."""
 
     version: int | None = None
     replicas: int | UnsetType = UNSET
     task: TaskSpec | UnsetType = UNSET
+    update: UpdatePolicy | UnsetType = UNSET
+    rollback: UpdatePolicy | UnsetType = UNSET
+    # Replace every task even without a change of spec (a rolling restart).
+    force: bool = False
 
 
 class ClusterUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -3,15 +3,18 @@
 A service belongs to a tree node and describes what to run (`TaskSpec`) and how many (`replicated` with
 `replicas` slots, or `global`: one task per eligible machine). The orchestrator turns it into tasks; a
 task is immutable in what it runs (it carries a copy of the spec it was made from, and `spec_version`):
-an update replaces tasks, it never changes a running one.
+an update replaces tasks, it never changes a running one, a few at a time as the service's update
+policy says (`core.tasks.rollout`). `spec_version` grows with every change of the spec, a rollback
+included: equal versions mean equal specs.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
+from msgspec import Meta
 
 from treeherd.model.base import Object
 from treeherd.model.discovery import Dependency, Health, HealthCheck
@@ -20,6 +23,11 @@ from treeherd.model.states import TaskState
 ServiceMode = Literal["replicated", "global"]
 RestartCondition = Literal["none", "on-failure", "any"]
 LimitsMode = Literal["best-effort", "strict"]
+UpdateOrder = Literal["stop-first", "start-first"]
+FailureAction = Literal["pause", "continue", "rollback"]
+UpdateState = Literal[
+    "updating", "paused", "completed", "rollback_started", "rollback_paused", "rollback_completed"
+]
 
 
 class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -85,6 +93,51 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # fleet's BindsTo (with MachineOf): a sidekick of this service, one task on every machine that runs
     # a live task of it, stopped when that machine no longer does.
     binds_to: str | None = None
+    # Raised by `service update --force`: a spec that differs only here still replaces every task.
+    force_update: Annotated[int, Meta(ge=0, description="raised by every forced update")] = 0
+
+
+class UpdatePolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a changed spec reaches the tasks (SwarmKit's UpdateConfig, with its defaults): batches of
+    `parallelism` slots (0: all at once), `delay_s` between batches, the new task started before the old
+    one stops or after; a new task must stay ready (running, and healthy with a health check) for
+    `monitor_s` to count as a success; past `max_failure_ratio` of the slots failing, `failure_action`."""
+
+    parallelism: Annotated[
+        int, Meta(ge=0, le=1_000_000, description="slots replaced at once; 0: every slot at once")
+    ] = 1
+    delay_s: Annotated[float, Meta(ge=0, le=86_400, description="seconds between batches")] = 0.0
+    order: UpdateOrder = "stop-first"
+    monitor_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=86_400,
+            description="seconds a new task must stay running (and healthy) to count as a success",
+        ),
+    ] = 5.0
+    failure_action: FailureAction = "pause"
+    max_failure_ratio: Annotated[
+        float, Meta(ge=0, le=1, description="the share of slots that may fail before the failure action")
+    ] = 0.0
+
+
+class UpdateStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the latest update (or rollback) of a service stands (SwarmKit's UpdateStatus), and the
+    progress the updater (`core.tasks.rollout`) keeps between its steps."""
+
+    state: UpdateState
+    started_at: datetime
+    completed_at: datetime | None = None
+    message: str = ""
+    # Slots the update had to replace when it started (None until the updater has counted them).
+    to_replace: int | None = None
+    # The slots of the batch under way (replicated: the slot number; global: the machine id).
+    batch: list[str] = []
+    # When the next batch may start (the policy's delay after the last one).
+    next_batch_at: datetime | None = None
+    # Slots whose new task failed during this update.
+    failed: list[str] = []
 
 
 class Service(Object, frozen=True, kw_only=True, tag="service"):
@@ -101,6 +154,16 @@ class Service(Object, frozen=True, kw_only=True, tag="service"):
     removing: bool = False
     # Where tasks that depend on this service reach it on their host: 127.0.0.1:local_port.
     local_port: int | None = None
+    update: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
+    rollback: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
+    # The spec before the latest change: what `service rollback` returns to.
+    previous_task: TaskSpec | None = None
+    update_status: UpdateStatus | None = None
+
+    def summary(self) -> str:
+        """What `treeherd events` shows beside the name: where the latest update stands."""
+        status = self.update_status
+        return "" if status is None else f"update {status.state}: {status.message}"
 
 
 class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +204,9 @@ class Task(Object, frozen=True, kw_only=True, tag="task"):
     # When this slot was restarted within the policy's window (carried from task to task, so the
     # max-attempts rule survives a manager restart and history clean-up).
     restarts: list[datetime] = []
+    # Set when an update retires a running task that is an endpoint: its registrations are removed
+    # (the proxies stop sending it requests) and it is told to stop at this time.
+    drain_until: datetime | None = None
 
 
 class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):

@@ -3,6 +3,7 @@ endpoint set made exact, expiry by version, static endpoints from the tree, bad 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from treeherd.core.edge.discovery import (
@@ -209,3 +210,26 @@ async def test_service_endpoints_reads_the_service_index_in_address_order(store)
         ("10.0.0.7", 8080),
         ("10.0.0.9", 80),
     ]
+
+
+async def test_a_task_being_drained_or_stopped_is_no_endpoint_whatever_its_agent_says(store):
+    host = await world(store)
+    t1, t2 = (store.view().get(Task, f"t{i}") for i in (1, 2))
+    assert t1 is not None and t2 is not None
+    await store.commit(
+        [
+            Update(msgspec.structs.replace(t1, drain_until=FIXED_NOW)),
+            Update(msgspec.structs.replace(t2, desired_state=TaskState.SHUTDOWN)),
+        ]
+    )
+    ops, held = plan_agent_endpoints(
+        store.view(),
+        host,
+        [TaskEndpoint(task_id="t1", port=30001), TaskEndpoint(task_id="t2", port=30002)],
+        [],
+        address="127.0.0.1",
+        ttl_s=30,
+        now=FIXED_NOW,
+        new_id=Ids("e"),
+    )
+    assert ops == [] and held == []

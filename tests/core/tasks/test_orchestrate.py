@@ -78,7 +78,9 @@ def shutdowns(result):
     return [
         op.object
         for op in result.ops
-        if isinstance(op, Update) and op.object.desired_state == TaskState.SHUTDOWN
+        if isinstance(op, Update)
+        and isinstance(op.object, Task)
+        and op.object.desired_state == TaskState.SHUTDOWN
     ]
 
 

@@ -36,9 +36,20 @@ class ServiceController(Controller):
     async def get_service(self, services: Services, name: str) -> ServiceSummary:
         return services.summary(services.get(name))
 
-    @patch("/{name:str}", summary="Scale or update a service (a new task spec replaces every task)")
+    @patch(
+        "/{name:str}",
+        summary="Scale or update a service (a new task spec is rolled out as its update policy says)",
+    )
     async def update_service(self, services: Services, name: str, data: ServiceUpdate) -> Service:
         return await services.update(name, data)
+
+    @post(
+        "/{name:str}/rollback",
+        summary="Return a service to its previous spec, replacing its tasks with the rollback policy",
+        status_code=200,
+    )
+    async def rollback_service(self, services: Services, name: str) -> Service:
+        return await services.rollback(name)
 
     @delete("/{name:str}", summary="Remove a service: its tasks are stopped, then it is deleted")
     async def remove_service(self, services: Services, name: str) -> None:

@@ -3,7 +3,8 @@ endpoints of a service as readers see them (registrations plus the static machin
 
 - An agent says which of its tasks are endpoints now (`plan_agent_endpoints`): the registrations of
   that machine's tasks become exactly that set — new ones created, missing ones removed at once (a
-  clean stop, a failed check).
+  clean stop, a failed check). A task being drained or told to stop is no endpoint, whatever its
+  agent says: the proxies stop sending it requests before it stops.
 - Anything else registers itself (`plan_register`): created, or updated if its host, weight or TTL
   changed; a refresh that changes nothing writes nothing (the TTL is a lease kept by the manager).
 - Expired leases are deleted (`plan_expire`), each only if it is still the version that expired.
@@ -24,6 +25,7 @@ from treeherd.model.errors import InvalidInput, NotFound
 from treeherd.model.objects import Binding, Machine, TreeNode
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.services import Service, Task
+from treeherd.model.states import TaskState
 from treeherd.model.wire import TaskEndpoint
 
 MAX_TTL_S = 86_400.0
@@ -117,6 +119,8 @@ def plan_agent_endpoints(
         task = view.get(Task, reported.task_id)
         if task is None or task.machine_id != machine.id:
             continue  # a task deleted or moved meanwhile: the agent will learn
+        if task.drain_until is not None or task.desired_state > TaskState.RUNNING:
+            continue  # being drained or stopped: the proxies must not send it new requests
         wanted[endpoint_key(task.service_name, address, reported.port)] = reported
     for stored in current:
         key = endpoint_key(stored.service, stored.address, stored.port)

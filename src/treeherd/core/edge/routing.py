@@ -5,7 +5,7 @@ deterministic, so the same tree always renders the same bytes.
   share is made unique with the node id, and reported);
 - its servers come from `backends()`, the one place that says what serves a node: bound machines on
   the node's port, and the registered endpoints (running, healthy tasks; external registrations) of
-  the services on the node;
+  the services on the node, on their own ports (a node only tasks serve needs no port);
 - one server block per domain and port, its locations longest URI first, equal lengths in byte order;
 - an upstream with nothing serving renders no `upstream` block: its locations answer 503.
 """
@@ -57,12 +57,19 @@ class SnapshotIndex:
         return found
 
 
-def backends(index: SnapshotIndex, node: TreeNode, port: int) -> tuple[list[Backend], list[str]]:
-    """What serves `node` on `port`: each bound machine's first IP, with its binding weight and why it
-    takes no traffic, if it does not. Returns the backends (sorted) and the problems found."""
+def backends(index: SnapshotIndex, node: TreeNode, port: int | None) -> tuple[list[Backend], list[str]]:
+    """What serves `node`: each bound machine's first IP on the node's `port`, with its binding weight
+    and why it takes no traffic, if it does not, and the registered endpoints (on their own ports; they
+    need no node port). Returns the backends (sorted) and the problems found."""
     found: list[Backend] = []
     problems: list[str] = []
-    for binding in index.bindings.get(node.id, ()):
+    bindings = index.bindings.get(node.id, ())
+    if port is None and bindings:
+        problems.append(
+            f"machines are bound to {node.path} but it has no port: they are left out"
+            f" (treeherd tree set {node.path} --port N)"
+        )
+    for binding in bindings if port is not None else ():
         machine = index.machines.get(binding.machine_id)
         if machine is None:
             continue
@@ -78,7 +85,7 @@ def backends(index: SnapshotIndex, node: TreeNode, port: int) -> tuple[list[Back
                 machine_id=machine.id,
                 hostname=machine.hostname,
                 address=machine.ips[0],
-                port=port,
+                port=port or 0,  # never 0: bindings are skipped without a port
                 weight=max(binding.weight, 1),
                 down=down,
             )
@@ -145,15 +152,14 @@ def routing_table(snapshot: RoutingSnapshot) -> RoutingTable:
             )
             name = f"{name}__{node.id}"
         taken.add(name)
-        port = resolved.port.value
-        servers: list[Backend] = []
-        if isinstance(port, int) and not isinstance(port, bool):
-            servers, found = backends(index, node, port)
-            problems += found
-        else:
+        value = resolved.port.value
+        port = value if isinstance(value, int) and not isinstance(value, bool) else None
+        servers, found = backends(index, node, port)
+        problems += found
+        if port is None and not servers:
             problems.append(
-                f"{node.path} has routes but no port: its locations answer 503"
-                f" (treeherd tree set {node.path} --port N)"
+                f"{node.path} has routes but no port and no running task: its locations answer 503"
+                f" (treeherd tree set {node.path} --port N, or give it a service)"
             )
         upstream = Upstream(
             name=name, node_id=node.id, path=node.path, ip_hash=bool(resolved.ip_hash.value), servers=servers

@@ -8,7 +8,11 @@ created when the reason calls for one:
 - its machine went down (unless the brake on mass node loss holds it, `core.tasks.node_loss`), was drained,
   was removed, or no longer satisfies the constraints (the typed reasons of `core.tasks.machine_problems`):
   always (unless the restart condition is `none` and the machine went down);
-- the service's spec changed (an update never changes a running task: it replaces it).
+- the service's spec changed (an update never changes a running task: it replaces it), in the slots
+  and the order the updater (`core.tasks.rollout`) picks; an outdated task waits its turn, and with
+  start-first it runs beside its replacement until that one is ready. An outdated task that is an
+  endpoint is drained first: its registrations go (the proxies stop sending it requests), and it is
+  told to stop `DRAIN_S` later, with its stop grace period for the requests in flight.
 A slot that never had a task gets a new one; a slot whose last task ended without a restart stays empty.
 Finished tasks beyond the history limit are deleted, oldest first. A removed service stops every task,
 then is deleted with them once none is left running.
@@ -17,18 +21,25 @@ then is deleted with them once none is left running.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 
 import msgspec
 
 from treeherd.core.tasks.machine_problems import ProblemKind, agent_down, machine_problem
+from treeherd.core.tasks.rollout import ACTIVE, ready, stale_versions
+from treeherd.core.tasks.rollout import step as rollout_step
 from treeherd.core.tasks.scheduling.constraints import Constraint, parse_constraint
+from treeherd.model.discovery import Endpoint
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Delete, Op, Update
-from treeherd.model.services import RestartPolicy, Service, Task, TaskStatus
+from treeherd.model.services import RestartPolicy, Service, Task, TaskStatus, UpdateOrder
 from treeherd.model.states import TaskState
+
+# How long an outdated task that is an endpoint is out of its proxies before it is told to stop: the
+# gateway's nginx and the local haproxies take the change within tens of milliseconds.
+DRAIN_S = 1.0
 
 
 class Reconciled(msgspec.Struct, frozen=True):
@@ -68,8 +79,11 @@ class _Context:
         history: int,
         node_path: str,
         held: AbstractSet[str],
+        endpoints: Mapping[str, Sequence[Endpoint]],
     ) -> None:
         self.held = held
+        self.endpoints = endpoints
+        self.stale: frozenset[int] = frozenset()  # spec versions of outdated tasks
         self.service = service
         self.node_path = node_path
         self.machines = machines
@@ -92,6 +106,24 @@ class _Context:
                 )
             )
         )
+
+    def retire(self, task: Task, reason: str) -> bool:
+        """Stop an outdated task, taken out of its proxies first when it is an endpoint: its
+        registrations are deleted and it stops `DRAIN_S` later. True once it is told to stop."""
+        registered = self.endpoints.get(task.id, ())
+        if task.drain_until is None and (not registered or task.status.state != TaskState.RUNNING):
+            self.shutdown(task, reason)
+            return True
+        if task.drain_until is not None and task.drain_until <= self.now:
+            self.shutdown(task, reason)
+            return True
+        self.ops.extend(Delete(e) for e in registered)
+        until = task.drain_until
+        if until is None:
+            until = self.now + timedelta(seconds=DRAIN_S)
+            self.ops.append(Update(msgspec.structs.replace(task, drain_until=until, updated_at=self.now)))
+        self.wake_at = until if self.wake_at is None else min(self.wake_at, until)
+        return False
 
     def create(
         self, slot: int, machine_id: str | None, cause: str, previous: Task | None, restart: bool
@@ -143,8 +175,49 @@ class _Context:
         for task in done[: max(0, len(done) - self.history)]:
             self.ops.append(Delete(task))
 
-    def reconcile_slot(self, slot: int, tasks: Sequence[Task], machine_id: str | None, wanted: bool) -> None:
-        """One slot (or one global machine): at most one task meant to run, replaced as needed."""
+    def update_slot(
+        self,
+        slot: int,
+        machine_id: str | None,
+        update: UpdateOrder | None,
+        keep: Task | None,
+        old: list[Task],
+        draining: list[Task],
+    ) -> None:
+        """A slot with outdated tasks (`old`) or tasks being drained: replaced as `update` says."""
+        for extra in old[:-1]:
+            self.shutdown(extra, "a newer task runs in this slot")
+        previous = old[-1] if old else None
+        # A drain once begun is seen through, even if the update paused meanwhile.
+        drained = [self.retire(t, "the service was updated") for t in draining]
+        version = self.service.spec_version
+        if previous is not None:
+            cause = f"update of {previous.id} to spec {version}"
+            if keep is not None and ready(keep):
+                self.retire(previous, f"replaced by {keep.id} (spec {version})")
+            elif update == "stop-first":
+                if self.retire(previous, "the service was updated") and keep is None and not draining:
+                    self.create(slot, machine_id, cause, previous, False)
+            elif update == "start-first" and keep is None:
+                self.create(slot, machine_id, cause, previous, False)
+            # Otherwise the outdated task serves on: no update reaches this slot now, and a failed
+            # task of the new spec is not restarted beside it.
+        elif keep is None and all(drained):
+            self.create(
+                slot, machine_id, f"update of {draining[-1].id} to spec {version}", draining[-1], False
+            )
+
+    def reconcile_slot(
+        self,
+        slot: int,
+        tasks: Sequence[Task],
+        machine_id: str | None,
+        wanted: bool,
+        update: UpdateOrder | None = None,
+    ) -> None:
+        """One slot (or one global machine): at most one task meant to run, replaced as needed, but
+        for an outdated task beside its start-first replacement. `update` says how to replace an
+        outdated task (the updater's choice); without it the outdated task stays for now."""
         ordered = sorted(tasks, key=lambda t: t.created_at)
         live = [t for t in ordered if desired_running(t)]
         if not wanted:
@@ -153,6 +226,8 @@ class _Context:
             self.collect_history(ordered, set())
             return
         keep: Task | None = None
+        old: list[Task] = []
+        draining: list[Task] = []
         replace: tuple[Task, str, bool] | None = None  # (previous, cause, counts as a restart)
         for task in live:
             if task.status.state.terminal:
@@ -169,18 +244,28 @@ class _Context:
                 node_down = problem.kind is ProblemKind.DOWN
                 allowed = not (node_down and self.service.task.restart.condition == "none")
                 replace = (task, f"replacement of {task.id}: {problem.message}", False) if allowed else None
-            elif task.spec_version < self.service.spec_version:
-                self.shutdown(task, "the service was updated")
-                replace = (task, f"update of {task.id} to spec {self.service.spec_version}", False)
+            elif task.drain_until is not None:
+                draining.append(task)  # on its way out, whatever its spec
+            elif task.spec_version in self.stale:
+                old.append(task)
             elif keep is not None:
                 self.shutdown(keep, "a newer task runs in this slot")
                 keep = task
             else:
                 keep = task
+        if old or draining:
+            if draining or update is not None or keep is not None or len(old) > 1:
+                self.update_slot(slot, machine_id, update, keep, old, draining)
+            kept = {old[-1].id} if old else set()
+            kept.update(t.id for t in draining)
+            if keep is not None:
+                kept.add(keep.id)
+            self.collect_history(ordered, kept)
+            return
         if keep is None:
             if replace is not None:
-                previous, cause, restart = replace
-                self.create(slot, machine_id, cause, previous, restart)
+                previous_task, cause, restart = replace
+                self.create(slot, machine_id, cause, previous_task, restart)
             elif not ordered:
                 self.create(
                     slot, machine_id, "new slot" if machine_id is None else "new machine", None, False
@@ -206,12 +291,14 @@ def reconcile(
     node_path: str = "",
     held: AbstractSet[str] = frozenset(),
     bound_to: AbstractSet[str] = frozenset(),
+    endpoints: Mapping[str, Sequence[Endpoint]] | None = None,
 ) -> Reconciled:
     """What the service's tasks should become; see the module docstring for the rules.
     `node_path` is the tree path of the service's node, recorded in the tasks it creates; `held` are
     down machines whose tasks are not replaced yet (`core.tasks.node_loss`); `bound_to`, for a sidekick
-    (`binds_to`), the machines that run a live task of the service it is bound to."""
-    ctx = _Context(service, machines, now, new_id, history, node_path, held)
+    (`binds_to`), the machines that run a live task of the service it is bound to; `endpoints`, the
+    service's registrations by task id (an outdated task that is one is drained before it stops)."""
+    ctx = _Context(service, machines, now, new_id, history, node_path, held, endpoints or {})
     if service.removing:
         live = [t for t in tasks if desired_running(t)]
         for task in live:
@@ -220,29 +307,78 @@ def reconcile(
             ctx.ops.extend(Delete(t) for t in tasks)
             ctx.ops.append(Delete(service))
         return Reconciled(ctx.ops, ctx.wake_at)
+    slots: Iterable[_Slot] = _slots(service, tasks, machines, ctx.constraints, held, bound_to)
+    replace: AbstractSet[str] = frozenset()
+    if _rollout_due(service, tasks):
+        slots = list(slots)  # (otherwise made one at a time: 100,000 kept tuples cost the GC's time)
+        wanted = {key: slot_tasks for key, _, slot_tasks, _, is_wanted in slots if is_wanted}
+        rollout = rollout_step(service, wanted, now)
+        replace = rollout.replace
+        if rollout.service is not service:
+            ctx.service = rollout.service
+            ctx.constraints = [parse_constraint(c) for c in rollout.service.task.placement.constraints]
+            ctx.ops.append(Update(rollout.service))
+        if rollout.wake_at is not None:
+            ctx.wake_at = rollout.wake_at
+    ctx.stale = stale_versions(ctx.service, tasks)
+    policy = ctx.service.rollback if _rolling_back(ctx.service) else ctx.service.update
+    for key, slot, slot_tasks, machine_id, is_wanted in slots:
+        mode = policy.order if key in replace else None
+        ctx.reconcile_slot(slot, slot_tasks, machine_id, is_wanted, mode)
+    return Reconciled(ctx.ops, ctx.wake_at)
+
+
+# A slot: its key (replicated: the slot number; global: the machine id), slot number, tasks, machine
+# (global), and whether it is wanted.
+_Slot = tuple[str, int, list[Task], str | None, bool]
+
+
+def _slots(
+    service: Service,
+    tasks: Sequence[Task],
+    machines: Mapping[str, Machine],
+    constraints: Sequence[Constraint],
+    held: AbstractSet[str],
+    bound_to: AbstractSet[str],
+) -> Iterator[_Slot]:
+    """The service's slots, in order."""
     if service.mode == "replicated" and service.task.binds_to is None:
         by_slot: dict[int, list[Task]] = defaultdict(list)
         for task in tasks:
             by_slot[task.slot].append(task)
-        for slot in sorted(set(by_slot) | set(range(1, service.replicas + 1))):
-            ctx.reconcile_slot(slot, by_slot.get(slot, []), None, slot <= service.replicas)
-    else:
-        by_machine: dict[str, list[Task]] = defaultdict(list)
-        for task in tasks:
-            by_machine[task.machine_id or ""].append(task)
-        for machine_id in sorted(set(by_machine) | set(machines)):
-            machine = machines.get(machine_id)
-            existing = by_machine.get(machine_id, [])
-            wanted = machine is not None and (
-                eligible_for_global(machine, ctx.constraints)
-                or (machine_id in held and any(desired_running(t) for t in existing))
-            )
-            if service.task.binds_to is not None:
-                wanted = wanted and machine_id in bound_to
-            if wanted and not existing and machine is not None and machine.availability == "pause":
-                continue  # a paused machine takes no new tasks
-            ctx.reconcile_slot(0, existing, machine_id or None, wanted)
-    return Reconciled(ctx.ops, ctx.wake_at)
+        replicas = service.replicas
+        for slot in sorted(set(by_slot) | set(range(1, replicas + 1))):
+            yield (str(slot), slot, by_slot.get(slot, []), None, slot <= replicas)
+        return
+    by_machine: dict[str, list[Task]] = defaultdict(list)
+    for task in tasks:
+        by_machine[task.machine_id or ""].append(task)
+    for machine_id in sorted(set(by_machine) | set(machines)):
+        machine = machines.get(machine_id)
+        existing = by_machine.get(machine_id, [])
+        wanted = machine is not None and (
+            eligible_for_global(machine, constraints)
+            or (machine_id in held and any(desired_running(t) for t in existing))
+        )
+        if service.task.binds_to is not None:
+            wanted = wanted and machine_id in bound_to
+        if wanted and not existing and machine is not None and machine.availability == "pause":
+            continue  # a paused machine takes no new tasks
+        yield (machine_id, 0, existing, machine_id or None, wanted)
+
+
+def _rollout_due(service: Service, tasks: Sequence[Task]) -> bool:
+    """Whether the updater has anything to decide: an update under way, or (none on record) a task of
+    another spec version. Without either, every task is of the current spec or waits for an update."""
+    status = service.update_status
+    if status is not None:
+        return status.state in ACTIVE
+    version = service.spec_version
+    return any(t.spec_version != version for t in tasks)
+
+
+def _rolling_back(service: Service) -> bool:
+    return service.update_status is not None and service.update_status.state.startswith("rollback")
 
 
 def _on_lost_machine(task: Task, machines: Mapping[str, Machine]) -> bool:

@@ -3,6 +3,8 @@
 Bad input is refused before anything is written: unknown tree node, unknown service in Conflicts or
 MachineOf, a malformed constraint, negative replicas, limits below reservations, duplicate port names.
 A constraint that no machine satisfies is accepted: its tasks stay pending and say why.
+A change of spec keeps the one it replaces (`previous_task`, what a rollback returns to) and starts an
+update (`core.tasks.rollout` rolls it); any update of a service whose update is paused resumes it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import datetime
 import msgspec
 from msgspec import UNSET
 
+from treeherd.core.tasks.rollout import ACTIVE, PAUSED, rolled_back
 from treeherd.core.tasks.scheduling.constraints import parse_constraint
 from treeherd.core.tasks.task_env import env_var_name
 from treeherd.core.tree.nodes import check_version, node_by_path
@@ -22,7 +25,7 @@ from treeherd.model.discovery import Dependency
 from treeherd.model.errors import AlreadyExists, InvalidInput, NotFound
 from treeherd.model.ops import Assert, Create, Op, Update
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
-from treeherd.model.services import Service, TaskSpec
+from treeherd.model.services import Service, TaskSpec, UpdatePolicy, UpdateStatus
 
 MAX_REPLICAS = 1_000_000
 MAX_STOP_GRACE_S = 3600.0
@@ -162,6 +165,23 @@ def _check_resources(spec: TaskSpec) -> None:
         )
 
 
+def check_policy(policy: UpdatePolicy, field: str) -> None:
+    """The bounds the request schema declares, for plans made without decoding a request."""
+    if policy.parallelism < 0:
+        raise InvalidInput(
+            f"{field} parallelism must not be negative (0 replaces every slot at once)",
+            field=f"{field}.parallelism",
+        )
+    if not 0 <= policy.max_failure_ratio <= 1:
+        raise InvalidInput(
+            f"{field} max failure ratio must be between 0 and 1, not {policy.max_failure_ratio:g}",
+            field=f"{field}.max_failure_ratio",
+        )
+    for name in ("delay_s", "monitor_s"):
+        if getattr(policy, name) < 0:
+            raise InvalidInput(f"{field} {name} must not be negative", field=f"{field}.{name}")
+
+
 def _check_replicas(replicas: int) -> None:
     if not 0 <= replicas <= MAX_REPLICAS:
         raise InvalidInput(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}", field="replicas")
@@ -175,6 +195,8 @@ def plan_create_service(
         raise AlreadyExists(f"service {name!r} already exists", field="name")
     node = node_by_path(view, request.node, field="node")
     _check_replicas(request.replicas)
+    check_policy(request.update, "update")
+    check_policy(request.rollback, "rollback")
     asserts = validate_spec(view, request.task, own_name=name)
     task, port_ops = resolve_dependencies(view, request.task, own_name=name)
     service = Service(
@@ -186,6 +208,8 @@ def plan_create_service(
         mode=request.mode,
         replicas=request.replicas if request.mode == "replicated" else 0,
         task=task,
+        update=request.update,
+        rollback=request.rollback,
     )
     return [Create(service), Assert(node), *_without_updated(asserts, port_ops), *port_ops]
 
@@ -204,15 +228,52 @@ def plan_update_service(view: View, name: str, request: ServiceUpdate, now: date
             )
         _check_replicas(request.replicas)
         changes["replicas"] = request.replicas
+    for field in ("update", "rollback"):
+        policy = getattr(request, field)
+        if policy is not UNSET:
+            check_policy(policy, field)
+            changes[field] = policy
+    task = service.task
     if request.task is not UNSET:
         # Compared once resolved: a dependency given without its local port is the same as with it.
         task, port_ops = resolve_dependencies(view, request.task, own_name=name)
         if task != service.task:
             asserts = validate_spec(view, request.task, own_name=name)
             asserts = [*_without_updated(asserts, port_ops), *port_ops]
-            changes["task"] = task
-            changes["spec_version"] = service.spec_version + 1
+    if request.force:
+        task = msgspec.structs.replace(task, force_update=service.task.force_update + 1)
+    status = service.update_status
+    if task != service.task:
+        changes["task"] = task
+        changes["previous_task"] = service.task
+        changes["spec_version"] = service.spec_version + 1
+        changes["update_status"] = UpdateStatus(
+            state="updating", started_at=now, message="update in progress"
+        )
+    elif status is not None and status.state in PAUSED:
+        # Resumed from the current state: the failures counted so far are forgotten.
+        resumed = (
+            UpdateStatus(state="rollback_started", started_at=now, message="rollback resumed")
+            if status.state == "rollback_paused"
+            else UpdateStatus(state="updating", started_at=now, message="update resumed")
+        )
+        changes["update_status"] = resumed
     return [Update(msgspec.structs.replace(service, **changes)), *asserts]
+
+
+def plan_rollback_service(view: View, name: str, now: datetime) -> list[Op]:
+    """Back to the spec before the latest change, replaced with the rollback policy."""
+    service = service_by_name(view, name)
+    if service.removing:
+        raise NotFound(f"service {name!r} is being removed", field="name")
+    if service.previous_task is None:
+        raise InvalidInput(
+            f"service {name!r} has no previous spec to roll back to: it was never updated", field="name"
+        )
+    status = service.update_status
+    if status is not None and status.state in ACTIVE and status.state.startswith("rollback"):
+        raise InvalidInput(f"service {name!r} is being rolled back already", field="name")
+    return [Update(rolled_back(service, now, "rollback requested"))]
 
 
 def _without_updated(asserts: list[Op], updates: list[Op]) -> list[Op]:

@@ -1,0 +1,144 @@
+"""Traffic follows a rolling update, end to end: `treeherd up` (a manager, a local agent and the nginx
+gateway) serves a node that has no port of its own from four task processes with an HTTP health check,
+and a dependent service on the same host reaches them through its local haproxy. A start-first or a
+stop-first update (parallelism 1) under steady load on both paths fails no request, and nginx never
+even tries a task that is already gone (each old task leaves the proxies before it is stopped)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_up_gateway import nginx_masters
+from tests.gateway.helpers import get, served_by
+from treeherd.testing.ports import free_port
+from treeherd.testing.processes import ManagerProcess
+from treeherd.testing.waiting import wait_for
+from treeherd.transport.client import Client
+
+pytestmark = pytest.mark.e2e
+HOST = "roll.test"
+
+# Answers with its slot and the version in $V; single-threaded, and SIGTERM ends it at once: a
+# request sent to it after its stop begins would fail.
+TASK_SERVER = """
+import http.server, json, os
+port = int(os.environ["TREEHERD_PORT_HTTP"])
+body = json.dumps({"name": "task-" + os.environ["TREEHERD_SLOT"], "v": os.environ.get("V", "1")}).encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("order", ["start-first", "stop-first"])
+def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path, order: str) -> None:
+    assert shutil.which("nginx"), "the test suite installs nginx (scripts/system-deps.sh)"
+    data = tmp_path / "up"
+    domain_port = free_port()
+    task = {
+        "command": [sys.executable, "-c", TASK_SERVER],
+        "ports": [{"name": "http"}],
+        "health": {"kind": "http", "path": "/", "interval_s": 0.2, "timeout_s": 1},
+    }
+    update = {"parallelism": 1, "order": order, "monitor_s": 0.5}
+    statuses: Counter[int] = Counter()  # through the gateway's nginx
+    local: Counter[int] = Counter()  # through the local haproxy, as a dependent task reaches it
+    versions: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def load(local_port: int) -> None:
+        while not stop.is_set():
+            try:
+                status, body = get(domain_port, "/", HOST)
+            except OSError:
+                status, body = 0, None
+            statuses[status] += 1
+            if body:
+                versions[body["v"]] += 1
+            try:
+                local[get(local_port, "/", HOST)[0]] += 1
+            except OSError:
+                local[0] += 1
+
+    try:
+        with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
+            client.request("POST", "/api/v1/domains", {"name": HOST, "ports": [{"port": domain_port}]})
+            client.request("POST", "/api/v1/nodes", {"path": "shop"})  # no port: tasks serve it
+            client.request("POST", "/api/v1/nodes/shop/routes", {"domain": HOST, "uri": "/"})
+            client.request(
+                "POST",
+                "/api/v1/services",
+                {"name": "web", "node": "shop", "replicas": 4, "task": task, "update": update},
+            )
+            # A dependent service on the same host: its agent runs a haproxy with web's endpoints.
+            client.request(
+                "POST",
+                "/api/v1/services",
+                {
+                    "name": "front",
+                    "node": "shop",
+                    "task": {"command": ["sleep", "1000"], "depends_on": [{"service": "web"}]},
+                },
+            )
+            wait_for(
+                lambda: (
+                    {served_by(domain_port, "/", HOST) for _ in range(12)}
+                    == {f"task-{n}" for n in range(1, 5)}
+                ),
+                "nginx to reach the four tasks",
+                60,
+            )
+            local_port = client.get("/api/v1/services/web", dict)["service"]["local_port"]
+            wait_for(lambda: served_by(local_port, "/", HOST), "the local haproxy to reach web", 30)
+            started = time.time()
+            loader = threading.Thread(target=load, args=(local_port,))
+            loader.start()
+            try:
+                wait_for(lambda: sum(statuses.values()) > 50, "load to flow", 10)
+                client.request("PATCH", "/api/v1/services/web", {"task": {**task, "env": {"V": "2"}}})
+                wait_for(
+                    lambda: (
+                        (client.get("/api/v1/services/web", dict)["service"]["update_status"] or {}).get(
+                            "state"
+                        )
+                        == "completed"
+                    ),
+                    "the update to complete",
+                    90,
+                )
+                before = sum(versions.values())
+                wait_for(lambda: sum(versions.values()) > before + 50, "more load after the update", 10)
+            finally:
+                stop.set()
+                loader.join(timeout=15)
+            assert statuses[200] > 200 and set(statuses) == {200}, statuses
+            assert local[200] > 200 and set(local) == {200}, local
+            assert versions["1"] and versions["2"], versions
+            tail = [served_by(domain_port, "/", HOST) for _ in range(8)]
+            assert all(name is not None for name in tail)
+            logs = list(data.rglob(f"{HOST}_access.log"))
+            assert logs, "the gateway's access log"
+            entries = [json.loads(line) for line in logs[0].read_text().splitlines()]
+            during = [e for e in entries if e["msec"] >= started]
+            assert len(during) >= sum(statuses.values())
+            retried = [e for e in during if "," in e["upstream_status"] or e["status"] != 200]
+            # nginx retries a refused connection on another server, which a client never sees: the
+            # log shows whether any request was sent to a task that had already stopped.
+            assert not retried, retried[:5]
+    finally:
+        for process in nginx_masters(data / "gateway"):
+            process.kill()
