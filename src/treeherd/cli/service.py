@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import msgspec
 from msgspec import UNSET
 
 from treeherd.cli.follow import follow_command as _follow
@@ -21,172 +19,17 @@ from treeherd.cli.output import (
     print_json,
     print_table,
 )
-from treeherd.cli.params import key_values, size
 from treeherd.cli.params_services import (
     build_policy,
-    dependency,
-    duration,
+    build_spec,
     policy_options,
-    port,
-    with_health,
+    spec_options,
 )
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
-from treeherd.model.services import Service, TaskSpec, UpdatePolicy, UpdateStatus
+from treeherd.model.services import Service, UpdatePolicy, UpdateStatus
 from treeherd.model.tasks_view import ServiceSummary, TaskRow
 
 SERVICES = "/api/v1/services"
-CONDITIONS = click.Choice(["none", "on-failure", "any"])
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def spec_options(fn: F) -> F:
-    """The task-spec options shared by create and update (update changes only what is given)."""
-    for option in reversed(
-        [
-            click.option("--env", "env", multiple=True, metavar="K=V", help="an environment variable"),
-            click.option("--workdir", metavar="DIR", help="working directory (absolute)"),
-            click.option("--reserve-cpu", type=float, help="CPUs the scheduler sets aside"),
-            click.option("--reserve-memory", metavar="SIZE", help="memory the scheduler sets aside"),
-            click.option("--limit-cpu", type=float, help="CPU limit enforced on the task"),
-            click.option("--limit-memory", metavar="SIZE", help="memory limit enforced on the task"),
-            click.option("--limit-pids", type=int, help="most processes the task may have at once"),
-            click.option(
-                "--limits",
-                "limits_mode",
-                type=click.Choice(["best-effort", "strict"]),
-                help="strict: reject a task whose host cannot enforce its limits (default: run it, with a warning)",
-            ),
-            click.option(
-                "--constraint",
-                "constraints",
-                multiple=True,
-                metavar="EXPR",
-                help="e.g. node.labels.disk==ssd, node.kind!=physical",
-            ),
-            click.option("--max-per-node", type=int, help="at most N tasks of it on one machine"),
-            click.option(
-                "--conflicts", multiple=True, metavar="SVC", help="never beside SVC (fleet Conflicts)"
-            ),
-            click.option("--machine-of", metavar="SVC", help="only beside SVC (fleet MachineOf)"),
-            click.option("--restart-condition", type=CONDITIONS),
-            click.option("--restart-delay", metavar="DURATION", help="e.g. 5s"),
-            click.option("--restart-max-attempts", type=int, help="0: no limit"),
-            click.option("--restart-window", metavar="DURATION", help="the window max attempts count in"),
-            click.option(
-                "--depends-on",
-                "depends_on",
-                multiple=True,
-                metavar="SVC[:LOCALPORT]",
-                help="reach SVC through this host's haproxy at 127.0.0.1:LOCALPORT (TREEHERD_DEP_SVC)",
-            ),
-            click.option(
-                "--binds-to",
-                metavar="SVC",
-                help="a sidekick of SVC: one task on each machine running SVC, stopped when SVC stops there",
-            ),
-            click.option(
-                "--requires",
-                multiple=True,
-                metavar="SVC",
-                help="start only once SVC has an endpoint (fleet Requires; repeatable)",
-            ),
-            click.option("--health-cmd", metavar="CMD", help="a shell command: exit 0 is healthy"),
-            click.option(
-                "--health-http", metavar="PATH", help="HTTP GET PATH on the task's port: 2xx/3xx is healthy"
-            ),
-            click.option("--health-tcp", is_flag=True, default=None, help="a TCP connect to the task's port"),
-            click.option(
-                "--health-port", metavar="NAME", help="the port the check uses (default: the first)"
-            ),
-            click.option("--health-interval", metavar="DURATION", help="between checks (default 5s)"),
-            click.option("--health-timeout", metavar="DURATION", help="for one check (default 2s)"),
-            click.option("--health-retries", type=int, help="failures in a row that make it unhealthy (3)"),
-            click.option(
-                "--health-start-period", metavar="DURATION", help="failures in it do not count (0s)"
-            ),
-            click.option(
-                "--health-restart/--no-health-restart",
-                default=None,
-                help="fail (and so restart, per the restart policy) a task that turns unhealthy",
-            ),
-            click.option(
-                "--stop-grace-period",
-                metavar="DURATION",
-                help="how long a task may take to stop after SIGTERM before SIGKILL (default 10s)",
-            ),
-            click.option(
-                "--port",
-                "ports",
-                multiple=True,
-                metavar="NAME[:PORT]",
-                help="a named port; without a number one is allocated (TREEHERD_PORT_NAME)",
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
-
-
-def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any]) -> TaskSpec:
-    """A task spec from options, on top of `base` (update) or the defaults (create)."""
-    spec = base or TaskSpec(command=list(command))
-    if command:
-        spec = msgspec.structs.replace(spec, command=list(command))
-    if o["env"]:
-        spec = msgspec.structs.replace(spec, env={**spec.env, **key_values(o["env"], "--env")})
-    if o["workdir"] is not None:
-        spec = msgspec.structs.replace(spec, workdir=o["workdir"] or None)
-    res: dict[str, Any] = {}
-    for option, field, convert in (
-        ("reserve_cpu", "reserve_cpus", float),
-        ("limit_cpu", "limit_cpus", float),
-        ("limit_pids", "limit_pids", int),
-        ("limits_mode", "limits", str),
-    ):
-        if o[option] is not None:
-            res[field] = convert(o[option])
-    for option, field in (("reserve_memory", "reserve_memory"), ("limit_memory", "limit_memory")):
-        if o[option] is not None:
-            res[field] = size(o[option], "--" + option.replace("_", "-"))
-    if res:
-        spec = msgspec.structs.replace(spec, resources=msgspec.structs.replace(spec.resources, **res))
-    restart: dict[str, Any] = {}
-    if o["restart_condition"]:
-        restart["condition"] = o["restart_condition"]
-    if o["restart_delay"] is not None:
-        restart["delay_s"] = duration(o["restart_delay"], "--restart-delay")
-    if o["restart_max_attempts"] is not None:
-        restart["max_attempts"] = o["restart_max_attempts"]
-    if o["restart_window"] is not None:
-        restart["window_s"] = duration(o["restart_window"], "--restart-window")
-    if restart:
-        spec = msgspec.structs.replace(spec, restart=msgspec.structs.replace(spec.restart, **restart))
-    placement: dict[str, Any] = {}
-    if o["constraints"]:
-        placement["constraints"] = list(o["constraints"])
-    if o["max_per_node"] is not None:
-        placement["max_per_node"] = o["max_per_node"]
-    if o["conflicts"]:
-        placement["conflicts"] = list(o["conflicts"])
-    if o["machine_of"] is not None:
-        placement["machine_of"] = o["machine_of"] or None
-    if placement:
-        spec = msgspec.structs.replace(spec, placement=msgspec.structs.replace(spec.placement, **placement))
-    if o["ports"]:
-        spec = msgspec.structs.replace(spec, ports=[port(p) for p in o["ports"]])
-    if o["depends_on"]:
-        spec = msgspec.structs.replace(spec, depends_on=[dependency(d) for d in o["depends_on"]])
-    if o["binds_to"] is not None:
-        spec = msgspec.structs.replace(spec, binds_to=o["binds_to"] or None)
-    if o["requires"]:
-        spec = msgspec.structs.replace(spec, requires=list(o["requires"]))
-    spec = with_health(spec, o)
-    if o["stop_grace_period"] is not None:
-        grace = duration(o["stop_grace_period"], "--stop-grace-period")
-        spec = msgspec.structs.replace(spec, stop_grace_s=grace)
-    return spec
 
 
 @click.group()

@@ -1,8 +1,6 @@
 """The dispatcher: agent sessions on the agent channel (SwarmKit's dispatcher). The decisions live in
-`core.tasks.dispatch`; this shell owns the sessions and wires in the parts that run beside them: heartbeat
-deadlines (`manager.heartbeats`), batched task status writes (`manager.status_writer`), the change
-router and assignment streams (`manager.assignments`), endpoint sets (`manager.endpoint_sets`) and log
-streams (`manager.logstreams`).
+`core.tasks.dispatch`; this shell owns the sessions and wires in its sibling modules (heartbeats,
+status_writer, assignments, endpoint_sets, logstreams: see the package's docstring).
 
 - `serve(channel)` runs one agent's session: Register -> SessionStarted (or SessionRefused: rate
   limited, invalid, unavailable), then Heartbeats (answered with HeartbeatAck), StatusReports
