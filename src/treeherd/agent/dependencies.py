@@ -4,7 +4,9 @@ Every service a task here depends on (`--depends-on SVC`) gets a frontend on 127
 same port on every host); its servers are the service's live endpoints, which the manager sends
 (`DependencyEndpoints`) at session start and at every change. Endpoint changes reach haproxy through its
 runtime API without a reload; only a change in the set of frontends reloads it (hitless, checked first
-with `haproxy -c`). The proxy stops with the agent: the next agent starts it again. While it runs, it
+with `haproxy -c`). The proxy stops with the agent; an agent that was killed leaves it serving, and the
+next agent adopts it (same master, brought to the desired state without a restart) when it is alive,
+haproxy and answering its master socket, else ends it and starts a fresh one. While it runs, it
 is supervised: a master that dies or stops answering its CLI socket is replaced within about a second
 on the state last applied (a crash loop backs off), and the next apply catches up from there.
 """
@@ -138,15 +140,20 @@ class DependencyProxy:
             if not self._usable():
                 return True
             self._workdir.mkdir(parents=True, exist_ok=True)
-            await stop_leftover(self._workdir)
             self.haproxy = LocalHaproxy(self._workdir, binary=self._binary)
             try:
-                await self.haproxy.start(desired)
+                adopted = await self.haproxy.adopt(desired)
+                if adopted is None:
+                    await stop_leftover(self._workdir)
+                    await self.haproxy.start(desired)
             except Exception as error:
                 log.warning("the local haproxy did not start: %s", error)
+                with contextlib.suppress(Exception):
+                    await self.haproxy.stop()
                 self.haproxy = None
                 return False
-            log.info("local haproxy started for %s", ", ".join(f.name for f in desired.frontends))
+            verb = "adopted" if adopted is not None else "started"
+            log.info("local haproxy %s for %s", verb, ", ".join(f.name for f in desired.frontends))
             self._supervisor = asyncio.create_task(
                 self.haproxy.supervise(on_restart=lambda _cause: self._wake.set()), name="haproxy-supervisor"
             )

@@ -14,7 +14,10 @@ Invariants:
 - `supervise` notices a master that exited, or stops answering `show proc` on its CLI socket, within
   `watch_interval_s` (plus the CLI timeout), ends its process group (workers included) and starts a fresh
   master on the state last applied; one that dies again right after is restarted after a growing
-  delay (`proxy.supervise`), logged as a crash loop.
+  delay (`proxy.supervise`), logged as a crash loop;
+- `adopt` keeps a master an earlier owner left serving on the same directory (never restarting it):
+  its servers are read from haproxy (`show servers state`), its frontends from the configuration file
+  it loaded, and `apply` converges it like any other; it is then supervised like a started one.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from treeherd.render.haproxy import (
     validate_options,
 )
 
-__all__ = ["ApplyResult", "HaproxyConfigRejected", "LocalHaproxy"]
+__all__ = ["ApplyResult", "HaproxyConfigRejected", "LocalHaproxy", "frontends_of_config"]
 
 log = logging.getLogger(__name__)
 Renderer = Callable[[LocalProxy, HaproxyOptions], str]
@@ -152,6 +155,37 @@ class LocalHaproxy:
             commands=[], reloaded=False, worker_pid=self._worker_pid, check_ms=check_ms, total_ms=_ms(started)
         )
 
+    async def adopt(self, desired: LocalProxy) -> ApplyResult | None:
+        """Take over the haproxy an earlier run left serving on this directory (alive, haproxy, answering
+        its master socket) and bring it to `desired` through the runtime API, or a checked hitless
+        reload when the frontends differ; None when there is nothing to adopt (then `start`)."""
+        validate_options(self.options)
+        validate_local_proxy(desired)
+        found = find_haproxy(self.binary)
+        if found is None:
+            raise HaproxyFailed(f"{self.binary} is not installed (Debian package haproxy)")
+        self._master.binary = found
+        worker = await self._master.adopt()
+        if worker is None:
+            return None
+        try:
+            rows = await servers_state(self.admin_socket)
+            frontends = frontends_of_config(self.config.read_text())
+        except (RuntimeApiError, ValueError, OSError):
+            await self._master.end()
+            return None
+        self._worker_pid = worker
+        self._wanted = True
+        self._silent = 0
+        self._frontends = frontends
+        self._servers = {proxy: {} for proxy in self._frontends}
+        for row in rows:
+            server = ProxyServer(name=row.name, address=row.address, port=row.port, weight=row.weight)
+            self._servers.setdefault(row.backend, {})[row.name] = (server, row.in_maintenance)
+        self._draining.clear()
+        log.info("adopted haproxy master pid %d", self._master.pid)
+        return await self.apply(desired)
+
     async def apply(self, state: LocalProxy) -> ApplyResult:
         """Bring haproxy to `state`: runtime commands when the frontends (names and ports) are the same,
         else one checked reload. Raises `LocalProxyInvalid` on bad input, `HaproxyConfigRejected` or
@@ -201,7 +235,7 @@ class LocalHaproxy:
                 await self._drainer
             self._drainer = None
         self._wanted = False
-        if self._master.returncode is not None:
+        if self._master.exited:
             await self._master.end()  # a dead master's workers may outlive it
         else:
             await self._master.stop()
@@ -227,7 +261,7 @@ class LocalHaproxy:
         pid = self._master.started_pid
         if pid is None:
             return "no master is running (its last start failed)"
-        if self._master.returncode is not None:
+        if self._master.exited:
             return death_cause(pid, self._master.returncode)
         if self._lock.locked():
             return None  # a reload is under way: the master re-executes itself and may not answer
@@ -383,6 +417,21 @@ class LocalHaproxy:
             return
         if b"haproxy" in cmdline and str(self.config).encode() in cmdline:
             raise HaproxyFailed(f"a haproxy from an earlier run (pid {pid}) still uses {self.workdir}")
+
+
+def frontends_of_config(text: str) -> dict[str, int]:
+    """Each `listen` section's name and the port of its `bind` in a rendered configuration."""
+    found: dict[str, int] = {}
+    section = ""
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if not line[0].isspace():
+            section = words[1] if words[0] == "listen" and len(words) > 1 else ""
+        elif section and words[0] == "bind" and len(words) > 1:
+            found[section] = int(words[1].rsplit(":", 1)[1])
+    return found
 
 
 def _ms(started: float) -> float:

@@ -8,6 +8,11 @@ connections and exits. A reload that fails in the master (a port another process
 does not bind) leaves the old worker serving; `reload` reports it by the master's failed-reload count.
 Its workers share the master's process group, so `end` kills what is left of a dead or silent master
 (SIGKILL to the group) before a new one takes the ports.
+
+`adopt` takes over a master an earlier owner started on the same files (that owner was killed, the
+master kept serving): it is kept only when its pid file names a live haproxy on this configuration whose
+master socket answers. An adopted master is not this process's child, so its death is seen by polling
+its pid, not by waiting for it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import psutil
 
 from treeherd.model.errors import Unavailable
 from treeherd.proxy.runtime import RuntimeApiError, query
@@ -30,6 +36,7 @@ from treeherd.proxy.supervise import end_group
 __all__ = ["ConfigCheck", "HaproxyFailed", "HaproxyMaster", "check_config", "find_haproxy"]
 
 POLL_S = 0.01
+ADOPTED_POLL_S = 0.05  # how often an adopted master's pid is looked at
 
 
 class HaproxyFailed(Unavailable):
@@ -105,24 +112,41 @@ class HaproxyMaster:
         self.admin_socket = admin_socket
         self.log_file = log_file
         self._process: asyncio.subprocess.Process | None = None
+        self._adopted: int | None = None  # the pid of a master an earlier owner started
 
     @property
     def pid(self) -> int | None:
         """The master's pid while it runs."""
+        if self._adopted is not None:
+            return self._adopted if _alive(self._adopted) else None
         return self._process.pid if self._process and self._process.returncode is None else None
 
     @property
+    def exited(self) -> bool:
+        """Whether the started or adopted master is gone."""
+        if self._adopted is not None:
+            return not _alive(self._adopted)
+        return self._process is not None and self._process.returncode is not None
+
+    @property
     def returncode(self) -> int | None:
-        """The master's exit status once it exited (negative: the signal that ended it), else None."""
+        """The master's exit status once it exited (negative: the signal that ended it), else None
+        (also for an adopted master, whose status only its parent learns)."""
         return self._process.returncode if self._process else None
 
     @property
     def started_pid(self) -> int | None:
-        """The pid of the master this object started, alive or not (None: never started or stopped)."""
+        """The pid of the master this object started or adopted, alive or not (None: never started
+        or stopped)."""
+        if self._adopted is not None:
+            return self._adopted
         return self._process.pid if self._process else None
 
     async def wait_exit(self, timeout_s: float) -> None:
         """Return when the master exits or after `timeout_s`, whichever comes first."""
+        if self._adopted is not None:
+            await _wait_gone(self._adopted, timeout_s)
+            return
         process = self._process
         if process is None or process.returncode is not None:
             await asyncio.sleep(timeout_s)
@@ -135,12 +159,16 @@ class HaproxyMaster:
         """Kill the master and every process of its group (its workers, which may outlive it) and
         wait until they are gone; the next `start` begins afresh."""
         process, self._process = self._process, None
-        if process is None:
+        adopted, self._adopted = self._adopted, None
+        if process is None and adopted is None:
             return
         try:
-            await end_group(process.pid, timeout_s=timeout_s)
-            async with asyncio.timeout(timeout_s):
-                await process.wait()
+            if adopted is not None:
+                await end_group(adopted, timeout_s=timeout_s)
+            if process is not None:
+                await end_group(process.pid, timeout_s=timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await process.wait()
         except TimeoutError as error:
             raise HaproxyFailed(f"haproxy did not end: {error}") from None
 
@@ -154,7 +182,7 @@ class HaproxyMaster:
 
     async def start(self, *, timeout_s: float = 10.0) -> int:
         """Start the master on `config` and return its worker's pid once both sockets answer."""
-        if self._process is not None:
+        if self._process is not None or self._adopted is not None:
             raise HaproxyFailed("this haproxy is already started")
         for stale in (self.master_socket, self.admin_socket, self.pid_file):
             stale.unlink(missing_ok=True)
@@ -189,6 +217,33 @@ class HaproxyMaster:
         except TimeoutError:
             await self.stop()
             raise HaproxyFailed(f"haproxy did not answer on its admin socket within {timeout_s:g}s") from None
+
+    async def adopt(self, *, timeout_s: float = 2.0) -> int | None:
+        """Take over the master the pid file names when it is a live haproxy on `config` whose master
+        socket answers `show proc` as that pid with a worker, and that worker answers the admin socket;
+        returns that worker's pid, or None (nothing adopted: the caller ends what is left and starts)."""
+        if self._process is not None or self._adopted is not None:
+            raise HaproxyFailed("this haproxy is already started")
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            master = psutil.Process(pid)
+            cmdline = master.cmdline()
+            if master.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return None
+        if not cmdline or "haproxy" not in Path(cmdline[0]).name or str(self.config) not in cmdline:
+            return None  # the pid was reused by something else
+        try:
+            async with asyncio.timeout(timeout_s):
+                table = await self.workers(timeout_s=timeout_s)
+                if table.master_pid != pid or not table.current:
+                    return None
+                await self._wait_for_admin_socket(table.current[0])
+        except (TimeoutError, RuntimeApiError, ValueError):
+            return None
+        self._adopted = pid
+        return table.current[0]
 
     async def workers(self, *, timeout_s: float = 5.0) -> ProcTable:
         """The master's `show proc`."""
@@ -230,6 +285,10 @@ class HaproxyMaster:
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:
         """SIGTERM to the master (it stops its workers), SIGKILL to its process group after `timeout_s`."""
+        adopted, self._adopted = self._adopted, None
+        if adopted is not None:
+            await self._stop_adopted(adopted, timeout_s)
+            return
         process, self._process = self._process, None
         if process is None or process.returncode is not None:
             return
@@ -243,3 +302,29 @@ class HaproxyMaster:
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
         self.pid_file.unlink(missing_ok=True)
+
+    async def _stop_adopted(self, pid: int, timeout_s: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        await _wait_gone(pid, timeout_s)
+        with contextlib.suppress(TimeoutError):
+            await end_group(pid, timeout_s=timeout_s)  # workers the master left behind
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie is dead: only its parent, not us, can reap it)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+async def _wait_gone(pid: int, timeout_s: float) -> None:
+    """Return once `pid` is dead or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not _alive(pid):
+            return
+        await asyncio.sleep(min(ADOPTED_POLL_S, left))
