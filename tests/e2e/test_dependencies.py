@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -162,3 +163,85 @@ def test_a_sidekick_lives_and_stops_with_the_tasks_of_its_service(cluster: Clust
         lambda: hosts_of("logship") == hosts_of("web") and len(hosts_of("web")) == 1, "one sidekick left"
     )
     wait_for(lambda: processes_of("logship") == 1, "the other sidekick's process gone")
+
+
+def _master_pid(cluster: Cluster, host: str) -> int:
+    try:
+        return int((cluster.tmp / host / "haproxy" / "haproxy.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def test_a_restarted_agent_adopts_its_running_haproxy(cluster: Cluster) -> None:
+    api = TaskSpec(
+        command=[sys.executable, "-c", TASK_HTTP_SERVER],
+        ports=[PortSpec(name="http")],
+        health=HealthCheck(kind="http", interval_s=0.2, timeout_s=1.0, retries=1),
+    )
+    app = TaskSpec(
+        command=["sleep", "300"],
+        depends_on=[Dependency(service="api")],
+        placement=Placement(constraints=["node.hostname==host-a"]),
+    )
+    with cluster.client() as client:
+        client.request(
+            "POST", "/api/v1/services", ServiceCreate(name="api", node="corp", replicas=2, task=api)
+        )
+        client.request(
+            "POST", "/api/v1/services", ServiceCreate(name="app", node="corp", replicas=1, task=app)
+        )
+    wait_for(lambda: len(endpoints(cluster, "api")) == 2, "2 api endpoints")
+    address = wait_for(lambda: appprocess_env(cluster).get("TREEHERD_DEP_API"), "app's TREEHERD_DEP_API")
+    wait_for(lambda: try_call(get, address), "api through the local port")
+    master = _master_pid(cluster, "host-a")
+    assert master and psutil.pid_exists(master)
+
+    # Requests loop through the local port while the agent is killed (-9, its haproxy survives in its
+    # own session) and started again: the new agent adopts the same master, and no request fails.
+    stop, failures, answered = threading.Event(), [], []
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                answered.append(get(address))
+            except OSError as error:
+                failures.append(repr(error))
+            time.sleep(0.005)
+
+    client_thread = threading.Thread(target=loop)
+    client_thread.start()
+    try:
+        agent = cluster.agents["host-a"]
+        agent.kill()
+        cluster.start_agent("host-a")
+        wait_for(lambda: f"adopted haproxy master pid {master}" in agent.log(), "the adoption", timeout_s=20)
+        count = len(answered)
+        wait_for(lambda: len(answered) > count + 20, "requests after the adoption")
+    finally:
+        stop.set()
+        client_thread.join(10)
+    assert failures == []
+    assert _master_pid(cluster, "host-a") == master and psutil.pid_exists(master)
+
+    # An endpoint change reaches the adopted master through its runtime API (the same worker: no reload).
+    admin = str(cluster.tmp / "host-a" / "haproxy" / "admin.sock")
+    worker = int(asyncio.run(info(admin))["Pid"])
+    with cluster.client() as client:
+        client.request("PATCH", "/api/v1/services/api", ServiceUpdate(replicas=3))
+    wait_for(lambda: len(endpoints(cluster, "api")) == 3, "3 api endpoints", timeout_s=30)
+    wait_for(lambda: len({get(address) for _ in range(30)}) == 3, "all 3 api tasks answering", timeout_s=10)
+    assert _master_pid(cluster, "host-a") == master
+    assert int(asyncio.run(info(admin))["Pid"]) == worker
+
+    # The adopted master is supervised: killed, it is replaced by a fresh one within about 2 s.
+    os.kill(master, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        lambda: _master_pid(cluster, "host-a") not in (0, master) and try_call(get, address),
+        "a fresh haproxy master serving the local port",
+        timeout_s=10,
+        poll_s=0.05,
+    )
+    replaced_s = time.monotonic() - killed
+    print(f"adopted master SIGKILL: a fresh master serves after {replaced_s:.2f} s")
+    assert replaced_s < 2.5

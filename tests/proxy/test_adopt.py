@@ -63,10 +63,12 @@ async def test_a_new_owner_adopts_the_running_master_and_supervises_it(
             # `first` is abandoned, not stopped: its owner was killed.
             with ClientLoop(port) as clients:
                 await clients.wait_for(20)
-                result = await second.adopt(one_frontend(port, servers[1:2]))
+                serving = await second.adopt()
+                assert serving == one_frontend(port, servers[1:2])  # read back from haproxy
+                result = await second.apply(one_frontend(port, servers[1:2]))
                 await clients.wait_for(20)
                 await clients.finish()
-            assert result is not None and not result.reloaded and result.commands == []  # already there
+            assert not result.reloaded and result.commands == []  # already there
             assert clients.failures == []
             assert set(clients.answers) == {"b2"}
             assert second.master_pid == master
@@ -110,7 +112,7 @@ async def test_a_master_that_does_not_answer_is_not_adopted(tmp_path: Path) -> N
             master = first.master_pid
             assert master is not None
             os.kill(master, signal.SIGSTOP)
-            assert await second.adopt(one_frontend(port, servers)) is None
+            assert await second.adopt() is None
             assert second.master_pid is None
             assert _alive(master)  # left to the caller, which ends it before starting afresh
     finally:

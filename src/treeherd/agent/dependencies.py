@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import psutil
 
 from treeherd.core.tasks.agent_state import AgentState
@@ -26,7 +27,7 @@ from treeherd.model.states import TaskState
 from treeherd.model.wire import DependencyEndpoints, DependencyServer
 from treeherd.proxy.haproxy import LocalHaproxy
 from treeherd.proxy.master import find_haproxy
-from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, server_name
+from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, haproxy_name, server_name
 
 __all__ = ["DependencyProxy", "HaproxyMode", "desired_proxy"]
 
@@ -142,10 +143,13 @@ class DependencyProxy:
             self._workdir.mkdir(parents=True, exist_ok=True)
             self.haproxy = LocalHaproxy(self._workdir, binary=self._binary)
             try:
-                adopted = await self.haproxy.adopt(desired)
+                adopted = await self.haproxy.adopt()
                 if adopted is None:
                     await stop_leftover(self._workdir)
                     await self.haproxy.start(desired)
+                else:
+                    desired = self._keep_unknown_endpoints(desired, adopted)
+                    await self.haproxy.apply(desired)
             except Exception as error:
                 log.warning("the local haproxy did not start: %s", error)
                 with contextlib.suppress(Exception):
@@ -168,6 +172,18 @@ class DependencyProxy:
             log.info("local haproxy reloaded for frontends %s", ", ".join(f.name for f in desired.frontends))
         self._applied = desired
         return True
+
+    def _keep_unknown_endpoints(self, desired: LocalProxy, serving: LocalProxy) -> LocalProxy:
+        """`desired`, where a service whose endpoints the manager has not sent yet keeps the servers the
+        adopted haproxy has (an empty frontend until then would fail every request)."""
+        have = {f.name: f.servers for f in serving.frontends}
+        frontends = [
+            f
+            if f.name in self._servers or haproxy_name(f.name) not in have
+            else msgspec.structs.replace(f, servers=have[haproxy_name(f.name)])
+            for f in desired.frontends
+        ]
+        return LocalProxy(frontends=frontends)
 
     def _usable(self) -> bool:
         if self._mode == "off":

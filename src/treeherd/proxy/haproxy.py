@@ -17,7 +17,8 @@ Invariants:
   delay (`proxy.supervise`), logged as a crash loop;
 - `adopt` keeps a master an earlier owner left serving on the same directory (never restarting it):
   its servers are read from haproxy (`show servers state`), its frontends from the configuration file
-  it loaded, and `apply` converges it like any other; it is then supervised like a started one.
+  it loaded, and `apply` then converges it like any other (runtime API, or a checked hitless reload
+  when the frontends differ); it is supervised like a started one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from treeherd.proxy.supervise import RestartPolicy, Restarts, after_death, death
 from treeherd.render.haproxy import (
     HaproxyOptions,
     LocalProxy,
+    ProxyFrontend,
     ProxyServer,
     render_haproxy,
     validate_local_proxy,
@@ -155,12 +157,12 @@ class LocalHaproxy:
             commands=[], reloaded=False, worker_pid=self._worker_pid, check_ms=check_ms, total_ms=_ms(started)
         )
 
-    async def adopt(self, desired: LocalProxy) -> ApplyResult | None:
+    async def adopt(self) -> LocalProxy | None:
         """Take over the haproxy an earlier run left serving on this directory (alive, haproxy, answering
-        its master socket) and bring it to `desired` through the runtime API, or a checked hitless
-        reload when the frontends differ; None when there is nothing to adopt (then `start`)."""
+        its master socket) and return what it serves (frontends by haproxy name, their servers out of
+        maintenance), for the caller to `apply` the desired state onto; None when there is nothing to
+        adopt (then `start`)."""
         validate_options(self.options)
-        validate_local_proxy(desired)
         found = find_haproxy(self.binary)
         if found is None:
             raise HaproxyFailed(f"{self.binary} is not installed (Debian package haproxy)")
@@ -178,13 +180,24 @@ class LocalHaproxy:
         self._wanted = True
         self._silent = 0
         self._frontends = frontends
-        self._servers = {proxy: {} for proxy in self._frontends}
+        self._servers = {proxy: {} for proxy in frontends}
         for row in rows:
             server = ProxyServer(name=row.name, address=row.address, port=row.port, weight=row.weight)
             self._servers.setdefault(row.backend, {})[row.name] = (server, row.in_maintenance)
         self._draining.clear()
+        serving = LocalProxy(
+            frontends=[
+                ProxyFrontend(
+                    name=proxy,
+                    port=port,
+                    servers=[s for s, off in self._servers.get(proxy, {}).values() if not off],
+                )
+                for proxy, port in sorted(frontends.items())
+            ]
+        )
+        self._state = serving
         log.info("adopted haproxy master pid %d", self._master.pid)
-        return await self.apply(desired)
+        return serving
 
     async def apply(self, state: LocalProxy) -> ApplyResult:
         """Bring haproxy to `state`: runtime commands when the frontends (names and ports) are the same,
