@@ -17,8 +17,8 @@ import pytest
 
 from tests.proxy.conftest import one_frontend
 from treeherd.proxy import LocalHaproxy
-from treeherd.proxy.haproxy import frontends_of_config
-from treeherd.render.haproxy import HaproxyOptions, render_haproxy
+from treeherd.proxy.haproxy_supervisor import supervise
+from treeherd.render.haproxy import HaproxyOptions, frontends_of_config, render_haproxy
 from treeherd.testing.backends import ClientLoop, ask, backends
 from treeherd.testing.ports import free_port
 from treeherd.testing.waiting import eventually
@@ -79,7 +79,7 @@ async def test_a_new_owner_adopts_the_running_master_and_supervises_it(
             await eventually(lambda: _answers(port, "b3"), "b3 to answer through the adopted master")
             assert second.master_pid == master
 
-            supervisor = asyncio.create_task(second.supervise())
+            supervisor = asyncio.create_task(supervise(second))
             os.kill(master, signal.SIGKILL)
             killed = time.monotonic()
 

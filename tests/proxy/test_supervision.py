@@ -16,6 +16,7 @@ import pytest
 
 from tests.proxy.conftest import one_frontend
 from treeherd.proxy import LocalHaproxy
+from treeherd.proxy.haproxy_supervisor import supervise
 from treeherd.testing.backends import ask, backends
 from treeherd.testing.ports import free_port
 from treeherd.testing.waiting import eventually
@@ -46,7 +47,7 @@ async def _restarted_after(
         assert old is not None
         old_group = group_of(old)
         assert len(old_group) >= 2  # the master and its worker
-        supervisor = asyncio.create_task(local_haproxy.supervise())
+        supervisor = asyncio.create_task(supervise(local_haproxy))
         try:
             os.kill(old, signum)
             signalled = time.monotonic()

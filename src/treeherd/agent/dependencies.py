@@ -26,6 +26,7 @@ from treeherd.core.tasks.agent_state import AgentState
 from treeherd.model.states import TaskState
 from treeherd.model.wire import DependencyEndpoints, DependencyServer
 from treeherd.proxy.haproxy import LocalHaproxy
+from treeherd.proxy.haproxy_supervisor import supervise
 from treeherd.proxy.master import find_haproxy
 from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, haproxy_name, server_name
 
@@ -159,7 +160,7 @@ class DependencyProxy:
             verb = "adopted" if adopted is not None else "started"
             log.info("local haproxy %s for %s", verb, ", ".join(f.name for f in desired.frontends))
             self._supervisor = asyncio.create_task(
-                self.haproxy.supervise(on_restart=lambda _cause: self._wake.set()), name="haproxy-supervisor"
+                supervise(self.haproxy, on_restart=lambda _cause: self._wake.set()), name="haproxy-supervisor"
             )
             self._applied = desired
             return True

@@ -14,7 +14,7 @@ Invariants:
 - `supervise` notices a master that exited, or stops answering `show proc` on its CLI socket, within
   `watch_interval_s` (plus the CLI timeout), ends its process group (workers included) and starts a fresh
   master on the state last applied; one that dies again right after is restarted after a growing
-  delay (`proxy.supervise`), logged as a crash loop;
+  delay (`proxy.supervise`), logged as a crash loop (the loop: `proxy.haproxy_supervisor`);
 - `adopt` keeps a master an earlier owner left serving on the same directory (never restarting it):
   its servers are read from haproxy (`show servers state`), its frontends from the configuration file
   it loaded, and `apply` then converges it like any other (runtime API, or a checked hitless reload
@@ -33,21 +33,21 @@ from pathlib import Path
 import msgspec
 
 from treeherd.proxy.master import HaproxyFailed, HaproxyMaster, check_config, find_haproxy
-from treeherd.proxy.plan import plan_changes, servers_of
+from treeherd.proxy.plan import plan_changes, served_state, servers_of
 from treeherd.proxy.runtime import RuntimeApiError, RuntimeCall, call, query
 from treeherd.proxy.stats import ProcTable, ServerState, StatRow, servers_state, stat
-from treeherd.proxy.supervise import RestartPolicy, Restarts, after_death, death_cause, started
+from treeherd.proxy.supervise import death_cause
 from treeherd.render.haproxy import (
     HaproxyOptions,
     LocalProxy,
-    ProxyFrontend,
     ProxyServer,
+    frontends_of_config,
     render_haproxy,
     validate_local_proxy,
     validate_options,
 )
 
-__all__ = ["ApplyResult", "HaproxyConfigRejected", "LocalHaproxy", "frontends_of_config"]
+__all__ = ["ApplyResult", "HaproxyConfigRejected", "LocalHaproxy"]
 
 log = logging.getLogger(__name__)
 Renderer = Callable[[LocalProxy, HaproxyOptions], str]
@@ -180,21 +180,8 @@ class LocalHaproxy:
         self._wanted = True
         self._silent = 0
         self._frontends = frontends
-        self._servers = {proxy: {} for proxy in frontends}
-        for row in rows:
-            server = ProxyServer(name=row.name, address=row.address, port=row.port, weight=row.weight)
-            self._servers.setdefault(row.backend, {})[row.name] = (server, row.in_maintenance)
+        self._servers, serving = served_state(frontends, rows)
         self._draining.clear()
-        serving = LocalProxy(
-            frontends=[
-                ProxyFrontend(
-                    name=proxy,
-                    port=port,
-                    servers=[s for s, off in self._servers.get(proxy, {}).values() if not off],
-                )
-                for proxy, port in sorted(frontends.items())
-            ]
-        )
         self._state = serving
         log.info("adopted haproxy master pid %d", self._master.pid)
         return serving
@@ -306,43 +293,14 @@ class LocalHaproxy:
                 total_ms=_ms(started_at),
             )  # fmt: skip
 
-    async def supervise(
-        self,
-        *,
-        watch_interval_s: float = WATCH_INTERVAL_S,
-        policy: RestartPolicy | None = None,
-        on_restart: Callable[[str], None] | None = None,
-    ) -> None:
-        """Run until cancelled: restart the master whenever `dead_master` finds it dead, backing off
-        in a crash loop; `on_restart(cause)` after each fresh start."""
-        history = Restarts()
-        while True:
-            await self._master.wait_exit(watch_interval_s)  # an exit is seen at once
-            cause = await self.dead_master()
-            if cause is None:
-                continue
-            decision = after_death(history, time.monotonic(), policy)
-            if decision.crash_loop:
-                log.warning(
-                    "haproxy in %s: crash loop: %s, %d time(s) in a row soon after a restart; next start"
-                    " in %g s", self.workdir, cause, decision.quick_deaths, decision.delay_s,
-                )  # fmt: skip
-            with contextlib.suppress(HaproxyFailed):  # `restart` tries again and says why
-                async with self._lock:
-                    await self._master.end()  # nothing half-alive keeps serving during the delay
-            await asyncio.sleep(decision.delay_s)
-            try:
-                result = await self.restart()
-            except (HaproxyFailed, OSError) as error:
-                log.warning("haproxy in %s: %s; it did not start again: %s", self.workdir, cause, error)
-            else:
-                log.warning(
-                    "haproxy in %s: proxy restarted: %s; new worker pid %d",
-                    self.workdir, cause, result.worker_pid,
-                )  # fmt: skip
-                if on_restart is not None:
-                    on_restart(cause)
-            history = started(decision, time.monotonic())
+    async def wait_exit(self, timeout_s: float) -> None:
+        """Return when the master exits, or after `timeout_s` (an exit is seen at once)."""
+        await self._master.wait_exit(timeout_s)
+
+    async def end_master(self) -> None:
+        """End the master and its process group (workers included), between reloads."""
+        async with self._lock:
+            await self._master.end()
 
     def _view(self) -> dict[str, dict[str, tuple[ProxyServer, bool]]]:
         view = {proxy: dict(servers) for proxy, servers in self._servers.items()}
@@ -430,21 +388,6 @@ class LocalHaproxy:
             return
         if b"haproxy" in cmdline and str(self.config).encode() in cmdline:
             raise HaproxyFailed(f"a haproxy from an earlier run (pid {pid}) still uses {self.workdir}")
-
-
-def frontends_of_config(text: str) -> dict[str, int]:
-    """Each `listen` section's name and the port of its `bind` in a rendered configuration."""
-    found: dict[str, int] = {}
-    section = ""
-    for line in text.splitlines():
-        words = line.split()
-        if not words or words[0].startswith("#"):
-            continue
-        if not line[0].isspace():
-            section = words[1] if words[0] == "listen" and len(words) > 1 else ""
-        elif section and words[0] == "bind" and len(words) > 1:
-            found[section] = int(words[1].rsplit(":", 1)[1])
-    return found
 
 
 def _ms(started: float) -> float:

@@ -14,20 +14,22 @@ Adds come before removals so a frontend never has fewer servers than both states
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from treeherd.proxy.stats import ServerState
 from treeherd.render.haproxy import (
     HaproxyOptions,
     LocalProxy,
+    ProxyFrontend,
     ProxyServer,
     haproxy_name,
     server_endpoint,
     server_keywords,
 )
 
-__all__ = ["HaproxyServers", "RuntimePlan", "plan_changes", "servers_of"]
+__all__ = ["HaproxyServers", "RuntimePlan", "plan_changes", "served_state", "servers_of"]
 
 
 class RuntimePlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,3 +93,23 @@ def plan_changes(
     commands = adds + changes + removals
     deletions = [command.removeprefix("disable server ") for command in removals]
     return RuntimePlan(reload=False, commands=commands, removals=deletions)
+
+
+def served_state(
+    frontends: dict[str, int], rows: Sequence[ServerState]
+) -> tuple[dict[str, dict[str, tuple[ProxyServer, bool]]], LocalProxy]:
+    """What a running haproxy serves, from its frontends and `show servers state` rows: its servers by
+    frontend (with whether each is in maintenance) and the state of those in rotation."""
+    servers: dict[str, dict[str, tuple[ProxyServer, bool]]] = {proxy: {} for proxy in frontends}
+    for row in rows:
+        server = ProxyServer(name=row.name, address=row.address, port=row.port, weight=row.weight)
+        servers.setdefault(row.backend, {})[row.name] = (server, row.in_maintenance)
+    serving = LocalProxy(
+        frontends=[
+            ProxyFrontend(
+                name=proxy, port=port, servers=[s for s, off in servers.get(proxy, {}).values() if not off]
+            )
+            for proxy, port in sorted(frontends.items())
+        ]
+    )
+    return servers, serving

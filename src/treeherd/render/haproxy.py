@@ -272,3 +272,19 @@ def render_haproxy(state: LocalProxy, options: HaproxyOptions) -> str:
         for frontend in sorted(state.frontends, key=lambda f: haproxy_name(f.name))
     ]
     return _environment().get_template("haproxy.cfg.j2").render(options=options, frontends=frontends)
+
+
+def frontends_of_config(text: str) -> dict[str, int]:
+    """Each `listen` section's name and the port of its `bind` in a configuration rendered here: what a
+    running haproxy serves, read back when a new owner adopts it."""
+    found: dict[str, int] = {}
+    section = ""
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if not line[0].isspace():
+            section = words[1] if words[0] == "listen" and len(words) > 1 else ""
+        elif section and words[0] == "bind" and len(words) > 1:
+            found[section] = int(words[1].rsplit(":", 1)[1])
+    return found
