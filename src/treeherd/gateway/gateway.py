@@ -231,6 +231,7 @@ class Gateway:
         """Start nginx again when its master dies: at once, or after a growing delay in a crash loop."""
         seen = self.nginx.master_pid()
         history = Restarts()
+        failed: str | None = None  # why the last start failed: the cause of a crash loop, not the old pid
         while not self._stopped.is_set():
             await self._pause(self.options.watch_interval_s)
             pid = self.nginx.master_pid()
@@ -240,23 +241,28 @@ class Gateway:
             async with self._applying:
                 if self.nginx.master_pid() is not None:
                     continue  # a render started it meanwhile
-            cause = death_cause(seen, None)  # nginx runs detached: its exit status is not ours to see
-            log.warning("gateway %s: nginx %s", self.options.name, cause)
+            # nginx runs detached: its exit status is not ours to see
+            cause = failed or death_cause(seen, None)
+            log.warning("gateway %s: nginx is down: %s", self.options.name, cause)
             decision = after_death(history, time.monotonic())
             if decision.crash_loop:
                 await self._record(
                     "error",
-                    f"crash loop: the nginx master died {decision.quick_deaths} time(s) in a row within"
-                    f" seconds of a restart ({cause}); next start in {decision.delay_s:g} s",
+                    f"crash loop: the nginx master did not stay up {decision.quick_deaths} time(s) in a row"
+                    f" after a restart ({cause}); next start in {decision.delay_s:g} s",
                     {"quick_deaths": decision.quick_deaths, "delay_s": decision.delay_s},
                 )
                 await self._pause(decision.delay_s)
                 if self._stopped.is_set():
                     return
             assert self.mirror is not None
+            failed = None
             async with self._applying:
                 if self.nginx.master_pid() is None:
-                    await self.configurator.apply(self.mirror.snapshot(), "found by the master watch")
+                    why = "found by the master watch"
+                    result = await self.configurator.apply(self.mirror.snapshot(), why)
+                    if result.outcome == "rollback" and self.nginx.master_pid() is None:
+                        failed = f"the restart failed: {result.reason.rpartition(why + ': ')[2]}"
             history = started(decision, time.monotonic())
             seen = self.nginx.master_pid() or seen
 
