@@ -18,6 +18,7 @@ import pytest
 from tests.proxy.conftest import one_frontend
 from tests.proxy.test_supervision import _answers, group_of
 from treeherd.proxy import LocalHaproxy
+from treeherd.proxy.haproxy_supervisor import supervise
 from treeherd.testing.backends import backends
 from treeherd.testing.ports import free_port
 from treeherd.testing.waiting import eventually
@@ -42,7 +43,7 @@ async def test_a_master_that_cannot_start_backs_off_and_recovers(
         await eventually(lambda: _answers(port, "b2"), "b2 to answer")
         old = local_haproxy.master_pid
         assert old is not None
-        supervisor = asyncio.create_task(local_haproxy.supervise())
+        supervisor = asyncio.create_task(supervise(local_haproxy))
         blocker = socket.socket()
         try:
             await asyncio.sleep(0.1)  # the supervisor is watching
