@@ -29,6 +29,7 @@ VALIDATE_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+DYING_WAIT_S = 2.0  # for a killed master to turn zombie before its leftovers are ended
 MAX_OUTPUT = 65_536  # bytes of nginx's own output kept for an error message
 _FAILURE = re.compile(r"\[(emerg|alert|crit)\]")
 
@@ -117,11 +118,28 @@ class Nginx:
         except psutil.Error:
             return True
 
+    def _dying(self, pid: int) -> bool:
+        """Is `pid` being torn down (still in the table, not a zombie, its command line already gone)?"""
+        try:
+            process = psutil.Process(pid)
+            return process.status() != psutil.STATUS_ZOMBIE and not process.cmdline()
+        except psutil.Error:
+            return False
+
     async def end_leftovers(self, pid: int | None = None) -> int:
         """Kill what is left of the dead master `pid` (the pid file's by default): its workers still
         serve the old configuration and hold the ports a new master needs. Returns how many it ended."""
         pid = self.recorded_pid() if pid is None else pid
-        if pid is None or not self._dead(pid):
+        if pid is None:
+            return 0
+        # A master killed a moment ago is torn down before it turns zombie: meanwhile it has no command
+        # line and reads as neither live nor dead. Give it a bounded moment instead of leaving its workers.
+        deadline = time.monotonic() + DYING_WAIT_S
+        while time.monotonic() < deadline:
+            if not self._dying(pid):
+                break
+            await asyncio.sleep(0.01)
+        if not self._dead(pid):
             return 0
         try:
             return len(await end_group(pid, timeout_s=STOP_TIMEOUT_S))
