@@ -39,6 +39,24 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
+# A task that answers every GET with JSON naming its slot (`task-N`) and its version ($V, default 1);
+# single-threaded, and SIGTERM ends it at once: a request sent to it after its stop begins would fail.
+TASK_JSON_SERVER = """
+import http.server, json, os
+port = int(os.environ["TREEHERD_PORT_HTTP"])
+body = json.dumps({"name": "task-" + os.environ["TREEHERD_SLOT"], "v": os.environ.get("V", "1")}).encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
 class Cluster:
     def __init__(self, tmp: Path, *, executor: str = "hollow", port: int | None = None) -> None:
         self.tmp = tmp

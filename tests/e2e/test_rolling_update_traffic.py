@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import TASK_JSON_SERVER
 from tests.e2e.test_up_gateway import nginx_masters
 from tests.gateway.helpers import get, served_by
 from treeherd.testing.ports import free_port
@@ -26,23 +27,6 @@ from treeherd.transport.client import Client
 pytestmark = pytest.mark.e2e
 HOST = "roll.test"
 
-# Answers with its slot and the version in $V; single-threaded, and SIGTERM ends it at once: a
-# request sent to it after its stop begins would fail.
-TASK_SERVER = """
-import http.server, json, os
-port = int(os.environ["TREEHERD_PORT_HTTP"])
-body = json.dumps({"name": "task-" + os.environ["TREEHERD_SLOT"], "v": os.environ.get("V", "1")}).encode()
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-
 
 @pytest.mark.parametrize("order", ["start-first", "stop-first"])
 def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path, order: str) -> None:
@@ -50,7 +34,7 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path, order: str
     data = tmp_path / "up"
     domain_port = free_port()
     task = {
-        "command": [sys.executable, "-c", TASK_SERVER],
+        "command": [sys.executable, "-c", TASK_JSON_SERVER],
         "ports": [{"name": "http"}],
         "health": {"kind": "http", "path": "/", "interval_s": 0.2, "timeout_s": 1},
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.e2e.helpers import TASK_JSON_SERVER
 from tests.gateway.helpers import Backend, served_by
 from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
@@ -58,26 +59,10 @@ def test_up_without_the_gateway(tmp_path: Path) -> None:
         assert not nginx_masters(tmp_path / "up" / "gateway")
 
 
-TASK_SERVER = """
-import http.server, json, os
-port = int(os.environ["TREEHERD_PORT_HTTP"])
-body = json.dumps({"name": "task-" + os.environ["TREEHERD_SLOT"]}).encode()
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-
-
 def test_running_tasks_of_a_routed_node_are_its_backends(tmp_path: Path) -> None:
     data = tmp_path / "up"
     domain_port = free_port()
-    task = {"command": [sys.executable, "-c", TASK_SERVER], "ports": [{"name": "http"}]}
+    task = {"command": [sys.executable, "-c", TASK_JSON_SERVER], "ports": [{"name": "http"}]}
     try:
         with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
             client.request("POST", "/api/v1/domains", {"name": HOST, "ports": [{"port": domain_port}]})
