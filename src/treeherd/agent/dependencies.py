@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import msgspec
 import psutil
 
 from treeherd.core.tasks.agent_state import AgentState
@@ -149,7 +148,8 @@ class DependencyProxy:
                     await stop_leftover(self._workdir)
                     await self.haproxy.start(desired)
                 else:
-                    desired = self._keep_unknown_endpoints(desired, adopted)
+                    self._remember_adopted_servers(desired, adopted)
+                    desired = desired_proxy(self._state, self._servers)
                     await self.haproxy.apply(desired)
             except Exception as error:
                 log.warning("the local haproxy did not start: %s", error)
@@ -174,17 +174,18 @@ class DependencyProxy:
         self._applied = desired
         return True
 
-    def _keep_unknown_endpoints(self, desired: LocalProxy, serving: LocalProxy) -> LocalProxy:
-        """`desired`, where a service whose endpoints the manager has not sent yet keeps the servers the
-        adopted haproxy has (an empty frontend until then would fail every request)."""
+    def _remember_adopted_servers(self, desired: LocalProxy, serving: LocalProxy) -> None:
+        """A service whose endpoints the manager has not sent yet keeps the servers the adopted haproxy
+        has until it does (an empty frontend meanwhile would fail every request); the manager's first
+        message for it replaces them. Kept with the manager's endpoints, not only for the first apply:
+        any apply before that message (a task changing state) would empty the frontend too."""
         have = {f.name: f.servers for f in serving.frontends}
-        frontends = [
-            f
-            if f.name in self._servers or haproxy_name(f.name) not in have
-            else msgspec.structs.replace(f, servers=have[haproxy_name(f.name)])
-            for f in desired.frontends
-        ]
-        return LocalProxy(frontends=frontends)
+        for frontend in desired.frontends:
+            servers = have.get(haproxy_name(frontend.name))
+            if frontend.name not in self._servers and servers is not None:
+                self._servers[frontend.name] = [
+                    DependencyServer(address=s.address, port=s.port, weight=s.weight) for s in servers
+                ]
 
     def _usable(self) -> bool:
         if self._mode == "off":
