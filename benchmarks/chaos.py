@@ -36,7 +36,6 @@ import http.client
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,10 +53,10 @@ from treeherd.model.services import Placement, PortSpec, RestartPolicy, TaskSpec
 from treeherd.testing.ports import free_port
 from treeherd.testing.processes import (
     AgentProcess,
+    GatewayProcess,
     ManagerProcess,
     processes_under,
     reap_processes_under,
-    treeherd_command,
 )
 from treeherd.testing.waiting import wait_for as shared_wait_for
 from treeherd.transport.client import Client
@@ -173,43 +172,6 @@ class SlotAudit(threading.Thread):
         }
 
 
-class Gateway:
-    """`treeherd gateway run` on its own nginx prefix, listening on 127.0.0.1."""
-
-    def __init__(self, manager_url: str, prefix: Path) -> None:
-        self.manager_url, self.prefix = manager_url, prefix
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.prefix.parent / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
-        with log:
-            self.process = subprocess.Popen(
-                [*treeherd_command(), "--manager", self.manager_url, "gateway", "run",
-                 "--nginx-prefix", str(self.prefix), "--listen-host", "127.0.0.1",
-                 "--min-wait", "0.05", "--max-wait", "0.5", "--health-interval", "0.5"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    def nginx_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((self.prefix / "logs" / "nginx.pid").read_text().strip())
-            return pid if psutil.pid_exists(pid) else None
-        return None
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 class Chaos:
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         self.root, self.args = root, args
@@ -220,7 +182,7 @@ class Chaos:
         self.agents = {
             h: AgentProcess(self.url, root / h, h, executor="process") for h in ("host-a", "host-b")
         }
-        self.gateway = Gateway(self.url, root / "nginx")
+        self.gateway = GatewayProcess(self.url, root / "nginx", health_interval_s=0.5, probe_interval_s=None)
         self.dependency_port = 0
         self.probes = 0
 
@@ -438,7 +400,7 @@ class Chaos:
         for agent in self.agents.values():
             if agent.process is None or agent.process.poll() is not None:
                 agent.start()
-        if self.gateway.process is None or self.gateway.process.poll() is not None:
+        if not self.gateway.running():
             self.gateway.start()
 
     def stop(self) -> None:

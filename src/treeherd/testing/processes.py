@@ -191,6 +191,80 @@ class AgentProcess:
             self.process.wait(STOP_SECONDS)
 
 
+class GatewayProcess:
+    """`treeherd gateway run` with its own nginx prefix on 127.0.0.1, fast timings for tests and
+    benchmarks; stopped by pid. Its nginx outlives it (as in production) until `stop_nginx`."""
+
+    def __init__(
+        self,
+        manager_url: str,
+        prefix: Path,
+        *,
+        health_interval_s: float = 0.2,
+        probe_interval_s: float | None = 0.2,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.prefix = prefix
+        self.log_path = prefix.parent / f"{prefix.name}-gateway.log"
+        probes = ("--probe-interval", str(probe_interval_s)) if probe_interval_s is not None else ()
+        self.args = [
+            *treeherd_command(), "--manager", manager_url, "gateway", "run", "--nginx-prefix", str(prefix),
+            "--listen-host", "127.0.0.1", "--min-wait", "0.05", "--max-wait", "0.5",
+            "--health-interval", str(health_interval_s), *probes, *extra_args,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def nginx_pid(self) -> int | None:
+        try:
+            pid = int((self.prefix / "logs" / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if psutil.pid_exists(pid) else None
+
+    def kill(self) -> None:
+        """SIGKILL the gateway process alone (its nginx keeps serving)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_SECONDS)
+
+    def stop(self) -> None:
+        """Stop the gateway (SIGTERM, then SIGKILL to its group); nginx keeps running."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_SECONDS)
+
+    def stop_nginx(self) -> None:
+        """End the nginx this gateway left (its master's process group), by the pid in its pid file."""
+        pid = self.nginx_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait(STOP_SECONDS)
+
+
 def processes_under(directory: Path) -> list[psutil.Process]:
     """Live processes whose working directory is inside `directory` (the process executor starts a
     task in its own directory under the agent's data directory), or whose command line names a path
