@@ -17,6 +17,8 @@ Two load loops send steady GETs (every `--interval` s each): through nginx (the 
   nginx     kill -9 the gateway's nginx master
   haproxy   kill -9 host-a's haproxy master
   sigstop   SIGSTOP host-b's agent for longer than the heartbeat grace, then SIGCONT
+  sigstop-wait  the same with `web` set to `--on-node-down wait` for the scenario (its slots on host-b
+            are kept, not replaced: none runs twice)
 
 For each: failed requests on each path, the time until the cluster serves the *current* configuration
 again (a domain added after the fault answers through nginx; web has 4 live endpoints; the dependency
@@ -48,7 +50,7 @@ import psutil
 
 from benchlib import machine_info
 from treeherd.model.discovery import Dependency, HealthCheck
-from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
+from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import Placement, PortSpec, RestartPolicy, TaskSpec
 from treeherd.testing.ports import free_port
 from treeherd.testing.processes import (
@@ -61,7 +63,7 @@ from treeherd.testing.processes import (
 from treeherd.testing.waiting import wait_for as shared_wait_for
 from treeherd.transport.client import Client
 
-SCENARIOS = ("task", "agent", "manager", "gateway", "nginx", "haproxy", "sigstop")
+SCENARIOS = ("task", "agent", "manager", "gateway", "nginx", "haproxy", "sigstop", "sigstop-wait")
 DOMAIN = "chaos.test"
 HEARTBEAT_S = 1.0
 GRACE_S = 3 * (HEARTBEAT_S + 0.2)  # the default grace multiplier (3) over period + epsilon
@@ -347,14 +349,22 @@ class Chaos:
             os.kill(pid, signal.SIGKILL)
             new_master = lambda: (m := self.haproxy_master()) is not None and m != pid  # noqa: E731
             return lambda: (wait_for(new_master, "a new haproxy master", timeout), self.wait_steady(timeout))
-        if scenario == "sigstop":
+        if scenario in ("sigstop", "sigstop-wait"):
+            if scenario == "sigstop-wait":
+                self.on_node_down("wait")
             agent = self.agents["host-b"]
             assert agent.process is not None
             os.kill(agent.process.pid, signal.SIGSTOP)
             time.sleep(GRACE_S + 3.0)
             os.kill(agent.process.pid, signal.SIGCONT)
+            if scenario == "sigstop-wait":
+                return lambda: (self.wait_steady(timeout), self.on_node_down("replace"))
             return lambda: self.wait_steady(timeout)
         raise ValueError(scenario)
+
+    def on_node_down(self, action: str) -> None:
+        with self.client() as client:
+            client.request("PATCH", "/api/v1/services/web", ServiceUpdate(on_node_down=action))
 
     def run_scenario(self, scenario: str, edge: Load, dependency: Load, audit: SlotAudit) -> dict[str, Any]:
         start = time.monotonic()
