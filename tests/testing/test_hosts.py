@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.gateway.helpers import BACKEND_SCRIPT
 
 from treeherd.executors.process import ProcessExecutor
 from treeherd.model.requests import NodeCreate, ServiceCreate
@@ -27,7 +28,7 @@ from treeherd.testing.hosts import (
     network,
     pids_in_netns,
 )
-from treeherd.testing.processes import AgentProcess, ManagerProcess, reap_processes_under
+from treeherd.testing.processes import AgentProcess, GatewayProcess, ManagerProcess, reap_processes_under
 from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client
 
@@ -276,8 +277,51 @@ def test_a_manager_and_an_agent_in_two_hosts_run_a_service_on_the_agent_host(
     assert node.kill_all() == 2 and node.pids() == [] and manager_host.pids() == []
 
 
-def _try_get(host: Host, url: str) -> tuple[int, bytes] | None:
+def _try_get(host: Host, url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes] | None:
     try:
-        return host.http_get(url, timeout=2)
+        return host.http_get(url, headers=headers, timeout=2)
     except OSError:
         return None
+
+
+def test_a_gateway_host_routes_a_client_host_to_a_backend_host(tmp_path: Path) -> None:
+    with network(["manager", "gateway", "web1", "client"]) as made:
+        manager_host, gateway_host, web1, client = (
+            made[name] for name in ("manager", "gateway", "web1", "client")
+        )
+        manager = ManagerProcess(tmp_path / "manager", host=manager_host).start()
+        for method, path, body in (
+            ("POST", "/api/v1/domains", {"name": "shop.test", "ports": [{"port": 8080}]}),
+            ("POST", "/api/v1/nodes", {"path": "shop", "port": 8000}),
+            ("POST", "/api/v1/nodes/shop/routes", {"domain": "shop.test", "uri": "/"}),
+            ("POST", "/api/v1/machines", {"hostname": "web1", "ips": [web1.address]}),
+            ("POST", "/api/v1/machines/web1/bindings", {"node": "shop", "weight": 1}),
+        ):
+            api(manager_host, manager.url, method, path, body)
+        backend = [
+            sys.executable,
+            str(BACKEND_SCRIPT),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--name",
+            "web1",
+        ]
+        server = web1.popen([*backend, "--fail-file", str(tmp_path / "never")], stdout=subprocess.DEVNULL)
+        gateway = GatewayProcess(manager.url, tmp_path / "nginx", host=gateway_host).start()
+        url, headers = f"http://{gateway_host.address}:8080/items", {"Host": "shop.test"}
+        _, body = wait_for(
+            lambda: (got := _try_get(client, url, headers)) and got[0] == 200 and got,
+            "nginx to serve shop.test",
+        )
+        answer = json.loads(body)
+        assert answer["name"] == "web1"
+        assert answer["headers"]["x-real-ip"] == client.address  # the client's own address, seen across hosts
+        assert gateway.nginx_pid() in gateway_host.pids()
+        gateway.stop()
+        manager.stop()
+        assert len(gateway_host.pids()) >= 2  # nginx (master and workers) outlives its gateway
+        identities = [(stat.st_dev, stat.st_ino) for stat in (host.netns_path.stat() for host in made)]
+    assert all(pids_in_netns(identity) == [] for identity in identities)  # the network ended them
+    assert server.wait(5) == -9

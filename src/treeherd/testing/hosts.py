@@ -116,12 +116,15 @@ class Host:
         """A TCP connection from this host to address:port (OSError when refused or unreachable)."""
         return self.call(socket.create_connection, (address, port), timeout, timeout=timeout + 5)
 
-    def http_get(self, url: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
+    def http_get(
+        self, url: str, *, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         """GET `url` from this host: (status, body). OSError when it cannot connect."""
 
         def get() -> tuple[int, bytes]:
+            request = urllib.request.Request(url, headers=headers or {})
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
                     return int(response.status), bytes(response.read())
             except urllib.error.HTTPError as error:
                 return error.code, error.read()
