@@ -117,8 +117,11 @@ def test_each_host_has_its_own_loopback(net: Network) -> None:
         port = listener.getsockname()[1]
         assert reaches(a, "127.0.0.1", port)
         assert not reaches(b, "127.0.0.1", port)  # refused: nothing listens on b's loopback
-        with server(b, "127.0.0.1") as _:  # the same port on b's 127.0.0.1 is free
-            pass
+        with pytest.raises(OSError):  # in a itself, the port is taken
+            a.call(socket.create_server, ("127.0.0.1", port))
+        with b.call(socket.create_server, ("127.0.0.1", port)) as same:  # in b, the same port is free
+            assert same.getsockname() == ("127.0.0.1", port)
+            assert reaches(b, "127.0.0.1", port)
         with pytest.raises(OSError):
             b.call(socket.create_server, (a.address, 0))  # a's address is not b's
 
