@@ -130,6 +130,7 @@ class Orchestrator(Reactor):
                 held=self._brake.held,
                 bound_to=_bound_machines(view, service),
                 endpoints=_registrations(view, service),
+                drain_s=settings.drain_delay_s,
             )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at
