@@ -300,13 +300,14 @@ def reconcile(
     bound_to: AbstractSet[str] = frozenset(),
     endpoints: Mapping[str, Sequence[Endpoint]] | None = None,
     drain_s: float = DRAIN_S,
+    rollback_refused: str | None = None,
 ) -> Reconciled:
     """What the service's tasks should become; see the module docstring for the rules.
     `node_path` is the tree path of the service's node, recorded in the tasks it creates; `held` are
     down machines whose tasks are not replaced yet (`core.tasks.node_loss`); `bound_to`, for a sidekick
     (`binds_to`), the machines that run a live task of the service it is bound to; `endpoints`, the
     service's registrations by task id (a retired task that is one is drained for `drain_s` before it
-    stops)."""
+    stops); `rollback_refused`, why an automatic rollback would be refused (`core.tasks.rollout.step`)."""
     ctx = _Context(service, machines, now, new_id, history, node_path, held, endpoints or {}, drain_s)
     if service.removing:
         live = [t for t in tasks if desired_running(t)]
@@ -321,7 +322,7 @@ def reconcile(
     if _rollout_due(service, tasks):
         slots = list(slots)  # (otherwise made one at a time: 100,000 kept tuples cost the GC's time)
         wanted = {key: slot_tasks for key, _, slot_tasks, _, is_wanted in slots if is_wanted}
-        rollout = rollout_step(service, wanted, now)
+        rollout = rollout_step(service, wanted, now, rollback_refused)
         replace = rollout.replace
         if rollout.service is not service:
             ctx.service = rollout.service
