@@ -343,6 +343,31 @@ def endpoint_reads() -> str:
     return f"{provenance('endpoint_reads', d)}\n\n{table(header, rows)}"
 
 
+def rolling() -> str:
+    d = load("rolling")
+    p = d["parameters"]
+    rows = [
+        [r["executor"], f"{r['parallelism']}" + (" (all at once)" if r["parallelism"] == 0 else ""),
+         sec(r["seconds_to_all_new_running"]), f"**{sec(r['seconds_to_update_completed'])}**"]
+        for r in d["rolls"]
+    ]  # fmt: skip
+    rolls = table(
+        [f"{num(p['replicas'])} replicas, stop-first, monitor {p['monitor_s']:g} s", "parallelism",
+         "all on the new spec, RUNNING", "update completed"], rows, "llrr",
+    )  # fmt: skip
+    traffic_rows = [
+        [r["scenario"], sec(r["seconds"]), f"{num(r['edge_failed'])} / {num(r['edge_requests'])}",
+         num(r["edge_retried_by_nginx"]), f"{num(r['dependency_failed'])} / {num(r['dependency_requests'])}"]
+        for r in d["traffic"]
+    ]  # fmt: skip
+    traffic = table(
+        [f"{p['traffic_replicas']} replicas with a health check, monitor {p['traffic_monitor_s']:g} s", "took",
+         "edge failed / sent", "edge retried by nginx", "dependency failed / sent"], traffic_rows,
+    )  # fmt: skip
+    head = f"{provenance('rolling', d)} Command: `{d['command'].strip()}`; processes left after the run: {d['processes_left']}."
+    return f"{head}\n\n{rolls}\n\n{traffic}"
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "tree_load": tree_load,
     "schedule": schedule,
@@ -355,6 +380,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "discovery": discovery,
     "endpoint_reads": endpoint_reads,
     "chaos": chaos,
+    "rolling": rolling,
 }
 
 

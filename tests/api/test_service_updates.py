@@ -10,7 +10,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from treeherd.manager.inventory import Inventory
+from treeherd.model.ops import Delete
 from treeherd.model.requests import NodeCreate
+from treeherd.model.services import Service
 from treeherd.store.memory import MemoryStore
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -141,4 +143,26 @@ async def test_on_node_down_is_stored_and_changed_without_replacing_tasks(
     before = snapshot(store)
     refused = await client.patch(f"{SERVICES}/web", json={"on_node_down": "sometimes"})
     assert refused.status_code == 400 and refused.json()["field"] == "on_node_down", refused.text
+    assert snapshot(store) == before
+
+
+async def test_a_rollback_to_a_spec_that_no_longer_validates_is_refused(
+    client: Client, store: MemoryStore, web: Any
+) -> None:
+    db = {"name": "db", "node": "corp", "task": {"command": ["db"]}}
+    assert (await client.post(SERVICES, json=db)).status_code == 201
+    beside_db = {"command": ["serve"], "placement": {"conflicts": ["db"]}}
+    assert (await client.patch(f"{SERVICES}/web", json={"task": beside_db})).status_code == 200
+    assert (
+        await client.patch(f"{SERVICES}/web", json={"task": {"command": ["serve", "--v2"]}})
+    ).status_code == 200
+    gone = store.view().lookup(Service, "name", "db")
+    assert gone is not None
+    await store.commit([Delete(gone)])  # removed since (the orchestrator deletes a removed service)
+    before = snapshot(store)
+    response = await client.post(f"{SERVICES}/web/rollback")
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["field"] == "task.placement.conflicts", error
+    assert "cannot be rolled back" in error["detail"] and "unknown service 'db'" in error["detail"], error
     assert snapshot(store) == before

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import secrets
+import select
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import Cli
-from treeherd.testing.processes import AgentProcess, ManagerProcess
+from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_command
 
 WAIT_S = 20.0
 
@@ -180,3 +184,55 @@ def test_create_scale_and_update_follow_the_convergence(names: tuple[Cli, str, s
     # Without a terminal (or with --detach) the command returns at once.
     detached = cli("service", "update", name, "--force")
     assert "converged" not in detached.stdout
+
+
+def at_a_terminal(cli: Cli, *args: str) -> tuple[int, str, str]:
+    """Run the CLI with its stdout on a pseudo-terminal, as a person at a shell would: (exit code,
+    what the terminal received, stderr)."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "TREEHERD_MANAGER": cli.url, "COLUMNS": "120", "TERM": "xterm"}
+    process = subprocess.Popen(
+        [*treeherd_command(), *args], stdout=terminal, stderr=subprocess.PIPE, env=env, text=False
+    )
+    os.close(terminal)
+    received = bytearray()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the other end closed: the command is done
+                break
+            if not chunk:
+                break
+            received += chunk
+        elif process.poll() is not None:
+            break
+    os.close(controller)
+    code = process.wait(10)
+    assert process.stderr is not None
+    with process.stderr:
+        err = process.stderr.read().decode()
+    return code, received.decode(errors="replace"), err
+
+
+def test_past_twenty_tasks_a_terminal_shows_a_progress_bar(names: tuple[Cli, str, str]) -> None:
+    cli, root, name = names
+    code, screen, _ = at_a_terminal(
+        cli, "service", "create", name, "--node", root, "--replicas", "30", "--", "x"
+    )
+    assert code == 0, screen
+    assert "━" in screen and "30/30" in screen and "\x1b[" in screen  # a bar, drawn in place
+    assert f"{name}.1 " not in screen  # no line per slot
+    assert f"{name}: converged, 30 tasks running spec 1" in screen
+    # An update that fails pauses: the bar stops, the reason goes to stderr and the exit code says so.
+    code, screen, err = at_a_terminal(
+        cli, "service", "update", name, "--env", "TREEHERD_HOLLOW_FAIL=start",
+        "--update-parallelism", "10", "--update-monitor", "0s",
+    )  # fmt: skip
+    assert code == 1 and "update paused: task" in err, (screen, err)
+    assert "━" in screen and f"{name} spec 2" in screen
+    # Without a terminal, --follow prints plain lines of counts (here of a rollback to the old spec).
+    piped = cli("service", "rollback", name, "--follow")
+    assert "30/30 tasks running spec 3" in piped.stdout and "\x1b[" not in piped.stdout

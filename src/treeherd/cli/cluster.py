@@ -25,6 +25,7 @@ FIELDS = [
     "node_loss_fraction",
     "node_loss_hold_s",
     "endpoint_ttl_s",
+    "drain_delay_s",
     "puppet_default_class",
     "puppet_unknown_host",
 ]
@@ -66,6 +67,11 @@ def show(ctx: Context, fmt: str) -> None:
     "--endpoint-ttl", metavar="DURATION", help="endpoint registrations expire unless refreshed within (30s)"
 )
 @click.option(
+    "--drain-delay",
+    metavar="DURATION",
+    help="how long a task leaving the proxies (update, scale-down, removal) waits before it stops (1s)",
+)
+@click.option(
     "--puppet-default-class", metavar="NAME", help="what conflicting (and unknown) hosts get ('' for none)"
 )
 @click.option(
@@ -86,6 +92,7 @@ def set_(
     node_loss_fraction: float | None,
     node_loss_hold: str | None,
     endpoint_ttl: str | None,
+    drain_delay: str | None,
     puppet_default_class: str | None,
     puppet_unknown_host: str | None,
     fmt: str,
@@ -102,6 +109,7 @@ def set_(
         ("status_batch_interval_s", status_batch_interval),
         ("node_loss_hold_s", node_loss_hold),
         ("endpoint_ttl_s", endpoint_ttl),
+        ("drain_delay_s", drain_delay),
     ):
         if value is not None:
             fields[name] = duration(value, "--" + name.removesuffix("_s").replace("_", "-"))

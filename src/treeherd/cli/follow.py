@@ -1,11 +1,12 @@
 """Following a service until it converges, as `docker service create` does without `--detach`.
 
 `service create|update|scale|rollback` call `follow` after their write: it polls the service and its
-current tasks, prints a line for each slot whose task changed (past 20 slots, one line of counts when
-they change), and ends when the service has converged: every wanted slot runs a task of the current
-spec (with an update under way, once the update is over). It returns the exit code: 0 converged, 1 when
-the update paused or was rolled back (with the reason on stderr). Nothing is followed when stdout is
-not a terminal or `--detach` is given, unless `--follow` asks for it (scripts, tests).
+current tasks, shows them (`cli.progress`: a line for each slot whose task changed; past 20 tasks a
+progress bar on a terminal, a line of counts when they change elsewhere), and ends when the service
+has converged: every wanted slot runs a task of the current spec (with an update under way, once the
+update is over). It returns the exit code: 0 converged, 1 when the update paused or was rolled back
+(with the reason on stderr). Nothing is followed when stdout is not a terminal or `--detach` is given,
+unless `--follow` asks for it (scripts, tests).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any, TypeVar
 import click
 
 from treeherd.cli.main import Context
+from treeherd.cli.progress import ConvergenceView
 from treeherd.model.services import Service
 from treeherd.model.tasks_view import ServiceSummary, TaskRow
 
 SERVICES = "/api/v1/services"
 POLL_S = 0.5
-MANY = 20  # past this many slots, one line of counts instead of a line per slot
 _OVER = {"completed", "paused", "rollback_completed", "rollback_paused"}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,56 +46,39 @@ def wanted(detach: bool, follow: bool) -> bool:
 
 
 def follow(ctx: Context, name: str, *, since: datetime | None = None, rollback: bool = False) -> int:
-    """Print progress until the service converges; the exit code (see the module docstring). `since`:
+    """Show progress until the service converges; the exit code (see the module docstring). `since`:
     when the update (or rollback) this command started began; the service's update status counts
     only from then on."""
-    shown: dict[str, str] = {}
-    counts = ""
+    with ConvergenceView(name, terminal=sys.stdout.isatty()) as view:
+        return _follow(ctx, name, view, since, rollback)
+
+
+def _follow(ctx: Context, name: str, view: ConvergenceView, since: datetime | None, rollback: bool) -> int:
     while True:
         summary = ctx.client.get(f"{SERVICES}/{name}", ServiceSummary)
         rows = ctx.client.get(f"{SERVICES}/{name}/tasks", list[TaskRow], all=False)
         service = summary.service
-        lines = {r.id: _line(r, service.spec_version) for r in rows}
-        if len(lines) > MANY:
-            on_spec = sum(1 for r in rows if r.spec_version == service.spec_version and r.state == "running")
-            now = f"{on_spec}/{summary.desired} tasks running spec {service.spec_version}"
-            if now != counts:
-                click.echo(now)
-                counts = now
-        else:
-            for task_id, line in sorted(lines.items(), key=lambda item: item[1]):
-                if shown.get(task_id) != line:
-                    click.echo(line)
-            shown = lines
+        view.show(rows, service, summary.desired)
         status = service.update_status
         if status is not None and (since is None or status.started_at < since):
             status = None
         if status is not None:
             if status.state in _OVER and status.state != ("rollback_completed" if rollback else "completed"):
+                view.close()
                 click.echo(f"update {status.state}: {status.message}", err=True)
                 return 1
             if status.state not in _OVER:
                 time.sleep(POLL_S)
                 continue
-        running = [r for r in rows if r.state == "running" and r.spec_version == service.spec_version]
+        running = [r for r in rows if r.state == "running" and not r.outdated]
         if len(running) >= summary.desired and len(rows) == summary.desired:
             message = f"{name}: converged, {summary.desired} tasks running spec {service.spec_version}"
             if status is not None:
                 message += f" ({status.message})"
+            view.close()
             click.echo(message)
             return 0
         time.sleep(POLL_S)
-
-
-def _label(row: TaskRow) -> str:
-    return f"{row.service}.{row.slot}" if row.slot else f"{row.service}.{row.hostname or '-'}"
-
-
-def _line(row: TaskRow, version: int) -> str:
-    state = f"{row.state} ({row.health})" if row.health else row.state
-    spec = f"spec {row.spec_version}" + ("" if row.spec_version == version else f" -> {version}")
-    why = row.placement_error or row.error
-    return f"{_label(row):<16} {spec:<14} {state}" + (f": {why}" if why else "")
 
 
 def follow_command(

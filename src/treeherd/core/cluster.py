@@ -29,6 +29,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "node_loss_fraction": (0, 1),
     "node_loss_hold_s": (0, 86400),
     "endpoint_ttl_s": (1, 86400),
+    "drain_delay_s": (0, 3600),
 }
 
 

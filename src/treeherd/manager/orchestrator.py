@@ -21,6 +21,7 @@ from treeherd.core.tasks.machine_problems import agent_down
 from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
 from treeherd.core.tasks.orchestrate import finished, reconcile
 from treeherd.core.tasks.rollout import ACTIVE
+from treeherd.core.tasks.services import rollback_refusal
 from treeherd.core.view import View
 from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
 from treeherd.manager.reactor import Reactor
@@ -130,6 +131,8 @@ class Orchestrator(Reactor):
                 held=self._brake.held,
                 bound_to=_bound_machines(view, service),
                 endpoints=_registrations(view, service),
+                drain_s=settings.drain_delay_s,
+                rollback_refused=rollback_refusal(view, service),
             )
             if result.wake_at is not None:
                 self._wakes[service_id] = result.wake_at

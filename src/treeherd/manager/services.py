@@ -7,6 +7,7 @@ from datetime import datetime
 
 from treeherd.core.tasks import services as plans
 from treeherd.core.tasks.orchestrate import desired_running
+from treeherd.core.tasks.rollout import stale_versions
 from treeherd.manager.commits import Lost, commit_plan
 from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine, TreeNode
@@ -87,7 +88,8 @@ class Services:
             tasks,
             key=lambda t: (t.slot, t.machine_id or "", not desired_running(t), -t.created_at.timestamp()),
         )
-        return [self.row(t) for t in order]
+        stale = stale_versions(service, tasks)
+        return [self.row(t, outdated=t.spec_version in stale) for t in order]
 
     def task(self, task_id: str) -> Task:
         task = self.store.view().get(Task, task_id)
@@ -97,7 +99,7 @@ class Services:
             )
         return task
 
-    def row(self, task: Task) -> TaskRow:
+    def row(self, task: Task, *, outdated: bool = False) -> TaskRow:
         machine = self.store.view().get(Machine, task.machine_id) if task.machine_id else None
         return TaskRow(
             id=task.id,
@@ -115,6 +117,7 @@ class Services:
             spec_version=task.spec_version,
             cause=task.cause,
             restart_at=task.restart_at,
+            outdated=outdated,
         )
 
     def story(self, task_id: str) -> list[StoryEntry]:

@@ -141,5 +141,6 @@ class ClusterUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     node_loss_fraction: float | UnsetType = UNSET
     node_loss_hold_s: float | UnsetType = UNSET
     endpoint_ttl_s: float | UnsetType = UNSET
+    drain_delay_s: float | UnsetType = UNSET
     puppet_default_class: str | UnsetType | None = UNSET
     puppet_unknown_host: Literal["fail", "default"] | UnsetType = UNSET

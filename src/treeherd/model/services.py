@@ -233,6 +233,10 @@ class ClusterSettings(Object, frozen=True, kw_only=True, tag="cluster"):
     node_loss_hold_s: float = 60.0
     # Endpoint registrations live this long unless refreshed; agents refresh every third of it.
     endpoint_ttl_s: float = 30.0
+    # How long a task that is an endpoint is out of its proxies (the gateway's nginx, the local
+    # haproxies) before it is told to stop, when an update, a scale-down or a removal retires it: long
+    # enough for every proxy to take the change, so that no new request reaches it after it stops.
+    drain_delay_s: float = 1.0
     # The ENC (core.puppet.enc): the class a host gets when its bound nodes' classes conflict (and, with
     # `puppet_unknown_host = "default"`, a host the tree does not know); None: no class at all.
     puppet_default_class: str | None = None

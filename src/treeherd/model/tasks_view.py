@@ -28,6 +28,9 @@ class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
     spec_version: int
     cause: str
     restart_at: datetime | None
+    # Its spec is not the service's: an update is to replace it. (A task of an older version whose spec
+    # equals the current one, as after a rollback, is not outdated.)
+    outdated: bool = False
 
 
 class ServiceSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -54,6 +54,8 @@ class Sim:
         # With `endpoints`, every running task is registered (as its agent would report it), so an
         # update drains a task before it stops it.
         self.endpoints = endpoints
+        # Why the previous spec no longer validates, as the orchestrator would say (None: it does).
+        self.rollback_refused: str | None = None
         self.now = T0
         self._counter = itertools.count(1)
         self.machines = (
@@ -127,6 +129,7 @@ class Sim:
             self.now,
             self._next_id,
             endpoints=registered,
+            rollback_refused=self.rollback_refused,
         )
         for op in result.ops:
             obj = op.object

@@ -1,6 +1,7 @@
-"""An outdated task that is an endpoint leaves its proxies before it is stopped: the reconciler deletes
-its registrations and marks it draining, stops it `DRAIN_S` later, and only then (stop-first) starts
-its replacement."""
+"""A retired task that is an endpoint leaves its proxies before it is stopped: the reconciler deletes
+its registrations and marks it draining, stops it `drain_s` later (the cluster's `drain_delay_s`), and
+only then (stop-first) starts its replacement. The same holds for a task of a slot scaled away and for
+every task of a removed service."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ def world(order: str) -> tuple[Service, Task, Endpoint]:
     return service, task, endpoint
 
 
-def run(service: Service, tasks: list[Task], endpoints: list[Endpoint], seconds: float):
+def run(
+    service: Service, tasks: list[Task], endpoints: list[Endpoint], seconds: float, drain_s: float = DRAIN_S
+):
     ids = iter(f"new-{n}" for n in range(1, 10))
     return reconcile(
         service,
@@ -66,7 +69,12 @@ def run(service: Service, tasks: list[Task], endpoints: list[Endpoint], seconds:
         T0 + timedelta(seconds=seconds),
         lambda: next(ids),
         endpoints={e.task_id or "": [e] for e in endpoints},
+        drain_s=drain_s,
     )
+
+
+def task_updates(result) -> list[Task]:
+    return [op.object for op in result.ops if isinstance(op, Update) and isinstance(op.object, Task)]
 
 
 def test_stop_first_drains_then_stops_then_replaces():
@@ -110,3 +118,66 @@ def test_a_task_that_is_no_endpoint_is_stopped_at_once():
     first = run(service, [task], [], 0)
     stopped = [op.object for op in first.ops if isinstance(op, Update) and isinstance(op.object, Task)]
     assert [(t.desired_state, t.drain_until) for t in stopped] == [(TaskState.SHUTDOWN, None)]
+
+
+def current(service: Service) -> tuple[Service, Task, Endpoint]:
+    """`service` with no update: its one task runs the current spec and is registered."""
+    settled = msgspec.structs.replace(
+        service, update_status=None, previous_task=None, spec_version=1, task=OLD
+    )
+    _, task, endpoint = world("stop-first")
+    return settled, task, endpoint
+
+
+def test_a_slot_scaled_away_drains_its_task_then_stops_it():
+    service, task, endpoint = current(world("stop-first")[0])
+    scaled = msgspec.structs.replace(service, replicas=0)
+    first = run(scaled, [task], [endpoint], 0, drain_s=2.5)
+    assert [op.object.id for op in first.ops if isinstance(op, Delete)] == ["e1"]
+    drained = task_updates(first)
+    assert [(t.desired_state, t.drain_until) for t in drained] == [
+        (TaskState.RUNNING, T0 + timedelta(seconds=2.5))
+    ]
+    assert first.wake_at == T0 + timedelta(seconds=2.5)
+    assert not task_updates(run(scaled, drained, [], 2))  # still draining: in-flight requests finish
+    stopped = task_updates(run(scaled, drained, [], 2.5))
+    assert [t.desired_state for t in stopped] == [TaskState.SHUTDOWN]
+
+
+def test_a_removed_service_drains_its_tasks_before_it_stops_them():
+    service, task, endpoint = current(world("stop-first")[0])
+    removed = msgspec.structs.replace(service, removing=True)
+    first = run(removed, [task], [endpoint], 0)
+    assert [op.object.id for op in first.ops if isinstance(op, Delete)] == ["e1"]
+    drained = task_updates(first)
+    assert [t.desired_state for t in drained] == [TaskState.RUNNING]
+    assert not run(removed, drained, [], DRAIN_S / 2).ops  # nothing deleted while a task drains
+    stopped = task_updates(run(removed, drained, [], DRAIN_S))
+    assert [t.desired_state for t in stopped] == [TaskState.SHUTDOWN]
+
+
+def test_a_drain_delay_of_zero_stops_at_the_next_step():
+    service, task, endpoint = current(world("stop-first")[0])
+    scaled = msgspec.structs.replace(service, replicas=0)
+    first = run(scaled, [task], [endpoint], 0, drain_s=0)
+    assert [op.object.id for op in first.ops if isinstance(op, Delete)] == ["e1"]  # out of the proxies first
+    assert (
+        task_updates(run(scaled, task_updates(first), [], 0, drain_s=0))[0].desired_state
+        == TaskState.SHUTDOWN
+    )
+
+
+def test_a_slot_scaled_away_and_wanted_again_gets_a_new_task():
+    service, task, _ = current(world("stop-first")[0])
+    stopped = msgspec.structs.replace(
+        task, desired_state=TaskState.SHUTDOWN, status=TaskStatus(state=TaskState.SHUTDOWN, timestamp=T0)
+    )
+    again = run(service, [stopped], [], 5)
+    assert [(t.slot, t.spec) for t in (op.object for op in again.ops if isinstance(op, Create))] == [(1, OLD)]
+    # A task that ended on its own (restart condition none) leaves its slot empty, as before.
+    ended = msgspec.structs.replace(stopped, status=TaskStatus(state=TaskState.COMPLETE, timestamp=T0))
+    never = msgspec.structs.replace(
+        service,
+        task=msgspec.structs.replace(OLD, restart=msgspec.structs.replace(OLD.restart, condition="none")),
+    )
+    assert not [op for op in run(never, [ended], [], 5).ops if isinstance(op, Create)]

@@ -102,6 +102,18 @@ def test_failure_action_rollback_returns_to_the_old_spec_by_itself():
     assert status is not None and status.message == "rollback completed"
 
 
+def test_failure_action_rollback_pauses_when_the_previous_spec_no_longer_validates():
+    sim = Sim(4, OLD, UpdatePolicy(parallelism=2, monitor_s=1, failure_action="rollback"))
+    sim.bad = {"new"}
+    sim.update(NEW)
+    sim.rollback_refused = "conflicts names an unknown service 'db'"
+    run(sim, until=("rollback_started", "rollback_paused", "paused", "completed"))
+    status = sim.service.update_status
+    assert status is not None and status.state == "paused"
+    assert "not rolled back: conflicts names an unknown service 'db'" in status.message
+    assert sim.service.task == NEW and sim.service.previous_task == OLD
+
+
 def test_a_failure_ratio_tolerates_that_many_failed_slots():
     sim = Sim(4, OLD, UpdatePolicy(parallelism=1, monitor_s=1, max_failure_ratio=0.25))
     sim.bad = {"new"}

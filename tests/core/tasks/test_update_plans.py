@@ -9,12 +9,18 @@ import itertools
 import msgspec
 import pytest
 
-from treeherd.core.tasks.services import plan_create_service, plan_rollback_service, plan_update_service
+from treeherd.core.tasks.services import (
+    plan_create_service,
+    plan_remove_service,
+    plan_rollback_service,
+    plan_update_service,
+    rollback_refusal,
+)
 from treeherd.core.tree.nodes import plan_create_node
 from treeherd.model.errors import InvalidInput, NotFound
-from treeherd.model.ops import Update
+from treeherd.model.ops import Delete, Update
 from treeherd.model.requests import NodeCreate, ServiceCreate, ServiceUpdate
-from treeherd.model.services import Service, TaskSpec, UpdatePolicy, UpdateStatus
+from treeherd.model.services import Placement, Service, TaskSpec, UpdatePolicy, UpdateStatus
 from treeherd.store.memory import MemoryStore
 from treeherd.testing.factories import FIXED_NOW
 
@@ -86,6 +92,27 @@ async def test_rollback_swaps_the_specs(store):
     assert service.update_status is not None and service.update_status.state == "rollback_started"
     with pytest.raises(InvalidInput, match="being rolled back already"):
         plan_rollback_service(store.view(), "web", FIXED_NOW)
+
+
+async def test_a_rollback_re_validates_the_previous_spec(store):
+    db = ServiceCreate(name="db", node="corp", task=V1)
+    await store.commit(plan_create_service(store.view(), db, FIXED_NOW, new_id))
+    beside_db = msgspec.structs.replace(V1, placement=Placement(conflicts=["db"]))
+    await update(store, ServiceUpdate(task=beside_db))
+    await update(store, ServiceUpdate(task=V2, update=UpdatePolicy(failure_action="rollback")))
+    assert rollback_refusal(store.view(), web(store)) is None
+    await store.commit(plan_remove_service(store.view(), "db", FIXED_NOW))
+    removing = store.view().lookup(Service, "name", "db")
+    assert removing is not None
+    await store.commit([Delete(removing)])  # the orchestrator deletes it once its tasks stopped
+    before = web(store)
+    with pytest.raises(InvalidInput, match="no longer validates") as raised:
+        plan_rollback_service(store.view(), "web", FIXED_NOW)
+    assert "unknown service 'db'" in raised.value.detail and "treeherd service update" in raised.value.detail
+    assert raised.value.field == "task.placement.conflicts"
+    assert web(store) == before  # nothing changed
+    refusal = rollback_refusal(store.view(), before)
+    assert refusal is not None and "unknown service 'db'" in refusal
 
 
 async def test_rollback_with_nothing_to_return_to(store):

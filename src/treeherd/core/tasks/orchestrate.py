@@ -10,10 +10,13 @@ created when the reason calls for one:
   always (unless the restart condition is `none` and the machine went down);
 - the service's spec changed (an update never changes a running task: it replaces it), in the slots
   and the order the updater (`core.tasks.rollout`) picks; an outdated task waits its turn, and with
-  start-first it runs beside its replacement until that one is ready. An outdated task that is an
-  endpoint is drained first: its registrations go (the proxies stop sending it requests), and it is
-  told to stop `DRAIN_S` later, with its stop grace period for the requests in flight.
-A slot that never had a task gets a new one; a slot whose last task ended without a restart stays empty.
+  start-first it runs beside its replacement until that one is ready.
+A running task that is an endpoint and is retired (outdated, in a slot scaled away, or of a removed
+service) is drained first: its registrations go (the proxies stop sending it requests), and it is told
+to stop `drain_s` later (the cluster's `drain_delay_s`), with its stop grace period for the requests in
+flight.
+A slot that never had a task gets a new one, and so does one whose last task the manager stopped (a
+slot scaled away and wanted again); a slot whose last task ended without a restart stays empty.
 Finished tasks beyond the history limit are deleted, oldest first. A removed service stops every task,
 then is deleted with them once none is left running.
 """
@@ -37,8 +40,7 @@ from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.services import RestartPolicy, Service, Task, TaskStatus, UpdateOrder
 from treeherd.model.states import TaskState
 
-# How long an outdated task that is an endpoint is out of its proxies before it is told to stop: the
-# gateway's nginx and the local haproxies take the change within tens of milliseconds.
+# The default drain (`ClusterSettings.drain_delay_s`): nginx and haproxy take a change within ~50 ms.
 DRAIN_S = 1.0
 
 
@@ -80,8 +82,10 @@ class _Context:
         node_path: str,
         held: AbstractSet[str],
         endpoints: Mapping[str, Sequence[Endpoint]],
+        drain_s: float,
     ) -> None:
         self.held = held
+        self.drain_s = drain_s
         self.endpoints = endpoints
         self.stale: frozenset[int] = frozenset()  # spec versions of outdated tasks
         self.service = service
@@ -108,8 +112,8 @@ class _Context:
         )
 
     def retire(self, task: Task, reason: str) -> bool:
-        """Stop an outdated task, taken out of its proxies first when it is an endpoint: its
-        registrations are deleted and it stops `DRAIN_S` later. True once it is told to stop."""
+        """Stop a task, taken out of its proxies first when it is a running endpoint: its
+        registrations are deleted and it stops `drain_s` later. True once it is told to stop."""
         registered = self.endpoints.get(task.id, ())
         if task.drain_until is None and (not registered or task.status.state != TaskState.RUNNING):
             self.shutdown(task, reason)
@@ -120,7 +124,7 @@ class _Context:
         self.ops.extend(Delete(e) for e in registered)
         until = task.drain_until
         if until is None:
-            until = self.now + timedelta(seconds=DRAIN_S)
+            until = self.now + timedelta(seconds=self.drain_s)
             self.ops.append(Update(msgspec.structs.replace(task, drain_until=until, updated_at=self.now)))
         self.wake_at = until if self.wake_at is None else min(self.wake_at, until)
         return False
@@ -222,7 +226,7 @@ class _Context:
         live = [t for t in ordered if desired_running(t)]
         if not wanted:
             for task in live:
-                self.shutdown(task, "not wanted here any more")
+                self.retire(task, "not wanted here any more")
             self.collect_history(ordered, set())
             return
         keep: Task | None = None
@@ -270,6 +274,9 @@ class _Context:
                 self.create(
                     slot, machine_id, "new slot" if machine_id is None else "new machine", None, False
                 )
+            elif _stopped_by_manager(ordered[-1]):
+                # Scaled away (or its machine left a global service) and wanted again.
+                self.create(slot, machine_id, "slot wanted again", ordered[-1], False)
         self.collect_history(ordered, {keep.id} if keep else set())
 
 
@@ -292,20 +299,23 @@ def reconcile(
     held: AbstractSet[str] = frozenset(),
     bound_to: AbstractSet[str] = frozenset(),
     endpoints: Mapping[str, Sequence[Endpoint]] | None = None,
+    drain_s: float = DRAIN_S,
+    rollback_refused: str | None = None,
 ) -> Reconciled:
     """What the service's tasks should become; see the module docstring for the rules.
     `node_path` is the tree path of the service's node, recorded in the tasks it creates; `held` are
     down machines whose tasks are not replaced yet (`core.tasks.node_loss`; every down machine for a
     service with `on_node_down="wait"`); `bound_to`, for a sidekick
     (`binds_to`), the machines that run a live task of the service it is bound to; `endpoints`, the
-    service's registrations by task id (an outdated task that is one is drained before it stops)."""
+    service's registrations by task id (a retired task that is one is drained for `drain_s` before it
+    stops); `rollback_refused`, why an automatic rollback would be refused (`core.tasks.rollout.step`)."""
     if service.on_node_down == "wait":
         held = {*held, *(m.id for m in machines.values() if agent_down(m))}
-    ctx = _Context(service, machines, now, new_id, history, node_path, held, endpoints or {})
+    ctx = _Context(service, machines, now, new_id, history, node_path, held, endpoints or {}, drain_s)
     if service.removing:
         live = [t for t in tasks if desired_running(t)]
         for task in live:
-            ctx.shutdown(task, "the service was removed")
+            ctx.retire(task, "the service was removed")
         if not live and all(finished(t) or _on_lost_machine(t, machines) for t in tasks):
             ctx.ops.extend(Delete(t) for t in tasks)
             ctx.ops.append(Delete(service))
@@ -315,7 +325,7 @@ def reconcile(
     if _rollout_due(service, tasks):
         slots = list(slots)  # (otherwise made one at a time: 100,000 kept tuples cost the GC's time)
         wanted = {key: slot_tasks for key, _, slot_tasks, _, is_wanted in slots if is_wanted}
-        rollout = rollout_step(service, wanted, now)
+        rollout = rollout_step(service, wanted, now, rollback_refused)
         replace = rollout.replace
         if rollout.service is not service:
             ctx.service = rollout.service
@@ -324,7 +334,9 @@ def reconcile(
         if rollout.wake_at is not None:
             ctx.wake_at = rollout.wake_at
     ctx.stale = stale_versions(ctx.service, tasks)
-    policy = ctx.service.rollback if _rolling_back(ctx.service) else ctx.service.update
+    status = ctx.service.update_status
+    rolling_back = status is not None and status.state.startswith("rollback")
+    policy = ctx.service.rollback if rolling_back else ctx.service.update
     for key, slot, slot_tasks, machine_id, is_wanted in slots:
         mode = policy.order if key in replace else None
         ctx.reconcile_slot(slot, slot_tasks, machine_id, is_wanted, mode)
@@ -380,8 +392,9 @@ def _rollout_due(service: Service, tasks: Sequence[Task]) -> bool:
     return any(t.spec_version != version for t in tasks)
 
 
-def _rolling_back(service: Service) -> bool:
-    return service.update_status is not None and service.update_status.state.startswith("rollback")
+def _stopped_by_manager(task: Task) -> bool:
+    """A task the manager told to stop and that did (one that ended on its own is not SHUTDOWN)."""
+    return not desired_running(task) and task.status.state == TaskState.SHUTDOWN
 
 
 def _on_lost_machine(task: Task, machines: Mapping[str, Machine]) -> bool:

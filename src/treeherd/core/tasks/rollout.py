@@ -89,9 +89,15 @@ def rolled_back(service: Service, now: datetime, message: str) -> Service:
     )
 
 
-def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -> Step:
+def step(
+    service: Service,
+    slots: Mapping[str, Sequence[Task]],
+    now: datetime,
+    rollback_refused: str | None = None,
+) -> Step:
     """One step of the service's update. `slots` are the wanted slots (replicated: by slot number;
-    global: by machine id) in the order to replace them, each with all its tasks."""
+    global: by machine id) in the order to replace them, each with all its tasks. `rollback_refused`:
+    why the previous spec no longer validates (the failure action `rollback` then pauses instead)."""
     status = service.update_status
     stale = stale_versions(service, (t for tasks in slots.values() for t in tasks))
     dirty = [key for key, tasks in slots.items() if any(t.spec_version in stale and _live(t) for t in tasks)]
@@ -155,7 +161,9 @@ def step(service: Service, slots: Mapping[str, Sequence[Task]], now: datetime) -
             f" ({culprit.status.state.label}{_detail(culprit)}); {len(failed)} of {total} slots failed"
         )
         if policy.failure_action == "rollback" and not rolling_back and service.previous_task is not None:
-            return Step(rolled_back(service, now, f"update rolled back: {why}"))
+            if rollback_refused is None:
+                return Step(rolled_back(service, now, f"update rolled back: {why}"))
+            why += f"; not rolled back: {rollback_refused}"
         if policy.failure_action != "continue":
             state = "rollback_paused" if rolling_back else "paused"
             paused = msgspec.structs.replace(status, state=state, message=f"{what} paused: {why}")

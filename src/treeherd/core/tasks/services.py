@@ -276,7 +276,41 @@ def plan_rollback_service(view: View, name: str, now: datetime) -> list[Op]:
     status = service.update_status
     if status is not None and status.state in ACTIVE and status.state.startswith("rollback"):
         raise InvalidInput(f"service {name!r} is being rolled back already", field="name")
-    return [Update(rolled_back(service, now, "rollback requested"))]
+    spec, ops = previous_spec(view, service)
+    restored = msgspec.structs.replace(service, previous_task=spec)
+    return [Update(rolled_back(restored, now, "rollback requested")), *ops]
+
+
+def previous_spec(view: View, service: Service) -> tuple[TaskSpec, list[Op]]:
+    """The spec a rollback would restore, checked as a new spec would be (a service it names may be
+    gone since, say), with the operations its dependencies need; InvalidInput says why it no longer
+    validates."""
+    assert service.previous_task is not None
+    try:
+        asserts = validate_spec(view, service.previous_task, own_name=service.name)
+        spec, port_ops = resolve_dependencies(view, service.previous_task, own_name=service.name)
+    except (InvalidInput, NotFound) as error:
+        raise InvalidInput(
+            f"service {service.name!r} cannot be rolled back: its previous spec no longer validates"
+            f" ({error.detail}); give it a spec with `treeherd service update` instead",
+            field=error.field,
+        ) from None
+    return spec, [*_without_updated(asserts, port_ops), *port_ops]
+
+
+def rollback_refusal(view: View, service: Service) -> str | None:
+    """Why an automatic rollback of the service would be refused (its previous spec no longer
+    validates), or None: the orchestrator hands this to the updater."""
+    status = service.update_status
+    if service.previous_task is None or status is None or status.state != "updating":
+        return None
+    if service.update.failure_action != "rollback":
+        return None
+    try:
+        previous_spec(view, service)
+    except InvalidInput as error:
+        return error.detail
+    return None
 
 
 def _without_updated(asserts: list[Op], updates: list[Op]) -> list[Op]:
