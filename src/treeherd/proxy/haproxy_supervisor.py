@@ -36,7 +36,10 @@ async def supervise(
     for each restart, failed restart and crash-loop alert change."""
     rules = policy or RestartPolicy()
     history = Restarts()
-    firing = False
+    # Unknown at first: an earlier owner may have left the alert firing; resolved (a no-op for the
+    # manager when none fires) once the master has stayed up.
+    firing: bool | None = None
+    up_since = time.monotonic()
 
     def event(type: ProxyEventType, reason: str, figures: dict[str, Figure]) -> None:
         if on_event is not None:
@@ -46,12 +49,17 @@ async def supervise(
         await proxy.wait_exit(watch_interval_s)  # an exit is seen at once
         cause = await proxy.dead_master()
         if cause is None:
-            if firing and stayed_up(history, time.monotonic(), rules):
-                firing = False
+            now = time.monotonic()
+            stable = (
+                stayed_up(history, now, rules) if history.started_at else now - up_since >= rules.stable_s
+            )
+            if firing is not False and stable:
                 reason = (
                     f"the haproxy master stayed up {rules.stable_s:g} s after its restart: crash loop over"
                 )
-                log.warning("haproxy in %s: %s", proxy.workdir, reason)
+                if firing:
+                    log.warning("haproxy in %s: %s", proxy.workdir, reason)
+                firing = False
                 event("alert_resolved", reason, {"stable_s": rules.stable_s})
             continue
         decision = after_death(history, time.monotonic(), rules)

@@ -67,6 +67,31 @@ async def test_a_crash_loop_alert_is_set_at_its_first_firing_and_cleared_when_re
     assert resolved.crash_loop is None
 
 
+async def test_a_resolution_with_no_alert_firing_changes_nothing(store: MemoryStore) -> None:
+    """An agent that restarted cannot know whether its previous run left the alert firing: it says the
+    loop is over once its master stayed up, and nothing is recorded when none fires."""
+
+    def resolve() -> list[object]:
+        return list(
+            plan_proxy_event(
+                store.view(),
+                hostname="host-a",
+                machine_id="m-a",
+                type="alert_resolved",
+                reason="stayed up",
+                figures={},
+                now=FIXED_NOW,
+                new_id=Ids("p"),
+            )
+        )
+
+    assert resolve() == []  # no record: none is made
+    await report(store, "restarted", "proxy restarted: master pid 1 died (signal 9, SIGKILL)")
+    assert resolve() == []  # a record, no alert firing
+    await report(store, "alert_firing", "crash loop", 1)
+    assert len(resolve()) == 1
+
+
 async def test_a_record_keeps_its_last_events_only(store: MemoryStore) -> None:
     for minute in range(RECENT_PROXY_EVENTS + 5):
         record = await report(store, "restarted", f"proxy restarted: master pid {minute} died", minute)

@@ -2,7 +2,8 @@
 
 - `plan_proxy_event` appends an event an agent reported about its local haproxy to the host's
   `ProxyRecord` (created on its first event); `alert_firing` sets the record's crash-loop alert,
-  `alert_resolved` clears it. A record keeps its last RECENT_PROXY_EVENTS events.
+  `alert_resolved` clears it (and is dropped when none fires). A record keeps its last
+  RECENT_PROXY_EVENTS events.
 - `crash_loop_change` is the same rule for the gateway's own record (its nginx master's crash loop).
 - `firing_alerts` gathers every firing alert where an operator looks for them (`treeherd alerts`):
   availability alerts from the gateways' reports, crash loops from the gateway and proxy records.
@@ -55,13 +56,17 @@ def plan_proxy_event(
     now: datetime,
     new_id: Callable[[], str],
 ) -> list[Op]:
-    """Append the event to the host's proxy record (created on its first event)."""
+    """Append the event to the host's proxy record (created on its first event). An `alert_resolved`
+    with no alert firing changes nothing: an agent that restarted does not know whether its previous
+    run left one firing, and says it is over once its master stayed up."""
     if not reason or len(reason) > MAX_REASON:
         raise InvalidInput(f"reason must be 1-{MAX_REASON} characters", field="reason")
     if len(figures) > MAX_FIGURES:
         raise InvalidInput(f"at most {MAX_FIGURES} figures", field="figures")
     event = ProxyEvent(at=now, type=type, reason=reason, figures=dict(figures))
     record = view.lookup(ProxyRecord, "hostname", hostname)
+    if type == "alert_resolved" and (record is None or record.crash_loop is None):
+        return []
     if record is None:
         created = ProxyRecord(
             id=new_id(),
