@@ -75,7 +75,9 @@ class NginxWatch:
     async def run(self) -> None:
         """Start nginx again when its master dies or hangs: at once, or after a growing delay in a
         crash loop."""
-        seen = self.nginx.master_pid()
+        # The master the renders started (or adopted) before this watch began; it may be dead already,
+        # and then its pid file still names it.
+        seen = self.nginx.master_pid() or self.nginx.recorded_pid()
         history = Restarts()
         failed: str | None = None  # why the last start failed: the cause of a crash loop, not the old pid
         while not self._stopped.is_set():
@@ -97,7 +99,7 @@ class NginxWatch:
                 continue
             seen = pid or seen
             if seen is None:
-                continue  # never started: the renders start it
+                continue  # never started (no pid file): the renders start it
             async with self._applying:
                 if self.nginx.master_pid() is not None:
                     continue  # a render started it meanwhile

@@ -34,6 +34,7 @@ START_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 DYING_WAIT_S = 2.0  # for a killed master to turn zombie before its leftovers are ended
+KEPT_EXITS = 16  # exit statuses kept of the masters this process started
 HUNG_AFTER_S = 1.0  # a master stopped this long (SIGSTOP, a tracer) no longer acts on signals
 _STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 MAX_OUTPUT = 65_536  # bytes of nginx's own output kept for an error message
@@ -217,7 +218,11 @@ class Nginx:
                 return None  # not ours (any more)
             if waited == 0:
                 return None  # still running
-            self._exits = {pid: os.waitstatus_to_exitcode(status)}  # only the last master's is asked for
+            self._exits[pid] = os.waitstatus_to_exitcode(status)
+            for old in list(self._exits)[
+                :-KEPT_EXITS
+            ]:  # a crash loop starts many; the first one's is asked for
+                del self._exits[old]
         return self._exits.get(pid)
 
     def cause_of_death(self, pid: int) -> str:
