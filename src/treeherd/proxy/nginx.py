@@ -81,8 +81,8 @@ class Nginx:
         return [self.binary, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.error_log)]
 
     async def _run(self, args: list[str], limit_s: float) -> tuple[int, str]:
-        # Output goes to a file, not a pipe: the master nginx leaves behind when it daemonizes may hold
-        # a pipe open, and some event loops (uvloop, which `treeherd up` runs) then wait for its end.
+        # Output goes to a file, not a pipe: a process nginx leaves behind could hold a pipe open, and
+        # some event loops (uvloop, which `treeherd up` runs) then wait for its end.
         with tempfile.TemporaryFile() as output:
             process = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.STDOUT

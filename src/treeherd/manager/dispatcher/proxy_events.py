@@ -34,7 +34,7 @@ class ProxyEvents:
         self._writers: dict[str, asyncio.Task[None]] = {}
 
     def report(self, session: AgentSession, message: ProxyEventReport) -> None:
-        log.warning("agent %s: haproxy %s: %s", session.hostname, message.event, message.reason)
+        log.info("agent %s: haproxy %s: %s", session.hostname, message.event, message.reason)
         queue = self._queues.setdefault(session.id, [])
         queue.append(message)
         del queue[:-MAX_QUEUED]
