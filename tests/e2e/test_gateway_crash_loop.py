@@ -1,6 +1,7 @@
 """The gateway's nginx master in a crash loop, against the real nginx: a master that cannot start
 (its listen port is taken) is retried with a growing delay, recorded as a crash loop naming the cause,
-never in a busy loop, and a fresh master serves the current configuration once the cause is gone."""
+never in a busy loop, and a fresh master serves the current configuration once the cause is gone. The
+crash loop fires an alert (`treeherd alerts`), resolved once the fresh master has stayed up."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def _crash_loops(edge: Edge) -> list[dict[str, Any]]:
     return [e for e in edge.events("error") if e["reason"].startswith("crash loop:")]
 
 
+def _nginx_alert(edge: Edge) -> dict[str, Any] | None:
+    """The firing crash-loop alert of the gateway's nginx, as `GET /api/v1/alerts` lists it."""
+    alerts = edge.client.get("/api/v1/alerts", list)
+    return next((a for a in alerts if a["kind"] == "crash_loop" and a["subject"] == "nginx"), None)
+
+
 def _occupy(port: int) -> socket.socket:
     """Listen on 127.0.0.1:port. SO_REUSEADDR only lets the bind pass a connection of the dead nginx
     left in TIME_WAIT; Linux still refuses a second socket listening on the port (nginx's)."""
@@ -93,6 +100,10 @@ def test_a_master_that_cannot_start_backs_off_and_recovers(edge: Edge) -> None:
         edge.bind("api-3", "shop.api", 0)
         loops = wait_for(lambda: _crash_loops(edge), "the crash loop to be recorded", 20)
         assert "Address already in use" in loops[-1]["reason"], loops
+        alert = wait_for(lambda: _nginx_alert(edge), "the crash-loop alert to fire", 10)
+        assert alert["source"] == "edge" and "crash loop:" in alert["reason"], alert
+        shown = edge.manager_cli("alerts")
+        assert "crash_loop" in shown and "nginx" in shown and "Address already in use" in shown, shown
         # Three start attempts by the watch: at once, then 1 s and 2 s after the previous failure.
         wait_for(lambda: len(_watch_failures(edge)) >= 3, "three failed restarts", 30)
         elapsed = time.monotonic() - began
@@ -123,7 +134,22 @@ def test_a_master_that_cannot_start_backs_off_and_recovers(edge: Edge) -> None:
     assert recovered_s < 12.0, f"recovered {recovered_s:.1f} s after the port was freed"
     assert served_by(edge.port, "/", HOST) == "web-1"
     # No change was made after the port was freed: the master watch started the fresh master.
-    restarted = [e for e in edge.events("started") if e["reason"].startswith("proxy restarted:")]
-    assert restarted and "found by the master watch" in restarted[-1]["reason"], edge.record()["recent"]
+    # nginx serves a moment before the gateway has recorded the start with the manager.
+    restarted = wait_for(
+        lambda: [e for e in edge.events("started") if e["reason"].startswith("proxy restarted:")],
+        "the restart to be recorded",
+        5,
+    )
+    assert "found by the master watch" in restarted[-1]["reason"], edge.record()["recent"]
     assert f"master pid {old} died" in restarted[-1]["reason"]
     assert delays[0] == 1 and delays == sorted(delays), delays  # 1, 2, 4 ... s: it grows inside the loop
+
+    # One alert for the whole loop; it resolves once the fresh master has stayed up (10 s), not before.
+    assert len(edge.events("alert_firing")) == 1, edge.record()["recent"]
+    assert _nginx_alert(edge) is not None
+    wait_for(lambda: _nginx_alert(edge) is None, "the crash-loop alert to resolve", 20)
+    resolved = edge.events("alert_resolved")
+    assert resolved and "crash loop over" in resolved[-1]["reason"], edge.record()["recent"]
+    assert _at(resolved[-1]) - _at(restarted[-1]) >= 10.0, edge.record()["recent"]
+    assert edge.record()["crash_loop"] is None
+    assert "nginx" not in edge.manager_cli("alerts")

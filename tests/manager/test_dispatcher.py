@@ -15,12 +15,14 @@ import pytest
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.model.objects import AgentStatus, Machine
 from treeherd.model.ops import Create, Delete, Op, Update
+from treeherd.model.proxies import ProxyRecord
 from treeherd.model.services import ClusterSettings, Service, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.model.wire import (
     Assignments,
     Heartbeat,
     HeartbeatAck,
+    ProxyEventReport,
     Register,
     SessionRefused,
     SessionStarted,
@@ -226,6 +228,30 @@ async def harness(store: MemoryStore) -> AsyncIterator[Harness]:
 
 
 # ---- sessions -------------------------------------------------------------------------------------
+async def test_an_agents_haproxy_events_are_recorded_in_order_on_its_hosts_proxy_record(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    agent, started, _ = await harness.connect("web-1")
+    sent = [
+        ("restarted", "proxy restarted: master pid 123 died (signal 9, SIGKILL)"),
+        ("alert_firing", "crash loop: the haproxy master did not stay up 1 time(s) in a row"),
+        ("alert_resolved", "the haproxy master stayed up 10 s after its restart: crash loop over"),
+        ("restarted", "proxy restarted: master pid 130 stopped answering its CLI socket (timed out)"),
+    ]
+    for event, reason in sent:
+        await agent.send(ProxyEventReport(session_id=started.session_id, event=event, reason=reason))
+
+    def record() -> ProxyRecord | None:
+        return harness.store.view().lookup(ProxyRecord, "hostname", "web-1")
+
+    await eventually(lambda: (r := record()) is not None and len(r.recent) == 4, "four recorded events")
+    stored = record()
+    assert stored is not None and stored.machine_id == started.machine_id
+    assert [(e.type, e.reason) for e in stored.recent] == sent
+    assert stored.crash_loop is None  # fired, then resolved
+
+
 async def test_register_creates_a_ready_machine_and_starts_a_session(harness: Harness) -> None:
     await harness.start()
     _, started, _ = await harness.connect("web-1", ips=["10.0.0.9"], cpus=4, labels={"zone": "a"})

@@ -1,6 +1,8 @@
 """The local haproxy in a crash loop, against the real haproxy: a master that cannot start again (its
 frontend port is taken) is retried with a growing delay, logged as a crash loop naming the cause, never
-in a busy loop, and a fresh master serves the state last applied once the cause is gone."""
+in a busy loop, and a fresh master serves the state last applied once the cause is gone. The owner is
+told each failed restart, the restart, and the crash-loop alert: fired once, resolved once the fresh
+master has stayed up."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from tests.proxy.conftest import one_frontend
 from tests.proxy.test_supervision import _answers, group_of
 from treeherd.proxy import LocalHaproxy
 from treeherd.proxy.haproxy_supervisor import supervise
+from treeherd.proxy.supervise import RestartPolicy
 from treeherd.testing.backends import backends
 from treeherd.testing.ports import free_port
 from treeherd.testing.waiting import eventually
+
+STABLE_S = 3.0  # shorter than the default 10 s: the test waits it out
 
 
 def _failed(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -43,7 +48,14 @@ async def test_a_master_that_cannot_start_backs_off_and_recovers(
         await eventually(lambda: _answers(port, "b2"), "b2 to answer")
         old = local_haproxy.master_pid
         assert old is not None
-        supervisor = asyncio.create_task(supervise(local_haproxy))
+        events: list[tuple[str, str, float]] = []
+        supervisor = asyncio.create_task(
+            supervise(
+                local_haproxy,
+                policy=RestartPolicy(stable_s=STABLE_S),
+                on_event=lambda type, reason, _figures: events.append((type, reason, time.monotonic())),
+            )
+        )
         blocker = socket.socket()
         try:
             await asyncio.sleep(0.1)  # the supervisor is watching
@@ -90,6 +102,22 @@ async def test_a_master_that_cannot_start_backs_off_and_recovers(
 
             await eventually(restart_logged, "the restart to be logged", timeout_s=5)
             assert len(_failed(caplog)) <= len(failures) + 1  # one more at most, none once it serves
+
+            # The owner heard it all: the alert fired once, each failed start, the restart with its cause.
+            types = [t for t, _, _ in events]
+            assert types.count("alert_firing") == 1, events
+            assert types[:2] == ["error", "alert_firing"], events  # the restart at once failed: a crash loop
+            assert all("Address already in use" in r for t, r, _ in events if t == "error"), events
+            restarted = [(r, at) for t, r, at in events if t == "restarted"]
+            assert len(restarted) == 1 and restarted[0][0].startswith("proxy restarted: "), events
+
+            # The alert resolves once the fresh master has stayed up STABLE_S, not before.
+            await eventually(
+                lambda: "alert_resolved" in [t for t, _, _ in events], "the alert to resolve", timeout_s=10
+            )
+            resolved_at = next(at for t, _, at in events if t == "alert_resolved")
+            assert resolved_at - restarted[0][1] >= STABLE_S, events
+            assert [t for t, _, _ in events][-1] == "alert_resolved"
         finally:
             blocker.close()
             supervisor.cancel()

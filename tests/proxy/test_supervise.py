@@ -3,7 +3,7 @@ and forgiven once the master stays up; and the cause as the events word it."""
 
 from __future__ import annotations
 
-from treeherd.proxy.supervise import RestartPolicy, Restarts, after_death, death_cause, started
+from treeherd.proxy.supervise import RestartPolicy, Restarts, after_death, death_cause, started, stayed_up
 
 POLICY = RestartPolicy(first_delay_s=1.0, max_delay_s=30.0, stable_s=10.0)
 
@@ -33,6 +33,13 @@ def test_a_master_that_stayed_up_is_forgiven() -> None:
     assert after_death(history, now=59.9, policy=POLICY).delay_s == 30.0
     forgiven = after_death(history, now=60.0, policy=POLICY)
     assert forgiven.delay_s == 0.0 and forgiven.quick_deaths == 0 and not forgiven.crash_loop
+
+
+def test_a_crash_loop_is_over_once_the_master_stayed_up_after_its_last_restart() -> None:
+    assert not stayed_up(Restarts(), now=1000.0, policy=POLICY)  # never restarted: nothing to resolve
+    history = Restarts(quick_deaths=3, started_at=50.0)
+    assert not stayed_up(history, now=59.9, policy=POLICY)
+    assert stayed_up(history, now=60.0, policy=POLICY)
 
 
 def test_a_long_crash_loop_stays_capped() -> None:

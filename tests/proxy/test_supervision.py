@@ -17,6 +17,7 @@ import pytest
 from tests.proxy.conftest import one_frontend
 from treeherd.proxy import LocalHaproxy
 from treeherd.proxy.haproxy_supervisor import supervise
+from treeherd.proxy.supervise import RestartPolicy
 from treeherd.testing.backends import ask, backends
 from treeherd.testing.ports import free_port
 from treeherd.testing.waiting import eventually
@@ -108,3 +109,30 @@ async def test_a_master_silent_on_its_cli_socket_is_replaced(
     print(f"haproxy master SIGSTOP: serving again after {recovered_s:.2f} s")
     assert not any(_alive(p) for p in old_group)
     assert f"master pid {old} stopped answering its CLI socket" in caplog.text
+
+
+async def test_a_new_owner_says_once_that_no_crash_loop_goes_on_after_the_master_stayed_up(
+    local_haproxy: LocalHaproxy,
+) -> None:
+    """An owner that just started (an agent that restarted) cannot know whether the one before it left the
+    crash-loop alert firing: once the master has stayed up, it says so, once (the manager drops it when
+    no alert fires)."""
+    events: list[tuple[str, str]] = []
+    async with backends("b1") as servers:
+        await local_haproxy.start(one_frontend(free_port(), servers))
+        supervisor = asyncio.create_task(
+            supervise(
+                local_haproxy,
+                policy=RestartPolicy(stable_s=1.0),
+                on_event=lambda type, reason, _figures: events.append((type, reason)),
+            )
+        )
+        try:
+            await eventually(lambda: events != [], "the resolution", timeout_s=5)
+            await asyncio.sleep(1.5)  # more than stable_s again: nothing more to say
+        finally:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+    assert [t for t, _ in events] == ["alert_resolved"], events
+    assert local_haproxy.restarts == 0

@@ -26,6 +26,7 @@ from treeherd.agent.db import TaskDB
 from treeherd.agent.dependencies import DependencyProxy, HaproxyMode
 from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.logs import LogStreamer
+from treeherd.agent.proxy_reports import ProxyReporter
 from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
 from treeherd.agent.worker import Worker
@@ -33,7 +34,9 @@ from treeherd.core.tasks.agent_state import AgentState
 from treeherd.executors.base import EnforcesLimits, Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.executors.process import ProcessExecutor
+from treeherd.model.gateway import Figure
 from treeherd.model.objects import LimitSupport, MachineKind
+from treeherd.model.proxies import ProxyEventType
 from treeherd.model.wire import Register, SessionStarted
 from treeherd.runtime import utc_now
 
@@ -177,7 +180,9 @@ class Agent:
             hostname=self.hostname,
         )
         self.logs = LogStreamer(executor, self.kept_logs)
-        self.dependencies = DependencyProxy(self.worker.state, self.data_dir / "haproxy", mode=haproxy)
+        self.dependencies = DependencyProxy(
+            self.worker.state, self.data_dir / "haproxy", mode=haproxy, on_event=self._proxy_event
+        )
         self.session = Session(
             manager_url,
             self.describe,
@@ -193,6 +198,7 @@ class Agent:
         self.worker.set_sender(self.session.send_report)
         self.session.on_started = self._session_started
         self.registrar = Registrar(self.worker.state, self.session)
+        self.proxy_reports = ProxyReporter(self.session)
         self.worker.on_change = self._tasks_changed
 
     @property
@@ -214,6 +220,7 @@ class Agent:
                 group.create_task(self.worker.run(), name="agent-worker")
                 group.create_task(self.registrar.run(), name="agent-registrar")
                 group.create_task(self.dependencies.run(), name="agent-haproxy")
+                group.create_task(self.proxy_reports.run(), name="agent-proxy-reports")
                 group.create_task(self._session_until_worker_ends(), name="agent-session")
         finally:
             await self.db.close()
@@ -243,17 +250,22 @@ class Agent:
             self.worker.stop()
             self.registrar.stop()
             self.dependencies.stop()
+            self.proxy_reports.stop()
 
     def stop(self) -> None:
         self.session.stop()
         self.worker.stop()
         self.registrar.stop()
         self.dependencies.stop()
+        self.proxy_reports.stop()
 
     def _session_started(self, started: SessionStarted) -> None:
         if started.task_history != self.kept_logs.history:
             self.kept_logs.history = started.task_history
             self.kept_logs.prune()
+
+    def _proxy_event(self, type: ProxyEventType, reason: str, figures: dict[str, Figure]) -> None:
+        self.proxy_reports.post(type, reason, figures)
 
     def _tasks_changed(self) -> None:
         self.registrar.changed()

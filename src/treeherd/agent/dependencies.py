@@ -8,7 +8,8 @@ with `haproxy -c`). The proxy stops with the agent; an agent that was killed lea
 next agent adopts it (same master, brought to the desired state without a restart) when it is alive,
 haproxy and answering its master socket, else ends it and starts a fresh one. While it runs, it
 is supervised: a master that dies or stops answering its CLI socket is replaced within about a second
-on the state last applied (a crash loop backs off), and the next apply catches up from there.
+on the state last applied (a crash loop backs off), and the next apply catches up from there; each
+restart and crash-loop alert goes to `on_event` (the agent sends it to the manager).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from treeherd.core.tasks.agent_state import AgentState
 from treeherd.model.states import TaskState
 from treeherd.model.wire import DependencyEndpoints, DependencyServer
 from treeherd.proxy.haproxy import LocalHaproxy
-from treeherd.proxy.haproxy_supervisor import supervise
+from treeherd.proxy.haproxy_supervisor import ProxyEventSink, supervise
 from treeherd.proxy.master import find_haproxy
 from treeherd.render.haproxy import LocalProxy, ProxyFrontend, ProxyServer, haproxy_name, server_name
 
@@ -86,7 +87,13 @@ class DependencyProxy:
     """Keeps this host's haproxy at `desired_proxy`; `changed()` and `endpoints()` never block."""
 
     def __init__(
-        self, state: AgentState, workdir: Path, *, mode: HaproxyMode = "auto", binary: str = "haproxy"
+        self,
+        state: AgentState,
+        workdir: Path,
+        *,
+        mode: HaproxyMode = "auto",
+        binary: str = "haproxy",
+        on_event: ProxyEventSink | None = None,
     ) -> None:
         self._state = state
         self._workdir = workdir
@@ -99,6 +106,7 @@ class DependencyProxy:
         self.haproxy: LocalHaproxy | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._warned = False
+        self._on_event = on_event  # restarts and crash-loop alerts of the supervised master
 
     def endpoints(self, message: DependencyEndpoints) -> None:
         self._servers[message.service] = message.servers
@@ -160,7 +168,8 @@ class DependencyProxy:
             verb = "adopted" if adopted is not None else "started"
             log.info("local haproxy %s for %s", verb, ", ".join(f.name for f in desired.frontends))
             self._supervisor = asyncio.create_task(
-                supervise(self.haproxy, on_restart=lambda _cause: self._wake.set()), name="haproxy-supervisor"
+                supervise(self.haproxy, on_restart=lambda _cause: self._wake.set(), on_event=self._on_event),
+                name="haproxy-supervisor",
             )
             self._applied = desired
             return True

@@ -18,6 +18,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from treeherd.model.gateway import Figure
+from treeherd.model.proxies import ProxyEventType
 from treeherd.model.wire import (
     Assignments,
     DependencyEndpoints,
@@ -27,6 +29,7 @@ from treeherd.model.wire import (
     LogCancel,
     LogEnd,
     LogRequest,
+    ProxyEventReport,
     Register,
     SessionRefused,
     SessionStarted,
@@ -143,6 +146,14 @@ class Session:
         if channel is None or session_id is None:
             raise ChannelClosed("no session")
         await self._send(channel, EndpointSet(session_id=session_id, endpoints=endpoints))
+
+    async def send_proxy_event(self, type: ProxyEventType, reason: str, figures: dict[str, Figure]) -> None:
+        channel, session_id = self._channel, self.session_id
+        if channel is None or session_id is None:
+            raise ChannelClosed("no session")
+        await self._send(
+            channel, ProxyEventReport(session_id=session_id, event=type, reason=reason, figures=figures)
+        )
 
     async def _send(self, channel: SessionChannel, message: object) -> None:
         # One sender at a time: heartbeats and reports share the channel.

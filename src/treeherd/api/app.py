@@ -13,6 +13,7 @@ from litestar.routes import HTTPRoute
 from treeherd import __version__
 from treeherd.api.errors import HANDLERS, decode_body_strictly
 from treeherd.api.routes.agent import agent_router
+from treeherd.api.routes.alerts import AlertController
 from treeherd.api.routes.availability import AvailabilityController, metrics
 from treeherd.api.routes.cluster import ClusterController
 from treeherd.api.routes.domains import DomainController, ProvisionController
@@ -73,6 +74,7 @@ def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Li
             ReportController,
             GatewayController,
             AvailabilityController,
+            AlertController,
             metrics,
             *([agent_router(dispatcher)] if dispatcher is not None else []),
             healthz,

@@ -51,6 +51,7 @@ def cli(ctx: click.Context, manager: str) -> None:
 def _register() -> None:
     from treeherd.cli import (
         agent,
+        alerts,
         cluster,
         domain,
         edge_health,
@@ -83,6 +84,7 @@ def _register() -> None:
         report,
         gateway,
         edge_health,
+        alerts,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

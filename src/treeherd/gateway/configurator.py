@@ -4,7 +4,8 @@
 A configuration that `nginx -t` refuses never becomes current. A reload nginx refuses (a port taken
 since validation, for instance) points `current` back at the previous release; the master itself kept
 serving the previous configuration. A start that finds the pid file of a dead master says so in its
-event (`proxy restarted: master pid N died ...`); nginx ends that master's leftovers first. Each render ends in exactly one recorded event: unchanged, started,
+event with the cause (`proxy restarted: master pid N died (signal 9, SIGKILL)`, or why a hung master
+was ended); nginx ends that master's leftovers first. Each render ends in exactly one recorded event: unchanged, started,
 reload, rejected or rollback, with the reason.
 """
 
@@ -22,7 +23,6 @@ from treeherd.model.gateway import Figure, GatewayEventType
 from treeherd.model.routing import RoutingSnapshot
 from treeherd.proxy.nginx import Nginx, NginxError
 from treeherd.proxy.releases import DIGEST_CHARS, Releases
-from treeherd.proxy.supervise import death_cause
 from treeherd.render.nginx import (
     ROUTING_FILE,
     MainOptions,
@@ -118,7 +118,7 @@ class Configurator:
         if running is None:
             dead = self.nginx.recorded_pid()  # a pid file without its master: the master died
             if dead is not None:
-                why = f"proxy restarted: {death_cause(dead, None)}; {why}"
+                why = f"proxy restarted: {self.nginx.cause_of_death(dead)}; {why}"
             try:
                 pid = await self.nginx.start()
             except NginxError as error:

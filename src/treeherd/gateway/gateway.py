@@ -5,9 +5,10 @@ stream. Changes are coalesced: a render waits until the stream has been quiet fo
 never more than `max_wait_s` after the first change, so a burst of edits costs one reload. Beside it,
 the health loop tails the access logs every `health_interval_s`, reports availability, evaluates
 alerts and ejections. nginx outlives the gateway on purpose: a restarted gateway adopts it. A third
-loop watches the master every `watch_interval_s`: a master that is gone (or a zombie) has what is left
-of it ended and a fresh one started on the current snapshot, with an event giving the cause; one that
-keeps dying right after its restarts is started again only after a growing delay (`proxy.supervise`).
+loop (`gateway.nginx_watch`) watches the master every `watch_interval_s`: a master that is gone, or
+no longer acts on signals, has what is left of it ended and a fresh one started on the current
+snapshot, with an event giving the cause; one that keeps dying right after its restarts is started
+again only after a growing delay and fires the crash-loop alert until it stays up.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -24,12 +26,12 @@ from treeherd.gateway.configurator import Configurator
 from treeherd.gateway.health import HealthMonitor, HealthOptions, wall_clock
 from treeherd.gateway.manager_link import ManagerLink, Resync
 from treeherd.gateway.mirror import SnapshotMirror
+from treeherd.gateway.nginx_watch import NginxWatch
 from treeherd.model.events import Event
 from treeherd.model.gateway import BackendState, Figure, GatewayEventType
 from treeherd.model.gateway_requests import BackendUpdate
 from treeherd.model.routing import RoutingSnapshot
 from treeherd.proxy.nginx import Nginx
-from treeherd.proxy.supervise import Restarts, after_death, death_cause, started
 from treeherd.render.nginx import RenderOptions
 from treeherd.transport.client import ClientError
 
@@ -222,49 +224,30 @@ class Gateway:
                 except ClientError as error:
                     log.warning("could not report availability: %s", error)
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopped.wait()
-
     async def _watch_nginx(self) -> None:
-        """Start nginx again when its master dies: at once, or after a growing delay in a crash loop."""
-        seen = self.nginx.master_pid()
-        history = Restarts()
-        failed: str | None = None  # why the last start failed: the cause of a crash loop, not the old pid
-        while not self._stopped.is_set():
-            await self._pause(self.options.watch_interval_s)
-            pid = self.nginx.master_pid()
-            if pid is not None or seen is None or self._stopped.is_set():
-                seen = pid or seen
-                continue
-            async with self._applying:
-                if self.nginx.master_pid() is not None:
-                    continue  # a render started it meanwhile
-            # nginx runs detached: its exit status is not ours to see
-            cause = failed or death_cause(seen, None)
-            log.warning("gateway %s: nginx is down: %s", self.options.name, cause)
-            decision = after_death(history, time.monotonic())
-            if decision.crash_loop:
-                await self._record(
-                    "error",
-                    f"crash loop: the nginx master did not stay up {decision.quick_deaths} time(s) in a row"
-                    f" after a restart ({cause}); next start in {decision.delay_s:g} s",
-                    {"quick_deaths": decision.quick_deaths, "delay_s": decision.delay_s},
-                )
-                await self._pause(decision.delay_s)
-                if self._stopped.is_set():
-                    return
-            assert self.mirror is not None
-            failed = None
-            async with self._applying:
-                if self.nginx.master_pid() is None:
-                    why = "found by the master watch"
-                    result = await self.configurator.apply(self.mirror.snapshot(), why)
-                    if result.outcome == "rollback" and self.nginx.master_pid() is None:
-                        failed = f"the restart failed: {result.reason.rpartition(why + ': ')[2]}"
-            history = started(decision, time.monotonic())
-            seen = self.nginx.master_pid() or seen
+        assert self.mirror is not None
+        mirror = self.mirror
+        watch = NginxWatch(
+            name=self.options.name,
+            nginx=self.nginx,
+            configurator=self.configurator,
+            applying=self._applying,
+            snapshot=lambda: (self.mirror or mirror).snapshot(),
+            record=self._record_alert,
+            stopped=self._stopped,
+            interval_s=self.options.watch_interval_s,
+        )
+        watch.firing = await self.link.crash_loop_firing()  # a crash loop an earlier run left firing
+        await watch.run()
+
+    async def _record_alert(
+        self,
+        type: GatewayEventType,
+        reason: str,
+        figures: dict[str, Figure],
+        alert: Literal["crash_loop"] | None,
+    ) -> None:
+        await self.link.record(type, reason, figures, alert=alert)
 
     def stop(self) -> None:
         self._stopped.set()

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from treeherd.gateway.mirror import ROUTING_KINDS
 from treeherd.model.availability import AvailabilityReport
 from treeherd.model.events import Event
-from treeherd.model.gateway import BackendState, Figure, GatewayEventType
+from treeherd.model.gateway import BackendState, Figure, GatewayEventType, GatewayRecord
 from treeherd.model.gateway_requests import BackendUpdate, GatewayEventIn
 from treeherd.model.routing import RoutingSnapshot
 from treeherd.transport.client import Client, ClientError
@@ -61,16 +61,27 @@ class ManagerLink:
         reason: str,
         figures: dict[str, Figure] | None = None,
         config_sha256: str | None = None,
+        alert: Literal["crash_loop"] | None = None,
     ) -> None:
         """Record a gateway event; a manager that cannot be reached costs a log line, not the gateway."""
         body = GatewayEventIn(
-            type=type, reason=reason[:2000], figures=figures or {}, config_sha256=config_sha256
+            type=type, reason=reason[:2000], figures=figures or {}, config_sha256=config_sha256, alert=alert
         )
         log.info("gateway %s: %s: %s", self.gateway_name, type, reason)
         try:
             await asyncio.to_thread(self._call, "POST", f"/api/v1/gateways/{self.gateway_name}/events", body)
         except ClientError as error:
             log.warning("could not record the gateway event (%s): %s", type, error)
+
+    async def crash_loop_firing(self) -> bool:
+        """Does this gateway's record hold a firing crash-loop alert (left by an earlier run)?"""
+        try:
+            record: GatewayRecord = await asyncio.to_thread(
+                self._call, "GET", f"/api/v1/gateways/{self.gateway_name}", None, GatewayRecord
+            )
+        except ClientError:
+            return False  # no record yet, or no manager: nothing to resolve
+        return record.crash_loop is not None
 
     async def set_backend(self, path: str, hostname: str, update: BackendUpdate) -> BackendState:
         stored: BackendState = await asyncio.to_thread(

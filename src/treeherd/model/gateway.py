@@ -9,8 +9,9 @@ the snapshot the gateway renders from.
   path `/`) is what a node without a policy of its own or of an ancestor follows; until one is stored,
   it is `DEFAULT_POLICY`: no alert, ejection under 0.5 availability over 1 min with at least 20 requests.
 - `GatewayRecord` (one per gateway): what it did last (render, reload, rejection, rollback, alert,
-  ejection), with the reason; every update is a store event, so `treeherd events --kind gateway`
-  shows the gateway's history as it happens.
+  ejection, a restart of its nginx master), with the reason, and its nginx master's crash-loop alert
+  while it fires; every update is a store event, so `treeherd events --kind gateway` shows the
+  gateway's history as it happens.
 """
 
 from __future__ import annotations
@@ -83,14 +84,24 @@ class GatewayEvent(msgspec.Struct, frozen=True, kw_only=True):
     figures: dict[str, Figure] = {}
 
 
+class CrashLoop(msgspec.Struct, frozen=True, kw_only=True):
+    """A firing crash-loop alert: a proxy master that did not stay up after its restarts, since when and
+    why. It resolves once the master has stayed up again."""
+
+    since: datetime
+    reason: str
+
+
 class GatewayRecord(Object, frozen=True, kw_only=True, tag="gateway"):
-    """A gateway's live configuration and its recent events (the last 50; the event stream has all)."""
+    """A gateway's live configuration and its recent events (the last 50; the event stream has all), and
+    the crash-loop alert of its nginx master while it fires."""
 
     kind: ClassVar[str] = "gateway"
     name: str
     config_sha256: str = ""
     last_event: GatewayEvent | None = None
     recent: list[GatewayEvent] = []
+    crash_loop: CrashLoop | None = None
 
     def summary(self) -> str:
         """One line for `treeherd events`: the last event and its reason."""

@@ -3,6 +3,8 @@ policies, and the availability reports a gateway sends."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 from msgspec import UNSET, UnsetType
 
@@ -14,12 +16,16 @@ class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class GatewayEventIn(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Something a gateway did; `config_sha256` (when given) is the configuration now live."""
+    """Something a gateway did; `config_sha256` (when given) is the configuration now live. With
+    `alert_firing` or `alert_resolved`, `alert: crash_loop` says the alert is the gateway's own (its
+    nginx master's crash loop), kept on its record until resolved; availability alerts leave it out, and
+    other event types ignore it."""
 
     type: GatewayEventType
     reason: str
     figures: dict[str, Figure] = {}
     config_sha256: str | None = None
+    alert: Literal["crash_loop"] | None = None
 
 
 class BackendUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -20,6 +20,7 @@ from treeherd.model.base import Object
 from treeherd.model.discovery import Endpoint, endpoint_key
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
+from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
 from treeherd.model.services import ClusterSettings, Service, Task
 
@@ -179,6 +180,12 @@ KINDS: dict[str, KindInfo] = {
             name="gateway",
             type=GatewayRecord,
             unique=(UniqueKey("name", lambda o: (_as(GatewayRecord, o).name,)),),
+        ),
+        # No reference to the machine: a host's proxy record never blocks removing the machine.
+        KindInfo(
+            name="proxy",
+            type=ProxyRecord,
+            unique=(UniqueKey("hostname", lambda o: (_as(ProxyRecord, o).hostname,)),),
         ),
         # No references: a registration outlives nothing it names (its task or machine may go first;
         # the TTL or its agent removes it). Indexes instead: a service's endpoints are read on every

@@ -16,6 +16,7 @@ import msgspec
 from treeherd.model.base import Object
 from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
+from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import Availability, NodeRole, NodeState
@@ -145,5 +146,6 @@ AnyObject = (
     | BackendState
     | HealthPolicy
     | GatewayRecord
+    | ProxyRecord
     | Endpoint
 )

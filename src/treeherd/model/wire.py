@@ -5,6 +5,10 @@ Manager to agent: `SessionStarted` (or `SessionRefused`), `HeartbeatAck`s, `Assi
 set (`full=True`: every task the agent should know; a task it runs that is missing must be stopped),
 then increments. `sequence` grows by one per `Assignments` message of a session.
 
+The agent reports what happened to its local haproxy (`ProxyEventReport`: a restart with its cause, a
+failed restart, the crash-loop alert firing or resolving); the manager records it on the host's
+`ProxyRecord`.
+
 Logs: the manager asks for a task's output with `LogRequest` (a `stream_id` it chose) and may end it
 early with `LogCancel`; the agent answers with `LogChunk`s and one `LogEnd`.
 """
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import msgspec
 
+from treeherd.model.gateway import Figure
 from treeherd.model.objects import LimitSupport, MachineKind
+from treeherd.model.proxies import ProxyEventType
 from treeherd.model.services import Task, TaskStatus
 
 
@@ -112,6 +118,17 @@ class DependencyEndpoints(_Message, frozen=True, kw_only=True, tag="dependency_e
     servers: list[DependencyServer]
 
 
+class ProxyEventReport(_Message, frozen=True, kw_only=True, tag="proxy_event"):
+    """Something that happened to the agent's local haproxy (`proxy restarted: master pid 123 died
+    (signal 9, SIGKILL)`; `alert_firing` when its master is in a crash loop, `alert_resolved` once it
+    stayed up again)."""
+
+    session_id: str
+    event: ProxyEventType
+    reason: str
+    figures: dict[str, Figure] = {}
+
+
 class LogRequest(_Message, frozen=True, kw_only=True, tag="log_request"):
     """Send the output of a task: the last `tail` lines (None: all kept), then, with `follow`, what it
     prints until it ends or the stream is cancelled."""
@@ -140,7 +157,7 @@ class LogEnd(_Message, frozen=True, kw_only=True, tag="log_end"):
     error: str = ""
 
 
-AgentMessage = Register | Heartbeat | StatusReport | EndpointSet | LogChunk | LogEnd
+AgentMessage = Register | Heartbeat | StatusReport | EndpointSet | ProxyEventReport | LogChunk | LogEnd
 ManagerMessage = (
     SessionStarted
     | SessionRefused

@@ -1,12 +1,16 @@
 """One nginx master in its own prefix directory: validate a configuration with the real `nginx -t`,
-start or adopt the master, reload it and tell whether the reload took.
+start or adopt the master, reload it and tell whether the reload took, and why a master died or hung.
 
-nginx keeps running on its own (it daemonizes), so a gateway that restarts adopts the master named by
-the pid file instead of starting a second one. The daemonized master leads its own session and process
-group, which its workers share: when the master dies (SIGKILL leaves its workers serving the old
-configuration and holding the ports), `end_leftovers` kills that group before a new master starts. A reload is a SIGHUP to the master; it took when the
-previous generation of workers starts its graceful shutdown, and failed when the master logs an `[emerg]` or `[alert]` line instead
-(it then keeps serving the previous configuration). Every wait is bounded.
+The master runs in the foreground (`daemon off`) as a child of this process, in its own session and
+process group, which its workers share: its exit status is ours to read (`cause_of_death`: `master pid
+123 died (signal 9, SIGKILL)`). It outlives its owner on purpose: a gateway that restarts adopts the
+master named by the pid file instead of starting a second one (that master's exit status is then
+unknown). When the master dies (SIGKILL leaves its workers serving the old configuration and holding
+the ports), `end_leftovers` kills that group before a new master starts. A master that no longer acts
+on signals (stopped, or silent on a reload signal) is `unresponsive`; `end_hung` ends its group.
+A reload is a SIGHUP to the master; it took when the previous generation of workers starts its graceful
+shutdown, and failed when the master logs an `[emerg]` or `[alert]` line instead (it then keeps
+serving the previous configuration). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from pathlib import Path
 
 import psutil
 
-from treeherd.proxy.supervise import end_group
+from treeherd.proxy.supervise import death_cause, end_group
 
 VALIDATE_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 DYING_WAIT_S = 2.0  # for a killed master to turn zombie before its leftovers are ended
+KEPT_EXITS = 16  # exit statuses kept of the masters this process started
+HUNG_AFTER_S = 1.0  # a master stopped this long (SIGSTOP, a tracer) no longer acts on signals
+_STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 MAX_OUTPUT = 65_536  # bytes of nginx's own output kept for an error message
 _FAILURE = re.compile(r"\[(emerg|alert|crit)\]")
 
@@ -63,13 +70,19 @@ class Nginx:
         self.pid_path = prefix / "logs" / "nginx.pid"
         self.error_log = prefix / "logs" / "error.log"
         self.temp_dir = prefix / "temp"
+        self.output = prefix / "logs" / "nginx.out"  # the master's own stderr (start-up errors)
+        self._child: int | None = None  # the pid of the master this process started last
+        self._exits: dict[int, int] = {}  # exit statuses of masters this process started and reaped
+        self._stopped: tuple[int, float] | None = None  # a master seen stopped, and since when
+        self._hung: tuple[int, str] | None = None  # a master that ignored a reload signal, and why
+        self._causes: dict[int, str] = {}  # why masters this process ended had to go
 
     def _base_args(self, conf: Path) -> list[str]:
         return [self.binary, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.error_log)]
 
     async def _run(self, args: list[str], limit_s: float) -> tuple[int, str]:
-        # Output goes to a file, not a pipe: the master nginx leaves behind when it daemonizes may hold
-        # a pipe open, and some event loops (uvloop, which `treeherd up` runs) then wait for its end.
+        # Output goes to a file, not a pipe: a process nginx leaves behind could hold a pipe open, and
+        # some event loops (uvloop, which `treeherd up` runs) then wait for its end.
         with tempfile.TemporaryFile() as output:
             process = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.STDOUT
@@ -148,19 +161,106 @@ class Nginx:
 
     async def start(self) -> int:
         """End what a dead master left, start the master on the main configuration (already
-        validated) and return its pid."""
+        validated) as a child in its own session, and return its pid."""
         await self.end_leftovers()
-        code, output = await self._run(self._base_args(self.main_conf), START_TIMEOUT_S)
-        if code != 0:
-            raise NginxError(_reason(output))
+        self.exit_status(None)  # reap the previous child, if it is done
+        child = self._child = self._spawn()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            pid = self.master_pid()
+            if self.exit_status(child) is not None:
+                raise NginxError(_reason(self._output()))
             # Ready once its workers run: a reload signal sent earlier may be lost in its start-up.
-            if pid is not None and self._workers(pid):
-                return pid
+            if self.master_pid() == child and self._workers(child):
+                self._causes.clear()
+                return child
             await asyncio.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
         raise NginxError(f"nginx did not start its workers within {START_TIMEOUT_S} s (see {self.error_log})")
+
+    def _spawn(self) -> int:
+        """Start the master in its own session, its output to `self.output`; its pid. (Not a Popen or
+        asyncio's subprocess: the master outlives this event loop and this process by design, and only
+        its exit status is wanted, read without blocking by `exit_status`.)"""
+        output = os.open(self.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            return os.posix_spawnp(
+                self.binary,
+                [*self._base_args(self.main_conf), "-g", "daemon off;"],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, output, 1),
+                    (os.POSIX_SPAWN_DUP2, output, 2),
+                ],
+                setsid=True,
+            )
+        finally:
+            os.close(output)
+
+    def _output(self) -> str:
+        try:
+            with open(self.output, "rb") as handle:
+                return handle.read(MAX_OUTPUT).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def exit_status(self, pid: int | None) -> int | None:
+        """The exit status of master `pid` (the last one started when None) if this process started it
+        and it has ended (negative: the signal that ended it), else None. Reaps it."""
+        pid = self._child if pid is None else pid
+        if pid is None:
+            return None
+        if pid not in self._exits and pid == self._child:
+            try:
+                waited, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None  # not ours (any more)
+            if waited == 0:
+                return None  # still running
+            self._exits[pid] = os.waitstatus_to_exitcode(status)
+            for old in list(self._exits)[
+                :-KEPT_EXITS
+            ]:  # a crash loop starts many; the first one's is asked for
+                del self._exits[old]
+        return self._exits.get(pid)
+
+    def cause_of_death(self, pid: int) -> str:
+        """Why master `pid` is gone: what `end_hung` found, or its exit status when it was our child."""
+        if pid in self._causes:
+            return self._causes[pid]
+        return death_cause(pid, self.exit_status(pid))
+
+    def unresponsive(self, pid: int, now: float) -> str | None:
+        """Why the live master `pid` must be treated as dead: stopped (SIGSTOP, a tracer) for
+        HUNG_AFTER_S, or it ignored a reload signal; None while it acts on signals. `now` is
+        monotonic seconds."""
+        if self._hung is not None and self._hung[0] == pid:
+            return self._hung[1]
+        try:
+            status = psutil.Process(pid).status()
+        except psutil.Error:
+            return None
+        if status not in _STOPPED:
+            self._stopped = None
+            return None
+        if self._stopped is None or self._stopped[0] != pid:
+            self._stopped = (pid, now)
+        if now - self._stopped[1] < HUNG_AFTER_S:
+            return None
+        return f"master pid {pid} stopped acting on signals (process state {status} for {now - self._stopped[1]:.1f} s)"
+
+    async def end_hung(self, pid: int, cause: str) -> None:
+        """End the unresponsive master `pid` and its workers (SIGKILL to its group, stopped members
+        included); `cause` is what `cause_of_death` says of it afterwards."""
+        self._causes[pid] = cause
+        self._hung = None
+        self._stopped = None
+        try:
+            await end_group(pid, timeout_s=STOP_TIMEOUT_S)
+        except TimeoutError as error:
+            raise NginxError(f"the unresponsive nginx master {pid} did not end: {error}") from None
+        self.exit_status(pid)  # reap it
 
     def _workers(self, pid: int) -> set[int]:
         with contextlib.suppress(psutil.Error):
@@ -213,6 +313,10 @@ class Nginx:
                 return
             if self.master_pid() != pid:
                 raise NginxError("the nginx master exited during the reload")
+            hung = self.unresponsive(pid, time.monotonic())
+            if hung is not None:
+                raise NginxError(hung)
+        self._hung = (pid, f"master pid {pid} did not act on a reload signal within {limit_s:g} s")
         raise NginxError(f"nginx did not retire its workers within {limit_s} s of the reload signal")
 
     async def stop(self) -> None:
@@ -233,3 +337,4 @@ class Nginx:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         await self.end_leftovers(pid)
+        self.exit_status(pid)  # reap it

@@ -3,6 +3,7 @@ backoff while it keeps dying soon after each restart (a crash loop), never in a 
 
 `after_death` is a pure function of the restart history and the time of death (passed in, so tests
 use explicit times); the owners (the gateway for nginx, the local haproxy for haproxy) apply it.
+`stayed_up` says when a crash loop is over (its alert resolves).
 `end_group` ends what a dead master left: its workers share its process group and outlive it.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "end_group",
     "group_members",
     "started",
+    "stayed_up",
 ]
 
 
@@ -62,6 +64,13 @@ def after_death(history: Restarts, now: float, policy: RestartPolicy | None = No
     deaths = history.quick_deaths + 1
     delay = min(rules.max_delay_s, rules.first_delay_s * 2.0 ** min(deaths - 1, 32))
     return RestartDecision(delay_s=delay, crash_loop=True, quick_deaths=deaths)
+
+
+def stayed_up(history: Restarts, now: float, policy: RestartPolicy | None = None) -> bool:
+    """Has the master, alive at `now`, lived `stable_s` since its last restart? (A crash loop is over
+    then: its alert resolves.)"""
+    rules = policy or RestartPolicy()
+    return history.started_at is not None and now - history.started_at >= rules.stable_s
 
 
 def started(decision: RestartDecision, now: float) -> Restarts:

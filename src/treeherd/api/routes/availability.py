@@ -3,16 +3,20 @@ exposition format (hand-written: a few gauges need no client library)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
 from litestar import Controller, Response, get, put
 from litestar.params import Parameter
 
+from treeherd.core.edge.proxy_records import firing_alerts
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.inventory import Inventory
 from treeherd.model.availability import AvailabilityReport, ServiceAvailability, WindowStats
 from treeherd.model.errors import Refused
+from treeherd.model.gateway import GatewayRecord
+from treeherd.model.proxies import Alert, ProxyRecord
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -95,7 +99,7 @@ def _window(metrics: dict[str, _Metric], prefix: str, stats: WindowStats, **labe
         metrics[f"{prefix}latency_ms"].add(value, **labels, quantile=quantile)
 
 
-def prometheus_text(board: AvailabilityBoard, revision: int) -> str:
+def prometheus_text(board: AvailabilityBoard, revision: int, crash_loops: Sequence[Alert] = ()) -> str:
     metrics: dict[str, _Metric] = {}
     for prefix, what in (("treeherd_service_", "a service"), ("treeherd_backend_", "a backend")):
         metrics[f"{prefix}requests"] = _Metric(f"{prefix}requests", f"Requests to {what} over the window.")
@@ -112,6 +116,9 @@ def prometheus_text(board: AvailabilityBoard, revision: int) -> str:
     stale = _Metric("treeherd_gateway_report_stale", "1 when a gateway has not reported for a minute.")
     store = _Metric("treeherd_store_revision", "The store's revision.")
     store.add(revision)
+    looping = _Metric("treeherd_proxy_crash_loop", "1 while a proxy master is in a crash loop.")
+    for loop in crash_loops:
+        looping.add(1, source=loop.source, proxy=loop.subject)
     for report, is_stale in board.reports():
         stale.add(int(is_stale), gateway=report.gateway)
         for service in report.services:
@@ -137,7 +144,7 @@ def prometheus_text(board: AvailabilityBoard, revision: int) -> str:
                         hostname=backend.hostname,
                         window=window,
                     )
-    return "".join(m.text() for m in [*metrics.values(), alert, stale, store])
+    return "".join(m.text() for m in [*metrics.values(), alert, looping, stale, store])
 
 
 @get(
@@ -147,4 +154,6 @@ def prometheus_text(board: AvailabilityBoard, revision: int) -> str:
     media_type=PROMETHEUS_TYPE,
 )
 async def metrics(board: AvailabilityBoard, inventory: Inventory) -> Response[str]:
-    return Response(prometheus_text(board, inventory.store.revision), media_type=PROMETHEUS_TYPE)
+    view = inventory.view
+    loops = firing_alerts(view.all(GatewayRecord), view.all(ProxyRecord), ())
+    return Response(prometheus_text(board, inventory.store.revision, loops), media_type=PROMETHEUS_TYPE)

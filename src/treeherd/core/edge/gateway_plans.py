@@ -8,7 +8,8 @@ Invariants checked here:
   once set, and until then it is the built-in default (`DEFAULT_POLICY`);
 - thresholds and caps are shares between 0 and 1, minimum request counts are positive, a webhook is a plain
   http:// URL;
-- a gateway keeps its last RECENT_GATEWAY_EVENTS events; the store's event stream has them all.
+- a gateway keeps its last RECENT_GATEWAY_EVENTS events; the store's event stream has them all; an
+  `alert: crash_loop` event sets or clears its nginx master's crash-loop alert.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
+from treeherd.core.edge.proxy_records import crash_loop_change
 from treeherd.core.tree.nodes import node_by_path
 from treeherd.core.view import View
 from treeherd.model.discovery import Endpoint
@@ -85,6 +87,7 @@ def plan_record_event(
     if not request.reason or len(request.reason) > MAX_REASON:
         raise InvalidInput(f"reason must be 1-{MAX_REASON} characters", field="reason")
     event = GatewayEvent(at=now, type=request.type, reason=request.reason, figures=dict(request.figures))
+    alert_type = request.type if request.alert == "crash_loop" else ""
     record = view.lookup(GatewayRecord, "name", name)
     if record is None:
         created = GatewayRecord(
@@ -95,6 +98,7 @@ def plan_record_event(
             config_sha256=request.config_sha256 or "",
             last_event=event,
             recent=[event],
+            crash_loop=crash_loop_change(None, alert_type, request.reason, now),
         )
         return [Create(created)]
     updated = msgspec.structs.replace(
@@ -103,6 +107,7 @@ def plan_record_event(
         config_sha256=record.config_sha256 if request.config_sha256 is None else request.config_sha256,
         last_event=event,
         recent=[*record.recent, event][-RECENT_GATEWAY_EVENTS:],
+        crash_loop=crash_loop_change(record.crash_loop, alert_type, request.reason, now),
     )
     return [Update(updated)]
 

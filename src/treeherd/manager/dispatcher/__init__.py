@@ -7,6 +7,7 @@
 - assignments.py: the store watch fanned out to sessions as assignments and dependency feeds
 - endpoint_sets.py: agents' endpoint sets into the endpoint registry
 - logstreams.py: task output streamed from an agent's session
+- proxy_events.py: agents' reports about their local haproxy into the host's proxy record
 """
 
 from treeherd.manager.dispatcher.dispatcher import Dispatcher

@@ -1,6 +1,6 @@
 """The dispatcher: agent sessions on the agent channel (SwarmKit's dispatcher). The decisions live in
 `core.tasks.dispatch`; this shell owns the sessions and wires in its sibling modules (heartbeats,
-status_writer, assignments, endpoint_sets, logstreams: see the package's docstring).
+status_writer, assignments, endpoint_sets, logstreams, proxy_events: see the package's docstring).
 
 - `serve(channel)` runs one agent's session: Register -> SessionStarted (or SessionRefused: rate
   limited, invalid, unavailable), then Heartbeats (answered with HeartbeatAck), StatusReports
@@ -36,6 +36,7 @@ from treeherd.manager.dispatcher.assignments import ASSIGNMENT_BATCH_S, Assignme
 from treeherd.manager.dispatcher.endpoint_sets import apply_endpoint_set
 from treeherd.manager.dispatcher.heartbeats import HeartbeatDeadlines
 from treeherd.manager.dispatcher.logstreams import LogStreams
+from treeherd.manager.dispatcher.proxy_events import ProxyEvents
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.manager.dispatcher.status_writer import StatusWriter
 from treeherd.manager.endpoints import Registry
@@ -49,6 +50,7 @@ from treeherd.model.wire import (
     HeartbeatAck,
     LogChunk,
     LogEnd,
+    ProxyEventReport,
     Register,
     SessionRefused,
     SessionStarted,
@@ -105,6 +107,7 @@ class Dispatcher:
         self._statuses = StatusWriter(store, clock=clock, sleep=sleep)
         self._batcher = self._statuses.batcher  # the reports waiting for a status write (tests read it)
         self._assignments = AssignmentRouter(store, self._sessions, sleep=sleep, batch_s=assignment_batch_s)
+        self._proxy_events = ProxyEvents(store, clock=clock, ids=ids)
 
     # ---- introspection -----------------------------------------------------------------------------
     def session_id(self, machine_id: str) -> str | None:
@@ -347,6 +350,8 @@ class Dispatcher:
                     apply_endpoint_set(self.registry, session, message)
             elif isinstance(message, (LogChunk, LogEnd)):
                 self._logs.deliver(session, message)
+            elif isinstance(message, ProxyEventReport):
+                self._proxy_events.report(session, message)
 
     async def _write(self, session: AgentSession) -> None:
         while True:
