@@ -218,7 +218,9 @@ class EtcdStore(EngineStore):
 
     def _end_revision(self, revision: int, head: bytes | None) -> None:
         self._seen = revision
-        if head == PARTIAL or not self._held:  # a split commit goes on; or nothing of ours changed
+        if head == PARTIAL or not self._held:  # a split commit goes on; or no object changed
+            if head == b"":  # a commit that left every object as it was still takes its revision
+                self._state.revision = revision
             self._advance()
             return
         state = self._state
