@@ -65,7 +65,9 @@ class StoreMachine(StateMachine):
             refused = error
         if refused is not None:
             assert expected is not None, f"the store refused with {refused!r}; the model accepts {ops}"
-            assert type(refused) in expected, f"the store refused with {refused!r}; the model expects {expected}"
+            assert type(refused) in expected, (
+                f"the store refused with {refused!r}; the model expects {expected}"
+            )
             assert snapshot(self.state) == before, "a refused transaction changed the store"
             return
         assert expected is None, f"the store accepted {ops}; the model expects {expected}"
