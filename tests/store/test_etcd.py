@@ -15,6 +15,7 @@ from treeherd.model.ops import Create, Update
 from treeherd.store import etcd_client
 from treeherd.store.etcd import EtcdStore
 from treeherd.store.etcd_client import EtcdClient, parse_etcd_url
+from treeherd.testing.etcd import EtcdProcess
 from treeherd.testing.ports import free_port
 from treeherd.testing.waiting import eventually
 
@@ -203,3 +204,32 @@ async def test_history_etcd_compacted_answers_compacted(etcd_server, url, stores
     assert caught.value.oldest == revisions[2] - 1
     async with watching(again, since=caught.value.oldest) as changes:
         assert [c.revision for c in await take(changes, 2)] == revisions[2:]
+
+
+# ---- etcd lost and back ----------------------------------------------------------------------------
+
+
+async def test_etcd_lost_then_back(tmp_path, stores):
+    with EtcdProcess(tmp_path / "etcd") as server:
+        store = await stores(server.url())
+        before = await commit(store, Create(machine("m1")))
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(store.commit([Create(machine("m2"))]), etcd_client.CALL_TIMEOUT + WAIT)
+        assert snapshot(store)[1] == {("machine", "m1"): before.objects[0]}
+        await asyncio.to_thread(server.start)
+        # The store reconnects by itself; a write goes through once etcd answers again.
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    done = await store.commit([Create(machine("m2"))])
+                    break
+                except Unavailable:
+                    await asyncio.sleep(0.2)
+        assert store.view().get(Machine, "m2") == done.objects[0]
+        # ...and its feed follows writes of another store again.
+        other = await stores(server.url())
+        third = await commit(other, Create(machine("m3")))
+        await eventually(
+            lambda: store.revision >= third.revision, "the feed after etcd came back", timeout_s=WAIT
+        )

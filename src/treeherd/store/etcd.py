@@ -186,12 +186,17 @@ class EtcdStore(EngineStore):
                 await self._reconnect()
 
     async def _reconnect(self) -> None:
+        said = False
         while not self._closed:
             try:
                 await self._client.connect()
+                if said:
+                    log.warning("etcd answers again at %s", self.endpoint)
                 return
             except Unavailable as error:
-                log.warning("%s", error)
+                if not said:  # once: it is retried every RECONNECT_DELAY until etcd answers
+                    log.warning("%s; retrying", error)
+                    said = True
             await asyncio.sleep(RECONNECT_DELAY)
 
     def _absorb(self, events: Any) -> None:
@@ -305,11 +310,14 @@ class EtcdStore(EngineStore):
                 await self._requeue([p for p, _ in checked[index:]], moved.head)
                 break
             except Exception as error:
-                _settle(
-                    pending.future, error if isinstance(error, TreeherdError) else Unavailable(str(error))
-                )
-                # The ones after it were checked on a state that included it: check them again.
-                await self._requeue([p for p, _ in checked[index + 1 :]], self._head)
+                failure = error if isinstance(error, TreeherdError) else Unavailable(str(error))
+                _settle(pending.future, failure)
+                rest = [p for p, _ in checked[index + 1 :]]
+                if isinstance(failure, Unavailable):  # etcd cannot be reached: neither can the rest
+                    for item in rest:
+                        _settle(item.future, failure)
+                else:  # the ones after it were checked on a state that included it: check them again
+                    await self._requeue(rest, self._head)
                 break
             done.append((pending, events, written))
         if not done:

@@ -23,6 +23,9 @@ DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "/treeherd"
 CALL_TIMEOUT = 5.0  # seconds for one request to etcd
 PAGE = 1_000  # keys per range request when loading a prefix
+# gRPC's default 4 MiB receive limit is less than a page of large objects or a watch response of a
+# large revision; what etcd sends is bounded by etcd itself.
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class EtcdClient:
         """Use the first endpoint that answers; `Unavailable` naming every endpoint tried otherwise."""
         failures = []
         for host, port in self.endpoints:
-            channel = rpc.insecure_channel(f"{host}:{port}")
+            channel = rpc.insecure_channel(f"{host}:{port}", options=_CHANNEL_OPTIONS)
             kv = rpc.KVStub(channel)
             try:
                 await kv.Range(rpc.RangeRequest(key=b"\0", limit=1), timeout=2.0)

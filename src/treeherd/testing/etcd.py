@@ -20,13 +20,15 @@ def etcd_binary() -> str | None:
 
 
 class EtcdProcess:
-    """`etcd` serving clients on 127.0.0.1; `endpoint` is `127.0.0.1:PORT` once started."""
+    """`etcd` serving clients on 127.0.0.1; `endpoint` is `127.0.0.1:PORT` once started. Started again
+    after `stop()`, it serves the same data on the same ports."""
 
     def __init__(self, directory: Path, *, extra_args: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.client_port = 0
+        self.peer_port = 0
         self.log_path = directory / "etcd.log"
 
     @property
@@ -42,8 +44,10 @@ class EtcdProcess:
         if binary is None:
             raise RuntimeError("etcd is not installed: apt-get install etcd-server (make system-deps does)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.client_port, peer = free_port(), free_port()
-        client_url, peer_url = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{peer}"
+        if not self.client_port:  # a restart keeps its ports (and its data)
+            self.client_port, self.peer_port = free_port(), free_port()
+        client_url = f"http://127.0.0.1:{self.client_port}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(
