@@ -15,6 +15,7 @@ from treeherd.model.ops import Create, Update
 from treeherd.store import etcd_client
 from treeherd.store.etcd import EtcdStore
 from treeherd.store.etcd_client import EtcdClient, parse_etcd_url
+from treeherd.store.etcd_writer import Fenced
 from treeherd.testing.etcd import EtcdProcess
 from treeherd.testing.ports import free_port
 from treeherd.testing.waiting import eventually
@@ -233,3 +234,30 @@ async def test_etcd_lost_then_back(tmp_path, stores):
         await eventually(
             lambda: store.revision >= third.revision, "the feed after etcd came back", timeout_s=WAIT
         )
+
+
+# ---- the fence (a leader's key) --------------------------------------------------------------------
+
+
+async def test_a_fenced_store_cannot_write_once_its_key_is_made_again(etcd_server, url, stores):
+    store = await stores(url)
+    key = f"{parse_etcd_url(url).prefix}-leader".encode()
+    client = EtcdClient(parse_etcd_url(url).endpoints)
+    await client.connect()
+    try:
+        made = await client.txn([], [etcd_client.put(key, b"me")])
+        store.fence(key, made.header.revision)
+        await commit(store, Create(machine("m1")))
+        # Another manager takes over: the key is deleted and created again.
+        await client.txn([], [etcd_client.delete(key)])
+        await client.txn([], [etcd_client.put(key, b"someone else")])
+        before = snapshot(store)
+        with pytest.raises(Fenced, match="no longer the leader"):
+            await commit(store, Create(machine("m2")))
+        with pytest.raises(Fenced):  # a split commit is refused before any chunk is written
+            await commit(store, *(Create(machine(f"x{i}")) for i in range(300)))
+        assert snapshot(store) == before
+        store.fence(None)
+        await commit(store, Create(machine("m2")))
+    finally:
+        await client.close()

@@ -8,8 +8,9 @@ other reading the same prefix. The store revision is etcd's revision; an object'
 
 A commit is checked in memory exactly as `EngineStore` checks it (unique keys, references, invariants,
 versions), then written as an etcd transaction that compares each key with the version the caller based
-it on and the head key with the last revision this store wrote or saw; the commit returns once the feed
-has applied its revision, so a caller reads its own writes. When another writer moved the head, the
+it on and the head key with the last revision this store wrote or saw (`etcd_writer`; with `fence()`, a
+leader key's create revision too); the commit returns once the feed has applied its revision, so a
+caller reads its own writes. When another writer moved the head, the
 rest of the batch is checked again on the new state. Commits larger than one etcd transaction are split
 (`etcd_layout.plan_chunks` says what atomicity that keeps).
 
@@ -29,10 +30,9 @@ from typing import Any
 import msgspec
 from aetcd import rpc
 
-from treeherd.model.errors import Refused, TreeherdError, Unavailable, VersionConflict
+from treeherd.model.errors import Refused, TreeherdError, Unavailable
 from treeherd.model.events import Change, Event
 from treeherd.model.objects import AnyObject
-from treeherd.model.ops import Op
 from treeherd.store import etcd_client as etcd
 from treeherd.store.base import Committed
 from treeherd.store.engine import DEFAULT_HISTORY, EngineStore, _EngineWatch, _Pending, _settle
@@ -43,24 +43,15 @@ from treeherd.store.etcd_layout import (
     Layout,
     decode_at,
     marker,
-    plan_chunks,
-    plan_pieces,
     read_marker,
 )
+from treeherd.store.etcd_writer import Moved, Writer
 
 log = logging.getLogger(__name__)
 
 CATCH_UP = 10.0  # seconds a writer waits for the watch to deliver a revision etcd accepted
 RECONNECT_DELAY = 0.5  # seconds between two rounds of reconnecting to the endpoints
 MAX_RETRIES = 10  # times a transaction is checked again after another writer moved the head
-
-
-class _Moved(Exception):
-    """Another writer changed the prefix since this store last wrote: check again on the new state."""
-
-    def __init__(self, head: int) -> None:
-        super().__init__(head)
-        self.head = head
 
 
 class EtcdStore(EngineStore):
@@ -75,15 +66,19 @@ class EtcdStore(EngineStore):
         self._expected_cluster = cluster
         self._layout = Layout(self.url.prefix)
         self._client = EtcdClient(self.url.endpoints)
-        self._head = 0  # the head key's mod_revision as this store last wrote or read it
+        self._txns = Writer(self._client, self._layout, self.url)
         self._seen = 0  # the last etcd revision the feed took in
         self._floor = 0  # the revision at which the prefix was taken: nothing of this cluster is older
         self._held: list[tuple[str, str, AnyObject | None]] = []  # chunks of a split commit, not yet applied
-        self._partial_open = False  # this store wrote part of a split commit and has not closed it
         self._attempts: dict[int, int] = {}
         self._advanced = asyncio.Event()
         self._failure: TreeherdError | None = None
         self._feed_task: asyncio.Task[None] | None = None
+
+    def fence(self, key: bytes | None, create_revision: int = 0) -> None:
+        """Guard every later write with `key`'s create revision (a leader's key: once it is gone or made
+        again by another manager, this store's writes fail with `Fenced`); None removes the guard."""
+        self._txns.fence = None if key is None else (key, create_revision)
 
     @property
     def endpoint(self) -> str | None:
@@ -134,15 +129,15 @@ class EtcdStore(EngineStore):
         objects = []
         for kv in kvs:
             if kv.key == layout.head:
-                self._head = kv.mod_revision
-                self._partial_open = kv.value == PARTIAL  # a writer died inside a split commit
+                self._txns.head = kv.mod_revision
+                self._txns.partial_open = kv.value == PARTIAL  # a writer died inside a split commit
             elif layout.parse(kv.key) is not None:
                 objects.append(decode_at(kv.value, kv.mod_revision))
         self._state.load(objects, revision)
         self._seen = revision
         # The history before this revision, as far back as `history` revisions and etcd still keeps it.
-        start = max(self._floor + 1, self._head - self._history + 1)
-        first, changes = await read_history(self._client, layout, start, self._head)
+        start = max(self._floor + 1, self._txns.head - self._history + 1)
+        first, changes = await read_history(self._client, layout, start, self._txns.head)
         self._compacted_through = first - 1
         for change in changes:
             self._remember(change)
@@ -275,8 +270,8 @@ class EtcdStore(EngineStore):
         try:
             if self._failure is not None:
                 raise self._failure
-            if self._partial_open:
-                await self._close_partial()
+            if self._txns.partial_open:
+                await self._caught_up(await self._txns.close_partial())
         except TreeherdError as error:
             for pending in batch:
                 _settle(pending.future, error)
@@ -303,10 +298,10 @@ class EtcdStore(EngineStore):
         done: list[tuple[_Pending, list[Event], dict[bytes, int]]] = []
         for index, (pending, events) in enumerate(checked):
             try:
-                written = await self._send(list(pending.ops), events)
-            except _Moved as moved:
+                written = await self._txns.send(list(pending.ops), events)
+            except Moved as moved:
                 # Another writer got in: what is left was checked on a state that is gone.
-                self._head = moved.head
+                self._txns.head = moved.head
                 await self._requeue([p for p, _ in checked[index:]], moved.head)
                 break
             except Exception as error:
@@ -317,7 +312,7 @@ class EtcdStore(EngineStore):
                     for item in rest:
                         _settle(item.future, failure)
                 else:  # the ones after it were checked on a state that included it: check them again
-                    await self._requeue(rest, self._head)
+                    await self._requeue(rest, self._txns.head)
                 break
             done.append((pending, events, written))
         if not done:
@@ -351,62 +346,6 @@ class EtcdStore(EngineStore):
             self._attempts[id(item)] = attempts
             self._queue.appendleft(item)
 
-    async def _send(self, ops: list[Op], events: list[Event]) -> dict[bytes, int]:
-        """Write one checked transaction; the revision each key was written at."""
-        layout = self._layout
-        chunks = plan_chunks(
-            plan_pieces(layout, ops, events),
-            max_ops=self.url.max_txn_ops,
-            max_bytes=self.url.max_request_bytes,
-        )
-        written: dict[bytes, int] = {}
-        last = len(chunks) - 1
-        for index, chunk in enumerate(chunks):
-            compares = [piece.compare for piece in chunk.pieces]
-            compares.append(etcd.compare(layout.head, "mod", self._head))
-            writes = [piece.write for piece in chunk.pieces if piece.write is not None]
-            writes.append(etcd.put(layout.head, b"" if index == last else PARTIAL))
-            try:
-                response = await self._client.txn(compares, writes, [etcd.get(layout.head)])
-            except TreeherdError as error:
-                if index:
-                    raise _partly(error, index, len(chunks)) from None
-                raise
-            if not response.succeeded:
-                kvs = response.responses[0].response_range.kvs
-                head = kvs[0].mod_revision if kvs else 0
-                if head != self._head:
-                    if index:
-                        raise _partly(Unavailable("another writer changed the store"), index, len(chunks))
-                    raise _Moved(head)
-                raise VersionConflict(
-                    "an object changed in etcd without going through treeherd (its version differs from"
-                    " what the store read): read it again and retry",
-                    field="version",
-                )
-            self._head = response.header.revision
-            self._partial_open = index != last
-            for piece in chunk.pieces:
-                written[piece.key] = self._head
-        if not written:
-            written[layout.head] = self._head
-        return written
-
-    async def _close_partial(self) -> None:
-        """End a split commit left open (its writer failed between chunks): the chunks written so far
-        become one change for every reader."""
-        head = self._layout.head
-        response = await self._client.txn(
-            [etcd.compare(head, "mod", self._head)], [etcd.put(head, b"")], [etcd.get(head)]
-        )
-        if response.succeeded:
-            self._head = response.header.revision
-        else:
-            kvs = response.responses[0].response_range.kvs
-            self._head = kvs[0].mod_revision if kvs else 0
-        self._partial_open = False
-        await self._caught_up(self._head)
-
 
 def _as_written(layout: Layout, event: Event, written: dict[bytes, int]) -> AnyObject:
     """An object of a committed transaction as the store now holds it (deleted ones as they were)."""
@@ -414,10 +353,3 @@ def _as_written(layout: Layout, event: Event, written: dict[bytes, int]) -> AnyO
     if event.type == "deleted":
         return obj
     return msgspec.structs.replace(obj, version=written[layout.key(obj.kind, obj.id)])
-
-
-def _partly(error: TreeherdError, index: int, total: int) -> Unavailable:
-    return Unavailable(
-        f"{error}; this commit was split into {total} etcd transactions and the first {index} were written:"
-        " they stay in etcd, and the store applies them with its next commit"
-    )
