@@ -173,6 +173,25 @@ async def test_writers_racing_for_one_unique_key_get_one_winner(url, stores):
     assert final.view().count(Machine) == 5
 
 
+async def test_two_busy_writers_keep_every_hostname_unique(url, stores):
+    a, b = await stores(url), await stores(url)
+    # 80 commits from each store at once, over 60 hostnames: each hostname is taken exactly once.
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(a.commit([Create(machine(f"a{i}", f"h{i % 60}"))]) for i in range(80)),
+            *(b.commit([Create(machine(f"b{i}", f"h{(i * 7) % 60}"))]) for i in range(80)),
+            return_exceptions=True,
+        ),
+        WAIT * 10,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(f, AlreadyExists) for f in failures), failures
+    assert len(results) - len(failures) == 60
+    await eventually(lambda: a.revision == b.revision, "both stores at the same revision", timeout_s=WAIT)
+    assert snapshot(a)[1] == snapshot(b)[1]
+    assert sorted(m.hostname for m in a.view().all(Machine)) == sorted(f"h{i}" for i in range(60))
+
+
 # ---- history across restarts and etcd's compaction -------------------------------------------------
 
 

@@ -10,8 +10,9 @@ A commit is checked in memory exactly as `EngineStore` checks it (unique keys, r
 versions), then written as an etcd transaction that compares each key with the version the caller based
 it on and the head key with the last revision this store wrote or saw (`etcd_writer`; with `fence()`, a
 leader key's create revision too); the commit returns once the feed has applied its revision, so a
-caller reads its own writes. When another writer moved the head, the
-rest of the batch is checked again on the new state. Commits larger than one etcd transaction are split
+caller reads its own writes. Queued commits are taken `SLICE` at a time: each one an etcd transaction
+(its own revision), sent in order, answered together once the feed caught up. When another writer moved
+the head, the rest is checked again on the new state. Commits larger than one etcd transaction are split
 (`etcd_layout.plan_chunks` says what atomicity that keeps).
 
 Watches and history come from the engine: the changes read back from etcd at `open()` (`etcd_history`)
@@ -24,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
+import weakref
 from typing import Any
 
 import msgspec
@@ -51,7 +54,8 @@ log = logging.getLogger(__name__)
 
 CATCH_UP = 10.0  # seconds a writer waits for the watch to deliver a revision etcd accepted
 RECONNECT_DELAY = 0.5  # seconds between two rounds of reconnecting to the endpoints
-MAX_RETRIES = 10  # times a transaction is checked again after another writer moved the head
+CONTENDED = 10.0  # seconds a transaction keeps being checked again while other writers get in first
+SLICE = 32  # queued commits checked and sent together
 
 
 class EtcdStore(EngineStore):
@@ -70,7 +74,11 @@ class EtcdStore(EngineStore):
         self._seen = 0  # the last etcd revision the feed took in
         self._floor = 0  # the revision at which the prefix was taken: nothing of this cluster is older
         self._held: list[tuple[str, str, AnyObject | None]] = []  # chunks of a split commit, not yet applied
-        self._attempts: dict[int, int] = {}
+        # When each transaction was first refused for another writer's change (see `_requeue`).
+        self._refused: weakref.WeakKeyDictionary[asyncio.Future[Committed], float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._retry: list[_Pending] = []  # to be checked again, ahead of the queue
         self._advanced = asyncio.Event()
         self._failure: TreeherdError | None = None
         self._feed_task: asyncio.Task[None] | None = None
@@ -267,6 +275,17 @@ class EtcdStore(EngineStore):
 
     # ---- the writer -------------------------------------------------------------------------------
     async def _write_batch(self, batch: list[_Pending]) -> None:
+        # Each commit costs an etcd round trip, and a slice is answered once its last one is applied:
+        # small slices keep the first commits of a long queue from waiting for the whole queue.
+        for start in range(0, len(batch), SLICE):
+            await self._write_slice(batch[start : start + SLICE])
+            if self._retry:  # checked again first, then the rest, in the order they came
+                again = self._retry + batch[start + SLICE :]
+                self._retry = []
+                self._queue.extendleft(reversed(again))
+                return
+
+    async def _write_slice(self, batch: list[_Pending]) -> None:
         try:
             if self._failure is not None:
                 raise self._failure
@@ -302,7 +321,7 @@ class EtcdStore(EngineStore):
             except Moved as moved:
                 # Another writer got in: what is left was checked on a state that is gone.
                 self._txns.head = moved.head
-                await self._requeue([p for p, _ in checked[index:]], moved.head)
+                await self._requeue([p for p, _ in checked[index:]], moved.head, pending)
                 break
             except Exception as error:
                 failure = error if isinstance(error, TreeherdError) else Unavailable(str(error))
@@ -324,27 +343,28 @@ class EtcdStore(EngineStore):
                 _settle(pending.future, error)
             return
         for pending, events, written in done:
-            self._attempts.pop(id(pending), None)
             objects = [_as_written(self._layout, event, written) for event in events]
             if not pending.future.done():
                 pending.future.set_result(Committed(revision=max(written.values()), objects=objects))
 
-    async def _requeue(self, pending: list[_Pending], head: int) -> None:
-        """Put transactions back at the front of the queue, to be checked again once the feed caught up."""
+    async def _requeue(self, pending: list[_Pending], head: int, refused: _Pending | None = None) -> None:
+        """Have transactions checked again (before anything queued after them) once the feed caught up.
+        `refused` is the one etcd refused because another writer got in: it gives up after CONTENDED
+        seconds of that (the others were not sent)."""
         try:
             await self._caught_up(head)
         except TreeherdError as error:
             for item in pending:
                 _settle(item.future, error)
             return
-        for item in reversed(pending):
-            attempts = self._attempts.get(id(item), 0) + 1
-            if attempts > MAX_RETRIES:
-                self._attempts.pop(id(item), None)
-                _settle(item.future, Unavailable("other writers kept changing the store: try again"))
-                continue
-            self._attempts[id(item)] = attempts
-            self._queue.appendleft(item)
+        now = time.monotonic()
+        for item in pending:
+            if item is refused:
+                first = self._refused.setdefault(item.future, now)
+                if now - first > CONTENDED:
+                    _settle(item.future, Unavailable("other writers kept changing the store: try again"))
+                    continue
+            self._retry.append(item)
 
 
 def _as_written(layout: Layout, event: Event, written: dict[bytes, int]) -> AnyObject:
