@@ -11,7 +11,6 @@ from pathlib import Path
 
 from treeherd.model.errors import InvalidInput
 from treeherd.store.engine import EngineStore
-from treeherd.store.etcd import EtcdStore
 from treeherd.store.sqlite import SqliteStore
 
 CLUSTER_FILE = "etcd-cluster"
@@ -27,11 +26,14 @@ def describe(spec: str | None, data_dir: Path | None = None) -> str:
 def make_store(spec: str | None, data_dir: Path | None = None) -> EngineStore:
     """The store `spec` names (not opened yet); `data_dir` is the manager's, when there is one."""
     if spec is None or spec.startswith("sqlite:"):
-        directory = Path(spec.removeprefix("sqlite:")) if spec else data_dir
-        if directory is None or not str(directory):
+        path = spec.removeprefix("sqlite:") if spec else None
+        directory = Path(path) if path else data_dir
+        if directory is None:
             raise InvalidInput("a SQLite store needs a directory: sqlite:DIR")
         return SqliteStore(directory / "treeherd.db")
     if spec.startswith("etcd://"):
+        from treeherd.store.etcd import EtcdStore  # gRPC loads in ~0.2 s: only for a manager on etcd
+
         cluster = None
         if data_dir is not None and (data_dir / CLUSTER_FILE).exists():
             cluster = (data_dir / CLUSTER_FILE).read_text().strip() or None
@@ -43,5 +45,6 @@ def make_store(spec: str | None, data_dir: Path | None = None) -> EngineStore:
 
 def remember_cluster(store: EngineStore, data_dir: Path) -> None:
     """Record in the data directory which etcd cluster this manager joined (checked at the next start)."""
-    if isinstance(store, EtcdStore) and store.cluster_id is not None:
-        (data_dir / CLUSTER_FILE).write_text(store.cluster_id + "\n")
+    cluster = getattr(store, "cluster_id", None)
+    if cluster is not None:
+        (data_dir / CLUSTER_FILE).write_text(cluster + "\n")
