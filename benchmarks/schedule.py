@@ -141,10 +141,11 @@ async def benchmark(
     started = time.perf_counter()
     extra: tuple[str, ...] = ()
     if args.store == "etcd":  # a single-member etcd of its own, on free loopback ports
-        etcd = EtcdProcess(work / "etcd")
+        ops = args.etcd_max_txn_ops
+        etcd = EtcdProcess(work / "etcd", extra_args=(f"--max-txn-ops={ops}",) if ops else ())
         report["_etcd"] = etcd
         await asyncio.to_thread(etcd.start)
-        extra = ("--store", etcd.url())
+        extra = ("--store", etcd.url() + (f"&max-txn-ops={ops}" if ops else ""))
         phases["etcd_start"] = {"seconds": round(time.perf_counter() - started, 3)}
     manager = ManagerProcess(data_dir, extra_args=extra)  # on 127.0.0.1:0: it picks its port, says which
     report["_manager"] = manager
@@ -472,6 +473,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="sqlite",
         help="the manager's store: embedded SQLite, or a single-member etcd started here (default sqlite)",
     )
+    parser.add_argument(
+        "--etcd-max-txn-ops",
+        type=int,
+        default=0,
+        help="with --store etcd: etcd's --max-txn-ops, told to the manager too (default: etcd's, 128)",
+    )
     parser.add_argument("--tag", default="", help="appended to the output names: schedule-NxM-TAG.*")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (and the logs)")
     args = parser.parse_args(argv)
@@ -514,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "profile": args.profile,
             "store": "sqlite (embedded, WAL, synchronous=FULL)"
             if args.store == "sqlite"
-            else "etcd (one member on loopback, etcd's default flags)",
+            else f"etcd (one member on loopback, --max-txn-ops {args.etcd_max_txn_ops or 128})",
             "service": {"replicas": args.tasks, "task": {"command": ["hollow"]}, "reservations": "none"},
         },
         "phases": {},
