@@ -220,7 +220,11 @@ class EtcdStore(EngineStore):
             if parsed is None:
                 continue
             deleted = event.type == rpc.Event.DELETE
-            self._held.append((*parsed, None if deleted else decode_at(kv.value, kv.mod_revision)))
+            if deleted:
+                self._held.append((*parsed, None))
+            else:
+                obj = self._txns.take_own(kv.key, kv.value, kv.mod_revision)
+                self._held.append((*parsed, obj or decode_at(kv.value, kv.mod_revision)))
         if revision:
             self._end_revision(revision, head)
 

@@ -95,6 +95,7 @@ class Piece:
     compare: Any
     write: Any | None
     size: int
+    stored: tuple[bytes, AnyObject] | None = None  # a put's value and the object it encodes
 
 
 @dataclass
@@ -132,7 +133,8 @@ def plan_pieces(layout: Layout, ops: list[Op], events: list[Event]) -> list[Piec
             pieces.append(Piece(key, check, etcd.delete(key), 2 * len(key) + _PER_KEY))
         else:
             value = encode_stored(stored)
-            pieces.append(Piece(key, check, etcd.put(key, value), 2 * len(key) + len(value) + _PER_KEY))
+            size = 2 * len(key) + len(value) + _PER_KEY
+            pieces.append(Piece(key, check, etcd.put(key, value), size, (value, stored)))
     return pieces
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from treeherd.model.errors import TreeherdError, Unavailable, VersionConflict
 from treeherd.model.events import Event
+from treeherd.model.objects import AnyObject
 from treeherd.model.ops import Op
 from treeherd.store import etcd_client as etcd
 from treeherd.store.etcd_client import EtcdClient, EtcdUrl
-from treeherd.store.etcd_layout import PARTIAL, Layout, plan_chunks, plan_pieces
+from treeherd.store.etcd_layout import PARTIAL, Layout, Piece, plan_chunks, plan_pieces
 
 
 class Moved(Exception):
@@ -41,6 +44,8 @@ class Writer:
         self.head = 0  # the head key's mod_revision as this writer last wrote or read it
         self.partial_open = False  # part of a split commit was written and not closed
         self.fence: tuple[bytes, int] | None = None
+        # What this writer is putting, by key: the feed takes the object back instead of decoding it.
+        self.own: dict[bytes, tuple[bytes, AnyObject]] = {}
 
     def _guards(self) -> tuple[list[Any], list[Any]]:
         """The compares every transaction carries, and the reads of its failure branch."""
@@ -89,13 +94,18 @@ class Writer:
             compares.extend(piece.compare for piece in chunk.pieces)
             writes = [piece.write for piece in chunk.pieces if piece.write is not None]
             writes.append(etcd.put(layout.head, b"" if index == last else PARTIAL))
+            for piece in chunk.pieces:
+                if piece.stored is not None:
+                    self.own[piece.key] = piece.stored
             try:
                 response = await self._client.txn(compares, writes, reads)
             except TreeherdError as error:
+                self._forget(chunk.pieces)
                 if index:
                     raise _partly(error, index, len(chunks)) from None
                 raise
             if not response.succeeded:
+                self._forget(chunk.pieces)
                 refusal = self._refusal(response)
                 if index:
                     detail = (
@@ -110,6 +120,17 @@ class Writer:
         if not written:
             written[layout.head] = self.head
         return written
+
+    def _forget(self, pieces: list[Piece]) -> None:
+        for piece in pieces:
+            self.own.pop(piece.key, None)
+
+    def take_own(self, key: bytes, value: bytes, mod_revision: int) -> AnyObject | None:
+        """The object this writer put as `value` at `key`, stamped with its version; None if it is not ours."""
+        mine = self.own.pop(key, None)
+        if mine is None or mine[0] != value:
+            return None
+        return msgspec.structs.replace(mine[1], version=mod_revision)
 
     async def close_partial(self) -> int:
         """End a split commit left open (its writer failed between chunks): the chunks written so far
