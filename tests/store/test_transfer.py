@@ -19,8 +19,10 @@ from treeherd.testing.processes import treeherd_command
 CLI_TIMEOUT = 30
 
 
-def treeherd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*treeherd_command(), *args], capture_output=True, text=True, timeout=CLI_TIMEOUT)
+def treeherd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*treeherd_command(), *args], capture_output=True, text=True, timeout=CLI_TIMEOUT, cwd=cwd
+    )
 
 
 async def contents(spec: str) -> dict[tuple[str, str], object]:
@@ -87,3 +89,10 @@ def test_a_store_in_use_by_a_manager_is_not_copied(tmp_path: Path, etcd_server) 
         )
     assert result.returncode == 1
     assert "is in use by treeherd pid" in result.stderr
+
+
+def test_a_sqlite_store_without_a_directory_is_refused(tmp_path: Path) -> None:
+    result = treeherd("store", "snapshot", "--store", "sqlite:", str(tmp_path / "file"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "needs a directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing locked or written in the current directory

@@ -22,7 +22,10 @@ def _locked(spec: str) -> Iterator[None]:
     from treeherd.api.server import lock_data_dir
 
     if spec.startswith("sqlite:"):
-        with lock_data_dir(Path(spec.removeprefix("sqlite:"))):
+        directory = spec.removeprefix("sqlite:")
+        if not directory:
+            fail("a SQLite store needs a directory: sqlite:DIR")
+        with lock_data_dir(Path(directory)):
             yield
     else:
         yield
