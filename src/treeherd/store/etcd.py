@@ -281,13 +281,20 @@ class EtcdStore(EngineStore):
     async def _write_batch(self, batch: list[_Pending]) -> None:
         # Each commit costs an etcd round trip, and a slice is answered once its last one is applied:
         # small slices keep the first commits of a long queue from waiting for the whole queue.
-        for start in range(0, len(batch), SLICE):
-            await self._write_slice(batch[start : start + SLICE])
-            if self._retry:  # checked again first, then the rest, in the order they came
-                again = self._retry + batch[start + SLICE :]
-                self._retry = []
-                self._queue.extendleft(reversed(again))
-                return
+        try:
+            for start in range(0, len(batch), SLICE):
+                await self._write_slice(batch[start : start + SLICE])
+                if self._retry:  # checked again first, then the rest, in the order they came
+                    again = self._retry + batch[start + SLICE :]
+                    self._retry = []
+                    self._queue.extendleft(reversed(again))
+                    return
+        except BaseException:  # whatever stops the writer, no caller is left waiting for ever
+            for pending in batch:
+                _settle(
+                    pending.future, Unavailable("the store stopped while writing: the outcome is unknown")
+                )
+            raise
 
     async def _write_slice(self, batch: list[_Pending]) -> None:
         try:

@@ -107,6 +107,7 @@ class EtcdClient:
         self._channel: Any = None
         self._kv: Any = None
         self._watch_stub: Any = None
+        self._retiring: set[asyncio.Task[None]] = set()  # old channels closing after a reconnect
 
     async def connect(self) -> None:
         """Use the first endpoint that answers; `Unavailable` naming every endpoint tried otherwise."""
@@ -120,7 +121,11 @@ class EtcdClient:
                 await channel.close()
                 failures.append(f"{host}:{port} ({_reason(error)})")
                 continue
-            await self.close()
+            if self._channel is not None:
+                # Calls in flight on the old channel finish (or time out) before it closes.
+                retiring = asyncio.create_task(self._channel.close(grace=CALL_TIMEOUT))
+                self._retiring.add(retiring)
+                retiring.add_done_callback(self._retiring.discard)
             self._channel, self._kv = channel, kv
             self._watch_stub = rpc.WatchStub(channel)
             self.endpoint = (host, port)
@@ -134,6 +139,8 @@ class EtcdClient:
         if self._channel is not None:
             await self._channel.close()
         self._channel = self._kv = self._watch_stub = None
+        for retiring in list(self._retiring):
+            retiring.cancel()
 
     def _kv_stub(self) -> Any:
         if self._kv is None:
@@ -204,6 +211,12 @@ class EtcdClient:
 async def _call(awaitable: Any) -> Any:
     try:
         return await awaitable
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this task is being cancelled
+        # gRPC cancels the calls of a channel that closes under them: not a cancellation of ours.
+        raise Unavailable("the connection to etcd closed during the request") from None
     except rpc.AioRpcError as error:
         code = error.code()
         if code == rpc.StatusCode.INVALID_ARGUMENT:
