@@ -2,7 +2,8 @@
 """Schedule one big service on many hollow agents over the real transport, and measure it.
 
 Starts `python -m treeherd manager` (via `treeherd.testing.processes.ManagerProcess`) on a port of
-127.0.0.1 that it picks itself, in a temporary directory, on the embedded SQLite store, and creates the
+127.0.0.1 that it picks itself, in a temporary directory, on the embedded SQLite store (with `--store etcd`:
+on a single-member etcd started beside it on free loopback ports, etcd's default flags), and creates the
 tree node `bench`. Then, in this process, runs `--nodes` real `treeherd.agent.Agent`s with a hollow executor, all in one asyncio loop
 (uvloop when available): each dials the manager's WebSocket agent channel, registers as `bench-NNNN` with the
 CPUs and memory psutil sees, and keeps its own local SQLite DB. Once every node is ready it creates one
@@ -74,6 +75,7 @@ from schedule_plot import summary_lines, write_outputs
 from treeherd.agent import Agent
 from treeherd.model.states import TaskState
 from treeherd.testing import processes
+from treeherd.testing.etcd import EtcdProcess
 from treeherd.testing.processes import ManagerProcess
 
 NODE = "bench"
@@ -137,7 +139,15 @@ async def benchmark(
     phases: dict[str, Any] = report["phases"]
 
     started = time.perf_counter()
-    manager = ManagerProcess(data_dir)  # on 127.0.0.1:0: the manager picks its port and says which
+    extra: tuple[str, ...] = ()
+    if args.store == "etcd":  # a single-member etcd of its own, on free loopback ports
+        ops = args.etcd_max_txn_ops
+        etcd = EtcdProcess(work / "etcd", extra_args=(f"--max-txn-ops={ops}",) if ops else ())
+        report["_etcd"] = etcd
+        await asyncio.to_thread(etcd.start)
+        extra = ("--store", etcd.url() + (f"&max-txn-ops={ops}" if ops else ""))
+        phases["etcd_start"] = {"seconds": round(time.perf_counter() - started, 3)}
+    manager = ManagerProcess(data_dir, extra_args=extra)  # on 127.0.0.1:0: it picks its port, says which
     report["_manager"] = manager
     await asyncio.to_thread(manager.start)
     port = int(manager.url.rsplit(":", 1)[1])
@@ -457,6 +467,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--quiet-wait", type=float, default=120.0,
         help="wait up to this long for the machine's other load to drop below 0.25 cores (default 120; 0: no)",
     )  # fmt: skip
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "etcd"],
+        default="sqlite",
+        help="the manager's store: embedded SQLite, or a single-member etcd started here (default sqlite)",
+    )
+    parser.add_argument(
+        "--etcd-max-txn-ops",
+        type=int,
+        default=0,
+        help="with --store etcd: etcd's --max-txn-ops, told to the manager too (default: etcd's, 128)",
+    )
     parser.add_argument("--tag", default="", help="appended to the output names: schedule-NxM-TAG.*")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (and the logs)")
     args = parser.parse_args(argv)
@@ -469,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     processes.STARTUP_SECONDS = max(processes.STARTUP_SECONDS, args.startup_timeout)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"schedule-{args.nodes}x{args.tasks}" + (f"-{args.tag}" if args.tag else "")
+    stem = f"schedule-{args.nodes}x{args.tasks}" + (f"-{args.store}" if args.store != "sqlite" else "")
+    stem += f"-{args.tag}" if args.tag else ""
     report: dict[str, Any] = {
         "benchmark": "schedule",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -496,7 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "agent_db_threads": args.agent_db_threads or "one per agent",
             "agents_switch_interval_s": args.switch_interval or sys.getswitchinterval(),
             "profile": args.profile,
-            "store": "sqlite (embedded, WAL, synchronous=FULL)",
+            "store": "sqlite (embedded, WAL, synchronous=FULL)"
+            if args.store == "sqlite"
+            else f"etcd (one member on loopback, --max-txn-ops {args.etcd_max_txn_ops or 128})",
             "service": {"replicas": args.tasks, "task": {"command": ["hollow"]}, "reservations": "none"},
         },
         "phases": {},
@@ -558,6 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["manager_log"] = summarize_manager_log(manager.log())
             if error is not None:
                 report["manager_log_tail"] = manager.log()[-3000:]
+        etcd: EtcdProcess | None = report.pop("_etcd", None)
+        if etcd is not None:
+            etcd.stop()
         if args.keep:
             print(f"keeping {work}")
         else:

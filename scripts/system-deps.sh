@@ -8,6 +8,7 @@ PACKAGES=(
     haproxy     # the local proxy: haproxy -c, the runtime API, master-worker reloads
     nginx       # the edge gateway: nginx -t, reloads, end-to-end routing
     openssl     # self-signed certificates for the ssl servers the renderer tests validate
+    etcd-server # the etcd store: its contract tests run against a real etcd
     puppet      # the ENC tests: puppet node find / puppet apply with treeherd as the node classifier
     iproute2    # the multi-host tests: `ip netns`, veths and a bridge (treeherd.testing.hosts)
 )

@@ -21,7 +21,8 @@ from treeherd.model.objects import (
     ProvisioningRecord,
     TreeNode,
 )
-from treeherd.store.base import Store
+from treeherd.model.ops import Create
+from treeherd.store.base import Committed, Store
 
 T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 WAIT = 3.0  # seconds: the bound on every wait in the store tests
@@ -114,3 +115,23 @@ async def nothing_pending(iterator: AsyncIterator[Change], delay: float = 0.05) 
     except TimeoutError:
         return True
     return False
+
+
+async def commit(store: Store, *ops: Any) -> Committed:
+    return await asyncio.wait_for(store.commit(list(ops)), WAIT)
+
+
+async def seed(store: Store) -> dict[str, AnyObject]:
+    """A small tree: root > web (bound to m1, routed on d1) and root > db; returns the stored objects."""
+    done = await commit(
+        store,
+        Create(domain("d1", "example.com")),
+        Create(node("root")),
+        Create(node("web", "root.web", parent="root", domain_uris=[route("d1", "/")])),
+        Create(node("db", "root.db", parent="root")),
+        Create(machine("m1", "host1")),
+        Create(machine("m2", "host2")),
+        Create(binding("b1", "m1", "web")),
+        Create(provision("p1", "host3", "db")),
+    )
+    return {obj.id: obj for obj in done.objects}

@@ -30,7 +30,7 @@ from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import InvalidInput
-from treeherd.store.sqlite import SqliteStore
+from treeherd.store.select import describe, make_store, remember_cluster
 
 log = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:7400"
@@ -139,18 +139,20 @@ async def serve_manager(
     *,
     demo: bool = False,
     local: Sequence[Callable[[str], Component]] = (),
+    store_spec: str | None = None,
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
     of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process."""
     host, port = parse_listen(listen)
     with lock_data_dir(data_dir):
         sock = bind_socket(host, port)
-        store = SqliteStore(data_dir / "treeherd.db")
         try:
+            store = make_store(store_spec, data_dir)
             await store.open()
+            remember_cluster(store, data_dir)
         except Exception as error:
             sock.close()
-            raise StartupError(f"cannot open the store in {data_dir}: {error}") from None
+            raise StartupError(f"cannot open the store {describe(store_spec, data_dir)}: {error}") from None
         try:
             inventory = Inventory(store)
             if demo:

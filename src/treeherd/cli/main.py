@@ -65,6 +65,7 @@ def _register() -> None:
         report,
         server,
         service,
+        store,
         tree,
     )
 
@@ -85,6 +86,7 @@ def _register() -> None:
         gateway,
         edge_health,
         alerts,
+        store,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -20,7 +20,13 @@ def default_data_dir() -> Path:
     return Path(base) / "treeherd"
 
 
-def _run(data_dir: Path, listen: str, demo: bool, local: Sequence[Callable[[str], Any]] = ()) -> None:
+def _run(
+    data_dir: Path,
+    listen: str,
+    demo: bool,
+    local: Sequence[Callable[[str], Any]] = (),
+    store: str | None = None,
+) -> None:
     import asyncio
     import logging
 
@@ -37,7 +43,7 @@ def _run(data_dir: Path, listen: str, demo: bool, local: Sequence[Callable[[str]
         runner = asyncio.Runner()
     try:
         with runner:
-            runner.run(serve_manager(data_dir, listen, demo=demo, local=local))
+            runner.run(serve_manager(data_dir, listen, demo=demo, local=local, store_spec=store))
     except (StartupError, TreeherdError) as error:
         fail(str(error))
 
@@ -79,12 +85,18 @@ def _local_gateway(data_dir: Path, nginx: str) -> Callable[[str], Any]:
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="where the store lives",
+    help="the manager's own files; the embedded store too, unless --store names another",
 )
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
-def manager(data_dir: Path, listen: str) -> None:
+@click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="keep the cluster in etcd: etcd://H1:2379,H2:2379[?prefix=/treeherd] (default: SQLite in --data-dir)",
+)
+def manager(data_dir: Path, listen: str, store: str | None) -> None:
     """Run a manager: the store and the API."""
-    _run(data_dir, listen, False)
+    _run(data_dir, listen, False, store=store)
 
 
 @click.command("up")

@@ -81,6 +81,10 @@ class State:
     def count(self, cls: type[Object]) -> int:
         return len(self._objects[cls.kind])
 
+    def find(self, kind: str, id: str) -> AnyObject | None:
+        """The object of `kind` with `id`, by the kind's name (for backends replaying stored keys)."""
+        return self._objects[kind].get(id)
+
     def objects(self) -> Iterable[AnyObject]:
         """Every object of every kind (for snapshots and exports)."""
         for by_id in self._objects.values():

@@ -1,0 +1,50 @@
+"""Which store a manager (or `treeherd store`) opens, from what the user wrote.
+
+`None` or `sqlite:DIR`: the embedded SQLite store in `DIR/treeherd.db` (the default, in the data
+directory); `etcd://H1:2379,H2:2379[?prefix=/treeherd]`: the etcd store. A manager on etcd remembers the
+cluster it joined in its data directory (`etcd-cluster`), and refuses a prefix holding another cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from treeherd.model.errors import InvalidInput
+from treeherd.store.engine import EngineStore
+from treeherd.store.sqlite import SqliteStore
+
+CLUSTER_FILE = "etcd-cluster"
+
+
+def describe(spec: str | None, data_dir: Path | None = None) -> str:
+    """How a store is named in messages."""
+    if spec is None:
+        return f"sqlite:{data_dir}"
+    return spec
+
+
+def make_store(spec: str | None, data_dir: Path | None = None) -> EngineStore:
+    """The store `spec` names (not opened yet); `data_dir` is the manager's, when there is one."""
+    if spec is None or spec.startswith("sqlite:"):
+        path = spec.removeprefix("sqlite:") if spec else None
+        directory = Path(path) if path else data_dir
+        if directory is None:
+            raise InvalidInput("a SQLite store needs a directory: sqlite:DIR")
+        return SqliteStore(directory / "treeherd.db")
+    if spec.startswith("etcd://"):
+        from treeherd.store.etcd import EtcdStore  # gRPC loads in ~0.2 s: only for a manager on etcd
+
+        cluster = None
+        if data_dir is not None and (data_dir / CLUSTER_FILE).exists():
+            cluster = (data_dir / CLUSTER_FILE).read_text().strip() or None
+        return EtcdStore(spec, cluster=cluster)
+    raise InvalidInput(
+        f"{spec!r} is not a store: write etcd://HOST:PORT[,HOST:PORT...][?prefix=/treeherd] or sqlite:DIR"
+    )
+
+
+def remember_cluster(store: EngineStore, data_dir: Path) -> None:
+    """Record in the data directory which etcd cluster this manager joined (checked at the next start)."""
+    cluster = getattr(store, "cluster_id", None)
+    if cluster is not None:
+        (data_dir / CLUSTER_FILE).write_text(cluster + "\n")

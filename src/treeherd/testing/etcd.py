@@ -1,0 +1,107 @@
+"""A real single-member etcd for tests and benchmarks: its own data directory, free loopback ports,
+stopped by pid, every wait bounded. Needs the `etcd` binary (Debian package etcd-server)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from treeherd.testing.ports import free_port
+
+STARTUP_SECONDS = 15.0
+STOP_SECONDS = 10.0
+
+
+def etcd_binary() -> str | None:
+    return shutil.which("etcd")
+
+
+class EtcdProcess:
+    """`etcd` serving clients on 127.0.0.1; `endpoint` is `127.0.0.1:PORT` once started. Started again
+    after `stop()`, it serves the same data on the same ports."""
+
+    def __init__(self, directory: Path, *, extra_args: tuple[str, ...] = ()) -> None:
+        self.directory = directory
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client_port = 0
+        self.peer_port = 0
+        self.log_path = directory / "etcd.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def url(self, prefix: str = "/treeherd") -> str:
+        """The `--store` URL of a cluster kept under `prefix` in this etcd."""
+        return f"etcd://{self.endpoint}?prefix={prefix}"
+
+    def start(self) -> EtcdProcess:
+        binary = etcd_binary()
+        if binary is None:
+            raise RuntimeError("etcd is not installed: apt-get install etcd-server (make system-deps does)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.client_port:  # a restart keeps its ports (and its data)
+            self.client_port, self.peer_port = free_port(), free_port()
+        client_url = f"http://127.0.0.1:{self.client_port}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "--name=test",
+                    f"--data-dir={self.directory / 'data'}",
+                    f"--listen-client-urls={client_url}",
+                    f"--advertise-client-urls={client_url}",
+                    f"--listen-peer-urls={peer_url}",
+                    f"--initial-advertise-peer-urls={peer_url}",
+                    f"--initial-cluster=test={peer_url}",
+                    "--log-level=warn",
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.process.returncode}:\n{self.log()}")
+            if self._healthy():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"etcd did not become healthy within {STARTUP_SECONDS} s:\n{self.log()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as response:
+                return b'"true"' in response.read()
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM by pid, then SIGKILL if it has not exited in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(STOP_SECONDS)
+
+    def __enter__(self) -> EtcdProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
