@@ -9,6 +9,7 @@ PACKAGES=(
     nginx       # the edge gateway: nginx -t, reloads, end-to-end routing
     openssl     # self-signed certificates for the ssl servers the renderer tests validate
     puppet      # the ENC tests: puppet node find / puppet apply with treeherd as the node classifier
+    docker.io   # the docker executor's tests: dockerd (started by the tests when none runs) and the CLI
 )
 
 missing=()
