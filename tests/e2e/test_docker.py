@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.helpers import Cluster, running_cluster, try_call
-from treeherd.model.discovery import HealthCheck
+from treeherd.model.discovery import Dependency, HealthCheck
 from treeherd.model.requests import ClusterUpdate, ServiceCreate
 from treeherd.model.services import PortSpec, Resources, RestartPolicy, TaskSpec
 from treeherd.testing.docker import Dockerd
@@ -180,3 +180,30 @@ def test_bad_input_is_said_and_leaves_nothing(cluster: Cluster, dockerd: Dockerd
     for name in ("absent", "nouser"):
         cluster.cli("service", "rm", name)
     wait_for(lambda: not containers(dockerd, cluster), "no container left", timeout_s=30)
+
+
+def test_a_container_reaches_its_dependency_through_the_local_haproxy(
+    cluster: Cluster, dockerd: Dockerd, busybox: str
+) -> None:
+    api = TaskSpec(
+        command=["sh", "-c", SERVE],
+        image=busybox,
+        ports=[PortSpec(name="http")],
+        health=HealthCheck(kind="http", interval_s=0.2, timeout_s=1.0, retries=1),
+    )
+    # The app asks for api at TREEHERD_DEP_API (127.0.0.1:LOCALPORT, the host's haproxy) from inside its
+    # container, once a second, and prints what it got.
+    ask = 'while true; do echo "got $(wget -qO- http://$TREEHERD_DEP_API/)"; sleep 0.5; done'
+    app = TaskSpec(command=["sh", "-c", ask], image=busybox, depends_on=[Dependency(service="api")])
+    create(cluster, "api", 2, api)
+    create(cluster, "app", 1, app)
+    api_ids = set(wait_for(lambda: answering(cluster, "api", 2), "2 api containers answering", timeout_s=60))
+    app_id = wait_for(lambda: [t["id"] for t in cluster.running("app")], "the app running")[0]
+
+    def answers_seen() -> set[str]:
+        lines = cluster.cli("task", "logs", app_id).splitlines()
+        return {line.removeprefix("got ") for line in lines if line.startswith("got ")} & api_ids
+
+    assert wait_for(
+        lambda: answers_seen() == api_ids, "the app's requests reaching both api tasks", timeout_s=30
+    )
