@@ -30,6 +30,7 @@ import logging
 import math
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ LABEL_SCOPE = "treeherd.scope"
 LABEL_TASK = "treeherd.task"
 # How long `wait` waits before asking again a dockerd it could not reach.
 RETRY_S = 1.0
+REMOVING_AT_ONCE = 8
+IMAGE_TTL_S = 5.0
+REMOVE_ATTEMPTS = 60
 NEVER = "0001-01-01T00:00:00Z"  # the Engine API's "not yet" for StartedAt and FinishedAt
 
 
@@ -122,6 +126,9 @@ class DockerController:
         self._executor = executor
         self._engine = executor.engine
         self._exit: Exit | None = None
+        # What this controller did itself, so the usual path asks dockerd nothing it knows already.
+        self._created = False
+        self._started = False
 
     @property
     def warnings(self) -> list[str]:
@@ -142,9 +149,9 @@ class DockerController:
         await self._container()
 
     async def start(self) -> None:
-        if self._exit is not None:
+        if self._exit is not None or self._started:
             return
-        state = (await self._container())["State"]
+        state = {} if self._created else (await self._container())["State"]
         if state.get("Running"):
             log.info("task %s: adopted its running container %s", self.task.id, self.name)
             return
@@ -155,6 +162,7 @@ class DockerController:
             await self._engine.start(self.name)
         except EngineError as error:
             raise FatalError(f"docker could not start the container: {error}") from None
+        self._started = True
 
     async def wait(self) -> Exit:
         while self._exit is None:
@@ -169,41 +177,48 @@ class DockerController:
         await self._engine.stop(self.name, grace_s)
 
     async def remove(self) -> None:
-        await self._engine.remove(self.name)
+        await self._executor.remove_container(self.name)
 
     def logs(self, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
         return self._engine.logs(self.name, follow=follow, tail=tail)
 
     async def _container(self) -> dict[str, Any]:
-        """The task's container, created if it does not exist yet."""
-        info = await self._engine.inspect(self.name)
-        if info is not None:
-            return info
+        """The task's container (its inspect document; {} when just created), created if it does not
+        exist yet. Created first and looked at only when it exists: the usual path is one call."""
         image = self.task.spec.image or ""
-        image_id = await self._engine.image_id(image)
+        image_id = await self._executor.image_id(image)
         if image_id is None:
+            if (info := await self._engine.inspect(self.name)) is not None:
+                return info  # made before its image went: adopted all the same
             raise FatalError(f"image {image} is not on {self._executor.hostname}: docker load it there")
         config = container_config(self.task, image_id, self._executor.scope)
         try:
             await self._engine.create(self.name, config)
         except EngineError as error:
-            if error.status != 409:  # 409: made meanwhile by another controller of the task
+            if error.status != 409:  # 409: it exists (an earlier agent, or another controller, made it)
                 raise FatalError(f"docker could not create the container: {error}") from None
+        else:
+            self._created = True
+            return {}
         info = await self._engine.inspect(self.name)
         if info is None:
-            raise FatalError(f"container {self.name} vanished right after it was created")
+            raise FatalError(f"container {self.name} vanished while it was being created")
         return info
 
     async def _wait_once(self) -> Exit:
-        info = await self._engine.inspect(self.name)
-        if info is None:
-            return Exit(message=f"its container {self.name} was removed from outside")
-        if info["State"].get("Status") == "created":
-            return Exit(message=f"its container {self.name} was never started")
         code: int | None = None
-        if info["State"].get("Running"):
+        if self._started:  # started here: straight to the wait
             code = await self._engine.wait(self.name)
+            self._started = False  # if dockerd goes away now, look again when it is back
+        else:
             info = await self._engine.inspect(self.name)
+            if info is None:
+                return Exit(message=f"its container {self.name} was removed from outside")
+            if info["State"].get("Status") == "created":
+                return Exit(message=f"its container {self.name} was never started")
+            if info["State"].get("Running"):
+                code = await self._engine.wait(self.name)
+        info = await self._engine.inspect(self.name)
         if info is None:
             exit = exit_of({"ExitCode": code or 0}, 0) if code is not None else Exit()
             gone = f"its container {self.name} was removed from outside"
@@ -231,12 +246,28 @@ class DockerExecutor:
         self.hostname = hostname or socket.gethostname()
         self.scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
         self._info: dict[str, Any] = {}
+        self._images: dict[str, tuple[str, float]] = {}
+        # Containers being removed (name -> done), and the one task removing them, a few at a time.
+        self._removals: dict[str, asyncio.Future[None]] = {}
+        self._remover: asyncio.Task[None] | None = None
 
     def container_name(self, task_id: str) -> str:
         return f"treeherd-{self.scope}-{task_id}"
 
     def controller(self, task: Task) -> DockerController:
         return DockerController(self, task)
+
+    async def image_id(self, reference: str) -> str | None:
+        """The ID of a local image, remembered for a few seconds (hundreds of tasks of one service start
+        at once); None: not on this host."""
+        now = time.monotonic()
+        known = self._images.get(reference)
+        if known is not None and now - known[1] < IMAGE_TTL_S:
+            return known[0]
+        image_id = await self.engine.image_id(reference)
+        if image_id is not None:
+            self._images[reference] = (image_id, now)
+        return image_id
 
     async def check(self) -> str | None:
         """What keeps this executor from working (None: dockerd answers); learns its limits."""
@@ -247,7 +278,53 @@ class DockerExecutor:
         return None
 
     async def close(self) -> None:
+        if self._remover is not None:  # what is left is an unknown task's container for the next agent
+            self._remover.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._remover
+        self._remover = None
+        self._removals.clear()
         await self.engine.close()
+
+    async def remove_container(self, name: str) -> None:
+        """Remove a container, through the remover: a few removals at a time (dockerd does them one by
+        one: hundreds at once would each take long), each retried until it is done. Waiting for it can
+        be cancelled (a bounded removal): the removal itself goes on."""
+        done = self._removals.get(name)
+        if done is None:
+            done = self._removals[name] = asyncio.get_running_loop().create_future()
+        if self._remover is None or self._remover.done():
+            self._remover = asyncio.create_task(self._remove_all(), name="docker-remover")
+        await asyncio.shield(done)
+
+    async def _remove_all(self) -> None:
+        limit = asyncio.Semaphore(REMOVING_AT_ONCE)
+
+        async def remove(name: str, done: asyncio.Future[None]) -> None:
+            async with limit:
+                for attempt in range(1, REMOVE_ATTEMPTS + 1):
+                    try:
+                        await self.engine.remove(name)
+                        break
+                    except (DockerUnavailable, EngineError) as error:
+                        log.warning("removing container %s failed (attempt %d): %s", name, attempt, error)
+                        await asyncio.sleep(RETRY_S)
+            self._removals.pop(name, None)
+            if not done.done():
+                done.set_result(None)
+
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while self._removals or running:
+                for name, done in list(self._removals.items()):
+                    if name not in running:
+                        running[name] = asyncio.create_task(remove(name, done))
+                finished, _ = await asyncio.wait(running.values(), timeout=RETRY_S)
+                running = {name: task for name, task in running.items() if task not in finished}
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
 
     def limit_support(self) -> LimitSupport:
         info = self._info
@@ -290,7 +367,7 @@ class DockerExecutor:
         await self.engine.stop(self.container_name(task_id), grace_s)
 
     async def purge(self, task_id: str) -> None:
-        await self.engine.remove(self.container_name(task_id))
+        await self.remove_container(self.container_name(task_id))
 
     def logs(self, task_id: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[bytes]:
         """A task's output from Docker's log API (`LookupError` on first use: no such container)."""
