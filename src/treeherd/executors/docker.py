@@ -14,8 +14,9 @@ the host's haproxy), with the memory, CPU and process limits as Docker's own, no
 (restarts are the orchestrator's: a container that ends is a FAILED or COMPLETE task) and a bounded
 json-file log. `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
 
-Steps, each idempotent: `prepare` checks the spec and creates the container (an existing one of the
-task is reused); `start` starts it unless it runs or ran already (adoption); `wait` blocks on the
+Steps, each idempotent: `prepare` checks the spec and that the image is here; `start` creates the
+container (an existing one of the task is reused) and starts it unless it runs or ran already
+(adoption), as one step, at most 8 at once (as `docker run`: dockerd is no faster with more); `wait` blocks on the
 Engine API's wait, then reads the exit code and the OOM flag; a container removed from outside is a
 failed task. While dockerd is away `wait` keeps trying, so a task whose container survives a dockerd
 restart is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
@@ -50,9 +51,8 @@ LABEL_SCOPE = "treeherd.scope"
 LABEL_TASK = "treeherd.task"
 # How long `wait` waits before asking again a dockerd it could not reach.
 RETRY_S = 1.0
-REMOVING_AT_ONCE = 8
 IMAGE_TTL_S = 5.0
-REMOVE_ATTEMPTS = 60
+LAUNCHES_AT_ONCE = 8
 NEVER = "0001-01-01T00:00:00Z"  # the Engine API's "not yet" for StartedAt and FinishedAt
 
 
@@ -146,12 +146,21 @@ class DockerController:
         missing = self._executor.unenforced(self.task)
         if missing and spec.resources.limits == "strict":
             raise FatalError(f"strict limits, but {'; '.join(missing)}")
-        await self._container()
+        if (
+            await self._executor.image_id(spec.image) is None
+            and await self._engine.inspect(self.name) is None
+        ):
+            raise FatalError(f"image {spec.image} is not on {self._executor.hostname}: docker load it there")
 
     async def start(self) -> None:
         if self._exit is not None or self._started:
             return
-        state = {} if self._created else (await self._container())["State"]
+        async with self._executor.launching():
+            await self._launch()
+
+    async def _launch(self) -> None:
+        """Create the container if need be and start it, as one step (`docker run`): a few at a time."""
+        state = (await self._container()).get("State", {})  # {}: created just now
         if state.get("Running"):
             log.info("task %s: adopted its running container %s", self.task.id, self.name)
             return
@@ -177,7 +186,7 @@ class DockerController:
         await self._engine.stop(self.name, grace_s)
 
     async def remove(self) -> None:
-        await self._executor.remove_container(self.name)
+        await self._engine.remove_soon(self.name)
 
     def logs(self, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
         return self._engine.logs(self.name, follow=follow, tail=tail)
@@ -247,15 +256,20 @@ class DockerExecutor:
         self.scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
         self._info: dict[str, Any] = {}
         self._images: dict[str, tuple[str, float]] = {}
-        # Containers being removed (name -> done), and the one task removing them, a few at a time.
-        self._removals: dict[str, asyncio.Future[None]] = {}
-        self._remover: asyncio.Task[None] | None = None
+        self._launches: tuple[asyncio.Semaphore, asyncio.AbstractEventLoop] | None = None
 
     def container_name(self, task_id: str) -> str:
         return f"treeherd-{self.scope}-{task_id}"
 
     def controller(self, task: Task) -> DockerController:
         return DockerController(self, task)
+
+    def launching(self) -> asyncio.Semaphore:
+        """The bound on containers being created and started at once (dockerd is no faster past it)."""
+        loop = asyncio.get_running_loop()
+        if self._launches is None or self._launches[1] is not loop:
+            self._launches = (asyncio.Semaphore(LAUNCHES_AT_ONCE), loop)
+        return self._launches[0]
 
     async def image_id(self, reference: str) -> str | None:
         """The ID of a local image, remembered for a few seconds (hundreds of tasks of one service start
@@ -278,53 +292,7 @@ class DockerExecutor:
         return None
 
     async def close(self) -> None:
-        if self._remover is not None:  # what is left is an unknown task's container for the next agent
-            self._remover.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._remover
-        self._remover = None
-        self._removals.clear()
         await self.engine.close()
-
-    async def remove_container(self, name: str) -> None:
-        """Remove a container, through the remover: a few removals at a time (dockerd does them one by
-        one: hundreds at once would each take long), each retried until it is done. Waiting for it can
-        be cancelled (a bounded removal): the removal itself goes on."""
-        done = self._removals.get(name)
-        if done is None:
-            done = self._removals[name] = asyncio.get_running_loop().create_future()
-        if self._remover is None or self._remover.done():
-            self._remover = asyncio.create_task(self._remove_all(), name="docker-remover")
-        await asyncio.shield(done)
-
-    async def _remove_all(self) -> None:
-        limit = asyncio.Semaphore(REMOVING_AT_ONCE)
-
-        async def remove(name: str, done: asyncio.Future[None]) -> None:
-            async with limit:
-                for attempt in range(1, REMOVE_ATTEMPTS + 1):
-                    try:
-                        await self.engine.remove(name)
-                        break
-                    except (DockerUnavailable, EngineError) as error:
-                        log.warning("removing container %s failed (attempt %d): %s", name, attempt, error)
-                        await asyncio.sleep(RETRY_S)
-            self._removals.pop(name, None)
-            if not done.done():
-                done.set_result(None)
-
-        running: dict[str, asyncio.Task[None]] = {}
-        try:
-            while self._removals or running:
-                for name, done in list(self._removals.items()):
-                    if name not in running:
-                        running[name] = asyncio.create_task(remove(name, done))
-                finished, _ = await asyncio.wait(running.values(), timeout=RETRY_S)
-                running = {name: task for name, task in running.items() if task not in finished}
-        finally:
-            for task in running.values():
-                task.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
 
     def limit_support(self) -> LimitSupport:
         info = self._info
@@ -367,7 +335,7 @@ class DockerExecutor:
         await self.engine.stop(self.container_name(task_id), grace_s)
 
     async def purge(self, task_id: str) -> None:
-        await self.remove_container(self.container_name(task_id))
+        await self.engine.remove_soon(self.container_name(task_id))
 
     def logs(self, task_id: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[bytes]:
         """A task's output from Docker's log API (`LookupError` on first use: no such container)."""

@@ -9,7 +9,8 @@ stall the 101st container). Nothing here pulls: an image is looked up locally an
 created from its ID (the Engine API's create never pulls; only clients do).
 
 dockerd unreachable (not running, stopped mid-task) raises `DockerUnavailable` with what to do; an
-object that does not exist is None (or `LookupError` for logs), never a stack trace.
+object that does not exist is None (or `LookupError` for logs), never a stack trace. Removals go
+through one remover, a few at a time and retried (`remove_soon`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -26,10 +28,15 @@ import aiohttp
 
 __all__ = ["DEFAULT_HOST", "DockerUnavailable", "Engine", "EngineError"]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Calls other than the long ones (wait, stop, logs) that take longer than this mean dockerd is stuck.
 CALL_TIMEOUT_S = 60.0
-CANNOT_CONNECT = 900  # aiodocker's status for a connection that failed
+CANNOT_CONNECT = 900
+RETRY_S = 1.0
+REMOVING_AT_ONCE = 8
+REMOVE_ATTEMPTS = 60  # aiodocker's status for a connection that failed
 
 
 class DockerUnavailable(Exception):
@@ -52,6 +59,9 @@ class Engine:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self._client: aiodocker.Docker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Containers being removed (name -> done), and the one task removing them, a few at a time.
+        self._removals: dict[str, asyncio.Future[None]] = {}
+        self._remover: asyncio.Task[None] | None = None
 
     def _docker(self) -> aiodocker.Docker:
         loop = asyncio.get_running_loop()
@@ -73,6 +83,12 @@ class Engine:
         return self._client
 
     async def close(self) -> None:
+        if self._remover is not None:  # what is left is an unknown task's container for the next agent
+            self._remover.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._remover
+        self._remover = None
+        self._removals.clear()
         client, self._client, self._loop = self._client, None, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -166,6 +182,46 @@ class Engine:
         except EngineError as error:
             if error.status != 404 and "already in progress" not in str(error):
                 raise
+
+    async def remove_soon(self, name: str) -> None:
+        """Remove a container, through the remover: a few removals at a time (dockerd does them one by
+        one: hundreds at once would each take long), each retried until it is done. Waiting for it can
+        be cancelled (a bounded removal): the removal itself goes on."""
+        done = self._removals.get(name)
+        if done is None:
+            done = self._removals[name] = asyncio.get_running_loop().create_future()
+        if self._remover is None or self._remover.done():
+            self._remover = asyncio.create_task(self._remove_all(), name="docker-remover")
+        await asyncio.shield(done)
+
+    async def _remove_all(self) -> None:
+        limit = asyncio.Semaphore(REMOVING_AT_ONCE)
+
+        async def remove(name: str, done: asyncio.Future[None]) -> None:
+            async with limit:
+                for attempt in range(1, REMOVE_ATTEMPTS + 1):
+                    try:
+                        await self.remove(name)
+                        break
+                    except (DockerUnavailable, EngineError) as error:
+                        log.warning("removing container %s failed (attempt %d): %s", name, attempt, error)
+                        await asyncio.sleep(RETRY_S)
+            self._removals.pop(name, None)
+            if not done.done():
+                done.set_result(None)
+
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while self._removals or running:
+                for name, done in list(self._removals.items()):
+                    if name not in running:
+                        running[name] = asyncio.create_task(remove(name, done))
+                finished, _ = await asyncio.wait(running.values(), timeout=RETRY_S)
+                running = {name: task for name, task in running.items() if task not in finished}
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def containers(self, label: str) -> list[dict[str, Any]]:
         """Every container (running or not) with this label (`KEY` or `KEY=VALUE`)."""
