@@ -203,7 +203,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=180.0, help="for each wait")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--only", choices=["swarm", "treeherd"], help="measure one side only (no JSON written)")
+    parser.add_argument(
+        "--only", choices=["swarm", "treeherd"], help="measure one side only (no JSON written)"
+    )
     parser.add_argument("--keep", type=Path, help="copy the agent's and manager's logs here at the end")
     args = parser.parse_args()
 
