@@ -16,8 +16,8 @@ json-file log. `shutdown` is `docker stop` with the task's grace period (SIGTERM
 
 Steps, each idempotent: `prepare` checks the spec and that the image is here; `start` creates the
 container (an existing one of the task is reused) and starts it unless it runs or ran already
-(adoption), as one step, at most 8 at once (as `docker run`: dockerd is no faster with more); `wait` blocks on the
-Engine API's wait, then reads the exit code and the OOM flag; a container removed from outside is a
+(adoption), as one step, at most 8 at once (as `docker run`: dockerd is no faster with more);
+`wait` blocks on the Engine API's wait, then reads the exit code and the OOM flag; a container removed from outside is a
 failed task. While dockerd is away `wait` keeps trying, so a task whose container survives a dockerd
 restart is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
 """
@@ -126,8 +126,7 @@ class DockerController:
         self._executor = executor
         self._engine = executor.engine
         self._exit: Exit | None = None
-        # What this controller did itself, so the usual path asks dockerd nothing it knows already.
-        self._created = False
+        # Started by this controller: `wait` goes straight to the Engine API's wait.
         self._started = False
 
     @property
@@ -207,7 +206,6 @@ class DockerController:
             if error.status != 409:  # 409: it exists (an earlier agent, or another controller, made it)
                 raise FatalError(f"docker could not create the container: {error}") from None
         else:
-            self._created = True
             return {}
         info = await self._engine.inspect(self.name)
         if info is None:
