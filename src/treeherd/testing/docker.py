@@ -151,13 +151,20 @@ def busybox_image(dockerd: Dockerd, workdir: Path) -> str:
     """Import an image of Debian's busybox-static (sh and the applets on /bin, /etc/passwd with root and
     nobody, /tmp) into `dockerd`; its ID. Built in `workdir`, which the caller removes."""
     workdir.mkdir(parents=True, exist_ok=True)
-    download = subprocess.run(
-        ["apt-get", "download", "busybox-static"],
-        cwd=workdir,
-        capture_output=True,
-        timeout=COMMAND_SECONDS * 3,
-        check=False,
-    )
+    for attempt in range(2):
+        if attempt:  # no package lists yet (a fresh machine): fetch them once, as root
+            subprocess.run(
+                ["apt-get", "update", "-qq"], capture_output=True, timeout=COMMAND_SECONDS * 5, check=False
+            )
+        download = subprocess.run(
+            ["apt-get", "download", "busybox-static"],
+            cwd=workdir,
+            capture_output=True,
+            timeout=COMMAND_SECONDS * 3,
+            check=False,
+        )
+        if download.returncode == 0 or os.geteuid() != 0:
+            break
     packages = sorted(workdir.glob("busybox-static_*.deb"))
     if not packages:
         raise RuntimeError(
