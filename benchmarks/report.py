@@ -230,6 +230,31 @@ def processes() -> str:
     return f"{provenance('processes', d)} {spread}\n\n{table(header, rows)}"
 
 
+def vs_swarm() -> str:
+    d = load("vs_swarm")
+    p = d["parameters"]
+    labels = {
+        "create_to_running_s": f"create -> all {p['replicas']} containers running",
+        "kill_to_replacement_s": "kill -9 of a container's process -> replacement running",
+        "rm_to_gone_s": "service rm -> every container gone",
+    }
+    swarm, treeherd = d["summary"]["swarm"], d["summary"]["treeherd"]
+
+    def cell(s: dict[str, float]) -> str:
+        return f"{sec(s['median'])} ({sec(s['min'])}-{sec(s['max'])})"
+
+    rows = [[label, cell(swarm[k]), cell(treeherd[k]), f"{d['ratio_treeherd_to_swarm'][k]:.2f}"]
+            for k, label in labels.items()]  # fmt: skip
+    header = [
+        f"{p['runs']} runs each, medians (min-max)",
+        "docker swarm mode",
+        "treeherd",
+        "treeherd / swarm",
+    ]
+    engine = f"dockerd {d['engine']['version']} (API {d['engine']['api']}), restart delay 0 and stop grace 1 s on both."
+    return f"{provenance('vs_swarm', d)} {engine}\n\n{table(header, rows)}"
+
+
 def haproxy_apply() -> str:
     d = load("haproxy_apply")
     labels = {
@@ -374,6 +399,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "schedule-db-threads": schedule_db_threads,
     "schedule-profiles": schedule_profiles,
     "processes": processes,
+    "vs_swarm": vs_swarm,
     "haproxy_apply": haproxy_apply,
     "nginx_render": nginx_render,
     "enc": enc,

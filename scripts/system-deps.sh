@@ -11,6 +11,7 @@ PACKAGES=(
     etcd-server # the etcd store: its contract tests run against a real etcd
     puppet      # the ENC tests: puppet node find / puppet apply with treeherd as the node classifier
     iproute2    # the multi-host tests: `ip netns`, veths and a bridge (treeherd.testing.hosts)
+    docker.io   # the docker executor's tests: dockerd (started by the tests when none runs) and the CLI
 )
 
 missing=()

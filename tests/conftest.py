@@ -1,14 +1,18 @@
-"""Fixtures shared by the whole suite: real manager processes on loopback in temp dirs."""
+"""Fixtures shared by the whole suite: real manager processes on loopback in temp dirs, and a real
+dockerd with a locally built image for the docker executor."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from treeherd.testing.docker import Dockerd, DockerdUnavailable, busybox_image
 from treeherd.testing.processes import ManagerProcess, treeherd_command
 
 CLI_TIMEOUT = 30
@@ -49,3 +53,46 @@ class Cli:
 @pytest.fixture
 def cli(shared_manager: ManagerProcess) -> Cli:
     return Cli(shared_manager.url)
+
+
+# --- a real dockerd and a local image, for the docker executor's tests --------------------------------
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """The dockerd that runs here, or one started for the session (and stopped after it). Skipped
+    only when none can start at all (not installed, not root)."""
+    daemon = Dockerd()
+    try:
+        daemon.start()
+    except DockerdUnavailable as error:
+        pytest.skip(f"no dockerd can run here: {error}")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ID of an image of Debian's busybox-static, imported for the session and removed after it."""
+    workdir = tmp_path_factory.mktemp("busybox-image")
+    image = busybox_image(dockerd, workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        yield image
+    finally:
+        dockerd.docker("rmi", "-f", image, check=False)
+
+
+@pytest.fixture
+def docker_host(dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """DOCKER_HOST for this test and the agents it starts; the containers their executors made under
+    `tmp_path` are removed afterwards, whatever happened."""
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    yield dockerd.host
+    for root in tmp_path.rglob("docker"):
+        scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+        left = dockerd.docker("ps", "-aq", "--filter", f"label=treeherd.scope={scope}").split()
+        if left:
+            dockerd.docker("rm", "-f", *left, check=False)

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
@@ -492,3 +493,11 @@ async def test_a_task_runner_shuts_a_real_process_down(executor: ProcessExecutor
     async with asyncio.timeout(10):
         await runner.remove()
     assert not task_dir(executor).exists()
+
+
+async def test_a_task_with_an_image_or_a_user_is_rejected(executor: ProcessExecutor) -> None:
+    for changes, what in (({"image": "local/busybox:1"}, "an image"), ({"user": "nobody"}, "a user")):
+        task = make_task()
+        task = msgspec.structs.replace(task, spec=msgspec.structs.replace(task.spec, **changes))
+        with pytest.raises(FatalError, match=f"asks for {what}.*--executor docker"):
+            await executor.controller(task).prepare()

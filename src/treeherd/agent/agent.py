@@ -10,6 +10,7 @@ WebSocket dialer (tests pass an in-memory channel pair). One failing part stops 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import random
@@ -31,7 +32,7 @@ from treeherd.agent.registrar import Registrar
 from treeherd.agent.session import Connect, Session
 from treeherd.agent.worker import Worker
 from treeherd.core.tasks.agent_state import AgentState
-from treeherd.executors.base import EnforcesLimits, Executor, Leftovers
+from treeherd.executors.base import EnforcesLimits, Engine, Executor, Leftovers
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.executors.process import ProcessExecutor
 from treeherd.model.gateway import Figure
@@ -50,6 +51,7 @@ DB_FILE = "agent.db"
 EXECUTORS: dict[str, Callable[[Path], Executor]] = {
     "process": lambda data_dir: ProcessExecutor(data_dir / "process"),
     "hollow": lambda _data_dir: HollowExecutor(),
+    "docker": lambda data_dir: _docker_executor(data_dir / "docker", None),
 }
 # How long a process left by a task this agent no longer knows of gets to stop after SIGTERM.
 ORPHAN_GRACE_S = 10.0
@@ -72,7 +74,21 @@ _VIRTUAL_VENDORS = (
 )
 
 
-def make_executor(name: str, data_dir: Path) -> Executor:
+def _docker_executor(root: Path, hostname: str | None) -> Executor:
+    """The docker executor, imported only when asked for: its client library is an optional extra."""
+    try:
+        from treeherd.executors.docker import DockerExecutor
+    except ImportError as error:
+        raise ValueError(
+            f"the docker executor needs aiodocker ({error}): pip install 'treeherd[docker]'"
+        ) from None
+    return DockerExecutor(root, hostname=hostname)
+
+
+def make_executor(name: str, data_dir: Path, hostname: str | None = None) -> Executor:
+    """The executor `name` for an agent's data directory (and host name, which errors name)."""
+    if name == "docker":
+        return _docker_executor(Path(data_dir) / "docker", hostname)
     try:
         return EXECUTORS[name](Path(data_dir))
     except KeyError:
@@ -224,6 +240,8 @@ class Agent:
                 group.create_task(self._session_until_worker_ends(), name="agent-session")
         finally:
             await self.db.close()
+            if isinstance(self.executor, Engine):
+                await self.executor.close()
 
     async def _clean_up_unknown_tasks(self) -> None:
         """Stop and remove what the executor keeps of tasks the local DB does not know (a DB lost or
@@ -232,7 +250,14 @@ class Agent:
         if not isinstance(self.executor, Leftovers):
             return
         known = {stored.task.id for stored in await self.db.load()}
-        for task_id in self.executor.task_ids():
+        ids = self.executor.task_ids()
+        if inspect.isawaitable(ids):
+            try:
+                ids = await ids
+            except Exception as error:  # dockerd away: its containers are looked at next time
+                log.warning("agent %s: cannot list the executor's tasks: %s", self.hostname, error)
+                return
+        for task_id in ids:
             if task_id in known:
                 continue
             log.warning("agent %s: stopping and removing unknown task %s", self.hostname, task_id)

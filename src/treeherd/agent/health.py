@@ -1,7 +1,7 @@
 """The agent's health checks: one loop per running task whose spec has a check, beside the task.
 
 Each loop runs the check every `interval_s` (a command with the task's environment and working
-directory, as the executor says, an HTTP GET or a TCP connect on 127.0.0.1 and the task's port),
+directory, as the executor says, or run by the executor itself in the task's container, an HTTP GET or a TCP connect on 127.0.0.1 and the task's port),
 bounded by `timeout_s`, steps `core.tasks.health.observe` and
 tells the worker each change of health (`on_change(task_id, health, message)`). The worker reports it
 to the manager, and fails a task that turned unhealthy when its check says `restart`.
@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from treeherd.core.tasks.health import HealthState, observe
 from treeherd.core.tasks.task_env import task_environment
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 OUTPUT_LIMIT = 200  # characters of a failing check's output kept in the status message
 OnChange = Callable[[str, Health, str], None]
 CommandContextOf = Callable[[Task], CommandContext]
+# An executor's own way of running a check's command beside a task (in its container).
+RunBeside = Callable[[Task, list[str]], Awaitable[tuple[int, str]]]
 
 
 def check_port(task: Task, check: HealthCheck) -> int | None:
@@ -44,11 +46,14 @@ def default_context(task: Task) -> CommandContext:
 
 
 async def run_check(
-    task: Task, check: HealthCheck, context: CommandContext | None = None
+    task: Task, check: HealthCheck, context: CommandContext | None = None, beside: RunBeside | None = None
 ) -> tuple[bool, str]:
     """Run one check; (passed, what it said). Never raises for the check's own failures."""
     try:
         async with asyncio.timeout(check.timeout_s):
+            if check.kind == "cmd" and beside is not None:
+                code, output = await beside(task, list(check.command))
+                return code == 0, output.strip()[-OUTPUT_LIMIT:] or f"exit code {code}"
             if check.kind == "cmd":
                 return await _command(check, context or default_context(task))
             port = check_port(task, check)
@@ -111,9 +116,15 @@ async def _http(port: int, path: str) -> tuple[bool, str]:
 class HealthCheckers:
     """The check loops of this agent's running tasks."""
 
-    def __init__(self, on_change: OnChange, context: CommandContextOf = default_context) -> None:
+    def __init__(
+        self,
+        on_change: OnChange,
+        context: CommandContextOf = default_context,
+        beside: RunBeside | None = None,
+    ) -> None:
         self._on_change = on_change
         self._context = context
+        self._beside = beside
         self._loops: dict[str, asyncio.Task[None]] = {}
 
     def __contains__(self, task_id: object) -> bool:
@@ -138,10 +149,10 @@ class HealthCheckers:
         started = time.monotonic()
         state = HealthState()
         # A task's environment and directory do not change while it runs: worked out once.
-        context = self._context(task) if check.kind == "cmd" else None
+        context = self._context(task) if check.kind == "cmd" and self._beside is None else None
         self._on_change(task.id, state.health, "waiting for the first health check")
         while True:
-            passed, output = await run_check(task, check, context)
+            passed, output = await run_check(task, check, context, self._beside)
             new = observe(
                 state, check, passed=passed, since_start_s=time.monotonic() - started, output=output
             )

@@ -54,7 +54,7 @@ from treeherd.core.tasks.agent_state import (
     StartRunner,
 )
 from treeherd.executors import logfiles
-from treeherd.executors.base import CommandContexts, Executor, FatalError
+from treeherd.executors.base import CommandContexts, Executor, FatalError, RunsBeside
 from treeherd.executors.process import ProcessExecutor, TaskFiles
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
@@ -104,6 +104,11 @@ class Worker:
         self.health = HealthCheckers(
             self._health_changed,
             executor.command_context if isinstance(executor, CommandContexts) else default_context,
+            executor.run_beside if isinstance(executor, RunsBeside) else None,
+        )
+        # Whether tasks listen on this host's own ports (checked free before each start).
+        self._binds_host_ports = isinstance(executor, ProcessExecutor) or getattr(
+            executor, "binds_host_ports", False
         )
         # Called after each batch of instructions ran (the endpoint registrar listens).
         self.on_change: Callable[[], None] | None = None
@@ -296,7 +301,7 @@ class Worker:
             self.executor,
             self._progressed,
             grace_s=task.spec.stop_grace_s,
-            check_ports=self._busy_port if isinstance(self.executor, ProcessExecutor) else None,
+            check_ports=self._busy_port if self._binds_host_ports else None,
         )
         self.runners[task.id] = runner
         runner.start()

@@ -26,11 +26,12 @@ def _run(
     import signal
 
     from treeherd.agent import Agent, make_executor
+    from treeherd.executors.base import Engine
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("treeherd").setLevel(logging.INFO)
     try:
-        executor = make_executor(executor_name, data_dir)
+        executor = make_executor(executor_name, data_dir, hostname)
     except ValueError as error:
         fail(str(error), code=2)
         return
@@ -45,6 +46,9 @@ def _run(
     )
 
     async def main() -> None:
+        if isinstance(executor, Engine) and (problem := await executor.check()) is not None:
+            await executor.close()
+            fail(f"the {executor.name} executor cannot work: {problem}")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             # Stop cleanly: the tasks keep running and the next agent resumes them.
@@ -85,10 +89,11 @@ def _run(
 )
 @click.option(
     "--executor",
-    type=click.Choice(["process", "hollow"]),
+    type=click.Choice(["process", "docker", "hollow"]),
     default="process",
     show_default=True,
-    help="how tasks run: process (local process groups) or hollow (nothing runs: for tests and benchmarks)",
+    help="how tasks run: process (local process groups), docker (containers of this host's dockerd, from"
+    " local images) or hollow (nothing runs: for tests and benchmarks)",
 )
 @click.option(
     "--haproxy",

@@ -148,6 +148,12 @@ def spec_options(fn: F) -> F:
         [
             click.option("--env", "env", multiple=True, metavar="K=V", help="an environment variable"),
             click.option("--workdir", metavar="DIR", help="working directory (absolute)"),
+            click.option(
+                "--image",
+                metavar="REF",
+                help="run in a container of this local image (ID or tag; never pulled): the docker executor",
+            ),
+            click.option("--user", metavar="USER", help="run as NAME, UID or UID:GID of the image (docker)"),
             click.option("--reserve-cpu", type=float, help="CPUs the scheduler sets aside"),
             click.option("--reserve-memory", metavar="SIZE", help="memory the scheduler sets aside"),
             click.option("--limit-cpu", type=float, help="CPU limit enforced on the task"),
@@ -239,6 +245,9 @@ def build_spec(base: TaskSpec | None, command: tuple[str, ...], o: dict[str, Any
         spec = msgspec.structs.replace(spec, env={**spec.env, **key_values(o["env"], "--env")})
     if o["workdir"] is not None:
         spec = msgspec.structs.replace(spec, workdir=o["workdir"] or None)
+    for name in ("image", "user"):  # "" clears it (update)
+        if o[name] is not None:
+            spec = msgspec.structs.replace(spec, **{name: o[name] or None})
     res: dict[str, Any] = {}
     for option, field, convert in (
         ("reserve_cpu", "reserve_cpus", float),

@@ -48,15 +48,18 @@ def _run(
         fail(str(error))
 
 
-def _local_agent(data_dir: Path, live_restore: bool, made: list[Any]) -> Callable[[str], Any]:
-    """The agent `up` runs beside the manager, with the process executor: tasks are real processes.
-    Without `live_restore` it stops its tasks when `up` stops. The agent made is appended to `made`."""
+def _local_agent(
+    data_dir: Path, live_restore: bool, made: list[Any], executor: str = "process"
+) -> Callable[[str], Any]:
+    """The agent `up` runs beside the manager, with the process executor (tasks are real processes) or
+    the docker one. Without `live_restore` it stops its tasks when `up` stops. The agent made is
+    appended to `made`."""
 
     def make(url: str) -> Any:
         from treeherd.agent import Agent, make_executor
 
         agent_dir = data_dir / "agent"
-        agent = Agent(url, agent_dir, executor=make_executor("process", agent_dir), live_restore=live_restore)
+        agent = Agent(url, agent_dir, executor=make_executor(executor, agent_dir), live_restore=live_restore)
         made.append(agent)
         return agent
 
@@ -78,6 +81,29 @@ def _local_gateway(data_dir: Path, nginx: str) -> Callable[[str], Any]:
         )
 
     return make
+
+
+def _check_docker() -> None:
+    """`up --executor docker` refuses to start without a dockerd to run the tasks (or aiodocker)."""
+    import asyncio
+
+    from treeherd.agent import make_executor
+    from treeherd.executors.base import Engine
+
+    async def check() -> str | None:
+        try:
+            executor = make_executor("docker", Path("."))
+        except ValueError as error:
+            return str(error)
+        if not isinstance(executor, Engine):
+            return None
+        try:
+            return await executor.check()
+        finally:
+            await executor.close()
+
+    if (problem := asyncio.run(check())) is not None:
+        fail(f"the docker executor cannot work: {problem}")
 
 
 @click.command("manager")
@@ -119,6 +145,13 @@ def manager(data_dir: Path, listen: str, store: str | None) -> None:
     is_flag=True,
     help="on stop, leave the tasks' processes running for the next `up` to adopt (default: stop them)",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["process", "docker"]),
+    default="process",
+    show_default=True,
+    help="how the local agent runs tasks: local processes, or containers of this host's dockerd",
+)
 def up(
     data_dir: Path | None,
     listen: str,
@@ -126,6 +159,7 @@ def up(
     gateway: bool | None,
     nginx_binary: str,
     live_restore: bool,
+    executor: str,
 ) -> None:
     """Run everything one machine needs in one process: a manager on the embedded store, an agent, and
     the edge gateway when nginx is installed. A clean stop (Ctrl-C, SIGTERM) stops the tasks it
@@ -135,7 +169,9 @@ def up(
     if gateway and nginx is None:
         fail(f"--gateway needs nginx: {nginx_binary!r} was not found (install nginx, or use --no-gateway)")
     agents: list[Any] = []
-    local = [_local_agent(data_dir, live_restore, agents)]
+    if executor == "docker":
+        _check_docker()
+    local = [_local_agent(data_dir, live_restore, agents, executor)]
     if nginx is not None and gateway is not False:
         local.append(_local_gateway(data_dir, nginx))
     _run(data_dir, listen, demo, local)

@@ -8,7 +8,7 @@ can repeat the step it was in. Extra abilities (logs) are separate small protoco
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -87,6 +87,27 @@ class CommandContexts(Protocol):
 
 
 @runtime_checkable
+class RunsBeside(Protocol):
+    """An executor that runs a command beside a task itself (in its container, for a health check):
+    the command's exit code and output."""
+
+    async def run_beside(self, task: Task, command: list[str]) -> tuple[int, str]: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An executor that talks to an engine of its own (dockerd): `check` says what keeps it from
+    working (None: it works), `close` lets its connections go when the agent stops. An executor whose
+    tasks listen on the host's own ports has `binds_host_ports` true (the agent checks them free)."""
+
+    binds_host_ports: bool
+
+    async def check(self) -> str | None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
 class Warnings(Protocol):
     """A controller whose task runs without something its spec asks for (a limit the host cannot
     enforce): said in the task's status message once it runs."""
@@ -100,7 +121,7 @@ class Leftovers(Protocol):
     """An executor that keeps tasks on the machine across agent restarts (processes, files), so the
     agent can clean up those of tasks it no longer knows of."""
 
-    def task_ids(self) -> list[str]: ...
+    def task_ids(self) -> list[str] | Awaitable[list[str]]: ...
 
     async def stop_orphan(self, task_id: str, grace_s: float) -> None: ...
 

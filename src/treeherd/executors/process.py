@@ -65,6 +65,7 @@ from treeherd.executors.process_groups import (
 from treeherd.executors.spawn import (
     ENV_EXECUTOR_DIR,
     check_program,
+    check_spec,
     check_workdir,
     kill_processes,
     marked_processes,
@@ -133,8 +134,7 @@ class ProcessController:
 
     async def prepare(self) -> None:
         spec = self.task.spec
-        if not spec.command:
-            raise FatalError("the task has no command")
+        check_spec(spec)
         self.files.dir.mkdir(parents=True, exist_ok=True)
         workdir = self._workdir()
         check_workdir(workdir)

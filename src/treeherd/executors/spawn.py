@@ -32,10 +32,12 @@ from treeherd.executors.base import FatalError
 from treeherd.executors.limits import TaskLimits
 from treeherd.executors.process_groups import ProcessRecord, register_child
 from treeherd.executors.taskfiles import PROCESS, SPAWN, SpawnIntent, TaskFiles
+from treeherd.model.services import TaskSpec
 
 __all__ = [
     "ENV_EXECUTOR_DIR",
     "check_program",
+    "check_spec",
     "check_workdir",
     "find_leader",
     "kill_processes",
@@ -59,6 +61,18 @@ _CANNOT_START = {
     errno.ELOOP,
     errno.ENAMETOOLONG,
 }
+
+
+def check_spec(spec: TaskSpec) -> None:
+    """What a process cannot run: no command, or a container image or user (the docker executor's)."""
+    if not spec.command:
+        raise FatalError("the task has no command")
+    if spec.image is not None or spec.user is not None:
+        what = "an image" if spec.image is not None else "a user"
+        raise FatalError(
+            f"the task asks for {what}, which the process executor cannot give:"
+            " run it on an agent with --executor docker (e.g. with a --constraint on a label)"
+        )
 
 
 def check_workdir(workdir: Path) -> None:

@@ -82,6 +82,10 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     command: list[str]
     env: dict[str, str] = {}
     workdir: str | None = None
+    # The docker executor's container image: a local image ID or tag (never pulled), and the user
+    # (NAME, UID or UID:GID, as in the image) the command runs as.
+    image: str | None = None
+    user: str | None = None
     resources: Resources = msgspec.field(default_factory=Resources)
     restart: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
     placement: Placement = msgspec.field(default_factory=Placement)

@@ -16,6 +16,7 @@ from datetime import datetime
 import msgspec
 from msgspec import UNSET
 
+from treeherd.core.tasks.images import image_reference_problem
 from treeherd.core.tasks.rollout import ACTIVE, PAUSED, rolled_back
 from treeherd.core.tasks.scheduling.constraints import parse_constraint
 from treeherd.core.tasks.task_env import env_var_name
@@ -62,6 +63,10 @@ def validate_spec(view: View, spec: TaskSpec, *, own_name: str) -> list[Op]:
         raise InvalidInput(
             f"the working directory must be an absolute path, not {spec.workdir!r}", field="task.workdir"
         )
+    if spec.image is not None and (problem := image_reference_problem(spec.image)):
+        raise InvalidInput(problem, field="task.image")
+    if spec.user is not None and not spec.user.strip():
+        raise InvalidInput("the user is empty: give NAME, UID or UID:GID", field="task.user")
     _check_resources(spec)
     restart = spec.restart
     for name, value in (("delay_s", restart.delay_s), ("window_s", restart.window_s)):
