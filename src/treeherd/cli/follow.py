@@ -3,7 +3,7 @@
 `service create|update|scale|rollback` call `follow` after their write: it polls the service and its
 current tasks, prints a line for each slot whose task changed (past 20 slots, one line of counts when
 they change), and ends when the service has converged: every wanted slot runs a task of the current
-spec (with an update under way, once the update is over). It returns the exit code: 0 converged, 1 when
+spec (with an update under way, once the update is over; with a canary, once it serves). It returns the exit code: 0 converged, 1 when
 the update paused or was rolled back (with the reason on stderr). Nothing is followed when stdout is
 not a terminal or `--detach` is given, unless `--follow` asks for it (scripts, tests).
 """
@@ -69,6 +69,12 @@ def follow(ctx: Context, name: str, *, since: datetime | None = None, rollback: 
         status = service.update_status
         if status is not None and (since is None or status.started_at < since):
             status = None
+        if status is not None and status.state == "canary" and status.canary is not None:
+            if status.canary.serving_at is not None:  # a canary is followed until it serves
+                click.echo(f"{name}: {status.message}")
+                return 0
+            time.sleep(POLL_S)
+            continue
         if status is not None:
             if status.state in _OVER and status.state != ("rollback_completed" if rollback else "completed"):
                 click.echo(f"update {status.state}: {status.message}", err=True)

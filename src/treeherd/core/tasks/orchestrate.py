@@ -13,6 +13,8 @@ created when the reason calls for one:
   start-first it runs beside its replacement until that one is ready. An outdated task that is an
   endpoint is drained first: its registrations go (the proxies stop sending it requests), and it is
   told to stop `DRAIN_S` later, with its stop grace period for the requests in flight.
+  While a canary runs, a slot outside it that needs a new task (a restart, a new slot) gets one of the
+  previous spec: the canary stays the size it was given.
 A slot that never had a task gets a new one; a slot whose last task ended without a restart stays empty.
 Finished tasks beyond the history limit are deleted, oldest first. A removed service stops every task,
 then is deleted with them once none is left running.
@@ -93,6 +95,8 @@ class _Context:
         self.constraints = [parse_constraint(c) for c in service.task.placement.constraints]
         self.ops: list[Op] = []
         self.wake_at: datetime | None = None
+        # While a canary runs: its slots (the others keep the previous spec).
+        self.canary_slots: frozenset[str] | None = None
 
     def shutdown(self, task: Task, reason: str) -> None:
         status = task.status
@@ -142,6 +146,10 @@ class _Context:
             if due > self.now:
                 restart_at = due
                 self.wake_at = due if self.wake_at is None else min(self.wake_at, due)
+        spec, version = self.service.task, self.service.spec_version
+        previous_spec = self.service.previous_task
+        if self.canary_slots is not None and previous_spec is not None and str(slot) not in self.canary_slots:
+            spec, version = previous_spec, version - 1  # the version the previous spec had
         task = Task(
             id=self.new_id(),
             created_at=self.now,
@@ -152,8 +160,8 @@ class _Context:
             slot=slot,
             machine_id=machine_id,
             status=TaskStatus(state=TaskState.NEW, timestamp=self.now, message=cause),
-            spec=self.service.task,
-            spec_version=self.service.spec_version,
+            spec=spec,
+            spec_version=version,
             cause=cause,
             restart_at=restart_at,
             restarts=restarts,
@@ -321,6 +329,9 @@ def reconcile(
         if rollout.wake_at is not None:
             ctx.wake_at = rollout.wake_at
     ctx.stale = stale_versions(ctx.service, tasks)
+    status = ctx.service.update_status
+    if status is not None and status.state == "canary" and status.canary is not None:
+        ctx.canary_slots = frozenset(status.canary.slots)
     policy = ctx.service.rollback if _rolling_back(ctx.service) else ctx.service.update
     for key, slot, slot_tasks, machine_id, is_wanted in slots:
         mode = policy.order if key in replace else None

@@ -5,6 +5,8 @@ MachineOf, a malformed constraint, negative replicas, limits below reservations,
 A constraint that no machine satisfies is accepted: its tasks stay pending and say why.
 A change of spec keeps the one it replaces (`previous_task`, what a rollback returns to) and starts an
 update (`core.tasks.rollout` rolls it); any update of a service whose update is paused resumes it.
+A change of spec with a canary starts a canary instead (`core.tasks.canary`), which is promoted or
+aborted later (by hand here, or by the manager's judge).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime
 import msgspec
 from msgspec import UNSET
 
+from treeherd.core.tasks.canary import aborted, canary_size, canary_started, promoted, under_canary
 from treeherd.core.tasks.rollout import ACTIVE, PAUSED, rolled_back
 from treeherd.core.tasks.scheduling.constraints import parse_constraint
 from treeherd.core.tasks.task_env import env_var_name
@@ -243,6 +246,11 @@ def plan_update_service(view: View, name: str, request: ServiceUpdate, now: date
     if request.force:
         task = msgspec.structs.replace(task, force_update=service.task.force_update + 1)
     status = service.update_status
+    if request.canary is not None and task == service.task:
+        raise InvalidInput(
+            "a canary needs a change of the task spec (or --force): nothing would be tried on it",
+            field="canary",
+        )
     if task != service.task:
         changes["task"] = task
         changes["previous_task"] = service.task
@@ -250,6 +258,10 @@ def plan_update_service(view: View, name: str, request: ServiceUpdate, now: date
         changes["update_status"] = UpdateStatus(
             state="updating", started_at=now, message="update in progress"
         )
+        if request.canary is not None:
+            sized = msgspec.structs.replace(service, replicas=changes.get("replicas", service.replicas))
+            size = canary_size(sized, request.canary)
+            changes["update_status"] = canary_started(request.canary, size, now)
     elif status is not None and status.state in PAUSED:
         # Resumed from the current state: the failures counted so far are forgotten.
         resumed = (
@@ -274,6 +286,29 @@ def plan_rollback_service(view: View, name: str, now: datetime) -> list[Op]:
     if status is not None and status.state in ACTIVE and status.state.startswith("rollback"):
         raise InvalidInput(f"service {name!r} is being rolled back already", field="name")
     return [Update(rolled_back(service, now, "rollback requested"))]
+
+
+def _canary_of(view: View, name: str) -> Service:
+    service = service_by_name(view, name)
+    if not under_canary(service):
+        status = service.update_status
+        now = f"its update is {status.state}" if status is not None else "it was never updated"
+        raise InvalidInput(
+            f"service {name!r} has no canary to act on ({now}): start one with"
+            " treeherd service update NAME --canary N ...",
+            field="name",
+        )
+    return service
+
+
+def plan_promote_service(view: View, name: str, now: datetime) -> list[Op]:
+    """Promote a service's canary: the other slots get the new spec with the update policy."""
+    return [Update(promoted(_canary_of(view, name), now, "by hand"))]
+
+
+def plan_abort_service(view: View, name: str, now: datetime) -> list[Op]:
+    """Abort a service's canary: its slots get the previous spec back with the rollback policy."""
+    return [Update(aborted(_canary_of(view, name), now, "by hand"))]
 
 
 def _without_updated(asserts: list[Op], updates: list[Op]) -> list[Op]:
