@@ -188,7 +188,9 @@ def build_canary(o: dict[str, Any]) -> CanaryPolicy | None:
         else:
             fields["tasks"] = int(size)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a number of tasks or a percentage", "--canary") from None
+        raise click.BadParameter(
+            f"{text!r} is not a number of tasks or a percentage", param_hint="--canary"
+        ) from None
     if o["canary_window"] is not None:
         fields["window_s"] = duration(o["canary_window"], "--canary-window")
     for name in ("margin", "min_requests", "latency_factor", "auto_promote"):

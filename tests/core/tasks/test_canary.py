@@ -13,6 +13,7 @@ from tests.core.tasks.rollout_sim import T0, Sim, spec
 
 from treeherd.core.tasks.canary import (
     LATENCY_FLOOR_MS,
+    LATENCY_MIN_REQUESTS,
     aborted,
     canary_size,
     canary_started,
@@ -109,12 +110,15 @@ def test_within_the_margin_the_canary_waits_then_passes() -> None:
 
 
 def test_a_slow_canary_is_aborted_and_fast_latencies_are_not_told_apart() -> None:
-    slow = judge(POLICY, figures(1, 1000, p99=40), figures(2, 200, p99=61), serving_s=5)
+    slow = judge(POLICY, figures(1, 1000, p99=40), figures(2, 500, p99=61), serving_s=5)
     assert slow.action == "abort" and "p99 latency 61 ms" in slow.reason
-    assert judge(POLICY, figures(1, 1000, p99=40), figures(2, 200, p99=59), serving_s=5).action == "wait"
-    # 1 ms against 4 ms: within the histogram's resolution, under the floor.
-    fast = judge(POLICY, figures(1, 1000, p99=1), figures(2, 200, p99=LATENCY_FLOOR_MS * 1.5), serving_s=5)
+    assert judge(POLICY, figures(1, 1000, p99=40), figures(2, 500, p99=59), serving_s=5).action == "wait"
+    # 1 ms against 15 ms: within the histogram's resolution, under the floor.
+    fast = judge(POLICY, figures(1, 1000, p99=1), figures(2, 500, p99=LATENCY_FLOOR_MS * 1.5), serving_s=5)
     assert fast.action == "wait"
+    # A p99 of 200 requests is about their slowest two: not judged on yet.
+    few = judge(POLICY, figures(1, 1000, p99=40), figures(2, 200, p99=400), serving_s=5)
+    assert few.action == "wait"
 
 
 def test_without_old_requests_the_canary_is_held_to_every_request() -> None:
@@ -173,7 +177,11 @@ def test_the_judge_acts_only_on_enough_figures(
     assert new.availability is not None
     baseline = old.availability if old.requests and old.availability is not None else 1.0
     worse = (baseline - new.availability) * 100 > margin
-    slower = old.p99_ms is not None and new_p99 > factor * max(old.p99_ms, LATENCY_FLOOR_MS)
+    slower = (
+        min(old.requests, new.requests) >= LATENCY_MIN_REQUESTS
+        and old.p99_ms is not None
+        and new_p99 > factor * max(old.p99_ms, LATENCY_FLOOR_MS)
+    )
     assert (verdict.action == "abort") == (worse or slower)
     if verdict.action == "promote":
         assert auto and serving_s >= window_s

@@ -10,7 +10,9 @@ over the canary's window, counted from when every canary slot served the new spe
 - abort, as soon as the canary has `min_requests` requests, when its availability is more than `margin`
   percentage points under the old tasks' (with no request to the old tasks, under 100 %), or its p99
   latency is more than `latency_factor` times the old tasks' (p99s under `LATENCY_FLOOR_MS` count as
-  that much: the latency histogram cannot tell them apart);
+  that much: the latency histogram cannot tell them apart; and latencies are compared only once each
+  version has `LATENCY_MIN_REQUESTS`, so that a p99 stands on at least five requests, not on the one
+  slowest);
 - promote, with `auto_promote`, once the window has passed with `min_requests` requests to the canary;
 - otherwise wait (for more requests, the end of the window, or `service promote`).
 An abort puts the previous spec back on the canary's slots (a rollback with the rollback policy); a
@@ -30,6 +32,7 @@ from treeherd.model.errors import InvalidInput
 from treeherd.model.services import CanaryPolicy, CanaryStatus, Service, UpdateStatus, VersionFigures
 
 LATENCY_FLOOR_MS = 10.0
+LATENCY_MIN_REQUESTS = 500
 
 
 def canary_size(service: Service, policy: CanaryPolicy) -> int:
@@ -110,7 +113,8 @@ def judge(policy: CanaryPolicy, old: VersionFigures, new: VersionFigures, servin
                 old=old,
                 new=new,
             )
-        if new.p99_ms is not None and old.p99_ms is not None:
+        enough = min(new.requests, old.requests) >= LATENCY_MIN_REQUESTS
+        if enough and new.p99_ms is not None and old.p99_ms is not None:
             allowed = policy.latency_factor * max(old.p99_ms, LATENCY_FLOOR_MS)
             if new.p99_ms > allowed:
                 return Verdict(
