@@ -82,7 +82,13 @@ def follow(ctx: Context, name: str, *, since: datetime | None = None, rollback: 
             if status.state not in _OVER:
                 time.sleep(POLL_S)
                 continue
-        running = [r for r in rows if r.state == "running" and r.spec_version == service.spec_version]
+        # Once the update it started is over, every slot is on the spec: after a rollback (or a canary's
+        # abort) the tasks that never left it keep their older, equal, spec version.
+        running = [
+            r
+            for r in rows
+            if r.state == "running" and (r.spec_version == service.spec_version or status is not None)
+        ]
         if len(running) >= summary.desired and len(rows) == summary.desired:
             message = f"{name}: converged, {summary.desired} tasks running spec {service.spec_version}"
             if status is not None:
