@@ -70,6 +70,30 @@ def status_of(client: Client) -> dict[str, Any]:
     return client.get(SERVICE, dict)["service"]["update_status"] or {}
 
 
+OVER = {"completed", "paused", "rollback_completed", "rollback_paused"}
+
+
+def wait_state(client: Client, wanted: str, what: str, timeout_s: float) -> dict[str, Any]:
+    """Wait for the service's update to reach `wanted`; fail at once, with the status and the tasks,
+    if it ends in another state."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        nonlocal seen
+        seen = status_of(client)
+        if seen.get("state") in OVER - {wanted}:
+            raise AssertionError(f"{what}: the update ended {seen['state']}: {seen}{diagnose(client)}")
+        return seen.get("state") == wanted
+
+    try:
+        wait_for(reached, what, timeout_s)
+    except AssertionError as error:
+        if "the update ended" in str(error):
+            raise
+        raise AssertionError(f"{error}; status: {seen}{diagnose(client)}") from None
+    return seen
+
+
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*treeherd_command(), "--manager", url, *args], capture_output=True, text=True, timeout=120
@@ -173,9 +197,7 @@ def test_canaries_under_load_are_promoted_or_aborted_on_the_gateways_figures(tmp
                         "canary": {"tasks": 1, **judged, "auto_promote": True},
                     },
                 )
-                wait_for(
-                    lambda: status_of(client).get("state") == "completed", "the canary to promote itself", 90
-                )
+                wait_state(client, "completed", "the canary to promote itself", 90)
                 assert on_version(client, "3")
                 verdict = status_of(client)["canary"]["verdict"]
                 assert verdict.startswith("promoted: automatically, passed: canary (spec 3)"), verdict
@@ -193,8 +215,9 @@ def test_canaries_under_load_are_promoted_or_aborted_on_the_gateways_figures(tmp
                         "canary": {"tasks": 1, **judged},
                     },
                 )
-                wait_for(
-                    lambda: status_of(client).get("state") == "rollback_completed",
+                wait_state(
+                    client,
+                    "rollback_completed",
                     "the broken canary to be aborted and its slot back on the old spec",
                     90,
                 )
@@ -232,6 +255,10 @@ def diagnose(client: Client) -> str:
                 lines.append(text.decode(errors="replace")[-2000:])
             except ClientError as error:
                 lines.append(f"(no logs: {error})")
+    for report in client.get("/api/v1/availability", list):
+        for service in report["services"]:
+            for version in service["versions"]:
+                lines.append(f"gateway {report['gateway']} (stale: {report['stale']}): {json.dumps(version)}")
     return "\n" + "\n".join(lines)
 
 
