@@ -17,6 +17,8 @@ Two load loops send steady GETs (every `--interval` s each): through nginx (the 
   nginx     kill -9 the gateway's nginx master
   haproxy   kill -9 host-a's haproxy master
   sigstop   SIGSTOP host-b's agent for longer than the heartbeat grace, then SIGCONT
+  sigstop-wait  the same with `web` set to `--on-node-down wait` for the scenario (its slots on host-b
+            are kept, not replaced: none runs twice)
 
 For each: failed requests on each path, the time until the cluster serves the *current* configuration
 again (a domain added after the fault answers through nginx; web has 4 live endpoints; the dependency
@@ -36,7 +38,6 @@ import http.client
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,20 +50,20 @@ import psutil
 
 from benchlib import machine_info
 from treeherd.model.discovery import Dependency, HealthCheck
-from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
+from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate, ServiceUpdate
 from treeherd.model.services import Placement, PortSpec, RestartPolicy, TaskSpec
 from treeherd.testing.ports import free_port
 from treeherd.testing.processes import (
     AgentProcess,
+    GatewayProcess,
     ManagerProcess,
     processes_under,
     reap_processes_under,
-    treeherd_command,
 )
 from treeherd.testing.waiting import wait_for as shared_wait_for
 from treeherd.transport.client import Client
 
-SCENARIOS = ("task", "agent", "manager", "gateway", "nginx", "haproxy", "sigstop")
+SCENARIOS = ("task", "agent", "manager", "gateway", "nginx", "haproxy", "sigstop", "sigstop-wait")
 DOMAIN = "chaos.test"
 HEARTBEAT_S = 1.0
 GRACE_S = 3 * (HEARTBEAT_S + 0.2)  # the default grace multiplier (3) over period + epsilon
@@ -173,43 +174,6 @@ class SlotAudit(threading.Thread):
         }
 
 
-class Gateway:
-    """`treeherd gateway run` on its own nginx prefix, listening on 127.0.0.1."""
-
-    def __init__(self, manager_url: str, prefix: Path) -> None:
-        self.manager_url, self.prefix = manager_url, prefix
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.prefix.parent / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
-        with log:
-            self.process = subprocess.Popen(
-                [*treeherd_command(), "--manager", self.manager_url, "gateway", "run",
-                 "--nginx-prefix", str(self.prefix), "--listen-host", "127.0.0.1",
-                 "--min-wait", "0.05", "--max-wait", "0.5", "--health-interval", "0.5"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    def nginx_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((self.prefix / "logs" / "nginx.pid").read_text().strip())
-            return pid if psutil.pid_exists(pid) else None
-        return None
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 class Chaos:
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         self.root, self.args = root, args
@@ -220,7 +184,7 @@ class Chaos:
         self.agents = {
             h: AgentProcess(self.url, root / h, h, executor="process") for h in ("host-a", "host-b")
         }
-        self.gateway = Gateway(self.url, root / "nginx")
+        self.gateway = GatewayProcess(self.url, root / "nginx", health_interval_s=0.5, probe_interval_s=None)
         self.dependency_port = 0
         self.probes = 0
 
@@ -385,14 +349,22 @@ class Chaos:
             os.kill(pid, signal.SIGKILL)
             new_master = lambda: (m := self.haproxy_master()) is not None and m != pid  # noqa: E731
             return lambda: (wait_for(new_master, "a new haproxy master", timeout), self.wait_steady(timeout))
-        if scenario == "sigstop":
+        if scenario in ("sigstop", "sigstop-wait"):
+            if scenario == "sigstop-wait":
+                self.on_node_down("wait")
             agent = self.agents["host-b"]
             assert agent.process is not None
             os.kill(agent.process.pid, signal.SIGSTOP)
             time.sleep(GRACE_S + 3.0)
             os.kill(agent.process.pid, signal.SIGCONT)
+            if scenario == "sigstop-wait":
+                return lambda: (self.wait_steady(timeout), self.on_node_down("replace"))
             return lambda: self.wait_steady(timeout)
         raise ValueError(scenario)
+
+    def on_node_down(self, action: str) -> None:
+        with self.client() as client:
+            client.request("PATCH", "/api/v1/services/web", ServiceUpdate(on_node_down=action))
 
     def run_scenario(self, scenario: str, edge: Load, dependency: Load, audit: SlotAudit) -> dict[str, Any]:
         start = time.monotonic()
@@ -438,7 +410,7 @@ class Chaos:
         for agent in self.agents.values():
             if agent.process is None or agent.process.poll() is not None:
                 agent.start()
-        if self.gateway.process is None or self.gateway.process.poll() is not None:
+        if not self.gateway.running():
             self.gateway.start()
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ PACKAGES=(
     nginx       # the edge gateway: nginx -t, reloads, end-to-end routing
     openssl     # self-signed certificates for the ssl servers the renderer tests validate
     puppet      # the ENC tests: puppet node find / puppet apply with treeherd as the node classifier
+    iproute2    # the multi-host tests: `ip netns`, veths and a bridge (treeherd.testing.hosts)
 )
 
 missing=()

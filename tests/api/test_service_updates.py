@@ -126,3 +126,19 @@ async def test_rollback_with_nothing_to_roll_back_to(client: Client, store: Memo
     missing = await client.post(f"{SERVICES}/nope/rollback")
     assert missing.status_code == 404 and missing.json()["field"] == "name"
     assert snapshot(store) == before
+
+
+async def test_on_node_down_is_stored_and_changed_without_replacing_tasks(
+    client: Client, store: MemoryStore, web: dict[str, Any]
+) -> None:
+    assert web["on_node_down"] == "replace"
+    response = await client.patch(f"{SERVICES}/web", json={"on_node_down": "wait"})
+    assert response.status_code == 200, response.text
+    shown = (await client.get(f"{SERVICES}/web")).json()["service"]
+    assert shown["on_node_down"] == "wait"
+    assert shown["spec_version"] == 1 and shown["update_status"] is None  # decides later: no redeploy
+
+    before = snapshot(store)
+    refused = await client.patch(f"{SERVICES}/web", json={"on_node_down": "sometimes"})
+    assert refused.status_code == 400 and refused.json()["field"] == "on_node_down", refused.text
+    assert snapshot(store) == before

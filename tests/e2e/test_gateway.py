@@ -66,7 +66,7 @@ class Edge:
             c.request("POST", f"/api/v1/machines/{name}/bindings", {"node": node, "weight": 1})
             self.backends[name] = Backend(tmp, name, ip, port)
         wait_for(lambda: all(b.ready() for b in self.backends.values()), "the backends to listen", 15)
-        self.gateway = GatewayProcess(manager.url, tmp / "nginx")
+        self.gateway = GatewayProcess(manager.url, tmp / "nginx").start()
         wait_for(lambda: served_by(self.port, "/", HOST) == "web-1", "nginx to serve the tree", 30)
         # nginx serves before the gateway has recorded the start (and its digest) with the manager.
         wait_for(lambda: self.record().get("config_sha256"), "the live configuration to be recorded", 10)
@@ -328,7 +328,7 @@ def test_gateway_restart_adopts_nginx_and_keeps_counting(edge: Edge, manager: Ma
     edge.gateway.stop()
     for _ in range(5):
         get(edge.port, "/api/v2", HOST)  # served while the gateway is away
-    edge.gateway = GatewayProcess(manager.url, edge.tmp / "nginx")
+    edge.gateway = GatewayProcess(manager.url, edge.tmp / "nginx").start()
     wait_for(lambda: requests_counted() == 15, "the five requests made while away, counted once")
     assert edge.gateway.nginx_pid() == pid
     time.sleep(0.5)

@@ -186,6 +186,29 @@ def test_lost_agent_is_replaced_then_its_processes_are_stopped_or_adopted(cluste
     assert len(cluster.running("api")) == 6
 
 
+def test_a_service_that_waits_never_runs_a_slot_twice_while_its_agent_is_frozen(cluster: Cluster) -> None:
+    server(cluster, "db", 3)
+    wait_for(lambda: len(cluster.running("db")) == 3 and one_each(cluster, "db", 3), "3 running")
+    cluster.cli("service", "update", "db", "--on-node-down", "wait", "--detach")
+    ids = sorted(t["id"] for t in cluster.running("db"))
+    frozen = cluster.agents["host-a"].process
+    assert frozen is not None
+    on_frozen = [t["slot"] for t in cluster.running("db") if t["hostname"] == "host-a"]
+    assert on_frozen  # spread over three hosts: one slot each
+    os.kill(frozen.pid, signal.SIGSTOP)  # its tasks keep running; only the agent stops answering
+    try:
+        wait_for(lambda: cluster.nodes()["host-a"] == "down", "host-a marked down", timeout_s=15)
+        time.sleep(2.0)  # several orchestrator passes with host-a down
+        assert one_each(cluster, "db", 3)  # one process per slot in the OS: nothing started elsewhere
+        assert sorted(t["id"] for t in cluster.tasks("db") if t["desired_state"] == "running") == ids
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    wait_for(lambda: cluster.nodes()["host-a"] == "ready", "host-a back", timeout_s=15)
+    wait_for(lambda: len(cluster.running("db")) == 3, "3 running")
+    assert sorted(t["id"] for t in cluster.running("db")) == ids  # the same tasks ran on
+    assert one_each(cluster, "db", 3)
+
+
 def heartbeats(cluster: Cluster, period_s: float) -> None:
     """Set the heartbeat period and wait until every agent has been told (its next heartbeat's ack)."""
     with cluster.client() as client:

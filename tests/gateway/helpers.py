@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,9 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from treeherd.testing.processes import treeherd_command
+from treeherd.testing.processes import GatewayProcess
 
 BACKEND_SCRIPT = Path(__file__).with_name("backend_server.py")
 STOP_S = 10.0
@@ -55,55 +51,6 @@ class Backend:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(STOP_S)
-
-
-class GatewayProcess:
-    """`treeherd gateway run` with its own nginx prefix, fast timings for tests."""
-
-    def __init__(self, manager_url: str, prefix: Path, *, extra: tuple[str, ...] = ()) -> None:
-        self.prefix = prefix
-        self.log_path = prefix.parent / f"{prefix.name}-gateway.log"
-        args = [
-            *treeherd_command(), "--manager", manager_url, "gateway", "run", "--nginx-prefix", str(prefix),
-            "--listen-host", "127.0.0.1", "--min-wait", "0.05", "--max-wait", "0.5", "--health-interval", "0.2",
-            "--probe-interval", "0.2", *extra,
-        ]  # fmt: skip
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        finally:
-            log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def nginx_pid(self) -> int | None:
-        try:
-            pid = int((self.prefix / "logs" / "nginx.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if psutil.pid_exists(pid) else None
-
-    def stop(self) -> None:
-        """Stop the gateway (SIGTERM, then SIGKILL); nginx keeps running."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(STOP_S)
-
-    def stop_nginx(self) -> None:
-        pid = self.nginx_pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).wait(STOP_S)
 
 
 def get(port: int, path: str, host: str) -> tuple[int, dict[str, Any] | None]:

@@ -84,6 +84,7 @@ def _maybe_duration(text: str | None, option: str) -> float | None:
 
 ORDERS = click.Choice(["stop-first", "start-first"])
 FAILURE_ACTIONS = click.Choice(["pause", "continue", "rollback"])
+NODE_DOWN_ACTIONS = click.Choice(["replace", "wait"])
 
 
 def policy_options(fn: F) -> F:
@@ -113,7 +114,12 @@ def policy_options(fn: F) -> F:
             ]
         ):
             fn = option(fn)
-    return fn
+    return click.option(
+        "--on-node-down",
+        type=NODE_DOWN_ACTIONS,
+        help="a task whose machine goes down: replaced elsewhere at once (replace, the default), or kept"
+        " until the machine returns, so that a slot never runs twice (wait)",
+    )(fn)
 
 
 def build_policy(base: UpdatePolicy, kind: str, o: dict[str, Any]) -> UpdatePolicy:

@@ -74,6 +74,7 @@ def create(
         mode=mode,  # type: ignore[arg-type]
         replicas=1 if replicas is None else replicas,
         task=build_spec(None, command, options),
+        on_node_down=options["on_node_down"] or "replace",
         update=build_policy(UpdatePolicy(), "update", options),
         rollback=build_policy(UpdatePolicy(), "rollback", options),
     )
@@ -206,6 +207,7 @@ def update(
         version=current.version,
         replicas=UNSET if replicas is None else replicas,
         task=UNSET if spec == current.task else spec,
+        on_node_down=options["on_node_down"] or UNSET,
         update=UNSET if policies["update"] == current.update else policies["update"],
         rollback=UNSET if policies["rollback"] == current.rollback else policies["rollback"],
         force=force,

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from treeherd.model.objects import DomainPort, MachineKind, ParamValue
-from treeherd.model.services import CanaryPolicy, TaskSpec, UpdatePolicy
+from treeherd.model.services import CanaryPolicy, NodeDownAction, TaskSpec, UpdatePolicy
 from treeherd.model.states import Availability, NodeRole
 
 
@@ -107,6 +107,7 @@ class ServiceCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     mode: Literal["replicated", "global"] = "replicated"
     replicas: int = 1
     task: TaskSpec
+    on_node_down: NodeDownAction = "replace"
     update: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
     rollback: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
 
@@ -118,6 +119,7 @@ class ServiceUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     version: int | None = None
     replicas: int | UnsetType = UNSET
     task: TaskSpec | UnsetType = UNSET
+    on_node_down: NodeDownAction | UnsetType = UNSET
     update: UpdatePolicy | UnsetType = UNSET
     rollback: UpdatePolicy | UnsetType = UNSET
     # Replace every task even without a change of spec (a rolling restart).

@@ -25,6 +25,9 @@ RestartCondition = Literal["none", "on-failure", "any"]
 LimitsMode = Literal["best-effort", "strict"]
 UpdateOrder = Literal["stop-first", "start-first"]
 FailureAction = Literal["pause", "continue", "rollback"]
+# What happens to a task whose machine is declared down: replaced elsewhere at once (SwarmKit), or kept
+# until the machine returns (a slot that must never run twice, as a StatefulSet's pod).
+NodeDownAction = Literal["replace", "wait"]
 UpdateState = Literal[
     "canary", "updating", "paused", "completed", "rollback_started", "rollback_paused", "rollback_completed"
 ]
@@ -204,6 +207,8 @@ class Service(Object, frozen=True, kw_only=True, tag="service"):
     removing: bool = False
     # Where tasks that depend on this service reach it on their host: 127.0.0.1:local_port.
     local_port: int | None = None
+    # "wait": a task whose machine is down is not replaced; it runs on when its agent returns.
+    on_node_down: NodeDownAction = "replace"
     update: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
     rollback: UpdatePolicy = msgspec.field(default_factory=UpdatePolicy)
     # The spec before the latest change: what `service rollback` returns to.

@@ -1,5 +1,6 @@
 """Real treeherd processes for end-to-end tests and benchmarks: started in a temp dir on a free
-loopback port, stopped by pid, every wait bounded."""
+loopback port, stopped by pid, every wait bounded. Given a `host` (treeherd.testing.hosts), each runs
+inside that host's network namespace instead, on the host's address."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from treeherd.testing.hosts import Host
 
 STARTUP_SECONDS = 20.0
 STOP_SECONDS = 10.0
@@ -23,20 +28,28 @@ def treeherd_command() -> list[str]:
     return [sys.executable, "-m", "treeherd"]
 
 
+def _popen(args: list[str], host: Host | None, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Popen of `args` here, or inside `host` when one is given (the pid is the command's either way)."""
+    return host.popen(args, **kwargs) if host is not None else subprocess.Popen(args, **kwargs)
+
+
 class ManagerProcess:
-    """`treeherd manager` (or `up`) on `127.0.0.1:0`; the URL is read from the data directory once it listens."""
+    """`treeherd manager` (or `up`) on `127.0.0.1:0` (in a `host`: on the host's address, port 0); the URL
+    is read from the data directory once it listens."""
 
     def __init__(
         self,
         data_dir: Path,
         *,
-        listen: str = "127.0.0.1:0",
+        listen: str | None = None,
         command: tuple[str, ...] = ("manager",),
         extra_args: tuple[str, ...] = (),
+        host: Host | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.command = command
-        self.listen = listen
+        self.host = host
+        self.listen = listen or (f"{host.address}:0" if host is not None else "127.0.0.1:0")
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -48,7 +61,7 @@ class ManagerProcess:
         url_file.unlink(missing_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.process = subprocess.Popen(
+            self.process = _popen(
                 [
                     *treeherd_command(),
                     *self.command,
@@ -58,6 +71,7 @@ class ManagerProcess:
                     self.listen,
                     *self.extra_args,
                 ],
+                self.host,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -77,6 +91,11 @@ class ManagerProcess:
         raise TimeoutError(f"the manager did not start within {STARTUP_SECONDS} s:\n{self.log()}")
 
     def _healthy(self) -> bool:
+        if self.host is not None:
+            try:
+                return self.host.http_get(self.url + "/healthz", timeout=2)[0] == 200
+            except OSError:
+                return False
         try:
             with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
                 return bool(response.status == 200)
@@ -135,7 +154,9 @@ class AgentProcess:
         *,
         executor: str = "hollow",
         labels: tuple[str, ...] = (),
+        host: Host | None = None,
     ) -> None:
+        self.host = host
         self.manager_url = manager_url
         self.data_dir = data_dir
         self.hostname = hostname
@@ -149,7 +170,7 @@ class AgentProcess:
         label_args = [arg for label in self.labels for arg in ("--label", label)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.process = subprocess.Popen(
+            self.process = _popen(
                 [
                     *treeherd_command(),
                     "agent",
@@ -163,6 +184,7 @@ class AgentProcess:
                     self.executor,
                     *label_args,
                 ],
+                self.host,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -189,6 +211,85 @@ class AgentProcess:
             except ProcessLookupError:
                 pass
             self.process.wait(STOP_SECONDS)
+
+
+class GatewayProcess:
+    """`treeherd gateway run` with its own nginx prefix on 127.0.0.1 (in a `host`: on the host's address),
+    fast timings for tests and benchmarks; stopped by pid. Its nginx outlives it (as in production) until
+    `stop_nginx`."""
+
+    def __init__(
+        self,
+        manager_url: str,
+        prefix: Path,
+        *,
+        health_interval_s: float = 0.2,
+        probe_interval_s: float | None = 0.2,
+        extra_args: tuple[str, ...] = (),
+        host: Host | None = None,
+        listen_host: str | None = None,
+    ) -> None:
+        self.host = host
+        self.listen_host = listen_host or (host.address if host is not None else "127.0.0.1")
+        self.prefix = prefix
+        self.log_path = prefix.parent / f"{prefix.name}-gateway.log"
+        probes = ("--probe-interval", str(probe_interval_s)) if probe_interval_s is not None else ()
+        self.args = [
+            *treeherd_command(), "--manager", manager_url, "gateway", "run", "--nginx-prefix", str(prefix),
+            "--listen-host", self.listen_host, "--min-wait", "0.05", "--max-wait", "0.5",
+            "--health-interval", str(health_interval_s), *probes, *extra_args,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = _popen(
+                self.args, self.host, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def nginx_pid(self) -> int | None:
+        try:
+            pid = int((self.prefix / "logs" / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if psutil.pid_exists(pid) else None
+
+    def kill(self) -> None:
+        """SIGKILL the gateway process alone (its nginx keeps serving)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_SECONDS)
+
+    def stop(self) -> None:
+        """Stop the gateway (SIGTERM, then SIGKILL to its group); nginx keeps running."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_SECONDS)
+
+    def stop_nginx(self) -> None:
+        """End the nginx this gateway left (its master's process group), by the pid in its pid file."""
+        pid = self.nginx_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait(STOP_SECONDS)
 
 
 def processes_under(directory: Path) -> list[psutil.Process]:

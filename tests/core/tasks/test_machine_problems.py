@@ -60,7 +60,7 @@ def test_agent_down_means_an_agent_declared_down(state: NodeState | None, down: 
             web1("down"),
             frozenset({"m1"}),
             ProblemKind.HELD,
-            "machine web-1 is down; the brake on mass node loss keeps its tasks for now",
+            "machine web-1 is down; its tasks are kept until it returns or is replaced",
         ),
         # A held machine that is also drained is drained: its tasks move.
         (

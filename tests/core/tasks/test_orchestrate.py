@@ -177,6 +177,31 @@ def test_global_task_on_a_held_down_machine_stays_and_none_is_added():
     assert result.ops == []
 
 
+def test_a_service_that_waits_keeps_its_tasks_on_down_machines_and_adds_none():
+    tasks = [task("a", 1, machine_id="m1"), task("b", 2, machine_id="m2")]
+    machines = {"m1": machine("m1", state="down"), "m2": machine("m2")}
+    waiting = msgspec.structs.replace(service(replicas=2), on_node_down="wait")
+    assert reconcile(waiting, tasks, machines, NOW, ids()).ops == []
+    # The same service replacing (the default) stops slot 1 and starts it elsewhere.
+    replaced = reconcile(service(replicas=2), tasks, machines, NOW, ids())
+    assert [t.id for t in shutdowns(replaced)] == ["a"] and [t.slot for t in creates(replaced)] == [1]
+
+
+def test_a_service_that_waits_still_moves_tasks_off_drained_machines():
+    tasks = [task("a", 1, machine_id="m1")]
+    machines = {"m1": machine("m1", state="down", availability="drain"), "m2": machine("m2")}
+    waiting = msgspec.structs.replace(service(replicas=1), on_node_down="wait")
+    result = reconcile(waiting, tasks, machines, NOW, ids())
+    assert [t.id for t in shutdowns(result)] == ["a"] and [t.slot for t in creates(result)] == [1]
+
+
+def test_a_global_service_that_waits_keeps_its_task_on_a_down_machine():
+    machines = {"m1": machine("m1", state="down"), "m2": machine("m2")}
+    tasks = [task("a", 0, machine_id="m1"), task("b", 0, machine_id="m2")]
+    waiting = msgspec.structs.replace(service(mode="global"), on_node_down="wait")
+    assert reconcile(waiting, tasks, machines, NOW, ids()).ops == []
+
+
 def test_tasks_record_the_node_path():
     result = reconcile(service(replicas=1), [], {}, NOW, ids(), node_path="corp.web")
     assert [t.node_path for t in creates(result)] == ["corp.web"]

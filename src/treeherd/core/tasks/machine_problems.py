@@ -28,7 +28,9 @@ class ProblemKind(enum.Enum):
     DOWN = "down"  # its agent is down
     DRAINED = "drained"  # an operator drained it
     UNSATISFIED = "unsatisfied"  # it no longer satisfies one of the service's constraints
-    HELD = "held"  # its agent is down, but the brake on mass node loss keeps its tasks for now
+    # Its agent is down, but its tasks are kept for now: the brake on mass node loss, or a service that
+    # waits for its machines (`on_node_down="wait"`).
+    HELD = "held"
 
 
 class MachineProblem(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,7 +58,7 @@ class MachineProblem(msgspec.Struct, frozen=True, kw_only=True):
             case ProblemKind.UNSATISFIED:
                 return f"machine {self.hostname} no longer satisfies {self.constraint}"
             case ProblemKind.HELD:
-                return f"machine {self.hostname} is down; the brake on mass node loss keeps its tasks for now"
+                return f"machine {self.hostname} is down; its tasks are kept until it returns or is replaced"
 
     def __str__(self) -> str:
         return self.message

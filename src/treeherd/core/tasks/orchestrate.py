@@ -303,9 +303,12 @@ def reconcile(
 ) -> Reconciled:
     """What the service's tasks should become; see the module docstring for the rules.
     `node_path` is the tree path of the service's node, recorded in the tasks it creates; `held` are
-    down machines whose tasks are not replaced yet (`core.tasks.node_loss`); `bound_to`, for a sidekick
+    down machines whose tasks are not replaced yet (`core.tasks.node_loss`; every down machine for a
+    service with `on_node_down="wait"`); `bound_to`, for a sidekick
     (`binds_to`), the machines that run a live task of the service it is bound to; `endpoints`, the
     service's registrations by task id (an outdated task that is one is drained before it stops)."""
+    if service.on_node_down == "wait":
+        held = {*held, *(m.id for m in machines.values() if agent_down(m))}
     ctx = _Context(service, machines, now, new_id, history, node_path, held, endpoints or {})
     if service.removing:
         live = [t for t in tasks if desired_running(t)]

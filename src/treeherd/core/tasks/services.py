@@ -211,6 +211,7 @@ def plan_create_service(
         mode=request.mode,
         replicas=request.replicas if request.mode == "replicated" else 0,
         task=task,
+        on_node_down=request.on_node_down,
         update=request.update,
         rollback=request.rollback,
     )
@@ -231,6 +232,8 @@ def plan_update_service(view: View, name: str, request: ServiceUpdate, now: date
             )
         _check_replicas(request.replicas)
         changes["replicas"] = request.replicas
+    if request.on_node_down is not UNSET:
+        changes["on_node_down"] = request.on_node_down  # decides at the next machine loss: no redeploy
     for field in ("update", "rollback"):
         policy = getattr(request, field)
         if policy is not UNSET:
