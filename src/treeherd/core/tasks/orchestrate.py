@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from treeherd.core.tasks.machine_problems import ProblemKind, agent_down, machine_problem
-from treeherd.core.tasks.rollout import ACTIVE, ready, stale_versions
+from treeherd.core.tasks.rollout import ACTIVE, canary_slots, ready, stale_versions
 from treeherd.core.tasks.rollout import step as rollout_step
 from treeherd.core.tasks.scheduling.constraints import Constraint, parse_constraint
 from treeherd.model.discovery import Endpoint
@@ -146,10 +146,9 @@ class _Context:
             if due > self.now:
                 restart_at = due
                 self.wake_at = due if self.wake_at is None else min(self.wake_at, due)
-        spec, version = self.service.task, self.service.spec_version
-        previous_spec = self.service.previous_task
-        if self.canary_slots is not None and previous_spec is not None and str(slot) not in self.canary_slots:
-            spec, version = previous_spec, version - 1  # the version the previous spec had
+        spec, version, older = self.service.task, self.service.spec_version, self.service.previous_task
+        if self.canary_slots is not None and str(slot) not in self.canary_slots and older:
+            spec, version = older, version - 1  # (the version the previous spec had)
         task = Task(
             id=self.new_id(),
             created_at=self.now,
@@ -332,9 +331,7 @@ def reconcile(
         if rollout.wake_at is not None:
             ctx.wake_at = rollout.wake_at
     ctx.stale = stale_versions(ctx.service, tasks)
-    status = ctx.service.update_status
-    if status is not None and status.state == "canary" and status.canary is not None:
-        ctx.canary_slots = frozenset(status.canary.slots)
+    ctx.canary_slots = canary_slots(ctx.service)
     policy = ctx.service.rollback if _rolling_back(ctx.service) else ctx.service.update
     for key, slot, slot_tasks, machine_id, is_wanted in slots:
         mode = policy.order if key in replace else None

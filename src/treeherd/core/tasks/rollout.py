@@ -78,6 +78,14 @@ def _running(task: Task) -> bool:
     return _live(task) and task.status.state == TaskState.RUNNING and task.drain_until is None
 
 
+def canary_slots(service: Service) -> frozenset[str] | None:
+    """While a canary runs: its slots (a new task in any other slot gets the previous spec)."""
+    status = service.update_status
+    if status is None or status.state != "canary" or status.canary is None:
+        return None
+    return frozenset(status.canary.slots)
+
+
 def rolled_back(service: Service, now: datetime, message: str, canary: CanaryStatus | None = None) -> Service:
     """The service with its previous spec back (the current one becomes the previous) and a rollback
     under way. The spec version still grows: tasks already on the previous spec compare equal to it.
