@@ -236,3 +236,62 @@ def test_past_twenty_tasks_a_terminal_shows_a_progress_bar(names: tuple[Cli, str
     # Without a terminal, --follow prints plain lines of counts (here of a rollback to the old spec).
     piped = cli("service", "rollback", name, "--follow")
     assert "30/30 tasks running spec 3" in piped.stdout and "\x1b[" not in piped.stdout
+
+
+def test_a_canary_from_the_command_line(names: tuple[Cli, str, str]) -> None:
+    """`update --canary` starts one and returns once it serves; ps and inspect show it; abort puts the
+    old spec back; a second canary is promoted; bad canaries and promote/abort without one are refused
+    with nothing changed."""
+    cli, root, name = names
+    cli(
+        "service",
+        "create",
+        name,
+        "--node",
+        root,
+        "--replicas",
+        "4",
+        "--update-monitor",
+        "0s",
+        "--follow",
+        "--",
+        "x",
+    )
+    started = cli(
+        "service", "update", name, "--env", "V=2", "--canary", "25%", "--canary-window", "2m", "--follow"
+    )
+    assert "canary of 1 of 4 tasks, about 25% of the requests; judged over 120s" in started.stdout
+    assert f"treeherd service promote {name}" in started.stdout
+    assert f"{name}: canary on 1 of 4 slots (spec 2), judged over 120s since" in started.stdout
+    ps = cli("service", "ps", name, "--current").stdout
+    assert "UPDATE: canary (since" in ps and "CANARY: 1 task(s) in slots 1" in ps, ps
+    shown = json.loads(cli("service", "inspect", name).stdout)["service"]["update_status"]
+    assert shown["state"] == "canary" and shown["canary"]["policy"]["window_s"] == 120
+    tasks = json.loads(cli("service", "ps", name, "--current", "--format", "json").stdout)
+    assert sorted(t["spec_version"] for t in tasks) == [1, 1, 1, 2]
+
+    aborted = cli("service", "abort", name, "--follow")
+    assert f"aborting the canary of {name}" in aborted.stdout
+    assert "canary abort completed" in aborted.stdout, aborted.stdout
+    tasks = json.loads(cli("service", "ps", name, "--current", "--format", "json").stdout)
+    assert sorted(t["spec_version"] for t in tasks) == [1, 1, 1, 3]  # slot 1 back on the old spec
+
+    cli("service", "update", name, "--env", "V=4", "--canary", "2", "--follow")
+    promoted = cli("service", "promote", name, "--follow")
+    assert f"{name}: converged, 4 tasks running spec 4" in promoted.stdout, promoted.stdout
+
+    before = cli("service", "inspect", name).stdout
+    for args, message in [
+        (("update", name, "--env", "V=5", "--canary", "4"), "leaves no task"),
+        (("update", name, "--env", "V=5", "--canary", "1", "--canary-margin", "-1"), "canary.margin"),
+        (("update", name, "--env", "V=5", "--canary", "some"), "is not a number of tasks or a percentage"),
+        (("update", name, "--env", "V=5", "--canary-window", "1m"), "needs --canary N"),
+        (("update", name, "--canary", "1"), "needs a change of the task spec"),
+        (("promote", name), "has no canary to act on (its update is completed)"),
+        (("abort", name), "has no canary to act on"),
+    ]:
+        result = cli("service", *args, check=False)
+        assert result.returncode in (1, 2) and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert cli("service", "inspect", name).stdout == before
+    cli("service", "rm", name)

@@ -41,13 +41,20 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 # A task that answers every GET with JSON naming its slot (`task-N`) and its version ($V, default 1);
 # single-threaded, and SIGTERM ends it at once: a request sent to it after its stop begins would fail.
+# With $FAIL_EVERY=N, every Nth request but those to /health is answered 500 (N=5: a fifth of them).
 TASK_JSON_SERVER = """
 import http.server, json, os
 port = int(os.environ["TREEHERD_PORT_HTTP"])
 body = json.dumps({"name": "task-" + os.environ["TREEHERD_SLOT"], "v": os.environ.get("V", "1")}).encode()
+fail_every = int(os.environ.get("FAIL_EVERY", "0"))
+served = 0
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200)
+        global served
+        if self.path != "/health":
+            served += 1
+        failing = fail_every and self.path != "/health" and served % fail_every == 0
+        self.send_response(500 if failing else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

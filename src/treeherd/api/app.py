@@ -34,12 +34,15 @@ from treeherd.model.errors import Unavailable
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
-def create_app(inventory: Inventory, dispatcher: Dispatcher | None = None) -> Litestar:
-    """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too."""
+def create_app(
+    inventory: Inventory, dispatcher: Dispatcher | None = None, board: AvailabilityBoard | None = None
+) -> Litestar:
+    """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too;
+    `board`: where the gateways' availability reports are kept (shared with the canary judge)."""
 
     services = Services(inventory.store, clock=inventory.clock, ids=inventory.ids)
     puppet = Puppet(inventory.store, clock=inventory.clock, ids=inventory.ids)
-    board = AvailabilityBoard(clock=inventory.clock)
+    board = board if board is not None else AvailabilityBoard(clock=inventory.clock)
 
     def provide_inventory() -> Inventory:
         return inventory

@@ -23,7 +23,7 @@ from treeherd.api.routes.common import MAX_PAGE
 from treeherd.core.cluster import _BOUNDS as CLUSTER_BOUNDS  # the validator's own table
 from treeherd.core.edge.discovery import MAX_TTL_S, MIN_TTL_S
 from treeherd.core.edge.gateway_plans import MAX_REASON
-from treeherd.core.tasks.services import MAX_REPLICAS
+from treeherd.core.tasks.service_checks import MAX_REPLICAS
 from treeherd.core.tree.tree import MAX_DEPTH, MAX_PATH_LENGTH
 from treeherd.core.tree.validate import (
     _CLASS_NAME,

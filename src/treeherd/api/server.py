@@ -22,6 +22,8 @@ import uvicorn
 
 from treeherd.api.app import create_app
 from treeherd.manager.allocator import Allocator
+from treeherd.manager.availability_board import AvailabilityBoard
+from treeherd.manager.canary_judge import CanaryJudge
 from treeherd.manager.demo import load_demo
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.endpoints import Registry
@@ -162,13 +164,15 @@ async def serve_manager(
             url = f"http://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
             registry = Registry(store)
             dispatcher = Dispatcher(store, managers=[url], registry=registry)
+            board = AvailabilityBoard(clock=inventory.clock)
             components: list[Component] = [
-                ApiServer(create_app(inventory, dispatcher), sock),
+                ApiServer(create_app(inventory, dispatcher, board), sock),
                 dispatcher,
                 registry,
                 Orchestrator(store),
                 Allocator(store),
                 Scheduler(store),
+                CanaryJudge(store, board),
             ]
             components.extend(make(url) for make in local)
             supervisor = Supervisor(components)

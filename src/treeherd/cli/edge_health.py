@@ -24,11 +24,18 @@ def _ms(value: float | None) -> str:
 
 @click.command("availability")
 @click.argument("path", required=False)
-@click.option("--window", type=click.Choice(WINDOWS), default="5m", show_default=True)
+@click.option(
+    "--window",
+    type=click.Choice([*WINDOWS, "canary"]),
+    default="5m",
+    show_default=True,
+    help="canary: the window a canary under way is judged over",
+)
 @FORMAT_OPTION
 @pass_ctx
 def availability(ctx: Context, path: str | None, window: str, fmt: str) -> None:
-    """Availability (share of requests not answered 5xx) and latency per service and backend."""
+    """Availability (share of requests not answered 5xx) and latency per service, backend and spec
+    version of the tasks (old tasks against a canary's)."""
     reports = ctx.client.request("GET", "/api/v1/availability", query={"path": path}, type=list)
     if fmt == "json":
         print_json(reports)
@@ -43,6 +50,10 @@ def availability(ctx: Context, path: str | None, window: str, fmt: str) -> None:
             for backend in service["backends"]:
                 name = f"{backend['hostname'] or '?'} {backend['address']}"
                 rows.append(_row("", name, backend["windows"].get(window, {}), backend["state"], report))
+            for version in service.get("versions", []):
+                name = f"{version['service']} spec {version['spec_version']} ({version['backends']} tasks)"
+                state = "canary" if version["canary"] else ""
+                rows.append(_row("", name, version["windows"].get(window, {}), state, report))
     print_table(["SERVICE", "BACKEND", "REQUESTS", "5XX", "AVAILABILITY", "P50 MS", "P99 MS", "STATE"], rows)
 
 

@@ -4,9 +4,9 @@
 current tasks, shows them (`cli.progress`: a line for each slot whose task changed; past 20 tasks a
 progress bar on a terminal, a line of counts when they change elsewhere), and ends when the service
 has converged: every wanted slot runs a task of the current spec (with an update under way, once the
-update is over). It returns the exit code: 0 converged, 1 when the update paused or was rolled back
-(with the reason on stderr). Nothing is followed when stdout is not a terminal or `--detach` is given,
-unless `--follow` asks for it (scripts, tests).
+update is over; with a canary, once it serves). It returns the exit code: 0 converged, 1 when the
+update paused or was rolled back (with the reason on stderr). Nothing is followed when stdout is not a
+terminal or `--detach` is given, unless `--follow` asks for it (scripts, tests).
 """
 
 from __future__ import annotations
@@ -62,6 +62,12 @@ def _follow(ctx: Context, name: str, view: ConvergenceView, since: datetime | No
         status = service.update_status
         if status is not None and (since is None or status.started_at < since):
             status = None
+        if status is not None and status.state == "canary" and status.canary is not None:
+            if status.canary.serving_at is not None:  # a canary is followed until it serves
+                click.echo(f"{name}: {status.message}")
+                return 0
+            time.sleep(POLL_S)
+            continue
         if status is not None:
             if status.state in _OVER and status.state != ("rollback_completed" if rollback else "completed"):
                 view.close()

@@ -12,7 +12,7 @@ import msgspec
 
 from treeherd.cli.params import key_values, size
 from treeherd.model.discovery import Dependency, HealthCheck
-from treeherd.model.services import PortSpec, TaskSpec, UpdatePolicy
+from treeherd.model.services import CanaryPolicy, PortSpec, TaskSpec, UpdatePolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,6 +139,73 @@ def build_policy(base: UpdatePolicy, kind: str, o: dict[str, Any]) -> UpdatePoli
     return msgspec.structs.replace(base, **changes) if changes else base
 
 
+def canary_options(fn: F) -> F:
+    """`--canary N|P%` and how the canary is judged (`service update`)."""
+    for option in reversed(
+        [
+            click.option(
+                "--canary",
+                metavar="N|P%",
+                help="put the new spec on N tasks (or P%% of the replicas, at least one) beside the old"
+                " ones, judged by the gateways' figures; then service promote or service abort",
+            ),
+            click.option(
+                "--canary-window",
+                metavar="DURATION",
+                help="how long the canary is judged before it can be promoted (default 5m)",
+            ),
+            click.option(
+                "--canary-margin",
+                type=float,
+                help="percentage points of availability the canary may lose against the old tasks (0.5)",
+            ),
+            click.option(
+                "--canary-min-requests", type=int, help="requests to the canary before it is judged (100)"
+            ),
+            click.option(
+                "--canary-latency-factor",
+                type=float,
+                help="the canary's p99 latency may be this many times the old tasks' (1.5)",
+            ),
+            click.option(
+                "--canary-auto-promote",
+                is_flag=True,
+                help="promote the canary once the window has passed with enough requests",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def build_canary(o: dict[str, Any]) -> CanaryPolicy | None:
+    """The canary the `--canary*` options ask for (None without `--canary`)."""
+    given = [name for name in _CANARY_TUNING if o[f"canary_{name}"] not in (None, False)]
+    text = o["canary"]
+    if text is None:
+        if given:
+            raise click.UsageError(f"--canary-{given[0].replace('_', '-')} needs --canary N or --canary P%")
+        return None
+    size = text.strip()
+    fields: dict[str, Any] = {}
+    try:
+        if size.endswith("%"):
+            fields["percent"] = float(size[:-1])
+        else:
+            fields["tasks"] = int(size)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a number of tasks or a percentage", param_hint="--canary"
+        ) from None
+    if o["canary_window"] is not None:
+        fields["window_s"] = duration(o["canary_window"], "--canary-window")
+    for name in ("margin", "min_requests", "latency_factor", "auto_promote"):
+        if o[f"canary_{name}"] not in (None, False):
+            fields[name] = o[f"canary_{name}"]
+    return CanaryPolicy(**fields)
+
+
+_CANARY_TUNING = ("window", "margin", "min_requests", "latency_factor", "auto_promote")
 CONDITIONS = click.Choice(["none", "on-failure", "any"])
 
 

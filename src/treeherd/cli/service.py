@@ -20,8 +20,10 @@ from treeherd.cli.output import (
     print_table,
 )
 from treeherd.cli.params_services import (
+    build_canary,
     build_policy,
     build_spec,
+    canary_options,
     policy_options,
     spec_options,
 )
@@ -179,6 +181,7 @@ def scale(ctx: Context, pairs: tuple[str, ...], detach: bool, follow: bool) -> N
 @click.option("--force", is_flag=True, help="replace every task even if nothing changed (a rolling restart)")
 @spec_options
 @policy_options
+@canary_options
 @follow_options
 @click.argument("command", nargs=-1)
 @FORMAT_OPTION
@@ -195,8 +198,8 @@ def update(
     follow: bool,
     **options: Any,
 ) -> None:
-    """Change a service. A changed task spec is rolled out as the update policy says; an update of a
-    service whose update is paused resumes it."""
+    """Change a service. A changed task spec is rolled out as the update policy says (with --canary,
+    first on a few tasks beside the old ones); an update of a service whose update is paused resumes it."""
     current = ctx.client.get(f"{SERVICES}/{name}", ServiceSummary).service
     spec = build_spec(current.task, command, options)
     policies = {kind: build_policy(getattr(current, kind), kind, options) for kind in ("update", "rollback")}
@@ -208,9 +211,18 @@ def update(
         update=UNSET if policies["update"] == current.update else policies["update"],
         rollback=UNSET if policies["rollback"] == current.rollback else policies["rollback"],
         force=force,
+        canary=build_canary(options),
     )
     updated = ctx.client.request("PATCH", f"{SERVICES}/{name}", request, type=Service)
-    if updated.spec_version != current.spec_version:
+    status = updated.update_status
+    if status is not None and status.canary is not None and status.state == "canary":
+        canary = status.canary
+        what = (
+            f"canary of {canary.tasks} of {updated.replicas} tasks, about {canary.tasks / updated.replicas:.0%}"
+            f" of the requests; judged over {canary.policy.window_s:g}s, then "
+            + ("promoted by itself" if canary.policy.auto_promote else f"treeherd service promote {name}")
+        )
+    elif updated.spec_version != current.spec_version:
         what = f"tasks will be replaced: {_policy(updated.update)}"
     elif updated.update_status != current.update_status and updated.update_status is not None:
         what = updated.update_status.message
@@ -233,6 +245,30 @@ def rollback(ctx: Context, name: str, fmt: str, detach: bool, follow: bool) -> N
     _follow(ctx, updated, detach, follow, started=True, rollback=True)
 
 
+@service.command("promote")
+@click.argument("name")
+@follow_options
+@FORMAT_OPTION
+@pass_ctx
+def promote(ctx: Context, name: str, fmt: str, detach: bool, follow: bool) -> None:
+    """Promote a service's canary: its other tasks get the new spec, with the update policy."""
+    updated = ctx.client.request("POST", f"{SERVICES}/{name}/promote", type=Service)
+    done(fmt, updated, f"promoting the canary of {name} ({_policy(updated.update)})")
+    _follow(ctx, updated, detach, follow, started=True)
+
+
+@service.command("abort")
+@click.argument("name")
+@follow_options
+@FORMAT_OPTION
+@pass_ctx
+def abort(ctx: Context, name: str, fmt: str, detach: bool, follow: bool) -> None:
+    """Abort a service's canary: its tasks get the previous spec back, with the rollback policy."""
+    updated = ctx.client.request("POST", f"{SERVICES}/{name}/abort", type=Service)
+    done(fmt, updated, f"aborting the canary of {name} ({_policy(updated.rollback)})")
+    _follow(ctx, updated, detach, follow, started=True, rollback=True)
+
+
 def _policy(policy: UpdatePolicy) -> str:
     batch = "all at once" if policy.parallelism == 0 else f"{policy.parallelism} at a time"
     delay = f", {policy.delay_s:g}s apart" if policy.delay_s else ""
@@ -244,7 +280,14 @@ def update_line(status: UpdateStatus | None) -> str | None:
     if status is None:
         return None
     when = (status.completed_at or status.started_at).isoformat(timespec="seconds")
-    return f"UPDATE: {status.state} (since {when}): {status.message}"
+    line = f"UPDATE: {status.state} (since {when}): {status.message}"
+    canary = status.canary
+    if canary is not None:
+        slots = ", ".join(canary.slots) or "not chosen yet"
+        line += f"\nCANARY: {canary.tasks} task(s) in slots {slots}" + (
+            f"; {canary.verdict}" if canary.verdict else ""
+        )
+    return line
 
 
 @service.command("rm")

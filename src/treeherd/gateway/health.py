@@ -24,7 +24,9 @@ from treeherd.core.edge.availability import (
     backend_key,
     parse_access_line,
     service_key,
+    stats_of,
 )
+from treeherd.core.edge.canary_windows import CANARY_WINDOW, canary_windows
 from treeherd.core.edge.ejection import BackendHealth, EjectionRule, decide_ejections
 from treeherd.core.edge.routing import SnapshotIndex, location_order, policy_for, routing_table
 from treeherd.gateway.logtail import LogTailer, PathPosition
@@ -119,43 +121,50 @@ class HealthMonitor:
 
     def report(self, snapshot: RoutingSnapshot, now: float) -> AvailabilityReport:
         table = routing_table(snapshot)
+        canary = canary_windows(snapshot, now)
         services = []
         for upstream in sorted(table.upstreams, key=lambda u: u.path):
-            services.append(self._service(upstream, now))
+            services.append(self._service(upstream, now, canary))
         return AvailabilityReport(
             gateway=self.gateway, at=datetime.fromtimestamp(now, UTC), services=services
         )
 
-    def _service(self, upstream: Upstream, now: float) -> ServiceAvailability:
+    def _backend(
+        self, key: str, address: str, now: float, windows: dict[str, float], **fields: str
+    ) -> BackendAvailability:
+        counts = {name: self.book.window(key, now, seconds) for name, seconds in windows.items()}
+        return BackendAvailability(
+            address=address,
+            windows={name: stats_of(*figures) for name, figures in counts.items()},
+            histograms={name: figures[2] for name, figures in counts.items()},
+            **fields,
+        )
+
+    def _service(self, upstream: Upstream, now: float, canary: dict[str, float]) -> ServiceAvailability:
         windows = {
             name: self.book.stats(service_key(upstream.node_id), now, s) for name, s in WINDOW_SECONDS.items()
         }
         backends = []
         known = set()
+        standard: dict[str, float] = dict(WINDOW_SECONDS)
         for server in upstream.servers:
             known.add(server.endpoint)
+            seconds = canary.get(server.machine_id)  # an endpoint's id, for a task of a service
             backends.append(
-                BackendAvailability(
-                    address=server.endpoint,
+                self._backend(
+                    backend_key(upstream.node_id, server.endpoint),
+                    server.endpoint,
+                    now,
+                    standard if seconds is None else {**standard, CANARY_WINDOW: seconds},
                     hostname=server.hostname,
                     state=server.down or "serving",
-                    windows={
-                        name: self.book.stats(backend_key(upstream.node_id, server.endpoint), now, s)
-                        for name, s in WINDOW_SECONDS.items()
-                    },
                 )
             )
         prefix = backend_key(upstream.node_id, "")
         for key in self.book.keys():  # noqa: SIM118 - the book is not a mapping
             address = key[len(prefix) :]
             if key.startswith(prefix) and address not in known:
-                backends.append(
-                    BackendAvailability(
-                        address=address,
-                        state="not bound",
-                        windows={name: self.book.stats(key, now, s) for name, s in WINDOW_SECONDS.items()},
-                    )
-                )
+                backends.append(self._backend(key, address, now, standard, state="not bound"))
         return ServiceAvailability(
             node_id=upstream.node_id,
             path=upstream.path,

@@ -8,9 +8,12 @@ from datetime import datetime
 from treeherd.core.tasks import services as plans
 from treeherd.core.tasks.orchestrate import desired_running
 from treeherd.core.tasks.rollout import stale_versions
+from treeherd.core.tasks.service_checks import service_by_name
+from treeherd.core.view import View
 from treeherd.manager.commits import Lost, commit_plan
 from treeherd.model.errors import NotFound
 from treeherd.model.objects import Machine, TreeNode
+from treeherd.model.ops import Op
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, Task
 from treeherd.model.states import TaskState
@@ -54,12 +57,24 @@ class Services:
         assert isinstance(service, Service)
         return service
 
+    async def promote(self, name: str) -> Service:
+        return await self._one(lambda v: plans.plan_promote_service(v, name, self._clock()))
+
+    async def abort(self, name: str) -> Service:
+        return await self._one(lambda v: plans.plan_abort_service(v, name, self._clock()))
+
+    async def _one(self, plan: Callable[[View], list[Op]]) -> Service:
+        committed = await commit_plan(self.store, plan)
+        service = committed.objects[0]
+        assert isinstance(service, Service)
+        return service
+
     async def remove(self, name: str) -> None:
         await commit_plan(self.store, lambda v: plans.plan_remove_service(v, name, self._clock()))
 
     # ---- reads -----------------------------------------------------------------------------------
     def get(self, name: str) -> Service:
-        return plans.service_by_name(self.store.view(), name)
+        return service_by_name(self.store.view(), name)
 
     def summary(self, service: Service) -> ServiceSummary:
         view = self.store.view()

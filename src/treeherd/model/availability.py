@@ -21,11 +21,25 @@ class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BackendAvailability(msgspec.Struct, frozen=True, kw_only=True):
-    """A backend of a service (`address` as nginx logs it), by window name (1m, 5m, 1h)."""
+    """A backend of a service (`address` as nginx logs it), by window name (1m, 5m, 1h, and `canary`:
+    the window of a canary under way on the service the backend belongs to), with each window's latency
+    histogram (counts by the gateway's latency bounds: windows of several backends add up by them)."""
 
     address: str
     hostname: str = ""
     state: str = "serving"
+    windows: dict[str, WindowStats] = {}
+    histograms: dict[str, list[int]] = {}
+
+
+class VersionAvailability(msgspec.Struct, frozen=True, kw_only=True):
+    """The backends that are tasks of one spec version of a service, taken together (`canary`: the
+    version a canary runs)."""
+
+    service: str
+    spec_version: int
+    canary: bool = False
+    backends: int = 0
     windows: dict[str, WindowStats] = {}
 
 
@@ -38,6 +52,8 @@ class ServiceAvailability(msgspec.Struct, frozen=True, kw_only=True):
     windows: dict[str, WindowStats] = {}
     backends: list[BackendAvailability] = []
     alert: str | None = None
+    # Filled by the manager: the backends grouped by the spec version of the task each one is.
+    versions: list[VersionAvailability] = []
 
 
 class AvailabilityReport(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from treeherd.model.objects import DomainPort, MachineKind, ParamValue
-from treeherd.model.services import NodeDownAction, TaskSpec, UpdatePolicy
+from treeherd.model.services import CanaryPolicy, NodeDownAction, TaskSpec, UpdatePolicy
 from treeherd.model.states import Availability, NodeRole
 
 
@@ -124,6 +124,8 @@ class ServiceUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     rollback: UpdatePolicy | UnsetType = UNSET
     # Replace every task even without a change of spec (a rolling restart).
     force: bool = False
+    # Run the changed spec on a few slots first, judged by the gateways' figures (`core.tasks.canary`).
+    canary: CanaryPolicy | None = None
 
 
 class ClusterUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

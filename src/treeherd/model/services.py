@@ -29,7 +29,7 @@ FailureAction = Literal["pause", "continue", "rollback"]
 # until the machine returns (a slot that must never run twice, as a StatefulSet's pod).
 NodeDownAction = Literal["replace", "wait"]
 UpdateState = Literal[
-    "updating", "paused", "completed", "rollback_started", "rollback_paused", "rollback_completed"
+    "canary", "updating", "paused", "completed", "rollback_started", "rollback_paused", "rollback_completed"
 ]
 
 
@@ -129,6 +129,54 @@ class UpdatePolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True)
     ] = 0.0
 
 
+class CanaryPolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a canary is sized and judged: `tasks` slots (or `percent` of the replicas, at least one)
+    get the new spec; over `window_s` the gateways' figures of the canary tasks are compared with the
+    old tasks'. Availability worse by more than `margin` percentage points (with at least
+    `min_requests` requests to the canary), or a p99 latency above `latency_factor` times the old one,
+    aborts it; once the window has passed with enough requests it waits for a promotion, or promotes
+    itself with `auto_promote`."""
+
+    tasks: Annotated[int, Meta(ge=0, le=1_000_000, description="slots on the new spec; 0: use percent")] = 0
+    percent: Annotated[
+        float, Meta(ge=0, le=100, description="share of the replicas on the new spec (at least one task)")
+    ] = 0.0
+    window_s: Annotated[float, Meta(gt=0, le=86_400, description="seconds the canary is judged over")] = 300.0
+    margin: Annotated[
+        float, Meta(ge=0, le=100, description="percentage points of availability the canary may lose")
+    ] = 0.5
+    min_requests: Annotated[
+        int, Meta(ge=1, le=1_000_000_000, description="requests to the canary before it is judged")
+    ] = 100
+    latency_factor: Annotated[
+        float, Meta(ge=1, le=1_000, description="the canary's p99 latency may be this times the old one")
+    ] = 1.5
+    auto_promote: bool = False
+
+
+class VersionFigures(msgspec.Struct, frozen=True, kw_only=True):
+    """What the gateways measured of the tasks of one spec version over the canary's window."""
+
+    spec_version: int
+    requests: int = 0
+    errors: int = 0
+    availability: float | None = None
+    p99_ms: float | None = None
+
+
+class CanaryStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A canary under way (or over): its policy, its size, the slots it runs in, since when every one of
+    them serves the new spec (the judge's window starts there), and the verdict with its figures."""
+
+    policy: CanaryPolicy
+    tasks: int
+    slots: list[str] = []
+    serving_at: datetime | None = None
+    verdict: str = ""
+    old: VersionFigures | None = None
+    new: VersionFigures | None = None
+
+
 class UpdateStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Where the latest update (or rollback) of a service stands (SwarmKit's UpdateStatus), and the
     progress the updater (`core.tasks.rollout`) keeps between its steps."""
@@ -145,6 +193,8 @@ class UpdateStatus(msgspec.Struct, frozen=True, kw_only=True):
     next_batch_at: datetime | None = None
     # Slots whose new task failed during this update.
     failed: list[str] = []
+    # The canary this update began with (state `canary` while it is judged).
+    canary: CanaryStatus | None = None
 
 
 class Service(Object, frozen=True, kw_only=True, tag="service"):

@@ -1,5 +1,6 @@
 """/api/v1/availability and /metrics: what the gateways measured, as JSON and in Prometheus's text
-exposition format (hand-written: a few gauges need no client library)."""
+exposition format (hand-written: a few gauges need no client library). The JSON adds to each service
+its backends grouped by the spec version of the task each one is (`core.edge.canary_windows`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import msgspec
 from litestar import Controller, Response, get, put
 from litestar.params import Parameter
 
+from treeherd.core.edge.canary_windows import by_version, canary_versions, task_versions
 from treeherd.core.edge.proxy_records import firing_alerts
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.inventory import Inventory
@@ -38,18 +40,30 @@ class AvailabilityController(Controller):
     path = "/api/v1/availability"
     tags = ["availability"]
 
-    @get("/", summary="Availability per service and backend over 1 min, 5 min and 1 h")
+    @get(
+        "/",
+        summary="Availability per service, backend and spec version over 1 min, 5 min and 1 h (and a"
+        " canary's window)",
+    )
     async def availability(
         self,
         board: AvailabilityBoard,
+        inventory: Inventory,
         path: str | None = Parameter(default=None, description="only this node and its subtree"),
     ) -> list[GatewayAvailability]:
+        view = inventory.store.view()
+        versions = task_versions(view)
+        canaries = canary_versions(view)
         return [
             GatewayAvailability(
                 gateway=report.gateway,
                 at=report.at,
                 stale=stale,
-                services=[s for s in report.services if _under(s.path, path)],
+                services=[
+                    msgspec.structs.replace(s, versions=by_version(s, versions, canaries))
+                    for s in report.services
+                    if _under(s.path, path)
+                ],
             )
             for report, stale in board.reports()
         ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post
 
 from treeherd.core.edge.discovery import check_address, service_endpoints
-from treeherd.core.tasks.services import validate_name
+from treeherd.core.tasks.service_checks import validate_name
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import Inventory

@@ -51,6 +51,22 @@ class ServiceController(Controller):
     async def rollback_service(self, services: Services, name: str) -> Service:
         return await services.rollback(name)
 
+    @post(
+        "/{name:str}/promote",
+        summary="Promote a service's canary: its other slots get the new spec with the update policy",
+        status_code=200,
+    )
+    async def promote_service(self, services: Services, name: str) -> Service:
+        return await services.promote(name)
+
+    @post(
+        "/{name:str}/abort",
+        summary="Abort a service's canary: its slots get the previous spec back with the rollback policy",
+        status_code=200,
+    )
+    async def abort_service(self, services: Services, name: str) -> Service:
+        return await services.abort(name)
+
     @delete("/{name:str}", summary="Remove a service: its tasks are stopped, then it is deleted")
     async def remove_service(self, services: Services, name: str) -> None:
         await services.remove(name)

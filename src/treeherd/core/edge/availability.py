@@ -3,7 +3,8 @@
 Pure: the time of a record is the request's own (`msec` in the log), and every question takes `now`.
 - A series counts requests, 5xx answers and a latency histogram in 10-second buckets for the last hour;
   a window (1 min, 5 min, 1 h) sums the buckets that started inside it, so windows are exact to one
-  bucket. Percentiles are read from the histogram (linear inside a bucket).
+  bucket. Percentiles are read from the histogram (linear inside a bucket); windows of several keys
+  add up exactly through their histograms (`merged`: the figures of one version's backends).
 - A service is the node of the matched route (its availability uses the status nginx answered); a
   backend is an upstream address of that node (each attempt counts with its own upstream status, so a
   backend that failed before nginx retried elsewhere is still charged for it).
@@ -101,7 +102,11 @@ class Series(msgspec.Struct, kw_only=True):
         if self.buckets and self.buckets[0].start < oldest:
             self.buckets = [b for b in self.buckets if b.start >= oldest]
 
-    def stats(self, now: float, window_s: int) -> WindowStats:
+    def stats(self, now: float, window_s: float) -> WindowStats:
+        return stats_of(*self.window(now, window_s))
+
+    def window(self, now: float, window_s: float) -> tuple[int, int, list[int]]:
+        """Requests, errors and the latency histogram (by LATENCY_BOUNDS_MS) of the window."""
         since = now - window_s
         inside = [b for b in self.buckets if b.start + BUCKET_S > since and b.start <= now]
         requests = sum(b.requests for b in inside)
@@ -109,14 +114,32 @@ class Series(msgspec.Struct, kw_only=True):
         histogram = (
             [sum(column) for column in zip(*(b.histogram for b in inside), strict=True)] if inside else []
         )
-        return WindowStats(
-            requests=requests,
-            errors=errors,
-            availability=None if requests == 0 else (requests - errors) / requests,
-            p50_ms=_percentile(histogram, requests, 0.50),
-            p90_ms=_percentile(histogram, requests, 0.90),
-            p99_ms=_percentile(histogram, requests, 0.99),
-        )
+        return requests, errors, histogram
+
+
+def stats_of(requests: int, errors: int, histogram: list[int]) -> WindowStats:
+    """A window's figures from its counts and latency histogram (windows add up by their histograms)."""
+    return WindowStats(
+        requests=requests,
+        errors=errors,
+        availability=None if requests == 0 else (requests - errors) / requests,
+        p50_ms=_percentile(histogram, requests, 0.50),
+        p90_ms=_percentile(histogram, requests, 0.90),
+        p99_ms=_percentile(histogram, requests, 0.99),
+    )
+
+
+def merged(parts: Iterable[tuple[WindowStats, list[int]]]) -> WindowStats:
+    """The figures of several windows taken together (say every backend of one version), from each one's
+    figures and latency histogram: exact, percentiles included."""
+    requests = errors = 0
+    histogram = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    for stats, counts in parts:
+        requests += stats.requests
+        errors += stats.errors
+        for index, count in enumerate(counts[: len(histogram)]):
+            histogram[index] += count
+    return stats_of(requests, errors, histogram)
 
 
 def _percentile(histogram: list[int], total: int, q: float) -> float | None:
@@ -167,9 +190,13 @@ class AvailabilityBook(msgspec.Struct, kw_only=True):
             found = self.series[key] = Series()
         return found
 
-    def stats(self, key: str, now: float, window_s: int) -> WindowStats:
+    def stats(self, key: str, now: float, window_s: float) -> WindowStats:
         found = self.series.get(key)
         return found.stats(now, window_s) if found is not None else WindowStats()
+
+    def window(self, key: str, now: float, window_s: float) -> tuple[int, int, list[int]]:
+        found = self.series.get(key)
+        return found.window(now, window_s) if found is not None else (0, 0, [])
 
     def keys(self) -> list[str]:
         return sorted(self.series)

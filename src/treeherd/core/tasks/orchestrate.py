@@ -11,6 +11,8 @@ created when the reason calls for one:
 - the service's spec changed (an update never changes a running task: it replaces it), in the slots
   and the order the updater (`core.tasks.rollout`) picks; an outdated task waits its turn, and with
   start-first it runs beside its replacement until that one is ready.
+  While a canary runs, a slot outside it that needs a new task (a restart, a new slot) gets one of the
+  previous spec: the canary stays the size it was given.
 A running task that is an endpoint and is retired (outdated, in a slot scaled away, or of a removed
 service) is drained first: its registrations go (the proxies stop sending it requests), and it is told
 to stop `drain_s` later (the cluster's `drain_delay_s`), with its stop grace period for the requests in
@@ -23,17 +25,18 @@ then is deleted with them once none is left running.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 
 import msgspec
 
 from treeherd.core.tasks.machine_problems import ProblemKind, agent_down, machine_problem
-from treeherd.core.tasks.rollout import ACTIVE, ready, stale_versions
+from treeherd.core.tasks.rollout import ACTIVE, canary_slots, ready, stale_versions
 from treeherd.core.tasks.rollout import step as rollout_step
-from treeherd.core.tasks.scheduling.constraints import Constraint, parse_constraint
+from treeherd.core.tasks.scheduling.constraints import parse_constraint
+from treeherd.core.tasks.slots import Slot, service_slots
+from treeherd.core.tasks.slots import desired_running as desired_running
 from treeherd.model.discovery import Endpoint
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Delete, Op, Update
@@ -49,10 +52,6 @@ class Reconciled(msgspec.Struct, frozen=True):
 
     ops: list[Op]
     wake_at: datetime | None = None
-
-
-def desired_running(task: Task) -> bool:
-    return task.desired_state <= TaskState.RUNNING
 
 
 def finished(task: Task) -> bool:
@@ -97,6 +96,8 @@ class _Context:
         self.constraints = [parse_constraint(c) for c in service.task.placement.constraints]
         self.ops: list[Op] = []
         self.wake_at: datetime | None = None
+        # While a canary runs: its slots (the others keep the previous spec).
+        self.canary_slots: frozenset[str] | None = None
 
     def shutdown(self, task: Task, reason: str) -> None:
         status = task.status
@@ -146,6 +147,9 @@ class _Context:
             if due > self.now:
                 restart_at = due
                 self.wake_at = due if self.wake_at is None else min(self.wake_at, due)
+        spec, version, older = self.service.task, self.service.spec_version, self.service.previous_task
+        if self.canary_slots is not None and str(slot) not in self.canary_slots and older:
+            spec, version = older, version - 1  # (the version the previous spec had)
         task = Task(
             id=self.new_id(),
             created_at=self.now,
@@ -156,8 +160,8 @@ class _Context:
             slot=slot,
             machine_id=machine_id,
             status=TaskStatus(state=TaskState.NEW, timestamp=self.now, message=cause),
-            spec=self.service.task,
-            spec_version=self.service.spec_version,
+            spec=spec,
+            spec_version=version,
             cause=cause,
             restart_at=restart_at,
             restarts=restarts,
@@ -280,13 +284,6 @@ class _Context:
         self.collect_history(ordered, {keep.id} if keep else set())
 
 
-def eligible_for_global(machine: Machine, constraints: Sequence[Constraint]) -> bool:
-    """A machine a global service runs on: has a live agent, is not drained, satisfies the constraints."""
-    if machine.agent is None or agent_down(machine) or machine.availability == "drain":
-        return False
-    return all(c.matches(machine) for c in constraints)
-
-
 def reconcile(
     service: Service,
     tasks: Sequence[Task],
@@ -320,7 +317,7 @@ def reconcile(
             ctx.ops.extend(Delete(t) for t in tasks)
             ctx.ops.append(Delete(service))
         return Reconciled(ctx.ops, ctx.wake_at)
-    slots: Iterable[_Slot] = _slots(service, tasks, machines, ctx.constraints, held, bound_to)
+    slots: Iterable[Slot] = service_slots(service, tasks, machines, ctx.constraints, held, bound_to)
     replace: AbstractSet[str] = frozenset()
     if _rollout_due(service, tasks):
         slots = list(slots)  # (otherwise made one at a time: 100,000 kept tuples cost the GC's time)
@@ -334,6 +331,7 @@ def reconcile(
         if rollout.wake_at is not None:
             ctx.wake_at = rollout.wake_at
     ctx.stale = stale_versions(ctx.service, tasks)
+    ctx.canary_slots = canary_slots(ctx.service)
     status = ctx.service.update_status
     rolling_back = status is not None and status.state.startswith("rollback")
     policy = ctx.service.rollback if rolling_back else ctx.service.update
@@ -345,43 +343,6 @@ def reconcile(
 
 # A slot: its key (replicated: the slot number; global: the machine id), slot number, tasks, machine
 # (global), and whether it is wanted.
-_Slot = tuple[str, int, list[Task], str | None, bool]
-
-
-def _slots(
-    service: Service,
-    tasks: Sequence[Task],
-    machines: Mapping[str, Machine],
-    constraints: Sequence[Constraint],
-    held: AbstractSet[str],
-    bound_to: AbstractSet[str],
-) -> Iterator[_Slot]:
-    """The service's slots, in order."""
-    if service.mode == "replicated" and service.task.binds_to is None:
-        by_slot: dict[int, list[Task]] = defaultdict(list)
-        for task in tasks:
-            by_slot[task.slot].append(task)
-        replicas = service.replicas
-        for slot in sorted(set(by_slot) | set(range(1, replicas + 1))):
-            yield (str(slot), slot, by_slot.get(slot, []), None, slot <= replicas)
-        return
-    by_machine: dict[str, list[Task]] = defaultdict(list)
-    for task in tasks:
-        by_machine[task.machine_id or ""].append(task)
-    for machine_id in sorted(set(by_machine) | set(machines)):
-        machine = machines.get(machine_id)
-        existing = by_machine.get(machine_id, [])
-        wanted = machine is not None and (
-            eligible_for_global(machine, constraints)
-            or (machine_id in held and any(desired_running(t) for t in existing))
-        )
-        if service.task.binds_to is not None:
-            wanted = wanted and machine_id in bound_to
-        if wanted and not existing and machine is not None and machine.availability == "pause":
-            continue  # a paused machine takes no new tasks
-        yield (machine_id, 0, existing, machine_id or None, wanted)
-
-
 def _rollout_due(service: Service, tasks: Sequence[Task]) -> bool:
     """Whether the updater has anything to decide: an update under way, or (none on record) a task of
     another spec version. Without either, every task is of the current spec or waits for an update."""

@@ -20,6 +20,9 @@ over (its batch waited out the monitor window; a crash after that still counts w
 failure action applies: pause (nothing more is replaced until the service is updated again), rollback
 (the previous spec comes back, replaced with the rollback policy; a failing rollback pauses: a rollback
 is never rolled back), or continue. A failed slot is not tried again in the same update.
+A canary (state `canary`, `core.tasks.canary`) replaces only its own slots, chosen at its first step
+(slots that are down first), and records when every one of them serves the new spec: the judge's window
+starts there. A canary task that ends aborts the canary: the previous spec comes back on its slots.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from treeherd.model.services import Service, Task, UpdateStatus
+from treeherd.model.services import CanaryStatus, Service, Task, UpdateStatus
 from treeherd.model.states import TaskState
 
-ACTIVE = frozenset({"updating", "rollback_started"})
+ACTIVE = frozenset({"canary", "updating", "rollback_started"})
 PAUSED = frozenset({"paused", "rollback_paused"})
 # How a task of the new spec ends when it fails (stopped by the manager, it ends SHUTDOWN instead).
 _FAILED = frozenset({TaskState.COMPLETE, TaskState.FAILED, TaskState.REJECTED})
@@ -75,9 +78,18 @@ def _running(task: Task) -> bool:
     return _live(task) and task.status.state == TaskState.RUNNING and task.drain_until is None
 
 
-def rolled_back(service: Service, now: datetime, message: str) -> Service:
+def canary_slots(service: Service) -> frozenset[str] | None:
+    """While a canary runs: its slots (a new task in any other slot gets the previous spec)."""
+    status = service.update_status
+    if status is None or status.state != "canary" or status.canary is None:
+        return None
+    return frozenset(status.canary.slots)
+
+
+def rolled_back(service: Service, now: datetime, message: str, canary: CanaryStatus | None = None) -> Service:
     """The service with its previous spec back (the current one becomes the previous) and a rollback
-    under way. The spec version still grows: tasks already on the previous spec compare equal to it."""
+    under way. The spec version still grows: tasks already on the previous spec compare equal to it.
+    `canary`: the aborted canary this rollback ends, kept on the status with its verdict."""
     assert service.previous_task is not None
     return msgspec.structs.replace(
         service,
@@ -85,7 +97,7 @@ def rolled_back(service: Service, now: datetime, message: str) -> Service:
         previous_task=service.task,
         spec_version=service.spec_version + 1,
         updated_at=now,
-        update_status=UpdateStatus(state="rollback_started", started_at=now, message=message),
+        update_status=UpdateStatus(state="rollback_started", started_at=now, message=message, canary=canary),
     )
 
 
@@ -108,8 +120,10 @@ def step(
         status = UpdateStatus(state="updating", started_at=now, message="update in progress")
     if status.state not in ACTIVE:
         return Step(service)  # paused until the service is updated again, or over
+    if status.state == "canary" and status.canary is not None:
+        return _canary_step(service, status, status.canary, slots, dirty, stale, now)
     rolling_back = status.state == "rollback_started"
-    what = "rollback" if rolling_back else "update"
+    what = ("canary abort" if status.canary else "rollback") if rolling_back else "update"
     policy = service.rollback if rolling_back else service.update
     if status.to_replace is None:
         status = msgspec.structs.replace(status, to_replace=len(dirty))
@@ -206,6 +220,53 @@ def step(
         message=f"{what} in progress: {done_count} of {total} slots done, replacing {len(batch)}",
     )
     return Step(_with(service, status, now), frozenset(batch))
+
+
+def _canary_step(
+    service: Service,
+    status: UpdateStatus,
+    canary: CanaryStatus,
+    slots: Mapping[str, Sequence[Task]],
+    dirty: Sequence[str],
+    stale: frozenset[int],
+    now: datetime,
+) -> Step:
+    """A canary's step: its slots (chosen now if not yet) get the new spec; the others keep theirs."""
+    if not canary.slots:
+        serving = {key for key, tasks in slots.items() if any(_running(t) for t in tasks)}
+        chosen = [key for key in dirty if key not in serving] + [key for key in dirty if key in serving]
+        canary = msgspec.structs.replace(canary, slots=chosen[: canary.tasks])
+    mine = [key for key in canary.slots if key in slots]
+    for key in mine:
+        ended = [
+            t
+            for t in slots[key]
+            if t.status.state in _FAILED and t.created_at >= status.started_at and t.spec_version not in stale
+        ]
+        if ended:
+            culprit = max(ended, key=lambda t: t.created_at)
+            why = f"canary task {culprit.id} in slot {key} ended ({culprit.status.state.label}{_detail(culprit)})"
+            verdict = msgspec.structs.replace(canary, verdict=f"aborted: {why}")
+            return Step(rolled_back(service, now, f"canary aborted: {why}", verdict))
+    serving_now = bool(mine) and all(
+        key not in dirty
+        and any(
+            ready(t) and _live(t) and t.drain_until is None and t.spec_version not in stale
+            for t in slots[key]
+        )
+        for key in mine
+    )
+    if serving_now and canary.serving_at is None:
+        canary = msgspec.structs.replace(canary, serving_at=now)
+    if canary.serving_at is not None:
+        message = (
+            f"canary on {len(mine)} of {len(slots)} slots (spec {service.spec_version}), judged over"
+            f" {canary.policy.window_s:g}s since {canary.serving_at.isoformat(timespec='seconds')}"
+        )
+    else:
+        message = f"canary starting on {len(mine)} of {len(slots)} slots (spec {service.spec_version})"
+    status = msgspec.structs.replace(status, canary=canary, message=message)
+    return Step(_with(service, status, now), frozenset(key for key in mine if key in dirty))
 
 
 def _with(service: Service, status: UpdateStatus, now: datetime) -> Service:

@@ -1,0 +1,66 @@
+"""A service's slots as the reconciler walks them: a replicated service's slot numbers (those it
+has tasks in and those it wants), a global service's machines (those with its tasks and those
+eligible), each with its tasks and whether it is wanted."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+
+from treeherd.core.tasks.machine_problems import agent_down
+from treeherd.core.tasks.scheduling.constraints import Constraint
+from treeherd.model.objects import Machine
+from treeherd.model.services import Service, Task
+from treeherd.model.states import TaskState
+
+__all__ = ["Slot", "desired_running", "eligible_for_global", "service_slots"]
+
+# (key: the slot number or the machine id, slot number (0 for global), its tasks, the machine a global
+# slot is bound to, whether the slot is wanted)
+Slot = tuple[str, int, list[Task], str | None, bool]
+
+
+def service_slots(
+    service: Service,
+    tasks: Sequence[Task],
+    machines: Mapping[str, Machine],
+    constraints: Sequence[Constraint],
+    held: AbstractSet[str],
+    bound_to: AbstractSet[str],
+) -> Iterator[Slot]:
+    """The service's slots, in order."""
+    if service.mode == "replicated" and service.task.binds_to is None:
+        by_slot: dict[int, list[Task]] = defaultdict(list)
+        for task in tasks:
+            by_slot[task.slot].append(task)
+        replicas = service.replicas
+        for slot in sorted(set(by_slot) | set(range(1, replicas + 1))):
+            yield (str(slot), slot, by_slot.get(slot, []), None, slot <= replicas)
+        return
+    by_machine: dict[str, list[Task]] = defaultdict(list)
+    for task in tasks:
+        by_machine[task.machine_id or ""].append(task)
+    for machine_id in sorted(set(by_machine) | set(machines)):
+        machine = machines.get(machine_id)
+        existing = by_machine.get(machine_id, [])
+        wanted = machine is not None and (
+            eligible_for_global(machine, constraints)
+            or (machine_id in held and any(desired_running(t) for t in existing))
+        )
+        if service.task.binds_to is not None:
+            wanted = wanted and machine_id in bound_to
+        if wanted and not existing and machine is not None and machine.availability == "pause":
+            continue  # a paused machine takes no new tasks
+        yield (machine_id, 0, existing, machine_id or None, wanted)
+
+
+def desired_running(task: Task) -> bool:
+    return task.desired_state <= TaskState.RUNNING
+
+
+def eligible_for_global(machine: Machine, constraints: Sequence[Constraint]) -> bool:
+    """A machine a global service runs on: has a live agent, is not drained, satisfies the constraints."""
+    if machine.agent is None or agent_down(machine) or machine.availability == "drain":
+        return False
+    return all(c.matches(machine) for c in constraints)
