@@ -3,7 +3,6 @@ dockerd with a locally built image for the docker executor."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -86,13 +85,17 @@ def busybox(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture
-def docker_host(dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """DOCKER_HOST for this test and the agents it starts; the containers their executors made under
-    `tmp_path` are removed afterwards, whatever happened."""
+def docker_host(dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """DOCKER_HOST for this test and the agents it starts; the task containers made during the test are
+    removed afterwards, whatever happened (an agent the test killed leaves its containers running, as
+    live restore means it to)."""
+
+    def task_containers() -> set[str]:
+        return set(dockerd.docker("ps", "-aq", "--filter", "label=treeherd.task").split())
+
+    before = task_containers()
     monkeypatch.setenv("DOCKER_HOST", dockerd.host)
     yield dockerd.host
-    for root in tmp_path.rglob("docker"):
-        scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-        left = dockerd.docker("ps", "-aq", "--filter", f"label=treeherd.scope={scope}").split()
-        if left:
-            dockerd.docker("rm", "-f", *left, check=False)
+    left = sorted(task_containers() - before)
+    if left:
+        dockerd.docker("rm", "-f", *left, check=False)
