@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from tests.gateway.helpers import get
 from treeherd.model.requests import ClusterUpdate, NodeCreate
 from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_command
 from treeherd.testing.waiting import wait_for
@@ -155,3 +159,52 @@ def process_env(process: psutil.Process) -> dict[str, str]:
         return process.environ()
     except psutil.Error:
         return {}
+
+
+class EdgeAndLocalLoad:
+    """Steady GETs for `host`, in a thread while the context is open: through the gateway's nginx on
+    `domain_port` and through the local haproxy on `local_port`, as a dependent task reaches the service.
+    Counts each path's statuses (0: no answer) and each value of `field` in nginx's JSON bodies."""
+
+    def __init__(self, domain_port: int, local_port: int, host: str, field: str) -> None:
+        self.domain_port, self.local_port, self.host, self.field = domain_port, local_port, host, field
+        self.statuses: Counter[int] = Counter()  # through the gateway's nginx
+        self.local: Counter[int] = Counter()  # through the local haproxy
+        self.seen: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> EdgeAndLocalLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, body = get(self.domain_port, "/", self.host)
+            except OSError:
+                status, body = 0, None
+            self.statuses[status] += 1
+            if body:
+                self.seen[body[self.field]] += 1
+            try:
+                self.local[get(self.local_port, "/", self.host)[0]] += 1
+            except OSError:
+                self.local[0] += 1
+
+
+def requests_retried(data: Path, host: str, since: float, answered: int) -> list[dict[str, Any]]:
+    """The requests in the gateway's access log for `host` since `since` (at least `answered` of them)
+    that nginx sent to more than one task or did not answer 200. nginx retries a refused connection on
+    another server, which a client never sees: the log shows whether any request was sent to a task
+    that had already stopped."""
+    logs = list(data.rglob(f"{host}_access.log"))
+    assert logs, "the gateway's access log"
+    entries = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    during = [e for e in entries if e["msec"] >= since]
+    assert len(during) >= answered
+    return [e for e in during if "," in e["upstream_status"] or e["status"] != 200]

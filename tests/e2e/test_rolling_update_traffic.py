@@ -6,19 +6,16 @@ even tries a task that is already gone (each old task leaves the proxies before 
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import TASK_JSON_SERVER
+from tests.e2e.helpers import TASK_JSON_SERVER, EdgeAndLocalLoad, requests_retried
 from tests.e2e.test_up_gateway import nginx_masters
-from tests.gateway.helpers import get, served_by
+from tests.gateway.helpers import served_by
 from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
 from treeherd.testing.waiting import wait_for
@@ -39,25 +36,6 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path, order: str
         "health": {"kind": "http", "path": "/", "interval_s": 0.2, "timeout_s": 1},
     }
     update = {"parallelism": 1, "order": order, "monitor_s": 0.5}
-    statuses: Counter[int] = Counter()  # through the gateway's nginx
-    local: Counter[int] = Counter()  # through the local haproxy, as a dependent task reaches it
-    versions: Counter[str] = Counter()
-    stop = threading.Event()
-
-    def load(local_port: int) -> None:
-        while not stop.is_set():
-            try:
-                status, body = get(domain_port, "/", HOST)
-            except OSError:
-                status, body = 0, None
-            statuses[status] += 1
-            if body:
-                versions[body["v"]] += 1
-            try:
-                local[get(local_port, "/", HOST)[0]] += 1
-            except OSError:
-                local[0] += 1
-
     try:
         with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
             client.request("POST", "/api/v1/domains", {"name": HOST, "ports": [{"port": domain_port}]})
@@ -89,10 +67,8 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path, order: str
             local_port = client.get("/api/v1/services/web", dict)["service"]["local_port"]
             wait_for(lambda: served_by(local_port, "/", HOST), "the local haproxy to reach web", 30)
             started = time.time()
-            loader = threading.Thread(target=load, args=(local_port,))
-            loader.start()
-            try:
-                wait_for(lambda: sum(statuses.values()) > 50, "load to flow", 10)
+            with EdgeAndLocalLoad(domain_port, local_port, HOST, "v") as load:
+                wait_for(lambda: sum(load.statuses.values()) > 50, "load to flow", 10)
                 client.request("PATCH", "/api/v1/services/web", {"task": {**task, "env": {"V": "2"}}})
                 wait_for(
                     lambda: (
@@ -104,24 +80,14 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path, order: str
                     "the update to complete",
                     90,
                 )
-                before = sum(versions.values())
-                wait_for(lambda: sum(versions.values()) > before + 50, "more load after the update", 10)
-            finally:
-                stop.set()
-                loader.join(timeout=15)
-            assert statuses[200] > 200 and set(statuses) == {200}, statuses
-            assert local[200] > 200 and set(local) == {200}, local
-            assert versions["1"] and versions["2"], versions
+                before = sum(load.seen.values())
+                wait_for(lambda: sum(load.seen.values()) > before + 50, "more load after the update", 10)
+            assert load.statuses[200] > 200 and set(load.statuses) == {200}, load.statuses
+            assert load.local[200] > 200 and set(load.local) == {200}, load.local
+            assert load.seen["1"] and load.seen["2"], load.seen
             tail = [served_by(domain_port, "/", HOST) for _ in range(8)]
             assert all(name is not None for name in tail)
-            logs = list(data.rglob(f"{HOST}_access.log"))
-            assert logs, "the gateway's access log"
-            entries = [json.loads(line) for line in logs[0].read_text().splitlines()]
-            during = [e for e in entries if e["msec"] >= started]
-            assert len(during) >= sum(statuses.values())
-            retried = [e for e in during if "," in e["upstream_status"] or e["status"] != 200]
-            # nginx retries a refused connection on another server, which a client never sees: the
-            # log shows whether any request was sent to a task that had already stopped.
+            retried = requests_retried(data, HOST, started, sum(load.statuses.values()))
             assert not retried, retried[:5]
     finally:
         for process in nginx_masters(data / "gateway"):
