@@ -11,6 +11,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.routes import HTTPRoute
 
 from treeherd import __version__
+from treeherd.api.access import check_declared
+from treeherd.api.auth import Authenticator
 from treeherd.api.errors import HANDLERS, decode_body_strictly
 from treeherd.api.routes.agent import agent_router
 from treeherd.api.routes.alerts import AlertController
@@ -23,6 +25,7 @@ from treeherd.api.routes.machines import BindingController, MachineController
 from treeherd.api.routes.puppet import EncController, PuppetController, ReportController
 from treeherd.api.routes.services import ServiceController, TaskController
 from treeherd.api.routes.system import OpenApiJson, Redoc, healthz, openapi_json, redoc_script
+from treeherd.api.routes.tokens import TokenController
 from treeherd.api.routes.tree import NodeController
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.dispatcher import Dispatcher
@@ -35,10 +38,16 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def create_app(
-    inventory: Inventory, dispatcher: Dispatcher | None = None, board: AvailabilityBoard | None = None
+    inventory: Inventory,
+    dispatcher: Dispatcher | None = None,
+    board: AvailabilityBoard | None = None,
+    *,
+    require_auth: bool = False,
 ) -> Litestar:
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too;
-    `board`: where the gateways' availability reports are kept (shared with the canary judge)."""
+    `board`: where the gateways' availability reports are kept (shared with the canary judge);
+    `require_auth`: every operation but liveness and the API's description needs a token whose role
+    its scope admits (api/access.py)."""
 
     services = Services(inventory.store, clock=inventory.clock, ids=inventory.ids)
     puppet = Puppet(inventory.store, clock=inventory.clock, ids=inventory.ids)
@@ -78,6 +87,7 @@ def create_app(
             GatewayController,
             AvailabilityController,
             AlertController,
+            TokenController,
             metrics,
             *([agent_router(dispatcher)] if dispatcher is not None else []),
             healthz,
@@ -91,6 +101,7 @@ def create_app(
             "puppet": Provide(provide_puppet, sync_to_thread=False),
             "board": Provide(provide_board, sync_to_thread=False),
         },
+        guards=[Authenticator(lambda: inventory.view, inventory.clock, required=require_auth).guard],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
             title="treeherd",
@@ -103,6 +114,7 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    check_declared(app)
     allowed = _allowed_methods(app)
 
     async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:

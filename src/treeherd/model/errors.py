@@ -83,3 +83,18 @@ class WatchLagged(TreeherdError):
     def __init__(self, detail: str, *, last_revision: int) -> None:
         super().__init__(detail)
         self.last_revision = last_revision
+
+
+class Unauthenticated(TreeherdError):
+    """The caller did not prove who it is (no credential, or one that is wrong, expired or revoked).
+    The detail never says which: a stranger learns nothing from it."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class Forbidden(TreeherdError):
+    """The caller is known but its role does not allow this operation."""
+
+    code = "forbidden"
+    status = 403

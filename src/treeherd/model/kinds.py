@@ -22,6 +22,7 @@ from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
+from treeherd.model.security import ApiToken
 from treeherd.model.services import ClusterSettings, Service, Task
 
 T = TypeVar("T", bound=Object)
@@ -182,6 +183,11 @@ KINDS: dict[str, KindInfo] = {
             unique=(UniqueKey("name", lambda o: (_as(GatewayRecord, o).name,)),),
         ),
         # No reference to the machine: a host's proxy record never blocks removing the machine.
+        KindInfo(
+            name="token",
+            type=ApiToken,
+            unique=(UniqueKey("name", lambda o: (_as(ApiToken, o).name,)),),
+        ),
         KindInfo(
             name="proxy",
             type=ProxyRecord,

@@ -18,6 +18,7 @@ from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
+from treeherd.model.security import ApiToken
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import Availability, NodeRole, NodeState
 
@@ -148,4 +149,5 @@ AnyObject = (
     | GatewayRecord
     | ProxyRecord
     | Endpoint
+    | ApiToken
 )

@@ -7,7 +7,7 @@ Maps (`labels`, `puppet_classes`) update as JSON merge patches: a key set to nul
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -15,6 +15,11 @@ from msgspec import UNSET, UnsetType
 from treeherd.model.objects import DomainPort, MachineKind, ParamValue
 from treeherd.model.services import CanaryPolicy, NodeDownAction, TaskSpec, UpdatePolicy
 from treeherd.model.states import Availability, NodeRole
+
+# What a machine offers: bounded so that every accepted value can be stored (SQLite's integers are
+# 64-bit signed).
+MemoryBytes = Annotated[int, msgspec.Meta(ge=0, le=2**50)]  # 1 PiB; below 2**53, JSON readers keep it exact
+Cpus = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 
 
 class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,8 +63,8 @@ class MachineCreate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     ips: list[str] = []
     machine_kind: MachineKind = "virtual"
     labels: dict[str, str] = {}
-    cpus: float = 0.0
-    memory_bytes: int = 0
+    cpus: Cpus = 0.0
+    memory_bytes: MemoryBytes = 0
 
 
 class MachineUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,8 +72,8 @@ class MachineUpdate(_Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     ips: list[str] | UnsetType = UNSET
     machine_kind: MachineKind | UnsetType = UNSET
     labels: dict[str, str | None] = {}
-    cpus: float | UnsetType = UNSET
-    memory_bytes: int | UnsetType = UNSET
+    cpus: Cpus | UnsetType = UNSET
+    memory_bytes: MemoryBytes | UnsetType = UNSET
     availability: Availability | UnsetType = UNSET
     role: NodeRole | UnsetType = UNSET
 

@@ -10,6 +10,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 
 from treeherd import __version__
+from treeherd.api.access import add_roles_to_document
 from treeherd.api.contract import finish, model_structs
 from treeherd.manager.inventory import Inventory
 from treeherd.model.views import Health
@@ -27,6 +28,7 @@ def contract_document(app: Litestar) -> dict[str, Any]:
     document: dict[str, Any] | None = app.state.get("openapi_document")
     if document is None:
         document = finish(app.openapi_schema.to_schema(), model_structs())
+        add_roles_to_document(document)
         app.state["openapi_document"] = document
     return document
 

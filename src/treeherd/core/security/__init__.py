@@ -1,0 +1,1 @@
+"""Pure decisions of the cluster's security: join tokens, roles, certificate renewal times."""

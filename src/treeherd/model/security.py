@@ -1,0 +1,63 @@
+"""Who may use the API: the roles, and the bearer tokens people and scripts present.
+
+A token's secret is never stored: only its SHA-256 (the secret is 256 random bits, so the digest
+cannot be reversed or guessed), and the secret is shown once, when the token is made.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, ClassVar
+
+import msgspec
+
+from treeherd.model.base import Object
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"  # everything
+    OPERATOR = "operator"  # services, tree, routes, domains, pins, policies
+    VIEWER = "viewer"  # reads only
+    AGENT = "agent"  # its own session on the agent channel
+    GATEWAY = "gateway"  # the edge snapshot, its reports and events
+    ENC = "enc"  # Puppet classification answers and machine reports
+
+
+class ApiToken(Object, frozen=True, kw_only=True, tag="token"):
+    """A bearer token: its name, its role, the digest of its secret and when it expires."""
+
+    kind: ClassVar[str] = "token"
+    name: str
+    role: Role
+    secret_sha256: str  # hex
+    expires_at: datetime | None = None
+
+
+TOKEN_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+MAX_TOKEN_LIFETIME_S = 3650 * 86400
+
+
+class TokenCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(pattern=TOKEN_NAME_PATTERN, description="a-z, 0-9, '.', '_', '-'")]
+    role: Role
+    # Lifetime in whole seconds from now; None: until removed.
+    expires_in_s: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKEN_LIFETIME_S)] | None = None
+
+
+class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A token as listed: everything but the digest."""
+
+    name: str
+    role: Role
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+class TokenCreated(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a token's creation: the only time its full text is shown."""
+
+    name: str
+    role: Role
+    token: str
+    expires_at: datetime | None = None
