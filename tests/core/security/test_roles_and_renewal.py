@@ -19,7 +19,7 @@ def test_admin_may_do_everything_but_speak_as_an_agent() -> None:
 
 def test_viewer_only_reads() -> None:
     allowed = {scope for scope in Scope if allows(Role.VIEWER, scope)}
-    assert allowed == {Scope.READ, Scope.ENC, Scope.PUBLIC}
+    assert allowed == {Scope.READ, Scope.PUBLIC}
 
 
 def test_operator_cannot_administer() -> None:

@@ -19,7 +19,7 @@ class Scope(enum.StrEnum):
     ADMINISTER = "administer"  # tokens, the CA, cluster settings
     SESSION = "session"  # an agent's channel
     GATEWAY = "gateway"  # a gateway's snapshot, reports and own events
-    ENC = "enc"  # an ENC answer for one host
+    ENC = "enc"  # an ENC answer for one host, machine reports from Puppet
     PUBLIC = "public"  # liveness and the API's own description
 
 
@@ -31,7 +31,8 @@ ROLES_FOR_SCOPE: dict[Scope, frozenset[Role]] = {
     Scope.ADMINISTER: frozenset({Role.ADMIN}),
     Scope.SESSION: frozenset({Role.AGENT}),
     Scope.GATEWAY: frozenset({Role.ADMIN, Role.GATEWAY}),
-    Scope.ENC: frozenset({Role.ADMIN, Role.OPERATOR, Role.VIEWER, Role.ENC}),
+    # Not viewers: an ENC answer records the host's class conflicts, and reports change machines.
+    Scope.ENC: frozenset({Role.ADMIN, Role.OPERATOR, Role.ENC}),
     Scope.PUBLIC: frozenset(Role),
 }
 
