@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from treeherd.api.app import create_app
+from treeherd.manager.admin_token import ensure_admin_token
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.canary_judge import CanaryJudge
@@ -33,6 +34,7 @@ from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import InvalidInput
 from treeherd.store.select import describe, make_store, remember_cluster
+from treeherd.transport.secret_files import InsecureSecret
 
 log = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:7400"
@@ -142,9 +144,11 @@ async def serve_manager(
     demo: bool = False,
     local: Sequence[Callable[[str], Component]] = (),
     store_spec: str | None = None,
+    require_auth: bool = False,
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
-    of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process."""
+    of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process.
+    `require_auth`: every API call needs a token (the first admin's is written to the data directory)."""
     host, port = parse_listen(listen)
     with lock_data_dir(data_dir):
         sock = bind_socket(host, port)
@@ -157,6 +161,11 @@ async def serve_manager(
             raise StartupError(f"cannot open the store {describe(store_spec, data_dir)}: {error}") from None
         try:
             inventory = Inventory(store)
+            if require_auth:
+                try:
+                    await ensure_admin_token(inventory, data_dir)
+                except InsecureSecret as error:
+                    raise StartupError(str(error)) from None
             if demo:
                 loaded = await load_demo(inventory)
                 log.info("demo tree %s", "loaded" if loaded else "not loaded: the store is not empty")
@@ -166,7 +175,7 @@ async def serve_manager(
             dispatcher = Dispatcher(store, managers=[url], registry=registry)
             board = AvailabilityBoard(clock=inventory.clock)
             components: list[Component] = [
-                ApiServer(create_app(inventory, dispatcher, board), sock),
+                ApiServer(create_app(inventory, dispatcher, board, require_auth=require_auth), sock),
                 dispatcher,
                 registry,
                 Orchestrator(store),

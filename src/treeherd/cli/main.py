@@ -66,6 +66,7 @@ def _register() -> None:
         server,
         service,
         store,
+        token,
         tree,
     )
 
@@ -87,6 +88,7 @@ def _register() -> None:
         edge_health,
         alerts,
         store,
+        token,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

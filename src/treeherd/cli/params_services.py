@@ -16,8 +16,8 @@ from treeherd.model.services import CanaryPolicy, PortSpec, TaskSpec, UpdatePoli
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def duration(text: str, option: str) -> float:

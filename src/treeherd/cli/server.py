@@ -26,6 +26,7 @@ def _run(
     demo: bool,
     local: Sequence[Callable[[str], Any]] = (),
     store: str | None = None,
+    require_auth: bool = False,
 ) -> None:
     import asyncio
     import logging
@@ -43,7 +44,11 @@ def _run(
         runner = asyncio.Runner()
     try:
         with runner:
-            runner.run(serve_manager(data_dir, listen, demo=demo, local=local, store_spec=store))
+            runner.run(
+                serve_manager(
+                    data_dir, listen, demo=demo, local=local, store_spec=store, require_auth=require_auth
+                )
+            )
     except (StartupError, TreeherdError) as error:
         fail(str(error))
 
@@ -120,9 +125,14 @@ def _check_docker() -> None:
     metavar="URL",
     help="keep the cluster in etcd: etcd://H1:2379,H2:2379[?prefix=/treeherd] (default: SQLite in --data-dir)",
 )
-def manager(data_dir: Path, listen: str, store: str | None) -> None:
+@click.option(
+    "--require-auth",
+    is_flag=True,
+    help="every API call needs a token (the first admin token is written to DATA_DIR/secrets/admin.token)",
+)
+def manager(data_dir: Path, listen: str, store: str | None, require_auth: bool) -> None:
     """Run a manager: the store and the API."""
-    _run(data_dir, listen, False, store=store)
+    _run(data_dir, listen, False, store=store, require_auth=require_auth)
 
 
 @click.command("up")

@@ -155,8 +155,10 @@ class AgentProcess:
         executor: str = "hollow",
         labels: tuple[str, ...] = (),
         host: Host | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
+        self.env = env  # added to this process's environment (a token file, say)
         self.manager_url = manager_url
         self.data_dir = data_dir
         self.hostname = hostname
@@ -185,6 +187,7 @@ class AgentProcess:
                     *label_args,
                 ],
                 self.host,
+                env=None if self.env is None else {**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from treeherd.model.wire import AgentMessage, ManagerMessage
+from treeherd.transport.credentials import AUTH_HINT, CredentialError, authorization, bearer_token
 
 if TYPE_CHECKING:
     from litestar.connection import WebSocket
@@ -228,7 +229,9 @@ def agent_url(manager_url: str) -> str:
     return urllib.parse.urlunsplit((schemes[parsed.scheme], parsed.netloc, path, "", ""))
 
 
-async def connect_agent(url: str, *, open_timeout_s: float = CONNECT_TIMEOUT_S) -> AgentChannel:
+async def connect_agent(
+    url: str, *, open_timeout_s: float = CONNECT_TIMEOUT_S, token: str | None = None
+) -> AgentChannel:
     """Open an agent channel to the manager at `url` (e.g. http://127.0.0.1:7400), within
     `open_timeout_s` seconds. Raises `ManagerUnreachable` saying what went wrong.
 
@@ -237,8 +240,13 @@ async def connect_agent(url: str, *, open_timeout_s: float = CONNECT_TIMEOUT_S) 
     """
     target = agent_url(url)
     try:
+        headers = authorization(token if token is not None else bearer_token())
+    except CredentialError as error:
+        raise ManagerUnreachable(str(error)) from None
+    try:
         connection = await connect(
             target,
+            additional_headers=headers,
             open_timeout=open_timeout_s,
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=MAX_FRAME_BYTES,
@@ -249,6 +257,11 @@ async def connect_agent(url: str, *, open_timeout_s: float = CONNECT_TIMEOUT_S) 
         raise ManagerUnreachable(f"invalid manager URL {url!r}: use http://HOST:PORT") from None
     except InvalidStatus as error:
         status = error.response.status_code
+        if status in (401, 403):
+            raise ManagerUnreachable(
+                f"the manager at {url} refused this agent's credential (HTTP {status}): give the agent a token"
+                f" with the agent role ({AUTH_HINT})"
+            ) from None
         raise ManagerUnreachable(
             f"the server at {url} refused the agent channel (HTTP {status} for {target}): is it a treeherd"
             " manager of a compatible version?"

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from treeherd.transport.credentials import AUTH_HINT, CredentialError, authorization, bearer_token
+
 DEFAULT_MANAGER = "http://127.0.0.1:7400"
 DEFAULT_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -36,7 +38,9 @@ class ClientError(Exception):
 class Client:
     """Talks JSON to one manager."""
 
-    def __init__(self, base_url: str = DEFAULT_MANAGER, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, base_url: str = DEFAULT_MANAGER, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+    ) -> None:
         parsed = urllib.parse.urlsplit(base_url if "://" in base_url else f"http://{base_url}")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ClientError(f"invalid manager URL {base_url!r}: use http://HOST:PORT")
@@ -47,6 +51,10 @@ class Client:
         self._prefix = parsed.path.rstrip("/")
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        try:
+            self._auth = authorization(token if token is not None else bearer_token())
+        except CredentialError as error:
+            raise ClientError(str(error)) from None
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -98,7 +106,7 @@ class Client:
         headers: dict[str, str] | None = None,
     ) -> http.client.HTTPResponse:
         payload = None if body is None else _encode(body)
-        all_headers = {"Accept": "application/json", **(headers or {})}
+        all_headers = {"Accept": "application/json", **self._auth, **(headers or {})}
         if payload is not None:
             all_headers["Content-Type"] = "application/json"
         url = self._url(path, query)
@@ -234,8 +242,9 @@ def _failure(status: int, data: bytes) -> ClientError:
     except msgspec.DecodeError:
         body = None
     if isinstance(body, dict) and "detail" in body:
-        return ClientError(
-            str(body["detail"]), status=status, code=body.get("error"), field=body.get("field")
-        )
+        detail = str(body["detail"])
+        if status == 401:
+            detail = f"{detail}: {AUTH_HINT}"
+        return ClientError(detail, status=status, code=body.get("error"), field=body.get("field"))
     text = data.decode(errors="replace").strip()[:200]
     return ClientError(f"the manager answered {status}: {text or 'no details'}", status=status)

@@ -1,0 +1,78 @@
+"""`treeherd token create|ls|rm`: bearer tokens for people and scripts (administrators only).
+
+The token's text is printed once, by `create`, to standard output alone (so `> file` keeps it and
+nothing else); keep it in a 0600 file and point TREEHERD_TOKEN_FILE at it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from treeherd.cli.main import Context, pass_ctx
+from treeherd.cli.output import FORMAT_OPTION, listing, print_json
+from treeherd.cli.params_services import duration
+from treeherd.model.security import Role, TokenCreate, TokenCreated, TokenInfo
+
+TOKENS = "/api/v1/tokens"
+
+
+@click.group()
+def token() -> None:
+    """Bearer tokens: who may use the API, with which role."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice([r.value for r in Role]),
+    help="admin: everything; operator: services, tree, edge; viewer: reads; agent/gateway/enc: components",
+)
+@click.option(
+    "--expires", metavar="DURATION", help="valid for this long (e.g. 90d, 12h); default: until removed"
+)
+@FORMAT_OPTION
+@pass_ctx
+def create(ctx: Context, name: str, role: str, expires: str | None, fmt: str) -> None:
+    """Make a token and print it (the only time it is shown)."""
+    seconds = None if expires is None else max(1, round(duration(expires, "--expires")))
+    request = TokenCreate(name=name, role=Role(role), expires_in_s=seconds)
+    made = ctx.client.request("POST", TOKENS, request, type=TokenCreated)
+    if fmt == "json":
+        print_json(made)
+        return
+    click.echo(made.token)
+    until = f"until {made.expires_at:%Y-%m-%d %H:%M} UTC" if made.expires_at else "until removed"
+    click.echo(f"token {made.name} ({made.role.value}) made, valid {until}: it is shown only now", err=True)
+
+
+@token.command("ls")
+@FORMAT_OPTION
+@pass_ctx
+def ls(ctx: Context, fmt: str) -> None:
+    """List tokens (never their secrets)."""
+    found = ctx.client.get(TOKENS, list[TokenInfo])
+    listing(
+        fmt,
+        found,
+        ["NAME", "ROLE", "CREATED", "EXPIRES"],
+        lambda t: [
+            t.name,
+            t.role.value,
+            f"{t.created_at:%Y-%m-%d %H:%M}",
+            f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "-",
+        ],
+    )
+
+
+@token.command("rm")
+@click.argument("name")
+@pass_ctx
+def rm(ctx: Context, name: str) -> None:
+    """Remove a token: it is refused from the next request on."""
+    ctx.client.request("DELETE", f"{TOKENS}/{name}")
+    click.echo(f"token {name} removed")
+
+
+COMMANDS = [token]

@@ -1,0 +1,108 @@
+"""A manager that requires authentication, end to end: its first admin token on disk, the real CLI with
+and without tokens, roles refused with clear words, an agent admitted by an agent token only."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_command
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(url: str, *args: str, token_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREEHERD_TOKEN")}
+    if token_file is not None:
+        env["TREEHERD_TOKEN_FILE"] = str(token_file)
+    return subprocess.run(
+        [*treeherd_command(), "--manager", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+
+
+def keep_token(text: str, path: Path) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_a_manager_requiring_auth_admits_by_token_and_role(tmp_path: Path) -> None:
+    with ManagerProcess(tmp_path / "manager", extra_args=("--require-auth",)) as manager:
+        admin = tmp_path / "manager" / "secrets" / "admin.token"
+        assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+        assert stat.S_IMODE(admin.parent.stat().st_mode) == 0o700
+        assert admin.read_text().strip() not in manager.log()
+
+        anonymous = cli(manager.url, "tree", "ls")
+        assert anonymous.returncode != 0
+        assert "authentication required" in anonymous.stderr and "TREEHERD_TOKEN_FILE" in anonymous.stderr
+        assert "Traceback" not in anonymous.stderr
+
+        assert cli(manager.url, "tree", "add", "corp", token_file=admin).returncode == 0
+        made = cli(manager.url, "token", "create", "ci-viewer", "--role", "viewer", token_file=admin)
+        assert made.returncode == 0, made.stderr
+        viewer = keep_token(made.stdout, tmp_path / "viewer.token")
+        assert "corp" in cli(manager.url, "tree", "ls", token_file=viewer).stdout
+        refused = cli(manager.url, "tree", "add", "corp.web", token_file=viewer)
+        assert refused.returncode != 0
+        assert "the role viewer may not do this" in refused.stderr
+        listed = cli(manager.url, "token", "ls", token_file=admin).stdout
+        assert "ci-viewer" in listed and "viewer" in listed and made.stdout.strip() not in listed
+        assert cli(manager.url, "token", "ls", token_file=viewer).returncode != 0
+
+        viewer.chmod(0o644)
+        loose = cli(manager.url, "tree", "ls", token_file=viewer)
+        assert loose.returncode != 0 and "chmod 600" in loose.stderr
+        viewer.chmod(0o600)
+
+        assert cli(manager.url, "token", "rm", "ci-viewer", token_file=admin).returncode == 0
+        assert cli(manager.url, "tree", "ls", token_file=viewer).returncode != 0
+        assert "refused" in manager.log() or "no valid credential" in manager.log()
+
+
+def test_an_agent_joins_only_with_an_agent_token(tmp_path: Path) -> None:
+    with ManagerProcess(tmp_path / "manager", extra_args=("--require-auth",)) as manager:
+        admin = tmp_path / "manager" / "secrets" / "admin.token"
+        operator = keep_token(
+            cli(manager.url, "token", "create", "ops", "--role", "operator", token_file=admin).stdout,
+            tmp_path / "ops.token",
+        )
+        agent_token = keep_token(
+            cli(manager.url, "token", "create", "host-a", "--role", "agent", token_file=admin).stdout,
+            tmp_path / "agent.token",
+        )
+        wrong = AgentProcess(
+            manager.url, tmp_path / "wrong", "host-w", env={"TREEHERD_TOKEN_FILE": str(operator)}
+        )
+        right = AgentProcess(
+            manager.url, tmp_path / "right", "host-a", env={"TREEHERD_TOKEN_FILE": str(agent_token)}
+        )
+        try:
+            wrong.start()
+            right.start()
+            deadline = time.monotonic() + 20
+            nodes = ""
+            while time.monotonic() < deadline:
+                nodes = cli(manager.url, "node", "ls", token_file=admin).stdout
+                if "host-a" in nodes and "refused this agent's credential" in wrong.log():
+                    break
+                time.sleep(0.2)
+            assert "host-a" in nodes, right.log()
+            assert "host-w" not in nodes
+            assert "refused this agent's credential (HTTP 403)" in wrong.log()
+            assert (
+                agent_token.read_text().strip() not in Path(f"/proc/{right.process.pid}/cmdline").read_text()
+            )  # type: ignore[union-attr]
+        finally:
+            wrong.stop()
+            right.stop()
