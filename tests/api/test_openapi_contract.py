@@ -26,7 +26,8 @@ async def test_every_error_answer_is_documented_with_the_body_the_server_sends(c
     text = json.dumps(document)
     assert "status_code" not in text and '"oneOf"' not in text
     machine = document["paths"]["/api/v1/machines/{hostname}"]
-    assert set(machine["get"]["responses"]) == {"200", "400", "404"}
+    assert set(machine["get"]["responses"]) == {"200", "400", "401", "403", "404"}
+    assert set(document["paths"]["/healthz"]["get"]["responses"]) == {"200"}  # public: never 401
     assert set(machine["patch"]["responses"]) >= {"200", "400", "404", "409", "413"}
     assert machine["get"]["responses"]["404"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ApiError"

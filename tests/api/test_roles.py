@@ -68,7 +68,7 @@ async def test_every_operation_admits_exactly_the_roles_it_declares(
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
             roles = set(operation["x-treeherd-roles"])
-            if method != "get":
+            if method != "get" and operation["x-treeherd-scope"] != "public":  # a join proves itself
                 assert "viewer" not in roles, (method, path)
             assert roles == {r.value for r in ROLES_FOR_SCOPE[Scope(operation["x-treeherd-scope"])]}
             for role, token in tokens.items():

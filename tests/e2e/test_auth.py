@@ -106,3 +106,57 @@ def test_an_agent_joins_only_with_an_agent_token(tmp_path: Path) -> None:
         finally:
             wrong.stop()
             right.stop()
+
+
+def test_join_tokens_from_the_cli_pin_the_managers_ca(tmp_path: Path) -> None:
+    from treeherd.core.security.join_tokens import DIGEST_CHARS, base36
+    from treeherd.transport.pki import cert_sha256
+
+    with ManagerProcess(tmp_path / "manager", extra_args=("--require-auth",)) as manager:
+        admin = tmp_path / "manager" / "secrets" / "admin.token"
+        shown = cli(manager.url, "cluster", "join-token", "worker", "-q", token_file=admin)
+        assert shown.returncode == 0, shown.stderr
+        token = shown.stdout.strip()
+        ca = (tmp_path / "manager" / "ca.crt").read_bytes()
+        assert token.split("-")[2] == base36(cert_sha256(ca), DIGEST_CHARS)
+        rotated = cli(
+            manager.url, "cluster", "join-token", "worker", "--rotate", "-q", token_file=admin
+        ).stdout.strip()
+        assert rotated != token and rotated.split("-")[2] == token.split("-")[2]
+        assert cli(manager.url, "cluster", "join-token", "worker").returncode != 0  # no token: refused
+        assert token not in manager.log() and rotated not in manager.log()
+    # A restart keeps the CA and the current tokens.
+    with ManagerProcess(tmp_path / "manager", extra_args=("--require-auth",)) as manager:
+        again = cli(manager.url, "cluster", "join-token", "worker", "-q", token_file=admin).stdout.strip()
+        assert again == rotated
+
+
+def test_a_mismatched_external_ca_stops_the_manager_with_the_reason(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from treeherd.transport.pki import ClusterCA
+
+    one, two = ClusterCA.create("one", datetime.now(UTC)), ClusterCA.create("two", datetime.now(UTC))
+    (tmp_path / "ca.pem").write_bytes(one.cert_pem)
+    (tmp_path / "ca.key").write_bytes(two.key_pem)
+    result = subprocess.run(
+        [
+            *treeherd_command(),
+            "manager",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            "127.0.0.1:0",
+            "--external-ca-cert",
+            str(tmp_path / "ca.pem"),
+            "--external-ca-key",
+            str(tmp_path / "ca.key"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "the CA key does not belong to the CA certificate" in result.stderr
+    assert "Traceback" not in result.stderr

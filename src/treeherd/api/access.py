@@ -69,6 +69,11 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/api/v1/tokens"): _A,
     ("POST", "/api/v1/tokens"): _A,
     ("DELETE", "/api/v1/tokens/{name}"): _A,
+    ("GET", "/api/v1/cluster/join-tokens"): _A,
+    ("POST", "/api/v1/cluster/join-tokens/{role}/rotate"): _A,
+    # Joining: the CA's certificate is public; a join is authenticated by its join token.
+    ("GET", "/api/v1/cluster/ca"): _P,
+    ("POST", "/api/v1/join"): _P,
     # Puppet: the catalog is the operators'; the ENC and the facts reports are the Puppet server's.
     ("GET", "/api/v1/puppet/classes"): _R,
     ("PUT", "/api/v1/puppet/classes"): _O,

@@ -21,6 +21,7 @@ from treeherd.api.routes.cluster import ClusterController
 from treeherd.api.routes.domains import DomainController, ProvisionController
 from treeherd.api.routes.events import EventController
 from treeherd.api.routes.gateway import GatewayController
+from treeherd.api.routes.join import JoinController
 from treeherd.api.routes.machines import BindingController, MachineController
 from treeherd.api.routes.puppet import EncController, PuppetController, ReportController
 from treeherd.api.routes.services import ServiceController, TaskController
@@ -28,6 +29,7 @@ from treeherd.api.routes.system import OpenApiJson, Redoc, healthz, openapi_json
 from treeherd.api.routes.tokens import TokenController
 from treeherd.api.routes.tree import NodeController
 from treeherd.manager.availability_board import AvailabilityBoard
+from treeherd.manager.cluster_ca import ClusterAuthority
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.puppet import Puppet
@@ -43,6 +45,7 @@ def create_app(
     board: AvailabilityBoard | None = None,
     *,
     require_auth: bool = False,
+    authority: ClusterAuthority | None = None,
 ) -> Litestar:
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too;
     `board`: where the gateways' availability reports are kept (shared with the canary judge);
@@ -64,6 +67,11 @@ def create_app(
 
     def provide_puppet() -> Puppet:
         return puppet
+
+    def provide_authority() -> ClusterAuthority:
+        if authority is None:
+            raise Unavailable("this manager has no cluster CA: nodes cannot join through it")
+        return authority
 
     def provide_dispatcher() -> Dispatcher:
         if dispatcher is None:
@@ -88,6 +96,7 @@ def create_app(
             AvailabilityController,
             AlertController,
             TokenController,
+            JoinController,
             metrics,
             *([agent_router(dispatcher)] if dispatcher is not None else []),
             healthz,
@@ -100,6 +109,7 @@ def create_app(
             "dispatcher": Provide(provide_dispatcher, sync_to_thread=False),
             "puppet": Provide(provide_puppet, sync_to_thread=False),
             "board": Provide(provide_board, sync_to_thread=False),
+            "authority": Provide(provide_authority, sync_to_thread=False),
         },
         guards=[Authenticator(lambda: inventory.view, inventory.clock, required=require_auth).guard],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]

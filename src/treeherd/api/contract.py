@@ -19,10 +19,12 @@ from typing import Any
 
 import msgspec
 
+from treeherd.api.access import scope_of
 from treeherd.api.routes.common import MAX_PAGE
 from treeherd.core.cluster import _BOUNDS as CLUSTER_BOUNDS  # the validator's own table
 from treeherd.core.edge.discovery import MAX_TTL_S, MIN_TTL_S
 from treeherd.core.edge.gateway_plans import MAX_REASON
+from treeherd.core.security.roles import Scope
 from treeherd.core.tasks.service_checks import MAX_REPLICAS
 from treeherd.core.tree.tree import MAX_DEPTH, MAX_PATH_LENGTH
 from treeherd.core.tree.validate import (
@@ -39,6 +41,8 @@ ERROR_SCHEMA = "ApiError"
 WRITES = ("post", "put", "patch", "delete")
 _DESCRIPTIONS = {
     400: "Bad input: the detail says what is wrong and `field` names the field",
+    401: "No valid credential (a manager run with --require-auth): present a token",
+    403: "The credential's role may not do this",
     404: "Something the request names does not exist",
     409: "Refused: it already exists, changed meanwhile, or the change would break the tree",
     410: "The revision to resume from is no longer kept: read again from now",
@@ -52,6 +56,9 @@ _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/v1/tasks/", "get"): (503,),
     ("/api/v1/endpoints", "*"): (503,),
     ("/api/v1/services-registry", "*"): (503,),
+    ("/api/v1/join", "post"): (401, 503),
+    ("/api/v1/cluster/ca", "get"): (503,),
+    ("/api/v1/cluster/join-tokens", "*"): (503,),
 }
 
 
@@ -287,6 +294,9 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
         statuses.add(409)
     if "requestBody" in operation:
         statuses.add(413)
+    scope = scope_of(method.upper(), path)
+    if scope is not None and scope is not Scope.PUBLIC:
+        statuses |= {401, 403}
     for (prefix, verb), extra in _EXTRA.items():
         if path.startswith(prefix) and verb in ("*", method):
             statuses.update(extra)

@@ -25,6 +25,7 @@ from treeherd.manager.admin_token import ensure_admin_token
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.canary_judge import CanaryJudge
+from treeherd.manager.cluster_ca import CaError, ClusterAuthority
 from treeherd.manager.demo import load_demo
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.endpoints import Registry
@@ -145,6 +146,7 @@ async def serve_manager(
     local: Sequence[Callable[[str], Component]] = (),
     store_spec: str | None = None,
     require_auth: bool = False,
+    external_ca: tuple[Path, Path] | None = None,
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
     of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process.
@@ -161,6 +163,10 @@ async def serve_manager(
             raise StartupError(f"cannot open the store {describe(store_spec, data_dir)}: {error}") from None
         try:
             inventory = Inventory(store)
+            try:
+                authority = ClusterAuthority.open(data_dir, inventory.clock(), external=external_ca)
+            except (CaError, InsecureSecret) as error:
+                raise StartupError(str(error)) from None
             if require_auth:
                 try:
                     await ensure_admin_token(inventory, data_dir)
@@ -175,7 +181,10 @@ async def serve_manager(
             dispatcher = Dispatcher(store, managers=[url], registry=registry)
             board = AvailabilityBoard(clock=inventory.clock)
             components: list[Component] = [
-                ApiServer(create_app(inventory, dispatcher, board, require_auth=require_auth), sock),
+                ApiServer(
+                    create_app(inventory, dispatcher, board, require_auth=require_auth, authority=authority),
+                    sock,
+                ),
                 dispatcher,
                 registry,
                 Orchestrator(store),

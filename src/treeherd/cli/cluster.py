@@ -10,6 +10,7 @@ from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import FORMAT_OPTION, done, print_json, print_table
 from treeherd.cli.params_services import duration
 from treeherd.model.requests import ClusterUpdate
+from treeherd.model.security import JoinTokens
 from treeherd.model.services import ClusterSettings
 
 CLUSTER = "/api/v1/cluster"
@@ -33,7 +34,32 @@ FIELDS = [
 
 @click.group()
 def cluster() -> None:
-    """Cluster-wide settings."""
+    """Cluster-wide settings, and joining the cluster."""
+
+
+@cluster.command("join-token")
+@click.argument("role", type=click.Choice(["worker", "manager"]))
+@click.option("--rotate", is_flag=True, help="make a new token first: the old one admits no new node")
+@click.option("-q", "--quiet", is_flag=True, help="print the token only")
+@pass_ctx
+def join_token(ctx: Context, role: str, rotate: bool, quiet: bool) -> None:
+    """Show the token a new worker (or manager) joins with."""
+    path = "/api/v1/cluster/join-tokens"
+    tokens = (
+        ctx.client.request("POST", f"{path}/{role}/rotate", type=JoinTokens)
+        if rotate
+        else ctx.client.get(path, JoinTokens)
+    )
+    token = getattr(tokens, role)
+    if quiet:
+        click.echo(token)
+        return
+    if rotate:
+        click.echo(f"the {role} join token was rotated: the old one admits no new node", err=True)
+    click.echo(
+        f"To add a {role} to this cluster, give it this join token (in a 0600 file, TREEHERD_JOIN_TOKEN_FILE):"
+    )
+    click.echo(f"    {token}")
 
 
 @cluster.command("show")

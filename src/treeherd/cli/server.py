@@ -27,6 +27,7 @@ def _run(
     local: Sequence[Callable[[str], Any]] = (),
     store: str | None = None,
     require_auth: bool = False,
+    external_ca: tuple[Path, Path] | None = None,
 ) -> None:
     import asyncio
     import logging
@@ -46,7 +47,13 @@ def _run(
         with runner:
             runner.run(
                 serve_manager(
-                    data_dir, listen, demo=demo, local=local, store_spec=store, require_auth=require_auth
+                    data_dir,
+                    listen,
+                    demo=demo,
+                    local=local,
+                    store_spec=store,
+                    require_auth=require_auth,
+                    external_ca=external_ca,
                 )
             )
     except (StartupError, TreeherdError) as error:
@@ -130,9 +137,29 @@ def _check_docker() -> None:
     is_flag=True,
     help="every API call needs a token (the first admin token is written to DATA_DIR/secrets/admin.token)",
 )
-def manager(data_dir: Path, listen: str, store: str | None, require_auth: bool) -> None:
+@click.option(
+    "--external-ca-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="at the first start, use this CA certificate (PEM) as the cluster's root instead of making one",
+)
+@click.option(
+    "--external-ca-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="the key of --external-ca-cert (PEM, unencrypted; copied into DATA_DIR/secrets)",
+)
+def manager(
+    data_dir: Path,
+    listen: str,
+    store: str | None,
+    require_auth: bool,
+    external_ca_cert: Path | None,
+    external_ca_key: Path | None,
+) -> None:
     """Run a manager: the store and the API."""
-    _run(data_dir, listen, False, store=store, require_auth=require_auth)
+    if (external_ca_cert is None) != (external_ca_key is None):
+        fail("--external-ca-cert and --external-ca-key go together: give both, or neither")
+    external = (external_ca_cert, external_ca_key) if external_ca_cert and external_ca_key else None
+    _run(data_dir, listen, False, store=store, require_auth=require_auth, external_ca=external)
 
 
 @click.command("up")

@@ -61,3 +61,32 @@ class TokenCreated(msgspec.Struct, frozen=True, kw_only=True):
     role: Role
     token: str
     expires_at: datetime | None = None
+
+
+class JoinRole(enum.StrEnum):
+    """What a join token admits a node as."""
+
+    WORKER = "worker"
+    MANAGER = "manager"
+
+
+class JoinTokens(msgspec.Struct, frozen=True, kw_only=True):
+    worker: str
+    manager: str
+
+
+JOIN_TOKEN_PATTERN = r"^\s*SWMTKN-1-[0-9a-z]{50}-[0-9a-z]{25}\s*$"
+
+
+class JoinRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    join_token: Annotated[str, msgspec.Meta(pattern=JOIN_TOKEN_PATTERN)]
+    csr_pem: Annotated[
+        str, msgspec.Meta(pattern=r"^\s*-----BEGIN CERTIFICATE REQUEST-----", max_length=16384)
+    ]
+
+
+class JoinAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    role: JoinRole
+    cert_pem: str
+    ca_cert_pem: str

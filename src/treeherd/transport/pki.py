@@ -140,6 +140,12 @@ class ClusterCA:
     def digest(self) -> bytes:
         return cert_sha256(self.cert_pem)
 
+    @property
+    def cluster_id(self) -> str:
+        """The organization the root names (the cluster's id), or "treeherd" for an external CA without one."""
+        names = self._cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        return str(names[0].value) if names else "treeherd"
+
     def issue(
         self,
         csr_pem: bytes,

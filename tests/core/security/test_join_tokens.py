@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from treeherd.core.security.join_tokens import (
     DIGEST_CHARS,
     SECRET_CHARS,
-    JoinRole,
     base36,
     make_join_token,
     parse_join_token,
     role_of_token,
 )
 from treeherd.model.errors import InvalidInput, Unauthenticated
+from treeherd.model.security import JoinRole
 
 CA = hashlib.sha256(b"the cluster CA").digest()
 OTHER_CA = hashlib.sha256(b"another cluster's CA").digest()

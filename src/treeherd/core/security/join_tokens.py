@@ -9,13 +9,13 @@ certificates). Formatting, parsing and matching are pure; the secrets' randomnes
 
 from __future__ import annotations
 
-import enum
 import hmac
 import string
 
 import msgspec
 
 from treeherd.model.errors import InvalidInput, Unauthenticated
+from treeherd.model.security import JoinRole
 
 PREFIX = "SWMTKN"
 VERSION = "1"
@@ -24,11 +24,6 @@ SECRET_CHARS = 25  # 36**25 > 2**128
 SECRET_BYTES = 16
 _ALPHABET = string.digits + string.ascii_lowercase
 _WHERE = "copy it again from `treeherd cluster join-token worker` (or `manager`) on a manager"
-
-
-class JoinRole(enum.StrEnum):
-    WORKER = "worker"
-    MANAGER = "manager"
 
 
 class JoinToken(msgspec.Struct, frozen=True, kw_only=True):

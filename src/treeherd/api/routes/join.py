@@ -1,0 +1,57 @@
+"""Joining the cluster: the CA's certificate (public), the join tokens and their rotation (admins),
+and `POST /api/v1/join`, where a node with a valid join token gets its certificate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Controller, Request, get, post
+
+from treeherd.manager.cluster_ca import ClusterAuthority
+from treeherd.manager.inventory import Inventory
+from treeherd.model.security import JoinAnswer, JoinRequest, JoinRole, JoinTokens
+
+audit = logging.getLogger("treeherd.audit")
+
+
+class JoinController(Controller):
+    path = "/api/v1"
+    tags = ["join"]
+
+    @get(
+        "/cluster/ca",
+        summary="The cluster CA's certificate (PEM); a joining node checks it against its token",
+    )
+    async def ca_certificate(self, authority: ClusterAuthority) -> str:
+        return authority.ca.cert_pem.decode()
+
+    @get("/cluster/join-tokens", summary="The join tokens of workers and managers")
+    async def join_tokens(self, authority: ClusterAuthority) -> JoinTokens:
+        return authority.tokens()
+
+    @post(
+        "/cluster/join-tokens/{role:str}/rotate",
+        summary="A new join token for a role; the old one admits no one",
+    )
+    async def rotate(self, authority: ClusterAuthority, role: JoinRole) -> JoinTokens:
+        authority.rotate(role)
+        audit.info("the %s join token was rotated", role.value)
+        return authority.tokens()
+
+    @post("/join", summary="Join with a join token: a certificate for the node's key, naming its new node id")
+    async def join(
+        self,
+        request: Request[Any, Any, Any],
+        authority: ClusterAuthority,
+        inventory: Inventory,
+        data: JoinRequest,
+    ) -> JoinAnswer:
+        where = request.client.host if request.client else "?"
+        try:
+            answer = authority.join(data, inventory.ids(), inventory.clock())
+        except Exception:
+            audit.warning("refused a join from %s", where)
+            raise
+        audit.info("node %s joined as %s from %s", answer.node_id, answer.role.value, where)
+        return answer
