@@ -257,7 +257,7 @@ async def connect_agent(
         raise ManagerUnreachable(f"invalid manager URL {url!r}: use http://HOST:PORT") from None
     except InvalidStatus as error:
         status = error.response.status_code
-        if status in (401, 403):
+        if headers and status in (401, 403):
             raise ManagerUnreachable(
                 f"the manager at {url} refused this agent's credential (HTTP {status}): give the agent a token"
                 f" with the agent role ({AUTH_HINT})"
@@ -265,6 +265,7 @@ async def connect_agent(
         raise ManagerUnreachable(
             f"the server at {url} refused the agent channel (HTTP {status} for {target}): is it a treeherd"
             " manager of a compatible version?"
+            + (" Does it require a token? (set TREEHERD_TOKEN_FILE)" if status in (401, 403) else "")
         ) from None
     except InvalidHandshake as error:
         raise ManagerUnreachable(f"the server at {url} did not open an agent channel: {error}") from None
