@@ -4,6 +4,7 @@ and without tokens, roles refused with clear words, an agent admitted by an agen
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import time
@@ -16,10 +17,14 @@ from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_co
 pytestmark = pytest.mark.e2e
 
 
-def cli(url: str, *args: str, token_file: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TREEHERD_TOKEN")}
+def cli(
+    url: str, *args: str, token_file: Path | None = None, ca_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TREEHERD_TOKEN", "TREEHERD_CA"))}
     if token_file is not None:
         env["TREEHERD_TOKEN_FILE"] = str(token_file)
+    if ca_file is not None:
+        env["TREEHERD_CA_FILE"] = str(ca_file)
     return subprocess.run(
         [*treeherd_command(), "--manager", url, *args],
         capture_output=True,
@@ -160,3 +165,62 @@ def test_a_mismatched_external_ca_stops_the_manager_with_the_reason(tmp_path: Pa
     assert result.returncode != 0
     assert "the CA key does not belong to the CA certificate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_tls_manager_serves_the_cli_the_enc_and_agents_that_trust_its_ca(tmp_path: Path) -> None:
+    with ManagerProcess(tmp_path / "manager", extra_args=("--tls", "--require-auth")) as manager:
+        assert manager.url.startswith("https://127.0.0.1:")
+        admin = tmp_path / "manager" / "secrets" / "admin.token"
+        ca = tmp_path / "manager" / "ca.crt"
+        untrusted = cli(manager.url, "tree", "ls", token_file=admin)
+        assert untrusted.returncode != 0
+        assert "set TREEHERD_CA_FILE to its cluster CA certificate" in untrusted.stderr, untrusted.stderr
+        assert "Traceback" not in untrusted.stderr
+
+        def admin_cli(*args: str) -> str:
+            done = cli(manager.url, *args, token_file=admin, ca_file=ca)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        admin_cli("tree", "add", "corp")
+        admin_cli("machine", "add", "web-1")
+        admin_cli("machine", "bind", "web-1", "corp")
+        agent_token = keep_token(
+            admin_cli("token", "create", "host-a", "--role", "agent"), tmp_path / "agent.token"
+        )
+        enc_token = keep_token(
+            admin_cli("token", "create", "puppet", "--role", "enc"), tmp_path / "enc.token"
+        )
+        enc = cli(
+            manager.url,
+            "enc",
+            "web-1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            token_file=enc_token,
+            ca_file=ca,
+        )
+        assert enc.returncode == 0, enc.stderr
+        assert "classes" in enc.stdout
+        agent = AgentProcess(
+            manager.url,
+            tmp_path / "agent",
+            "host-a",
+            env={"TREEHERD_TOKEN_FILE": str(agent_token), "TREEHERD_CA_FILE": str(ca)},
+        )
+        try:
+            agent.start()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and "ready" not in admin_cli("node", "ls"):
+                time.sleep(0.2)
+            assert "host-a" in admin_cli("node", "ls"), agent.log()
+            admin_cli("service", "create", "web", "--node", "corp", "--replicas", "2", "--", "sleep", "1000")
+
+            def running() -> int:  # rows whose desired and current states are both running
+                return len(re.findall(r"running\s+running", admin_cli("service", "ps", "web")))
+
+            while time.monotonic() < deadline and running() < 2:
+                time.sleep(0.2)
+            assert running() == 2, agent.log()
+        finally:
+            agent.stop()

@@ -69,15 +69,24 @@ class ApiServer:
 
     name = "api"
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, *, tls: tuple[Path, Path] | None = None) -> None:
         self._app = app
         self._sock = sock
+        self._tls = tls  # (certificate chain, key) files: serve https and wss
         self._server: _Server | None = None
         self._stop_requested = False
 
     async def run(self) -> None:
+        tls: dict[str, Any] = {}
+        if self._tls is not None:
+            tls = {"ssl_certfile": str(self._tls[0]), "ssl_keyfile": str(self._tls[1])}
         config = uvicorn.Config(
-            self._app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            self._app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            **tls,
         )
         self._server = _Server(config)
         if self._stop_requested:
@@ -147,6 +156,7 @@ async def serve_manager(
     store_spec: str | None = None,
     require_auth: bool = False,
     external_ca: tuple[Path, Path] | None = None,
+    tls: bool = False,
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
     of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process.
@@ -176,7 +186,12 @@ async def serve_manager(
                 loaded = await load_demo(inventory)
                 log.info("demo tree %s", "loaded" if loaded else "not loaded: the store is not empty")
             actual_host, actual_port = sock.getsockname()[:2]
-            url = f"http://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
+            scheme = "https" if tls else "http"
+            url = f"{scheme}://{'[' + actual_host + ']' if ':' in actual_host else actual_host}:{actual_port}"
+            tls_files = None
+            if tls:
+                names = tuple(dict.fromkeys([actual_host, "127.0.0.1", "localhost", socket.gethostname()]))
+                tls_files = authority.server_files(names, inventory.clock())
             registry = Registry(store)
             dispatcher = Dispatcher(store, managers=[url], registry=registry)
             board = AvailabilityBoard(clock=inventory.clock)
@@ -184,6 +199,7 @@ async def serve_manager(
                 ApiServer(
                     create_app(inventory, dispatcher, board, require_auth=require_auth, authority=authority),
                     sock,
+                    tls=tls_files,
                 ),
                 dispatcher,
                 registry,

@@ -23,6 +23,7 @@ import sys
 from typing import TextIO
 
 from treeherd.cli.enc_yaml import enc_document
+from treeherd.transport.credentials import CredentialError, bearer_token
 from treeherd.transport.quick import QuickError, get
 
 __all__ = ["main", "run"]
@@ -169,10 +170,15 @@ def run(
         path += f"?unknown={options['--unknown']}"
     url = options["--manager"]
     try:
+        token = bearer_token()
+    except CredentialError as error:
+        err.write(f"error: {error}\n")
+        return 1
+    try:
         if url.startswith("https://"):
-            status, body = _https_get(url, path, float(options["--timeout"]))
+            status, body = _https_get(url, path, float(options["--timeout"]), token)
         else:
-            status, body = get(url, path, timeout=float(options["--timeout"]))
+            status, body = get(url, path, timeout=float(options["--timeout"]), token=token)
     except QuickError as error:
         return _fallback(options, f"the manager cannot be reached: {error}", out, err)
     if status >= 500:
@@ -197,15 +203,28 @@ def run(
     return 0
 
 
-def _https_get(url: str, path: str, timeout: float) -> tuple[int, bytes]:
-    """The slower path for a TLS manager: the full client (imported only here)."""
+def _https_get(url: str, path: str, timeout: float, token: str | None) -> tuple[int, bytes]:
+    """The slower path for a TLS manager: the full client (imported only here), trusting the cluster CA
+    of TREEHERD_CA_FILE."""
     import http.client
     import urllib.parse
 
+    from treeherd.transport.credentials import authorization, tls_context
+
     parts = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443, timeout=timeout)
     try:
-        connection.request("GET", parts.path.rstrip("/") + path, headers={"Accept": "application/json"})
+        context = tls_context()
+    except CredentialError as error:
+        raise QuickError(str(error)) from None
+    connection = http.client.HTTPSConnection(
+        parts.hostname or "", parts.port or 443, timeout=timeout, context=context
+    )
+    try:
+        connection.request(
+            "GET",
+            parts.path.rstrip("/") + path,
+            headers={"Accept": "application/json", **authorization(token)},
+        )
         response = connection.getresponse()
         return response.status, response.read()
     except (OSError, http.client.HTTPException) as error:

@@ -28,6 +28,7 @@ def _run(
     store: str | None = None,
     require_auth: bool = False,
     external_ca: tuple[Path, Path] | None = None,
+    tls: bool = False,
 ) -> None:
     import asyncio
     import logging
@@ -54,6 +55,7 @@ def _run(
                     store_spec=store,
                     require_auth=require_auth,
                     external_ca=external_ca,
+                    tls=tls,
                 )
             )
     except (StartupError, TreeherdError) as error:
@@ -147,6 +149,12 @@ def _check_docker() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="the key of --external-ca-cert (PEM, unencrypted; copied into DATA_DIR/secrets)",
 )
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="serve the API and the agent channel over TLS, with a certificate of the cluster CA (clients:"
+    " TREEHERD_CA_FILE=DATA_DIR/ca.crt)",
+)
 def manager(
     data_dir: Path,
     listen: str,
@@ -154,12 +162,13 @@ def manager(
     require_auth: bool,
     external_ca_cert: Path | None,
     external_ca_key: Path | None,
+    tls: bool,
 ) -> None:
     """Run a manager: the store and the API."""
     if (external_ca_cert is None) != (external_ca_key is None):
         fail("--external-ca-cert and --external-ca-key go together: give both, or neither")
     external = (external_ca_cert, external_ca_key) if external_ca_cert and external_ca_key else None
-    _run(data_dir, listen, False, store=store, require_auth=require_auth, external_ca=external)
+    _run(data_dir, listen, False, store=store, require_auth=require_auth, external_ca=external, tls=tls)
 
 
 @click.command("up")

@@ -19,7 +19,14 @@ from pathlib import Path
 from treeherd.core.security.join_tokens import SECRET_BYTES, make_join_token, parse_join_token, role_of_token
 from treeherd.model.errors import InvalidInput
 from treeherd.model.security import JoinAnswer, JoinRequest, JoinRole, JoinTokens
-from treeherd.transport.pki import DEFAULT_NODE_LIFETIME, CertificateError, ClusterCA
+from treeherd.transport.pki import (
+    DEFAULT_NODE_LIFETIME,
+    CertificateError,
+    ClusterCA,
+    key_pem,
+    make_csr,
+    new_private_key,
+)
 from treeherd.transport.secret_files import ensure_private_dir, read_secret, write_secret
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,23 @@ class ClusterAuthority:
         write_secret(self._secret_path(role), secret.hex().encode() + b"\n")
         self._secrets[role] = secret
         return secret
+
+    def server_files(self, addresses: tuple[str, ...], now: datetime) -> tuple[Path, Path]:
+        """A certificate for this manager's TLS listener, valid for `addresses` (made afresh at each
+        start, so a changed address is always covered): the certificate and key files."""
+        key = new_private_key()
+        cert = self.ca.issue(
+            make_csr(key),
+            node_id=f"manager-{secrets.token_hex(4)}",
+            role=JoinRole.MANAGER.value,
+            cluster_id=self.ca.cluster_id,
+            now=now,
+            addresses=addresses,
+        )
+        cert_path, key_path = self._directory / "manager.crt", self._directory / "manager.key"
+        write_secret(key_path, key_pem(key))
+        write_secret(cert_path, cert + self.ca.cert_pem)
+        return cert_path, key_path
 
     def tokens(self) -> JoinTokens:
         digest = self.ca.digest

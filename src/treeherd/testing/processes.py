@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -96,8 +97,11 @@ class ManagerProcess:
                 return self.host.http_get(self.url + "/healthz", timeout=2)[0] == 200
             except OSError:
                 return False
+        context = None
+        if self.url.startswith("https://"):
+            context = ssl.create_default_context(cafile=str(self.data_dir / "ca.crt"))
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2, context=context) as response:
                 return bool(response.status == 200)
         except OSError:
             return False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -27,7 +28,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from treeherd.model.wire import AgentMessage, ManagerMessage
-from treeherd.transport.credentials import AUTH_HINT, CredentialError, authorization, bearer_token
+from treeherd.transport.credentials import (
+    AUTH_HINT,
+    TLS_HINT,
+    CredentialError,
+    authorization,
+    bearer_token,
+    tls_context,
+)
 
 if TYPE_CHECKING:
     from litestar.connection import WebSocket
@@ -241,12 +249,14 @@ async def connect_agent(
     target = agent_url(url)
     try:
         headers = authorization(token if token is not None else bearer_token())
+        tls = tls_context() if target.startswith("wss://") else None
     except CredentialError as error:
         raise ManagerUnreachable(str(error)) from None
     try:
         connection = await connect(
             target,
             additional_headers=headers,
+            ssl=tls,
             open_timeout=open_timeout_s,
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=MAX_FRAME_BYTES,
@@ -255,6 +265,8 @@ async def connect_agent(
         )
     except InvalidURI:
         raise ManagerUnreachable(f"invalid manager URL {url!r}: use http://HOST:PORT") from None
+    except ssl.SSLCertVerificationError as error:
+        raise ManagerUnreachable(f"{TLS_HINT} ({error.verify_message})") from None
     except InvalidStatus as error:
         status = error.response.status_code
         if headers and status in (401, 403):

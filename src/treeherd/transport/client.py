@@ -9,13 +9,21 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import msgspec
 
-from treeherd.transport.credentials import AUTH_HINT, CredentialError, authorization, bearer_token
+from treeherd.transport.credentials import (
+    AUTH_HINT,
+    TLS_HINT,
+    CredentialError,
+    authorization,
+    bearer_token,
+    tls_context,
+)
 
 DEFAULT_MANAGER = "http://127.0.0.1:7400"
 DEFAULT_TIMEOUT = 30.0
@@ -53,13 +61,18 @@ class Client:
         self._conn: http.client.HTTPConnection | None = None
         try:
             self._auth = authorization(token if token is not None else bearer_token())
+            self._tls = tls_context() if parsed.scheme == "https" else None
         except CredentialError as error:
             raise ClientError(str(error)) from None
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=timeout)
+            if self._tls is not None:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=timeout, context=self._tls
+                )
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         else:
             self._conn.timeout = timeout
             if self._conn.sock is not None:
@@ -131,6 +144,9 @@ class Client:
                 raise ClientError(
                     f"the manager at {self.base_url} did not answer within {timeout} s"
                 ) from None
+            except ssl.SSLCertVerificationError as error:
+                self.close()
+                raise ClientError(f"{TLS_HINT} ({error.verify_message})") from None
             except OSError as error:
                 self.close()
                 raise ClientError(f"cannot talk to the manager at {self.base_url}: {error}") from None

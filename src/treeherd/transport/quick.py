@@ -43,11 +43,14 @@ def _port(text: str, url: str) -> int:
     return int(text)
 
 
-def get(url: str, path: str, *, timeout: float, accept: str = "application/json") -> tuple[int, bytes]:
+def get(
+    url: str, path: str, *, timeout: float, accept: str = "application/json", token: str | None = None
+) -> tuple[int, bytes]:
     """GET `path` (already quoted) from the server at `url`: the status and the body."""
     host, port, prefix = split_url(url)
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     request = (
-        f"GET {prefix}{path} HTTP/1.0\r\nHost: {host}:{port}\r\nAccept: {accept}\r\n"
+        f"GET {prefix}{path} HTTP/1.0\r\nHost: {host}:{port}\r\nAccept: {accept}\r\n{authorization}"
         "Connection: close\r\nUser-Agent: treeherd\r\n\r\n"
     ).encode()
     try:
