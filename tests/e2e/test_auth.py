@@ -3,11 +3,14 @@ and without tokens, roles refused with clear words, an agent admitted by an agen
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -224,3 +227,62 @@ def test_a_tls_manager_serves_the_cli_the_enc_and_agents_that_trust_its_ca(tmp_p
             assert running() == 2, agent.log()
         finally:
             agent.stop()
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_an_agent_joins_with_a_join_token_and_its_certificate_opens_only_its_own_session(
+    tmp_path: Path,
+) -> None:
+    with ManagerProcess(tmp_path / "manager", extra_args=("--tls", "--require-auth")) as manager:
+        admin = tmp_path / "manager" / "secrets" / "admin.token"
+        ca = tmp_path / "manager" / "ca.crt"
+
+        def admin_cli(*args: str) -> str:
+            done = cli(manager.url, *args, token_file=admin, ca_file=ca)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        join_token = keep_token(admin_cli("cluster", "join-token", "worker", "-q"), tmp_path / "join.token")
+        first = AgentProcess(
+            manager.url, tmp_path / "a", "host-a", extra_args=("--join-token-file", str(join_token))
+        )
+        try:
+            first.start()
+            assert wait_for(lambda: "host-a" in admin_cli("node", "ls")), first.log()
+            assert "joined the cluster" in first.log()
+            node_cert = tmp_path / "a" / "secrets" / "node.crt"
+            assert stat.S_IMODE(node_cert.stat().st_mode) == 0o600
+            machine = json.loads(admin_cli("machine", "show", "host-a", "--format", "json"))
+            assert machine["node_identity"]
+            # The same certificate claiming another hostname is refused.
+            thief_dir = tmp_path / "b"
+            shutil.copytree(tmp_path / "a" / "secrets", thief_dir / "secrets")
+            thief = AgentProcess(manager.url, thief_dir, "host-b")
+            try:
+                thief.start()
+                assert wait_for(lambda: "belongs to host-a" in thief.log()), thief.log()
+                assert "host-b" not in admin_cli("node", "ls")
+            finally:
+                thief.stop()
+            # node rm revokes the certificate: its sessions are refused from then on.
+            admin_cli("node", "rm", "host-a", "--force")
+            assert wait_for(lambda: "revoked when host-a was removed" in first.log()), first.log()
+            assert "host-a" not in admin_cli("node", "ls")
+        finally:
+            first.stop()
+        # A token for another CA, or a rotated one, does not join.
+        admin_cli("cluster", "join-token", "worker", "--rotate")
+        late = AgentProcess(
+            manager.url, tmp_path / "c", "host-c", extra_args=("--join-token-file", str(join_token))
+        )
+        late.start()
+        assert late.process is not None and late.process.wait(30) != 0
+        assert "the manager refused the join" in late.log() and "Traceback" not in late.log()

@@ -24,6 +24,7 @@ from treeherd.core.security.roles import Scope, allows
 from treeherd.core.view import View
 from treeherd.model.errors import Forbidden, Unauthenticated
 from treeherd.model.security import Role
+from treeherd.transport.pki import identity_of_der
 
 audit = logging.getLogger("treeherd.audit")
 
@@ -31,6 +32,21 @@ audit = logging.getLogger("treeherd.audit")
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     role: Role
+    # The node id of the client certificate the caller presented (mutual TLS), if any.
+    node_id: str | None = None
+
+
+PEER_CERTIFICATE = "treeherd.peer_certificate"  # scope extension: the client certificate's DER
+
+
+def certificate_caller(scope: dict[str, Any]) -> Caller | None:
+    """The caller a verified client certificate names (the TLS layer checked it against the cluster
+    CA): an agent, by its node id."""
+    der = scope.get("extensions", {}).get(PEER_CERTIFICATE)
+    if not der:
+        return None
+    identity = identity_of_der(der)
+    return Caller(name=identity.node_id, role=Role.AGENT, node_id=identity.node_id)
 
 
 LOCAL_ADMIN = Caller(name="local", role=Role.ADMIN)
@@ -55,9 +71,12 @@ class Authenticator:
         return Caller(name=token.name, role=token.role)
 
     def guard(self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        scope_data: dict[str, Any] = dict(connection.scope)
+        by_certificate = certificate_caller(scope_data)
+        if by_certificate is not None:
+            connection.scope["state"]["caller"] = by_certificate
         if not self.required:
             return
-        scope_data: dict[str, Any] = dict(connection.scope)
         method = WEBSOCKET if scope_data["type"] == "websocket" else str(scope_data["method"])
         template = str(scope_data.get("path_template", scope_data["path"]))
         scope = scope_of(method, template)
@@ -65,7 +84,7 @@ class Authenticator:
             return
         where = connection.client.host if connection.client else "?"
         try:
-            caller = self.caller(connection.headers)
+            caller = by_certificate or self.caller(connection.headers)
         except Unauthenticated:
             audit.warning("refused %s %s from %s: no valid credential", method, template, where)
             raise

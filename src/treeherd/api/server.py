@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from treeherd.api.app import create_app
+from treeherd.api.peer_certificates import websocket_protocol
 from treeherd.manager.admin_token import ensure_admin_token
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.availability_board import AvailabilityBoard
@@ -69,17 +71,25 @@ class ApiServer:
 
     name = "api"
 
-    def __init__(self, app: Any, sock: socket.socket, *, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, app: Any, sock: socket.socket, *, tls: tuple[Path, Path, Path] | None = None) -> None:
         self._app = app
         self._sock = sock
-        self._tls = tls  # (certificate chain, key) files: serve https and wss
+        # (certificate chain, key, cluster CA) files: serve https and wss; client certificates of
+        # the CA are asked for (optional: API clients may present a token instead) and verified.
+        self._tls = tls
         self._server: _Server | None = None
         self._stop_requested = False
 
     async def run(self) -> None:
         tls: dict[str, Any] = {}
         if self._tls is not None:
-            tls = {"ssl_certfile": str(self._tls[0]), "ssl_keyfile": str(self._tls[1])}
+            tls = {
+                "ssl_certfile": str(self._tls[0]),
+                "ssl_keyfile": str(self._tls[1]),
+                "ssl_ca_certs": str(self._tls[2]),
+                "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                "ws": websocket_protocol(),
+            }
         config = uvicorn.Config(
             self._app,
             log_level="warning",
@@ -191,7 +201,7 @@ async def serve_manager(
             tls_files = None
             if tls:
                 names = tuple(dict.fromkeys([actual_host, "127.0.0.1", "localhost", socket.gethostname()]))
-                tls_files = authority.server_files(names, inventory.clock())
+                tls_files = (*authority.server_files(names, inventory.clock()), data_dir / "ca.crt")
             registry = Registry(store)
             dispatcher = Dispatcher(store, managers=[url], registry=registry)
             board = AvailabilityBoard(clock=inventory.clock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,6 +20,7 @@ def _run(
     kind: str | None,
     executor_name: str,
     haproxy: str = "auto",
+    join_token_file: Path | None = None,
 ) -> None:
     # Imported here: the agent stack (psutil, SQLite, WebSockets) is not needed by client commands.
     import asyncio
@@ -30,6 +32,7 @@ def _run(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("treeherd").setLevel(logging.INFO)
+    connect = _joined_connect(manager_url, data_dir, join_token_file)
     try:
         executor = make_executor(executor_name, data_dir, hostname)
     except ValueError as error:
@@ -43,6 +46,7 @@ def _run(
         labels=labels,
         machine_kind=kind,  # type: ignore[arg-type]  # click.Choice guarantees the literal
         haproxy=haproxy,  # type: ignore[arg-type]  # click.Choice guarantees the literal
+        connect=connect,
     )
 
     async def main() -> None:
@@ -63,6 +67,30 @@ def _run(
         runner = asyncio.Runner()
     with runner:
         runner.run(main())
+
+
+def _joined_connect(manager_url: str, data_dir: Path, join_token_file: Path | None) -> Any:
+    """Join the cluster first when a join token is given and this node has no certificate yet; then
+    connect with the node's certificate (mutual TLS) if it has one, else as before."""
+    import functools
+
+    from treeherd.runtime import utc_now
+    from treeherd.transport.channel import connect_agent
+    from treeherd.transport.join import JoinError, identity_files, join, node_tls
+    from treeherd.transport.secret_files import InsecureSecret, read_secret
+
+    try:
+        if join_token_file is not None and not identity_files(data_dir)[0].exists():
+            token = read_secret(join_token_file).decode().strip()
+            join(manager_url, data_dir, token, utc_now())
+            click.echo(
+                f"joined the cluster: this node's certificate is in {identity_files(data_dir)[0]}", err=True
+            )
+        tls = node_tls(data_dir)
+    except (JoinError, InsecureSecret, OSError) as error:
+        fail(str(error))
+        return None
+    return None if tls is None else functools.partial(connect_agent, tls=tls)
 
 
 @click.command("agent")
@@ -102,6 +130,13 @@ def _run(
     show_default=True,
     help="run a local haproxy for the services this host's tasks depend on (auto: when installed)",
 )
+@click.option(
+    "--join-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TREEHERD_JOIN_TOKEN_FILE",
+    help="join the cluster with this join token (a 0600 file; `treeherd cluster join-token worker`), then"
+    " connect with the node certificate it gives (kept in DATA_DIR/secrets)",
+)
 @pass_ctx
 def agent(
     ctx: Context,
@@ -112,10 +147,18 @@ def agent(
     kind: str | None,
     executor: str,
     haproxy: str,
+    join_token_file: Path | None,
 ) -> None:
     """Run this machine's agent: join a manager and run the tasks it assigns here."""
     _run(
-        manager_url or ctx.manager, data_dir, hostname, key_values(labels, "--label"), kind, executor, haproxy
+        manager_url or ctx.manager,
+        data_dir,
+        hostname,
+        key_values(labels, "--label"),
+        kind,
+        executor,
+        haproxy,
+        join_token_file,
     )
 
 

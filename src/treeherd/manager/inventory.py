@@ -133,7 +133,9 @@ class Inventory:
         self, hostname: str, *, force: bool, version: int | None = None
     ) -> list[AnyObject]:
         committed = await self.apply(
-            lambda v: inv.plan_delete_machine(v, hostname, force=force, version=version),
+            lambda v: inv.plan_delete_machine(
+                v, hostname, force=force, version=version, now=self.clock(), new_id=self.ids
+            ),
             pinned=version is not None,
         )
         return committed.objects

@@ -22,7 +22,7 @@ from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
-from treeherd.model.security import ApiToken
+from treeherd.model.security import ApiToken, RevokedNode
 from treeherd.model.services import ClusterSettings, Service, Task
 
 T = TypeVar("T", bound=Object)
@@ -103,7 +103,10 @@ KINDS: dict[str, KindInfo] = {
         KindInfo(
             name="machine",
             type=Machine,
-            unique=(UniqueKey("hostname", lambda o: (_as(Machine, o).hostname,)),),
+            unique=(
+                UniqueKey("hostname", lambda o: (_as(Machine, o).hostname,)),
+                UniqueKey("node_identity", lambda o: _one(_as(Machine, o).node_identity)),
+            ),
         ),
         KindInfo(
             name="binding",
@@ -187,6 +190,11 @@ KINDS: dict[str, KindInfo] = {
             name="token",
             type=ApiToken,
             unique=(UniqueKey("name", lambda o: (_as(ApiToken, o).name,)),),
+        ),
+        KindInfo(
+            name="revoked_node",
+            type=RevokedNode,
+            unique=(UniqueKey("node_identity", lambda o: (_as(RevokedNode, o).node_identity,)),),
         ),
         KindInfo(
             name="proxy",

@@ -18,7 +18,7 @@ from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
-from treeherd.model.security import ApiToken
+from treeherd.model.security import ApiToken, RevokedNode
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import Availability, NodeRole, NodeState
 
@@ -95,6 +95,9 @@ class Machine(Object, frozen=True, kw_only=True, tag="machine"):
     role: NodeRole = "worker"
     availability: Availability = "active"
     agent: AgentStatus | None = None
+    # The node id of the certificate its agent presents, bound at its first session over mutual TLS:
+    # from then on only that certificate opens this machine's sessions.
+    node_identity: str | None = None
 
 
 class Binding(Object, frozen=True, kw_only=True, tag="binding"):
@@ -150,4 +153,5 @@ AnyObject = (
     | ProxyRecord
     | Endpoint
     | ApiToken
+    | RevokedNode
 )

@@ -38,6 +38,15 @@ TOKEN_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_TOKEN_LIFETIME_S = 3650 * 86400
 
 
+class RevokedNode(Object, frozen=True, kw_only=True, tag="revoked_node"):
+    """A node certificate refused for good: its machine was removed (`node rm`). The node joins again
+    with a join token to get a new certificate."""
+
+    kind: ClassVar[str] = "revoked_node"
+    node_identity: str
+    hostname: str
+
+
 class TokenCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(pattern=TOKEN_NAME_PATTERN, description="a-z, 0-9, '.', '_', '-'")]
     role: Role

@@ -160,9 +160,11 @@ class AgentProcess:
         labels: tuple[str, ...] = (),
         host: Host | None = None,
         env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.env = env  # added to this process's environment (a token file, say)
+        self.extra_args = extra_args
         self.manager_url = manager_url
         self.data_dir = data_dir
         self.hostname = hostname
@@ -189,6 +191,7 @@ class AgentProcess:
                     "--executor",
                     self.executor,
                     *label_args,
+                    *self.extra_args,
                 ],
                 self.host,
                 env=None if self.env is None else {**os.environ, **self.env},

@@ -238,7 +238,11 @@ def agent_url(manager_url: str) -> str:
 
 
 async def connect_agent(
-    url: str, *, open_timeout_s: float = CONNECT_TIMEOUT_S, token: str | None = None
+    url: str,
+    *,
+    open_timeout_s: float = CONNECT_TIMEOUT_S,
+    token: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AgentChannel:
     """Open an agent channel to the manager at `url` (e.g. http://127.0.0.1:7400), within
     `open_timeout_s` seconds. Raises `ManagerUnreachable` saying what went wrong.
@@ -249,7 +253,7 @@ async def connect_agent(
     target = agent_url(url)
     try:
         headers = authorization(token if token is not None else bearer_token())
-        tls = tls_context() if target.startswith("wss://") else None
+        tls = (tls or tls_context()) if target.startswith("wss://") else None
     except CredentialError as error:
         raise ManagerUnreachable(str(error)) from None
     try:

@@ -47,7 +47,12 @@ class Client:
     """Talks JSON to one manager."""
 
     def __init__(
-        self, base_url: str = DEFAULT_MANAGER, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+        self,
+        base_url: str = DEFAULT_MANAGER,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(base_url if "://" in base_url else f"http://{base_url}")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -61,7 +66,7 @@ class Client:
         self._conn: http.client.HTTPConnection | None = None
         try:
             self._auth = authorization(token if token is not None else bearer_token())
-            self._tls = tls_context() if parsed.scheme == "https" else None
+            self._tls = (tls or tls_context()) if parsed.scheme == "https" else None
         except CredentialError as error:
             raise ClientError(str(error)) from None
 

@@ -28,8 +28,10 @@ async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Dispatcher
         await channel.accept()
     except ChannelClosed:
         return
+    caller = socket.scope.get("state", {}).get("caller")
+    identity = getattr(caller, "node_id", None)
     try:
-        await dispatcher.serve(channel, address=channel.remote_address)
+        await dispatcher.serve(channel, address=channel.remote_address, identity=identity)
     finally:
         await channel.close()
 

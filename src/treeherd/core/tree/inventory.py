@@ -38,6 +38,7 @@ from treeherd.model.requests import (
     MachineUpdate,
     ProvisionCreate,
 )
+from treeherd.model.security import RevokedNode
 
 __all__ = [
     "machine_by_hostname",
@@ -111,7 +112,17 @@ def plan_update_machine(view: View, hostname: str, request: MachineUpdate, now: 
     return [Update(msgspec.structs.replace(machine, **changes))]
 
 
-def plan_delete_machine(view: View, hostname: str, *, force: bool, version: int | None = None) -> list[Op]:
+def plan_delete_machine(
+    view: View,
+    hostname: str,
+    *,
+    force: bool,
+    version: int | None = None,
+    now: datetime | None = None,
+    new_id: Callable[[], str] | None = None,
+) -> list[Op]:
+    """Remove a machine (with its bindings when forced). A machine whose agent holds a node certificate
+    leaves a revocation behind (given `now` and `new_id`): that certificate opens no session again."""
     machine = machine_by_hostname(view, hostname)
     check_version(machine, version)
     bindings = view.referrers(Binding, "machine", machine.id)
@@ -121,7 +132,20 @@ def plan_delete_machine(view: View, hostname: str, *, force: bool, version: int 
             f"machine {machine.hostname!r} is bound to {', '.join(paths)}: unbind it first, or delete with"
             " --force to remove its bindings too"
         )
-    return [*(Delete(b) for b in bindings), Delete(machine)]
+    revoked: list[Op] = []
+    if machine.node_identity is not None and now is not None and new_id is not None:
+        revoked.append(
+            Create(
+                RevokedNode(
+                    id=new_id(),
+                    created_at=now,
+                    updated_at=now,
+                    node_identity=machine.node_identity,
+                    hostname=machine.hostname,
+                )
+            )
+        )
+    return [*(Delete(b) for b in bindings), Delete(machine), *revoked]
 
 
 # ---- bindings -----------------------------------------------------------------------------------

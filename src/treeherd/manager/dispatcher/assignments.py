@@ -19,6 +19,7 @@ from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import Compacted, WatchLagged
 from treeherd.model.events import Change
+from treeherd.model.objects import Machine
 from treeherd.model.services import Task
 from treeherd.model.wire import Assignments
 from treeherd.store.base import Store, Watch
@@ -96,6 +97,12 @@ class AssignmentRouter:
         changed_services: set[str] = set()
         for event in change.events:
             task = event.object
+            if isinstance(task, Machine) and event.type == "deleted" and task.node_identity is not None:
+                # `node rm` revoked its certificate: its session ends now, and no new one opens.
+                removed = self._sessions.get(task.id)
+                if removed is not None:
+                    removed.close("its machine was removed and its certificate revoked")
+                continue
             if isinstance(task, Endpoint):
                 changed_services.add(task.service)
                 continue

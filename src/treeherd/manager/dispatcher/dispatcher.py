@@ -40,7 +40,7 @@ from treeherd.manager.dispatcher.proxy_events import ProxyEvents
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.manager.dispatcher.status_writer import StatusWriter
 from treeherd.manager.endpoints import Registry
-from treeherd.model.errors import InvalidInput, TreeherdError, Unavailable
+from treeherd.model.errors import Forbidden, InvalidInput, TreeherdError, Unavailable
 from treeherd.model.ops import Create, Op
 from treeherd.model.services import ClusterSettings, Task
 from treeherd.model.wire import (
@@ -159,11 +159,14 @@ class Dispatcher:
         self._stopping.set()
 
     # ---- sessions ----------------------------------------------------------------------------------
-    async def serve(self, channel: Channel[AgentMessage], *, address: str = "") -> None:
+    async def serve(
+        self, channel: Channel[AgentMessage], *, address: str = "", identity: str | None = None
+    ) -> None:
         """Run one agent's session on `channel` until it ends (the agent leaves, misses its
-        heartbeats, is replaced by a new session, or the dispatcher stops); closes the channel."""
+        heartbeats, is replaced by a new session, or the dispatcher stops); closes the channel.
+        `identity`: the node id of the certificate the agent connected with (mutual TLS), if any."""
         try:
-            session = await self._open(channel, address)
+            session = await self._open(channel, address, identity)
             if session is None:
                 return
             log.info(
@@ -184,7 +187,9 @@ class Dispatcher:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await channel.close()
 
-    async def _open(self, channel: Channel[AgentMessage], address: str) -> AgentSession | None:
+    async def _open(
+        self, channel: Channel[AgentMessage], address: str, identity: str | None
+    ) -> AgentSession | None:
         """Register the agent; returns its session, or None after refusing it."""
         try:
             async with asyncio.timeout(REGISTER_TIMEOUT_S):
@@ -218,7 +223,9 @@ class Dispatcher:
             await _refuse(channel, "rate_limited", detail, retry_after_s=retry_after)
             return None
         period = heartbeat_period(settings, self._rand())
-        machine_id = await self._register(channel, first, address, heartbeat_timeout(period, settings))
+        machine_id = await self._register(
+            channel, first, address, heartbeat_timeout(period, settings), identity
+        )
         if machine_id is None:
             return None
         if not self._ready.is_set():
@@ -243,7 +250,12 @@ class Dispatcher:
         return session
 
     async def _register(
-        self, channel: Channel[AgentMessage], register: Register, address: str, grace_s: float
+        self,
+        channel: Channel[AgentMessage],
+        register: Register,
+        address: str,
+        grace_s: float,
+        identity: str | None = None,
     ) -> str | None:
         """Write the machine's record and mark it ready; returns its id, or None after refusing."""
         now = self._clock()
@@ -251,7 +263,9 @@ class Dispatcher:
 
         def plan(view: View) -> list[Op]:
             machine_ids.clear()  # empty while planning: an InvalidInput then refuses the registration
-            ops, machine_id = plan_register(view, register, address=address, now=now, new_id=self._ids)
+            ops, machine_id = plan_register(
+                view, register, address=address, now=now, new_id=self._ids, identity=identity
+            )
             self._heartbeats.heard_from(machine_id, grace_s)  # tracked first: a racing expiry sees it alive
             machine_ids.append(machine_id)
             return ops
@@ -272,8 +286,9 @@ class Dispatcher:
                 logger=log,
             )
         except TreeherdError as error:
-            if isinstance(error, InvalidInput) and not machine_ids:
-                await _refuse(channel, "invalid", error.detail, retry_after_s=60.0)
+            if isinstance(error, InvalidInput | Forbidden) and not machine_ids:
+                log.warning("agent %s refused: %s", register.hostname, error.detail)
+                await _refuse(channel, error.code, error.detail, retry_after_s=60.0)
                 return None
             log.error("cannot record agent %s: %s", register.hostname, error)
             committed = None

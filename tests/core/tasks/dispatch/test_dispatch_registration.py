@@ -85,3 +85,42 @@ def test_register_refuses_a_malformed_report() -> None:
         plan_register(view, Register(hostname="not a host"), address="", now=FIXED_NOW, new_id=Ids())
     with pytest.raises(InvalidInput):
         plan_register(view, Register(hostname="ok", ips=["nope"]), address="", now=FIXED_NOW, new_id=Ids())
+
+
+async def test_a_certificate_binds_its_machine_and_opens_no_other(store: MemoryStore) -> None:
+    from treeherd.core.tree.inventory import plan_delete_machine
+    from treeherd.model.errors import Forbidden
+
+    def register(hostname: str, identity: str | None) -> tuple[list, str]:  # type: ignore[type-arg]
+        return plan_register(
+            store.view(),
+            Register(hostname=hostname),
+            address="",
+            now=FIXED_NOW,
+            new_id=Ids(hostname),
+            identity=identity,
+        )
+
+    ops, machine_id = register("web-1", "node-a")
+    await store.commit(ops)
+    bound = store.view().get(Machine, machine_id)
+    assert bound is not None and bound.node_identity == "node-a"
+    await store.commit(register("web-1", "node-a")[0])  # its own certificate again: fine
+    cases = [
+        ("web-2", "node-a", "this node's certificate belongs to web-1"),
+        ("web-1", "node-b", "bound to another node's certificate"),
+        ("web-1", None, "bound to a node certificate"),
+    ]
+    for hostname, identity, says in cases:
+        with pytest.raises(Forbidden, match=says):
+            register(hostname, identity)
+    # An unbound machine is bound by the first certificate that opens its session.
+    await store.commit(register("web-3", None)[0])
+    ops, _ = register("web-3", "node-c")
+    await store.commit(ops)
+    assert store.view().lookup(Machine, "hostname", "web-3").node_identity == "node-c"  # type: ignore[union-attr]
+    # Removing the machine revokes its certificate, whatever hostname it claims next.
+    await store.commit(plan_delete_machine(store.view(), "web-1", force=True, now=FIXED_NOW, new_id=Ids("r")))
+    for hostname in ("web-1", "web-9"):
+        with pytest.raises(Forbidden, match="revoked when web-1 was removed"):
+            register(hostname, "node-a")

@@ -15,8 +15,10 @@ import msgspec
 
 from treeherd.core.tree import validate
 from treeherd.core.view import View
+from treeherd.model.errors import Forbidden
 from treeherd.model.objects import AgentStatus, Machine
 from treeherd.model.ops import Create, Op, Update
+from treeherd.model.security import RevokedNode
 from treeherd.model.wire import Register
 
 
@@ -48,8 +50,38 @@ class RegistrationLimiter:
         return len(self._seen)
 
 
+def check_identity(view: View, hostname: str, machine: Machine | None, identity: str | None) -> None:
+    """Refuse a session whose certificate (node id `identity`, None without one) is not the one
+    `hostname` is bound to, or is bound to another hostname."""
+    bound = machine.node_identity if machine is not None else None
+    if identity is None:
+        if bound is not None:
+            raise Forbidden(f"{hostname} is bound to a node certificate: its agent must connect with it")
+        return
+    revoked = view.lookup(RevokedNode, "node_identity", identity)
+    if revoked is not None:
+        raise Forbidden(
+            f"this node's certificate was revoked when {revoked.hostname} was removed: join again with a join token"
+        )
+    owner = view.lookup(Machine, "node_identity", identity)
+    if owner is not None and owner.hostname != hostname:
+        raise Forbidden(
+            f"this node's certificate belongs to {owner.hostname}: it cannot open a session for {hostname}"
+        )
+    if bound is not None and bound != identity:
+        raise Forbidden(
+            f"{hostname} is bound to another node's certificate: this one cannot open its session"
+        )
+
+
 def plan_register(
-    view: View, register: Register, *, address: str, now: datetime, new_id: Callable[[], str]
+    view: View,
+    register: Register,
+    *,
+    address: str,
+    now: datetime,
+    new_id: Callable[[], str],
+    identity: str | None = None,
 ) -> tuple[list[Op], str]:
     """The machine record an agent's registration leads to, and the machine's id.
 
@@ -63,6 +95,7 @@ def plan_register(
     validate.non_negative(register.cpus, field="cpus")
     validate.non_negative(register.memory_bytes, field="memory_bytes")
     machine = view.lookup(Machine, "hostname", hostname)
+    check_identity(view, hostname, machine, identity)
     if machine is None:
         validate.labels(register.labels)
         agent = AgentStatus(
@@ -79,6 +112,7 @@ def plan_register(
             cpus=register.cpus,
             memory_bytes=register.memory_bytes,
             agent=agent,
+            node_identity=identity,
         )
         return [Create(created)], created.id
     previous = machine.agent
@@ -96,6 +130,7 @@ def plan_register(
         cpus=register.cpus or machine.cpus,
         memory_bytes=register.memory_bytes or machine.memory_bytes,
         agent=agent,
+        node_identity=identity or machine.node_identity,
         updated_at=now,
     )
     return [Update(updated)], machine.id

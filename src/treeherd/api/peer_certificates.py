@@ -1,0 +1,37 @@
+"""uvicorn's WebSocket protocol, with a TLS client's certificate put in the ASGI scope.
+
+uvicorn does not hand the peer certificate to the application, and the agent channel needs it: a
+session is bound to the node id its certificate names. The certificate (already verified by the TLS
+layer against the cluster CA) goes in `scope["extensions"]["treeherd.peer_certificate"]` as DER,
+before the application sees the scope. Built on uvicorn's own protocol class, whichever its `auto`
+choice is; the agent-channel tests over mutual TLS fail if a uvicorn release changes that hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+from treeherd.api.auth import PEER_CERTIFICATE
+
+
+def websocket_protocol() -> type[Any]:
+    """The WebSocket protocol class to give uvicorn (`ws=`)."""
+    base: Any = AutoWebSocketsProtocol
+    if base is None or not hasattr(base, "run_asgi"):
+        raise RuntimeError(
+            "this uvicorn has no WebSocket protocol treeherd can read client certificates from"
+        )
+
+    class PeerCertificateProtocol(base):  # type: ignore[misc]
+        async def run_asgi(self) -> None:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if der:
+                extensions = dict(self.scope.get("extensions") or {})
+                extensions[PEER_CERTIFICATE] = der
+                self.scope["extensions"] = extensions
+            await super().run_asgi()
+
+    return PeerCertificateProtocol
