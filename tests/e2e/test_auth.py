@@ -286,3 +286,34 @@ def test_an_agent_joins_with_a_join_token_and_its_certificate_opens_only_its_own
         late.start()
         assert late.process is not None and late.process.wait(30) != 0
         assert "the manager refused the join" in late.log() and "Traceback" not in late.log()
+
+
+def test_an_agent_renews_its_certificate_without_leaving_its_session(tmp_path: Path) -> None:
+    with ManagerProcess(
+        tmp_path / "manager", extra_args=("--tls", "--require-auth", "--cert-expiry", "6s")
+    ) as manager:
+        admin = tmp_path / "manager" / "secrets" / "admin.token"
+        ca = tmp_path / "manager" / "ca.crt"
+
+        def admin_cli(*args: str) -> str:
+            done = cli(manager.url, *args, token_file=admin, ca_file=ca)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        admin_cli("cluster", "set", "--heartbeat-period", "1s")
+        join_token = keep_token(admin_cli("cluster", "join-token", "worker", "-q"), tmp_path / "join.token")
+        agent = AgentProcess(
+            manager.url, tmp_path / "a", "host-a", extra_args=("--join-token-file", str(join_token))
+        )
+        try:
+            agent.start()
+            node_cert = tmp_path / "a" / "secrets" / "node.crt"
+            assert wait_for(lambda: "host-a" in admin_cli("node", "ls")), agent.log()
+            first = node_cert.read_bytes()
+            assert wait_for(lambda: agent.log().count("certificate renewed") >= 2, seconds=30), agent.log()
+            assert node_cert.read_bytes() != first
+            assert agent.log().count("session ") and agent.log().count(" started (machine") == 1, agent.log()
+            assert "ready" in admin_cli("node", "ls")
+            assert "renewed the certificate of host-a" in manager.log()
+        finally:
+            agent.stop()

@@ -18,10 +18,13 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from treeherd.agent.certificates import CertificateKeeper
 from treeherd.model.gateway import Figure
 from treeherd.model.proxies import ProxyEventType
 from treeherd.model.wire import (
     Assignments,
+    CertificateIssued,
+    CertificateRenewal,
     DependencyEndpoints,
     EndpointSet,
     Heartbeat,
@@ -131,6 +134,8 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._sequence = -1
+        # A joined node's certificate, renewed on the session before it expires (None: no certificate).
+        self.certificates: CertificateKeeper | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -278,8 +283,13 @@ class Session:
             await asyncio.sleep(self.heartbeat_period_s)
             try:
                 await self._send(channel, Heartbeat(session_id=session_id))
+                if self.certificates is not None and self.certificates.due():
+                    renewal = CertificateRenewal(session_id=session_id, csr_pem=self.certificates.request())
+                    await self._send(channel, renewal)
             except Exception as error:
                 log.info("heartbeat not sent (%s); ending the session", error)
+                if self.certificates is not None:
+                    self.certificates.lost()
                 await self._close(channel)  # wakes the receiver with ChannelClosed
                 return
 
@@ -308,6 +318,9 @@ class Session:
             elif isinstance(message, LogCancel):
                 if self._logs is not None:
                     self._logs.cancel(message.stream_id)
+            elif isinstance(message, CertificateIssued):
+                if self.certificates is not None:
+                    self.certificates.accept(message)
             elif isinstance(message, SessionRefused):
                 raise _SessionEnded(f"the manager ended the session: {message.code}: {message.detail}")
             else:

@@ -32,8 +32,9 @@ audit = logging.getLogger("treeherd.audit")
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     role: Role
-    # The node id of the client certificate the caller presented (mutual TLS), if any.
+    # The node id and role of the client certificate the caller presented (mutual TLS), if any.
     node_id: str | None = None
+    node_role: str = "worker"
 
 
 PEER_CERTIFICATE = "treeherd.peer_certificate"  # scope extension: the client certificate's DER
@@ -46,7 +47,7 @@ def certificate_caller(scope: dict[str, Any]) -> Caller | None:
     if not der:
         return None
     identity = identity_of_der(der)
-    return Caller(name=identity.node_id, role=Role.AGENT, node_id=identity.node_id)
+    return Caller(name=identity.node_id, role=Role.AGENT, node_id=identity.node_id, node_role=identity.role)
 
 
 LOCAL_ADMIN = Caller(name="local", role=Role.ADMIN)

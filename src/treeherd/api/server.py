@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,7 @@ async def serve_manager(
     require_auth: bool = False,
     external_ca: tuple[Path, Path] | None = None,
     tls: bool = False,
+    cert_expiry_s: float | None = None,
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
     of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process.
@@ -187,6 +189,8 @@ async def serve_manager(
                 authority = ClusterAuthority.open(data_dir, inventory.clock(), external=external_ca)
             except (CaError, InsecureSecret) as error:
                 raise StartupError(str(error)) from None
+            if cert_expiry_s is not None:
+                authority.node_lifetime = timedelta(seconds=cert_expiry_s)
             if require_auth:
                 try:
                     await ensure_admin_token(inventory, data_dir)
@@ -203,7 +207,12 @@ async def serve_manager(
                 names = tuple(dict.fromkeys([actual_host, "127.0.0.1", "localhost", socket.gethostname()]))
                 tls_files = (*authority.server_files(names, inventory.clock()), data_dir / "ca.crt")
             registry = Registry(store)
-            dispatcher = Dispatcher(store, managers=[url], registry=registry)
+            dispatcher = Dispatcher(
+                store,
+                managers=[url],
+                registry=registry,
+                sign=lambda csr, node_id, role: authority.renew(csr, node_id, role, inventory.clock()),
+            )
             board = AvailabilityBoard(clock=inventory.clock)
             components: list[Component] = [
                 ApiServer(

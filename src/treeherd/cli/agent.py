@@ -48,6 +48,11 @@ def _run(
         haproxy=haproxy,  # type: ignore[arg-type]  # click.Choice guarantees the literal
         connect=connect,
     )
+    if connect is not None:
+        from treeherd.agent.certificates import CertificateKeeper
+        from treeherd.runtime import utc_now
+
+        agent.session.certificates = CertificateKeeper(data_dir, clock=utc_now)
 
     async def main() -> None:
         if isinstance(executor, Engine) and (problem := await executor.check()) is not None:
@@ -72,8 +77,6 @@ def _run(
 def _joined_connect(manager_url: str, data_dir: Path, join_token_file: Path | None) -> Any:
     """Join the cluster first when a join token is given and this node has no certificate yet; then
     connect with the node's certificate (mutual TLS) if it has one, else as before."""
-    import functools
-
     from treeherd.runtime import utc_now
     from treeherd.transport.channel import connect_agent
     from treeherd.transport.join import JoinError, identity_files, join, node_tls
@@ -86,11 +89,17 @@ def _joined_connect(manager_url: str, data_dir: Path, join_token_file: Path | No
             click.echo(
                 f"joined the cluster: this node's certificate is in {identity_files(data_dir)[0]}", err=True
             )
-        tls = node_tls(data_dir)
+        if node_tls(data_dir) is None:
+            return None
     except (JoinError, InsecureSecret, OSError) as error:
         fail(str(error))
         return None
-    return None if tls is None else functools.partial(connect_agent, tls=tls)
+
+    async def connect(url: str) -> Any:
+        # Read at each connection: a renewed certificate is used from the next session on.
+        return await connect_agent(url, tls=node_tls(data_dir))
+
+    return connect
 
 
 @click.command("agent")

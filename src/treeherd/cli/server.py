@@ -29,6 +29,7 @@ def _run(
     require_auth: bool = False,
     external_ca: tuple[Path, Path] | None = None,
     tls: bool = False,
+    cert_expiry_s: float | None = None,
 ) -> None:
     import asyncio
     import logging
@@ -56,6 +57,7 @@ def _run(
                     require_auth=require_auth,
                     external_ca=external_ca,
                     tls=tls,
+                    cert_expiry_s=cert_expiry_s,
                 )
             )
     except (StartupError, TreeherdError) as error:
@@ -155,6 +157,11 @@ def _check_docker() -> None:
     help="serve the API and the agent channel over TLS, with a certificate of the cluster CA (clients:"
     " TREEHERD_CA_FILE=DATA_DIR/ca.crt)",
 )
+@click.option(
+    "--cert-expiry",
+    metavar="DURATION",
+    help="lifetime of the node certificates this manager issues (default 90d; nodes renew in the last third)",
+)
 def manager(
     data_dir: Path,
     listen: str,
@@ -163,12 +170,27 @@ def manager(
     external_ca_cert: Path | None,
     external_ca_key: Path | None,
     tls: bool,
+    cert_expiry: str | None,
 ) -> None:
     """Run a manager: the store and the API."""
     if (external_ca_cert is None) != (external_ca_key is None):
         fail("--external-ca-cert and --external-ca-key go together: give both, or neither")
     external = (external_ca_cert, external_ca_key) if external_ca_cert and external_ca_key else None
-    _run(data_dir, listen, False, store=store, require_auth=require_auth, external_ca=external, tls=tls)
+    from treeherd.cli.params_services import duration
+
+    expiry = None if cert_expiry is None else duration(cert_expiry, "--cert-expiry")
+    if expiry is not None and expiry < 1:
+        fail("--cert-expiry must be at least 1s")
+    _run(
+        data_dir,
+        listen,
+        False,
+        store=store,
+        require_auth=require_auth,
+        external_ca=external,
+        tls=tls,
+        cert_expiry_s=expiry,
+    )
 
 
 @click.command("up")

@@ -41,6 +41,7 @@ class ClusterAuthority:
 
     def __init__(self, ca: ClusterCA, secrets_by_role: dict[JoinRole, bytes], directory: Path) -> None:
         self.ca = ca
+        self.node_lifetime = DEFAULT_NODE_LIFETIME  # of the certificates it issues (--cert-expiry)
         self._secrets = secrets_by_role
         self._directory = directory
 
@@ -117,8 +118,19 @@ class ClusterAuthority:
             manager=str(make_join_token(digest, self._secrets[JoinRole.MANAGER])),
         )
 
+    def renew(self, csr_pem: bytes, node_id: str, role: str, now: datetime) -> bytes:
+        """A new certificate for a node already admitted (its session was opened with its certificate)."""
+        return self.ca.issue(
+            csr_pem,
+            node_id=node_id,
+            role=role,
+            cluster_id=self.ca.cluster_id,
+            now=now,
+            lifetime=self.node_lifetime,
+        )
+
     def join(
-        self, request: JoinRequest, node_id: str, now: datetime, lifetime: timedelta = DEFAULT_NODE_LIFETIME
+        self, request: JoinRequest, node_id: str, now: datetime, lifetime: timedelta | None = None
     ) -> JoinAnswer:
         """Admit a node: its token's role, and a certificate for its key naming `node_id`."""
         role = role_of_token(parse_join_token(request.join_token), self.ca.digest, self._secrets)
@@ -130,7 +142,7 @@ class ClusterAuthority:
                 role=role.value,
                 cluster_id=cluster_id,
                 now=now,
-                lifetime=lifetime,
+                lifetime=lifetime or self.node_lifetime,
             )
         except CertificateError as error:
             raise InvalidInput(str(error), field="csr_pem") from None

@@ -157,7 +157,30 @@ class LogEnd(_Message, frozen=True, kw_only=True, tag="log_end"):
     error: str = ""
 
 
-AgentMessage = Register | Heartbeat | StatusReport | EndpointSet | ProxyEventReport | LogChunk | LogEnd
+class CertificateRenewal(_Message, frozen=True, kw_only=True, tag="renew"):
+    """An agent that joined with a certificate asks for a new one, for a new key, before expiry."""
+
+    session_id: str
+    csr_pem: str
+
+
+class CertificateIssued(_Message, frozen=True, kw_only=True, tag="certificate"):
+    """The answer to a renewal: the new certificate, or why there is none."""
+
+    cert_pem: str = ""
+    error: str = ""
+
+
+AgentMessage = (
+    Register
+    | Heartbeat
+    | StatusReport
+    | EndpointSet
+    | ProxyEventReport
+    | LogChunk
+    | LogEnd
+    | CertificateRenewal
+)
 ManagerMessage = (
     SessionStarted
     | SessionRefused
@@ -167,4 +190,5 @@ ManagerMessage = (
     | DependencyEndpoints
     | LogRequest
     | LogCancel
+    | CertificateIssued
 )

@@ -30,8 +30,9 @@ async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Dispatcher
         return
     caller = socket.scope.get("state", {}).get("caller")
     identity = getattr(caller, "node_id", None)
+    role = getattr(caller, "node_role", "worker")
     try:
-        await dispatcher.serve(channel, address=channel.remote_address, identity=identity)
+        await dispatcher.serve(channel, address=channel.remote_address, identity=identity, identity_role=role)
     finally:
         await channel.close()
 

@@ -37,6 +37,7 @@ from treeherd.manager.dispatcher.endpoint_sets import apply_endpoint_set
 from treeherd.manager.dispatcher.heartbeats import HeartbeatDeadlines
 from treeherd.manager.dispatcher.logstreams import LogStreams
 from treeherd.manager.dispatcher.proxy_events import ProxyEvents
+from treeherd.manager.dispatcher.renewals import Signer, renew
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.manager.dispatcher.status_writer import StatusWriter
 from treeherd.manager.endpoints import Registry
@@ -45,6 +46,7 @@ from treeherd.model.ops import Create, Op
 from treeherd.model.services import ClusterSettings, Task
 from treeherd.model.wire import (
     AgentMessage,
+    CertificateRenewal,
     EndpointSet,
     Heartbeat,
     HeartbeatAck,
@@ -88,8 +90,10 @@ class Dispatcher:
         ids: Callable[[], str] = new_id,
         assignment_batch_s: float = ASSIGNMENT_BATCH_S,
         registry: Registry | None = None,
+        sign: Signer | None = None,
     ) -> None:
-        self.registry = registry  # where agents' endpoint sets go (none: they are ignored)
+        self.registry = registry
+        self._sign = sign  # renews agents' certificates (none: renewals are refused)  # where agents' endpoint sets go (none: they are ignored)
         self.managers = list(managers)  # URLs sent to agents in SessionStarted; may be set before run()
         self._store = store
         self._clock = clock
@@ -160,7 +164,12 @@ class Dispatcher:
 
     # ---- sessions ----------------------------------------------------------------------------------
     async def serve(
-        self, channel: Channel[AgentMessage], *, address: str = "", identity: str | None = None
+        self,
+        channel: Channel[AgentMessage],
+        *,
+        address: str = "",
+        identity: str | None = None,
+        identity_role: str = "worker",
     ) -> None:
         """Run one agent's session on `channel` until it ends (the agent leaves, misses its
         heartbeats, is replaced by a new session, or the dispatcher stops); closes the channel.
@@ -169,6 +178,8 @@ class Dispatcher:
             session = await self._open(channel, address, identity)
             if session is None:
                 return
+            if identity is not None:
+                session.identity = (identity, identity_role)
             log.info(
                 "agent %s connected (machine %s, session %s)",
                 session.hostname,
@@ -367,6 +378,8 @@ class Dispatcher:
                 self._logs.deliver(session, message)
             elif isinstance(message, ProxyEventReport):
                 self._proxy_events.report(session, message)
+            elif isinstance(message, CertificateRenewal):
+                session.post(renew(session, message, self._sign))
 
     async def _write(self, session: AgentSession) -> None:
         while True:

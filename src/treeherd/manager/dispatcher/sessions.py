@@ -36,6 +36,8 @@ class AgentSession:
         self.endpoints_sync: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
         self.reason = ""
+        # The node id and role of the certificate the agent connected with (mutual TLS), if any.
+        self.identity: tuple[str, str] | None = None
 
     def post(self, message: object) -> None:
         """Queue a message for the agent (never blocks; a session that stops reading is dropped)."""
