@@ -393,6 +393,24 @@ def rolling() -> str:
     return f"{head}\n\n{rolls}\n\n{traffic}"
 
 
+def tls_overhead() -> str:
+    d = load("tls_overhead")
+    m, cost = d["medians"], d["tls_cost"]
+    labels = {
+        "api_requests_keepalive": "API requests, one keep-alive connection",
+        "api_requests_new_connection": "API requests, a new connection each",
+        "agent_heartbeat_round_trips": "agent-channel round trips (one session)",
+    }
+    rows = [
+        [label, f"{num(m['plain'][key])}/s", f"{num(m['token'][key])}/s", f"{num(m['tls'][key])}/s",
+         pct(cost["tls"][key])]
+        for key, label in labels.items()
+    ]  # fmt: skip
+    header = ["median of " + str(d["parameters"]["rounds"]) + " rounds", "plain", "token", "TLS + token",
+              "TLS + token cost"]  # fmt: skip
+    return f"{provenance('tls_overhead', d)}\n\n{table(header, rows)}"
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "tree_load": tree_load,
     "schedule": schedule,
@@ -407,6 +425,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "endpoint_reads": endpoint_reads,
     "chaos": chaos,
     "rolling": rolling,
+    "tls_overhead": tls_overhead,
 }
 
 
