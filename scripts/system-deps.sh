@@ -12,6 +12,7 @@ PACKAGES=(
     puppet      # the ENC tests: puppet node find / puppet apply with treeherd as the node classifier
     iproute2    # the multi-host tests: `ip netns`, veths and a bridge (treeherd.testing.hosts)
     docker.io   # the docker executor's tests: dockerd (started by the tests when none runs) and the CLI
+    chromium    # the web console's browser tests: Playwright drives /usr/bin/chromium (nothing downloaded)
 )
 
 missing=()

@@ -25,6 +25,7 @@ LAYERS = {
     "api": {"manager", "store", "transport", "runtime", "core", "model"},
     "cli": {
         "api",
+        "web",
         "manager",
         "agent",
         "gateway",

@@ -103,6 +103,23 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/api/v1/services-registry/{name}"): _R,
     # The agent channel.
     (WEBSOCKET, "/api/v1/agent"): Scope.SESSION,
+    # The web console (treeherd.web): its pages read, its forms operate, its files are public.
+    ("GET", "/ui"): _R,
+    ("GET", "/ui/static/{name}"): _P,
+    ("GET", "/ui/tree"): _R,
+    ("GET", "/ui/tree/children"): _R,
+    ("GET", "/ui/tree/search"): _R,
+    ("GET", "/ui/nodes/{path}"): _R,
+    ("GET", "/ui/services"): _R,
+    ("GET", "/ui/services/{name}"): _R,
+    ("GET", "/ui/tasks/{task_id}"): _R,
+    ("GET", "/ui/machines"): _R,
+    ("GET", "/ui/edge"): _R,
+    ("GET", "/ui/events"): _R,
+    ("POST", "/ui/services/{name}/scale"): _O,
+    ("POST", "/ui/machines/{hostname}/availability"): _O,
+    ("POST", "/ui/nodes/{path}/labels"): _O,
+    ("POST", "/ui/nodes/{path}/routes"): _O,
     # Liveness and the API's description.
     ("GET", "/healthz"): _P,
     ("GET", "/openapi.json"): _P,

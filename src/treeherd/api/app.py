@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.routes import HTTPRoute
+from litestar.types import ControllerRouterHandler
 
 from treeherd import __version__
 from treeherd.api.access import check_declared
@@ -46,11 +48,13 @@ def create_app(
     *,
     require_auth: bool = False,
     authority: ClusterAuthority | None = None,
+    extra_handlers: Sequence[ControllerRouterHandler] = (),
 ) -> Litestar:
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too;
     `board`: where the gateways' availability reports are kept (shared with the canary judge);
     `require_auth`: every operation but liveness and the API's description needs a token whose role
-    its scope admits (api/access.py)."""
+    its scope admits (api/access.py); `extra_handlers`: routes served beside the API with its
+    dependencies and guard (the web console), each declared in api/access.py like every route."""
 
     services = Services(inventory.store, clock=inventory.clock, ids=inventory.ids)
     puppet = Puppet(inventory.store, clock=inventory.clock, ids=inventory.ids)
@@ -102,6 +106,7 @@ def create_app(
             healthz,
             openapi_json,
             redoc_script,
+            *extra_handlers,
         ],
         dependencies={
             "inventory": Provide(provide_inventory, sync_to_thread=False),

@@ -169,10 +169,12 @@ async def serve_manager(
     external_ca: tuple[Path, Path] | None = None,
     tls: bool = False,
     cert_expiry_s: float | None = None,
+    extra_handlers: Sequence[Any] = (),
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
     of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process.
-    `require_auth`: every API call needs a token (the first admin's is written to the data directory)."""
+    `require_auth`: every API call needs a token (the first admin's is written to the data directory);
+    `extra_handlers`: routes served beside the API (the web console)."""
     host, port = parse_listen(listen)
     with lock_data_dir(data_dir):
         sock = bind_socket(host, port)
@@ -216,7 +218,14 @@ async def serve_manager(
             board = AvailabilityBoard(clock=inventory.clock)
             components: list[Component] = [
                 ApiServer(
-                    create_app(inventory, dispatcher, board, require_auth=require_auth, authority=authority),
+                    create_app(
+                        inventory,
+                        dispatcher,
+                        board,
+                        require_auth=require_auth,
+                        authority=authority,
+                        extra_handlers=extra_handlers,
+                    ),
                     sock,
                     tls=tls_files,
                 ),

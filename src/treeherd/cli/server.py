@@ -36,6 +36,7 @@ def _run(
 
     from treeherd.api.server import StartupError, serve_manager
     from treeherd.model.errors import TreeherdError
+    from treeherd.web import console_handlers
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("treeherd").setLevel(logging.INFO)
@@ -58,6 +59,7 @@ def _run(
                     external_ca=external_ca,
                     tls=tls,
                     cert_expiry_s=cert_expiry_s,
+                    extra_handlers=console_handlers(),
                 )
             )
     except (StartupError, TreeherdError) as error:

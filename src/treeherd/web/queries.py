@@ -1,0 +1,191 @@
+"""What the console's pages show, read from one consistent view of the store: a tree level, a search,
+a node with its inheritance, bindings, routes and services, the edge's routes in nginx's match order.
+
+Every read is bounded (a page of children, of machines, of search hits) so a page costs the same with
+ten nodes as with ten thousand; the whole tree is never walked for one page except by a search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from treeherd.core.edge.routing import location_order
+from treeherd.core.tree.tree import ancestors, resolve
+from treeherd.core.view import View
+from treeherd.model.objects import Binding, Domain, Machine, TreeNode
+from treeherd.model.services import Service, Task
+from treeherd.model.states import TaskState
+from treeherd.model.views import ResolvedNode
+
+PAGE = 200
+SEARCH_HITS = 100
+
+
+class Child(msgspec.Struct, frozen=True, kw_only=True):
+    """A tree node as its parent's list shows it: name, path and what hangs below it."""
+
+    path: str
+    name: str
+    children: int
+    machines: int
+    labels: dict[str, str]
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a longer list and the cursor of the next (None: this was the last)."""
+
+    items: list[Child]
+    after: str | None
+
+
+class RouteRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One location of a domain: its uri and the node it routes to."""
+
+    uri: str
+    path: str
+
+
+class DomainRoutes(msgspec.Struct, frozen=True, kw_only=True):
+    domain: Domain
+    routes: list[RouteRow]
+
+
+class BoundMachine(msgspec.Struct, frozen=True, kw_only=True):
+    hostname: str
+    weight: int
+    availability: str
+    agent: str
+
+
+class NodeDetail(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's page: the node as stored, its resolved attributes, a page of its machines, its routes,
+    its services and its children count."""
+
+    node: TreeNode
+    resolved: ResolvedNode
+    lineage: list[str]
+    machines: list[BoundMachine]
+    machine_count: int
+    routes: list[tuple[str, str]]
+    services: list[Service]
+    children: int
+
+
+def _child(view: View, node: TreeNode) -> Child:
+    return Child(
+        path=node.path,
+        name=node.path.rsplit(".", 1)[-1],
+        children=len(view.referrers(TreeNode, "parent", node.id)),
+        machines=len(view.referrers(Binding, "node", node.id)),
+        labels=node.labels,
+    )
+
+
+def children(view: View, parent: str | None, *, after: str | None = None, limit: int = PAGE) -> Page:
+    """The children of `parent` (None: the roots), by path, `limit` at a time after `after`."""
+    if parent:
+        node = view.lookup(TreeNode, "path", parent)
+        found: Iterable[TreeNode] = view.referrers(TreeNode, "parent", node.id) if node else ()
+    else:
+        found = (n for n in view.all(TreeNode) if n.parent_id is None)
+    ordered = sorted((n for n in found if after is None or n.path > after), key=lambda n: n.path)
+    shown = ordered[:limit]
+    more = shown[-1].path if len(ordered) > limit else None
+    return Page(items=[_child(view, n) for n in shown], after=more)
+
+
+def search(view: View, query: str, *, limit: int = SEARCH_HITS) -> list[Child]:
+    """Nodes whose path contains `query`, or with `key=value`: whose own label matches."""
+    query = query.strip()
+    if not query:
+        return []
+    key, sep, value = query.partition("=")
+    if sep:
+        key, value = key.strip(), value.strip()
+        hits = (
+            n for n in view.all(TreeNode) if n.labels.get(key) == value or (not value and key in n.labels)
+        )
+    else:
+        lowered = query.lower()
+        hits = (n for n in view.all(TreeNode) if lowered in n.path.lower())
+    return [_child(view, n) for n in sorted(hits, key=lambda n: n.path)[:limit]]
+
+
+def node_detail(view: View, node: TreeNode, *, limit: int = PAGE) -> NodeDetail:
+    lineage = ancestors(view, node)
+    bindings = view.referrers(Binding, "node", node.id)
+    machines: list[BoundMachine] = []
+    for binding in bindings:
+        machine = view.get(Machine, binding.machine_id)
+        if machine is not None:
+            machines.append(
+                BoundMachine(
+                    hostname=machine.hostname,
+                    weight=binding.weight,
+                    availability=machine.availability,
+                    agent=machine.agent.state if machine.agent else "",
+                )
+            )
+    machines.sort(key=lambda m: m.hostname)
+    routes = []
+    for route in node.domain_uris:
+        domain = view.get(Domain, route.domain_id)
+        routes.append((domain.name if domain else route.domain_id, route.uri))
+    return NodeDetail(
+        node=node,
+        resolved=resolve(node, lineage),
+        lineage=[a.path for a in lineage],
+        machines=machines[:limit],
+        machine_count=len(machines),
+        routes=sorted(routes),
+        services=sorted(view.referrers(Service, "node", node.id), key=lambda s: s.name),
+        children=len(view.referrers(TreeNode, "parent", node.id)),
+    )
+
+
+def edge_routes(view: View) -> list[DomainRoutes]:
+    """Each domain with its locations in the order nginx matches them (longest prefix first)."""
+    found = []
+    for domain in sorted(view.all(Domain), key=lambda d: d.name):
+        by_uri = {
+            route.uri: node.path
+            for node in view.referrers(TreeNode, "route_domain", domain.id)
+            for route in node.domain_uris
+            if route.domain_id == domain.id
+        }
+        found.append(
+            DomainRoutes(
+                domain=domain, routes=[RouteRow(uri=u, path=by_uri[u]) for u in location_order(by_uri)]
+            )
+        )
+    return found
+
+
+def machines_page(
+    view: View, *, prefix: str = "", after: str | None = None, limit: int = PAGE
+) -> tuple[list[tuple[Machine, list[str], int]], str | None]:
+    """A page of machines by hostname (those starting with `prefix`), each with the nodes it is bound
+    to and how many tasks it runs."""
+    found = sorted(
+        (
+            m
+            for m in view.all(Machine)
+            if m.hostname.startswith(prefix) and (after is None or m.hostname > after)
+        ),
+        key=lambda m: m.hostname,
+    )
+    shown = found[:limit]
+    rows = []
+    for machine in shown:
+        paths = []
+        for binding in view.referrers(Binding, "machine", machine.id):
+            node = view.get(TreeNode, binding.node_id)
+            if node is not None:
+                paths.append(node.path)
+        tasks = sum(
+            1 for t in view.referrers(Task, "machine", machine.id) if t.status.state == TaskState.RUNNING
+        )
+        rows.append((machine, sorted(paths), tasks))
+    return rows, (shown[-1].hostname if len(found) > limit else None)
