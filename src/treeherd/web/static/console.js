@@ -83,5 +83,27 @@
     };
   }
 
+  // A refreshed tree level comes back collapsed: the levels that were open below it are opened again
+  // (each loads its children anew, and the levels open below those follow when they arrive).
+  var reopen = new Set();
+  document.body.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (target && target.matches && target.matches("ul.level")) {
+      target.querySelectorAll("details[open] > ul.level").forEach(function (list) {
+        reopen.add(list.getAttribute("data-children-of"));
+      });
+    }
+  });
+  document.body.addEventListener("htmx:afterSettle", function () {
+    if (reopen.size === 0) { return; }
+    document.querySelectorAll("details:not([open]) > ul.level").forEach(function (list) {
+      var path = list.getAttribute("data-children-of");
+      if (reopen.has(path)) {
+        reopen.delete(path);
+        list.parentElement.open = true;
+      }
+    });
+  });
+
   connect();
 })();

@@ -1,0 +1,82 @@
+"""Browser fixtures: a real manager on a free loopback port and Debian's chromium driven by Playwright
+(launched from /usr/bin/chromium: nothing is downloaded), closed after every test, with every console
+error and page error of the pages it opened collected for the test to check."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from treeherd.testing.processes import ManagerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = pytest.mark.browser
+
+
+def _chromium_children() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in child.name():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[ManagerProcess]:
+    with ManagerProcess(tmp_path / "data") as started:
+        yield started
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+    left = _chromium_children()
+    for process in left:
+        process.kill()
+    assert not left, f"chromium processes left running: {[p.pid for p in left]}"
+
+
+class Console:
+    """The console messages of type error and the uncaught errors of the pages opened with it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def watch(self, page: Page) -> None:
+        page.on("console", lambda m: self.errors.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+
+
+@pytest.fixture
+def console() -> Console:
+    return Console()
+
+
+@pytest.fixture
+def page(browser: Browser, console: Console) -> Iterator[Page]:
+    """A 1280 px wide page whose confirmation dialogs are accepted (each action asks before it acts)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    console.watch(opened)
+    opened.on("dialog", lambda dialog: dialog.accept())
+    opened.set_default_timeout(10_000)
+    try:
+        yield opened
+    finally:
+        context.close()
