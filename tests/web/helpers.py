@@ -16,8 +16,8 @@ from treeherd.model.services import TaskSpec
 from treeherd.transport.client import Client
 
 
-def seed(url: str) -> None:
-    client = Client(url)
+def seed(url: str, *, token: str | None = None) -> None:
+    client = Client(url, token=token)
     try:
         client.request("POST", "/api/v1/nodes", NodeCreate(path="corp", labels={"owner": "platform"}))
         client.request(

@@ -106,6 +106,9 @@ SCOPES: dict[tuple[str, str], Scope] = {
     # The web console (treeherd.web): its pages read, its forms operate, its files are public.
     ("GET", "/ui"): _R,
     ("GET", "/ui/static/{name}"): _P,
+    ("GET", "/ui/login"): _P,
+    ("POST", "/ui/login"): _P,
+    ("POST", "/ui/logout"): _P,
     ("GET", "/ui/tree"): _R,
     ("GET", "/ui/tree/children"): _R,
     ("GET", "/ui/tree/search"): _R,

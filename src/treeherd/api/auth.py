@@ -2,7 +2,8 @@
 
 With authentication off (the manager's default until every component presents credentials) every
 caller is treated as an administrator. With it on, each request presents `Authorization: Bearer
-<token>`; the operation's scope (api/access.SCOPES) must admit the token's role. A refusal answers
+<token>` (or, from the web console, the same token in the `treeherd_token` cookie its login page sets:
+HttpOnly and SameSite=Strict, so no other site's page can send it); the operation's scope (api/access.SCOPES) must admit the token's role. A refusal answers
 401 or 403 with nothing about which check failed, and is written to the audit log with the caller's
 address (never the token).
 """
@@ -51,6 +52,7 @@ def certificate_caller(scope: dict[str, Any]) -> Caller | None:
 
 
 LOCAL_ADMIN = Caller(name="local", role=Role.ADMIN)
+TOKEN_COOKIE = "treeherd_token"
 
 
 class Authenticator:
@@ -61,11 +63,13 @@ class Authenticator:
         self._clock = clock
         self.required = required
 
-    def caller(self, headers: Any) -> Caller:
+    def caller(self, headers: Any, cookies: dict[str, str] | None = None) -> Caller:
         if not self.required:
             return LOCAL_ADMIN
         header = headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
+        if not header and cookies:
+            scheme, credential = "bearer", cookies.get(TOKEN_COOKIE, "")
         if scheme.lower() != "bearer" or not credential:
             raise refused()
         token = check_token(self._view(), credential, self._clock())
@@ -85,7 +89,7 @@ class Authenticator:
             return
         where = connection.client.host if connection.client else "?"
         try:
-            caller = by_certificate or self.caller(connection.headers)
+            caller = by_certificate or self.caller(connection.headers, connection.cookies)
         except Unauthenticated:
             audit.warning("refused %s %s from %s: no valid credential", method, template, where)
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 from litestar.types import ControllerRouterHandler
 
 from treeherd.web.actions import ConsoleActions
+from treeherd.web.login import ConsoleLogin
 from treeherd.web.pages import ConsolePages
 
 __all__ = ["console_handlers"]
@@ -13,4 +14,4 @@ __all__ = ["console_handlers"]
 
 def console_handlers() -> list[ControllerRouterHandler]:
     """The console's route handlers, to be added to the manager's application."""
-    return [ConsolePages, ConsoleActions]
+    return [ConsolePages, ConsoleActions, ConsoleLogin]

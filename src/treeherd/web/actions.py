@@ -16,9 +16,10 @@ from litestar import Controller, Request, Response, post
 from treeherd.core.tree.nodes import node_by_path
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.services import Services
-from treeherd.model.errors import InvalidInput, TreeherdError
+from treeherd.model.errors import Forbidden, InvalidInput, TreeherdError, Unauthenticated
 from treeherd.model.objects import Domain
 from treeherd.model.requests import MachineUpdate, NodeUpdate, RouteSpec, ServiceUpdate
+from treeherd.web.login import refused_here, to_login
 from treeherd.web.queries import node_detail
 from treeherd.web.render import page
 
@@ -56,6 +57,7 @@ def _int(value: str, field: str) -> int:
 class ConsoleActions(Controller):
     path = "/ui"
     include_in_schema = False
+    exception_handlers = {Unauthenticated: to_login, Forbidden: refused_here}
 
     @post("/services/{name:str}/scale", status_code=200)
     async def scale(self, request: Request[Any, Any, Any], services: Services, name: str) -> Response[str]:

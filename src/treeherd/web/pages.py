@@ -13,12 +13,13 @@ from treeherd.core.tree.nodes import node_by_path
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.services import Services
-from treeherd.model.errors import NotFound
+from treeherd.model.errors import Forbidden, NotFound, Unauthenticated
 from treeherd.model.gateway import GatewayRecord
 from treeherd.model.kinds import KINDS
 from treeherd.model.objects import Domain
 from treeherd.model.proxies import ProxyRecord
 from treeherd.web import queries
+from treeherd.web.login import to_login
 from treeherd.web.render import page, static_file
 
 NAV = (
@@ -41,6 +42,7 @@ def not_found(section: str, error: NotFound) -> Response[str]:
 class ConsolePages(Controller):
     path = "/ui"
     include_in_schema = False
+    exception_handlers = {Unauthenticated: to_login, Forbidden: to_login}
 
     @get("/", sync_to_thread=False)
     def home(self) -> Redirect:
