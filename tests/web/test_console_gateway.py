@@ -64,7 +64,7 @@ def test_chart_of_a_backend_answering_500(tmp_path: Path, page: Page, console: C
             cells = row.locator("td")
             assert int(cells.nth(0).inner_text()) >= 5  # requests
             assert int(cells.nth(1).inner_text()) >= 5  # 5xx
-            expect(page.locator(".chart-card", has_text="backend web-7 of shop")).to_be_visible()
+            expect(page.locator(".chart-card", has_text="backend web-7 ")).to_be_visible()
             expect(card.locator("canvas")).to_have_count(1)
     finally:
         backend.stop()

@@ -98,7 +98,7 @@
             add(g.gateway + " " + s.path, "service " + s.path + where + (s.alert ? " · ALERT: " + s.alert : ""), s.windows, now);
             s.backends.forEach(function (b) {
               add(g.gateway + " " + s.path + " " + b.address,
-                  "backend " + (b.hostname || b.address) + " of " + s.path + " · " + b.state, b.windows, now);
+                  "backend " + (b.hostname ? b.hostname + " " : "") + b.address + " of " + s.path + " · " + b.state, b.windows, now);
             });
           });
         });
