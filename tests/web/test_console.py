@@ -208,7 +208,9 @@ def test_edge_charts_show_the_gateways_figures(manager: ManagerProcess, page: Pa
     expect(card.locator("tr[data-window='1m']")).to_contain_text("120")
     expect(card.locator("tr[data-window='1m']")).to_contain_text("75.00 %")
     expect(card.locator("canvas")).to_have_count(1)
-    expect(page.locator(".chart-card", has_text="backend web-01 127.0.0.11:8080 of corp.web.shop")).to_be_visible()
+    expect(
+        page.locator(".chart-card", has_text="backend web-01 127.0.0.11:8080 of corp.web.shop")
+    ).to_be_visible()
     expect(page.locator("ol.routes li")).to_have_text(["/api → corp.web.api", "/ → corp.web.shop"])
     assert console.errors == []
 
