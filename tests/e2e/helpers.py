@@ -69,11 +69,18 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
 class Cluster:
-    def __init__(self, tmp: Path, *, executor: str = "hollow", port: int | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        executor: str = "hollow",
+        port: int | None = None,
+        manager_args: tuple[str, ...] = (),
+    ) -> None:
         self.tmp = tmp
         self.executor = executor
         self._port = port  # of a manager started elsewhere; ours binds port 0 and says which it got
-        self.manager = ManagerProcess(tmp / "manager")
+        self.manager = ManagerProcess(tmp / "manager", extra_args=manager_args)
         self.agents: dict[str, AgentProcess] = {}
 
     @property
@@ -127,11 +134,16 @@ class Cluster:
 
 @contextlib.contextmanager
 def running_cluster(
-    tmp: Path, hosts: Sequence[str], *, settings: ClusterUpdate, executor: str = "hollow"
+    tmp: Path,
+    hosts: Sequence[str],
+    *,
+    settings: ClusterUpdate,
+    executor: str = "hollow",
+    manager_args: tuple[str, ...] = (),
 ) -> Iterator[Cluster]:
-    """A manager with these cluster settings and the tree node `corp`, and one ready agent per host;
-    everything stopped by pid afterwards."""
-    cluster = Cluster(tmp, executor=executor)
+    """A manager (started with `manager_args`) with these cluster settings and the tree node `corp`, and
+    one ready agent per host; everything stopped by pid afterwards."""
+    cluster = Cluster(tmp, executor=executor, manager_args=manager_args)
     try:
         cluster.manager.start()
         with cluster.client() as client:

@@ -37,6 +37,7 @@ from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import InvalidInput
+from treeherd.store.base import Store
 from treeherd.store.select import describe, make_store, remember_cluster
 from treeherd.transport.secret_files import InsecureSecret
 
@@ -108,6 +109,14 @@ class ApiServer:
         self._stop_requested = True
         if self._server is not None:
             self._server.should_exit = True
+
+
+def etcd_registry_keys(store: Store, registry: Registry, store_spec: str) -> Component:
+    """The component that keeps `/services/...` keys in etcd (loaded only for a manager on etcd)."""
+    from treeherd.manager.registry_keys import RegistryKeys
+    from treeherd.store.etcd_client import parse_etcd_url
+
+    return RegistryKeys(store, registry, parse_etcd_url(store_spec).endpoints)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -236,6 +245,8 @@ async def serve_manager(
                 Scheduler(store),
                 CanaryJudge(store, board),
             ]
+            if store_spec is not None and store_spec.startswith("etcd://"):
+                components.append(etcd_registry_keys(store, registry, store_spec))
             components.extend(make(url) for make in local)
             supervisor = Supervisor(components)
             loop = asyncio.get_running_loop()

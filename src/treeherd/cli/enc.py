@@ -10,6 +10,9 @@ rest of the CLI loads; `treeherd-enc` and `python -m treeherd.cli.enc` are the s
   `$XDG_CACHE_HOME/treeherd/enc` or `~/.cache/treeherd/enc`), written atomically. When the manager
   cannot be reached (refused, timed out, or a 5xx answer), the cached answer is printed with a warning
   on stderr; without one, the exit is 1.
+- `--manager` may name several managers, separated by commas: one that cannot be reached or answers
+  503 is passed over for the next; the one that answered is tried first next time (kept in the cache
+  directory as `.manager`).
 - An unknown host exits 1 with the reason on stderr (its cached answer is dropped), unless the cluster's
   policy or `--unknown=default` gives it the default class.
 """
@@ -36,7 +39,7 @@ usage: treeherd enc [--manager URL] [--unknown fail|default] [--cache-dir DIR] [
 
 Print the Puppet ENC document (YAML) of HOSTNAME, as the service tree says.
 
-  --manager URL        the manager's API (env TREEHERD_MANAGER, default http://127.0.0.1:7400)
+  --manager URL[,URL]  the managers' API (env TREEHERD_MANAGER, default http://127.0.0.1:7400)
   --unknown POLICY     for a host the tree does not know: fail (exit 1) or default (the cluster's
                        default class); default: the cluster's setting
   --cache-dir DIR      where the last good answer per host is kept (env TREEHERD_ENC_CACHE)
@@ -104,6 +107,29 @@ def _cache_path(options: dict[str, str]) -> str:
     return os.path.join(options["--cache-dir"], options["host"] + ".yaml")
 
 
+def _managers(options: dict[str, str]) -> list[str]:
+    """The managers to try, in order: the one that answered last time first."""
+    urls = [url.strip() for url in options["--manager"].split(",") if url.strip()] or [DEFAULT_MANAGER]
+    try:
+        with open(os.path.join(options["--cache-dir"], ".manager"), encoding="utf-8") as file:
+            last = file.read().strip()
+    except OSError:
+        return urls
+    return [last, *(url for url in urls if url != last)] if last in urls else urls
+
+
+def _remember_manager(options: dict[str, str], url: str) -> None:
+    path = os.path.join(options["--cache-dir"], ".manager")
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(options["--cache-dir"], exist_ok=True)
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(url + "\n")
+        os.replace(temporary, path)
+    except OSError:  # only an order to try next time: not worth a warning
+        pass
+
+
 def _store(path: str, text: str, err: TextIO) -> None:
     """Write the answer atomically (a reader sees the old file or the new one, never half of one)."""
     directory = os.path.dirname(path)
@@ -168,19 +194,30 @@ def run(
     path = f"/api/v1/enc/{options['host']}"
     if "--unknown" in options:
         path += f"?unknown={options['--unknown']}"
-    url = options["--manager"]
     try:
         token = bearer_token()
     except CredentialError as error:
         err.write(f"error: {error}\n")
         return 1
-    try:
-        if url.startswith("https://"):
-            status, body = _https_get(url, path, float(options["--timeout"]), token)
-        else:
-            status, body = get(url, path, timeout=float(options["--timeout"]), token=token)
-    except QuickError as error:
-        return _fallback(options, f"the manager cannot be reached: {error}", out, err)
+    urls = _managers(options)
+    failures: list[str] = []
+    for index, url in enumerate(urls):
+        try:
+            if url.startswith("https://"):
+                status, body = _https_get(url, path, float(options["--timeout"]), token)
+            else:
+                status, body = get(url, path, timeout=float(options["--timeout"]), token=token)
+        except QuickError as error:
+            failures.append(str(error))
+            continue
+        if status == 503 and index < len(urls) - 1:
+            failures.append(f"{url} answered 503: {_detail(body, status)}")
+            continue
+        if index:
+            _remember_manager(options, url)
+        break
+    else:
+        return _fallback(options, "the manager cannot be reached: " + "; ".join(failures), out, err)
     if status >= 500:
         return _fallback(options, f"the manager at {url} failed: {_detail(body, status)}", out, err)
     if status >= 400:

@@ -5,6 +5,9 @@ The HTTP client is the synchronous one the CLI uses; calls run in worker threads
 event loop never blocks. The event stream is followed in its own thread that hands events to the loop,
 reconnects with the last revision it saw, and starts over from a fresh snapshot when the manager has
 compacted that revision away. Every wait is bounded.
+
+`manager_url` may name several managers (separated by commas): each call starts with the one that
+answered last and passes over one that cannot be reached or answers 503 (`transport.client`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from treeherd.model.events import Event
 from treeherd.model.gateway import BackendState, Figure, GatewayEventType, GatewayRecord
 from treeherd.model.gateway_requests import BackendUpdate, GatewayEventIn
 from treeherd.model.routing import RoutingSnapshot
-from treeherd.transport.client import Client, ClientError
+from treeherd.transport.client import Client, ClientError, manager_urls
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 10.0
@@ -37,17 +40,34 @@ class Resync:
 
 
 class ManagerLink:
-    """Talks to one manager on behalf of one gateway."""
+    """Talks to the managers on behalf of one gateway."""
 
     def __init__(self, manager_url: str, gateway_name: str) -> None:
-        self.manager_url = manager_url
+        self._urls = manager_urls(manager_url)
         self.gateway_name = gateway_name
         self._stop = threading.Event()
         self._stream_client: Client | None = None
 
+    @property
+    def manager_url(self) -> str:
+        """The manager that answered last (the first one named, before any answer)."""
+        return self._urls[0]
+
+    def _client(self) -> Client:
+        return Client(self._urls, timeout=REQUEST_TIMEOUT_S)
+
+    def _answered(self, client: Client) -> None:
+        """Start the next calls with the manager that answered (threads share the list: replaced whole)."""
+        url = client.base_url
+        if url != self._urls[0]:
+            self._urls = [url, *(other for other in self._urls if other != url)]
+
     def _call(self, method: str, path: str, body: Any = None, type: Any = Any) -> Any:
-        with Client(self.manager_url, timeout=REQUEST_TIMEOUT_S) as client:
-            return client.request(method, path, body, type=type)
+        with self._client() as client:
+            try:
+                return client.request(method, path, body, type=type)
+            finally:
+                self._answered(client)
 
     async def snapshot(self) -> RoutingSnapshot:
         result: RoutingSnapshot = await asyncio.to_thread(
@@ -109,7 +129,7 @@ class ManagerLink:
         last = since
         query = {"kind": sorted(ROUTING_KINDS), "keepalive": STREAM_KEEPALIVE_S}
         while not self._stop.is_set():
-            client = Client(self.manager_url, timeout=REQUEST_TIMEOUT_S)
+            client = self._client()
             self._stream_client = client
             try:
                 for name, data, event_id in client.stream(
@@ -117,6 +137,7 @@ class ManagerLink:
                 ):
                     if self._stop.is_set():
                         return
+                    self._answered(client)
                     if event_id is not None:
                         last = int(event_id)
                     if name == "error":

@@ -86,8 +86,8 @@ def compare(key: bytes, target: str, value: int) -> Any:
     return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=value)
 
 
-def put(key: bytes, value: bytes) -> Any:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+def put(key: bytes, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
 
 
 def delete(key: bytes) -> Any:
@@ -107,6 +107,7 @@ class EtcdClient:
         self._channel: Any = None
         self._kv: Any = None
         self._watch_stub: Any = None
+        self._lease_stub: Any = None
         self._retiring: set[asyncio.Task[None]] = set()  # old channels closing after a reconnect
 
     async def connect(self) -> None:
@@ -128,6 +129,7 @@ class EtcdClient:
                 retiring.add_done_callback(self._retiring.discard)
             self._channel, self._kv = channel, kv
             self._watch_stub = rpc.WatchStub(channel)
+            self._lease_stub = rpc.LeaseStub(channel)
             self.endpoint = (host, port)
             return
         raise Unavailable(
@@ -138,7 +140,7 @@ class EtcdClient:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
-        self._channel = self._kv = self._watch_stub = None
+        self._channel = self._kv = self._watch_stub = self._lease_stub = None
         for retiring in list(self._retiring):
             retiring.cancel()
 
@@ -165,6 +167,56 @@ class EtcdClient:
         """One transaction; the raw `TxnResponse` (its `succeeded`, `header.revision`, `responses`)."""
         request = rpc.TxnRequest(compare=compares, success=success, failure=list(failure))
         return await _call(self._kv_stub().Txn(request, timeout=CALL_TIMEOUT))
+
+    # ---- leases ---------------------------------------------------------------------------------
+    def _leases(self) -> Any:
+        if self._lease_stub is None:
+            raise Unavailable("the etcd connection is closed")
+        return self._lease_stub
+
+    async def lease_grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its id."""
+        response = await _call(
+            self._leases().LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=CALL_TIMEOUT)
+        )
+        if response.error:
+            raise Unavailable(f"etcd refused a lease: {response.error}")
+        return int(response.ID)
+
+    async def lease_revoke(self, lease: int) -> None:
+        """Revoke a lease, deleting its keys; a lease etcd no longer has is already gone."""
+        try:
+            await _call(self._leases().LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=CALL_TIMEOUT))
+        except InvalidInput:
+            pass
+        except Unavailable as error:
+            if "not found" not in str(error):
+                raise
+
+    async def lease_keepalive(self, leases: Sequence[int]) -> dict[int, int]:
+        """Renew leases (on one stream); each one's TTL now, 0 for a lease etcd no longer has."""
+        if not leases:
+            return {}
+        requests = [rpc.LeaseKeepAliveRequest(ID=lease) for lease in leases]
+
+        async def send() -> AsyncIterator[Any]:
+            for request in requests:
+                yield request
+
+        call = self._leases().LeaseKeepAlive(send(), timeout=CALL_TIMEOUT)
+        ttls: dict[int, int] = {}
+        try:
+            async for response in call:
+                ttls[int(response.ID)] = int(response.TTL)
+                if len(ttls) == len(set(leases)):
+                    break
+        except asyncio.CancelledError:
+            raise
+        except rpc.AioRpcError as error:
+            raise Unavailable(f"etcd did not renew the leases ({_reason(error)})") from None
+        finally:
+            call.cancel()
+        return {lease: ttls.get(lease, 0) for lease in leases}
 
     async def compact(self, revision: int) -> None:
         await _call(self._kv_stub().Compact(rpc.CompactionRequest(revision=revision), timeout=CALL_TIMEOUT))

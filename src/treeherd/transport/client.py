@@ -2,6 +2,11 @@
 
 The CLI (and later the ENC, which Puppet runs on every agent run) uses it: it imports in milliseconds,
 keeps one connection alive, and turns every failure into `ClientError` with a message for a person.
+
+It takes several managers (`http://a:7400,http://b:7400`, or a list): a manager that cannot be
+connected to, or that answers 503 (stopping, or its store unreachable), is passed over for the next
+one, and the one that answered is used first from then on. A request is sent again to another manager
+only when the first one did not take it (no connection) or refused it whole (503).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import http.client
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -44,40 +49,46 @@ class ClientError(Exception):
 
 
 class Client:
-    """Talks JSON to one manager."""
+    """Talks JSON to a manager: the first of `base_url` (a URL, several separated by commas, or a
+    list) that answers."""
 
     def __init__(
         self,
-        base_url: str = DEFAULT_MANAGER,
+        base_url: str | Sequence[str] = DEFAULT_MANAGER,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        parsed = urllib.parse.urlsplit(base_url if "://" in base_url else f"http://{base_url}")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ClientError(f"invalid manager URL {base_url!r}: use http://HOST:PORT")
-        self.base_url = base_url
-        self._scheme = parsed.scheme
-        self._host = parsed.hostname
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        self._prefix = parsed.path.rstrip("/")
+        self.urls = manager_urls(base_url)
+        self._targets = [_target(url) for url in self.urls]
+        self._current = 0
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
         try:
             self._auth = authorization(token if token is not None else bearer_token())
-            self._tls = (tls or tls_context()) if parsed.scheme == "https" else None
+            needs_tls = any(scheme == "https" for scheme, _, _, _ in self._targets)
+            self._tls = (tls or tls_context()) if needs_tls else None
         except CredentialError as error:
             raise ClientError(str(error)) from None
 
+    @property
+    def base_url(self) -> str:
+        """The manager in use: the one that answered last (the first one before any request)."""
+        return self.urls[self._current]
+
+    def _use(self, index: int) -> None:
+        if index != self._current:
+            self.close()
+            self._current = index
+
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._conn is None:
-            if self._tls is not None:
-                self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout, context=self._tls
-                )
+            scheme, host, port, _ = self._targets[self._current]
+            if scheme == "https":
+                self._conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
             else:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+                self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
         else:
             self._conn.timeout = timeout
             if self._conn.sock is not None:
@@ -106,7 +117,7 @@ class Client:
         self.close()
 
     def _url(self, path: str, query: dict[str, Any] | None) -> str:
-        url = self._prefix + path
+        url = self._targets[self._current][3] + path
         if query:
             pairs = [(k, _text(v)) for k, v in query.items() if v is not None and not isinstance(v, list)]
             pairs += [(k, _text(item)) for k, v in query.items() if isinstance(v, list) for item in v]
@@ -123,22 +134,67 @@ class Client:
         timeout: float | None,
         headers: dict[str, str] | None = None,
     ) -> http.client.HTTPResponse:
+        """The answer of the first manager that takes the request, starting with the one in use."""
         payload = None if body is None else _encode(body)
         all_headers = {"Accept": "application/json", **self._auth, **(headers or {})}
         if payload is not None:
             all_headers["Content-Type"] = "application/json"
+        count = len(self.urls)
+        start = self._current
+        passed: list[str] = []  # the managers passed over, and why
+        refused: ClientError | None = None
+        for step in range(count):
+            self._use((start + step) % count)
+            try:
+                response = self._send_one(method, path, payload, all_headers, query, timeout)
+            except _Unreachable as error:
+                passed.append(f"{self.base_url} ({error})")
+                continue
+            if response.status != 503 or step == count - 1:
+                return response
+            refused = _failure(503, response.read())
+            passed.append(f"{self.base_url} (503: {refused})")
+            self.close()
+        if refused is not None and len(passed) == 1:
+            raise refused
+        if count == 1:
+            raise ClientError(
+                f"cannot reach the treeherd manager at {passed[0]}: start it with 'treeherd up', or point"
+                " --manager / TREEHERD_MANAGER at a running one"
+            )
+        raise ClientError(
+            "no treeherd manager answered: " + ", ".join(passed) + "; check that one runs, or point"
+            " --manager / TREEHERD_MANAGER at running ones",
+            status=503 if refused is not None else None,
+        )
+
+    def _send_one(
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        headers: dict[str, str],
+        query: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> http.client.HTTPResponse:
+        """The answer of the manager in use; `_Unreachable` when it cannot be connected to (the request
+        was not sent: another manager may take it)."""
         url = self._url(path, query)
         for attempt in (1, 2):
             conn = self._connection(timeout)
+            if conn.sock is None:
+                try:
+                    conn.connect()
+                except ssl.SSLCertVerificationError as error:
+                    self.close()
+                    raise ClientError(f"{TLS_HINT} ({error.verify_message})") from None
+                except (OSError, socket.gaierror) as error:
+                    self.close()
+                    reason = "no answer in time" if isinstance(error, TimeoutError) else error.strerror
+                    raise _Unreachable(reason or str(error)) from None
             try:
-                conn.request(method, url, body=payload, headers=all_headers)
+                conn.request(method, url, body=payload, headers=headers)
                 return conn.getresponse()
-            except (ConnectionRefusedError, socket.gaierror) as error:
-                self.close()
-                raise ClientError(
-                    f"cannot reach the treeherd manager at {self.base_url} ({error.strerror or error}): start it"
-                    " with 'treeherd up', or point --manager / TREEHERD_MANAGER at a running one"
-                ) from None
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 # A kept-alive connection the server closed: reconnect once.
                 self.close()
@@ -249,6 +305,39 @@ class Client:
                     data.append(value)
                 elif name == "id":
                     event_id = value
+
+
+class _Unreachable(Exception):
+    """The manager in use could not be connected to; `str()` says why."""
+
+
+def manager_urls(value: str | Sequence[str]) -> list[str]:
+    """The managers named by `--manager` / TREEHERD_MANAGER: URLs separated by commas (or a list);
+    `ClientError` for one that is not http(s)://HOST[:PORT]."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls = [item.strip() for item in items if item.strip()]
+    if not urls:
+        raise ClientError("no manager URL given: use http://HOST:PORT[,http://HOST:PORT...]")
+    for url in urls:
+        _target(url)
+    return urls
+
+
+def _target(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of a manager URL."""
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1:
+        raise ClientError(f"invalid manager URL {url!r}: use http://HOST:PORT")
+    return (
+        parsed.scheme,
+        parsed.hostname,
+        port or (443 if parsed.scheme == "https" else 80),
+        parsed.path.rstrip("/"),
+    )
 
 
 def _text(value: Any) -> str:
