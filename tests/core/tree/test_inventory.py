@@ -31,7 +31,7 @@ from treeherd.model.requests import (
     ProvisionCreate,
     RouteSpec,
 )
-from treeherd.testing.factories import FIXED_NOW
+from treeherd.testing.factories import FIXED_NOW, Ids
 
 LATER = FIXED_NOW + timedelta(hours=1)
 
@@ -248,9 +248,9 @@ async def test_delete_machine_refused_while_bound_unless_forced(world) -> None:
     await world.bind("m1", "a")
     await world.bind("m1", "b")
     with pytest.raises(Refused) as caught:
-        inv.plan_delete_machine(world.view, "m1", force=False)
+        inv.plan_delete_machine(world.view, "m1", force=False, now=FIXED_NOW, new_id=Ids("revoked"))
     assert "a, b" in caught.value.detail
-    ops = inv.plan_delete_machine(world.view, "m1", force=True)
+    ops = inv.plan_delete_machine(world.view, "m1", force=True, now=FIXED_NOW, new_id=Ids("revoked"))
     assert [type(op.object) for op in ops] == [Binding, Binding, Machine]
     await world.commit(ops)
     assert world.view.count(Machine) == 0
@@ -259,9 +259,13 @@ async def test_delete_machine_refused_while_bound_unless_forced(world) -> None:
 
 async def test_delete_unbound_machine(world) -> None:
     machine = await world.machine("m1")
-    assert inv.plan_delete_machine(world.view, "m1", force=False) == [Delete(machine)]
+    assert inv.plan_delete_machine(world.view, "m1", force=False, now=FIXED_NOW, new_id=Ids("revoked")) == [
+        Delete(machine)
+    ]
     with pytest.raises(VersionConflict):
-        inv.plan_delete_machine(world.view, "m1", force=False, version=machine.version + 1)
+        inv.plan_delete_machine(
+            world.view, "m1", force=False, now=FIXED_NOW, new_id=Ids("revoked"), version=machine.version + 1
+        )
 
 
 # ---- concurrency: plans from the same view -----------------------------------------------------------
@@ -315,7 +319,7 @@ async def test_two_binds_of_the_same_kind_planned_concurrently_both_apply(world)
 async def test_delete_machine_fails_when_it_was_bound_meanwhile(world) -> None:
     await world.nodes("a")
     await world.machine("m1")
-    stale = inv.plan_delete_machine(world.view, "m1", force=True)
+    stale = inv.plan_delete_machine(world.view, "m1", force=True, now=FIXED_NOW, new_id=Ids("revoked"))
     await world.bind("m1", "a")
     with pytest.raises((Refused, VersionConflict)):
         await world.commit(stale)

@@ -117,12 +117,12 @@ def plan_delete_machine(
     hostname: str,
     *,
     force: bool,
+    now: datetime,
+    new_id: Callable[[], str],
     version: int | None = None,
-    now: datetime | None = None,
-    new_id: Callable[[], str] | None = None,
 ) -> list[Op]:
     """Remove a machine (with its bindings when forced). A machine whose agent holds a node certificate
-    leaves a revocation behind (given `now` and `new_id`): that certificate opens no session again."""
+    leaves a revocation behind: that certificate opens no session again."""
     machine = machine_by_hostname(view, hostname)
     check_version(machine, version)
     bindings = view.referrers(Binding, "machine", machine.id)
@@ -133,7 +133,7 @@ def plan_delete_machine(
             " --force to remove its bindings too"
         )
     revoked: list[Op] = []
-    if machine.node_identity is not None and now is not None and new_id is not None:
+    if machine.node_identity is not None:
         revoked.append(
             Create(
                 RevokedNode(
