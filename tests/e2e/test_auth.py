@@ -38,6 +38,19 @@ def cli(
     )
 
 
+def as_admin(manager: ManagerProcess, data_dir: Path) -> Callable[..., str]:
+    """The real CLI with the manager's first admin token and its CA: its stdout, the command checked."""
+
+    def run(*args: str) -> str:
+        done = cli(
+            manager.url, *args, token_file=data_dir / "secrets" / "admin.token", ca_file=data_dir / "ca.crt"
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return run
+
+
 def keep_token(text: str, path: Path) -> Path:
     path.write_text(text)
     path.chmod(0o600)
@@ -180,10 +193,7 @@ def test_a_tls_manager_serves_the_cli_the_enc_and_agents_that_trust_its_ca(tmp_p
         assert "set TREEHERD_CA_FILE to its cluster CA certificate" in untrusted.stderr, untrusted.stderr
         assert "Traceback" not in untrusted.stderr
 
-        def admin_cli(*args: str) -> str:
-            done = cli(manager.url, *args, token_file=admin, ca_file=ca)
-            assert done.returncode == 0, done.stderr
-            return done.stdout
+        admin_cli = as_admin(manager, tmp_path / "manager")
 
         admin_cli("tree", "add", "corp")
         admin_cli("machine", "add", "web-1")
@@ -242,13 +252,7 @@ def test_an_agent_joins_with_a_join_token_and_its_certificate_opens_only_its_own
     tmp_path: Path,
 ) -> None:
     with ManagerProcess(tmp_path / "manager", extra_args=("--tls", "--require-auth")) as manager:
-        admin = tmp_path / "manager" / "secrets" / "admin.token"
-        ca = tmp_path / "manager" / "ca.crt"
-
-        def admin_cli(*args: str) -> str:
-            done = cli(manager.url, *args, token_file=admin, ca_file=ca)
-            assert done.returncode == 0, done.stderr
-            return done.stdout
+        admin_cli = as_admin(manager, tmp_path / "manager")
 
         join_token = keep_token(admin_cli("cluster", "join-token", "worker", "-q"), tmp_path / "join.token")
         first = AgentProcess(
@@ -292,13 +296,7 @@ def test_an_agent_renews_its_certificate_without_leaving_its_session(tmp_path: P
     with ManagerProcess(
         tmp_path / "manager", extra_args=("--tls", "--require-auth", "--cert-expiry", "6s")
     ) as manager:
-        admin = tmp_path / "manager" / "secrets" / "admin.token"
-        ca = tmp_path / "manager" / "ca.crt"
-
-        def admin_cli(*args: str) -> str:
-            done = cli(manager.url, *args, token_file=admin, ca_file=ca)
-            assert done.returncode == 0, done.stderr
-            return done.stdout
+        admin_cli = as_admin(manager, tmp_path / "manager")
 
         admin_cli("cluster", "set", "--heartbeat-period", "1s")
         join_token = keep_token(admin_cli("cluster", "join-token", "worker", "-q"), tmp_path / "join.token")

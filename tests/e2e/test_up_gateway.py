@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.e2e.helpers import TASK_JSON_SERVER
-from tests.gateway.helpers import Backend, served_by
+from tests.gateway.helpers import Backend, route_one_backend, served_by
 from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
 from treeherd.testing.waiting import wait_for
@@ -37,11 +37,7 @@ def test_up_serves_the_tree_through_its_gateway_and_stops_nginx(tmp_path: Path) 
     backend = Backend(tmp_path, "web-7", "127.0.0.7", node_port)
     try:
         with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
-            client.request("POST", "/api/v1/domains", {"name": HOST, "ports": [{"port": domain_port}]})
-            client.request("POST", "/api/v1/nodes", {"path": "shop", "port": node_port})
-            client.request("POST", "/api/v1/nodes/shop/routes", {"domain": HOST, "uri": "/"})
-            client.request("POST", "/api/v1/machines", {"hostname": "web-7", "ips": ["127.0.0.7"]})
-            client.request("POST", "/api/v1/machines/web-7/bindings", {"node": "shop", "weight": 1})
+            route_one_backend(client, HOST, domain_port, node_port)
             wait_for(lambda: backend.ready(), "the backend to listen", 15)
             wait_for(lambda: served_by(domain_port, "/", HOST) == "web-7", "up's nginx to serve the tree", 30)
             assert nginx_masters(data / "gateway")

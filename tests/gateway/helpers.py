@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from treeherd.testing.processes import GatewayProcess
+from treeherd.transport.client import Client
 
 BACKEND_SCRIPT = Path(__file__).with_name("backend_server.py")
 STOP_S = 10.0
@@ -51,6 +52,16 @@ class Backend:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(STOP_S)
+
+
+def route_one_backend(client: Client, host: str, domain_port: int, node_port: int) -> None:
+    """Through the API: domain `host` on `domain_port`, its `/` routed to node `shop` on `node_port`, whose
+    one machine is web-7 at 127.0.0.7 (where a `Backend` listens)."""
+    client.request("POST", "/api/v1/domains", {"name": host, "ports": [{"port": domain_port}]})
+    client.request("POST", "/api/v1/nodes", {"path": "shop", "port": node_port})
+    client.request("POST", "/api/v1/nodes/shop/routes", {"domain": host, "uri": "/"})
+    client.request("POST", "/api/v1/machines", {"hostname": "web-7", "ips": ["127.0.0.7"]})
+    client.request("POST", "/api/v1/machines/web-7/bindings", {"node": "shop", "weight": 1})
 
 
 def get(port: int, path: str, host: str) -> tuple[int, dict[str, Any] | None]:

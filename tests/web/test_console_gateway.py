@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.gateway.helpers import Backend, get
+from tests.gateway.helpers import Backend, get, route_one_backend
 from tests.web.conftest import Console
 from treeherd.testing.ports import free_port
 from treeherd.testing.processes import ManagerProcess
@@ -38,11 +38,7 @@ def test_chart_of_a_backend_answering_500(tmp_path: Path, page: Page, console: C
     backend.fail(True)
     try:
         with ManagerProcess(data, command=("up",)) as up, Client(up.url, timeout=10) as client:
-            client.request("POST", "/api/v1/domains", {"name": HOST, "ports": [{"port": domain_port}]})
-            client.request("POST", "/api/v1/nodes", {"path": "shop", "port": node_port})
-            client.request("POST", "/api/v1/nodes/shop/routes", {"domain": HOST, "uri": "/"})
-            client.request("POST", "/api/v1/machines", {"hostname": "web-7", "ips": ["127.0.0.7"]})
-            client.request("POST", "/api/v1/machines/web-7/bindings", {"node": "shop", "weight": 1})
+            route_one_backend(client, HOST, domain_port, node_port)
             wait_for(backend.ready, "the backend to listen", 15)
 
             def failing() -> bool:
