@@ -134,6 +134,17 @@ async def test_an_expired_token_is_refused(inventory: Inventory) -> None:
         assert (await client.get("/api/v1/nodes", headers=bearer(token))).status_code == 401
 
 
+async def test_a_token_that_expires_while_in_use_is_refused_from_then_on(inventory: Inventory) -> None:
+    token = await make_token(inventory, "short", Role.VIEWER, expires_in_s=60)
+    now = [FIXED_NOW]
+    ticking = Inventory(inventory.store, clock=lambda: now[0])
+    async with AsyncTestClient(app=create_app(ticking, require_auth=True)) as client:
+        for _ in range(2):  # the second request is answered from the checked tokens
+            assert (await client.get("/api/v1/nodes", headers=bearer(token))).status_code == 200
+        now[0] = FIXED_NOW + timedelta(seconds=60)
+        assert (await client.get("/api/v1/nodes", headers=bearer(token))).status_code == 401
+
+
 async def test_a_refusal_is_audited_without_the_token(
     secured: tuple[Client, dict[Role, str]], caplog: pytest.LogCaptureFixture
 ) -> None:

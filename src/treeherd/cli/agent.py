@@ -64,12 +64,9 @@ def _run(
             loop.add_signal_handler(signum, agent.stop)
         await agent.run()
 
-    try:
-        import uvloop
+    from treeherd.runtime import event_loop_runner
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
+    runner = event_loop_runner()
     with runner:
         runner.run(main())
 

@@ -31,21 +31,16 @@ def _run(
     tls: bool = False,
     cert_expiry_s: float | None = None,
 ) -> None:
-    import asyncio
     import logging
 
     from treeherd.api.server import StartupError, serve_manager
     from treeherd.model.errors import TreeherdError
+    from treeherd.runtime import event_loop_runner
     from treeherd.web import console_handlers
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("treeherd").setLevel(logging.INFO)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
+    runner = event_loop_runner()
     try:
         with runner:
             runner.run(
