@@ -9,6 +9,7 @@ PACKAGES=(
     nginx       # the edge gateway: nginx -t, reloads, end-to-end routing
     openssl     # self-signed certificates for the ssl servers the renderer tests validate
     etcd-server # the etcd store: its contract tests run against a real etcd
+    etcd-client # etcdctl: the registration keys are read as confd or a shell script would
     puppet      # the ENC tests: puppet node find / puppet apply with treeherd as the node classifier
     iproute2    # the multi-host tests: `ip netns`, veths and a bridge (treeherd.testing.hosts)
     docker.io   # the docker executor's tests: dockerd (started by the tests when none runs) and the CLI
