@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from treeherd.api.app import create_app
+from treeherd.api.joined_writes import http_protocol
 from treeherd.api.peer_certificates import websocket_protocol
 from treeherd.manager.admin_token import ensure_admin_token
 from treeherd.manager.allocator import Allocator
@@ -98,6 +99,7 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            http=http_protocol(),
             **tls,
         )
         self._server = _Server(config)
