@@ -20,7 +20,7 @@ class JoinedWrites:
     else is the wrapped transport's; closing it first sends what is waiting."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
+        self.raw = transport  # the wrapped transport
         self._loop = loop
         self._waiting: list[bytes] = []
         self._closed = False
@@ -41,25 +41,25 @@ class JoinedWrites:
             return
         data = self._waiting[0] if len(self._waiting) == 1 else b"".join(self._waiting)
         self._waiting.clear()
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        if not self.raw.is_closing():
+            self.raw.write(data)
 
     def write_eof(self) -> None:
         self.flush()
-        self._transport.write_eof()
+        self.raw.write_eof()
 
     def close(self) -> None:
         self.flush()
         self._closed = True
-        self._transport.close()
+        self.raw.close()
 
     def abort(self) -> None:
         self._waiting.clear()
         self._closed = True
-        self._transport.abort()
+        self.raw.abort()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        return getattr(self.raw, name)
 
 
 def http_protocol() -> type[Any]:
@@ -69,5 +69,16 @@ def http_protocol() -> type[Any]:
     class JoinedWritesProtocol(base):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(JoinedWrites(transport, asyncio.get_running_loop()))
+
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            # A WebSocket frame is one write already; joining would only delay each message by a
+            # turn (measured: agent round trips a few per cent slower), so the channel gets the
+            # plain transport.
+            joined: Any = getattr(self, "transport")  # noqa: B009 - the base class is not typed
+            setattr(self, "transport", joined.raw)  # noqa: B010
+            try:
+                super().handle_websocket_upgrade(*args)
+            finally:
+                setattr(self, "transport", joined)  # noqa: B010
 
     return JoinedWritesProtocol
