@@ -408,7 +408,21 @@ def tls_overhead() -> str:
     ]  # fmt: skip
     header = ["median of " + str(d["parameters"]["rounds"]) + " rounds", "plain", "token", "TLS + token",
               "TLS + token cost"]  # fmt: skip
-    return f"{provenance('tls_overhead', d)}\n\n{table(header, rows)}"
+    c, c_cost = d["cpu_medians"], d["cpu_cost"]
+    cpu_labels = {
+        "api_requests_keepalive_manager_us": "manager CPU per API request (keep-alive)",
+        "api_requests_keepalive_client_us": "client CPU per API request (keep-alive)",
+        "agent_heartbeat_round_trips_manager_us": "manager CPU per agent round trip",
+        "agent_heartbeat_round_trips_client_us": "agent CPU per agent round trip",
+    }
+    cpu_rows = [
+        [label, f"{c['plain'][key]:.0f} µs", f"{c['token'][key]:.0f} µs", f"{c['tls'][key]:.0f} µs",
+         pct(c_cost["tls"][key])]
+        for key, label in cpu_labels.items()
+    ]  # fmt: skip
+    cpu_header = ["median of " + str(d["parameters"]["rounds"]) + " rounds", "plain", "token", "TLS + token",
+                  "TLS + token extra CPU"]  # fmt: skip
+    return f"{provenance('tls_overhead', d)}\n\n{table(header, rows)}\n\n{table(cpu_header, cpu_rows)}"
 
 
 SECTIONS: dict[str, Callable[[], str]] = {

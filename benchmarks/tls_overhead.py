@@ -12,6 +12,10 @@ machine's load falls on all alike:
 3. Agent channel: one agent session (on the TLS manager over wss with a node certificate from a real
    join) sending heartbeats and waiting for each acknowledgement for `--seconds`: round trips per second.
 
+For the two steady-state measures (1 and 3) it also records the CPU time per operation in the manager
+and in the benchmark's own process (the client), read from the OS: on a shared machine the rates move
+with whatever else runs, the CPU an operation takes much less.
+
 Medians over the rounds go to `OUT/tls_overhead.json` and `OUT/tls_overhead.png`.
 
     .venv/bin/python benchmarks/tls_overhead.py            # 5 rounds of 5 s
@@ -28,8 +32,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import machine_info
@@ -115,6 +122,18 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def with_cpu(side: Side, run: Callable[[], float], seconds: float) -> tuple[float, float, float]:
+    """A steady-state measure's rate, with the CPU time each operation took in the manager and in
+    this client process (µs): less sensitive than the rate to what else the machine runs."""
+    manager = psutil.Process(side.manager.process.pid if side.manager.process else 0)
+    manager_before, client_before = sum(manager.cpu_times()[:2]), time.process_time()
+    rate = run()
+    operations = max(rate * seconds, 1.0)
+    manager_us = (sum(manager.cpu_times()[:2]) - manager_before) / operations * 1e6
+    client_us = (time.process_time() - client_before) / operations * 1e6
+    return rate, manager_us, client_us
+
+
 def agent_rate(side: Side, seconds: float) -> float:
     # On the loop a real agent runs (`treeherd agent` uses uvloop where installed): the standard
     # loop's TLS is written in Python and would measure the benchmark's client rather than treeherd.
@@ -134,6 +153,7 @@ def main() -> int:
         args.rounds, args.seconds, args.handshakes = 2, 1.0, 50
     info = machine_info()
     rates: dict[str, dict[str, list[float]]] = {"plain": {}, "token": {}, "tls": {}}
+    cpu: dict[str, dict[str, list[float]]] = {"plain": {}, "token": {}, "tls": {}}
     with tempfile.TemporaryDirectory(prefix="treeherd-tls-bench-") as tmp:
         root = Path(tmp)
         with (
@@ -160,11 +180,16 @@ def main() -> int:
             sides[2].agent_tls = node_tls(root / "node")
             for number in range(args.rounds):
                 for side in sides:
-                    measured = {
-                        "api_requests_keepalive": api_keepalive(side, args.seconds),
-                        "api_requests_new_connection": api_handshakes(side, args.handshakes),
-                        "agent_heartbeat_round_trips": agent_rate(side, args.seconds),
+                    steady = {
+                        "api_requests_keepalive": lambda side=side: api_keepalive(side, args.seconds),
+                        "agent_heartbeat_round_trips": lambda side=side: agent_rate(side, args.seconds),
                     }
+                    measured: dict[str, float] = {}
+                    for key, run in steady.items():
+                        measured[key], manager_us, client_us = with_cpu(side, run, args.seconds)
+                        cpu[side.name].setdefault(f"{key}_manager_us", []).append(round(manager_us, 1))
+                        cpu[side.name].setdefault(f"{key}_client_us", []).append(round(client_us, 1))
+                    measured["api_requests_new_connection"] = api_handshakes(side, args.handshakes)
                     for key, value in measured.items():
                         rates[side.name].setdefault(key, []).append(round(value, 1))
                     print(
@@ -172,6 +197,13 @@ def main() -> int:
                         + ", ".join(f"{k} {v:,.0f}/s" for k, v in measured.items())
                     )
     medians = {side: {k: round(statistics.median(v), 1) for k, v in by.items()} for side, by in rates.items()}
+    cpu_medians = {
+        side: {k: round(statistics.median(v), 1) for k, v in by.items()} for side, by in cpu.items()
+    }
+    cpu_cost = {
+        side: {k: round(cpu_medians[side][k] / cpu_medians["plain"][k] - 1, 3) for k in cpu_medians["plain"]}
+        for side in ("token", "tls")
+    }
     cost = {
         side: {k: round(1 - medians[side][k] / medians["plain"][k], 3) for k in medians["plain"]}
         for side in ("token", "tls")
@@ -183,13 +215,20 @@ def main() -> int:
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "handshakes": args.handshakes},
         "rates": rates,
         "medians": medians,
+        "cpu_us_per_operation": cpu,
+        "cpu_medians": cpu_medians,
+        "cpu_cost": cpu_cost,
         "tls_cost": cost,
     }
     name = "tls_overhead-quick" if args.quick else "tls_overhead"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / f"{name}.png")
-    print(json.dumps({"medians": medians, "tls_cost": cost}, indent=2))
+    print(
+        json.dumps(
+            {"medians": medians, "tls_cost": cost, "cpu_medians": cpu_medians, "cpu_cost": cpu_cost}, indent=2
+        )
+    )
     return 0
 
 
