@@ -24,6 +24,7 @@ import uvicorn
 
 from treeherd.api.app import create_app
 from treeherd.api.peer_certificates import websocket_protocol
+from treeherd.api.request_limits import RequestLimits, limited_protocol
 from treeherd.manager.admin_token import ensure_admin_token, fresh_component_token
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.availability_board import AvailabilityBoard
@@ -94,9 +95,17 @@ class ApiServer:
 
     name = "api"
 
-    def __init__(self, app: Any, sock: socket.socket, *, tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self._app = app
         self._sock = sock
+        self._limits = limits or RequestLimits()
         # (certificate chain, key, cluster CA) files: serve https and wss; client certificates of
         # the CA are asked for (optional: API clients may present a token instead) and verified.
         self._tls = tls
@@ -119,6 +128,7 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            http=limited_protocol(self._limits),
             **tls,
         )
         self._server = _Server(config)
