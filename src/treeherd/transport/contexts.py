@@ -18,8 +18,7 @@ long-running client (the gateway) rereads it only when it changes.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 CONFIG_ENV = "TREEHERD_CONFIG"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -29,13 +28,18 @@ class ConfigError(Exception):
     """The client configuration cannot be used; the message says what is wrong and how to fix it."""
 
 
-class ClientContext(NamedTuple):
+class ClientContext:
     """One named context: its managers' URLs, and the files of the CA and token used with them."""
 
-    name: str
-    managers: tuple[str, ...]
-    ca_file: str | None = None
-    token_file: str | None = None
+    __slots__ = ("ca_file", "managers", "name", "token_file")
+
+    def __init__(
+        self, name: str, managers: tuple[str, ...], ca_file: str | None = None, token_file: str | None = None
+    ) -> None:
+        self.name = name
+        self.managers = managers
+        self.ca_file = ca_file
+        self.token_file = token_file
 
     def serves(self, urls: list[str] | tuple[str, ...]) -> bool:
         """Whether every one of `urls` is one of this context's managers (its credentials go only
@@ -55,12 +59,14 @@ class ClientConfig:
         return None if self.current is None else self.contexts.get(self.current)
 
 
-def config_path() -> Path:
+def config_path() -> str:
+    """The file in use (a string, not a Path: the ENC, which reads it on every Puppet run, does not
+    load pathlib for it)."""
     explicit = os.environ.get(CONFIG_ENV, "").strip()
     if explicit:
-        return Path(explicit)
+        return explicit
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "treeherd" / "config.toml"
+    return os.path.join(base, "treeherd", "config.toml")
 
 
 def _normal(url: str) -> str:
@@ -74,14 +80,14 @@ def check_name(name: str) -> str:
     return name
 
 
-_cache: dict[Path, tuple[tuple[int, int], ClientConfig]] = {}
+_cache: dict[str, tuple[tuple[int, int], ClientConfig]] = {}
 
 
-def load_config(path: Path | None = None) -> ClientConfig:
+def load_config(path: str | None = None) -> ClientConfig:
     """The configuration in `path` (default: `config_path()`); empty when the file does not exist."""
     path = path or config_path()
     try:
-        info = path.stat()
+        info = os.stat(path)
     except FileNotFoundError:
         return ClientConfig()
     except OSError as error:
@@ -93,7 +99,8 @@ def load_config(path: Path | None = None) -> ClientConfig:
     import tomllib
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as file:
+            data = tomllib.loads(file.read())
     except OSError as error:
         raise ConfigError(f"cannot read the client configuration {path}: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
@@ -105,7 +112,7 @@ def load_config(path: Path | None = None) -> ClientConfig:
     return config
 
 
-def _parse(data: dict[str, Any], path: Path) -> ClientConfig:
+def _parse(data: dict[str, Any], path: str) -> ClientConfig:
     def bad(what: str) -> ConfigError:
         return ConfigError(f"the client configuration {path}: {what}")
 
@@ -138,8 +145,9 @@ def _parse(data: dict[str, Any], path: Path) -> ClientConfig:
     return ClientConfig(current, contexts)
 
 
-def save_config(config: ClientConfig, path: Path | None = None) -> None:
+def save_config(config: ClientConfig, path: str | None = None) -> None:
     """Write `config` to `path` (mode 0600), atomically: a reader sees the old file or the new one."""
+    import contextlib
     import tempfile
 
     import tomli_w
@@ -157,9 +165,10 @@ def save_config(config: ClientConfig, path: Path | None = None) -> None:
         for name, context in sorted(config.contexts.items())
     }
     text = tomli_w.dumps(data)
+    directory, name = os.path.split(os.path.abspath(path))
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
     except OSError as error:
         raise ConfigError(f"cannot write the client configuration {path}: {error.strerror}") from None
     try:
@@ -170,7 +179,8 @@ def save_config(config: ClientConfig, path: Path | None = None) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise ConfigError(f"cannot write the client configuration {path}: {error.strerror}") from None
     _cache.pop(path, None)
 
