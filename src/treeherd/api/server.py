@@ -27,6 +27,7 @@ from treeherd.api.peer_certificates import websocket_protocol
 from treeherd.api.request_limits import RequestLimits, limited_protocol
 from treeherd.manager.admin_token import ensure_admin_token, fresh_component_token
 from treeherd.manager.allocator import Allocator
+from treeherd.manager.audit_trail import AuditTrail
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.canary_judge import CanaryJudge
 from treeherd.manager.cluster_ca import CaError, ClusterAuthority
@@ -255,11 +256,13 @@ async def serve_manager(
                 names = tuple(dict.fromkeys([actual_host, "127.0.0.1", "localhost", socket.gethostname()]))
                 tls_files = (*authority.server_files(names, inventory.clock()), data_dir / "ca.crt")
             registry = Registry(store)
+            trail = AuditTrail(inventory)
             dispatcher = Dispatcher(
                 store,
                 managers=[url],
                 registry=registry,
                 sign=lambda csr, node_id, role: authority.renew(csr, node_id, role, inventory.clock()),
+                refusals=trail.refused,
             )
             board = AvailabilityBoard(clock=inventory.clock)
             components: list[Component] = [
@@ -271,11 +274,13 @@ async def serve_manager(
                         require_auth=require_auth,
                         authority=authority,
                         extra_handlers=extra_handlers,
+                        refusals=trail.refused,
                     ),
                     sock,
                     tls=tls_files,
                 ),
                 dispatcher,
+                trail,
                 registry,
                 Orchestrator(store),
                 Allocator(store),
