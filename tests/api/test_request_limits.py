@@ -151,17 +151,23 @@ def test_the_manager_refuses_an_oversized_body_with_its_limit_in_words(tmp_path:
         with socket.create_connection((host, int(port)), timeout=10) as conn:
             conn.sendall(
                 b"POST /api/v1/nodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % (9 * 1024 * 1024)
+                b"Content-Length: %d\r\n\r\n" % (5 * 1024 * 1024)
             )
             answer = b""
             while chunk := conn.recv(65536):
                 answer += chunk
         status, body = status_and_body(answer)
         assert status == 413
-        assert body["detail"] == "the request's body exceeds 8 MiB: send less at a time"
+        assert body["detail"] == "the request's body exceeds 4 MiB: send less at a time"
         with socket.create_connection((host, int(port)), timeout=10) as conn:
             conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"z" * 70_000 + b"\r\n\r\n")
             answer = b""
             while chunk := conn.recv(65536):
                 answer += chunk
         assert status_and_body(answer)[0] == 431
+
+
+def test_the_servers_body_limit_is_the_applications() -> None:
+    from treeherd.api.app import MAX_BODY_BYTES
+
+    assert RequestLimits().max_body_bytes == MAX_BODY_BYTES

@@ -36,7 +36,7 @@ class RequestLimits:
     def __init__(
         self,
         *,
-        max_body_bytes: int = 8 * MIB,
+        max_body_bytes: int = 4 * MIB,  # the application refuses more too (api.app.MAX_BODY_BYTES)
         max_head_bytes: int = 64 * 1024,
         head_timeout_s: float = 10.0,
         body_timeout_s: float = 60.0,
