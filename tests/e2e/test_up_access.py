@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from treeherd.testing.processes import ManagerProcess, treeherd_command
@@ -57,9 +58,17 @@ def test_up_serves_https_with_tokens_and_the_cli_finds_it_through_the_local_cont
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(anonymous, timeout=5, context=context)
         assert refused.value.code == 401
+        assert b"thd1_" not in refused.value.read()
         refused.value.close()
-        admin = (data / "secrets" / "admin.token").read_text().strip()
-        assert admin not in up.log()
+        # No token (the admin's, or those of up's own agent and gateway) in the log, the event
+        # stream, or any process's command line.
+        assert "thd1_" not in up.log()
+        events = treeherd(
+            home, "events", "--since", "0", "--kind", "token", "--count", "3", "--format", "json"
+        ).stdout
+        assert '"kind":"token"' in events.replace(" ", "") and "thd1_" not in events
+        for process in [psutil.Process(up.pid), *psutil.Process(up.pid).children(recursive=True)]:
+            assert "thd1_" not in " ".join(process.cmdline())
 
 
 def test_up_leaves_another_current_context_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
