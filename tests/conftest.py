@@ -17,6 +17,21 @@ from treeherd.testing.processes import ManagerProcess, treeherd_command
 CLI_TIMEOUT = 30
 
 
+@pytest.fixture(scope="session", autouse=True)
+def client_config_of_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The client contexts the tests' commands read and `up` writes: a directory of the test session,
+    never the user's own ~/.config/treeherd."""
+    saved = {name: os.environ.get(name) for name in ("XDG_CONFIG_HOME", "TREEHERD_CONFIG")}
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    os.environ.pop("TREEHERD_CONFIG", None)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[ManagerProcess]:
     """A manager of this test alone, stopped by pid afterwards."""

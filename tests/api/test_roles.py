@@ -153,7 +153,9 @@ async def test_a_refusal_is_audited_without_the_token(
         await client.post("/api/v1/nodes", json={}, headers=bearer(tokens[Role.VIEWER]))
         await client.get("/api/v1/nodes", headers=bearer("thd1_ff_" + "B" * 43))
     lines = [r.getMessage() for r in caplog.records if r.name == "treeherd.audit"]
-    assert any("POST /api/v1/nodes" in line and "t-viewer (role viewer) may not" in line for line in lines)
+    assert any(
+        "POST /api/v1/nodes" in line and "(t-viewer): the role viewer may not" in line for line in lines
+    )
     assert any("GET /api/v1/nodes" in line and "no valid credential" in line for line in lines)
     assert not any(tokens[Role.VIEWER] in line or "B" * 43 in line for line in lines)
 

@@ -74,18 +74,18 @@ class Cluster:
         tmp: Path,
         *,
         executor: str = "hollow",
-        port: int | None = None,
+        url: str | None = None,
         manager_args: tuple[str, ...] = (),
     ) -> None:
         self.tmp = tmp
         self.executor = executor
-        self._port = port  # of a manager started elsewhere; ours binds port 0 and says which it got
+        self._url = url  # of a manager started elsewhere; ours binds port 0 and says which it got
         self.manager = ManagerProcess(tmp / "manager", extra_args=manager_args)
         self.agents: dict[str, AgentProcess] = {}
 
     @property
     def url(self) -> str:
-        return self.manager.url or f"http://127.0.0.1:{self._port}"
+        return self.manager.url or self._url or ""
 
     @property
     def port(self) -> int:

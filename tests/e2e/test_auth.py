@@ -290,6 +290,15 @@ def test_an_agent_joins_with_a_join_token_and_its_certificate_opens_only_its_own
         late.start()
         assert late.process is not None and late.process.wait(30) != 0
         assert "the manager refused the join" in late.log() and "Traceback" not in late.log()
+        # Each refusal is an audit event: the stolen certificate's session first.
+        first_audit = json.loads(
+            admin_cli("events", "--since", "0", "--kind", "audit", "--count", "1", "--format", "json")
+        )
+        refusal = first_audit["object"]["recent"][0]
+        assert refusal["what"] == "the agent session of host-b" and refusal["address"] == "127.0.0.1"
+        assert "belongs to host-a" in refusal["reason"] and refusal["caller"] == machine["node_identity"]
+        assert wait_for(lambda: "refused POST /api/v1/join from 127.0.0.1: unauthenticated" in manager.log())
+        assert join_token.read_text().strip() not in manager.log()
 
 
 def test_an_agent_renews_its_certificate_without_leaving_its_session(tmp_path: Path) -> None:

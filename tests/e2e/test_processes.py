@@ -223,7 +223,7 @@ def test_up_killed_mid_deploy_leaves_one_process_per_slot_and_none_after_rm(tmp_
     # while the agent is starting processes. Counted in the OS, not in the store.
     replicas = 150
     up = ManagerProcess(tmp_path / "up", command=("up",), extra_args=("--no-gateway",)).start()
-    view = Cluster(tmp_path, port=int(up.url.rsplit(":", 1)[1]))
+    view = Cluster(tmp_path, url=up.url)
     try:
         with view.client() as client:
             client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
@@ -330,7 +330,7 @@ def test_bad_commands_are_refused_or_rejected_with_the_reason(cluster: Cluster) 
 
 def test_up_runs_the_demo_as_real_processes(tmp_path: Path) -> None:
     with ManagerProcess(tmp_path / "up", command=("up",), extra_args=("--demo",)) as up:
-        cluster_view = Cluster(tmp_path, port=int(up.url.rsplit(":", 1)[1]))  # for its queries
+        cluster_view = Cluster(tmp_path, url=up.url)  # for its queries
         running = wait_for(
             lambda: len(cluster_view.running("frontend")) == 2 and cluster_view.running("frontend"),
             "2 running",

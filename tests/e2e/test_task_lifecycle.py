@@ -84,7 +84,7 @@ def test_a_failed_tasks_output_stays_readable_while_it_is_in_the_history(cluster
 
 def _up(tmp: Path, *args: str) -> tuple[ManagerProcess, Cluster]:
     up = ManagerProcess(tmp / "up", command=("up",), extra_args=("--no-gateway", *args)).start()
-    return up, Cluster(tmp, port=int(up.url.rsplit(":", 1)[1]))
+    return up, Cluster(tmp, url=up.url)
 
 
 def _pids(cluster: Cluster) -> set[int]:

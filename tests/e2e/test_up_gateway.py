@@ -4,6 +4,7 @@ it stops."""
 from __future__ import annotations
 
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def test_up_serves_the_tree_through_its_gateway_and_stops_nginx(tmp_path: Path) 
             wait_for(lambda: backend.ready(), "the backend to listen", 15)
             wait_for(lambda: served_by(domain_port, "/", HOST) == "web-7", "up's nginx to serve the tree", 30)
             assert nginx_masters(data / "gateway")
+            # The gateway's logs and saved health state are its user's only.
+            assert stat.S_IMODE((data / "gateway" / "logs").stat().st_mode) == 0o700
+            state = data / "gateway" / "health-state.json"
+            wait_for(state.exists, "the gateway to save its health state", 15)
+            assert stat.S_IMODE(state.stat().st_mode) == 0o600
         wait_for(lambda: not nginx_masters(data / "gateway"), "nginx stopped with up", 15)
     finally:
         backend.stop()

@@ -53,6 +53,12 @@ def test_chart_of_a_backend_answering_500(tmp_path: Path, page: Page, console: C
             minute = wait_for(lambda: _measured(client), "the gateway to report the 5xx answers", 30)
             assert minute["availability"] is not None and minute["availability"] < 0.5
 
+            # up serves https and requires a token: the console signs in with the admin's.
+            page.goto(up.url + "/ui/edge")
+            expect(page).to_have_url(up.url + "/ui/login")
+            page.get_by_label("token").fill((data / "secrets" / "admin.token").read_text().strip())
+            page.get_by_role("button", name="sign in").click()
+            expect(page).to_have_url(up.url + "/ui/tree")
             page.goto(up.url + "/ui/edge")
             card = page.locator(".chart-card", has_text="service shop")
             row = card.locator("tr[data-window='1m']")

@@ -48,7 +48,7 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("POST", "/api/v1/provisioning"): _O,
     ("GET", "/api/v1/provisioning/{hostname}"): _R,
     ("DELETE", "/api/v1/provisioning/{hostname}"): _O,
-    ("GET", "/api/v1/events"): _R,
+    ("GET", "/api/v1/events"): Scope.EVENTS,
     # Services and tasks.
     ("GET", "/api/v1/services"): _R,
     ("POST", "/api/v1/services"): _O,

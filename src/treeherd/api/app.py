@@ -14,7 +14,7 @@ from litestar.types import ControllerRouterHandler
 
 from treeherd import __version__
 from treeherd.api.access import check_declared
-from treeherd.api.auth import Authenticator
+from treeherd.api.auth import Authenticator, RefusalSink, log_refusal
 from treeherd.api.errors import HANDLERS, decode_body_strictly
 from treeherd.api.routes.agent import agent_router
 from treeherd.api.routes.alerts import AlertController
@@ -49,12 +49,16 @@ def create_app(
     require_auth: bool = False,
     authority: ClusterAuthority | None = None,
     extra_handlers: Sequence[ControllerRouterHandler] = (),
+    refusals: RefusalSink | None = None,
 ) -> Litestar:
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too;
     `board`: where the gateways' availability reports are kept (shared with the canary judge);
     `require_auth`: every operation but liveness and the API's description needs a token whose role
     its scope admits (api/access.py); `extra_handlers`: routes served beside the API with its
-    dependencies and guard (the web console), each declared in api/access.py like every route."""
+    dependencies and guard (the web console), each declared in api/access.py like every route;
+    `refusals`: where refused authentications and authorisations are recorded (manager.audit_trail;
+    default: the `treeherd.audit` log only)."""
+    sink = refusals or log_refusal
 
     services = Services(inventory.store, clock=inventory.clock, ids=inventory.ids)
     puppet = Puppet(inventory.store, clock=inventory.clock, ids=inventory.ids)
@@ -116,7 +120,9 @@ def create_app(
             "board": Provide(provide_board, sync_to_thread=False),
             "authority": Provide(provide_authority, sync_to_thread=False),
         },
-        guards=[Authenticator(lambda: inventory.view, inventory.clock, required=require_auth).guard],
+        guards=[
+            Authenticator(lambda: inventory.view, inventory.clock, required=require_auth, refusals=sink).guard
+        ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
             title="treeherd",
@@ -129,6 +135,7 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    app.state.refusals = sink  # the join route records its refusals there too
     check_declared(app)
     allowed = _allowed_methods(app)
 

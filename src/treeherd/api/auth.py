@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 from litestar.connection import ASGIConnection
@@ -28,6 +28,17 @@ from treeherd.model.security import ApiToken, Role
 from treeherd.transport.pki import identity_of_der
 
 audit = logging.getLogger("treeherd.audit")
+
+
+class RefusalSink(Protocol):
+    """Where a refusal goes (manager.audit_trail.AuditTrail.refused): never a secret in its words."""
+
+    def __call__(self, *, address: str, what: str, reason: str, caller: str | None = None) -> None: ...
+
+
+def log_refusal(*, address: str, what: str, reason: str, caller: str | None = None) -> None:
+    """The sink of a manager that keeps no audit log: the `treeherd.audit` log alone."""
+    audit.warning("refused %s from %s%s: %s", what, address, f" ({caller})" if caller else "", reason)
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,7 +80,14 @@ VERIFIED_TOKENS_KEPT = 1024
 class Authenticator:
     """Resolves a connection's caller and checks the operation's scope; a guard for every route."""
 
-    def __init__(self, view: Callable[[], View], clock: Callable[[], datetime], *, required: bool) -> None:
+    def __init__(
+        self,
+        view: Callable[[], View],
+        clock: Callable[[], datetime],
+        *,
+        required: bool,
+        refusals: RefusalSink = log_refusal,
+    ) -> None:
         self._view = view
         self._clock = clock
         self.required = required
@@ -78,6 +96,7 @@ class Authenticator:
         # checked afresh, and refused), so the digest and parsing are done once per token, not per
         # request.
         self._verified: dict[str, tuple[ApiToken, Caller]] = {}
+        self._refusals = refusals
 
     def caller(self, authorization: str, cookies: Callable[[], dict[str, str]] | None = None) -> Caller:
         if not self.required:
@@ -118,18 +137,16 @@ class Authenticator:
         try:
             caller = by_certificate or self.caller(_authorization(scope_data), lambda: connection.cookies)
         except Unauthenticated:
-            audit.warning("refused %s %s from %s: no valid credential", method, template, where)
+            self._refusals(address=where, what=f"{method} {template}", reason="no valid credential")
             raise
         # An operation missing from the table is refused to everyone (the app checks at start that
         # none is missing; this is the safe answer should one slip through).
         if scope is None or not allows(caller.role, scope):
-            audit.warning(
-                "refused %s %s from %s: %s (role %s) may not",
-                method,
-                template,
-                where,
-                caller.name,
-                caller.role,
+            self._refusals(
+                address=where,
+                what=f"{method} {template}",
+                reason=f"the role {caller.role.value} may not",
+                caller=caller.name,
             )
             raise Forbidden(
                 f"the role {caller.role.value} may not do this: ask an administrator for a token whose role may"

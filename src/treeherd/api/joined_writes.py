@@ -62,9 +62,9 @@ class JoinedWrites:
         return getattr(self.raw, name)
 
 
-def http_protocol() -> type[Any]:
-    """The HTTP protocol class to give uvicorn (`http=`): its own choice, over JoinedWrites."""
-    base: Any = AutoHTTPProtocol
+def http_protocol(base: Any = AutoHTTPProtocol) -> type[Any]:
+    """The HTTP protocol class to give uvicorn (`http=`): `base` (by default uvicorn's own choice),
+    over JoinedWrites."""
 
     class JoinedWritesProtocol(base):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:

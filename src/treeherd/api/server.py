@@ -18,15 +18,17 @@ import ssl
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import uvicorn
 
 from treeherd.api.app import create_app
 from treeherd.api.joined_writes import http_protocol
 from treeherd.api.peer_certificates import websocket_protocol
-from treeherd.manager.admin_token import ensure_admin_token
+from treeherd.api.request_limits import RequestLimits, limited_protocol
+from treeherd.manager.admin_token import ensure_admin_token, fresh_component_token
 from treeherd.manager.allocator import Allocator
+from treeherd.manager.audit_trail import AuditTrail
 from treeherd.manager.availability_board import AvailabilityBoard
 from treeherd.manager.canary_judge import CanaryJudge
 from treeherd.manager.cluster_ca import CaError, ClusterAuthority
@@ -38,6 +40,7 @@ from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import InvalidInput
+from treeherd.model.security import Role
 from treeherd.store.base import Store
 from treeherd.store.select import describe, make_store, remember_cluster
 from treeherd.transport.secret_files import InsecureSecret
@@ -48,6 +51,26 @@ DEFAULT_LISTEN = "127.0.0.1:7400"
 
 class StartupError(Exception):
     """The manager cannot start; the message says why and what to do."""
+
+
+class LocalAccess(NamedTuple):
+    """How a component of the manager's own process (`treeherd up`'s agent and gateway) reaches it:
+    the URL, the cluster CA's certificate when it serves TLS, and a token per role when it requires
+    authentication (made at this start, in memory only)."""
+
+    url: str
+    ca_file: Path | None = None
+    tokens: dict[Role, str] = {}
+
+    def token(self, role: Role) -> str:
+        """The token of `role`; "" (present none) when the manager requires none."""
+        return self.tokens.get(role, "")
+
+    def tls(self) -> ssl.SSLContext | None:
+        return None if self.ca_file is None else ssl.create_default_context(cafile=str(self.ca_file))
+
+
+LOCAL_COMPONENT_TOKENS = {Role.AGENT: "up.agent", Role.GATEWAY: "up.gateway"}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -74,9 +97,17 @@ class ApiServer:
 
     name = "api"
 
-    def __init__(self, app: Any, sock: socket.socket, *, tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self._app = app
         self._sock = sock
+        self._limits = limits or RequestLimits()
         # (certificate chain, key, cluster CA) files: serve https and wss; client certificates of
         # the CA are asked for (optional: API clients may present a token instead) and verified.
         self._tls = tls
@@ -99,7 +130,7 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
-            http=http_protocol(),
+            http=http_protocol(limited_protocol(self._limits)),
             **tls,
         )
         self._server = _Server(config)
@@ -174,18 +205,20 @@ async def serve_manager(
     listen: str,
     *,
     demo: bool = False,
-    local: Sequence[Callable[[str], Component]] = (),
+    local: Sequence[Callable[[LocalAccess], Component]] = (),
     store_spec: str | None = None,
     require_auth: bool = False,
     external_ca: tuple[Path, Path] | None = None,
     tls: bool = False,
     cert_expiry_s: float | None = None,
     extra_handlers: Sequence[Any] = (),
+    on_listening: Callable[[str], None] | None = None,
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
     of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process.
     `require_auth`: every API call needs a token (the first admin's is written to the data directory);
-    `extra_handlers`: routes served beside the API (the web console)."""
+    `extra_handlers`: routes served beside the API (the web console); `on_listening` is told the URL
+    once the API listens."""
     host, port = parse_listen(listen)
     with lock_data_dir(data_dir):
         sock = bind_socket(host, port)
@@ -209,6 +242,10 @@ async def serve_manager(
                     await ensure_admin_token(inventory, data_dir)
                 except InsecureSecret as error:
                     raise StartupError(str(error)) from None
+            tokens: dict[Role, str] = {}
+            if require_auth and local:
+                for role, name in LOCAL_COMPONENT_TOKENS.items():
+                    tokens[role] = await fresh_component_token(inventory, name, role)
             if demo:
                 loaded = await load_demo(inventory)
                 log.info("demo tree %s", "loaded" if loaded else "not loaded: the store is not empty")
@@ -220,11 +257,13 @@ async def serve_manager(
                 names = tuple(dict.fromkeys([actual_host, "127.0.0.1", "localhost", socket.gethostname()]))
                 tls_files = (*authority.server_files(names, inventory.clock()), data_dir / "ca.crt")
             registry = Registry(store)
+            trail = AuditTrail(inventory)
             dispatcher = Dispatcher(
                 store,
                 managers=[url],
                 registry=registry,
                 sign=lambda csr, node_id, role: authority.renew(csr, node_id, role, inventory.clock()),
+                refusals=trail.refused,
             )
             board = AvailabilityBoard(clock=inventory.clock)
             components: list[Component] = [
@@ -236,11 +275,13 @@ async def serve_manager(
                         require_auth=require_auth,
                         authority=authority,
                         extra_handlers=extra_handlers,
+                        refusals=trail.refused,
                     ),
                     sock,
                     tls=tls_files,
                 ),
                 dispatcher,
+                trail,
                 registry,
                 Orchestrator(store),
                 Allocator(store),
@@ -249,12 +290,15 @@ async def serve_manager(
             ]
             if store_spec is not None and store_spec.startswith("etcd://"):
                 components.append(etcd_registry_keys(store, registry, store_spec))
-            components.extend(make(url) for make in local)
+            access = LocalAccess(url, data_dir / "ca.crt" if tls else None, tokens)
+            components.extend(make(access) for make in local)
             supervisor = Supervisor(components)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, supervisor.stop)
             (data_dir / "manager.url").write_text(url + "\n")
+            if on_listening is not None:
+                on_listening(url)
             log.info(
                 "treeherd manager listening on %s (OpenAPI document at %s/openapi.json, data in %s)",
                 url,

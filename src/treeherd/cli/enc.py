@@ -13,6 +13,9 @@ rest of the CLI loads; `treeherd-enc` and `python -m treeherd.cli.enc` are the s
 - `--manager` may name several managers, separated by commas: one that cannot be reached or answers
   503 is passed over for the next; the one that answered is tried first next time (kept in the cache
   directory as `.manager`).
+- The managers, the token and the CA come from `--config FILE` (a client configuration file, see
+  transport/contexts.py: its current context; for puppet.conf's `external_nodes` line), else the
+  environment, else the user's current client context (`treeherd context`).
 - An unknown host exits 1 with the reason on stderr (its cached answer is dropped), unless the cluster's
   policy or `--unknown=default` gives it the default class.
 """
@@ -26,26 +29,29 @@ import sys
 from typing import TextIO
 
 from treeherd.cli.enc_yaml import enc_document
-from treeherd.transport.credentials import CredentialError, bearer_token
+from treeherd.transport.credentials import CredentialError, bearer_token, manager_setting
 from treeherd.transport.quick import QuickError, get
 
 __all__ = ["main", "run"]
 
-DEFAULT_MANAGER = "http://127.0.0.1:7400"  # transport.client.DEFAULT_MANAGER, without importing it
 DEFAULT_TIMEOUT = 10.0
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 USAGE = """\
-usage: treeherd enc [--manager URL] [--unknown fail|default] [--cache-dir DIR] [--timeout SECONDS] HOSTNAME
+usage: treeherd enc [--config FILE] [--manager URL] [--unknown fail|default] [--cache-dir DIR]
+                    [--timeout SECONDS] HOSTNAME
 
 Print the Puppet ENC document (YAML) of HOSTNAME, as the service tree says.
 
-  --manager URL[,URL]  the managers' API (env TREEHERD_MANAGER, default http://127.0.0.1:7400)
+  --config FILE        a client configuration (TOML): the managers, CA file and token file of its
+                       current context (default: ~/.config/treeherd/config.toml, env TREEHERD_CONFIG)
+  --manager URL[,URL]  the managers' API (env TREEHERD_MANAGER, default: the context's, else
+                       http://127.0.0.1:7400)
   --unknown POLICY     for a host the tree does not know: fail (exit 1) or default (the cluster's
                        default class); default: the cluster's setting
   --cache-dir DIR      where the last good answer per host is kept (env TREEHERD_ENC_CACHE)
   --timeout SECONDS    how long to wait for the manager before using the cached answer (10)
 """
-_OPTIONS = {"--manager", "--unknown", "--cache-dir", "--timeout"}
+_OPTIONS = {"--config", "--manager", "--unknown", "--cache-dir", "--timeout"}
 
 
 class UsageError(Exception):
@@ -62,7 +68,6 @@ def default_cache_dir() -> str:
 
 def _parse(argv: list[str], manager: str | None) -> dict[str, str]:
     options = {
-        "--manager": manager or os.environ.get("TREEHERD_MANAGER") or DEFAULT_MANAGER,
         "--cache-dir": default_cache_dir(),
         "--timeout": str(DEFAULT_TIMEOUT),
     }
@@ -83,6 +88,8 @@ def _parse(argv: list[str], manager: str | None) -> dict[str, str]:
         else:
             hosts.append(arg)
         index += 1
+    if manager and "--manager" not in options:
+        options["--manager"] = manager
     if not hosts:
         raise UsageError("give the HOSTNAME (Puppet passes the certname as the last argument)")
     if len(hosts) > 1:
@@ -109,7 +116,7 @@ def _cache_path(options: dict[str, str]) -> str:
 
 def _managers(options: dict[str, str]) -> list[str]:
     """The managers to try, in order: the one that answered last time first."""
-    urls = [url.strip() for url in options["--manager"].split(",") if url.strip()] or [DEFAULT_MANAGER]
+    urls = [url.strip() for url in options["--manager"].split(",") if url.strip()]
     try:
         with open(os.path.join(options["--cache-dir"], ".manager"), encoding="utf-8") as file:
             last = file.read().strip()
@@ -194,17 +201,23 @@ def run(
     path = f"/api/v1/enc/{options['host']}"
     if "--unknown" in options:
         path += f"?unknown={options['--unknown']}"
+    if "--config" in options:
+        if not os.path.isfile(options["--config"]):
+            err.write(f"error: --config names {options['--config']}, which is not a file\n")
+            return 2
+        os.environ["TREEHERD_CONFIG"] = options["--config"]  # read by transport.contexts
     try:
-        token = bearer_token()
+        options["--manager"] = manager_setting(options.get("--manager"))
+        urls = _managers(options)
+        token = bearer_token(urls)
     except CredentialError as error:
         err.write(f"error: {error}\n")
         return 1
-    urls = _managers(options)
     failures: list[str] = []
     for index, url in enumerate(urls):
         try:
             if url.startswith("https://"):
-                status, body = _https_get(url, path, float(options["--timeout"]), token)
+                status, body = _https_get(url, path, float(options["--timeout"]), token, urls)
             else:
                 status, body = get(url, path, timeout=float(options["--timeout"]), token=token)
         except QuickError as error:
@@ -240,9 +253,9 @@ def run(
     return 0
 
 
-def _https_get(url: str, path: str, timeout: float, token: str | None) -> tuple[int, bytes]:
+def _https_get(url: str, path: str, timeout: float, token: str | None, urls: list[str]) -> tuple[int, bytes]:
     """The slower path for a TLS manager: the full client (imported only here), trusting the cluster CA
-    of TREEHERD_CA_FILE."""
+    of TREEHERD_CA_FILE or of the context."""
     import http.client
     import urllib.parse
 
@@ -250,7 +263,7 @@ def _https_get(url: str, path: str, timeout: float, token: str | None) -> tuple[
 
     parts = urllib.parse.urlsplit(url)
     try:
-        context = tls_context()
+        context = tls_context(urls)
     except CredentialError as error:
         raise QuickError(str(error)) from None
     connection = http.client.HTTPSConnection(

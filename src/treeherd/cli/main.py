@@ -1,7 +1,7 @@
 """The `treeherd` entry point: one command for managers, agents and operators.
 
-Client commands talk to a manager's API (`--manager URL`, or TREEHERD_MANAGER, default
-http://127.0.0.1:7400). Every failure ends with a one-line `error: ...` on stderr and a non-zero exit:
+Client commands talk to a manager's API (`--manager URL`, or TREEHERD_MANAGER, or the current client
+context's managers, default http://127.0.0.1:7400; see transport/credentials.py). Every failure ends with a one-line `error: ...` on stderr and a non-zero exit:
 1 for a refused or failed request, 2 for a usage error.
 """
 
@@ -12,15 +12,28 @@ import sys
 import click
 
 from treeherd import __version__
-from treeherd.transport.client import DEFAULT_MANAGER, Client, ClientError
+from treeherd.transport.client import Client, ClientError
+from treeherd.transport.credentials import CredentialError, manager_setting
 
 
 class Context:
-    """What every client command gets: a lazily connected API client."""
+    """What every client command gets: the managers to talk to (resolved when first asked: the
+    client context commands work on a configuration that names no manager) and a lazily connected API
+    client."""
 
-    def __init__(self, manager: str) -> None:
-        self.manager = manager
+    def __init__(self, manager: str | None) -> None:
+        self._explicit = manager
+        self._manager: str | None = None
         self._client: Client | None = None
+
+    @property
+    def manager(self) -> str:
+        if self._manager is None:
+            try:
+                self._manager = manager_setting(self._explicit)
+            except CredentialError as error:
+                raise ClientError(str(error)) from None
+        return self._manager
 
     @property
     def client(self) -> Client:
@@ -37,13 +50,13 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.option(
     "--manager",
     envvar="TREEHERD_MANAGER",
-    default=DEFAULT_MANAGER,
-    show_default=True,
-    metavar="URL",
-    help="the manager's API (env TREEHERD_MANAGER)",
+    default=None,
+    metavar="URL[,URL]",
+    help="the managers' API (env TREEHERD_MANAGER; default: the current context's, see `treeherd context`,"
+    " else http://127.0.0.1:7400)",
 )
 @click.pass_context
-def cli(ctx: click.Context, manager: str) -> None:
+def cli(ctx: click.Context, manager: str | None) -> None:
     """treeherd: a cluster manager built around a service tree."""
     ctx.obj = Context(manager)
 
@@ -53,6 +66,7 @@ def _register() -> None:
         agent,
         alerts,
         cluster,
+        context,
         domain,
         edge_health,
         endpoints,
@@ -89,6 +103,7 @@ def _register() -> None:
         alerts,
         store,
         token,
+        context,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)
@@ -106,7 +121,7 @@ def main() -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except ClientError as error:
+    except (ClientError, CredentialError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

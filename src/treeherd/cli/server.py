@@ -1,4 +1,7 @@
-"""`treeherd manager` and `treeherd up`: run the server side."""
+"""`treeherd manager` and `treeherd up`: run the server side.
+
+`up` serves TLS and requires tokens by default (on 127.0.0.1), and points the client context `local` at
+its URL, CA certificate and admin token, so that the CLI on the same machine needs no settings."""
 
 from __future__ import annotations
 
@@ -24,12 +27,13 @@ def _run(
     data_dir: Path,
     listen: str,
     demo: bool,
-    local: Sequence[Callable[[str], Any]] = (),
+    local: Sequence[Callable[[Any], Any]] = (),
     store: str | None = None,
     require_auth: bool = False,
     external_ca: tuple[Path, Path] | None = None,
     tls: bool = False,
     cert_expiry_s: float | None = None,
+    on_listening: Callable[[str], None] | None = None,
 ) -> None:
     import logging
 
@@ -55,6 +59,7 @@ def _run(
                     tls=tls,
                     cert_expiry_s=cert_expiry_s,
                     extra_handlers=console_handlers(),
+                    on_listening=on_listening,
                 )
             )
     except (StartupError, TreeherdError) as error:
@@ -63,35 +68,50 @@ def _run(
 
 def _local_agent(
     data_dir: Path, live_restore: bool, made: list[Any], executor: str = "process"
-) -> Callable[[str], Any]:
+) -> Callable[[Any], Any]:
     """The agent `up` runs beside the manager, with the process executor (tasks are real processes) or
     the docker one. Without `live_restore` it stops its tasks when `up` stops. The agent made is
     appended to `made`."""
 
-    def make(url: str) -> Any:
+    def make(access: Any) -> Any:
         from treeherd.agent import Agent, make_executor
+        from treeherd.model.security import Role
+        from treeherd.transport.channel import connect_agent
+
+        token, tls = access.token(Role.AGENT), access.tls()
+
+        async def connect(url: str) -> Any:
+            return await connect_agent(url, token=token, tls=tls)
 
         agent_dir = data_dir / "agent"
-        agent = Agent(url, agent_dir, executor=make_executor(executor, agent_dir), live_restore=live_restore)
+        agent = Agent(
+            access.url,
+            agent_dir,
+            executor=make_executor(executor, agent_dir),
+            live_restore=live_restore,
+            connect=connect,
+        )
         made.append(agent)
         return agent
 
     return make
 
 
-def _local_gateway(data_dir: Path, nginx: str) -> Callable[[str], Any]:
+def _local_gateway(data_dir: Path, nginx: str) -> Callable[[Any], Any]:
     """The edge gateway `up` runs when nginx is installed: its own prefix under the data directory,
     listening on 127.0.0.1 only; its nginx stops with `up`."""
 
-    def make(url: str) -> Any:
+    def make(access: Any) -> Any:
         from treeherd.gateway.gateway import GatewayOptions
         from treeherd.gateway.local import LocalGateway
+        from treeherd.gateway.manager_link import ManagerLink
+        from treeherd.model.security import Role
 
-        return LocalGateway(
-            GatewayOptions(
-                manager_url=url, prefix=data_dir / "gateway", binary=nginx, listen_host="127.0.0.1"
-            )
+        options = GatewayOptions(
+            manager_url=access.url, prefix=data_dir / "gateway", binary=nginx, listen_host="127.0.0.1"
         )
+        link = ManagerLink(access.url, options.name, token=access.token(Role.GATEWAY), tls=access.tls())
+        return LocalGateway(options, link=link)
 
     return make
 
@@ -217,6 +237,12 @@ def manager(
     show_default=True,
     help="how the local agent runs tasks: local processes, or containers of this host's dockerd",
 )
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="serve plain http and require no token (anyone who reaches the port may do anything): the"
+    " default is https with the cluster CA and tokens, the admin's in DATA_DIR/secrets/admin.token",
+)
 def up(
     data_dir: Path | None,
     listen: str,
@@ -225,10 +251,16 @@ def up(
     nginx_binary: str,
     live_restore: bool,
     executor: str,
+    insecure_http: bool,
 ) -> None:
     """Run everything one machine needs in one process: a manager on the embedded store, an agent, and
     the edge gateway when nginx is installed. A clean stop (Ctrl-C, SIGTERM) stops the tasks it
-    started, unless --live-restore is given."""
+    started, unless --live-restore is given.
+
+    The API is served over https with the cluster CA's certificate and every call needs a token; the
+    client context `local` (~/.config/treeherd/config.toml) is pointed at the URL, DATA_DIR/ca.crt and
+    the admin token DATA_DIR/secrets/admin.token, and made current if no other is, so the CLI on this
+    machine works without settings. --insecure-http serves plain http with no tokens instead."""
     data_dir = data_dir or default_data_dir()
     nginx = shutil.which(nginx_binary)
     if gateway and nginx is None:
@@ -239,13 +271,56 @@ def up(
     local = [_local_agent(data_dir, live_restore, agents, executor)]
     if nginx is not None and gateway is not False:
         local.append(_local_gateway(data_dir, nginx))
-    _run(data_dir, listen, demo, local)
+    secure = not insecure_http
+    _run(
+        data_dir,
+        listen,
+        demo,
+        local,
+        require_auth=secure,
+        tls=secure,
+        on_listening=(lambda url: _point_local_context(url, data_dir)) if secure else None,
+    )
     left = sum(agent.worker.left_running for agent in agents)
     if live_restore and left:
         click.echo(
             f"left {left} task{'s' if left != 1 else ''} running: the next `treeherd up` adopts them",
             err=True,
         )
+
+
+LOCAL_CONTEXT = "local"
+
+
+def _point_local_context(url: str, data_dir: Path) -> None:
+    """Add or update the client context `local` for this `up`; current unless another one is. A client
+    configuration that cannot be read is left alone, with a warning saying how to reach the manager."""
+    import logging
+
+    from treeherd.manager.admin_token import admin_token_path
+    from treeherd.transport.contexts import ClientContext, ConfigError, config_path, load_config, save_config
+
+    log = logging.getLogger("treeherd.up")
+    ca, token = data_dir.resolve() / "ca.crt", admin_token_path(data_dir.resolve())
+    try:
+        config = load_config()
+        config.contexts[LOCAL_CONTEXT] = ClientContext(LOCAL_CONTEXT, (url,), str(ca), str(token))
+        if config.current_context() is None:
+            config.current = LOCAL_CONTEXT
+        save_config(config)
+    except ConfigError as error:
+        log.warning(
+            "%s; the client context %r was not updated: use TREEHERD_MANAGER=%s TREEHERD_CA_FILE=%s"
+            " TREEHERD_TOKEN_FILE=%s",
+            error,
+            LOCAL_CONTEXT,
+            url,
+            ca,
+            token,
+        )
+        return
+    current = "the current one" if config.current == LOCAL_CONTEXT else f"current: {config.current}"
+    log.info("client context %r (%s) in %s points at %s", LOCAL_CONTEXT, current, config_path(), url)
 
 
 COMMANDS = [manager, up]

@@ -65,6 +65,10 @@ class Configurator:
         """Directories, and the main configuration that includes whatever release is current."""
         for directory in (self.nginx.prefix / "logs", self.nginx.temp_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        # The logs (clients' addresses, the master's pid) are the gateway's user's only: nginx's master
+        # opens them, its workers write through the descriptors they inherit. The temporary files'
+        # directory stays open to the workers, which may run as another user.
+        (self.nginx.prefix / "logs").chmod(0o700)
         log_dir = Path(self.options.log_dir)
         (log_dir if log_dir.is_absolute() else self.nginx.prefix / log_dir).mkdir(parents=True, exist_ok=True)
         self.releases.prepare()

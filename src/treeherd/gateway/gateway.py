@@ -68,9 +68,9 @@ class Gateway:
 
     name = "gateway"
 
-    def __init__(self, options: GatewayOptions) -> None:
+    def __init__(self, options: GatewayOptions, *, link: ManagerLink | None = None) -> None:
         self.options = options
-        self.link = ManagerLink(options.manager_url, options.name)
+        self.link = link or ManagerLink(options.manager_url, options.name)
         self.nginx = Nginx(options.binary, options.prefix)
         self.configurator = Configurator(
             self.nginx,

@@ -96,7 +96,9 @@ class HealthMonitor:
     def _save(self) -> None:
         data = msgspec.json.encode(SavedHealth(positions=self.tailer.positions(), book=self.book))
         temporary = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        with open(temporary, "wb") as handle:
+        # 0600: the state names the backends and their traffic; only the gateway's user reads it.
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 from treeherd.gateway.gateway import Gateway, GatewayOptions
+from treeherd.gateway.manager_link import ManagerLink
 
 __all__ = ["LocalGateway"]
 
@@ -25,9 +26,9 @@ GRACE_S = 1.0  # for the gateway's own loops to end once asked
 class LocalGateway:
     name = "gateway"
 
-    def __init__(self, options: GatewayOptions) -> None:
+    def __init__(self, options: GatewayOptions, *, link: ManagerLink | None = None) -> None:
         self.options = options
-        self.gateway = Gateway(options)
+        self.gateway = Gateway(options, link=link)
         self.failure: str | None = None
         self._stopping = asyncio.Event()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from typing import Any, Literal
 
@@ -42,8 +43,19 @@ class Resync:
 class ManagerLink:
     """Talks to the managers on behalf of one gateway."""
 
-    def __init__(self, manager_url: str, gateway_name: str) -> None:
+    def __init__(
+        self,
+        manager_url: str,
+        gateway_name: str,
+        *,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """`token` and `tls`: the credential and trust of a gateway in the manager's own process
+        (`treeherd up`); by default those of transport.credentials (environment, then context)."""
         self._urls = manager_urls(manager_url)
+        self._token = token
+        self._tls = tls
         self.gateway_name = gateway_name
         self._stop = threading.Event()
         self._stream_client: Client | None = None
@@ -54,7 +66,7 @@ class ManagerLink:
         return self._urls[0]
 
     def _client(self) -> Client:
-        return Client(self._urls, timeout=REQUEST_TIMEOUT_S)
+        return Client(self._urls, timeout=REQUEST_TIMEOUT_S, token=self._token, tls=self._tls)
 
     def _answered(self, client: Client) -> None:
         """Start the next calls with the manager that answered (threads share the list: replaced whole)."""

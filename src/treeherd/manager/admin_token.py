@@ -1,4 +1,6 @@
-"""The first administrator's token: made when a manager that requires authentication first starts.
+"""The first administrator's token: made when a manager that requires authentication first starts;
+and the tokens of the components `treeherd up` runs in the manager's own process (made afresh at each
+start, kept in memory only).
 
 It is written to DATA_DIR/secrets/admin.token (0600, in a 0700 directory) and nowhere else: not to
 the log, not to the store (which keeps its digest). Made once per cluster: a cluster whose admin
@@ -12,7 +14,7 @@ import logging
 import secrets
 from pathlib import Path
 
-from treeherd.core.security.api_tokens import SECRET_BYTES, plan_create_token
+from treeherd.core.security.api_tokens import SECRET_BYTES, plan_create_token, plan_delete_token
 from treeherd.core.view import View
 from treeherd.manager.inventory import Inventory
 from treeherd.model.ops import Op
@@ -52,3 +54,22 @@ async def ensure_admin_token(inventory: Inventory, data_dir: Path) -> None:
     await inventory.apply(plan)
     write_secret(path, (made[-1] + "\n").encode())
     log.info("the cluster's admin token is in %s (TREEHERD_TOKEN_FILE=%s)", path, path)
+
+
+async def fresh_component_token(inventory: Inventory, name: str, role: Role) -> str:
+    """A new token named `name` with `role` for a component of this process, replacing the one of that
+    name made at the last start: its text lives in this process's memory only."""
+    if inventory.view.lookup(ApiToken, "name", name) is not None:
+        await inventory.apply(lambda view: plan_delete_token(view, name))
+    made: list[str] = []
+
+    def plan(view: View) -> list[Op]:
+        request = TokenCreate(name=name, role=role)
+        ops, text = plan_create_token(
+            view, request, inventory.clock(), inventory.ids, secrets.token_bytes(SECRET_BYTES)
+        )
+        made.append(text)
+        return ops
+
+    await inventory.apply(plan)
+    return made[-1]

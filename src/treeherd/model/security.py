@@ -99,3 +99,33 @@ class JoinAnswer(msgspec.Struct, frozen=True, kw_only=True):
     role: JoinRole
     cert_pem: str
     ca_cert_pem: str
+
+
+class Refusal(msgspec.Struct, frozen=True, kw_only=True):
+    """One refused authentication or authorisation: when, from which address, what was asked (an
+    operation, a join, an agent session), who asked when known (a token's name or a node id, never a
+    secret), and why."""
+
+    at: datetime
+    address: str
+    what: str
+    reason: str
+    caller: str | None = None
+
+
+class AuditLog(Object, frozen=True, kw_only=True, tag="audit"):
+    """The latest refusals (the last 100; each update is an event of the stream, so a follower sees
+    them all) and how many there were since the log was made."""
+
+    kind: ClassVar[str] = "audit"
+    name: str
+    recent: list[Refusal] = []
+    refused_total: int = 0
+    dropped_total: int = 0  # refusals that came faster than the log records them (counted, not kept)
+
+    def summary(self) -> str:
+        """One line for `treeherd events`: the last refusal."""
+        if not self.recent:
+            return ""
+        last = self.recent[-1]
+        return f"refused {last.what} from {last.address}: {last.reason}"

@@ -147,6 +147,8 @@ class LocalHaproxy:
             raise HaproxyFailed(f"{self.binary} is not installed (Debian package haproxy)")
         self._refuse_a_running_leftover()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # The configuration, pid file, log and the two sockets (themselves 0600) are this user's only.
+        self.workdir.chmod(0o700)
         self._master.binary = found
         check_ms = await self._write_checked(self._render(state, self.options))
         self._candidate.replace(self.config)

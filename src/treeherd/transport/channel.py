@@ -252,8 +252,8 @@ async def connect_agent(
     """
     target = agent_url(url)
     try:
-        headers = authorization(token if token is not None else bearer_token())
-        tls = (tls or tls_context()) if target.startswith("wss://") else None
+        headers = authorization(token if token is not None else bearer_token(url))
+        tls = (tls or tls_context(url)) if target.startswith("wss://") else None
     except CredentialError as error:
         raise ManagerUnreachable(str(error)) from None
     try:

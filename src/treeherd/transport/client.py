@@ -23,6 +23,7 @@ import msgspec
 
 from treeherd.transport.credentials import (
     AUTH_HINT,
+    DEFAULT_MANAGER,
     TLS_HINT,
     CredentialError,
     authorization,
@@ -30,7 +31,7 @@ from treeherd.transport.credentials import (
     tls_context,
 )
 
-DEFAULT_MANAGER = "http://127.0.0.1:7400"
+__all__ = ["DEFAULT_MANAGER", "Client", "ClientError", "manager_urls"]
 DEFAULT_TIMEOUT = 30.0
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -66,9 +67,9 @@ class Client:
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
         try:
-            self._auth = authorization(token if token is not None else bearer_token())
+            self._auth = authorization(token if token is not None else bearer_token(self.urls))
             needs_tls = any(scheme == "https" for scheme, _, _, _ in self._targets)
-            self._tls = (tls or tls_context()) if needs_tls else None
+            self._tls = (tls or tls_context(self.urls)) if needs_tls else None
         except CredentialError as error:
             raise ClientError(str(error)) from None
 

@@ -8,8 +8,10 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 
+from treeherd.api.auth import RefusalSink
 from treeherd.manager.cluster_ca import ClusterAuthority
 from treeherd.manager.inventory import Inventory
+from treeherd.model.errors import TreeherdError
 from treeherd.model.security import JoinAnswer, JoinRequest, JoinRole, JoinTokens
 
 audit = logging.getLogger("treeherd.audit")
@@ -48,10 +50,14 @@ class JoinController(Controller):
         data: JoinRequest,
     ) -> JoinAnswer:
         where = request.client.host if request.client else "?"
+        refusals: RefusalSink = request.app.state.refusals
         try:
             answer = authority.join(data, inventory.ids(), inventory.clock())
+        except TreeherdError as error:
+            refusals(address=where, what="POST /api/v1/join", reason=error.code)
+            raise
         except Exception:
-            audit.warning("refused a join from %s", where)
+            refusals(address=where, what="POST /api/v1/join", reason="failed")
             raise
         audit.info("node %s joined as %s from %s", answer.node_id, answer.role.value, where)
         return answer

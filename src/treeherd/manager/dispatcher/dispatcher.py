@@ -91,8 +91,12 @@ class Dispatcher:
         assignment_batch_s: float = ASSIGNMENT_BATCH_S,
         registry: Registry | None = None,
         sign: Signer | None = None,
+        refusals: Callable[..., None] | None = None,
     ) -> None:
         self.registry = registry
+        # Told of sessions refused for their credential (a revoked certificate, another node's): the
+        # audit trail (manager.audit_trail), called with address, what, reason and caller.
+        self._refusals = refusals
         self._sign = sign  # renews agents' certificates (none: renewals are refused)  # where agents' endpoint sets go (none: they are ignored)
         self.managers = list(managers)  # URLs sent to agents in SessionStarted; may be set before run()
         self._store = store
@@ -299,6 +303,13 @@ class Dispatcher:
         except TreeherdError as error:
             if isinstance(error, InvalidInput | Forbidden) and not machine_ids:
                 log.warning("agent %s refused: %s", register.hostname, error.detail)
+                if isinstance(error, Forbidden) and self._refusals is not None:
+                    self._refusals(
+                        address=address,
+                        what=f"the agent session of {register.hostname}",
+                        reason=error.detail,
+                        caller=identity,
+                    )
                 await _refuse(channel, error.code, error.detail, retry_after_s=60.0)
                 return None
             log.error("cannot record agent %s: %s", register.hostname, error)
