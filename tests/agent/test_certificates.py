@@ -72,7 +72,7 @@ def test_a_refused_or_foreign_answer_is_not_kept_and_asked_again_later(tmp_path:
     joined(tmp_path, ca)
     before = identity_files(tmp_path)[0].read_bytes()
     clock = Clock()
-    keeper = CertificateKeeper(tmp_path, clock=clock)
+    keeper = CertificateKeeper(tmp_path, clock=clock, rng=random.Random(7))  # a fixed renewal point
     clock.now = ISSUED + timedelta(days=89)
     assert not keeper.accept(CertificateIssued(error="no"))  # nothing asked: nothing kept
     answers = [
@@ -92,7 +92,7 @@ def test_a_request_lost_with_its_session_is_asked_again(tmp_path: Path) -> None:
     ca = ClusterCA.create("c", ISSUED)
     joined(tmp_path, ca)
     clock = Clock()
-    keeper = CertificateKeeper(tmp_path, clock=clock)
+    keeper = CertificateKeeper(tmp_path, clock=clock, rng=random.Random(7))  # a fixed renewal point
     clock.now = ISSUED + timedelta(days=89)
     keeper.request()
     assert not keeper.due()
