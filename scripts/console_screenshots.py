@@ -64,7 +64,8 @@ def main() -> None:
         data = Path(tmp) / "up"
         try:
             with (
-                ManagerProcess(data, command=("up",), extra_args=("--demo",)) as up,
+                # Plain http: no sign-in page in the way, and no client context written for it.
+                ManagerProcess(data, command=("up",), extra_args=("--demo", "--insecure-http")) as up,
                 Client(up.url) as client,
             ):
                 shop_port, api_port = free_port(), free_port()

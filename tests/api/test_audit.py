@@ -97,3 +97,31 @@ async def test_a_flood_of_refusals_is_bounded(inventory: Inventory) -> None:
         await trail.flush()
     log = audit_log(inventory)
     assert len(log.recent) == KEEP and log.refused_total == 25 + KEEP
+
+
+def test_only_administrators_see_tokens_in_the_event_stream(tmp_path: Path) -> None:
+    from treeherd.testing.processes import ManagerProcess
+    from treeherd.transport.client import Client
+
+    def kinds_seen(url: str, token: str) -> set[str]:
+        seen: set[str] = set()
+        with Client(url, token=token, timeout=10) as client:
+            query = {"since": 0, "keepalive": 0.2}
+            for event, data, _ in client.stream("/api/v1/events", query, read_timeout=10):
+                if event == "progress":
+                    continue
+                seen.add(msgspec.json.decode(data)["object"]["kind"])
+                if "node" in seen:  # the last change made, after the tokens
+                    return seen
+        return seen
+
+    with ManagerProcess(tmp_path / "data", extra_args=("--require-auth",)) as manager:
+        admin = (tmp_path / "data" / "secrets" / "admin.token").read_text().strip()
+        with Client(manager.url, token=admin, timeout=10) as client:
+            viewer = client.request("POST", "/api/v1/tokens", {"name": "look", "role": "viewer"})["token"]
+            gateway = client.request("POST", "/api/v1/tokens", {"name": "edge", "role": "gateway"})["token"]
+            client.request("POST", "/api/v1/nodes", {"path": "corp"})
+        assert {"token", "node"} <= kinds_seen(manager.url, admin)
+        for other in (viewer, gateway):
+            seen = kinds_seen(manager.url, other)
+            assert "node" in seen and "token" not in seen

@@ -171,3 +171,45 @@ def test_the_servers_body_limit_is_the_applications() -> None:
     from treeherd.api.app import MAX_BODY_BYTES
 
     assert RequestLimits().max_body_bytes == MAX_BODY_BYTES
+
+
+async def test_the_limits_hold_over_tls(tmp_path: Any) -> None:
+    """The same protocol under TLS: slow headers are cut off with 408 once the handshake is done."""
+    import ssl
+
+    from treeherd.manager.cluster_ca import ClusterAuthority
+    from treeherd.runtime import utc_now
+
+    authority = ClusterAuthority.open(tmp_path / "data", utc_now())
+    cert, key = authority.server_files(("127.0.0.1",), utc_now())
+    sock = bind_socket("127.0.0.1", 0)
+    api = ApiServer(app, sock, tls=(cert, key, tmp_path / "data" / "ca.crt"), limits=LIMITS)
+    task = asyncio.create_task(api.run())
+    await asyncio.sleep(0.1)
+    try:
+        context = ssl.create_default_context(cafile=str(tmp_path / "data" / "ca.crt"))
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2], ssl=context)
+        started = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        answer = b""
+        async with asyncio.timeout(10):
+            for n in range(100):
+                if reader.at_eof():
+                    break
+                writer.write(b"X-Drip: %d\r\n" % n)
+                try:
+                    answer += await asyncio.wait_for(reader.read(4096), 0.2)
+                except TimeoutError:
+                    continue
+                except (ConnectionError, ssl.SSLError):
+                    break
+                if not answer or b"\r\n\r\n" in answer:
+                    break
+        writer.close()
+        assert status_and_body(answer)[0] == 408
+        assert time.monotonic() - started < LIMITS.head_timeout_s + BOUND_S
+    finally:
+        api.stop()
+        async with asyncio.timeout(10):
+            await task
+        sock.close()

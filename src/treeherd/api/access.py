@@ -48,7 +48,7 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("POST", "/api/v1/provisioning"): _O,
     ("GET", "/api/v1/provisioning/{hostname}"): _R,
     ("DELETE", "/api/v1/provisioning/{hostname}"): _O,
-    ("GET", "/api/v1/events"): Scope.EVENTS,
+    ("GET", "/api/v1/events"): Scope.WATCH,
     # Services and tasks.
     ("GET", "/api/v1/services"): _R,
     ("POST", "/api/v1/services"): _O,
@@ -87,7 +87,7 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/api/v1/backends"): _R,
     ("PUT", "/api/v1/backends/{path}/{hostname}"): _O,
     ("GET", "/api/v1/gateways"): _R,
-    ("GET", "/api/v1/gateways/{name}"): _R,
+    ("GET", "/api/v1/gateways/{name}"): Scope.WATCH,
     ("POST", "/api/v1/gateways/{name}/events"): _G,
     ("GET", "/api/v1/gateway/snapshot"): _G,
     ("GET", "/api/v1/availability"): _R,

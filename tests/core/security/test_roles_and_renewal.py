@@ -19,7 +19,12 @@ def test_admin_may_do_everything_but_speak_as_an_agent() -> None:
 
 def test_viewer_only_reads() -> None:
     allowed = {scope for scope in Scope if allows(Role.VIEWER, scope)}
-    assert allowed == {Scope.READ, Scope.PUBLIC}
+    assert allowed == {Scope.READ, Scope.WATCH, Scope.PUBLIC}
+
+
+def test_of_the_components_only_gateways_follow_the_event_stream() -> None:
+    assert allows(Role.GATEWAY, Scope.WATCH)
+    assert not allows(Role.AGENT, Scope.WATCH) and not allows(Role.ENC, Scope.WATCH)
 
 
 def test_operator_cannot_administer() -> None:

@@ -20,6 +20,7 @@ from litestar.response import Stream
 from treeherd.manager.inventory import Inventory
 from treeherd.model.errors import Compacted, InvalidInput, WatchLagged
 from treeherd.model.kinds import KINDS
+from treeherd.model.security import Role
 from treeherd.model.views import ApiError
 from treeherd.store.base import Store, Watch
 
@@ -61,17 +62,20 @@ class EventController(Controller):
                     ) from None
         if since is not None and since < 0:
             raise InvalidInput("since must not be negative", field="since")
+        # Tokens (names, roles, digests) are the administrators' to see, here as in `GET /tokens`.
+        caller = request.scope.get("state", {}).get("caller")
+        hidden = frozenset({"token"}) if caller is not None and caller.role is not Role.ADMIN else frozenset()
         store = inventory.store
         watch = store.watch(since)  # raises Compacted (410) before the stream starts
         return Stream(
-            _stream(store, watch, kinds, keepalive),
+            _stream(store, watch, kinds, keepalive, hidden),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
 
 async def _stream(
-    store: Store, watch: Watch, kinds: frozenset[str], keepalive: float
+    store: Store, watch: Watch, kinds: frozenset[str], keepalive: float, hidden: frozenset[str] = frozenset()
 ) -> AsyncIterator[bytes]:
     sent: int | None = None
     try:
@@ -100,7 +104,11 @@ async def _stream(
                     yield b"event: error\ndata: " + body + b"\n\n"
                     return
                 continue
-            events = [e for e in change.events if not kinds or e.object.kind in kinds]
+            events = [
+                e
+                for e in change.events
+                if (not kinds or e.object.kind in kinds) and e.object.kind not in hidden
+            ]
             for index, event in enumerate(events):
                 last = index == len(events) - 1
                 head = b"event: %s\n" % event.type.encode()

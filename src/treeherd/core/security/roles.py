@@ -15,7 +15,8 @@ from treeherd.model.security import Role
 
 class Scope(enum.StrEnum):
     READ = "read"  # reading the cluster's objects
-    EVENTS = "events"  # the stream of changes: people, and gateways following the routing objects
+    WATCH = "watch"  # the stream of changes and the gateways' records: people, and gateways (which
+    # follow the routing objects' changes and read their own record when they start)
     OPERATE = "operate"  # changing services, the tree, routes, domains, pins, policies
     ADMINISTER = "administer"  # tokens, the CA, cluster settings
     SESSION = "session"  # an agent's channel
@@ -28,7 +29,7 @@ _PEOPLE = frozenset({Role.ADMIN, Role.OPERATOR, Role.VIEWER})
 
 ROLES_FOR_SCOPE: dict[Scope, frozenset[Role]] = {
     Scope.READ: _PEOPLE,
-    Scope.EVENTS: _PEOPLE | {Role.GATEWAY},
+    Scope.WATCH: _PEOPLE | {Role.GATEWAY},
     Scope.OPERATE: frozenset({Role.ADMIN, Role.OPERATOR}),
     Scope.ADMINISTER: frozenset({Role.ADMIN}),
     Scope.SESSION: frozenset({Role.AGENT}),
