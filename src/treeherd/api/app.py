@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from litestar import Litestar, Request, Response
@@ -43,7 +43,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 def create_app(
     inventory: Inventory,
-    dispatcher: Dispatcher | None = None,
+    dispatcher: Dispatcher | Callable[[], Dispatcher] | None = None,
     board: AvailabilityBoard | None = None,
     *,
     require_auth: bool = False,
@@ -80,7 +80,8 @@ def create_app(
     def provide_dispatcher() -> Dispatcher:
         if dispatcher is None:
             raise Unavailable("this manager runs no dispatcher: agents and their logs are not reachable here")
-        return dispatcher
+        # A callable: the dispatcher of the current leadership term (or what stands in for it).
+        return dispatcher if isinstance(dispatcher, Dispatcher) else dispatcher()
 
     app = Litestar(
         route_handlers=[
@@ -102,7 +103,7 @@ def create_app(
             TokenController,
             JoinController,
             metrics,
-            *([agent_router(dispatcher)] if dispatcher is not None else []),
+            *([agent_router(provide_dispatcher)] if dispatcher is not None else []),
             healthz,
             openapi_json,
             redoc_script,

@@ -3,11 +3,13 @@ that need the dispatcher's endpoint registry (`routes.endpoints`), which come wi
 
 The handler accepts the WebSocket, wraps it in a `transport.channel.ServerChannel` and lets
 `Dispatcher.serve` run the session until it ends; the channel is closed whatever happens. The dispatcher
-comes in as the `dispatcher` dependency: `agent_router(dispatcher)` provides it along with the route.
+comes in as the `dispatcher` dependency: `agent_router(provide)` provides it along with the route (on a
+manager that does not lead, what stands in for it refuses the agent with the leader's URL).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Router, WebSocket, websocket
@@ -37,11 +39,11 @@ async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Dispatcher
         await channel.close()
 
 
-def agent_router(dispatcher: Dispatcher) -> Router:
+def agent_router(current: Callable[[], Dispatcher]) -> Router:
     """The agent channel's route with its dispatcher, ready for the app's `route_handlers`."""
 
     def provide_dispatcher() -> Dispatcher:
-        return dispatcher
+        return current()
 
     return Router(
         path="/",
