@@ -7,8 +7,11 @@ from hypothesis import strategies as st
 
 from treeherd.core.election import (
     Candidate,
+    dial_order,
+    known_managers,
     lag,
     leader_of,
+    manager_urls,
     must_step_down,
     renewal_period,
     standing,
@@ -67,3 +70,21 @@ def test_step_down_is_monotonic_in_time(sent: float, elapsed: float, ttl: float)
     if must_step_down(sent, sent + elapsed, ttl):
         assert must_step_down(sent, sent + elapsed + 1.0, ttl)
     assert not must_step_down(sent, sent + renewal_period(ttl), ttl)
+
+
+def test_agents_dial_the_named_leader_first_then_the_others() -> None:
+    assert manager_urls("http://a:7400, http://b:7400,,http://a:7400") == ["http://a:7400", "http://b:7400"]
+    assert dial_order(["a", "b", "c"], "c") == ["c", "a", "b"]
+    assert dial_order(["a", "b"]) == ["a", "b"]
+    # One manager told (its own URL): the configured list stays as it was.
+    assert known_managers(["http://localhost:7400"], ["http://127.0.0.1:7400"]) == ["http://localhost:7400"]
+    assert known_managers(["a"], ["b", "c"]) == ["b", "c", "a"]
+
+
+@given(st.lists(st.sampled_from("abcdef"), max_size=6), st.one_of(st.none(), st.sampled_from("abcdefg")))
+def test_dial_order_tries_every_manager_once(managers: list[str], first: str | None) -> None:
+    order = dial_order(managers, first)
+    assert len(order) == len(set(order))
+    assert set(order) == set(managers) | ({first} if first else set())
+    if first:
+        assert order[0] == first

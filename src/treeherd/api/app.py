@@ -25,6 +25,7 @@ from treeherd.api.routes.events import EventController
 from treeherd.api.routes.gateway import GatewayController
 from treeherd.api.routes.join import JoinController
 from treeherd.api.routes.machines import BindingController, MachineController
+from treeherd.api.routes.managers import ManagerController, ManagerListing
 from treeherd.api.routes.puppet import EncController, PuppetController, ReportController
 from treeherd.api.routes.services import ServiceController, TaskController
 from treeherd.api.routes.system import OpenApiJson, Redoc, healthz, openapi_json, redoc_script
@@ -37,6 +38,7 @@ from treeherd.manager.inventory import Inventory
 from treeherd.manager.puppet import Puppet
 from treeherd.manager.services import Services
 from treeherd.model.errors import Unavailable
+from treeherd.model.managers import ManagerView
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -49,12 +51,14 @@ def create_app(
     require_auth: bool = False,
     authority: ClusterAuthority | None = None,
     extra_handlers: Sequence[ControllerRouterHandler] = (),
+    managers: ManagerListing | None = None,
 ) -> Litestar:
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too;
     `board`: where the gateways' availability reports are kept (shared with the canary judge);
     `require_auth`: every operation but liveness and the API's description needs a token whose role
     its scope admits (api/access.py); `extra_handlers`: routes served beside the API with its
-    dependencies and guard (the web console), each declared in api/access.py like every route."""
+    dependencies and guard (the web console), each declared in api/access.py like every route;
+    `managers`: lists the cluster's managers (default: this one, the leader)."""
 
     services = Services(inventory.store, clock=inventory.clock, ids=inventory.ids)
     puppet = Puppet(inventory.store, clock=inventory.clock, ids=inventory.ids)
@@ -76,6 +80,12 @@ def create_app(
         if authority is None:
             raise Unavailable("this manager has no cluster CA: nodes cannot join through it")
         return authority
+
+    async def only_manager() -> list[ManagerView]:
+        return [ManagerView(id="", url="", role="leader", revision=inventory.store.revision, lag=0)]
+
+    def provide_managers() -> ManagerListing:
+        return managers if managers is not None else only_manager
 
     def provide_dispatcher() -> Dispatcher:
         if dispatcher is None:
@@ -102,6 +112,7 @@ def create_app(
             AlertController,
             TokenController,
             JoinController,
+            ManagerController,
             metrics,
             *([agent_router(provide_dispatcher)] if dispatcher is not None else []),
             healthz,
@@ -116,6 +127,7 @@ def create_app(
             "puppet": Provide(provide_puppet, sync_to_thread=False),
             "board": Provide(provide_board, sync_to_thread=False),
             "authority": Provide(provide_authority, sync_to_thread=False),
+            "managers": Provide(provide_managers, sync_to_thread=False),
         },
         guards=[Authenticator(lambda: inventory.view, inventory.clock, required=require_auth).guard],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from treeherd.api.app import create_app
+from treeherd.api.forwarding import FollowerForwarding
 from treeherd.api.joined_writes import http_protocol
 from treeherd.api.peer_certificates import websocket_protocol
 from treeherd.manager.admin_token import ensure_admin_token
@@ -35,12 +36,12 @@ from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.dispatcher.renewals import Signer
 from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import Inventory
-from treeherd.manager.leadership import Leadership
+from treeherd.manager.leadership import Leadership, list_managers
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import InvalidInput
-from treeherd.model.managers import ManagerRecord
+from treeherd.model.managers import ManagerRecord, ManagerView
 from treeherd.runtime import new_id
 from treeherd.store.base import Store
 from treeherd.store.select import describe, make_store, remember_cluster
@@ -166,7 +167,7 @@ def _leadership(
 
 def known_managers(leadership: Leadership) -> list[str]:
     """The managers' URLs the leader hands its agents (SwarmKit's session managers list)."""
-    return list(leadership.peers)
+    return [peer.url for peer in leadership.peers]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -278,19 +279,27 @@ async def serve_manager(
                 term = LeaderTerm(store, [url], board, sign)
                 app_dispatcher = term.dispatcher
                 leader_components = list(term.components)
+            if leadership is not None:
+                led = leadership
+                managers = lambda: list_managers(led, store.revision)  # noqa: E731
+            else:
+
+                async def managers() -> list[ManagerView]:
+                    return [ManagerView(id="", url=url, role="leader", revision=store.revision, lag=0)]
+
+            app: Any = create_app(
+                inventory,
+                app_dispatcher,
+                board,
+                require_auth=require_auth,
+                authority=authority,
+                extra_handlers=extra_handlers,
+                managers=managers,
+            )
+            if leadership is not None:  # reads stamped with their revision; a follower forwards writes
+                app = FollowerForwarding(app, leadership, lambda: store.revision)
             components: list[Component] = [
-                ApiServer(
-                    create_app(
-                        inventory,
-                        app_dispatcher,
-                        board,
-                        require_auth=require_auth,
-                        authority=authority,
-                        extra_handlers=extra_handlers,
-                    ),
-                    sock,
-                    tls=tls_files,
-                ),
+                ApiServer(app, sock, tls=tls_files),
                 *leader_components,
             ]
             components.extend(make(url) for make in local)

@@ -9,7 +9,7 @@ it: etcd counts the TTL from the last renewal it received, which is no earlier t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import msgspec
@@ -58,3 +58,21 @@ def lag(leader_revision: int, applied: int) -> int:
     """How many store revisions a manager is behind (never negative: a follower may read ahead of the
     leader's last report)."""
     return max(0, leader_revision - applied)
+
+
+def manager_urls(text: str) -> list[str]:
+    """The manager URLs of `http://a:7400,http://b:7400` (one or several), each once, in order."""
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def dial_order(managers: Sequence[str], first: str | None = None) -> list[str]:
+    """The managers an agent tries, in order: `first` (the leader a follower named, or the manager of
+    the session that just ended), then the others as known."""
+    order = [first] if first else []
+    return list(dict.fromkeys([*order, *managers]))
+
+
+def known_managers(configured: Sequence[str], told: Sequence[str]) -> list[str]:
+    """The managers an agent knows: those the leader told it (SwarmKit's session managers list) when
+    it names several, then those it was configured with."""
+    return list(dict.fromkeys([*(told if len(told) > 1 else ()), *configured]))

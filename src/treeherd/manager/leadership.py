@@ -20,10 +20,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
+import httpx
+
+from treeherd.core.election import lag
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import TreeherdError, Unavailable
-from treeherd.model.managers import ManagerRecord
+from treeherd.model.managers import ManagerRecord, ManagerView
 from treeherd.model.wire import Register, SessionRefused
 from treeherd.store.etcd_election import Election
 from treeherd.transport.channel import Channel, ChannelClosed
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TERM_STOP_S = 10.0  # a term's components get this long to stop before they are cancelled
 REFUSE_S = 5.0  # for a follower's answer to an agent
+PEER_TIMEOUT_S = 1.0  # for another manager's answer when managers are listed
 
 
 class Fenced(Protocol):
@@ -61,7 +65,7 @@ class Leadership:
         self.leader: ManagerRecord | None = None
         self.term: Term | None = None
         self.terms = 0  # how many times this manager was elected
-        self.peers: list[str] = []  # every candidate's URL, oldest first (the leader's first)
+        self.peers: list[ManagerRecord] = []  # every candidate, oldest first (the leader first)
         self._stopping = asyncio.Event()
 
     @property
@@ -78,6 +82,8 @@ class Leadership:
     async def run(self) -> None:
         if self._stopping.is_set():
             return
+        with contextlib.suppress(TreeherdError):  # else the campaign keeps trying
+            await self._election.connect()
         observer = asyncio.create_task(self._observe(), name="leadership-observer")
         try:
             while not self._stopping.is_set():
@@ -155,7 +161,7 @@ class Leadership:
             try:
                 revision, found = await self._election.candidates()
                 ordered = sorted(found, key=lambda c: (c.create_revision, c.key))
-                self.peers = list(dict.fromkeys(c.record.url for c in ordered))
+                self.peers = list({c.record.url: c.record for c in ordered}.values())
                 if self.role != "leader":
                     leading = min(found, key=lambda c: (c.create_revision, c.key), default=None)
                     self.leader = leading.record if leading is not None else None
@@ -164,6 +170,38 @@ class Leadership:
                 if self.role != "leader":
                     self.leader = None
                 await asyncio.sleep(1.0)
+
+
+async def list_managers(leadership: Leadership, revision: int) -> list[ManagerView]:
+    """Every candidate manager: its role, and the store revision it has applied (each other manager is
+    asked for it, briefly: its answers say it in `X-Treeherd-Revision`) and its lag behind the most
+    advanced of them."""
+    own = leadership.record
+    peers = leadership.peers if any(p.url == own.url for p in leadership.peers) else [own, *leadership.peers]
+    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, verify=False) as client:
+
+        async def applied(record: ManagerRecord) -> int | None:
+            if record.url == own.url:
+                return revision
+            try:
+                answer = await client.get(record.url.rstrip("/") + "/healthz")
+                return int(answer.headers["x-treeherd-revision"])
+            except (httpx.HTTPError, KeyError, ValueError):
+                return None
+
+        revisions = await asyncio.gather(*(applied(record) for record in peers))
+    newest = max((r for r in revisions if r is not None), default=revision)
+    leader = leadership.leader.url if leadership.leader is not None else None
+    return [
+        ManagerView(
+            id=record.id,
+            url=record.url,
+            role="leader" if record.url == leader else "follower",
+            revision=applied_revision,
+            lag=None if applied_revision is None else lag(newest, applied_revision),
+        )
+        for record, applied_revision in zip(peers, revisions, strict=True)
+    ]
 
 
 class FollowerDoor:

@@ -1,0 +1,187 @@
+"""Three managers on one etcd, on loopback: one leader, followers that serve reads and forward writes,
+and a leader killed with SIGKILL during a deploy of real processes: a new leader takes over, agents
+follow it, and every slot ends up running exactly once (counted in the OS process table)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.helpers import process_env
+from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
+from treeherd.model.services import RestartPolicy, TaskSpec
+from treeherd.testing.etcd import EtcdProcess, etcd_binary
+from treeherd.testing.processes import AgentProcess, ManagerProcess, processes_under, treeherd_command
+from treeherd.testing.waiting import wait_for
+from treeherd.transport.client import Client
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(etcd_binary() is None, reason="needs etcd (apt-get install etcd-server)"),
+]
+ELECTION_S = 5.0  # a new leader within this long of the old one's death
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    with EtcdProcess(tmp_path / "etcd") as server:
+        yield server
+
+
+@pytest.fixture
+def managers(tmp_path: Path, etcd: EtcdProcess) -> Iterator[list[ManagerProcess]]:
+    store = etcd.url("/cluster")
+    started = [ManagerProcess(tmp_path / f"manager-{i}", extra_args=("--store", store)) for i in range(3)]
+    try:
+        for manager in started:
+            manager.start()
+        yield started
+    finally:
+        for manager in started:
+            manager.kill()
+
+
+def listing(url: str) -> list[dict[str, Any]]:
+    with Client(url, timeout=5) as client:
+        return client.get("/api/v1/managers", list)
+
+
+def leader_of(managers: list[ManagerProcess]) -> ManagerProcess | None:
+    """The manager every live manager names as the leader, once they agree."""
+    named = set()
+    for manager in managers:
+        if manager.process is None or manager.process.poll() is not None:
+            continue
+        try:
+            named.add(next((m["url"] for m in listing(manager.url) if m["role"] == "leader"), None))
+        except Exception:
+            return None
+    if len(named) != 1 or None in named:
+        return None
+    (url,) = named
+    return next((m for m in managers if m.url == url), None)
+
+
+def test_one_leader_followers_forward_writes_and_a_killed_leader_is_replaced(
+    managers: list[ManagerProcess],
+) -> None:
+    leader = wait_for(lambda: leader_of(managers), "the managers agree on one leader")
+    follower = next(m for m in managers if m is not leader)
+    listed = listing(follower.url)
+    assert sorted(m["url"] for m in listed) == sorted(m.url for m in managers)
+    assert sorted(m["role"] for m in listed) == ["follower", "follower", "leader"]
+    assert all(m["revision"] is not None and m["lag"] is not None for m in listed)
+    # A write sent to a follower is forwarded to the leader; the follower's reads say their revision.
+    with Client(follower.url, timeout=10) as client:
+        client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+    with urllib.request.urlopen(follower.url + "/api/v1/nodes", timeout=5) as answer:
+        revision = int(answer.headers["X-Treeherd-Revision"])
+        assert "corp" in answer.read().decode()
+    assert revision > 0
+    shown = _cli(follower.url, "manager", "ls")
+    assert "leader" in shown and "follower" in shown and leader.url in shown
+    # The leader dies: another one is elected, and writes go through again.
+    leader.kill()
+    killed = time.monotonic()
+    rest = [m for m in managers if m is not leader]
+    new_leader = wait_for(lambda: leader_of(rest), "a new leader", timeout_s=ELECTION_S + 5)
+    assert time.monotonic() - killed < ELECTION_S + 1
+    with Client(",".join(m.url for m in rest), timeout=10) as client:
+        client.request("POST", "/api/v1/nodes", NodeCreate(path="corp.web"))
+    assert new_leader in rest
+
+
+def _cli(url: str, *args: str) -> str:
+    import subprocess
+
+    result = subprocess.run(
+        [*treeherd_command(), "--manager", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def live_slots(root: Path, service: str) -> dict[int, int]:
+    """How many live processes each slot of the service has, from the OS process table."""
+    counts: dict[int, int] = {}
+    for process in processes_under(root):
+        env = process_env(process)
+        if env.get("TREEHERD_SERVICE") == service:
+            slot = int(env["TREEHERD_SLOT"])
+            counts[slot] = counts.get(slot, 0) + 1
+    return counts
+
+
+def test_killing_the_leader_during_a_deploy_loses_and_doubles_no_task(
+    tmp_path: Path, managers: list[ManagerProcess]
+) -> None:
+    leader = wait_for(lambda: leader_of(managers), "the managers agree on one leader")
+    urls = ",".join(m.url for m in managers)
+    with Client(urls, timeout=10) as client:
+        client.request(
+            "PATCH",
+            "/api/v1/cluster",
+            ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
+        )
+        client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+    hosts = ("host-a", "host-b", "host-c")
+    agents = [AgentProcess(urls, tmp_path / host, host, executor="process").start() for host in hosts]
+    try:
+        wait_for(lambda: _ready(urls) == len(hosts), "three ready agents")
+        with Client(urls, timeout=10) as client:
+            client.request(
+                "POST",
+                "/api/v1/services",
+                ServiceCreate(
+                    name="work",
+                    node="corp",
+                    replicas=12,
+                    task=TaskSpec(
+                        command=[sys.executable, "-c", "import time; time.sleep(600)"],
+                        restart=RestartPolicy(delay_s=0),
+                    ),
+                ),
+            )
+        wait_for(
+            lambda: sum(live_slots(tmp_path, "work").values()) >= 2, "the deploy under way", timeout_s=20
+        )
+        leader.kill()
+        rest = [m for m in managers if m is not leader]
+        wait_for(lambda: leader_of(rest), "a new leader", timeout_s=ELECTION_S + 5)
+        wanted = dict.fromkeys(range(1, 13), 1)
+        wait_for(lambda: live_slots(tmp_path, "work") == wanted, "12 slots, one process each", timeout_s=60)
+        wait_for(lambda: _running(urls, "work") == 12, "12 tasks running in the store", timeout_s=30)
+        time.sleep(3.0)  # nothing doubles or goes missing afterwards
+        assert live_slots(tmp_path, "work") == wanted
+        assert _running(urls, "work") == 12
+    finally:
+        for agent in agents:
+            agent.kill()
+
+
+def _ready(urls: str) -> int:
+    try:
+        with Client(urls, timeout=5) as client:
+            machines = client.get("/api/v1/machines", list, agents=True)
+    except Exception:
+        return 0
+    return sum(1 for m in machines if m.get("agent") and m["agent"]["state"] == "ready")
+
+
+def _running(urls: str, service: str) -> int:
+    try:
+        with Client(urls, timeout=5) as client:
+            tasks = client.get(f"/api/v1/services/{service}/tasks", list)
+    except Exception:
+        return -1
+    return sum(1 for t in tasks if t["desired_state"] == "running" and t["state"] == "running")
