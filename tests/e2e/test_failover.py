@@ -4,6 +4,7 @@ follow it, and every slot ends up running exactly once (counted in the OS proces
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import urllib.request
@@ -19,7 +20,7 @@ from treeherd.model.services import RestartPolicy, TaskSpec
 from treeherd.testing.etcd import EtcdProcess, etcd_binary
 from treeherd.testing.processes import AgentProcess, ManagerProcess, processes_under, treeherd_command
 from treeherd.testing.waiting import wait_for
-from treeherd.transport.client import Client
+from treeherd.transport.client import Client, ClientError
 
 pytestmark = [
     pytest.mark.e2e,
@@ -98,8 +99,6 @@ def test_one_leader_followers_forward_writes_and_a_killed_leader_is_replaced(
 
 
 def _cli(url: str, *args: str) -> str:
-    import subprocess
-
     result = subprocess.run(
         [*treeherd_command(), "--manager", url, *args],
         capture_output=True,
@@ -185,3 +184,66 @@ def _running(urls: str, service: str) -> int:
     except Exception:
         return -1
     return sum(1 for t in tasks if t["desired_state"] == "running" and t["state"] == "running")
+
+
+def _pids(root: Path, service: str) -> set[int]:
+    return {p.pid for p in processes_under(root) if process_env(p).get("TREEHERD_SERVICE") == service}
+
+
+def test_etcd_lost_while_running_stops_writes_keeps_tasks_and_recovers(
+    tmp_path: Path, etcd: EtcdProcess, managers: list[ManagerProcess]
+) -> None:
+    wait_for(lambda: leader_of(managers), "the managers agree on one leader")
+    urls = ",".join(m.url for m in managers)
+    with Client(urls, timeout=10) as client:
+        client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+    agent = AgentProcess(urls, tmp_path / "host-a", "host-a", executor="process").start()
+    try:
+        wait_for(lambda: _ready(urls) == 1, "a ready agent")
+        with Client(urls, timeout=10) as client:
+            client.request(
+                "POST",
+                "/api/v1/services",
+                ServiceCreate(
+                    name="work",
+                    node="corp",
+                    replicas=3,
+                    task=TaskSpec(command=[sys.executable, "-c", "import time; time.sleep(600)"]),
+                ),
+            )
+        wait_for(lambda: _running(urls, "work") == 3, "3 tasks running")
+        pids = _pids(tmp_path, "work")
+        assert len(pids) == 3
+        etcd.stop()
+        # Writes are refused with the reason, by the API and the CLI alike; reads still answer.
+        refusal = wait_for(lambda: _refused_write(urls), "a write refused for the lost store", timeout_s=15)
+        assert refusal[0] == 503 and "etcd" in refusal[1], refusal
+        cli = subprocess.run(
+            [*treeherd_command(), "--manager", urls, "tree", "add", "corp.db"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert cli.returncode != 0 and "etcd" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
+        assert _running(urls, "work") == 3
+        time.sleep(2.0)
+        assert _pids(tmp_path, "work") == pids  # the agent keeps its tasks
+        etcd.start()
+        wait_for(lambda: leader_of(managers), "a leader once etcd is back", timeout_s=30)
+        wait_for(lambda: _refused_write(urls, "corp.back") is None, "writes go through again", timeout_s=30)
+        wait_for(lambda: _ready(urls) == 1, "the agent back with the leader", timeout_s=30)
+        assert _pids(tmp_path, "work") == pids
+        assert _running(urls, "work") == 3
+    finally:
+        agent.kill()
+
+
+def _refused_write(urls: str, path: str = "corp.lost") -> tuple[int, str] | None:
+    """The status and message of a refused write, or None once it is accepted."""
+    try:
+        with Client(urls, timeout=10) as client:
+            client.request("POST", "/api/v1/nodes", NodeCreate(path=path))
+    except ClientError as error:
+        return (error.status or 0, str(error))
+    return None

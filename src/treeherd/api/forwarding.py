@@ -4,8 +4,8 @@ follower forwards every write to the leader.
 `FollowerForwarding` wraps the API's ASGI app. A read (GET, HEAD, OPTIONS) is served from this manager's
 own watch-fed working set, with `X-Treeherd-Revision: N` saying which store revision it reflects. Any
 other request to a follower is sent on to the leader whole (method, path, query, headers, body) and the
-leader's answer passed back; with no leader elected (or a request already forwarded once) the answer is
-503 with the reason. WebSockets (the agent channel) are not forwarded: a follower refuses agents with
+leader's answer passed back; with etcd out of reach, no leader elected, or a request already forwarded
+once, the answer is 503 with the reason. WebSockets (the agent channel) are not forwarded: a follower refuses agents with
 the leader's URL instead (`manager.leadership.FollowerDoor`).
 """
 
@@ -60,6 +60,14 @@ class FollowerForwarding:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
         if any(name.lower() == FORWARDED_HEADER for name, _ in headers):
             await _refuse(send, "this manager is not the leader either: the leader changed, retry")
+            return
+        problem = self._leadership.problem
+        if problem is not None:
+            await _refuse(
+                send,
+                f"this manager cannot write: the store is out of reach ({problem}); it resumes by itself once"
+                f" etcd answers again (reads still answer, from revision {self._revision()})",
+            )
             return
         if leader is None or leader.url == self._leadership.record.url:
             await _refuse(send, "no manager leads now (an election is under way): retry in a few seconds")

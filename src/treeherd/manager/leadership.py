@@ -66,6 +66,7 @@ class Leadership:
         self.term: Term | None = None
         self.terms = 0  # how many times this manager was elected
         self.peers: list[ManagerRecord] = []  # every candidate, oldest first (the leader first)
+        self.problem: str | None = None  # why etcd cannot be read now, if it cannot
         self._stopping = asyncio.Event()
 
     @property
@@ -160,16 +161,22 @@ class Leadership:
         while True:
             try:
                 revision, found = await self._election.candidates()
+                self.problem = None
                 ordered = sorted(found, key=lambda c: (c.create_revision, c.key))
                 self.peers = list({c.record.url: c.record for c in ordered}.values())
                 if self.role != "leader":
                     leading = min(found, key=lambda c: (c.create_revision, c.key), default=None)
                     self.leader = leading.record if leading is not None else None
                 await self._election.changed(revision)
-            except TreeherdError:
+            except TreeherdError as error:
+                log.debug("reading the election keys: %s", error)
+                self.problem = f"etcd at {self._election.endpoints} does not answer"
+
                 if self.role != "leader":
                     self.leader = None
                 await asyncio.sleep(1.0)
+                with contextlib.suppress(TreeherdError):
+                    await self._election.connect()
 
 
 async def list_managers(leadership: Leadership, revision: int) -> list[ManagerView]:

@@ -54,6 +54,11 @@ class Election:
         self.lost = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
 
+    @property
+    def endpoints(self) -> str:
+        """The etcd endpoints, as `HOST:PORT, ...`."""
+        return ", ".join(f"{host}:{port}" for host, port in self._client.endpoints)
+
     async def connect(self) -> None:
         """Reach etcd; `Unavailable` naming every endpoint tried when none answers."""
         await self._client.connect()
