@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from treeherd.core.election import (
+    STEP_DOWN_FRACTION,
     Candidate,
     dial_order,
     known_managers,
@@ -38,10 +39,11 @@ def test_the_oldest_key_leads_and_the_others_wait() -> None:
 
 
 def test_a_leader_steps_down_before_its_lease_can_expire() -> None:
-    assert not must_step_down(10.0, 11.0, 2.0)
-    assert must_step_down(10.0, 11.5, 2.0)
+    assert not must_step_down(10.0, 12.5, 3.0)
+    assert must_step_down(10.0, 12.6, 3.0)
+    assert not must_step_down(10.0, 12.6, 3.1)
     # Three renewals fit before the step-down point.
-    assert 3 * renewal_period(2.0) <= 2.0 * 0.75 + 1e-9
+    assert 3 * renewal_period(3.0) <= 3.0 * STEP_DOWN_FRACTION
     assert lag(10, 7) == 3
     assert lag(10, 12) == 0
 

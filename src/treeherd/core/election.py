@@ -18,7 +18,10 @@ from treeherd.model.managers import ManagerRecord
 
 # What a candidate learns from the keys: it leads, it waits for an older key to go, or its key is gone.
 Standing = Literal["leader", "waiting", "lost"]
-STEP_DOWN_FRACTION = 0.75  # of the TTL without a renewal: step down, etcd may expire the lease soon
+# Of the TTL without a renewal: step down, etcd may expire the lease soon. The margin left is for the
+# leader's components to stop; a 3-member etcd electing a new raft leader (1.6-2.2 s here) renews
+# nothing meanwhile, and a 3 s TTL rides that out.
+STEP_DOWN_FRACTION = 0.85
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +54,7 @@ def must_step_down(last_renewal_sent: float, now: float, ttl_s: float) -> bool:
 
 def renewal_period(ttl_s: float) -> float:
     """How often a candidate renews its lease: three chances before it would have to step down."""
-    return ttl_s * STEP_DOWN_FRACTION / 3
+    return ttl_s / 4
 
 
 def lag(leader_revision: int, applied: int) -> int:

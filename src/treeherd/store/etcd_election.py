@@ -27,7 +27,7 @@ from treeherd.store.etcd_layout import Layout
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL_S = 2
+DEFAULT_TTL_S = 3  # seconds: a killed leader is replaced within about this long
 RETRY_S = 0.5  # between two attempts when etcd does not answer
 WAKE_S = 1.0  # a waiting candidate reads the keys again at least this often
 
@@ -130,14 +130,16 @@ class Election:
         self._renewer = asyncio.create_task(self._renew(lease, sent), name="election-renewal")
 
     async def _renew(self, lease: int, last_sent: float) -> None:
-        """Renew the lease until it is gone or cannot be renewed in time; then set `lost`."""
+        """Renew the lease until it is gone or cannot be renewed in time; then set `lost`. After a
+        failed renewal it tries again soon (on the next endpoint that answers) rather than a period later."""
         period = renewal_period(self.ttl_s)
+        wait = period
         try:
             while True:
-                await asyncio.sleep(period)
+                await asyncio.sleep(wait)
                 sent = self._monotonic()
                 try:
-                    async with asyncio.timeout(period * 2):
+                    async with asyncio.timeout(period):
                         ttls = await self._client.lease_keepalive([lease])
                 except (TreeherdError, TimeoutError) as error:
                     if must_step_down(last_sent, self._monotonic(), self.ttl_s):
@@ -146,11 +148,12 @@ class Election:
                     with contextlib.suppress(TreeherdError, TimeoutError):
                         async with asyncio.timeout(period):
                             await self._client.connect()
+                    wait = RETRY_S / 2
                     continue
                 if ttls.get(lease, 0) <= 0:
                     log.warning("leadership lease %x is gone from etcd", lease)
                     return
-                last_sent = sent
+                last_sent, wait = sent, period
         finally:
             self.lost.set()
 
