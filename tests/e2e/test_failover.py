@@ -5,6 +5,7 @@ follow it, and every slot ends up running exactly once (counted in the OS proces
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import threading
@@ -293,3 +294,48 @@ def _refused_write(urls: str, path: str = "corp.lost") -> tuple[int, str] | None
     except ClientError as error:
         return (error.status or 0, str(error))
     return None
+
+
+def test_a_frozen_leader_is_replaced_and_steps_down_when_it_resumes(
+    tmp_path: Path, managers: list[ManagerProcess]
+) -> None:
+    """SIGSTOP the leader past its lease: another manager leads; once resumed, the stale leader finds
+    its lease gone and stops its leader components (its writes are fenced meanwhile); tasks run once."""
+    leader = wait_for(lambda: leader_of(managers), "the managers agree on one leader")
+    urls = ",".join(m.url for m in managers)
+    with Client(urls, timeout=10) as client:
+        client.request("POST", "/api/v1/nodes", NodeCreate(path="corp"))
+    agent = AgentProcess(urls, tmp_path / "host-a", "host-a", executor="process").start()
+    try:
+        wait_for(lambda: _ready(urls) == 1, "a ready agent")
+        with Client(urls, timeout=10) as client:
+            client.request(
+                "POST",
+                "/api/v1/services",
+                ServiceCreate(
+                    name="work",
+                    node="corp",
+                    replicas=3,
+                    task=TaskSpec(command=[sys.executable, "-c", "import time; time.sleep(600)"]),
+                ),
+            )
+        wait_for(lambda: _running(urls, "work") == 3, "3 tasks running")
+        pids = _pids(tmp_path, "work")
+        assert leader.process is not None
+        leader.process.send_signal(signal.SIGSTOP)
+        try:
+            rest = [m for m in managers if m is not leader]
+            new_leader = wait_for(lambda: leader_of(rest), "a new leader", timeout_s=ELECTION_S + 5)
+        finally:
+            leader.process.send_signal(signal.SIGCONT)
+        wait_for(
+            lambda: "lost its leadership" in leader.log(), "the stale leader stepping down", timeout_s=10
+        )
+        assert wait_for(lambda: leader_of(managers), "all three agree again") is new_leader
+        wait_for(lambda: _refused_write(urls, "corp.after") is None, "a write", timeout_s=15)
+        wait_for(lambda: _ready(urls) == 1, "the agent with the new leader", timeout_s=15)
+        assert _pids(tmp_path, "work") == pids
+        assert _running(urls, "work") == 3
+        assert "Traceback" not in leader.log()
+    finally:
+        agent.kill()
