@@ -206,7 +206,7 @@ def test_killing_the_leader_during_a_deploy_loses_and_doubles_no_task(tmp_path: 
                 assert live_slots(tmp_path, "work") == wanted
                 assert _running(urls, "work") == REPLICAS
                 assert _ready(urls) == len(hosts)
-            assert "down" not in states.seen, states.seen
+            assert "down" not in states.seen, _diagnosis(tmp_path)
             assert at_kill < REPLICAS  # the leader died before the deploy was done
         finally:
             for agent in agents:
@@ -339,3 +339,14 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_resumes(
         assert "Traceback" not in leader.log()
     finally:
         agent.kill()
+
+
+def _diagnosis(root: Path) -> str:
+    """The managers' and agents' log lines about leadership, nodes and sessions."""
+    words = ("lead", "down", "unknown", "refused", "dialing", "etcd")
+    lines = []
+    for log in sorted(root.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if any(word in line for word in words):
+                lines.append(f"{log.name}: {line[:220]}")
+    return "\n".join(lines[-80:])

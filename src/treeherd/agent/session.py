@@ -250,7 +250,9 @@ class Session:
                 return
             refusal = self._refusal
             if refusal is not None and refusal.code == "not_leader":
-                # A follower: dial the leader it named (or the next manager) after its short pause.
+                # A follower: dial the leader it named (or the next manager) after its short pause. A
+                # live manager answered: the cluster is between leaders, no reason to back off further.
+                attempt = 0
                 self._queue = dial_order([m for m in self.managers if m != self.url], refusal.leader or None)
                 delay = retry_after or 0.0
             elif retry_after is not None:

@@ -4,34 +4,47 @@ follower forwards every write to the leader.
 `FollowerForwarding` wraps the API's ASGI app. A read (GET, HEAD, OPTIONS) is served from this manager's
 own watch-fed working set, with `X-Treeherd-Revision: N` saying which store revision it reflects. Any
 other request to a follower is sent on to the leader whole (method, path, query, headers, body) and the
-leader's answer passed back; with etcd out of reach, no leader elected, or a request already forwarded
+leader's answer passed back once this manager's copy has caught up with it (a client reads its write
+back from the follower it wrote through); with etcd out of reach, no leader elected, or a request already forwarded
 once, the answer is 503 with the reason. WebSockets (the agent channel) are not forwarded: a follower refuses agents with
 the leader's URL instead (`manager.leadership.FollowerDoor`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import msgspec
 
 from treeherd.manager.leadership import Leadership
+from treeherd.model.errors import TreeherdError
 from treeherd.model.views import ApiError
 
 REVISION_HEADER = b"x-treeherd-revision"
 FORWARDED_HEADER = "x-treeherd-forwarded-by"
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORWARD_TIMEOUT_S = 60.0
+CATCH_UP_S = 2.0  # how long a forwarded write's answer waits for this manager's copy to reach it
 _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
 
 
 class FollowerForwarding:
-    """The ASGI wrapper; `revision()` is the store revision this manager has applied."""
+    """The ASGI wrapper; `revision()` is the store revision this manager has applied, `applied(N)`
+    returns once it has applied revision N."""
 
-    def __init__(self, app: Any, leadership: Leadership, revision: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        leadership: Leadership,
+        revision: Callable[[], int],
+        applied: Callable[[int], Awaitable[None]],
+    ) -> None:
         self._app = app
+        self._applied = applied  # returns once this manager's copy has taken in a revision
         self._leadership = leadership
         self._revision = revision
         self._client: httpx.AsyncClient | None = None
@@ -95,6 +108,7 @@ class FollowerForwarding:
                 send, f"the leader at {leader.url} did not answer ({error.__class__.__name__}): retry"
             )
             return
+        await self._caught_up(answer.headers.get(REVISION_HEADER.decode()))
         out = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in answer.headers.multi_items()
@@ -103,6 +117,15 @@ class FollowerForwarding:
         out.append((b"content-length", str(len(answer.content)).encode()))
         await send({"type": "http.response.start", "status": answer.status_code, "headers": out})
         await send({"type": "http.response.body", "body": answer.content})
+
+    async def _caught_up(self, revision: str | None) -> None:
+        """Wait (briefly) until this manager's own copy has the leader's answer's revision: a client
+        reads its write back from the follower it wrote through."""
+        if revision is None or not revision.isdigit():
+            return
+        with contextlib.suppress(TimeoutError, TreeherdError):
+            async with asyncio.timeout(CATCH_UP_S):
+                await self._applied(int(revision))
 
     async def close(self) -> None:
         if self._client is not None:

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,14 @@ def _leadership(
     return leadership
 
 
+def _applied(store: Store) -> Callable[[int], Awaitable[None]]:
+    """The etcd store's wait for a revision to reach its working set."""
+    from treeherd.store.etcd import EtcdStore
+
+    assert isinstance(store, EtcdStore)
+    return store.applied
+
+
 def known_managers(leadership: Leadership) -> list[str]:
     """The managers' URLs the leader hands its agents (SwarmKit's session managers list)."""
     return [peer.url for peer in leadership.peers]
@@ -297,7 +305,7 @@ async def serve_manager(
                 managers=managers,
             )
             if leadership is not None:  # reads stamped with their revision; a follower forwards writes
-                app = FollowerForwarding(app, leadership, lambda: store.revision)
+                app = FollowerForwarding(app, leadership, lambda: store.revision, _applied(store))
             components: list[Component] = [
                 ApiServer(app, sock, tls=tls_files),
                 *leader_components,
