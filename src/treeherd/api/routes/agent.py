@@ -39,11 +39,12 @@ async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Dispatcher
         await channel.close()
 
 
-def agent_router(current: Callable[[], Dispatcher]) -> Router:
-    """The agent channel's route with its dispatcher, ready for the app's `route_handlers`."""
+def agent_router(dispatcher: Dispatcher | Callable[[], Dispatcher]) -> Router:
+    """The agent channel's route with its dispatcher (or what gives the current one), ready for the
+    app's `route_handlers`."""
 
     def provide_dispatcher() -> Dispatcher:
-        return current()
+        return dispatcher if isinstance(dispatcher, Dispatcher) else dispatcher()
 
     return Router(
         path="/",
