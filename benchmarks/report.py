@@ -425,6 +425,32 @@ def tls_overhead() -> str:
     return f"{provenance('tls_overhead', d)}\n\n{table(header, rows)}\n\n{table(cpu_header, cpu_rows)}"
 
 
+def failover() -> str:
+    d = load("failover")
+    p = d["parameters"]
+    rows = []
+    for key, label in (
+        ("to_leader_s", "a new leader (the survivors agree)"),
+        ("to_write_s", "the first write accepted"),
+        ("to_placement_s", "the first task placed by the new leader"),
+    ):
+        s = d["summary"][key]
+        rows.append([label, sec(s["p50"]), sec(s["max"]), sec(s["min"]), str(s["count"])])
+    header = [
+        f"after kill -9 of the leader ({p['managers']} managers, {p['etcd_members']}-member etcd, "
+        f"lease {p['election_ttl_s']} s)",
+        "p50",
+        "max",
+        "min",
+        "runs",
+    ]
+    head = (
+        f"{provenance('failover', d)} Command: `{d['command'].strip()}`; runs without a placement: "
+        f"{d['failed_runs']}; processes left: {d['processes_left']}."
+    )
+    return f"{head}\n\n{table(header, rows, 'lrrrr')}"
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "tree_load": tree_load,
     "schedule": schedule,
@@ -440,6 +466,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "chaos": chaos,
     "rolling": rolling,
     "tls_overhead": tls_overhead,
+    "failover": failover,
 }
 
 

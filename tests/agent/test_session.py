@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from agent_helpers import FakeManager, eventually, make_task
+from agent_helpers import FakeManager, channel_pair, eventually, make_task
 
 from treeherd.agent import Agent
 from treeherd.agent.session import Session
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.model.states import TaskState as S
-from treeherd.model.wire import Assignments, Register, StatusReport, TaskStatusUpdate
+from treeherd.model.wire import Assignments, Register, SessionRefused, StatusReport, TaskStatusUpdate
 from treeherd.transport.channel import ChannelClosed
 
 
@@ -241,3 +241,54 @@ async def test_an_agent_restart_resumes_tasks_from_its_local_db(tmp_path: Path) 
         )
         manager.reachable = True
         await eventually(lambda: manager.states("t1") == [S.RUNNING], "the status said again")
+
+
+async def test_several_managers_are_tried_in_turn_and_a_follower_sends_the_agent_to_the_leader() -> None:
+    leader = FakeManager()
+    dialed: list[str] = []
+
+    async def follower(url: str) -> object:
+        agent_end, manager_end = channel_pair()
+
+        async def refuse() -> None:
+            await manager_end.receive()
+            await manager_end.send(
+                SessionRefused(
+                    code="not_leader", detail="not the leader", retry_after_s=0.01, leader="http://c"
+                )
+            )
+
+        refusals.append(asyncio.create_task(refuse()))
+        return agent_end
+
+    refusals: list[asyncio.Task[None]] = []
+
+    async def connect(url: str) -> object:
+        dialed.append(url)
+        if url == "http://a":
+            raise OSError("connection refused")
+        if url == "http://b":
+            return await follower(url)
+        return await leader.connect(url)
+
+    listener = Listener()
+    session = Session(
+        "http://a,http://b,http://c",
+        register,
+        listener,
+        connect=connect,  # type: ignore[arg-type]
+        backoff_initial_s=5.0,  # a backoff would outlast the test: the managers are tried without one
+        connect_timeout_s=1.0,
+    )
+    run = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: session.sessions == 1, "a session with the leader")
+        assert dialed == ["http://a", "http://b", "http://c"]
+        assert session.url == "http://c"
+    finally:
+        session.stop()
+        async with asyncio.timeout(3):
+            await run
+        await leader.close()
+        for task in refusals:
+            task.cancel()

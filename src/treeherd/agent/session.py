@@ -6,7 +6,9 @@ heartbeats every period (the manager may change it in a HeartbeatAck) while mess
 the worker. The session ends when the channel closes, when the manager stays silent for
 `silence_factor` heartbeat periods, or when assignments arrive out of sequence (a new session gets a
 fresh full set). Then it dials again after a bounded, jittered exponential backoff. Tasks keep running
-meanwhile: only reports wait, kept by the worker until a session acknowledges them.
+meanwhile: only reports wait, kept by the worker until a session acknowledges them. Given several
+managers (`a,b,c`), it dials each in turn before backing off; a follower's refusal (`not_leader`) names
+the leader, which it dials next.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from treeherd.agent.certificates import CertificateKeeper
+from treeherd.core.election import dial_order, known_managers, manager_urls
 from treeherd.model.gateway import Figure
 from treeherd.model.proxies import ProxyEventType
 from treeherd.model.wire import (
@@ -114,7 +117,13 @@ class Session:
         self._logs = logs
         self._dependencies = dependencies
         self._pending_sends: set[asyncio.Task[None]] = set()
-        self.url = url
+        # Several managers (`http://a:7400,http://b:7400`): the session dials them in turn, and a
+        # follower's refusal names the leader, dialed next.
+        self._configured = manager_urls(url) or [url]
+        self.managers = list(self._configured)
+        self.url = self.managers[0]  # the manager of the current (or last) attempt
+        self._queue: list[str] = []  # the managers still to try before a backoff
+        self._refusal: SessionRefused | None = None
         self.session_id: str | None = None
         self.machine_id: str | None = None
         self.heartbeat_period_s = 5.0
@@ -198,16 +207,23 @@ class Session:
         attempt = 0
         while not self._stopping.is_set():
             delay = self.backoff(attempt)
+            if not self._queue:
+                self._queue = dial_order(self.managers)
+            self.url = self._queue.pop(0)
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
                     channel = await self._connect(self.url)
             except Exception as error:  # unreachable, refused, TLS, DNS...: all mean "try again later"
                 if self._stopping.is_set():
                     return
+                if self._queue:  # another manager may answer: try it now
+                    log.warning("manager %s unreachable (%s); trying %s", self.url, error, self._queue[0])
+                    continue
                 log.warning("manager %s unreachable (%s); retrying in %.1fs", self.url, error, delay)
                 attempt += 1
                 await self._pause(delay)
                 continue
+            self._refusal = None
             try:
                 retry_after = await self._session(channel)
             except (ChannelClosed, _SessionEnded, TimeoutError, OSError) as error:
@@ -232,8 +248,17 @@ class Session:
                 attempt += 1
             if self._stopping.is_set():
                 return
-            if retry_after is not None:
+            refusal = self._refusal
+            if refusal is not None and refusal.code == "not_leader":
+                # A follower: dial the leader it named (or the next manager) after its short pause. A
+                # live manager answered: the cluster is between leaders, no reason to back off further.
+                attempt = 0
+                self._queue = dial_order([m for m in self.managers if m != self.url], refusal.leader or None)
+                delay = retry_after or 0.0
+            elif retry_after is not None:
                 delay = min(max(retry_after, delay), self._backoff_max_s)
+            else:  # the session ended: its manager first again, then the others
+                self._queue = dial_order(self.managers, self.url)
             log.info("session with %s ended (%s); dialing again in %.1fs", self.url, reason, delay)
             await self._pause(delay)
 
@@ -251,7 +276,8 @@ class Session:
         async with asyncio.timeout(self._connect_timeout_s):
             answer = await channel.receive()
         if isinstance(answer, SessionRefused):
-            log.warning("manager refused the session: %s: %s", answer.code, answer.detail)
+            self._refusal = answer
+            log.warning("manager %s refused the session: %s: %s", self.url, answer.code, answer.detail)
             return answer.retry_after_s
         if not isinstance(answer, SessionStarted):
             raise _SessionEnded(f"expected SessionStarted, got {type(answer).__name__}")
@@ -259,6 +285,7 @@ class Session:
         self.machine_id = answer.machine_id
         self.heartbeat_period_s = answer.heartbeat_period_s
         self.endpoint_refresh_s = answer.endpoint_refresh_s
+        self.managers = known_managers(self._configured, answer.managers)
         if self.on_started is not None:
             self.on_started(answer)
         self.sessions += 1

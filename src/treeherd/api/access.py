@@ -49,6 +49,7 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/api/v1/provisioning/{hostname}"): _R,
     ("DELETE", "/api/v1/provisioning/{hostname}"): _O,
     ("GET", "/api/v1/events"): Scope.WATCH,
+    ("GET", "/api/v1/managers"): _R,
     # Services and tasks.
     ("GET", "/api/v1/services"): _R,
     ("POST", "/api/v1/services"): _O,

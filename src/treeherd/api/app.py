@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from litestar import Litestar, Request, Response
@@ -25,6 +25,7 @@ from treeherd.api.routes.events import EventController
 from treeherd.api.routes.gateway import GatewayController
 from treeherd.api.routes.join import JoinController
 from treeherd.api.routes.machines import BindingController, MachineController
+from treeherd.api.routes.managers import ManagerController, ManagerListing
 from treeherd.api.routes.puppet import EncController, PuppetController, ReportController
 from treeherd.api.routes.services import ServiceController, TaskController
 from treeherd.api.routes.system import OpenApiJson, Redoc, healthz, openapi_json, redoc_script
@@ -37,19 +38,21 @@ from treeherd.manager.inventory import Inventory
 from treeherd.manager.puppet import Puppet
 from treeherd.manager.services import Services
 from treeherd.model.errors import Unavailable
+from treeherd.model.managers import ManagerView
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def create_app(
     inventory: Inventory,
-    dispatcher: Dispatcher | None = None,
+    dispatcher: Dispatcher | Callable[[], Dispatcher] | None = None,
     board: AvailabilityBoard | None = None,
     *,
     require_auth: bool = False,
     authority: ClusterAuthority | None = None,
     extra_handlers: Sequence[ControllerRouterHandler] = (),
     refusals: RefusalSink | None = None,
+    managers: ManagerListing | None = None,
 ) -> Litestar:
     """The API over one inventory (and through it, one store); with a dispatcher, the agent channel too;
     `board`: where the gateways' availability reports are kept (shared with the canary judge);
@@ -57,7 +60,8 @@ def create_app(
     its scope admits (api/access.py); `extra_handlers`: routes served beside the API with its
     dependencies and guard (the web console), each declared in api/access.py like every route;
     `refusals`: where refused authentications and authorisations are recorded (manager.audit_trail;
-    default: the `treeherd.audit` log only)."""
+    default: the `treeherd.audit` log only); `managers`: lists the cluster's managers (default: this one,
+    the leader)."""
     sink = refusals or log_refusal
 
     services = Services(inventory.store, clock=inventory.clock, ids=inventory.ids)
@@ -81,10 +85,17 @@ def create_app(
             raise Unavailable("this manager has no cluster CA: nodes cannot join through it")
         return authority
 
+    async def only_manager() -> list[ManagerView]:
+        return [ManagerView(id="", url="", role="leader", revision=inventory.store.revision, lag=0)]
+
+    def provide_managers() -> ManagerListing:
+        return managers if managers is not None else only_manager
+
     def provide_dispatcher() -> Dispatcher:
         if dispatcher is None:
             raise Unavailable("this manager runs no dispatcher: agents and their logs are not reachable here")
-        return dispatcher
+        # A callable: the dispatcher of the current leadership term (or what stands in for it).
+        return dispatcher if isinstance(dispatcher, Dispatcher) else dispatcher()
 
     app = Litestar(
         route_handlers=[
@@ -105,8 +116,9 @@ def create_app(
             AlertController,
             TokenController,
             JoinController,
+            ManagerController,
             metrics,
-            *([agent_router(dispatcher)] if dispatcher is not None else []),
+            *([agent_router(provide_dispatcher)] if dispatcher is not None else []),
             healthz,
             openapi_json,
             redoc_script,
@@ -119,6 +131,7 @@ def create_app(
             "puppet": Provide(provide_puppet, sync_to_thread=False),
             "board": Provide(provide_board, sync_to_thread=False),
             "authority": Provide(provide_authority, sync_to_thread=False),
+            "managers": Provide(provide_managers, sync_to_thread=False),
         },
         guards=[
             Authenticator(lambda: inventory.view, inventory.clock, required=require_auth, refusals=sink).guard

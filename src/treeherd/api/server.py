@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import uvicorn
 
 from treeherd.api.app import create_app
+from treeherd.api.auth import RefusalSink
+from treeherd.api.forwarding import FollowerForwarding
 from treeherd.api.joined_writes import http_protocol
 from treeherd.api.peer_certificates import websocket_protocol
 from treeherd.api.request_limits import RequestLimits, limited_protocol
@@ -34,13 +36,17 @@ from treeherd.manager.canary_judge import CanaryJudge
 from treeherd.manager.cluster_ca import CaError, ClusterAuthority
 from treeherd.manager.demo import load_demo
 from treeherd.manager.dispatcher import Dispatcher
+from treeherd.manager.dispatcher.renewals import Signer
 from treeherd.manager.endpoints import Registry
 from treeherd.manager.inventory import Inventory
+from treeherd.manager.leadership import Leadership, list_managers
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.supervisor import Component, Supervisor
 from treeherd.model.errors import InvalidInput
+from treeherd.model.managers import ManagerRecord, ManagerView
 from treeherd.model.security import Role
+from treeherd.runtime import new_id
 from treeherd.store.base import Store
 from treeherd.store.select import describe, make_store, remember_cluster
 from treeherd.transport.secret_files import InsecureSecret
@@ -144,12 +150,68 @@ class ApiServer:
             self._server.should_exit = True
 
 
-def etcd_registry_keys(store: Store, registry: Registry, store_spec: str) -> Component:
-    """The component that keeps `/services/...` keys in etcd (loaded only for a manager on etcd)."""
-    from treeherd.manager.registry_keys import RegistryKeys
-    from treeherd.store.etcd_client import parse_etcd_url
+class LeaderTerm:
+    """The components only a leader runs, made anew for each leadership term."""
 
-    return RegistryKeys(store, registry, parse_etcd_url(store_spec).endpoints)
+    def __init__(
+        self,
+        store: Store,
+        managers: list[str],
+        board: AvailabilityBoard,
+        sign: Signer,
+        etcd_endpoints: Sequence[tuple[str, int]] | None = None,
+        *,
+        refusals: RefusalSink | None = None,
+    ) -> None:
+        registry = Registry(store)
+        self.dispatcher = Dispatcher(
+            store, managers=managers, registry=registry, sign=sign, refusals=refusals
+        )
+        self.components: list[Component] = [
+            self.dispatcher,
+            registry,
+            Orchestrator(store),
+            Allocator(store),
+            Scheduler(store),
+            CanaryJudge(store, board),
+        ]
+        if etcd_endpoints is not None:
+            from treeherd.manager.registry_keys import RegistryKeys  # loaded only for a manager on etcd
+
+            self.components.append(RegistryKeys(store, registry, etcd_endpoints))
+
+
+def _leadership(
+    store: Store, store_spec: str, url: str, board: AvailabilityBoard, sign: Signer, refusals: RefusalSink
+) -> Leadership:
+    """The leadership component of a manager on etcd (loaded only for one)."""
+    from treeherd.store.etcd import EtcdStore
+    from treeherd.store.etcd_client import parse_etcd_url
+    from treeherd.store.etcd_election import Election
+
+    assert isinstance(store, EtcdStore)
+    etcd_url = parse_etcd_url(store_spec)
+    election = Election(etcd_url, ManagerRecord(id=new_id(), url=url))
+
+    def make_term() -> LeaderTerm:
+        managers = [url] + [m for m in known_managers(leadership) if m != url]
+        return LeaderTerm(store, managers, board, sign, etcd_url.endpoints, refusals=refusals)
+
+    leadership = Leadership(election, store, make_term)
+    return leadership
+
+
+def _applied(store: Store) -> Callable[[int], Awaitable[None]]:
+    """The etcd store's wait for a revision to reach its working set."""
+    from treeherd.store.etcd import EtcdStore
+
+    assert isinstance(store, EtcdStore)
+    return store.applied
+
+
+def known_managers(leadership: Leadership) -> list[str]:
+    """The managers' URLs the leader hands its agents (SwarmKit's session managers list)."""
+    return [peer.url for peer in leadership.peers]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -256,40 +318,43 @@ async def serve_manager(
             if tls:
                 names = tuple(dict.fromkeys([actual_host, "127.0.0.1", "localhost", socket.gethostname()]))
                 tls_files = (*authority.server_files(names, inventory.clock()), data_dir / "ca.crt")
-            registry = Registry(store)
+            board = AvailabilityBoard(clock=inventory.clock)
             trail = AuditTrail(inventory)
-            dispatcher = Dispatcher(
-                store,
-                managers=[url],
-                registry=registry,
-                sign=lambda csr, node_id, role: authority.renew(csr, node_id, role, inventory.clock()),
+            sign: Signer = lambda csr, node_id, role: authority.renew(csr, node_id, role, inventory.clock())  # noqa: E731
+            leadership: Leadership | None = None
+            if store_spec is not None and store_spec.startswith("etcd://"):
+                leadership = _leadership(store, store_spec, url, board, sign, trail.refused)
+                app_dispatcher: Any = leadership.door
+                leader_components: list[Component] = [leadership]
+            else:  # one manager: always the leader
+                term = LeaderTerm(store, [url], board, sign, refusals=trail.refused)
+                app_dispatcher = term.dispatcher
+                leader_components = list(term.components)
+            if leadership is not None:
+                led = leadership
+                managers = lambda: list_managers(led, store.revision)  # noqa: E731
+            else:
+
+                async def managers() -> list[ManagerView]:
+                    return [ManagerView(id="", url=url, role="leader", revision=store.revision, lag=0)]
+
+            app: Any = create_app(
+                inventory,
+                app_dispatcher,
+                board,
+                require_auth=require_auth,
+                authority=authority,
+                extra_handlers=extra_handlers,
+                managers=managers,
                 refusals=trail.refused,
             )
-            board = AvailabilityBoard(clock=inventory.clock)
+            if leadership is not None:  # reads stamped with their revision; a follower forwards writes
+                app = FollowerForwarding(app, leadership, lambda: store.revision, _applied(store))
             components: list[Component] = [
-                ApiServer(
-                    create_app(
-                        inventory,
-                        dispatcher,
-                        board,
-                        require_auth=require_auth,
-                        authority=authority,
-                        extra_handlers=extra_handlers,
-                        refusals=trail.refused,
-                    ),
-                    sock,
-                    tls=tls_files,
-                ),
-                dispatcher,
+                ApiServer(app, sock, tls=tls_files),
                 trail,
-                registry,
-                Orchestrator(store),
-                Allocator(store),
-                Scheduler(store),
-                CanaryJudge(store, board),
+                *leader_components,
             ]
-            if store_spec is not None and store_spec.startswith("etcd://"):
-                components.append(etcd_registry_keys(store, registry, store_spec))
             access = LocalAccess(url, data_dir / "ca.crt" if tls else None, tokens)
             components.extend(make(access) for make in local)
             supervisor = Supervisor(components)

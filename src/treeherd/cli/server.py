@@ -1,4 +1,4 @@
-"""`treeherd manager` and `treeherd up`: run the server side.
+"""`treeherd manager` and `treeherd up`: run the server side; `treeherd manager ls`: the cluster's managers.
 
 `up` serves TLS and requires tokens by default (on 127.0.0.1), and points the client context `local` at
 its URL, CA certificate and admin token, so that the CLI on the same machine needs no settings."""
@@ -13,7 +13,9 @@ from typing import Any
 
 import click
 
-from treeherd.cli.output import fail
+from treeherd.cli.main import Context, pass_ctx
+from treeherd.cli.output import FORMAT_OPTION, fail, listing
+from treeherd.model.managers import ManagerView
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
 
@@ -139,12 +141,11 @@ def _check_docker() -> None:
         fail(f"the docker executor cannot work: {problem}")
 
 
-@click.command("manager")
+@click.group("manager", invoke_without_command=True)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="the manager's own files; the embedded store too, unless --store names another",
+    help="the manager's own files; the embedded store too, unless --store names another (required)",
 )
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
 @click.option(
@@ -179,8 +180,10 @@ def _check_docker() -> None:
     metavar="DURATION",
     help="lifetime of the node certificates this manager issues (default 90d; nodes renew in the last third)",
 )
+@click.pass_context
 def manager(
-    data_dir: Path,
+    ctx: click.Context,
+    data_dir: Path | None,
     listen: str,
     store: str | None,
     require_auth: bool,
@@ -189,7 +192,11 @@ def manager(
     tls: bool,
     cert_expiry: str | None,
 ) -> None:
-    """Run a manager: the store and the API."""
+    """Run a manager: the store and the API (`treeherd manager ls`: the cluster's managers)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data_dir is None:
+        raise click.UsageError("Missing option '--data-dir': the manager's own files go there")
     if (external_ca_cert is None) != (external_ca_key is None):
         fail("--external-ca-cert and --external-ca-key go together: give both, or neither")
     external = (external_ca_cert, external_ca_key) if external_ca_cert and external_ca_key else None
@@ -208,6 +215,24 @@ def manager(
         tls=tls,
         cert_expiry_s=expiry,
     )
+
+
+@manager.command("ls")
+@FORMAT_OPTION
+@pass_ctx
+def managers_ls(ctx: Context, fmt: str) -> None:
+    """List the cluster's managers: address, leader or follower, store revision applied, lag."""
+    managers = ctx.client.get("/api/v1/managers", list[ManagerView])
+    listing(
+        fmt,
+        managers,
+        ["ID", "ADDRESS", "ROLE", "REVISION", "LAG"],
+        lambda m: [m.id or "-", m.url or "-", m.role, _or_dash(m.revision), _or_dash(m.lag)],
+    )
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 @click.command("up")

@@ -72,6 +72,7 @@ class SessionRefused(_Message, frozen=True, kw_only=True, tag="refused"):
     code: str
     detail: str
     retry_after_s: float = 1.0
+    leader: str = ""  # code "not_leader": the URL of the manager that leads now, if one does
 
 
 class HeartbeatAck(_Message, frozen=True, kw_only=True, tag="heartbeat_ack"):

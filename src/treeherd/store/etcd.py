@@ -264,6 +264,11 @@ class EtcdStore(EngineStore):
         self._failure = error
         self._advance()
 
+    async def applied(self, revision: int) -> None:
+        """Return once the working set has taken in etcd revision `revision` (a write made through
+        another manager, say); `Unavailable` if it does not within CATCH_UP seconds."""
+        await self._caught_up(revision)
+
     async def _caught_up(self, revision: int) -> None:
         """Wait until the feed has taken in `revision`."""
         try:

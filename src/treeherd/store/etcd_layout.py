@@ -8,7 +8,8 @@ Under the prefix (default `/treeherd`):
   references and invariants are checked in memory, so this is what makes those checks hold in etcd);
   its value is `partial` while a split commit is being written (see `plan_chunks`), empty otherwise;
 - `PREFIX/o/KIND/ID`: each object, MessagePack as `codec` encodes it; its version is the key's
-  `mod_revision` (the stored bytes carry version 0).
+  `mod_revision` (the stored bytes carry version 0);
+- `PREFIX/election/LEASE`: each manager's candidacy for leadership, bound to its lease (`etcd_election`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Layout:
         self.meta = self.prefix + b"/meta"
         self.head = self.prefix + b"/head"
         self._objects = self.prefix + b"/o/"
+        self.election = self.prefix + b"/election/"
 
     def key(self, kind: str, id: str) -> bytes:
         return self._objects + kind.encode() + b"/" + id.encode()

@@ -3,11 +3,13 @@ that need the dispatcher's endpoint registry (`routes.endpoints`), which come wi
 
 The handler accepts the WebSocket, wraps it in a `transport.channel.ServerChannel` and lets
 `Dispatcher.serve` run the session until it ends; the channel is closed whatever happens. The dispatcher
-comes in as the `dispatcher` dependency: `agent_router(dispatcher)` provides it along with the route.
+comes in as the `dispatcher` dependency: `agent_router(provide)` provides it along with the route (on a
+manager that does not lead, what stands in for it refuses the agent with the leader's URL).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Router, WebSocket, websocket
@@ -37,11 +39,12 @@ async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Dispatcher
         await channel.close()
 
 
-def agent_router(dispatcher: Dispatcher) -> Router:
-    """The agent channel's route with its dispatcher, ready for the app's `route_handlers`."""
+def agent_router(dispatcher: Dispatcher | Callable[[], Dispatcher]) -> Router:
+    """The agent channel's route with its dispatcher (or what gives the current one), ready for the
+    app's `route_handlers`."""
 
     def provide_dispatcher() -> Dispatcher:
-        return dispatcher
+        return dispatcher if isinstance(dispatcher, Dispatcher) else dispatcher()
 
     return Router(
         path="/",
