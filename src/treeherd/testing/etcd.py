@@ -1,6 +1,7 @@
 """A real etcd for tests and benchmarks, one member (`EtcdProcess`) or several (`EtcdCluster`): each
-member its own data directory and free loopback ports, stopped by pid, every wait bounded. Needs the
-`etcd` binary (Debian package etcd-server)."""
+member its own data directory and free loopback ports (or, given a `host` of treeherd.testing.hosts,
+that host's address), stopped by pid, every wait bounded. Needs the `etcd` binary (Debian package
+etcd-server)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from treeherd.testing.ports import free_port
+
+if TYPE_CHECKING:
+    from treeherd.testing.hosts import Host
 
 STARTUP_SECONDS = 15.0
 STOP_SECONDS = 10.0
@@ -21,13 +27,21 @@ def etcd_binary() -> str | None:
 
 
 class EtcdProcess:
-    """`etcd` serving clients on 127.0.0.1; `endpoint` is `127.0.0.1:PORT` once started. Started again
-    after `stop()`, it serves the same data on the same ports."""
+    """`etcd` serving clients on 127.0.0.1 (in a `host`: on its address); `endpoint` is `ADDRESS:PORT`
+    once started. Started again after `stop()`, it serves the same data on the same ports."""
 
     def __init__(
-        self, directory: Path, *, extra_args: tuple[str, ...] = (), name: str = "test", token: str = ""
+        self,
+        directory: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        name: str = "test",
+        token: str = "",
+        host: Host | None = None,
     ) -> None:
         self.directory = directory
+        self.host = host
+        self.address = host.address if host is not None else "127.0.0.1"
         self.extra_args = extra_args
         self.name = name
         self.initial_cluster = ""  # NAME=PEER_URL,...: set by `EtcdCluster`; this member alone otherwise
@@ -39,7 +53,7 @@ class EtcdProcess:
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.address}:{self.client_port}"
 
     def url(self, prefix: str = "/treeherd") -> str:
         """The `--store` URL of a cluster kept under `prefix` in this etcd."""
@@ -47,7 +61,7 @@ class EtcdProcess:
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.address}:{self.peer_port}"
 
     def start(self) -> EtcdProcess:
         self.spawn()
@@ -65,30 +79,33 @@ class EtcdProcess:
             raise RuntimeError("etcd is not installed: apt-get install etcd-server (make system-deps does)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.take_ports()
-        client_url = f"http://127.0.0.1:{self.client_port}"
+        client_url = f"http://{self.endpoint}"
         peer_url = self.peer_url
         cluster = self.initial_cluster or f"{self.name}={peer_url}"
         token = [f"--initial-cluster-token={self.token}"] if self.token else []
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--name={self.name}",
-                    f"--data-dir={self.directory / 'data'}",
-                    f"--listen-client-urls={client_url}",
-                    f"--advertise-client-urls={client_url}",
-                    f"--listen-peer-urls={peer_url}",
-                    f"--initial-advertise-peer-urls={peer_url}",
-                    f"--initial-cluster={cluster}",
-                    *token,
-                    "--log-level=warn",
-                    *self.extra_args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            args = [
+                binary,
+                f"--name={self.name}",
+                f"--data-dir={self.directory / 'data'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster={cluster}",
+                *token,
+                "--log-level=warn",
+                *self.extra_args,
+            ]
+            if self.host is not None:
+                self.process = self.host.popen(
+                    args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            else:
+                self.process = subprocess.Popen(
+                    args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
         finally:
             log.close()
 
@@ -105,8 +122,11 @@ class EtcdProcess:
         raise TimeoutError(f"etcd did not become healthy within {STARTUP_SECONDS} s:\n{self.log()}")
 
     def _healthy(self) -> bool:
+        url = f"http://{self.endpoint}/health"
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as response:
+            if self.host is not None:
+                return b'"true"' in self.host.http_get(url, timeout=1)[1]
+            with urllib.request.urlopen(url, timeout=1) as response:
                 return b'"true"' in response.read()
         except OSError:
             return False
@@ -139,12 +159,16 @@ class EtcdProcess:
 
 
 class EtcdCluster:
-    """`size` etcd members on loopback forming one cluster; `url()` names every member's endpoint."""
+    """`size` etcd members on loopback (or one in each of `hosts`) forming one cluster; `url()` names
+    every member's endpoint."""
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
+    def __init__(self, directory: Path, size: int = 3, *, hosts: Sequence[Host] = ()) -> None:
+        placed: Sequence[Host | None] = hosts or [None] * size
         self.members = [
-            EtcdProcess(directory / f"member-{index}", name=f"member-{index}", token=directory.name)
-            for index in range(size)
+            EtcdProcess(
+                directory / f"member-{index}", name=f"member-{index}", token=directory.name, host=host
+            )
+            for index, host in enumerate(placed)
         ]
 
     def url(self, prefix: str = "/treeherd") -> str:
