@@ -219,13 +219,13 @@ class FollowerDoor:
     def __init__(self, leader: str | None) -> None:
         self.leader = leader
 
-    def _hint(self) -> str:
+    def hint(self) -> str:
         if self.leader is None:
             return "this manager is not the leader and no leader is elected now: retry shortly"
         return f"this manager is not the leader: the leader is at {self.leader}"
 
     def task_logs(self, *_: Any, **__: Any) -> Any:
-        raise Unavailable(self._hint() + " (task logs are read through the leader)")
+        raise Unavailable(self.hint() + " (task logs are read through the leader)")
 
     async def serve(self, channel: Channel[Any], **_: Any) -> None:
         """Answer the agent's registration with a refusal naming the leader, then close."""
@@ -236,7 +236,7 @@ class FollowerDoor:
                     await channel.send(
                         SessionRefused(
                             code="not_leader",
-                            detail=self._hint(),
+                            detail=self.hint(),
                             retry_after_s=0.2,
                             leader=self.leader or "",
                         )
