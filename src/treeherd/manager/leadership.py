@@ -38,8 +38,12 @@ REFUSE_S = 5.0  # for a follower's answer to an agent
 PEER_TIMEOUT_S = 1.0  # for another manager's answer when managers are listed
 
 
-class Fenced(Protocol):
+class LeaderStore(Protocol):
+    """What leadership needs of the etcd store: fencing its writes, and waiting for its copy."""
+
     def fence(self, key: bytes | None, create_revision: int = 0) -> None: ...
+
+    async def applied(self, revision: int) -> None: ...
 
 
 class Term(Protocol):
@@ -57,7 +61,7 @@ class Leadership:
 
     name = "leadership"
 
-    def __init__(self, election: Election, store: Fenced, make_term: Callable[[], Term]) -> None:
+    def __init__(self, election: Election, store: LeaderStore, make_term: Callable[[], Term]) -> None:
         self._election = election
         self._store = store
         self._make_term = make_term
@@ -120,6 +124,15 @@ class Leadership:
     async def _campaign(self) -> None:
         key, revision = await self._election.campaign()
         self._store.fence(key, revision)
+        # The term starts on a copy that has every write made before this election was won (the last
+        # writes of the previous leader included).
+        while True:
+            try:
+                await self._store.applied(revision)
+                break
+            except TreeherdError as error:
+                log.warning("elected, waiting for the store to catch up: %s", error)
+                await asyncio.sleep(1.0)
         self.terms += 1
         self.leader = self._election.record
         log.info("this manager (%s) leads from etcd revision %d", self.record.url, revision)
