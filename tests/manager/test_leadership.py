@@ -52,6 +52,9 @@ class FenceRecorder:
     def fence(self, key: bytes | None, create_revision: int = 0) -> None:
         self.fences.append((key, create_revision))
 
+    async def applied(self, revision: int) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:

@@ -15,6 +15,7 @@ from litestar import Litestar, WebSocket, websocket
 from treeherd.api.routes.agent import agent_router
 from treeherd.api.server import ApiServer, bind_socket
 from treeherd.manager.dispatcher import Dispatcher
+from treeherd.manager.leadership import FollowerDoor
 from treeherd.model.objects import Machine
 from treeherd.model.wire import (
     Assignments,
@@ -209,3 +210,17 @@ async def test_the_agent_route_serves_a_dispatcher_session() -> None:
         dispatcher.stop()
         await asyncio.wait_for(running, WAIT)
         await store.close()
+
+
+async def test_a_follower_refuses_an_agent_with_the_leaders_url() -> None:
+    door = FollowerDoor("http://leader:7400")
+    async with served(Litestar(route_handlers=[agent_router(lambda: door)], logging_config=None)) as url:
+        channel = await connect_agent(url)
+        try:
+            await channel.send(Register(hostname="web-1", cpus=2.0))
+            refused = await asyncio.wait_for(channel.receive(), WAIT)
+            assert isinstance(refused, SessionRefused)
+            assert (refused.code, refused.leader) == ("not_leader", "http://leader:7400")
+            assert "the leader is at http://leader:7400" in refused.detail
+        finally:
+            await channel.close()

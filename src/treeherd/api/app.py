@@ -94,8 +94,12 @@ def create_app(
     def provide_dispatcher() -> Dispatcher:
         if dispatcher is None:
             raise Unavailable("this manager runs no dispatcher: agents and their logs are not reachable here")
-        # A callable: the dispatcher of the current leadership term (or what stands in for it).
-        return dispatcher if isinstance(dispatcher, Dispatcher) else dispatcher()
+        # A callable: the dispatcher of the current leadership term, or on a follower what stands in
+        # for it, which the routes that need a dispatcher answer with 503 naming the leader.
+        current = dispatcher if isinstance(dispatcher, Dispatcher) else dispatcher()
+        if not isinstance(current, Dispatcher):
+            raise Unavailable(f"{current.hint()} (agents, their logs and endpoint registrations are there)")
+        return current
 
     app = Litestar(
         route_handlers=[
@@ -118,7 +122,7 @@ def create_app(
             JoinController,
             ManagerController,
             metrics,
-            *([agent_router(provide_dispatcher)] if dispatcher is not None else []),
+            *([agent_router(dispatcher)] if dispatcher is not None else []),
             healthz,
             openapi_json,
             redoc_script,

@@ -38,8 +38,12 @@ REFUSE_S = 5.0  # for a follower's answer to an agent
 PEER_TIMEOUT_S = 1.0  # for another manager's answer when managers are listed
 
 
-class Fenced(Protocol):
+class LeaderStore(Protocol):
+    """What leadership needs of the etcd store: fencing its writes, and waiting for its copy."""
+
     def fence(self, key: bytes | None, create_revision: int = 0) -> None: ...
+
+    async def applied(self, revision: int) -> None: ...
 
 
 class Term(Protocol):
@@ -57,7 +61,7 @@ class Leadership:
 
     name = "leadership"
 
-    def __init__(self, election: Election, store: Fenced, make_term: Callable[[], Term]) -> None:
+    def __init__(self, election: Election, store: LeaderStore, make_term: Callable[[], Term]) -> None:
         self._election = election
         self._store = store
         self._make_term = make_term
@@ -120,6 +124,15 @@ class Leadership:
     async def _campaign(self) -> None:
         key, revision = await self._election.campaign()
         self._store.fence(key, revision)
+        # The term starts on a copy that has every write made before this election was won (the last
+        # writes of the previous leader included).
+        while True:
+            try:
+                await self._store.applied(revision)
+                break
+            except TreeherdError as error:
+                log.warning("elected, waiting for the store to catch up: %s", error)
+                await asyncio.sleep(1.0)
         self.terms += 1
         self.leader = self._election.record
         log.info("this manager (%s) leads from etcd revision %d", self.record.url, revision)
@@ -219,13 +232,13 @@ class FollowerDoor:
     def __init__(self, leader: str | None) -> None:
         self.leader = leader
 
-    def _hint(self) -> str:
+    def hint(self) -> str:
         if self.leader is None:
             return "this manager is not the leader and no leader is elected now: retry shortly"
         return f"this manager is not the leader: the leader is at {self.leader}"
 
     def task_logs(self, *_: Any, **__: Any) -> Any:
-        raise Unavailable(self._hint() + " (task logs are read through the leader)")
+        raise Unavailable(self.hint() + " (task logs are read through the leader)")
 
     async def serve(self, channel: Channel[Any], **_: Any) -> None:
         """Answer the agent's registration with a refusal naming the leader, then close."""
@@ -236,7 +249,7 @@ class FollowerDoor:
                     await channel.send(
                         SessionRefused(
                             code="not_leader",
-                            detail=self._hint(),
+                            detail=self.hint(),
                             retry_after_s=0.2,
                             leader=self.leader or "",
                         )

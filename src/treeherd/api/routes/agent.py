@@ -23,8 +23,10 @@ __all__ = ["agent_channel", "agent_router"]
 
 
 @websocket(AGENT_PATH)
-async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Dispatcher) -> None:
-    """One agent's session: Register, then heartbeats, status reports and assignments (msgpack frames)."""
+async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Any) -> None:
+    """One agent's session: Register, then heartbeats, status reports and assignments (msgpack frames).
+    `dispatcher` is a `Dispatcher`, or on a manager that does not lead what refuses the agent with the
+    leader's URL (typed loosely: the framework would check the value against the annotation)."""
     channel = ServerChannel(socket)
     try:
         await channel.accept()
