@@ -1,7 +1,7 @@
 """Several managers across hosts: a 3-member etcd and three managers, one of each per manager host, five
-agent hosts running real processes and an operator's host for the API, each host a network namespace
+agent hosts (each with an agent running real processes and a hollow one) and an operator's host for the API, each host a network namespace
 with its own address (treeherd.testing.hosts). The leader manager is killed with SIGKILL during a deploy
-while writes keep coming; then an etcd member is killed; then an agent host's cable is pulled past its
+of 20 processes and 5,000 hollow tasks while writes keep coming; then an etcd member is killed; then an agent host's cable is pulled past its
 grace and put back. Every slot runs exactly once (counted in the OS process table), every acknowledged
 write is there, and a pulled host's tasks move and are stopped on it when it returns."""
 
@@ -21,7 +21,7 @@ from tests.e2e.helpers import process_env
 from tests.e2e.test_failover import ELECTION_S, leader_of
 from treeherd.executors.process import ProcessExecutor
 from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
-from treeherd.model.services import RestartPolicy, TaskSpec
+from treeherd.model.services import Placement, RestartPolicy, TaskSpec
 from treeherd.testing.etcd import EtcdCluster, etcd_binary
 from treeherd.testing.hosts import Host, hosts_unavailable, network
 from treeherd.testing.processes import AgentProcess, ManagerProcess, processes_under, reap_processes_under
@@ -36,6 +36,7 @@ pytestmark = [
     pytest.mark.skipif(etcd_binary() is None, reason="needs etcd (apt-get install etcd-server)"),
 ]
 REPLICAS = 20
+HOLLOW_REPLICAS = 5000  # beside the real processes: hollow agents (one per agent host) run nothing
 AGENT_HOSTS = [f"node{i}" for i in range(1, 6)]
 MANAGER_HOSTS = ["mgr1", "mgr2", "mgr3"]
 T = TypeVar("T")
@@ -68,6 +69,15 @@ class Operator:
     def running(self, service: str) -> int:
         tasks = self.quietly(lambda c: c.get(f"/api/v1/services/{service}/tasks", list), [])
         return sum(1 for t in tasks if t["desired_state"] == "running" and t["state"] == "running")
+
+    def slots(self, service: str) -> int:
+        """How many slots have exactly one running task (-1 when some slot has more than one)."""
+        tasks = self.quietly(lambda c: c.get(f"/api/v1/services/{service}/tasks", list), [])
+        counts: dict[int, int] = {}
+        for t in tasks:
+            if t["desired_state"] == "running" and t["state"] == "running":
+                counts[t["slot"]] = counts.get(t["slot"], 0) + 1
+        return -1 if any(n > 1 for n in counts.values()) else len(counts)
 
     def tasks(self, service: str) -> int:
         return len(self.quietly(lambda c: c.get(f"/api/v1/services/{service}/tasks", list), []))
@@ -158,34 +168,46 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
                     "PATCH",
                     "/api/v1/cluster",
                     ClusterUpdate(
-                        heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3
+                        heartbeat_period_s=0.5,
+                        heartbeat_epsilon_s=0.1,
+                        heartbeat_grace_multiplier=3,
+                        # A pulled host takes its two agents (of ten) down: not a mass loss here.
+                        node_loss_fraction=0.3,
                     ),
                 )
             )
             ops.call(lambda c: c.request("POST", "/api/v1/nodes", NodeCreate(path="corp")))
-            agents = [
-                AgentProcess(ops.urls, tmp_path / host.name, host.name, executor="process", host=host).start()
-                for host in agent_hosts
-            ]
-            wait_for(lambda: ops.ready() == len(agent_hosts), "five ready agents")
+            for host in agent_hosts:
+                for kind in ("process", "hollow"):
+                    name = host.name if kind == "process" else f"{host.name}-hollow"
+                    agent = AgentProcess(
+                        ops.urls, tmp_path / name, name, executor=kind, labels=(f"kind={kind}",), host=host
+                    )
+                    agents.append(agent.start())
+            wait_for(lambda: ops.ready() == len(agents), "ten ready agents")
             machines = ops.call(lambda c: c.get("/api/v1/machines", list))
-            assert {m["hostname"]: m["ips"] for m in machines} == {h.name: [h.address] for h in agent_hosts}
+            assert {m["hostname"]: m["ips"] for m in machines if not m["hostname"].endswith("-hollow")} == {
+                h.name: [h.address] for h in agent_hosts
+            }
 
             # 1. The leader dies during a deploy, while writes keep coming.
             task = TaskSpec(
                 command=[sys.executable, "-c", "import time; time.sleep(600)"],
                 restart=RestartPolicy(delay_s=0),
+                placement=Placement(constraints=["node.labels.kind==process"]),
+            )
+            hollow = TaskSpec(
+                command=["hollow"],
+                restart=RestartPolicy(delay_s=0),
+                placement=Placement(constraints=["node.labels.kind==hollow"]),
             )
             with Writer(ops) as writer:
                 wait_for(lambda: len(writer.acknowledged) >= 3, "writes acknowledged")
-                ops.call(
-                    lambda c: c.request(
-                        "POST",
-                        "/api/v1/services",
-                        ServiceCreate(name="work", node="corp", replicas=REPLICAS, task=task),
-                    )
-                )
+                for name, replicas, spec in (("bulk", HOLLOW_REPLICAS, hollow), ("work", REPLICAS, task)):
+                    service = ServiceCreate(name=name, node="corp", replicas=replicas, task=spec)
+                    ops.call(lambda c, service=service: c.request("POST", "/api/v1/services", service))
                 wait_for(lambda: ops.tasks("work") > 0, "the deploy under way")
+                bulk_at_kill = ops.running("bulk")
                 leader.kill()
                 killed = time.monotonic()
                 rest = [m for m in managers if m is not leader]
@@ -202,7 +224,9 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
                 lambda: slots(tmp_path, "work", agent_hosts) == wanted, "one process per slot", timeout_s=60
             )
             wait_for(lambda: ops.running("work") == REPLICAS, "every task running in the store")
-            wait_for(lambda: ops.ready() == len(agent_hosts), "every agent with the new leader")
+            wait_for(lambda: ops.ready() == len(agents), "every agent with the new leader")
+            wait_for(lambda: ops.slots("bulk") == HOLLOW_REPLICAS, "every hollow slot running once", 120)
+            assert bulk_at_kill < HOLLOW_REPLICAS  # the leader died before that deploy was done
             paths = {n["path"] for n in ops.call(lambda c: c.get("/api/v1/nodes", list))}
             missing = [p for p in writer.acknowledged if p not in paths]
             assert missing == [], f"acknowledged writes missing after the failover: {missing}"
@@ -214,7 +238,7 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
             wait_for(lambda: _created(ops, "corp.after-etcd"), "a write after an etcd member's death", 20)
             time.sleep(2.0)
             assert slots(tmp_path, "work", agent_hosts) == wanted
-            assert ops.running("work") == REPLICAS and ops.ready() == len(agent_hosts)
+            assert ops.running("work") == REPLICAS and ops.ready() == len(agents)
 
             # 3. An agent host's cable is pulled past its grace: its tasks move; back, it stops its own.
             pulled, others = agent_hosts[-1], agent_hosts[:-1]
@@ -229,7 +253,8 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
             wait_for(
                 lambda: slots(tmp_path, "work", [pulled]) == {}, "its old tasks stopped on its return", 60
             )
-            wait_for(lambda: ops.ready() == len(agent_hosts), "the pulled host's agent back", 60)
+            wait_for(lambda: ops.ready() == len(agents), "the pulled host's agents back", 60)
+            wait_for(lambda: ops.slots("bulk") == HOLLOW_REPLICAS, "every hollow slot running once", 60)
             time.sleep(1.0)
             assert slots(tmp_path, "work", agent_hosts) == wanted
             assert ops.running("work") == REPLICAS
