@@ -75,7 +75,7 @@ from schedule_plot import summary_lines, write_outputs
 from treeherd.agent import Agent
 from treeherd.model.states import TaskState
 from treeherd.testing import processes
-from treeherd.testing.etcd import EtcdProcess
+from treeherd.testing.etcd import EtcdCluster, EtcdProcess
 from treeherd.testing.processes import ManagerProcess
 
 NODE = "bench"
@@ -140,9 +140,14 @@ async def benchmark(
 
     started = time.perf_counter()
     extra: tuple[str, ...] = ()
-    if args.store == "etcd":  # a single-member etcd of its own, on free loopback ports
+    if args.store == "etcd":  # an etcd of its own (one member or several), on free loopback ports
         ops = args.etcd_max_txn_ops
-        etcd = EtcdProcess(work / "etcd", extra_args=(f"--max-txn-ops={ops}",) if ops else ())
+        flags = (f"--max-txn-ops={ops}",) if ops else ()
+        etcd: EtcdProcess | EtcdCluster = (
+            EtcdCluster(work / "etcd", args.etcd_members, extra_args=flags)
+            if args.etcd_members > 1
+            else EtcdProcess(work / "etcd", extra_args=flags)
+        )
         report["_etcd"] = etcd
         await asyncio.to_thread(etcd.start)
         extra = ("--store", etcd.url() + (f"&max-txn-ops={ops}" if ops else ""))
@@ -479,6 +484,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="with --store etcd: etcd's --max-txn-ops, told to the manager too (default: etcd's, 128)",
     )
+    parser.add_argument(
+        "--etcd-members",
+        type=int,
+        default=1,
+        help="with --store etcd: how many etcd members (on loopback; default 1)",
+    )
     parser.add_argument("--tag", default="", help="appended to the output names: schedule-NxM-TAG.*")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (and the logs)")
     args = parser.parse_args(argv)
@@ -521,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "profile": args.profile,
             "store": "sqlite (embedded, WAL, synchronous=FULL)"
             if args.store == "sqlite"
-            else f"etcd (one member on loopback, --max-txn-ops {args.etcd_max_txn_ops or 128})",
+            else f"etcd ({args.etcd_members} member(s) on loopback, --max-txn-ops {args.etcd_max_txn_ops or 128})",
             "service": {"replicas": args.tasks, "task": {"command": ["hollow"]}, "reservations": "none"},
         },
         "phases": {},
@@ -583,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["manager_log"] = summarize_manager_log(manager.log())
             if error is not None:
                 report["manager_log_tail"] = manager.log()[-3000:]
-        etcd: EtcdProcess | None = report.pop("_etcd", None)
+        etcd: EtcdProcess | EtcdCluster | None = report.pop("_etcd", None)
         if etcd is not None:
             etcd.stop()
         if args.keep:

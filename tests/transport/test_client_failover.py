@@ -139,3 +139,62 @@ def enc_command() -> list[str]:
     from treeherd.testing.processes import treeherd_command
 
     return [*treeherd_command(), "enc"]
+
+
+class _Electing(http.server.BaseHTTPRequestHandler):
+    """A manager between leaders for its first `refusals` requests (503 no_leader), then answering."""
+
+    refusals = 0
+    seen = 0
+
+    def do_GET(self) -> None:
+        type(self).seen += 1
+        if type(self).seen <= type(self).refusals:
+            status, body = 503, b'{"error":"no_leader","detail":"no manager leads now"}'
+        else:
+            status, body = 200, b"[]"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def _electing(refusals: int) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = type("Electing", (_Electing,), {"refusals": refusals, "seen": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_request_during_an_election_waits_for_the_new_leader(managers) -> None:
+    stopped, _ = managers
+    server, url = _electing(refusals=3)
+    try:
+        with Client([stopped, url], timeout=5) as client:  # one manager dead, the other electing
+            assert client.get("/api/v1/nodes", list) == []
+        assert server.RequestHandlerClass.seen == 4  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_election_that_does_not_end_is_an_error_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import treeherd.transport.client as client_module
+
+    monkeypatch.setattr(client_module, "ELECTION_WAIT_S", 1.0)
+    server, url = _electing(refusals=10_000)
+    try:
+        started = time.monotonic()
+        with Client(url, timeout=5) as client, pytest.raises(ClientError, match="no manager leads") as failed:
+            client.get("/api/v1/nodes", list)
+        assert failed.value.code == "no_leader" and failed.value.status == 503
+        assert 1.0 <= time.monotonic() - started < 3.0
+    finally:
+        server.shutdown()
+        server.server_close()

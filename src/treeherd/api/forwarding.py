@@ -21,7 +21,7 @@ import httpx
 import msgspec
 
 from treeherd.manager.leadership import Leadership
-from treeherd.model.errors import TreeherdError
+from treeherd.model.errors import NoLeader, TreeherdError
 from treeherd.model.views import ApiError
 
 REVISION_HEADER = b"x-treeherd-revision"
@@ -72,7 +72,9 @@ class FollowerForwarding:
         leader = self._leadership.leader
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
         if any(name.lower() == FORWARDED_HEADER for name, _ in headers):
-            await _refuse(send, "this manager is not the leader either: the leader changed, retry")
+            await _refuse(
+                send, "this manager is not the leader either: the leader changed, retry", NoLeader.code
+            )
             return
         problem = self._leadership.problem
         if problem is not None:
@@ -83,7 +85,9 @@ class FollowerForwarding:
             )
             return
         if leader is None or leader.url == self._leadership.record.url:
-            await _refuse(send, "no manager leads now (an election is under way): retry in a few seconds")
+            await _refuse(
+                send, "no manager leads now (an election is under way): retry in a few seconds", NoLeader.code
+            )
             return
         body = bytearray()
         while True:
@@ -132,8 +136,8 @@ class FollowerForwarding:
             await self._client.aclose()
 
 
-async def _refuse(send: Any, detail: str) -> None:
-    body = msgspec.json.encode(ApiError(error="unavailable", detail=detail))
+async def _refuse(send: Any, detail: str, error: str = "unavailable") -> None:
+    body = msgspec.json.encode(ApiError(error=error, detail=detail))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -74,6 +74,13 @@ class Unavailable(TreeherdError):
     status = 503
 
 
+class NoLeader(Unavailable):
+    """Several managers share the cluster and none leads at the moment (an election is under way);
+    nothing was changed. Clients ask again for a few seconds before they give up."""
+
+    code = "no_leader"
+
+
 class WatchLagged(TreeherdError):
     """A watcher fell too far behind the live stream; resume from its last revision."""
 

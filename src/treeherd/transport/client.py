@@ -15,12 +15,14 @@ import contextlib
 import http.client
 import socket
 import ssl
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
+from treeherd.model.errors import NoLeader
 from treeherd.transport.credentials import (
     AUTH_HINT,
     DEFAULT_MANAGER,
@@ -33,6 +35,9 @@ from treeherd.transport.credentials import (
 
 __all__ = ["DEFAULT_MANAGER", "Client", "ClientError", "manager_urls"]
 DEFAULT_TIMEOUT = 30.0
+NO_LEADER = NoLeader.code  # a manager's refusal while no manager leads
+ELECTION_WAIT_S = 8.0  # how long a request waits for a new leader: a lease (3 s) and the catch-up
+ELECTION_POLL_S = 0.25
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 
@@ -140,33 +145,57 @@ class Client:
         all_headers = {"Accept": "application/json", **self._auth, **(headers or {})}
         if payload is not None:
             all_headers["Content-Type"] = "application/json"
+        # Managers between leaders refuse with `no_leader` before doing anything: ask again (all of
+        # them) for up to ELECTION_WAIT_S, so that a failover costs a CLI call a pause, not an error.
+        deadline = time.monotonic() + ELECTION_WAIT_S
+        while True:
+            try:
+                return self._send_round(method, path, payload, all_headers, query, timeout)
+            except ClientError as error:
+                if error.code != NO_LEADER or time.monotonic() >= deadline:
+                    raise
+            time.sleep(ELECTION_POLL_S)
+
+    def _send_round(
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        headers: dict[str, str],
+        query: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> http.client.HTTPResponse:
+        """One pass over the managers, from the one in use: the first answer that is not a 503."""
         count = len(self.urls)
         start = self._current
         passed: list[str] = []  # the managers passed over, and why
-        refused: ClientError | None = None
+        refusals: list[ClientError] = []
         for step in range(count):
             self._use((start + step) % count)
             try:
-                response = self._send_one(method, path, payload, all_headers, query, timeout)
+                response = self._send_one(method, path, payload, headers, query, timeout)
             except _Unreachable as error:
                 passed.append(f"{self.base_url} ({error})")
                 continue
-            if response.status != 503 or step == count - 1:
+            if response.status != 503:
                 return response
             refused = _failure(503, response.read())
+            refusals.append(refused)
             passed.append(f"{self.base_url} (503: {refused})")
             self.close()
-        if refused is not None and len(passed) == 1:
-            raise refused
+        if len(refusals) == count:  # every manager answered, none could take it: the last one's reason
+            raise refusals[-1]
         if count == 1:
             raise ClientError(
                 f"cannot reach the treeherd manager at {passed[0]}: start it with 'treeherd up', or point"
                 " --manager / TREEHERD_MANAGER at a running one"
             )
+        codes = {refused.code for refused in refusals}
         raise ClientError(
             "no treeherd manager answered: " + ", ".join(passed) + "; check that one runs, or point"
             " --manager / TREEHERD_MANAGER at running ones",
-            status=503 if refused is not None else None,
+            status=503 if refusals else None,
+            code=NO_LEADER if codes == {NO_LEADER} else None,
         )
 
     def _send_one(
