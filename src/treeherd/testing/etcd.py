@@ -162,11 +162,17 @@ class EtcdCluster:
     """`size` etcd members on loopback (or one in each of `hosts`) forming one cluster; `url()` names
     every member's endpoint."""
 
-    def __init__(self, directory: Path, size: int = 3, *, hosts: Sequence[Host] = ()) -> None:
+    def __init__(
+        self, directory: Path, size: int = 3, *, hosts: Sequence[Host] = (), extra_args: tuple[str, ...] = ()
+    ) -> None:
         placed: Sequence[Host | None] = hosts or [None] * size
         self.members = [
             EtcdProcess(
-                directory / f"member-{index}", name=f"member-{index}", token=directory.name, host=host
+                directory / f"member-{index}",
+                name=f"member-{index}",
+                token=directory.name,
+                host=host,
+                extra_args=extra_args,
             )
             for index, host in enumerate(placed)
         ]
