@@ -3,11 +3,13 @@ agent hosts (each with an agent running real processes and a hollow one) and an 
 with its own address (treeherd.testing.hosts). The leader manager is killed with SIGKILL during a deploy
 of 20 processes and 5,000 hollow tasks while writes keep coming; then an etcd member is killed; then an agent host's cable is pulled past its
 grace and put back. Every slot runs exactly once (counted in the OS process table), every acknowledged
-write is there, and a pulled host's tasks move and are stopped on it when it returns."""
+write is there, and a pulled host's tasks move and are stopped on it when it returns. Last, the new
+leader is frozen with SIGSTOP past its lease: the last manager leads, and the stale one steps down."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import threading
 import time
@@ -258,6 +260,24 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
             time.sleep(1.0)
             assert slots(tmp_path, "work", agent_hosts) == wanted
             assert ops.running("work") == REPLICAS
+
+            # 4. The leader is frozen (SIGSTOP) past its lease: the last manager leads; resumed, the stale
+            # leader finds its lease gone and steps down (its writes are fenced by etcd meanwhile).
+            live = [m for m in managers if m is not leader]
+            frozen = wait_for(lambda: ops.host.call(leader_of, live), "one leader of the two left")
+            assert frozen.process is not None
+            frozen.process.send_signal(signal.SIGSTOP)
+            try:
+                last = [m for m in live if m is not frozen]
+                wait_for(lambda: ops.host.call(leader_of, last), "the last manager leading", ELECTION_S + 5)
+            finally:
+                frozen.process.send_signal(signal.SIGCONT)
+            wait_for(lambda: "lost its leadership" in frozen.log(), "the stale leader stepping down", 15)
+            assert wait_for(lambda: ops.host.call(leader_of, live), "both agree again") is last[0]
+            wait_for(lambda: _created(ops, "corp.after-freeze"), "a write after the freeze", 20)
+            wait_for(lambda: ops.ready() == len(agents), "every agent with the last leader", 30)
+            assert slots(tmp_path, "work", agent_hosts) == wanted
+            assert ops.slots("bulk") == HOLLOW_REPLICAS
         except BaseException:
             for log in sorted(tmp_path.glob("*.log")):
                 print(f"==== {log.name}\n{log.read_text(errors='replace')[-3000:]}")
