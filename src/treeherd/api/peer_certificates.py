@@ -9,15 +9,18 @@ choice is; the agent-channel tests over mutual TLS fail if a uvicorn release cha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 from treeherd.api.auth import PEER_CERTIFICATE
+from treeherd.transport.pki import issued_by_roots
 
 
-def websocket_protocol() -> type[Any]:
-    """The WebSocket protocol class to give uvicorn (`ws=`)."""
+def websocket_protocol(trusted_roots: Callable[[], bytes] | None = None) -> type[Any]:
+    """The WebSocket protocol class to give uvicorn (`ws=`); with `trusted_roots`, a certificate not
+    issued by one of them (a retired root's) is not handed on, so the connection has no identity."""
     base: Any = AutoWebSocketsProtocol
     if base is None or not hasattr(base, "run_asgi"):
         raise RuntimeError(
@@ -28,6 +31,8 @@ def websocket_protocol() -> type[Any]:
         async def run_asgi(self) -> None:
             ssl_object = self.transport.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if der and trusted_roots is not None and not issued_by_roots(der, trusted_roots()):
+                der = None
             if der:
                 extensions = dict(self.scope.get("extensions") or {})
                 extensions[PEER_CERTIFICATE] = der
