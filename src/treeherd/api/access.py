@@ -74,6 +74,7 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("POST", "/api/v1/cluster/join-tokens/{role}/rotate"): _A,
     ("GET", "/api/v1/cluster/ca/rotation"): _A,
     ("POST", "/api/v1/cluster/ca/rotate"): _A,
+    ("POST", "/api/v1/certs"): _A,
     # Joining: the CA's certificate is public; a join is authenticated by its join token.
     ("GET", "/api/v1/cluster/ca"): _P,
     ("POST", "/api/v1/join"): _P,

@@ -26,7 +26,7 @@ from treeherd.api.app import create_app
 from treeherd.api.auth import RefusalSink
 from treeherd.api.forwarding import FollowerForwarding
 from treeherd.api.joined_writes import http_protocol
-from treeherd.api.peer_certificates import websocket_protocol
+from treeherd.api.peer_certificates import http_peer_protocol, websocket_protocol
 from treeherd.api.request_limits import RequestLimits, limited_protocol
 from treeherd.manager.admin_token import ensure_admin_token, fresh_component_token
 from treeherd.manager.allocator import Allocator
@@ -141,7 +141,7 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
-            http=http_protocol(limited_protocol(self._limits)),
+            http=http_protocol(http_peer_protocol(limited_protocol(self._limits), self._trusted_roots)),
             **tls,
         )
         self._server = _Server(config)

@@ -234,6 +234,18 @@ class ClusterAuthority:
             self._save(self.rotation)
         return cert + self._chain()
 
+    def issue_user(self, csr_pem: bytes, name: str, role: str, now: datetime) -> bytes:
+        """A user's client certificate for the API: `name` as its common name, `role` as its unit."""
+        cert = self.ca.issue(
+            csr_pem,
+            node_id=name,
+            role=role,
+            cluster_id=self.ca.cluster_id,
+            now=now,
+            lifetime=self.node_lifetime,
+        )
+        return cert + self._chain() if self.rotation is not None else cert
+
     def join(
         self, request: JoinRequest, node_id: str, now: datetime, lifetime: timedelta | None = None
     ) -> JoinAnswer:

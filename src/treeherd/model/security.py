@@ -112,6 +112,19 @@ class RootRotation(msgspec.Struct, frozen=True, kw_only=True):
     renewed: list[str] = msgspec.field(default_factory=list)  # node ids holding a new-root certificate
 
 
+class CertCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A user certificate for the API: its name, role, and the signing request of the user's key."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")]
+    role: Role
+    csr_pem: Annotated[str, msgspec.Meta(max_length=16384)]
+
+
+class CertIssued(msgspec.Struct, frozen=True, kw_only=True):
+    cert_pem: str
+    ca_cert_pem: str
+
+
 class CaRotate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Start a root rotation; with an external CA's certificate and key (PEM), to that root."""
 

@@ -1,5 +1,6 @@
 """The cluster CA's rotation: its progress (`GET /api/v1/cluster/ca/rotation`) and its start
-(`POST /api/v1/cluster/ca/rotate`, with a new root made here or an external one given); admins only."""
+(`POST /api/v1/cluster/ca/rotate`, with a new root made here or an external one given); and user
+certificates for the API (`POST /api/v1/certs`, `treeherd cert create`). Admins only."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 
+from treeherd.api.auth import USER_CERTIFICATE_PREFIX, USER_CERTIFICATE_ROLES
 from treeherd.manager.ca_rotation import admitted_nodes
 from treeherd.manager.cluster_ca import ClusterAuthority
 from treeherd.manager.inventory import Inventory
 from treeherd.model.errors import InvalidInput
-from treeherd.model.security import CaRotate, CaStatus
+from treeherd.model.security import CaRotate, CaStatus, CertCreate, CertIssued
+from treeherd.transport.pki import CertificateError
 
 audit = logging.getLogger("treeherd.audit")
 
@@ -51,3 +54,24 @@ class CaController(Controller):
         if nudge is not None:
             nudge()
         return authority.status(admitted_nodes(inventory))
+
+
+class CertController(Controller):
+    path = "/api/v1/certs"
+    tags = ["tokens"]
+
+    @post(
+        "",
+        summary="A user certificate for the API (its role in the subject), for the key of a signing request",
+    )
+    async def create(self, authority: ClusterAuthority, inventory: Inventory, data: CertCreate) -> CertIssued:
+        if data.role.value not in USER_CERTIFICATE_ROLES:
+            raise InvalidInput("a user certificate's role is admin, operator or viewer", field="role")
+        try:
+            cert = authority.issue_user(
+                data.csr_pem.encode(), USER_CERTIFICATE_PREFIX + data.name, data.role.value, inventory.clock()
+            )
+        except CertificateError as error:
+            raise InvalidInput(str(error), field="csr_pem") from None
+        audit.info("user certificate %s issued for the role %s", data.name, data.role.value)
+        return CertIssued(cert_pem=cert.decode(), ca_cert_pem=authority.trust_bundle().decode())
