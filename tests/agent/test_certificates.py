@@ -98,3 +98,36 @@ def test_a_request_lost_with_its_session_is_asked_again(tmp_path: Path) -> None:
     assert not keeper.due()
     clock.now += timedelta(minutes=2)
     assert keeper.due()
+
+
+def test_asked_to_renew_at_once_it_takes_the_new_root_and_the_new_trusted_roots(tmp_path: Path) -> None:
+    from treeherd.manager.cluster_ca import ClusterAuthority
+
+    authority = ClusterAuthority.open(tmp_path / "manager", ISSUED)
+    joined(tmp_path, authority.ca)
+    clock = Clock()
+    keeper = CertificateKeeper(tmp_path, clock=clock, rng=random.Random(7))
+    assert not keeper.due()
+    authority.begin_rotation(ISSUED)
+    keeper.renew_now()
+    assert keeper.due()
+    csr = keeper.request()
+    cert = authority.renew(csr.encode(), "node-a", "worker", ISSUED)
+    answer = CertificateIssued(cert_pem=cert.decode(), ca_cert_pem=authority.trust_bundle().decode())
+    assert keeper.accept(answer)
+    cert_path, _, ca_path = identity_files(tmp_path)
+    assert ca_path.read_bytes() == authority.trust_bundle()
+    assert identity_of(cert_path.read_bytes()).node_id == "node-a"
+    assert not keeper.due()
+
+
+def test_trusted_roots_that_do_not_cover_the_certificate_are_not_kept(tmp_path: Path) -> None:
+    ca = ClusterCA.create("c", ISSUED)
+    joined(tmp_path, ca)
+    keeper = CertificateKeeper(tmp_path, clock=Clock(), rng=random.Random(7))
+    keeper.renew_now()
+    answer = sign(ca, keeper.request())
+    stranger = ClusterCA.create("c", ISSUED)
+    forged = CertificateIssued(cert_pem=answer.cert_pem, ca_cert_pem=stranger.cert_pem.decode())
+    assert not keeper.accept(forged)
+    assert identity_files(tmp_path)[2].read_bytes() == ca.cert_pem

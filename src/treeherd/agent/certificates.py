@@ -4,7 +4,8 @@ At a random point in the last third of the certificate's validity (core.security
 randomness spreads the renewals of nodes that joined together) the agent makes a new key and sends a
 signing request on its session; the manager answers a certificate naming the same node and role. The
 new pair replaces the old files (0600) and the next connection uses it; the open session is untouched.
-A refused or lost renewal is asked again a minute later.
+A refused or lost renewal is asked again a minute later. During a root rotation the manager asks for
+a renewal at once; the answer then carries the new trusted roots, which replace the node's CA file.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class CertificateKeeper:
         self._pending: ec.EllipticCurvePrivateKey | None = None
         self._requested_at: datetime | None = None
         self._not_before: datetime | None = None  # no request before then (after a refusal)
+        self._forced = False  # the manager asked for a renewal now (a root rotation)
         self.renewals = 0
 
     def renew_at(self) -> datetime:
@@ -61,7 +63,12 @@ class CertificateKeeper:
             self._pending = None  # the answer was lost with its session: ask again
         if self._pending is not None or (self._not_before is not None and now < self._not_before):
             return False
-        return now >= self.renew_at()
+        return self._forced or now >= self.renew_at()
+
+    def renew_now(self) -> None:
+        """Renew at the next chance, whatever the certificate's age (the manager asked for it)."""
+        self._forced = True
+        self._not_before = None
 
     def request(self) -> str:
         """A signing request for a new key (kept until the answer comes)."""
@@ -77,8 +84,13 @@ class CertificateKeeper:
         if answer.error or not answer.cert_pem:
             return self._later(f"the manager refused the renewal: {answer.error or 'no certificate'}")
         cert = answer.cert_pem.encode()
+        roots = answer.ca_cert_pem.encode()
         try:
+            # Trusted through the roots held now (mid-rotation: via the new root cross-signed by the old),
+            # and through the roots sent along, which replace them.
             renewed = verify_issued(cert, read_secret(self._ca_path), self._clock())
+            if roots:
+                verify_issued(cert, roots, self._clock())
             current = identity_of(read_secret(self._cert_path))
         except CertificateError as error:
             return self._later(f"the renewed certificate is unusable: {error}")
@@ -86,6 +98,10 @@ class CertificateKeeper:
             return self._later("the renewed certificate names another node or role")
         write_secret(self._key_path, key_pem(key))
         write_secret(self._cert_path, cert)
+        if roots and roots != read_secret(self._ca_path):
+            write_secret(self._ca_path, roots)
+            log.info("the cluster's trusted roots changed (root CA rotation)")
+        self._forced = False
         self._fraction = self._rng.random()
         self.renewals += 1
         log.info("certificate renewed: valid until %s", renewed.not_after.isoformat(timespec="seconds"))

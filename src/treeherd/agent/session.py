@@ -37,6 +37,7 @@ from treeherd.model.wire import (
     LogRequest,
     ProxyEventReport,
     Register,
+    RenewNow,
     SessionRefused,
     SessionStarted,
     StatusAck,
@@ -348,6 +349,12 @@ class Session:
             elif isinstance(message, CertificateIssued):
                 if self.certificates is not None:
                     self.certificates.accept(message)
+            elif isinstance(message, RenewNow):
+                if self.certificates is not None and self.session_id is not None:
+                    self.certificates.renew_now()
+                    if self.certificates.due():
+                        csr = self.certificates.request()
+                        await self._send(channel, CertificateRenewal(session_id=self.session_id, csr_pem=csr))
             elif isinstance(message, SessionRefused):
                 raise _SessionEnded(f"the manager ended the session: {message.code}: {message.detail}")
             else:

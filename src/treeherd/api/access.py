@@ -72,6 +72,9 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("DELETE", "/api/v1/tokens/{name}"): _A,
     ("GET", "/api/v1/cluster/join-tokens"): _A,
     ("POST", "/api/v1/cluster/join-tokens/{role}/rotate"): _A,
+    ("GET", "/api/v1/cluster/ca/rotation"): _A,
+    ("POST", "/api/v1/cluster/ca/rotate"): _A,
+    ("POST", "/api/v1/certs"): _A,
     # Joining: the CA's certificate is public; a join is authenticated by its join token.
     ("GET", "/api/v1/cluster/ca"): _P,
     ("POST", "/api/v1/join"): _P,

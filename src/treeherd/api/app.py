@@ -19,6 +19,7 @@ from treeherd.api.errors import HANDLERS, decode_body_strictly
 from treeherd.api.routes.agent import agent_router
 from treeherd.api.routes.alerts import AlertController
 from treeherd.api.routes.availability import AvailabilityController, metrics
+from treeherd.api.routes.ca import CaController, CertController
 from treeherd.api.routes.cluster import ClusterController
 from treeherd.api.routes.domains import DomainController, ProvisionController
 from treeherd.api.routes.events import EventController
@@ -120,6 +121,8 @@ def create_app(
             AlertController,
             TokenController,
             JoinController,
+            CaController,
+            CertController,
             ManagerController,
             metrics,
             *([agent_router(dispatcher)] if dispatcher is not None else []),

@@ -49,6 +49,8 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     node_role: str = "worker"
 
 
+USER_CERTIFICATE_ROLES = frozenset({Role.ADMIN.value, Role.OPERATOR.value, Role.VIEWER.value})
+USER_CERTIFICATE_PREFIX = "user:"  # of a user certificate's common name: never a node id
 PEER_CERTIFICATE = "treeherd.peer_certificate"  # scope extension: the client certificate's DER
 
 
@@ -59,6 +61,12 @@ def certificate_caller(scope: dict[str, Any]) -> Caller | None:
     if not der:
         return None
     identity = identity_of_der(der)
+    if identity.role in USER_CERTIFICATE_ROLES:  # a user's certificate (`treeherd cert create`)
+        if not identity.node_id.startswith(USER_CERTIFICATE_PREFIX):
+            return None
+        return Caller(name=identity.node_id, role=Role(identity.role))
+    if scope.get("type") != "websocket":
+        return None  # a node's certificate identifies it on the agent channel only
     return Caller(name=identity.node_id, role=Role.AGENT, node_id=identity.node_id, node_role=identity.role)
 
 

@@ -26,12 +26,13 @@ from treeherd.api.app import create_app
 from treeherd.api.auth import RefusalSink
 from treeherd.api.forwarding import FollowerForwarding
 from treeherd.api.joined_writes import http_protocol
-from treeherd.api.peer_certificates import websocket_protocol
+from treeherd.api.peer_certificates import http_peer_protocol, websocket_protocol
 from treeherd.api.request_limits import RequestLimits, limited_protocol
 from treeherd.manager.admin_token import ensure_admin_token, fresh_component_token
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.audit_trail import AuditTrail
 from treeherd.manager.availability_board import AvailabilityBoard
+from treeherd.manager.ca_rotation import AskRenewals, RotationDriver
 from treeherd.manager.canary_judge import CanaryJudge
 from treeherd.manager.cluster_ca import CaError, ClusterAuthority
 from treeherd.manager.demo import load_demo
@@ -110,6 +111,7 @@ class ApiServer:
         *,
         tls: tuple[Path, Path, Path] | None = None,
         limits: RequestLimits | None = None,
+        trusted_roots: Callable[[], bytes] | None = None,
     ) -> None:
         self._app = app
         self._sock = sock
@@ -117,6 +119,9 @@ class ApiServer:
         # (certificate chain, key, cluster CA) files: serve https and wss; client certificates of
         # the CA are asked for (optional: API clients may present a token instead) and verified.
         self._tls = tls
+        # The roots a client certificate must come from now (a retired root's are refused even
+        # though the TLS layer, which cannot forget a root, still verifies them).
+        self._trusted_roots = trusted_roots
         self._server: _Server | None = None
         self._stop_requested = False
 
@@ -128,7 +133,7 @@ class ApiServer:
                 "ssl_keyfile": str(self._tls[1]),
                 "ssl_ca_certs": str(self._tls[2]),
                 "ssl_cert_reqs": ssl.CERT_OPTIONAL,
-                "ws": websocket_protocol(),
+                "ws": websocket_protocol(self._trusted_roots),
             }
         config = uvicorn.Config(
             self._app,
@@ -136,13 +141,24 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
-            http=http_protocol(limited_protocol(self._limits)),
+            http=http_protocol(http_peer_protocol(limited_protocol(self._limits), self._trusted_roots)),
             **tls,
         )
         self._server = _Server(config)
         if self._stop_requested:
             return
         await self._server.serve(sockets=[self._sock])
+
+    def reload_tls(self) -> None:
+        """Take up the certificate files again (a root rotation re-issued them), for new connections;
+        the CA file's roots are added to those trusted at the TLS layer (open connections stay)."""
+        if self._tls is None or self._server is None:
+            return
+        context = self._server.config.ssl
+        if context is None:
+            return
+        context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
+        context.load_verify_locations(cafile=str(self._tls[2]))
 
     def stop(self) -> None:
         self._stop_requested = True
@@ -318,17 +334,28 @@ async def serve_manager(
             if tls:
                 names = tuple(dict.fromkeys([actual_host, "127.0.0.1", "localhost", socket.gethostname()]))
                 tls_files = (*authority.server_files(names, inventory.clock()), data_dir / "ca.crt")
+
+            def roots_changed() -> None:
+                if tls:
+                    authority.server_files(names, inventory.clock())
+                    api_server.reload_tls()
+
             board = AvailabilityBoard(clock=inventory.clock)
             trail = AuditTrail(inventory)
-            sign: Signer = lambda csr, node_id, role: authority.renew(csr, node_id, role, inventory.clock())  # noqa: E731
+            sign: Signer = lambda csr, node_id, role: (  # noqa: E731
+                authority.renew(csr, node_id, role, inventory.clock()),
+                authority.trust_bundle(),
+            )
             leadership: Leadership | None = None
             if store_spec is not None and store_spec.startswith("etcd://"):
                 leadership = _leadership(store, store_spec, url, board, sign, trail.refused)
+                ask_renewals: AskRenewals | None = None  # not yet across managers on etcd
                 app_dispatcher: Any = leadership.door
                 leader_components: list[Component] = [leadership]
             else:  # one manager: always the leader
                 term = LeaderTerm(store, [url], board, sign, refusals=trail.refused)
                 app_dispatcher = term.dispatcher
+                ask_renewals = term.dispatcher.ask_renewals
                 leader_components = list(term.components)
             if leadership is not None:
                 led = leadership
@@ -348,11 +375,19 @@ async def serve_manager(
                 managers=managers,
                 refusals=trail.refused,
             )
+            rotation = RotationDriver(
+                authority, inventory, ask_renewals, clock=inventory.clock, roots_changed=roots_changed
+            )
+            app.state.ca_rotation_nudge = rotation.nudge
             if leadership is not None:  # reads stamped with their revision; a follower forwards writes
                 app = FollowerForwarding(app, leadership, lambda: store.revision, _applied(store))
+            api_server = ApiServer(
+                app, sock, tls=tls_files, trusted_roots=authority.trust_bundle if tls else None
+            )
             components: list[Component] = [
-                ApiServer(app, sock, tls=tls_files),
+                api_server,
                 trail,
+                rotation,
                 *leader_components,
             ]
             access = LocalAccess(url, data_dir / "ca.crt" if tls else None, tokens)

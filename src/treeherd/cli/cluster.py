@@ -1,19 +1,21 @@
-"""`treeherd cluster show|set`: cluster-wide settings."""
+"""`treeherd cluster show|set|join-token|ca`: cluster-wide settings, joining, the root CA."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from treeherd.cli.main import Context, pass_ctx
-from treeherd.cli.output import FORMAT_OPTION, done, print_json, print_table
+from treeherd.cli.output import FORMAT_OPTION, done, fail, print_json, print_table
 from treeherd.cli.params_services import duration
 from treeherd.model.requests import ClusterUpdate
-from treeherd.model.security import JoinTokens
+from treeherd.model.security import CaRotate, CaStatus, JoinTokens
 from treeherd.model.services import ClusterSettings
 
 CLUSTER = "/api/v1/cluster"
+CA = "/api/v1/cluster/ca"
 FIELDS = [
     "heartbeat_period_s",
     "heartbeat_epsilon_s",
@@ -60,6 +62,54 @@ def join_token(ctx: Context, role: str, rotate: bool, quiet: bool) -> None:
         f"To add a {role} to this cluster, give it this join token (in a 0600 file, TREEHERD_JOIN_TOKEN_FILE):"
     )
     click.echo(f"    {token}")
+
+
+@cluster.command("ca")
+@click.option(
+    "--rotate", is_flag=True, help="rotate the root CA: every node gets a certificate from a new root"
+)
+@click.option(
+    "--external-ca-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="with --rotate: the new root is this CA certificate (PEM) instead of one made by the manager",
+)
+@click.option(
+    "--external-ca-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the key of --external-ca-cert (PEM, unencrypted)",
+)
+@FORMAT_OPTION
+@pass_ctx
+def ca(
+    ctx: Context, rotate: bool, external_ca_cert: Path | None, external_ca_key: Path | None, fmt: str
+) -> None:
+    """Show the cluster CA and a root rotation's progress, or start one (--rotate)."""
+    if (external_ca_cert is None) != (external_ca_key is None):
+        fail("--external-ca-cert and --external-ca-key go together: give both, or neither")
+    if external_ca_cert is not None and not rotate:
+        fail("--external-ca-cert is the new root of a rotation: add --rotate")
+    if rotate:
+        body = CaRotate(
+            external_ca_cert_pem=external_ca_cert.read_text() if external_ca_cert else "",
+            external_ca_key_pem=external_ca_key.read_text() if external_ca_key else "",
+        )
+        status = ctx.client.request("POST", f"{CA}/rotate", body, type=CaStatus)
+    else:
+        status = ctx.client.get(f"{CA}/rotation", CaStatus)
+    if fmt == "json":
+        print_json(status)
+        return
+    click.echo(f"root CA digest: sha256:{status.digest}")
+    if not status.rotating:
+        click.echo("no rotation under way")
+        return
+    total = len(status.done) + len(status.pending)
+    click.echo(
+        f"rotation under way since {status.started:%Y-%m-%d %H:%M:%S} UTC: {len(status.done)}/{total} node(s)"
+        f" renewed; the old root is retired when all have, or at {status.deadline:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    if status.pending:
+        click.echo("pending: " + ", ".join(status.pending))
 
 
 @cluster.command("show")

@@ -1,4 +1,4 @@
-"""`treeherd token create|ls|rm`: bearer tokens for people and scripts (administrators only).
+"""`treeherd token create|ls|rm` and `treeherd cert create`: bearer tokens and user certificates for people and scripts (administrators only).
 
 The token's text is printed once, by `create`, to standard output alone (so `> file` keeps it and
 nothing else); keep it in a 0600 file and point TREEHERD_TOKEN_FILE at it.
@@ -6,12 +6,16 @@ nothing else); keep it in a 0600 file and point TREEHERD_TOKEN_FILE at it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import FORMAT_OPTION, listing, print_json
 from treeherd.cli.params_services import duration
-from treeherd.model.security import Role, TokenCreate, TokenCreated, TokenInfo
+from treeherd.model.security import CertCreate, CertIssued, Role, TokenCreate, TokenCreated, TokenInfo
+from treeherd.transport.pki import key_pem, make_csr, new_private_key
+from treeherd.transport.secret_files import ensure_private_dir, write_secret
 
 TOKENS = "/api/v1/tokens"
 
@@ -75,4 +79,38 @@ def rm(ctx: Context, name: str) -> None:
     click.echo(f"token {name} removed")
 
 
-COMMANDS = [token]
+@click.group()
+def cert() -> None:
+    """User certificates for the API (over TLS), an alternative to tokens."""
+
+
+@cert.command("create")
+@click.argument("name")
+@click.option(
+    "--role", type=click.Choice(["admin", "operator", "viewer"]), required=True, help="what it may do"
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="the directory for NAME.crt, NAME.key (0600) and ca.crt",
+)
+@pass_ctx
+def cert_create(ctx: Context, name: str, role: str, out: Path) -> None:
+    """Make a key here and have the cluster CA certify it for NAME with ROLE; present it with
+    TREEHERD_CERT_FILE and TREEHERD_KEY_FILE."""
+    key = new_private_key()
+    body = CertCreate(name=name, role=Role(role), csr_pem=make_csr(key).decode())
+    issued = ctx.client.request("POST", "/api/v1/certs", body, type=CertIssued)
+    ensure_private_dir(out)
+    write_secret(out / f"{name}.key", key_pem(key))
+    write_secret(out / f"{name}.crt", issued.cert_pem.encode())
+    (out / "ca.crt").write_text(issued.ca_cert_pem)
+    click.echo(f"certificate for {name} ({role}) in {out / (name + '.crt')}; to use it:")
+    click.echo(
+        f"    export TREEHERD_CERT_FILE={out / (name + '.crt')} TREEHERD_KEY_FILE={out / (name + '.key')}"
+    )
+
+
+COMMANDS = [token, cert]

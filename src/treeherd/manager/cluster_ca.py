@@ -6,6 +6,12 @@ files in a 0700 directory); the root's certificate is also written, public, to D
 join (`join`) checks the token against the secrets (core.security.join_tokens), then signs the node's
 request with the subject the manager decides: a new node id and the token's role.
 
+A root rotation (`begin_rotation`) makes a new root, cross-signs it with the old key, and from then
+on signs with the new root, handing out the new root's certificate chained to the cross-signed one
+so that nodes still trusting only the old root accept it; DATA_DIR/ca.crt becomes the trust bundle
+(new root, then old). Its state, in secrets/rotation.json, lists the nodes already renewed, and
+survives a restart; `retire_old_root` ends it, after which only the new root is trusted.
+
 One manager holds these files; managers that share a store do not yet share the CA (issue 15).
 """
 
@@ -13,12 +19,15 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import msgspec
+
 from treeherd.core.security.join_tokens import SECRET_BYTES, make_join_token, parse_join_token, role_of_token
-from treeherd.model.errors import InvalidInput
-from treeherd.model.security import JoinAnswer, JoinRequest, JoinRole, JoinTokens
+from treeherd.model.errors import InvalidInput, Refused
+from treeherd.model.security import CaStatus, JoinAnswer, JoinRequest, JoinRole, JoinTokens, RootRotation
 from treeherd.transport.pki import (
     DEFAULT_NODE_LIFETIME,
     CertificateError,
@@ -30,6 +39,7 @@ from treeherd.transport.pki import (
 from treeherd.transport.secret_files import ensure_private_dir, read_secret, write_secret
 
 log = logging.getLogger(__name__)
+ROTATION_DEADLINE = timedelta(hours=1)  # the old root is retired then, whoever has not renewed
 
 
 class CaError(Exception):
@@ -44,6 +54,7 @@ class ClusterAuthority:
         self.node_lifetime = DEFAULT_NODE_LIFETIME  # of the certificates it issues (--cert-expiry)
         self._secrets = secrets_by_role
         self._directory = directory
+        self.rotation: RootRotation | None = None
 
     @classmethod
     def open(
@@ -54,9 +65,11 @@ class ClusterAuthority:
         ensure_private_dir(directory)
         key_path, cert_path = directory / "ca.key", data_dir / "ca.crt"
         try:
+            rotation = _load_rotation(directory / "rotation.json")
+            _finish_switch(directory, cert_path, rotation)
             if key_path.exists():
-                ca = ClusterCA(cert_path.read_bytes(), read_secret(key_path))
-                if external is not None and external[0].read_bytes() != ca.cert_pem:
+                ca = ClusterCA(_first_cert(cert_path.read_bytes()), read_secret(key_path))
+                if external is not None and rotation is None and external[0].read_bytes() != ca.cert_pem:
                     raise CaError(
                         f"{data_dir} already has a cluster CA that is not {external[0]}: a CA is chosen at the"
                         " first start only (use a new data directory to start over)"
@@ -74,6 +87,7 @@ class ClusterAuthority:
         except OSError as error:
             raise CaError(f"cannot read or write the cluster CA in {data_dir}: {error}") from None
         authority = cls(ca, {}, directory)
+        authority.rotation = rotation
         for role in JoinRole:
             authority._secrets[role] = authority._load_or_make_secret(role)
         return authority
@@ -108,8 +122,92 @@ class ClusterAuthority:
         )
         cert_path, key_path = self._directory / "manager.crt", self._directory / "manager.key"
         write_secret(key_path, key_pem(key))
-        write_secret(cert_path, cert + self.ca.cert_pem)
+        write_secret(cert_path, cert + self._chain())
         return cert_path, key_path
+
+    def _chain(self) -> bytes:
+        """What follows an issued certificate: the cross-signed root during a rotation, else the root."""
+        if self.rotation is not None:
+            return self.rotation.cross_signed_pem.encode()
+        return self.ca.cert_pem
+
+    def trust_bundle(self) -> bytes:
+        """The roots a node or client should trust now: the signing root, and the old one mid-rotation."""
+        if self.rotation is not None:
+            return self.ca.cert_pem + self.rotation.old_cert_pem.encode()
+        return self.ca.cert_pem
+
+    def begin_rotation(
+        self,
+        now: datetime,
+        *,
+        external: tuple[bytes, bytes] | None = None,
+        deadline: timedelta = ROTATION_DEADLINE,
+    ) -> RootRotation:
+        """Make a new root (or adopt `external`, a certificate and key), cross-sign it with the current
+        one and sign with it from now on. Refused while a rotation is under way."""
+        if self.rotation is not None:
+            raise Refused(
+                "a root rotation is already under way: wait for it to finish (`treeherd cluster ca`)"
+            )
+        try:
+            new = ClusterCA(*external) if external is not None else ClusterCA.create(self.ca.cluster_id, now)
+        except CertificateError as error:
+            raise InvalidInput(f"the new CA cannot be used: {error}", field="external_ca") from None
+        if new.cert_pem == self.ca.cert_pem:
+            raise InvalidInput(
+                "the new CA is the current one: give another certificate and key", field="external_ca"
+            )
+        rotation = RootRotation(
+            old_cert_pem=self.ca.cert_pem.decode(),
+            new_cert_pem=new.cert_pem.decode(),
+            cross_signed_pem=self.ca.cross_sign(new.cert_pem, now).decode(),
+            started=now,
+            deadline=now + deadline,
+        )
+        # The new key first, then the state naming it, then the switch: a crash at any point leaves
+        # either no rotation (the stray key is overwritten next time) or one that `open` completes.
+        write_secret(self._directory / "ca-next.key", new.key_pem)
+        self._save(rotation)
+        _finish_switch(self._directory, self._directory.parent / "ca.crt", rotation)
+        self.ca, self.rotation = new, rotation
+        log.info("root CA rotation started; the old root is retired by %s", rotation.deadline.isoformat())
+        return rotation
+
+    def status(self, node_ids: Iterable[str]) -> CaStatus:
+        """The CA's digest and, mid-rotation, which of `node_ids` (the cluster's admitted nodes) have renewed."""
+        if self.rotation is None:
+            return CaStatus(digest=self.ca.digest.hex(), rotating=False)
+        done = set(self.rotation.renewed)
+        nodes = sorted(set(node_ids))
+        return CaStatus(
+            digest=self.ca.digest.hex(),
+            rotating=True,
+            started=self.rotation.started,
+            deadline=self.rotation.deadline,
+            done=[node for node in nodes if node in done],
+            pending=[node for node in nodes if node not in done],
+        )
+
+    def should_retire(self, node_ids: Iterable[str], now: datetime) -> bool:
+        """Whether the rotation can end: every admitted node renewed, or its deadline passed."""
+        if self.rotation is None:
+            return False
+        return now >= self.rotation.deadline or set(node_ids) <= set(self.rotation.renewed)
+
+    def retire_old_root(self) -> list[str]:
+        """End the rotation: only the new root is trusted from now on. The nodes that had renewed."""
+        if self.rotation is None:
+            return []
+        renewed = list(self.rotation.renewed)
+        (self._directory.parent / "ca.crt").write_bytes(self.ca.cert_pem)
+        (self._directory / "rotation.json").unlink(missing_ok=True)
+        self.rotation = None
+        log.info("root CA rotation finished: the old root is retired")
+        return renewed
+
+    def _save(self, rotation: RootRotation) -> None:
+        write_secret(self._directory / "rotation.json", msgspec.json.encode(rotation))
 
     def tokens(self) -> JoinTokens:
         digest = self.ca.digest
@@ -119,8 +217,9 @@ class ClusterAuthority:
         )
 
     def renew(self, csr_pem: bytes, node_id: str, role: str, now: datetime) -> bytes:
-        """A new certificate for a node already admitted (its session was opened with its certificate)."""
-        return self.ca.issue(
+        """A new certificate for a node already admitted (its session was opened with its certificate);
+        mid-rotation it comes from the new root, chained to the cross-signed one, and the node counts as done."""
+        cert = self.ca.issue(
             csr_pem,
             node_id=node_id,
             role=role,
@@ -128,6 +227,24 @@ class ClusterAuthority:
             now=now,
             lifetime=self.node_lifetime,
         )
+        if self.rotation is None:
+            return cert
+        if node_id not in self.rotation.renewed:
+            self.rotation = msgspec.structs.replace(self.rotation, renewed=[*self.rotation.renewed, node_id])
+            self._save(self.rotation)
+        return cert + self._chain()
+
+    def issue_user(self, csr_pem: bytes, name: str, role: str, now: datetime) -> bytes:
+        """A user's client certificate for the API: `name` as its common name, `role` as its unit."""
+        cert = self.ca.issue(
+            csr_pem,
+            node_id=name,
+            role=role,
+            cluster_id=self.ca.cluster_id,
+            now=now,
+            lifetime=self.node_lifetime,
+        )
+        return cert + self._chain() if self.rotation is not None else cert
 
     def join(
         self, request: JoinRequest, node_id: str, now: datetime, lifetime: timedelta | None = None
@@ -146,6 +263,39 @@ class ClusterAuthority:
             )
         except CertificateError as error:
             raise InvalidInput(str(error), field="csr_pem") from None
+        if self.rotation is not None:
+            self.rotation = msgspec.structs.replace(self.rotation, renewed=[*self.rotation.renewed, node_id])
+            self._save(self.rotation)
         return JoinAnswer(
             node_id=node_id, role=role, cert_pem=cert.decode(), ca_cert_pem=self.ca.cert_pem.decode()
         )
+
+
+def _first_cert(bundle: bytes) -> bytes:
+    """The first certificate of a PEM bundle (DATA_DIR/ca.crt starts with the signing root)."""
+    end = b"-----END CERTIFICATE-----"
+    index = bundle.find(end)
+    return bundle if index < 0 else bundle[: index + len(end)] + b"\n"
+
+
+def _load_rotation(path: Path) -> RootRotation | None:
+    if not path.exists():
+        return None
+    try:
+        return msgspec.json.decode(read_secret(path), type=RootRotation)
+    except msgspec.DecodeError as error:
+        raise CaError(
+            f"the root rotation state {path} is unreadable ({error}): restore it or remove it"
+        ) from None
+
+
+def _finish_switch(directory: Path, cert_path: Path, rotation: RootRotation | None) -> None:
+    """Make the rotation's new root the signing one, if a crash left the switch half done."""
+    next_key = directory / "ca-next.key"
+    if rotation is None:
+        next_key.unlink(missing_ok=True)  # a rotation that never began
+        return
+    if next_key.exists():
+        write_secret(directory / "ca.key", read_secret(next_key))
+        next_key.unlink()
+    cert_path.write_bytes(rotation.new_cert_pem.encode() + rotation.old_cert_pem.encode())

@@ -101,6 +101,48 @@ class JoinAnswer(msgspec.Struct, frozen=True, kw_only=True):
     ca_cert_pem: str
 
 
+class RootRotation(msgspec.Struct, frozen=True, kw_only=True):
+    """A root CA rotation under way (kept in the manager's secrets directory across restarts)."""
+
+    old_cert_pem: str
+    new_cert_pem: str
+    cross_signed_pem: str  # the new root signed by the old one: the bridge for nodes not yet renewed
+    started: datetime
+    deadline: datetime  # the old root is retired then even if some nodes have not renewed
+    renewed: list[str] = msgspec.field(default_factory=list)  # node ids holding a new-root certificate
+
+
+class CertCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A user certificate for the API: its name, role, and the signing request of the user's key."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")]
+    role: Role
+    csr_pem: Annotated[str, msgspec.Meta(max_length=16384)]
+
+
+class CertIssued(msgspec.Struct, frozen=True, kw_only=True):
+    cert_pem: str
+    ca_cert_pem: str
+
+
+class CaRotate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Start a root rotation; with an external CA's certificate and key (PEM), to that root."""
+
+    external_ca_cert_pem: str = ""
+    external_ca_key_pem: str = ""
+
+
+class CaStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The cluster CA as `treeherd cluster ca` shows it."""
+
+    digest: str
+    rotating: bool
+    started: datetime | None = None
+    deadline: datetime | None = None
+    done: list[str] = msgspec.field(default_factory=list)
+    pending: list[str] = msgspec.field(default_factory=list)
+
+
 class Refusal(msgspec.Struct, frozen=True, kw_only=True):
     """One refused authentication or authorisation: when, from which address, what was asked (an
     operation, a join, an agent session), who asked when known (a token's name or a node id, never a

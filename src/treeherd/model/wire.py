@@ -170,6 +170,13 @@ class CertificateIssued(_Message, frozen=True, kw_only=True, tag="certificate"):
 
     cert_pem: str = ""
     error: str = ""
+    ca_cert_pem: str = ""  # the roots to trust from now on (changes during a root rotation)
+
+
+class RenewNow(_Message, frozen=True, kw_only=True, tag="renew_now"):
+    """The manager asks an agent to renew its certificate at once (the cluster's root is rotating)."""
+
+    reason: str = ""
 
 
 AgentMessage = (
@@ -192,4 +199,5 @@ ManagerMessage = (
     | LogRequest
     | LogCancel
     | CertificateIssued
+    | RenewNow
 )

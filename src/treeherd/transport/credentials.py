@@ -25,6 +25,8 @@ MANAGER_ENV = "TREEHERD_MANAGER"
 CA_FILE_ENV = "TREEHERD_CA_FILE"
 TOKEN_ENV = "TREEHERD_TOKEN"
 TOKEN_FILE_ENV = "TREEHERD_TOKEN_FILE"
+CERT_FILE_ENV = "TREEHERD_CERT_FILE"  # a user certificate (with TREEHERD_KEY_FILE) instead of a token
+KEY_FILE_ENV = "TREEHERD_KEY_FILE"
 AUTH_HINT = (
     f"set {TOKEN_FILE_ENV} to a token file (a manager run with --require-auth writes an admin token to"
     " DATA_DIR/secrets/admin.token; `treeherd token create` makes others)"
@@ -95,7 +97,11 @@ def authorization(token: str | None) -> dict[str, str]:
 def tls_context(managers: Sequence[str] | str | None = None) -> ssl.SSLContext:
     """The context for https/wss to `managers`: the cluster CA of TREEHERD_CA_FILE or of the current
     context when set (a treeherd manager's certificate is issued by its cluster CA), else the system's
-    trusted roots."""
+    trusted roots; with the user certificate of TREEHERD_CERT_FILE/TREEHERD_KEY_FILE presented when set."""
+    return _with_client_certificate(_server_trust(managers))
+
+
+def _server_trust(managers: Sequence[str] | str | None) -> ssl.SSLContext:
     import ssl  # here: the ENC, which reads tokens too, stays quick to start over plain http
 
     path = os.environ.get(CA_FILE_ENV, "").strip()
@@ -113,6 +119,25 @@ def tls_context(managers: Sequence[str] | str | None = None) -> ssl.SSLContext:
         raise CredentialError(
             f"{source} names {path}, which is not a readable PEM certificate: {error}"
         ) from None
+
+
+def _with_client_certificate(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Present the user certificate of TREEHERD_CERT_FILE and TREEHERD_KEY_FILE (`treeherd cert create`),
+    when both are set: the manager then knows the caller by it, without a token."""
+    import ssl
+
+    cert, key = os.environ.get(CERT_FILE_ENV, "").strip(), os.environ.get(KEY_FILE_ENV, "").strip()
+    if not cert and not key:
+        return context
+    if not (cert and key):
+        raise CredentialError(f"{CERT_FILE_ENV} and {KEY_FILE_ENV} go together: set both, or neither")
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise CredentialError(
+            f"{CERT_FILE_ENV}/{KEY_FILE_ENV} ({cert}, {key}) are not a readable certificate and key: {error}"
+        ) from None
+    return context
 
 
 TLS_HINT = (

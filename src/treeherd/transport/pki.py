@@ -136,6 +136,42 @@ class ClusterCA:
         )
         return cls(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
+    def cross_sign(self, new_root_pem: bytes, now: datetime) -> bytes:
+        """The new root's certificate signed by this (old) root: an intermediate that lets nodes
+        trusting only this root accept certificates issued under the new one during a rotation."""
+        new_root = _load_cert(new_root_pem)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(new_root.subject)
+            .issuer_name(self._cert.subject)
+            .public_key(new_root.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(min(new_root.not_valid_after_utc, self._cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(new_root.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._cert.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
     @property
     def digest(self) -> bytes:
         return cert_sha256(self.cert_pem)
@@ -238,14 +274,44 @@ def identity_of_der(cert_der: bytes) -> NodeIdentity:
     return _identity(x509.load_der_x509_certificate(cert_der))
 
 
-def verify_issued(cert_pem: bytes, ca_cert_pem: bytes, now: datetime) -> NodeIdentity:
-    """Check that `cert_pem` was signed by the CA and is valid at `now`; its identity if so."""
-    cert = _load_cert(cert_pem)
-    ca = _load_cert(ca_cert_pem)
+def _load_certs(pem: bytes) -> list[x509.Certificate]:
     try:
-        cert.verify_directly_issued_by(ca)
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError as error:
+        raise CertificateError(f"not a PEM certificate: {error}") from None
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
-        raise CertificateError("the certificate was not issued by this cluster's CA") from None
+        return False
+    return True
+
+
+def issued_by_roots(cert_der: bytes, roots_pem: bytes) -> bool:
+    """Whether the certificate (DER, as a TLS connection hands it over) was signed by one of the roots."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    return any(_issued_by(cert, root) for root in _load_certs(roots_pem))
+
+
+def verify_issued(cert_pem: bytes, ca_cert_pem: bytes, now: datetime) -> NodeIdentity:
+    """Check that `cert_pem` was signed by the CA and is valid at `now`; its identity if so.
+
+    `ca_cert_pem` may be a bundle of roots (during a root rotation: the old and the new), and
+    `cert_pem` may carry, after the node certificate, an intermediate (the new root cross-signed by
+    the old one): the certificate is accepted when issued by a trusted root directly or through it."""
+    chain = _load_certs(cert_pem)
+    roots = _load_certs(ca_cert_pem)
+    cert, intermediates = chain[0], chain[1:]
+    trusted = any(_issued_by(cert, root) for root in roots) or any(
+        _issued_by(cert, middle)
+        and any(_issued_by(middle, root) for root in roots)
+        and middle.not_valid_before_utc <= now <= middle.not_valid_after_utc
+        for middle in intermediates
+    )
+    if not trusted:
+        raise CertificateError("the certificate was not issued by this cluster's CA")
     identity = _identity(cert)
     if not identity.not_before <= now <= identity.not_after:
         raise CertificateError(

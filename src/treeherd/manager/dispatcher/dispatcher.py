@@ -54,6 +54,7 @@ from treeherd.model.wire import (
     LogEnd,
     ProxyEventReport,
     Register,
+    RenewNow,
     SessionRefused,
     SessionStarted,
     StatusReport,
@@ -122,6 +123,16 @@ class Dispatcher:
         """The id of the machine's live session, if it has one."""
         session = self._sessions.get(machine_id)
         return session.id if session is not None else None
+
+    def ask_renewals(self, done: set[str]) -> int:
+        """Ask every session opened with a node certificate not in `done` to renew it at once (a root
+        rotation); how many were asked. The request travels on the open session, which stays."""
+        asked = 0
+        for session in list(self._sessions.values()):
+            if session.identity is not None and session.identity[0] not in done:
+                session.post(RenewNow(reason="the cluster's root CA is rotating"))
+                asked += 1
+        return asked
 
     def deadline(self, machine_id: str) -> float | None:
         """When the machine must be heard from (monotonic seconds), if it is tracked."""

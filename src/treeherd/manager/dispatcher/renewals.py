@@ -11,8 +11,9 @@ from treeherd.model.wire import CertificateIssued, CertificateRenewal
 
 log = logging.getLogger(__name__)
 
-# Signs a request for (node id, role): the certificate's PEM, or raises with the reason.
-Signer = Callable[[bytes, str, str], bytes]
+# Signs a request for (node id, role): the certificate's PEM (with its chain) and the roots to trust
+# from now on, or raises with the reason.
+Signer = Callable[[bytes, str, str], tuple[bytes, bytes]]
 
 
 def renew(session: AgentSession, message: CertificateRenewal, sign: Signer | None) -> CertificateIssued:
@@ -23,9 +24,9 @@ def renew(session: AgentSession, message: CertificateRenewal, sign: Signer | Non
         return CertificateIssued(error="this manager issues no certificates")
     node_id, role = session.identity
     try:
-        cert = sign(message.csr_pem.encode(), node_id, role)
+        cert, roots = sign(message.csr_pem.encode(), node_id, role)
     except Exception as error:
         log.warning("renewal for %s (%s) refused: %s", session.hostname, node_id, error)
         return CertificateIssued(error=str(error))
     log.info("renewed the certificate of %s (%s)", session.hostname, node_id)
-    return CertificateIssued(cert_pem=cert.decode())
+    return CertificateIssued(cert_pem=cert.decode(), ca_cert_pem=roots.decode())

@@ -1,0 +1,80 @@
+"""User certificates for the API over real TLS: issued by `treeherd cert create`, presented by the CLI
+with TREEHERD_CERT_FILE/TREEHERD_KEY_FILE, and the caller authenticated with the certificate's role."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_auth import as_admin
+from treeherd.testing.processes import ManagerProcess, treeherd_command
+from treeherd.transport.pki import ClusterCA, identity_of, key_pem, make_csr, new_private_key
+from treeherd.transport.secret_files import write_secret
+
+pytestmark = pytest.mark.e2e
+
+
+def with_cert(url: str, ca: Path, cert: Path, key: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREEHERD_")}
+    env |= {"TREEHERD_CA_FILE": str(ca), "TREEHERD_CERT_FILE": str(cert), "TREEHERD_KEY_FILE": str(key)}
+    return subprocess.run(
+        [*treeherd_command(), "--manager", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+
+
+def test_a_user_certificate_authenticates_api_requests_with_its_role(tmp_path: Path) -> None:
+    data_dir = tmp_path / "manager"
+    with ManagerProcess(data_dir, extra_args=("--tls", "--require-auth")) as manager:
+        admin_cli = as_admin(manager, data_dir)
+        admin_cli("tree", "add", "corp")
+        out = tmp_path / "certs"
+        admin_cli("cert", "create", "alice", "--role", "viewer", "--out", str(out))
+        cert, key, ca = out / "alice.crt", out / "alice.key", out / "ca.crt"
+        assert identity_of(cert.read_bytes()).role == "viewer"
+        assert identity_of(cert.read_bytes()).node_id == "user:alice"
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+
+        reads = with_cert(manager.url, ca, cert, key, "tree", "ls")
+        assert reads.returncode == 0 and "corp" in reads.stdout, reads.stderr  # no token: the certificate
+        writes = with_cert(manager.url, ca, cert, key, "tree", "add", "other")
+        assert writes.returncode != 0 and "the role viewer may not" in writes.stderr, writes.stderr
+
+        # A certificate from another CA, or an expired one of this CA, is refused without detail.
+        stranger = ClusterCA.create("elsewhere", datetime.now(UTC))
+        own = ClusterCA((data_dir / "ca.crt").read_bytes(), (data_dir / "secrets" / "ca.key").read_bytes())
+        private = new_private_key()
+        for name, issuer, now in (
+            ("stranger", stranger, datetime.now(UTC)),
+            ("expired", own, datetime.now(UTC) - timedelta(days=2)),
+        ):
+            pem = issuer.issue(
+                make_csr(private),
+                node_id="user:mallory",
+                role="admin",
+                cluster_id="c",
+                now=now,
+                lifetime=timedelta(days=1),
+            )
+            write_secret(tmp_path / f"{name}.crt", pem)
+            write_secret(tmp_path / f"{name}.key", key_pem(private))
+            refused = with_cert(
+                manager.url, ca, tmp_path / f"{name}.crt", tmp_path / f"{name}.key", "tree", "ls"
+            )
+            assert refused.returncode != 0, (name, refused.stdout)
+            assert "Traceback" not in refused.stderr and "corp" not in refused.stdout
+
+        # A viewer's certificate cannot ask for an admin's.
+        asked = with_cert(
+            manager.url, ca, cert, key, "cert", "create", "bob", "--role", "admin", "--out", str(out)
+        )
+        assert asked.returncode != 0 and "the role viewer may not" in asked.stderr, asked.stderr
+        assert not (out / "bob.crt").exists()
