@@ -1,15 +1,19 @@
 """Several managers across hosts: a 3-member etcd and three managers, one of each per manager host, five
-agent hosts (each with an agent running real processes and a hollow one) and an operator's host for the API, each host a network namespace
-with its own address (treeherd.testing.hosts). The leader manager is killed with SIGKILL during a deploy
+agent hosts (each with an agent running real processes and a hollow one), a gateway host (the edge: nginx
+routing shop.test to backends on three agent hosts) and an operator's host for the API, each host a
+network namespace with its own address (treeherd.testing.hosts). The leader manager is killed with SIGKILL during a deploy
 of 20 processes and 5,000 hollow tasks while writes keep coming; then an etcd member is killed; then an agent host's cable is pulled past its
 grace and put back. Every slot runs exactly once (counted in the OS process table), every acknowledged
-write is there, and a pulled host's tasks move and are stopped on it when it returns. Last, the new
+write is there, the gateway keeps serving and follows the new leader (a domain added after the failover
+reaches its nginx), and a pulled host's tasks move and are stopped on it when it returns. Last, the new
 leader is frozen with SIGSTOP past its lease: the last manager leads, and the stale one steps down."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -21,12 +25,19 @@ import pytest
 
 from tests.e2e.helpers import process_env
 from tests.e2e.test_failover import ELECTION_S, leader_of
+from tests.gateway.helpers import BACKEND_SCRIPT
 from treeherd.executors.process import ProcessExecutor
 from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
 from treeherd.model.services import Placement, RestartPolicy, TaskSpec
 from treeherd.testing.etcd import EtcdCluster, etcd_binary
 from treeherd.testing.hosts import Host, hosts_unavailable, network
-from treeherd.testing.processes import AgentProcess, ManagerProcess, processes_under, reap_processes_under
+from treeherd.testing.processes import (
+    AgentProcess,
+    GatewayProcess,
+    ManagerProcess,
+    processes_under,
+    reap_processes_under,
+)
 from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client, ClientError
 
@@ -41,6 +52,8 @@ REPLICAS = 20
 HOLLOW_REPLICAS = 5000  # beside the real processes: hollow agents (one per agent host) run nothing
 AGENT_HOSTS = [f"node{i}" for i in range(1, 6)]
 MANAGER_HOSTS = ["mgr1", "mgr2", "mgr3"]
+WEB_HOSTS = AGENT_HOSTS[:3]  # the agent hosts that also run a web backend behind the gateway
+EDGE_PORT, BACKEND_PORT = 8080, 8000
 T = TypeVar("T")
 
 
@@ -133,6 +146,33 @@ def _created(ops: Operator, path: str) -> bool:
     return True
 
 
+class Edge:
+    """The gateway host's nginx, asked from the operator's host: who answers a domain."""
+
+    def __init__(self, gateway: Host, client: Host) -> None:
+        self.gateway = gateway
+        self.client = client
+
+    def answer(self, domain: str) -> str | None:
+        """The backend host that answered `domain`'s `/`, or None (no answer, or not a 200)."""
+        url = f"http://{self.gateway.address}:{EDGE_PORT}/"
+        try:
+            status, body = self.client.http_get(url, headers={"Host": domain}, timeout=2)
+        except OSError:
+            return None
+        return str(json.loads(body)["name"]) if status == 200 else None
+
+    def answers(self, domain: str, tries: int = 9) -> set[str]:
+        """The backends seen over `tries` requests ("" for a request that got no 200)."""
+        return {self.answer(domain) or "" for _ in range(tries)}
+
+
+def route(ops: Operator, domain: str) -> None:
+    """Through the API: `domain` on the edge port, its `/` routed to the tree node `shop`."""
+    ops.call(lambda c: c.request("POST", "/api/v1/domains", {"name": domain, "ports": [{"port": EDGE_PORT}]}))
+    ops.call(lambda c: c.request("POST", "/api/v1/nodes/shop/routes", {"domain": domain, "uri": "/"}))
+
+
 def slots(root: Path, service: str, hosts: list[Host]) -> dict[int, int]:
     """How many live processes each slot of `service` has on `hosts`, from the OS process table."""
     inside = {pid for host in hosts for pid in host.pids()}
@@ -148,12 +188,14 @@ def slots(root: Path, service: str, hosts: list[Host]) -> dict[int, int]:
 
 
 def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cable(tmp_path: Path) -> None:
-    with network([*MANAGER_HOSTS, *AGENT_HOSTS, "ops"]) as net:
+    with network([*MANAGER_HOSTS, *AGENT_HOSTS, "gw", "ops"]) as net:
         manager_hosts = [net[name] for name in MANAGER_HOSTS]
         agent_hosts = [net[name] for name in AGENT_HOSTS]
         etcd = EtcdCluster(tmp_path / "etcd", hosts=manager_hosts)
         managers: list[ManagerProcess] = []
         agents: list[AgentProcess] = []
+        gateway: GatewayProcess | None = None
+        backends: list[subprocess.Popen[bytes]] = []
         try:
             etcd.start()
             store = etcd.url("/cluster")
@@ -191,6 +233,23 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
             assert {m["hostname"]: m["ips"] for m in machines if not m["hostname"].endswith("-hollow")} == {
                 h.name: [h.address] for h in agent_hosts
             }
+
+            # The edge: shop.test on the gateway host, served by a backend on each web host (the machines
+            # the agents registered, bound to the tree node).
+            ops.call(lambda c: c.request("POST", "/api/v1/nodes", NodeCreate(path="shop", port=BACKEND_PORT)))
+            for name in WEB_HOSTS:
+                ops.call(lambda c, name=name: c.request(
+                    "POST", f"/api/v1/machines/{name}/bindings", {"node": "shop", "weight": 1}
+                ))  # fmt: skip
+                backend = [sys.executable, str(BACKEND_SCRIPT), "--host", "0.0.0.0", "--port",
+                           str(BACKEND_PORT), "--name", name, "--fail-file", str(tmp_path / "never")]  # fmt: skip
+                backends.append(
+                    net[name].popen(backend, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+            route(ops, "shop.test")
+            gateway = GatewayProcess(ops.urls, tmp_path / "nginx", host=net["gw"]).start()
+            edge = Edge(net["gw"], net["ops"])
+            wait_for(lambda: edge.answers("shop.test") == set(WEB_HOSTS), "the edge to serve every web host")
 
             # 1. The leader dies during a deploy, while writes keep coming.
             task = TaskSpec(
@@ -232,6 +291,11 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
             paths = {n["path"] for n in ops.call(lambda c: c.get("/api/v1/nodes", list))}
             missing = [p for p in writer.acknowledged if p not in paths]
             assert missing == [], f"acknowledged writes missing after the failover: {missing}"
+            # The edge kept serving (nginx outlives any manager) and its gateway follows the new leader.
+            assert edge.answers("shop.test") == set(WEB_HOSTS)
+            route(ops, "late.test")
+            wait_for(lambda: edge.answers("late.test") == set(WEB_HOSTS), "a domain added after the failover")
+            assert gateway.running()
 
             # 2. An etcd member dies (the one beside the new leader): nothing visible.
             etcd.members[managers.index(new_leader)].kill()
@@ -278,11 +342,17 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
             wait_for(lambda: ops.ready() == len(agents), "every agent with the last leader", 30)
             assert slots(tmp_path, "work", agent_hosts) == wanted
             assert ops.slots("bulk") == HOLLOW_REPLICAS
+            route(ops, "last.test")
+            wait_for(
+                lambda: edge.answers("last.test") == set(WEB_HOSTS), "a domain added under the last leader"
+            )
         except BaseException:
             for log in sorted(tmp_path.glob("*.log")):
                 print(f"==== {log.name}\n{log.read_text(errors='replace')[-3000:]}")
             raise
         finally:
+            if gateway is not None:
+                gateway.kill()
             for agent in agents:
                 agent.kill()
             for manager in managers:
@@ -290,6 +360,8 @@ def test_managers_on_hosts_survive_a_leader_kill_an_etcd_member_and_a_pulled_cab
             etcd.stop()
             for host in net:
                 host.kill_all()
+            for backend in backends:
+                backend.wait(10)
             reap_processes_under(tmp_path)
 
             asyncio.run(_purge_tasks([root for root in tmp_path.rglob("process") if root.is_dir()]))
