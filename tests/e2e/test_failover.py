@@ -184,7 +184,7 @@ def test_killing_the_leader_during_a_deploy_loses_and_doubles_no_task(tmp_path: 
                             node="corp",
                             replicas=REPLICAS,
                             task=TaskSpec(
-                                command=[sys.executable, "-c", "import time; time.sleep(600)"],
+                                command=[sys.executable, "-c", HELLO_THEN_SLEEP],
                                 restart=RestartPolicy(delay_s=0),
                             ),
                         ),
@@ -206,11 +206,28 @@ def test_killing_the_leader_during_a_deploy_loses_and_doubles_no_task(tmp_path: 
                 assert live_slots(tmp_path, "work") == wanted
                 assert _running(urls, "work") == REPLICAS
                 assert _ready(urls) == len(hosts)
+                # What only the leader has (agents' logs, the endpoint registry), read through a follower
+                # alone: it forwards the read, and a followed log streams through it.
+                follower = next(m for m in rest if m is not leader_of(rest))
+                with Client(follower.url, timeout=10) as client:
+                    assert client.get("/api/v1/endpoints/work", list) == []
+                    logs = b"".join(client.stream_bytes("/api/v1/services/work/logs", {"tail": 5})).decode()
+                assert logs.count("hello") == REPLICAS, logs
+                assert _first_followed_line(follower.url + "/api/v1/services/work/logs?follow=true&tail=1")
             assert "down" not in states.seen, _diagnosis(tmp_path)
             assert at_kill < REPLICAS  # the leader died before the deploy was done
         finally:
             for agent in agents:
                 agent.kill()
+
+
+HELLO_THEN_SLEEP = "import time; print('hello', flush=True); time.sleep(600)"
+
+
+def _first_followed_line(url: str) -> str:
+    """The first line of a followed (endless) log stream; the connection is closed after it."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.readline().decode()
 
 
 def _ready(urls: str) -> int:

@@ -22,6 +22,7 @@ from treeherd.api.routes.availability import AvailabilityController, metrics
 from treeherd.api.routes.ca import CaController, CertController
 from treeherd.api.routes.cluster import ClusterController
 from treeherd.api.routes.domains import DomainController, ProvisionController
+from treeherd.api.routes.endpoints import EndpointController, RegistryController
 from treeherd.api.routes.events import EventController
 from treeherd.api.routes.gateway import GatewayController
 from treeherd.api.routes.join import JoinController
@@ -38,7 +39,7 @@ from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.puppet import Puppet
 from treeherd.manager.services import Services
-from treeherd.model.errors import Unavailable
+from treeherd.model.errors import LeaderOnly, Unavailable
 from treeherd.model.managers import ManagerView
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -99,7 +100,7 @@ def create_app(
         # for it, which the routes that need a dispatcher answer with 503 naming the leader.
         current = dispatcher if isinstance(dispatcher, Dispatcher) else dispatcher()
         if not isinstance(current, Dispatcher):
-            raise Unavailable(f"{current.hint()} (agents, their logs and endpoint registrations are there)")
+            raise LeaderOnly(f"{current.hint()} (agents, their logs and endpoint registrations are there)")
         return current
 
     app = Litestar(
@@ -125,7 +126,7 @@ def create_app(
             CertController,
             ManagerController,
             metrics,
-            *([agent_router(dispatcher)] if dispatcher is not None else []),
+            *(_dispatcher_routes(dispatcher) if dispatcher is not None else []),
             healthz,
             openapi_json,
             redoc_script,
@@ -178,3 +179,9 @@ def _allowed_methods(app: Litestar) -> dict[str, tuple[str, ...]]:
         if isinstance(route, HTTPRoute):
             methods[route.path_format].update(route.methods)
     return {path: tuple(sorted(found | {"OPTIONS"})) for path, found in methods.items()}
+
+
+def _dispatcher_routes(dispatcher: Dispatcher | Callable[[], Dispatcher]) -> list[ControllerRouterHandler]:
+    """The agent channel (with its own dispatcher dependency: a follower's stand-in refuses agents with
+    the leader's URL) and the endpoint registry's routes (the app's dependency: leader-only elsewhere)."""
+    return [agent_router(dispatcher), EndpointController, RegistryController]

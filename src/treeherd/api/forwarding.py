@@ -2,11 +2,13 @@
 follower forwards every write to the leader.
 
 `FollowerForwarding` wraps the API's ASGI app. A read (GET, HEAD, OPTIONS) is served from this manager's
-own watch-fed working set, with `X-Treeherd-Revision: N` saying which store revision it reflects. Any
-other request to a follower is sent on to the leader whole (method, path, query, headers, body) and the
-leader's answer passed back once this manager's copy has caught up with it (a client reads its write
-back from the follower it wrote through); with etcd out of reach, no leader elected, or a request already forwarded
-once, the answer is 503 with the reason. WebSockets (the agent channel) are not forwarded: a follower refuses agents with
+own watch-fed working set, with `X-Treeherd-Revision: N` saying which store revision it reflects, unless
+it needs what only the leader runs (agents' logs, the endpoint registry: the app refuses it with
+`leader_only`), in which case it goes to the leader as a write does. Any other request to a follower is
+sent on to the leader whole (method, path, query, headers, body) and the leader's answer streamed back
+once this manager's copy has caught up with it (a client reads its write back from the follower it wrote
+through); with etcd out of reach, no leader elected, or a request already forwarded once, the answer is
+503 with the reason. WebSockets (the agent channel) are not forwarded: a follower refuses agents with
 the leader's URL instead (`manager.leadership.FollowerDoor`).
 """
 
@@ -21,7 +23,7 @@ import httpx
 import msgspec
 
 from treeherd.manager.leadership import Leadership
-from treeherd.model.errors import NoLeader, TreeherdError
+from treeherd.model.errors import LeaderOnly, NoLeader, TreeherdError
 from treeherd.model.views import ApiError
 
 REVISION_HEADER = b"x-treeherd-revision"
@@ -53,10 +55,43 @@ class FollowerForwarding:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        if scope["method"] in READS or self._leadership.role == "leader":
+        if self._leadership.role == "leader":
             await self._app(scope, receive, self._stamped(send))
+        elif scope["method"] not in READS:
+            await self._forward(scope, receive, send)
+        elif await self._answered_here(scope, receive, send):
             return
-        await self._forward(scope, receive, send)
+        else:
+            await self._forward(scope, _no_body, send)
+
+    async def _answered_here(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Serve a read from this manager's copy; False (nothing sent) when the app refused it as one
+        only the leader can answer."""
+        held: list[dict[str, Any]] = []  # a 503's start and body, until it is known not to be leader_only
+        refused = False
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                held.append(message)
+                return
+            if held and message["type"] == "http.response.body":
+                body = b"".join(m.get("body", b"") for m in held[1:]) + message.get("body", b"")
+                if message.get("more_body"):
+                    held.append(message)
+                    return
+                if _error_code(body) == LeaderOnly.code:
+                    refused = True
+                    return
+                await stamped(held[0])
+                await send({"type": "http.response.body", "body": body})
+                held.clear()
+                return
+            await stamped(message)
+
+        stamped = self._stamped(send)
+        await self._app(scope, receive, sending)
+        return not refused
 
     def _stamped(self, send: Any) -> Any:
         async def stamped(message: dict[str, Any]) -> None:
@@ -103,24 +138,33 @@ class FollowerForwarding:
         query = scope.get("query_string", b"").decode("latin-1")
         kept = [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
         kept.append((FORWARDED_HEADER, self._leadership.record.url))
+        request = self._client.build_request(
+            scope["method"], target + ("?" + query if query else ""), headers=kept, content=bytes(body)
+        )
+        started = False
         try:
-            answer = await self._client.request(
-                scope["method"], target + ("?" + query if query else ""), headers=kept, content=bytes(body)
-            )
+            answer = await self._client.send(request, stream=True)
+            try:
+                await self._caught_up(answer.headers.get(REVISION_HEADER.decode()))
+                out = [
+                    (k.encode("latin-1"), v.encode("latin-1"))
+                    for k, v in answer.headers.multi_items()
+                    if k.lower() not in _HOP_BY_HOP
+                ]
+                await send({"type": "http.response.start", "status": answer.status_code, "headers": out})
+                started = True
+                # Streamed as it comes: a followed log (`--follow`) goes on for as long as the client reads.
+                async for chunk in answer.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                await answer.aclose()
         except httpx.HTTPError as error:
-            await _refuse(
-                send, f"the leader at {leader.url} did not answer ({error.__class__.__name__}): retry"
-            )
-            return
-        await self._caught_up(answer.headers.get(REVISION_HEADER.decode()))
-        out = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in answer.headers.multi_items()
-            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"
-        ]
-        out.append((b"content-length", str(len(answer.content)).encode()))
-        await send({"type": "http.response.start", "status": answer.status_code, "headers": out})
-        await send({"type": "http.response.body", "body": answer.content})
+            if not started:
+                await _refuse(
+                    send, f"the leader at {leader.url} did not answer ({error.__class__.__name__}): retry"
+                )
+                return
+        await send({"type": "http.response.body", "body": b""})
 
     async def _caught_up(self, revision: str | None) -> None:
         """Wait (briefly) until this manager's own copy has the leader's answer's revision: a client
@@ -134,6 +178,18 @@ class FollowerForwarding:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        answer = msgspec.json.decode(body, type=ApiError)
+    except msgspec.DecodeError:
+        return None
+    return answer.error
 
 
 async def _refuse(send: Any, detail: str, error: str = "unavailable") -> None:

@@ -81,6 +81,14 @@ class NoLeader(Unavailable):
     code = "no_leader"
 
 
+class LeaderOnly(Unavailable):
+    """A follower manager cannot answer this itself: it needs what only the leader runs (the agents'
+    sessions, their logs, the endpoint registry). A follower's API forwards such a request to the
+    leader, so a client sees this only when that fails."""
+
+    code = "leader_only"
+
+
 class WatchLagged(TreeherdError):
     """A watcher fell too far behind the live stream; resume from its last revision."""
 

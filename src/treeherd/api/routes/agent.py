@@ -1,5 +1,4 @@
-"""/api/v1/agent: the agent channel, one WebSocket per agent, handed to the dispatcher; and the routes
-that need the dispatcher's endpoint registry (`routes.endpoints`), which come with it.
+"""/api/v1/agent: the agent channel, one WebSocket per agent, handed to the dispatcher.
 
 The handler accepts the WebSocket, wraps it in a `transport.channel.ServerChannel` and lets
 `Dispatcher.serve` run the session until it ends; the channel is closed whatever happens. The dispatcher
@@ -15,7 +14,6 @@ from typing import Any
 from litestar import Router, WebSocket, websocket
 from litestar.di import Provide
 
-from treeherd.api.routes.endpoints import EndpointController, RegistryController
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.transport.channel import AGENT_PATH, ChannelClosed, ServerChannel
 
@@ -50,6 +48,6 @@ def agent_router(dispatcher: Dispatcher | Callable[[], Dispatcher]) -> Router:
 
     return Router(
         path="/",
-        route_handlers=[agent_channel, EndpointController, RegistryController],
+        route_handlers=[agent_channel],
         dependencies={"dispatcher": Provide(provide_dispatcher, sync_to_thread=False)},
     )

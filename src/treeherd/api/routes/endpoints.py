@@ -1,6 +1,7 @@
 """/api/v1/endpoints/{name} (list, register, deregister) and /api/v1/services-registry/{name}/ (the
 seed's view: `{"host", "ipv4_addr", "port"}` per live instance, by IP). Both need the dispatcher's
-endpoint registry, so they come with the agent channel's router."""
+endpoint registry, so a manager without a dispatcher has neither, and a follower forwards them to the
+leader (the app's `dispatcher` dependency refuses them there as leader-only)."""
 
 from __future__ import annotations
 
