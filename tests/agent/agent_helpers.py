@@ -115,6 +115,7 @@ class FakeManager:
         self.heartbeat_period_s = heartbeat_period_s
         self.tasks = list(tasks or [])  # the full set sent at each session's start
         self.reachable = True
+        self.told_managers: list[str] | None = None  # sent in the next heartbeat acks, when set
         self.refuse = 0  # refuse this many sessions first
         self.ack = True
         self.answer_heartbeats = True
@@ -187,7 +188,9 @@ class FakeManager:
                 if isinstance(message, Heartbeat):
                     self.heartbeats += 1
                     if self.answer_heartbeats:
-                        await channel.send(HeartbeatAck(period_s=self.heartbeat_period_s))
+                        await channel.send(
+                            HeartbeatAck(period_s=self.heartbeat_period_s, managers=self.told_managers)
+                        )
                 elif isinstance(message, StatusReport):
                     assert message.session_id == session
                     self.reports.append(message)

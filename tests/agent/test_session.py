@@ -292,3 +292,19 @@ async def test_several_managers_are_tried_in_turn_and_a_follower_sends_the_agent
         await leader.close()
         for task in refusals:
             task.cancel()
+
+
+async def test_a_heartbeat_ack_naming_the_managers_updates_the_agents_list() -> None:
+    manager = FakeManager()
+    session = Session("http://a", register, Listener(), connect=manager.connect, connect_timeout_s=1.0)  # type: ignore[arg-type]
+    run = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: session.sessions == 1, "a session")
+        assert session.managers == ["http://a"]
+        manager.told_managers = ["http://a", "http://b", "http://c"]  # two managers joined
+        await eventually(lambda: session.managers == ["http://a", "http://b", "http://c"], "the new list")
+    finally:
+        session.stop()
+        async with asyncio.timeout(3):
+            await run
+        await manager.close()

@@ -82,10 +82,10 @@ class Harness:
         assert self.dispatcher is not None
         return self.dispatcher
 
-    async def start(self) -> Dispatcher:
+    async def start(self, managers: Callable[[], list[str]] | None = None) -> Dispatcher:
         self.dispatcher = Dispatcher(
             self.store,
-            managers=[MANAGER_URL],
+            managers=managers or [MANAGER_URL],
             clock=self.clock.now,
             monotonic=self.clock.monotonic,
             sleep=self.clock.sleep,
@@ -359,6 +359,22 @@ async def test_a_shorter_period_applies_from_the_agents_next_heartbeat(harness: 
     # From now on the 1 s period (3 s grace) holds.
     await harness.clock.advance(3.5)
     await eventually(lambda: harness.state() == "down", "node down after the new grace")
+
+
+async def test_agents_are_told_when_the_managers_change(harness: Harness) -> None:
+    managers = [MANAGER_URL, "http://m2:7400"]
+    await harness.start(lambda: list(managers))
+    agent, started, _ = await harness.connect()
+    assert started.managers == managers
+    await agent.send(Heartbeat(session_id=started.session_id))
+    assert (await receive(agent, HeartbeatAck)).managers is None  # nothing new: not repeated
+    managers.append("http://m3:7400")  # a third manager joined
+    await harness.clock.advance(5.0)
+    await agent.send(Heartbeat(session_id=started.session_id))
+    assert (await receive(agent, HeartbeatAck)).managers == [MANAGER_URL, "http://m2:7400", "http://m3:7400"]
+    await harness.clock.advance(5.0)
+    await agent.send(Heartbeat(session_id=started.session_id))
+    assert (await receive(agent, HeartbeatAck)).managers is None
 
 
 async def test_time_the_manager_was_stalled_does_not_count_against_nodes(harness: Harness) -> None:

@@ -338,6 +338,8 @@ class Session:
                     self.heartbeat_period_s = message.period_s
                 if message.endpoint_refresh_s > 0:
                     self.endpoint_refresh_s = message.endpoint_refresh_s
+                if message.managers is not None:
+                    self.managers = known_managers(self._configured, message.managers)
             elif isinstance(message, DependencyEndpoints):
                 if self._dependencies is not None:
                     self._dependencies.endpoints(message)

@@ -172,7 +172,7 @@ class LeaderTerm:
     def __init__(
         self,
         store: Store,
-        managers: list[str],
+        managers: Sequence[str] | Callable[[], list[str]],
         board: AvailabilityBoard,
         sign: Signer,
         etcd_endpoints: Sequence[tuple[str, int]] | None = None,
@@ -209,8 +209,10 @@ def _leadership(
     etcd_url = parse_etcd_url(store_spec)
     election = Election(etcd_url, ManagerRecord(id=new_id(), url=url))
 
+    def managers() -> list[str]:  # this leader first, then the others as they come and go
+        return [url] + [m for m in known_managers(leadership) if m != url]
+
     def make_term() -> LeaderTerm:
-        managers = [url] + [m for m in known_managers(leadership) if m != url]
         return LeaderTerm(store, managers, board, sign, etcd_url.endpoints, refusals=refusals)
 
     leadership = Leadership(election, store, make_term)

@@ -78,6 +78,8 @@ class SessionRefused(_Message, frozen=True, kw_only=True, tag="refused"):
 class HeartbeatAck(_Message, frozen=True, kw_only=True, tag="heartbeat_ack"):
     period_s: float
     endpoint_refresh_s: float = 10.0
+    # The managers' URLs, when they changed since the agent was last told (a manager joined or left).
+    managers: list[str] | None = None
 
 
 class StatusAck(_Message, frozen=True, kw_only=True, tag="status_ack"):

@@ -83,7 +83,7 @@ class Dispatcher:
         self,
         store: Store,
         *,
-        managers: Sequence[str] = (),
+        managers: Sequence[str] | Callable[[], list[str]] = (),
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -99,7 +99,9 @@ class Dispatcher:
         # audit trail (manager.audit_trail), called with address, what, reason and caller.
         self._refusals = refusals
         self._sign = sign  # renews agents' certificates (none: renewals are refused)  # where agents' endpoint sets go (none: they are ignored)
-        self.managers = list(managers)  # URLs sent to agents in SessionStarted; may be set before run()
+        # The managers' URLs agents are told (SessionStarted, and a HeartbeatAck when the list changed
+        # since): fixed, or asked anew each time (the managers on etcd come and go).
+        self._managers = managers if callable(managers) else (lambda fixed=list(managers): fixed)
         self._store = store
         self._clock = clock
         self._monotonic = monotonic
@@ -262,13 +264,14 @@ class Dispatcher:
         previous = self._sessions.get(machine_id)
         if previous is not None:
             previous.close(f"replaced by session {session.id}")
+        session.told_managers = list(self._managers())
         self._sessions[machine_id] = session
         session.post(
             SessionStarted(
                 session_id=session.id,
                 machine_id=machine_id,
                 heartbeat_period_s=period,
-                managers=list(self.managers),
+                managers=session.told_managers,
                 endpoint_refresh_s=settings.endpoint_ttl_s / 3,
                 task_history=settings.task_history,
             )
@@ -420,7 +423,17 @@ class Dispatcher:
         awaited = max(period, session.period_s)
         self._heartbeats.heard_from(session.machine_id, heartbeat_timeout(awaited, settings))
         session.period_s = period
-        session.post(HeartbeatAck(period_s=period, endpoint_refresh_s=settings.endpoint_ttl_s / 3))
+        managers = self._managers()
+        changed = managers != session.told_managers
+        if changed:
+            session.told_managers = list(managers)
+        session.post(
+            HeartbeatAck(
+                period_s=period,
+                endpoint_refresh_s=settings.endpoint_ttl_s / 3,
+                managers=list(managers) if changed else None,
+            )
+        )
 
     # ---- the loops ---------------------------------------------------------------------------------
     # Each loop and session task starts in a `Dispatcher` method: the schedule benchmark's profile
