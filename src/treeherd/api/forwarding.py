@@ -44,12 +44,15 @@ class FollowerForwarding:
         leadership: Leadership,
         revision: Callable[[], int],
         applied: Callable[[int], Awaitable[None]],
+        *,
+        verify: str | bool = True,
     ) -> None:
         self._app = app
         self._applied = applied  # returns once this manager's copy has taken in a revision
         self._leadership = leadership
         self._revision = revision
         self._client: httpx.AsyncClient | None = None
+        self._verify = verify  # the cluster CA's certificate file, for a leader at an https URL
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -133,7 +136,7 @@ class FollowerForwarding:
             if not message.get("more_body"):
                 break
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S, verify=False)
+            self._client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S, verify=self._verify)
         target = leader.url.rstrip("/") + scope.get("root_path", "") + scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
         kept = [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]

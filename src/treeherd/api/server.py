@@ -16,7 +16,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,7 +44,7 @@ from treeherd.manager.leadership import Leadership, list_managers
 from treeherd.manager.orchestrator import Orchestrator
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.supervisor import Component, Supervisor
-from treeherd.model.errors import InvalidInput
+from treeherd.model.errors import InvalidInput, Unavailable
 from treeherd.model.managers import ManagerRecord, ManagerView
 from treeherd.model.security import Role
 from treeherd.runtime import new_id
@@ -219,6 +219,23 @@ def _leadership(
     return leadership
 
 
+async def _open_authority(
+    store_spec: str | None, data_dir: Path, now: datetime, external: tuple[Path, Path] | None
+) -> ClusterAuthority:
+    """This manager's cluster CA: its own, or on etcd the one every manager of the cluster shares."""
+    if store_spec is None or not store_spec.startswith("etcd://"):
+        return ClusterAuthority.open(data_dir, now, external=external)
+    from treeherd.store.etcd_client import parse_etcd_url
+    from treeherd.store.etcd_secrets import SharedCaKey  # loaded only for a manager on etcd
+
+    try:
+        return await ClusterAuthority.open_shared(
+            SharedCaKey(parse_etcd_url(store_spec)), data_dir, now, external=external
+        )
+    except Unavailable as error:
+        raise CaError(f"cannot read the cluster CA shared in etcd: {error}") from None
+
+
 def _applied(store: Store) -> Callable[[int], Awaitable[None]]:
     """The etcd store's wait for a revision to reach its working set."""
     from treeherd.store.etcd import EtcdStore
@@ -312,7 +329,7 @@ async def serve_manager(
         try:
             inventory = Inventory(store)
             try:
-                authority = ClusterAuthority.open(data_dir, inventory.clock(), external=external_ca)
+                authority = await _open_authority(store_spec, data_dir, inventory.clock(), external_ca)
             except (CaError, InsecureSecret) as error:
                 raise StartupError(str(error)) from None
             if cert_expiry_s is not None:
@@ -359,9 +376,11 @@ async def serve_manager(
                 app_dispatcher = term.dispatcher
                 ask_renewals = term.dispatcher.ask_renewals
                 leader_components = list(term.components)
+            # The other managers' certificates come from the same (shared) cluster CA.
+            peer_ca: str | bool = str(data_dir / "ca.crt") if tls else True
             if leadership is not None:
                 led = leadership
-                managers = lambda: list_managers(led, store.revision)  # noqa: E731
+                managers = lambda: list_managers(led, store.revision, verify=peer_ca)  # noqa: E731
             else:
 
                 async def managers() -> list[ManagerView]:
@@ -382,7 +401,9 @@ async def serve_manager(
             )
             app.state.ca_rotation_nudge = rotation.nudge
             if leadership is not None:  # reads stamped with their revision; a follower forwards writes
-                app = FollowerForwarding(app, leadership, lambda: store.revision, _applied(store))
+                app = FollowerForwarding(
+                    app, leadership, lambda: store.revision, _applied(store), verify=peer_ca
+                )
             api_server = ApiServer(
                 app, sock, tls=tls_files, trusted_roots=authority.trust_bundle if tls else None
             )

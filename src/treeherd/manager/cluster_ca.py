@@ -12,22 +12,34 @@ so that nodes still trusting only the old root accept it; DATA_DIR/ca.crt become
 (new root, then old). Its state, in secrets/rotation.json, lists the nodes already renewed, and
 survives a restart; `retire_old_root` ends it, after which only the new root is trusted.
 
-One manager holds these files; managers that share a store do not yet share the CA (issue 15).
+Managers that share an etcd store share one CA (`open_shared`): the first to start publishes its root
+and join secrets in etcd (`store.etcd_secrets`), the others install that copy in their data directories,
+and join secrets are read again from etcd before each use, so a token rotated through one manager is the
+one every manager admits. A root rotation is not yet driven across several managers: it is refused there.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
 from treeherd.core.security.join_tokens import SECRET_BYTES, make_join_token, parse_join_token, role_of_token
 from treeherd.model.errors import InvalidInput, Refused
-from treeherd.model.security import CaStatus, JoinAnswer, JoinRequest, JoinRole, JoinTokens, RootRotation
+from treeherd.model.security import (
+    CaStatus,
+    JoinAnswer,
+    JoinRequest,
+    JoinRole,
+    JoinTokens,
+    RootRotation,
+    SharedCa,
+)
 from treeherd.transport.pki import (
     DEFAULT_NODE_LIFETIME,
     CertificateError,
@@ -46,6 +58,16 @@ class CaError(Exception):
     """The CA files cannot be used; the message says why and what to do."""
 
 
+class SharedCaKeeper(Protocol):
+    """Where the managers of one cluster keep their shared CA (`store.etcd_secrets.SharedCaKey`)."""
+
+    def read(self) -> Awaitable[SharedCa | None]: ...
+
+    def publish(self, ca: SharedCa) -> Awaitable[SharedCa]: ...
+
+    def write(self, ca: SharedCa) -> Awaitable[None]: ...
+
+
 class ClusterAuthority:
     """The root CA and join secrets of a cluster, kept in a manager's data directory."""
 
@@ -55,6 +77,69 @@ class ClusterAuthority:
         self._secrets = secrets_by_role
         self._directory = directory
         self.rotation: RootRotation | None = None
+        self._keeper: SharedCaKeeper | None = None  # set when the CA is shared with other managers
+
+    @classmethod
+    async def open_shared(
+        cls,
+        keeper: SharedCaKeeper,
+        data_dir: Path,
+        now: datetime,
+        *,
+        external: tuple[Path, Path] | None = None,
+    ) -> ClusterAuthority:
+        """The CA shared by the managers of one cluster: the one published in `keeper`, installed in
+        `data_dir`; or, for the first manager, its own (made or loaded as `open` does), published."""
+        shared = await keeper.read()
+        if shared is None:
+            own = cls.open(data_dir, now, external=external)
+            if own.rotation is not None:
+                raise CaError(
+                    f"{data_dir} holds a root CA rotation under way: finish it with one manager before"
+                    " sharing the store with others"
+                )
+            shared = await keeper.publish(own.shared())
+            if shared == own.shared():
+                own._keeper = keeper
+                log.info("this manager's cluster CA is now the one every manager of the cluster uses")
+                return own
+        if external is not None and external[0].read_bytes().decode() != shared.cert_pem:
+            raise CaError(
+                f"the cluster on this store already has a CA that is not {external[0]}: start this manager"
+                " without --external-ca-cert/--external-ca-key to use the cluster's"
+            )
+        _install(data_dir, shared)
+        authority = cls.open(data_dir, now)
+        authority._keeper = keeper
+        return authority
+
+    def shared(self) -> SharedCa:
+        """This CA as the managers of a cluster share it."""
+        return SharedCa(
+            cert_pem=self.ca.cert_pem.decode(),
+            key_pem=self.ca.key_pem.decode(),
+            join_secrets={role.value: secret.hex() for role, secret in self._secrets.items()},
+        )
+
+    async def refresh(self) -> None:
+        """Take in join secrets rotated through another manager (shared CA only)."""
+        if self._keeper is None:
+            return
+        shared = await self._keeper.read()
+        if shared is None or shared.cert_pem.encode() != self.ca.cert_pem:
+            return  # not this CA's secrets (never expected): keep what this manager has
+        for role in JoinRole:
+            value = shared.join_secrets.get(role.value)
+            if value is not None and bytes.fromhex(value) != self._secrets.get(role):
+                write_secret(self._secret_path(role), value.encode() + b"\n")
+                self._secrets[role] = bytes.fromhex(value)
+
+    async def rotate_shared(self, role: JoinRole) -> None:
+        """`rotate`, then tell the other managers (shared CA only)."""
+        await self.refresh()
+        self.rotate(role)
+        if self._keeper is not None:
+            await self._keeper.write(self.shared())
 
     @classmethod
     def open(
@@ -149,6 +234,10 @@ class ClusterAuthority:
         if self.rotation is not None:
             raise Refused(
                 "a root rotation is already under way: wait for it to finish (`treeherd cluster ca`)"
+            )
+        if self._keeper is not None:
+            raise Refused(
+                "a root CA rotation is not supported yet with several managers on etcd: the CA stays as it is"
             )
         try:
             new = ClusterCA(*external) if external is not None else ClusterCA.create(self.ca.cluster_id, now)
@@ -269,6 +358,24 @@ class ClusterAuthority:
         return JoinAnswer(
             node_id=node_id, role=role, cert_pem=cert.decode(), ca_cert_pem=self.ca.cert_pem.decode()
         )
+
+
+def _install(data_dir: Path, shared: SharedCa) -> None:
+    """Write the cluster's shared CA into a manager's data directory, where `open` loads it from."""
+    directory = data_dir / "secrets"
+    try:
+        ensure_private_dir(directory)
+        if (directory / "rotation.json").exists():
+            raise CaError(
+                f"{data_dir} holds a root CA rotation of its own: it cannot join a cluster with a shared CA;"
+                " use a new data directory"
+            )
+        write_secret(directory / "ca.key", shared.key_pem.encode())
+        (data_dir / "ca.crt").write_bytes(shared.cert_pem.encode())
+        for role, value in shared.join_secrets.items():
+            write_secret(directory / f"join-{role}.secret", value.encode() + b"\n")
+    except OSError as error:
+        raise CaError(f"cannot write the cluster CA into {data_dir}: {error}") from None
 
 
 def _first_cert(bundle: bytes) -> bytes:

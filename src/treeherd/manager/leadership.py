@@ -192,13 +192,15 @@ class Leadership:
                     await self._election.connect()
 
 
-async def list_managers(leadership: Leadership, revision: int) -> list[ManagerView]:
+async def list_managers(
+    leadership: Leadership, revision: int, *, verify: str | bool = True
+) -> list[ManagerView]:
     """Every candidate manager: its role, and the store revision it has applied (each other manager is
     asked for it, briefly: its answers say it in `X-Treeherd-Revision`) and its lag behind the most
-    advanced of them."""
+    advanced of them. `verify`: the cluster CA's certificate file when the managers serve https."""
     own = leadership.record
     peers = leadership.peers if any(p.url == own.url for p in leadership.peers) else [own, *leadership.peers]
-    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, verify=False) as client:
+    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, verify=verify) as client:
 
         async def applied(record: ManagerRecord) -> int | None:
             if record.url == own.url:

@@ -101,6 +101,15 @@ class JoinAnswer(msgspec.Struct, frozen=True, kw_only=True):
     ca_cert_pem: str
 
 
+class SharedCa(msgspec.Struct, frozen=True, kw_only=True):
+    """The cluster CA as the managers on one etcd prefix share it: the signing root's certificate and
+    key (PEM) and the join secrets by role (hex)."""
+
+    cert_pem: str
+    key_pem: str
+    join_secrets: dict[str, str]
+
+
 class RootRotation(msgspec.Struct, frozen=True, kw_only=True):
     """A root CA rotation under way (kept in the manager's secrets directory across restarts)."""
 

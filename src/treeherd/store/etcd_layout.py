@@ -9,7 +9,9 @@ Under the prefix (default `/treeherd`):
   its value is `partial` while a split commit is being written (see `plan_chunks`), empty otherwise;
 - `PREFIX/o/KIND/ID`: each object, MessagePack as `codec` encodes it; its version is the key's
   `mod_revision` (the stored bytes carry version 0);
-- `PREFIX/election/LEASE`: each manager's candidacy for leadership, bound to its lease (`etcd_election`).
+- `PREFIX/election/LEASE`: each manager's candidacy for leadership, bound to its lease (`etcd_election`);
+- `PREFIX/secrets/ca`: the cluster CA's certificate and key and the join secrets, shared by the managers
+  (`etcd_secrets`); not an object: never in the event stream, a snapshot or a migration.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Layout:
         self.head = self.prefix + b"/head"
         self._objects = self.prefix + b"/o/"
         self.election = self.prefix + b"/election/"
+        self.secrets = self.prefix + b"/secrets/ca"
 
     def key(self, kind: str, id: str) -> bytes:
         return self._objects + kind.encode() + b"/" + id.encode()

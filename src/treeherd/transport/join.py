@@ -16,9 +16,9 @@ from pathlib import Path
 
 import msgspec
 
-from treeherd.core.security.join_tokens import DIGEST_CHARS, base36, parse_join_token
+from treeherd.core.security.join_tokens import DIGEST_CHARS, JoinToken, base36, parse_join_token
 from treeherd.model.security import JoinAnswer, JoinRequest
-from treeherd.transport.client import Client, ClientError
+from treeherd.transport.client import Client, ClientError, manager_urls
 from treeherd.transport.pki import (
     CertificateError,
     KeyPair,
@@ -58,7 +58,7 @@ def _fetch_ca(manager_url: str) -> bytes:
         response = connection.getresponse()
         body = response.read()
     except OSError as error:
-        raise JoinError(f"cannot reach the manager at {manager_url} to join: {error}") from None
+        raise _Unreachable(f"{manager_url}: {error}") from None
     finally:
         connection.close()
     if response.status != 200:
@@ -69,12 +69,27 @@ def _fetch_ca(manager_url: str) -> bytes:
 
 
 def join(manager_url: str, data_dir: Path, token_text: str, now: datetime) -> KeyPair:
-    """Join the cluster of the manager at `manager_url` with a join token; keep and return the
-    node's certificate and key."""
+    """Join the cluster of the manager(s) at `manager_url` (URLs separated by commas: each is tried in
+    turn while it cannot be reached) with a join token; keep and return the node's certificate and key."""
     try:
         token = parse_join_token(token_text)
+        urls = manager_urls(manager_url)
     except Exception as error:
         raise JoinError(str(error)) from None
+    unreachable: list[str] = []
+    for url in urls:
+        try:
+            return _join_through(url, data_dir, token, now)
+        except _Unreachable as error:
+            unreachable.append(str(error))
+    raise JoinError("cannot reach a manager to join: " + "; ".join(unreachable))
+
+
+class _Unreachable(Exception):
+    """This manager could not be reached: the next one is tried."""
+
+
+def _join_through(manager_url: str, data_dir: Path, token: JoinToken, now: datetime) -> KeyPair:
     ca_pem = _fetch_ca(manager_url)
     try:
         digest = base36(cert_sha256(ca_pem), DIGEST_CHARS)
@@ -92,6 +107,8 @@ def join(manager_url: str, data_dir: Path, token_text: str, now: datetime) -> Ke
         with Client(manager_url, timeout=TIMEOUT_S, token="", tls=context) as client:
             answer = client.request("POST", "/api/v1/join", request, type=JoinAnswer)
     except ClientError as error:
+        if error.status is None or error.status == 503:
+            raise _Unreachable(f"{manager_url}: {error}") from None
         raise JoinError(f"the manager refused the join: {error}") from None
     pair = KeyPair(cert_pem=answer.cert_pem.encode(), key_pem=key_pem(key))
     try:

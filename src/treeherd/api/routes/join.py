@@ -30,6 +30,7 @@ class JoinController(Controller):
 
     @get("/cluster/join-tokens", summary="The join tokens of workers and managers")
     async def join_tokens(self, authority: ClusterAuthority) -> JoinTokens:
+        await authority.refresh()
         return authority.tokens()
 
     @post(
@@ -37,7 +38,7 @@ class JoinController(Controller):
         summary="A new join token for a role; the old one admits no one",
     )
     async def rotate(self, authority: ClusterAuthority, role: JoinRole) -> JoinTokens:
-        authority.rotate(role)
+        await authority.rotate_shared(role)
         audit.info("the %s join token was rotated", role.value)
         return authority.tokens()
 
@@ -51,6 +52,7 @@ class JoinController(Controller):
     ) -> JoinAnswer:
         where = request.client.host if request.client else "?"
         refusals: RefusalSink = request.app.state.refusals
+        await authority.refresh()  # join secrets rotated through another manager
         try:
             answer = authority.join(data, inventory.ids(), inventory.clock())
         except TreeherdError as error:
