@@ -3,14 +3,17 @@ with TREEHERD_CERT_FILE/TREEHERD_KEY_FILE, and the caller authenticated with the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.test_auth import as_admin
+from tests.e2e.test_auth import as_admin, wait_for
 from treeherd.testing.processes import ManagerProcess, treeherd_command
 from treeherd.transport.pki import ClusterCA, identity_of, key_pem, make_csr, new_private_key
 from treeherd.transport.secret_files import write_secret
@@ -29,6 +32,27 @@ def with_cert(url: str, ca: Path, cert: Path, key: Path, *args: str) -> subproce
         env=env,
         check=False,
     )
+
+
+def _tls_reasons(events: list[dict[str, Any]]) -> set[str]:
+    return {
+        refusal["reason"]
+        for event in events
+        for refusal in event["object"]["recent"]
+        if refusal["what"] == "TLS handshake" and refusal["address"] == "127.0.0.1"
+    }
+
+
+def cli_events(admin_cli: Callable[..., str], since: int) -> dict[str, Any] | None:
+    """The next audit event after `since`, or None when none comes within a few seconds."""
+    try:
+        text = admin_cli(
+            "events", "--since", str(since), "--kind", "audit", "--count", "1", "--format", "json"
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    event: dict[str, Any] = json.loads(text)
+    return event
 
 
 def test_a_user_certificate_authenticates_api_requests_with_its_role(tmp_path: Path) -> None:
@@ -71,6 +95,27 @@ def test_a_user_certificate_authenticates_api_requests_with_its_role(tmp_path: P
             )
             assert refused.returncode != 0, (name, refused.stdout)
             assert "Traceback" not in refused.stderr and "corp" not in refused.stdout
+        # Both were refused during the TLS handshake itself, before any HTTP: each is an audit event.
+        reasons = {
+            f"client certificate refused: {why}"
+            for why in ("unable to get local issuer certificate", "certificate has expired")
+        }
+
+        def handshake_refusals() -> set[str]:
+            event = json.loads(
+                admin_cli("events", "--since", "0", "--kind", "audit", "--count", "1", "--format", "json")
+            )
+            since, seen = event["revision"], [event]
+            while len(seen) < 10 and not reasons <= _tls_reasons(seen):
+                more = cli_events(admin_cli, since)
+                if more is None:
+                    break
+                seen.append(more)
+                since = more["revision"]
+            return _tls_reasons(seen)
+
+        assert wait_for(lambda: reasons <= handshake_refusals(), 15), handshake_refusals()
+        assert "client certificate refused: certificate has expired" in manager.log()
 
         # A viewer's certificate cannot ask for an admin's.
         asked = with_cert(

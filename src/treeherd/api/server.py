@@ -23,11 +23,12 @@ from typing import Any, NamedTuple
 import uvicorn
 
 from treeherd.api.app import create_app
-from treeherd.api.auth import RefusalSink
+from treeherd.api.auth import RefusalSink, log_refusal
 from treeherd.api.forwarding import FollowerForwarding
 from treeherd.api.joined_writes import http_protocol
 from treeherd.api.peer_certificates import http_peer_protocol, websocket_protocol
 from treeherd.api.request_limits import RequestLimits, limited_protocol
+from treeherd.api.tls_listener import tls_protocol_class
 from treeherd.manager.admin_token import ensure_admin_token, fresh_component_token
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.audit_trail import AuditTrail
@@ -112,8 +113,11 @@ class ApiServer:
         tls: tuple[Path, Path, Path] | None = None,
         limits: RequestLimits | None = None,
         trusted_roots: Callable[[], bytes] | None = None,
+        refusals: RefusalSink = log_refusal,
     ) -> None:
         self._app = app
+        self._refusals = refusals  # told of client certificates refused during a TLS handshake
+        self._tls_context: ssl.SSLContext | None = None
         self._sock = sock
         self._limits = limits or RequestLimits()
         # (certificate chain, key, cluster CA) files: serve https and wss; client certificates of
@@ -144,6 +148,13 @@ class ApiServer:
             http=http_protocol(http_peer_protocol(limited_protocol(self._limits), self._trusted_roots)),
             **tls,
         )
+        config.load()
+        if config.ssl is not None:
+            # The TLS protocol set up here, in front of uvicorn's: see api.tls_listener.
+            self._tls_context, config.ssl = config.ssl, None
+            config.http_protocol_class = tls_protocol_class(
+                config.http_protocol_class, self._tls_context, self._refusals
+            )
         self._server = _Server(config)
         if self._stop_requested:
             return
@@ -152,10 +163,8 @@ class ApiServer:
     def reload_tls(self) -> None:
         """Take up the certificate files again (a root rotation re-issued them), for new connections;
         the CA file's roots are added to those trusted at the TLS layer (open connections stay)."""
-        if self._tls is None or self._server is None:
-            return
-        context = self._server.config.ssl
-        if context is None:
+        context = self._tls_context
+        if self._tls is None or context is None:
             return
         context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
         context.load_verify_locations(cafile=str(self._tls[2]))
@@ -405,7 +414,11 @@ async def serve_manager(
                     app, leadership, lambda: store.revision, _applied(store), verify=peer_ca
                 )
             api_server = ApiServer(
-                app, sock, tls=tls_files, trusted_roots=authority.trust_bundle if tls else None
+                app,
+                sock,
+                tls=tls_files,
+                trusted_roots=authority.trust_bundle if tls else None,
+                refusals=trail.refused,
             )
             components: list[Component] = [
                 api_server,
