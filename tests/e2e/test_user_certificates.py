@@ -123,3 +123,43 @@ def test_a_user_certificate_authenticates_api_requests_with_its_role(tmp_path: P
         )
         assert asked.returncode != 0 and "the role viewer may not" in asked.stderr, asked.stderr
         assert not (out / "bob.crt").exists()
+
+        # Revoked by name: alice's certificate is refused from the next request on, and on record as such.
+        listed = json.loads(admin_cli("cert", "ls", "--format", "json"))
+        assert [(c["name"], c["role"], c["revoked_at"]) for c in listed] == [("alice", "viewer", None)]
+        admin_cli("cert", "rm", "alice")
+        revoked = with_cert(manager.url, ca, cert, key, "tree", "ls")
+        assert revoked.returncode != 0 and "corp" not in revoked.stdout, revoked.stdout
+        assert "authentication required" in revoked.stderr or "not valid" in revoked.stderr, revoked.stderr
+        assert json.loads(admin_cli("cert", "ls", "--format", "json"))[0]["revoked_at"] is not None
+        assert wait_for(lambda: "the certificate of user alice was revoked" in manager.log())
+        # A new certificate for alice works; one this CA signed that was never issued does not.
+        again = tmp_path / "again"
+        admin_cli("cert", "create", "alice", "--role", "viewer", "--out", str(again))
+        renewed = with_cert(manager.url, ca, again / "alice.crt", again / "alice.key", "tree", "ls")
+        assert renewed.returncode == 0 and "corp" in renewed.stdout, renewed.stderr
+        forged = own.issue(
+            make_csr(private),
+            node_id="user:mallory",
+            role="admin",
+            cluster_id="c",
+            now=datetime.now(UTC),
+            lifetime=timedelta(days=1),
+        )
+        write_secret(tmp_path / "forged.crt", forged)
+        unknown = with_cert(manager.url, ca, tmp_path / "forged.crt", tmp_path / "expired.key", "tree", "ls")
+        assert unknown.returncode != 0 and "corp" not in unknown.stdout
+        assert wait_for(lambda: "a user certificate this cluster has no record of" in manager.log())
+        rm_again = subprocess.run(
+            [*treeherd_command(), "--manager", manager.url, "cert", "rm", "nobody"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("TREEHERD_")},
+                "TREEHERD_CA_FILE": str(data_dir / "ca.crt"),
+                "TREEHERD_TOKEN_FILE": str(data_dir / "secrets" / "admin.token"),
+            },
+            check=False,
+        )
+        assert rm_again.returncode != 0 and "no valid certificate" in rm_again.stderr, rm_again.stderr

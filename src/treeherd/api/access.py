@@ -75,6 +75,8 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/api/v1/cluster/ca/rotation"): _A,
     ("POST", "/api/v1/cluster/ca/rotate"): _A,
     ("POST", "/api/v1/certs"): _A,
+    ("GET", "/api/v1/certs"): _A,
+    ("DELETE", "/api/v1/certs/{name}"): _A,
     # Joining: the CA's certificate is public; a join is authenticated by its join token.
     ("GET", "/api/v1/cluster/ca"): _P,
     ("POST", "/api/v1/join"): _P,

@@ -22,6 +22,7 @@ from litestar.handlers.base import BaseRouteHandler
 from treeherd.api.access import WEBSOCKET, scope_of
 from treeherd.core.security.api_tokens import check_token, refused
 from treeherd.core.security.roles import Scope, allows
+from treeherd.core.security.user_certs import user_cert_refusal
 from treeherd.core.view import View
 from treeherd.model.errors import Forbidden, Unauthenticated
 from treeherd.model.security import ApiToken, Role
@@ -47,6 +48,8 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     # The node id and role of the client certificate the caller presented (mutual TLS), if any.
     node_id: str | None = None
     node_role: str = "worker"
+    # A user certificate's serial number: it authenticates only while on record and not revoked.
+    user_cert_serial: int | None = None
 
 
 USER_CERTIFICATE_ROLES = frozenset({Role.ADMIN.value, Role.OPERATOR.value, Role.VIEWER.value})
@@ -64,7 +67,7 @@ def certificate_caller(scope: dict[str, Any]) -> Caller | None:
     if identity.role in USER_CERTIFICATE_ROLES:  # a user's certificate (`treeherd cert create`)
         if not identity.node_id.startswith(USER_CERTIFICATE_PREFIX):
             return None
-        return Caller(name=identity.node_id, role=Role(identity.role))
+        return Caller(name=identity.node_id, role=Role(identity.role), user_cert_serial=identity.serial)
     if scope.get("type") != "websocket":
         return None  # a node's certificate identifies it on the agent channel only
     return Caller(name=identity.node_id, role=Role.AGENT, node_id=identity.node_id, node_role=identity.role)
@@ -147,6 +150,11 @@ class Authenticator:
         except Unauthenticated:
             self._refusals(address=where, what=f"{method} {template}", reason="no valid credential")
             raise
+        if caller.user_cert_serial is not None:
+            why = user_cert_refusal(self._view(), caller.user_cert_serial)
+            if why is not None:
+                self._refusals(address=where, what=f"{method} {template}", reason=why, caller=caller.name)
+                raise refused()
         # An operation missing from the table is refused to everyone (the app checks at start that
         # none is missing; this is the safe answer should one slip through).
         if scope is None or not allows(caller.role, scope):

@@ -1,4 +1,5 @@
-"""`treeherd token create|ls|rm` and `treeherd cert create`: bearer tokens and user certificates for people and scripts (administrators only).
+"""`treeherd token create|ls|rm` and `treeherd cert create|ls|rm`: bearer tokens and user certificates
+for people and scripts (administrators only).
 
 The token's text is printed once, by `create`, to standard output alone (so `> file` keeps it and
 nothing else); keep it in a 0600 file and point TREEHERD_TOKEN_FILE at it.
@@ -13,7 +14,15 @@ import click
 from treeherd.cli.main import Context, pass_ctx
 from treeherd.cli.output import FORMAT_OPTION, listing, print_json
 from treeherd.cli.params_services import duration
-from treeherd.model.security import CertCreate, CertIssued, Role, TokenCreate, TokenCreated, TokenInfo
+from treeherd.model.security import (
+    CertCreate,
+    CertIssued,
+    Role,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    UserCertificate,
+)
 from treeherd.transport.pki import key_pem, make_csr, new_private_key
 from treeherd.transport.secret_files import ensure_private_dir, write_secret
 
@@ -111,6 +120,36 @@ def cert_create(ctx: Context, name: str, role: str, out: Path) -> None:
     click.echo(
         f"    export TREEHERD_CERT_FILE={out / (name + '.crt')} TREEHERD_KEY_FILE={out / (name + '.key')}"
     )
+
+
+@cert.command("ls")
+@FORMAT_OPTION
+@pass_ctx
+def cert_ls(ctx: Context, fmt: str) -> None:
+    """List the user certificates issued, revoked ones included."""
+    found = ctx.client.get("/api/v1/certs", list[UserCertificate])
+    listing(
+        fmt,
+        found,
+        ["NAME", "ROLE", "SERIAL", "ISSUED", "EXPIRES", "REVOKED"],
+        lambda c: [
+            c.name,
+            c.role.value,
+            c.serial[:16],
+            f"{c.created_at:%Y-%m-%d %H:%M}",
+            f"{c.expires_at:%Y-%m-%d %H:%M}",
+            f"{c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else "-",
+        ],
+    )
+
+
+@cert.command("rm")
+@click.argument("name")
+@pass_ctx
+def cert_rm(ctx: Context, name: str) -> None:
+    """Revoke every certificate of user NAME: each is refused from the next request on."""
+    ctx.client.request("DELETE", f"/api/v1/certs/{name}")
+    click.echo(f"the certificates of {name} are revoked")
 
 
 COMMANDS = [token, cert]

@@ -22,7 +22,7 @@ from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
-from treeherd.model.security import ApiToken, AuditLog, RevokedNode
+from treeherd.model.security import ApiToken, AuditLog, RevokedNode, UserCertificate
 from treeherd.model.services import ClusterSettings, Service, Task
 
 T = TypeVar("T", bound=Object)
@@ -195,6 +195,12 @@ KINDS: dict[str, KindInfo] = {
             name="revoked_node",
             type=RevokedNode,
             unique=(UniqueKey("node_identity", lambda o: (_as(RevokedNode, o).node_identity,)),),
+        ),
+        KindInfo(
+            name="user_cert",
+            type=UserCertificate,
+            unique=(UniqueKey("serial", lambda o: (_as(UserCertificate, o).serial,)),),
+            indexes=(Index("name", lambda o: (_as(UserCertificate, o).name,)),),
         ),
         KindInfo(
             name="audit",

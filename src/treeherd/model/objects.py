@@ -18,7 +18,7 @@ from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
-from treeherd.model.security import ApiToken, AuditLog, RevokedNode
+from treeherd.model.security import ApiToken, AuditLog, RevokedNode, UserCertificate
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import Availability, NodeRole, NodeState
 
@@ -154,5 +154,6 @@ AnyObject = (
     | Endpoint
     | ApiToken
     | RevokedNode
+    | UserCertificate
     | AuditLog
 )

@@ -47,6 +47,19 @@ class RevokedNode(Object, frozen=True, kw_only=True, tag="revoked_node"):
     hostname: str
 
 
+class UserCertificate(Object, frozen=True, kw_only=True, tag="user_cert"):
+    """A user certificate the cluster CA issued (`treeherd cert create`): whom it names, its role, its
+    serial number (hex), when it expires, and when it was revoked (`treeherd cert rm`). A user
+    certificate with no record here, or a revoked one, authenticates no one."""
+
+    kind: ClassVar[str] = "user_cert"
+    name: str
+    role: Role
+    serial: str
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
 class TokenCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(pattern=TOKEN_NAME_PATTERN, description="a-z, 0-9, '.', '_', '-'")]
     role: Role

@@ -1,6 +1,7 @@
 """The cluster CA's rotation: its progress (`GET /api/v1/cluster/ca/rotation`) and its start
 (`POST /api/v1/cluster/ca/rotate`, with a new root made here or an external one given); and user
-certificates for the API (`POST /api/v1/certs`, `treeherd cert create`). Admins only."""
+certificates for the API: issued and recorded (`POST /api/v1/certs`, `treeherd cert create`), listed
+(`GET`, `cert ls`) and revoked by name (`DELETE /api/v1/certs/NAME`, `cert rm`). Admins only."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
+from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from treeherd.api.auth import USER_CERTIFICATE_PREFIX, USER_CERTIFICATE_ROLES
+from treeherd.core.security.user_certs import plan_record_user_cert, plan_revoke_user_certs
 from treeherd.manager.ca_rotation import admitted_nodes
 from treeherd.manager.cluster_ca import ClusterAuthority
 from treeherd.manager.inventory import Inventory
 from treeherd.model.errors import InvalidInput
-from treeherd.model.security import CaRotate, CaStatus, CertCreate, CertIssued
-from treeherd.transport.pki import CertificateError
+from treeherd.model.security import CaRotate, CaStatus, CertCreate, CertIssued, UserCertificate
+from treeherd.transport.pki import CertificateError, identity_of
 
 audit = logging.getLogger("treeherd.audit")
 
@@ -73,5 +76,24 @@ class CertController(Controller):
             )
         except CertificateError as error:
             raise InvalidInput(str(error), field="csr_pem") from None
+        issued = identity_of(cert)
+        await inventory.apply(
+            lambda view: plan_record_user_cert(
+                view, data.name, data.role, issued.serial, issued.not_after, inventory.clock(), inventory.ids
+            )
+        )  # on record before it is handed out: a certificate with no record authenticates no one
         audit.info("user certificate %s issued for the role %s", data.name, data.role.value)
         return CertIssued(cert_pem=cert.decode(), ca_cert_pem=authority.trust_bundle().decode())
+
+    @get("", summary="The user certificates issued: name, role, serial, expiry, revocation")
+    async def list_certs(self, inventory: Inventory) -> list[UserCertificate]:
+        return sorted(inventory.view.all(UserCertificate), key=lambda c: (c.name, c.created_at))
+
+    @delete(
+        "/{name:str}",
+        summary="Revoke every certificate of a user: refused from the next request on",
+        status_code=HTTP_204_NO_CONTENT,
+    )
+    async def revoke(self, inventory: Inventory, name: str) -> None:
+        await inventory.apply(lambda view: plan_revoke_user_certs(view, name, inventory.clock()))
+        audit.info("the certificates of user %s were revoked", name)

@@ -62,9 +62,11 @@ class EventController(Controller):
                     ) from None
         if since is not None and since < 0:
             raise InvalidInput("since must not be negative", field="since")
-        # Tokens (names, roles, digests) are the administrators' to see, here as in `GET /tokens`.
+        # Tokens (names, roles, digests) and user certificates are the administrators' to see, here as
+        # in `GET /tokens` and `GET /certs`.
         caller = request.scope.get("state", {}).get("caller")
-        hidden = frozenset({"token"}) if caller is not None and caller.role is not Role.ADMIN else frozenset()
+        admin = caller is None or caller.role is Role.ADMIN
+        hidden = frozenset() if admin else frozenset({"token", "user_cert"})
         store = inventory.store
         watch = store.watch(since)  # raises Compacted (410) before the stream starts
         return Stream(
