@@ -130,7 +130,9 @@ class Authenticator:
         self._verified[credential] = (token, caller)
         return caller
 
-    async def guard(self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(
+        self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler | None = None
+    ) -> None:
         # A coroutine on purpose: the framework runs a plain function guard in a worker thread, and
         # that hop cost about a sixth of a small request's time.
         scope_data = cast(dict[str, Any], connection.scope)  # read only: no copy per request

@@ -39,7 +39,7 @@ async def agent_channel(socket: WebSocket[Any, Any, Any], dispatcher: Any) -> No
         await channel.close()
 
 
-def agent_router(dispatcher: Dispatcher | Callable[[], Dispatcher]) -> Router:
+def agent_router(dispatcher: Dispatcher | Callable[[], Dispatcher], guard: Any = None) -> Router:
     """The agent channel's route with its dispatcher (or what gives the current one), ready for the
     app's `route_handlers`."""
 
@@ -50,4 +50,5 @@ def agent_router(dispatcher: Dispatcher | Callable[[], Dispatcher]) -> Router:
         path="/",
         route_handlers=[agent_channel],
         dependencies={"dispatcher": Provide(provide_dispatcher, sync_to_thread=False)},
+        guards=[guard] if guard is not None else None,
     )
