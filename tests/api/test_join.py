@@ -13,6 +13,7 @@ from treeherd.api.app import create_app
 from treeherd.core.security.join_tokens import make_join_token, parse_join_token
 from treeherd.manager.cluster_ca import CaError, ClusterAuthority
 from treeherd.manager.inventory import Inventory
+from treeherd.model.security import JoinedKey
 from treeherd.testing.factories import FIXED_NOW
 from treeherd.transport.pki import ClusterCA, identity_of, key_pem, make_csr, new_private_key, verify_issued
 
@@ -100,6 +101,23 @@ async def test_a_wrong_or_rotated_token_admits_no_one(joining: Client, authority
         )
     admitted = await joining.post("/api/v1/join", json={"join_token": rotated["worker"], "csr_pem": csr()})
     assert admitted.status_code == 201
+
+
+async def test_a_replayed_join_is_refused_and_recorded(
+    joining: Client, authority: ClusterAuthority, inventory: Inventory
+) -> None:
+    request = {"join_token": authority.tokens().worker, "csr_pem": csr()}
+    first = await joining.post("/api/v1/join", json=request)
+    assert first.status_code == 201, first.text
+    for replay in (request, {"join_token": authority.tokens().manager, "csr_pem": request["csr_pem"]}):
+        again = await joining.post("/api/v1/join", json=replay)
+        assert again.status_code == 401, again.text
+        assert again.json()["detail"] == (
+            "the join was refused: a node joins once, with a key of its own and a current token"
+        )
+    (joined,) = inventory.view.all(JoinedKey)
+    assert joined.node_id == first.json()["node_id"]
+    assert len(list(inventory.view.all(JoinedKey))) == 1  # nothing recorded for the refused ones
 
 
 async def test_a_malformed_token_or_request_says_what_is_wrong(

@@ -22,7 +22,7 @@ from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
-from treeherd.model.security import ApiToken, AuditLog, RevokedNode, UserCertificate
+from treeherd.model.security import ApiToken, AuditLog, JoinedKey, RevokedNode, UserCertificate
 from treeherd.model.services import ClusterSettings, Service, Task
 
 T = TypeVar("T", bound=Object)
@@ -195,6 +195,11 @@ KINDS: dict[str, KindInfo] = {
             name="revoked_node",
             type=RevokedNode,
             unique=(UniqueKey("node_identity", lambda o: (_as(RevokedNode, o).node_identity,)),),
+        ),
+        KindInfo(
+            name="joined_key",
+            type=JoinedKey,
+            unique=(UniqueKey("key_sha256", lambda o: (_as(JoinedKey, o).key_sha256,)),),
         ),
         KindInfo(
             name="user_cert",

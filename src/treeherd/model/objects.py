@@ -18,7 +18,7 @@ from treeherd.model.discovery import Endpoint
 from treeherd.model.gateway import BackendState, GatewayRecord, HealthPolicy
 from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
-from treeherd.model.security import ApiToken, AuditLog, RevokedNode, UserCertificate
+from treeherd.model.security import ApiToken, AuditLog, JoinedKey, RevokedNode, UserCertificate
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import Availability, NodeRole, NodeState
 
@@ -155,5 +155,6 @@ AnyObject = (
     | ApiToken
     | RevokedNode
     | UserCertificate
+    | JoinedKey
     | AuditLog
 )

@@ -47,6 +47,15 @@ class RevokedNode(Object, frozen=True, kw_only=True, tag="revoked_node"):
     hostname: str
 
 
+class JoinedKey(Object, frozen=True, kw_only=True, tag="joined_key"):
+    """A public key that joined the cluster (the SHA-256 of its SubjectPublicKeyInfo) and the node id it
+    was certified for: a key joins once, so a join request sent again (replayed) is refused."""
+
+    kind: ClassVar[str] = "joined_key"
+    key_sha256: str
+    node_id: str
+
+
 class UserCertificate(Object, frozen=True, kw_only=True, tag="user_cert"):
     """A user certificate the cluster CA issued (`treeherd cert create`): whom it names, its role, its
     serial number (hex), when it expires, and when it was revoked (`treeherd cert rm`). A user

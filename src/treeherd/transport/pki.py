@@ -238,6 +238,18 @@ def _subject_alt_names(addresses: tuple[str, ...]) -> list[x509.GeneralName]:
     return names
 
 
+def csr_key_sha256(csr_pem: bytes) -> str:
+    """The SHA-256 (hex) of a signing request's public key (its SubjectPublicKeyInfo)."""
+    try:
+        request = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as error:
+        raise CertificateError(f"not a PEM certificate signing request: {error}") from None
+    spki = request.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
 def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str = "treeherd node") -> bytes:
     """A signing request for `key`; the CA writes the real subject."""
     request = (

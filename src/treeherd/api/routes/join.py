@@ -9,10 +9,12 @@ from typing import Any
 from litestar import Controller, Request, get, post
 
 from treeherd.api.auth import RefusalSink
+from treeherd.core.security.joined_keys import join_refused, joined_before, plan_record_join
 from treeherd.manager.cluster_ca import ClusterAuthority
 from treeherd.manager.inventory import Inventory
-from treeherd.model.errors import TreeherdError
+from treeherd.model.errors import InvalidInput, TreeherdError
 from treeherd.model.security import JoinAnswer, JoinRequest, JoinRole, JoinTokens
+from treeherd.transport.pki import CertificateError, csr_key_sha256
 
 audit = logging.getLogger("treeherd.audit")
 
@@ -53,13 +55,31 @@ class JoinController(Controller):
         where = request.client.host if request.client else "?"
         refusals: RefusalSink = request.app.state.refusals
         await authority.refresh()  # join secrets rotated through another manager
+        replayed = False
         try:
+            # The token first (a stranger learns nothing else), then the request, then whether its key
+            # joined before: the certificate just made is then dropped, never handed out.
             answer = authority.join(data, inventory.ids(), inventory.clock())
+            key = _key_of(data)
+            if joined_before(inventory.view, key) is not None:
+                replayed = True
+                raise join_refused()
+            await inventory.apply(
+                lambda view: plan_record_join(view, key, answer.node_id, inventory.clock(), inventory.ids)
+            )
         except TreeherdError as error:
-            refusals(address=where, what="POST /api/v1/join", reason=error.code)
+            reason = "a key that joined before (a replayed join)" if replayed else error.code
+            refusals(address=where, what="POST /api/v1/join", reason=reason)
             raise
         except Exception:
             refusals(address=where, what="POST /api/v1/join", reason="failed")
             raise
         audit.info("node %s joined as %s from %s", answer.node_id, answer.role.value, where)
         return answer
+
+
+def _key_of(data: JoinRequest) -> str:
+    try:
+        return csr_key_sha256(data.csr_pem.encode())
+    except CertificateError as error:
+        raise InvalidInput(str(error), field="csr_pem") from None
