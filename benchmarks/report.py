@@ -403,11 +403,11 @@ def tls_overhead() -> str:
     }
     rows = [
         [label, f"{num(m['plain'][key])}/s", f"{num(m['token'][key])}/s", f"{num(m['tls'][key])}/s",
-         pct(cost["tls"][key])]
+         pct(cost["tls"][key]), pct(1 - m["tls"][key] / m["token"][key])]
         for key, label in labels.items()
     ]  # fmt: skip
     header = ["median of " + str(d["parameters"]["rounds"]) + " rounds", "plain", "token", "TLS + token",
-              "TLS + token cost"]  # fmt: skip
+              "TLS + token cost", "TLS alone (vs token)"]  # fmt: skip
     c, c_cost = d["cpu_medians"], d["cpu_cost"]
     cpu_labels = {
         "api_requests_keepalive_manager_us": "manager CPU per API request (keep-alive)",
