@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from datetime import datetime, timedelta
 
 import msgspec
@@ -17,7 +18,7 @@ from treeherd.manager.services import Services
 from treeherd.model.objects import AgentStatus, Machine
 from treeherd.model.ops import Create, Update
 from treeherd.model.requests import NodeCreate, ServiceCreate
-from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
+from treeherd.model.services import ClusterSettings, Service, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.store.memory import MemoryStore
 from treeherd.testing import waiting
@@ -34,8 +35,24 @@ async def settle() -> None:
 
 
 class Clock:
+    """A settable clock; after `run()`, one that follows real time from where it stood."""
+
     def __init__(self) -> None:
-        self.now = FIXED_NOW
+        self._now = FIXED_NOW
+        self._running_from: float | None = None
+
+    @property
+    def now(self) -> datetime:
+        if self._running_from is None:
+            return self._now
+        return self._now + timedelta(seconds=time.monotonic() - self._running_from)
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        self._now = value
+
+    def run(self) -> None:
+        self._running_from = time.monotonic()
 
     def __call__(self) -> datetime:
         return self.now
@@ -109,3 +126,17 @@ async def test_one_loss_is_replaced_a_wave_waits_out_the_hold(cluster):
     replacement = [t for t in tasks(store) if t.slot == 3 and t.desired_state == TaskState.RUNNING]
     assert len(replacement) == 1 and replacement[0].machine_id is None
     assert "machine h2 is down" in replacement[0].cause
+
+
+async def test_held_tasks_are_replaced_when_the_hold_ends_with_no_other_change(cluster):
+    store, clock = cluster
+    settings = ClusterSettings(id="c", created_at=FIXED_NOW, updated_at=FIXED_NOW, node_loss_hold_s=1.0)
+    await store.commit([Create(settings)])
+    clock.run()  # from here the orchestrator's clock follows real time
+    await set_state(store, clock, "m0", "down")
+    await set_state(store, clock, "m1", "down")
+    await settle()
+    # Two of ten within the hold (limit 1): both keep their tasks for now.
+    assert len(live_on(store, "m0")) == 1 and len(live_on(store, "m1")) == 1
+    # Nothing else changes: the hold's end alone must release them.
+    await eventually(lambda: not live_on(store, "m0") and not live_on(store, "m1"), "replaced after the hold")

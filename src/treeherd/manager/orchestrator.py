@@ -101,7 +101,9 @@ class Orchestrator(Reactor):
             if when <= now:
                 self._dirty.add(service_id)
                 del self._wakes[service_id]
-        if not self._dirty:
+        # The brake's recheck time: held machines are released then, with no other change to wake us.
+        brake_due = self._brake.recheck_at is not None and self._brake.recheck_at <= now
+        if not self._dirty and not brake_due:
             self._schedule_wake()
             return
         view = self.store.view()
