@@ -425,6 +425,33 @@ def tls_overhead() -> str:
     return f"{provenance('tls_overhead', d)}\n\n{table(header, rows)}\n\n{table(cpu_header, cpu_rows)}"
 
 
+def node_failure() -> str:
+    d = load("node_failure")
+    p, load_phase = d["parameters"], d["load"]
+    rows = []
+    for key, label in (
+        ("to_down_s", "the node marked down"),
+        ("to_replaced_s", "every task of the node running elsewhere"),
+    ):
+        s = d["summary"][key]
+        rows.append([label, sec(s["p50"]), sec(s["max"]), sec(s["min"]), str(s["count"])])
+    header = [
+        f"after SIGSTOP of an agent (heartbeat {p['heartbeat_period_s']:g} s + {p['heartbeat_epsilon_s']:g} s,"
+        f" grace {p['grace_periods']} periods; {p['agents']} agents, {p['replicas']} tasks)",
+        "p50",
+        "max",
+        "min",
+        "runs",
+    ]
+    head = (
+        f"{provenance('node_failure', d)} Command: `{d['command'].strip()}`; runs without a replacement: "
+        f"{d['failed_runs']}; processes left: {d['processes_left']}. At 100 % CPU ({load_phase['burners']}"
+        f" spinning processes for {load_phase['seconds']:g} s): **{load_phase['false_downs']} nodes marked"
+        " down falsely**."
+    )
+    return f"{head}\n\n{table(header, rows, 'lrrrr')}"
+
+
 def failover() -> str:
     d = load("failover")
     p = d["parameters"]
@@ -486,6 +513,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "rolling": rolling,
     "tls_overhead": tls_overhead,
     "failover": failover,
+    "node_failure": node_failure,
     "schedule-stores": schedule_stores,
 }
 
