@@ -101,7 +101,8 @@ class Orchestrator(Reactor):
             if when <= now:
                 self._dirty.add(service_id)
                 del self._wakes[service_id]
-        if not self._dirty:
+        recheck = self._brake.recheck_at
+        if not self._dirty and (recheck is None or recheck > now):  # nothing to do, no brake to lift
             self._schedule_wake()
             return
         view = self.store.view()
