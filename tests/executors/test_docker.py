@@ -20,7 +20,7 @@ from treeherd.executors.docker import DockerExecutor, exit_of
 from treeherd.executors.docker_engine import DockerUnavailable
 from treeherd.model.services import Resources, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
-from treeherd.testing.docker import Dockerd
+from treeherd.testing.docker import Dockerd, image_with_healthcheck
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
@@ -244,6 +244,42 @@ async def test_a_dockerd_that_cannot_be_reached_is_said_so(tmp_path: Path) -> No
             await executor.controller(make_task("t11", "local/x:1", ["true"])).prepare()
     finally:
         await executor.close()
+
+
+async def test_the_images_own_healthcheck_is_followed_as_the_tasks_health(
+    executor: DockerExecutor, dockerd: Dockerd, busybox: str
+) -> None:
+    image = image_with_healthcheck(dockerd, busybox, "test -f /tmp/ok || (echo no /tmp/ok; exit 1)")
+    try:
+        task = make_task("t12", image, ["sleep", "300"], stop_grace_s=0.0)
+        controller = executor.controller(task)
+        await controller.prepare()
+        await controller.start()
+        verdicts = executor.image_health(task)
+        async with asyncio.timeout(20):
+            assert await anext(verdicts) == ("starting", "image health check: not run yet")
+            health, message = await anext(verdicts)
+            assert (health, message) == ("unhealthy", "image health check: no /tmp/ok")
+            await executor.run_beside(task, ["touch", "/tmp/ok"])
+            health, message = await anext(verdicts)
+            assert (health, message) == ("healthy", "image health check: exit code 0")
+            await controller.shutdown(0)
+            await controller.remove()
+            with pytest.raises(StopAsyncIteration):  # the container is gone: nothing more to follow
+                await anext(verdicts)
+    finally:
+        dockerd.docker("rmi", "--no-prune", image, check=False)  # keeps the base image
+
+
+async def test_an_image_without_a_healthcheck_has_no_health_to_follow(
+    executor: DockerExecutor, busybox: str
+) -> None:
+    task = make_task("t13", busybox, ["sleep", "300"], stop_grace_s=0.0)
+    controller = executor.controller(task)
+    await controller.prepare()
+    await controller.start()
+    async with asyncio.timeout(10):
+        assert [verdict async for verdict in executor.image_health(task)] == []
 
 
 def test_exit_codes_above_128_are_signals() -> None:

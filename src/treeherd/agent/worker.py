@@ -54,7 +54,7 @@ from treeherd.core.tasks.agent_state import (
     StartRunner,
 )
 from treeherd.executors import logfiles
-from treeherd.executors.base import CommandContexts, Executor, FatalError, RunsBeside
+from treeherd.executors.base import CommandContexts, Executor, FatalError, ImageHealth, RunsBeside
 from treeherd.executors.process import ProcessExecutor, TaskFiles
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
@@ -105,6 +105,7 @@ class Worker:
             self._health_changed,
             executor.command_context if isinstance(executor, CommandContexts) else default_context,
             executor.run_beside if isinstance(executor, RunsBeside) else None,
+            executor.image_health if isinstance(executor, ImageHealth) else None,
         )
         # Whether tasks listen on this host's own ports (checked free before each start).
         self._binds_host_ports = isinstance(executor, ProcessExecutor) or getattr(

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from treeherd.model.discovery import Health
 from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
 
@@ -92,6 +93,15 @@ class RunsBeside(Protocol):
     the command's exit code and output."""
 
     async def run_beside(self, task: Task, command: list[str]) -> tuple[int, str]: ...
+
+
+@runtime_checkable
+class ImageHealth(Protocol):
+    """An executor whose tasks' images may carry a health check of their own (a container image's
+    HEALTHCHECK, run by the engine): each change of a task's health as the engine judges it, with what
+    the check said; nothing when the image has none. Followed for tasks without a treeherd check."""
+
+    def image_health(self, task: Task) -> AsyncIterator[tuple[Health, str]]: ...
 
 
 @runtime_checkable

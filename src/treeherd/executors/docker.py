@@ -12,7 +12,8 @@ TREEHERD_* variables, nothing of the agent's own), its working directory and use
 network (the allocated ports are the host's, and `--depends-on` services are at 127.0.0.1 through
 the host's haproxy), with the memory, CPU and process limits as Docker's own, no restart policy
 (restarts are the orchestrator's: a container that ends is a FAILED or COMPLETE task) and a bounded
-json-file log. `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
+json-file log. The image's own HEALTHCHECK, if it has one, is the task's health when the service has
+no treeherd check (`docker_health`). `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
 
 Steps, each idempotent: `prepare` checks the spec and that the image is here; `start` creates the
 container (an existing one of the task is reused) and starts it unless it runs or ran already
@@ -40,6 +41,8 @@ from treeherd.core.tasks.images import image_reference_problem
 from treeherd.core.tasks.task_env import task_environment
 from treeherd.executors.base import Exit, FatalError
 from treeherd.executors.docker_engine import DockerUnavailable, Engine, EngineError
+from treeherd.executors.docker_health import ImageHealth
+from treeherd.model.discovery import Health
 from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
 
@@ -255,6 +258,7 @@ class DockerExecutor:
         self._info: dict[str, Any] = {}
         self._images: dict[str, tuple[str, float]] = {}
         self._launches: tuple[asyncio.Semaphore, asyncio.AbstractEventLoop] | None = None
+        self._health = ImageHealth(self.engine, f"{LABEL_SCOPE}={self.scope}")
 
     def container_name(self, task_id: str) -> str:
         return f"treeherd-{self.scope}-{task_id}"
@@ -323,6 +327,10 @@ class DockerExecutor:
             return await self.engine.run(self.container_name(task.id), command, task.spec.user)
         except (DockerUnavailable, EngineError) as error:
             return -1, str(error)
+
+    def image_health(self, task: Task) -> AsyncIterator[tuple[Health, str]]:
+        """The task's health as its image's own HEALTHCHECK says (`docker_health`); nothing without one."""
+        return self._health.follow(self.container_name(task.id))
 
     async def task_ids(self) -> list[str]:
         """Every task with a container of this executor's scope (running or not)."""

@@ -5,7 +5,8 @@ alone, or starts one of its own: its data root, exec root, socket and pid file i
 no bridge and no iptables rules (tasks use the host's network), stopped by pid (its containers removed
 first, its mounts undone, its directory deleted). `busybox_image` builds an image from Debian's
 busybox-static package (`apt-get download`, `dpkg -x`, applet links, `docker import`): no registry,
-named by its ID; the caller removes it. Every command and wait is bounded.
+named by its ID; the caller removes it. `image_with_healthcheck` builds one on it with a HEALTHCHECK of
+its own (the base is local: nothing is pulled). Every command and wait is bounded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Dockerd", "DockerdUnavailable", "busybox_image"]
+__all__ = ["Dockerd", "DockerdUnavailable", "busybox_image", "image_with_healthcheck"]
 
 STANDARD_SOCKET = "/var/run/docker.sock"
 START_SECONDS = 30.0
@@ -191,3 +192,11 @@ def busybox_image(dockerd: Dockerd, workdir: Path) -> str:
         ["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True, timeout=COMMAND_SECONDS
     )
     return dockerd.docker("import", "-", input=tar.stdout).strip()
+
+
+def image_with_healthcheck(dockerd: Dockerd, base: str, command: str, *, interval_s: int = 1) -> str:
+    """An image on `base` (a local image ID) with `HEALTHCHECK CMD command` every `interval_s` seconds,
+    unhealthy after one failure; its ID (the caller removes it with `docker rmi --no-prune`, which keeps
+    the base)."""
+    dockerfile = f"FROM {base}\nHEALTHCHECK --interval={interval_s}s --timeout={interval_s}s --retries=1 CMD {command}\n"
+    return dockerd.docker("build", "-q", "-", input=dockerfile.encode()).strip()
