@@ -46,6 +46,7 @@ from treeherd.core.tasks.agent_state import (
     ProceedRunner,
     RemoveRunner,
     ReportAcknowledged,
+    RunnerNoted,
     RunnerProgressed,
     SendReport,
     SessionEstablished,
@@ -141,6 +142,10 @@ class Worker:
         self._put(ReportAcknowledged(cause_id=self._cause("ack"), now=self._now(), report_id=report_id))
 
     def _progressed(self, task_id: str, progress: Progress) -> None:
+        if progress.note:
+            cause = self._cause("runner-note")
+            self._put(RunnerNoted(cause_id=cause, now=self._now(), task_id=task_id, message=progress.message))
+            return
         if progress.state == TaskState.FAILED and progress.exit_code is not None:
             directory = self._task_directory(task_id)
             line = logfiles.last_line(directory) if directory is not None else ""

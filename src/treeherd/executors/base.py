@@ -8,7 +8,7 @@ can repeat the step it was in. Extra abilities (logs) are separate small protoco
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -93,6 +93,14 @@ class RunsBeside(Protocol):
     the command's exit code and output."""
 
     async def run_beside(self, task: Task, command: list[str]) -> tuple[int, str]: ...
+
+
+@runtime_checkable
+class Notes(Protocol):
+    """A controller with news of its running task that is not a new state (its engine went away, or
+    came back): it calls `on_note(message)`, which its runner sets, and the task's status says it."""
+
+    on_note: Callable[[str], None] | None
 
 
 @runtime_checkable

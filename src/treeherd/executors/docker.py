@@ -19,8 +19,9 @@ Steps, each idempotent: `prepare` checks the spec and that the image is here; `s
 container (an existing one of the task is reused) and starts it unless it runs or ran already
 (adoption), as one step, at most 8 at once (as `docker run`: dockerd is no faster with more);
 `wait` blocks on the Engine API's wait, then reads the exit code and the OOM flag; a container removed from outside is a
-failed task. While dockerd is away `wait` keeps trying, so a task whose container survives a dockerd
-restart is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
+failed task. While dockerd is away `wait` keeps trying, and the task's status message says so (and,
+once it is back, that the container was adopted again), so a task whose container survives a dockerd
+restart (live restore) is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import math
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,8 @@ class DockerController:
         self._exit: Exit | None = None
         # Started by this controller: `wait` goes straight to the Engine API's wait.
         self._started = False
+        self._away = False  # dockerd could not be reached while waiting: said in the task's status
+        self.on_note: Callable[[str], None] | None = None  # set by the task's runner
 
     @property
     def warnings(self) -> list[str]:
@@ -180,9 +183,19 @@ class DockerController:
             try:
                 self._exit = await self._wait_once()
             except DockerUnavailable as error:
-                log.warning("task %s: %s; trying again", self.task.id, error)
+                if not self._away:
+                    log.warning("task %s: %s; trying again", self.task.id, error)
+                    self._note(
+                        f"dockerd unreachable ({error}); the container is looked for again when it is back"
+                    )
+                self._away = True
+                self._started = False  # look at the container first when dockerd is back
                 await asyncio.sleep(RETRY_S)
         return self._exit
+
+    def _note(self, message: str) -> None:
+        if self.on_note is not None:
+            self.on_note(message)
 
     async def shutdown(self, grace_s: float) -> None:
         await self._engine.stop(self.name, grace_s)
@@ -227,6 +240,12 @@ class DockerController:
             if info["State"].get("Status") == "created":
                 return Exit(message=f"its container {self.name} was never started")
             if info["State"].get("Running"):
+                if self._away:
+                    self._away = False
+                    log.warning(
+                        "task %s: dockerd is back; its container %s still runs", self.task.id, self.name
+                    )
+                    self._note(f"dockerd is back: container {self.name} adopted again, still running")
                 code = await self._engine.wait(self.name)
         info = await self._engine.inspect(self.name)
         if info is None:

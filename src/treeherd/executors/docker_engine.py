@@ -104,8 +104,13 @@ class Engine:
             if error.status == CANNOT_CONNECT:
                 raise self._unavailable() from None
             raise EngineError(error.status, _message(error)) from None
-        except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError):
-            raise self._unavailable() from None
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            ConnectionError,
+            FileNotFoundError,
+        ):
+            raise self._unavailable() from None  # a payload cut short: dockerd stopped mid-answer
         except TimeoutError:
             raise DockerUnavailable(
                 f"dockerd at {self.host} did not answer within {CALL_TIMEOUT_S:g}s"
