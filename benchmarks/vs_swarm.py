@@ -210,6 +210,7 @@ def main() -> int:
     args = parser.parse_args()
 
     runs: dict[str, list[dict[str, float]]] = {"swarm": [], "treeherd": []}
+    machine = machine_info()  # before the runs: their own containers would count in the load average
     engine: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="treeherd-vs-swarm-") as tmp, Dockerd() as dockerd:
         root = Path(tmp)
@@ -266,7 +267,7 @@ def main() -> int:
     report = {
         "benchmark": "vs_swarm",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine,
         "engine": {"version": engine.get("Version", ""), "api": engine.get("ApiVersion", "")},
         "parameters": {
             "replicas": args.replicas,

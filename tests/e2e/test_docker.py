@@ -23,7 +23,7 @@ from tests.e2e.helpers import Cluster, running_cluster, try_call
 from treeherd.model.discovery import Dependency, HealthCheck
 from treeherd.model.requests import ClusterUpdate, ServiceCreate
 from treeherd.model.services import PortSpec, Resources, RestartPolicy, TaskSpec
-from treeherd.testing.docker import Dockerd
+from treeherd.testing.docker import Dockerd, image_with_healthcheck
 from treeherd.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -207,3 +207,35 @@ def test_a_container_reaches_its_dependency_through_the_local_haproxy(
     assert wait_for(
         lambda: answers_seen() == api_ids, "the app's requests reaching both api tasks", timeout_s=30
     )
+
+
+def endpoints(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    with cluster.client() as client:
+        return client.get(f"/api/v1/endpoints/{name}", list)
+
+
+def test_the_images_own_healthcheck_is_the_tasks_health(
+    cluster: Cluster, dockerd: Dockerd, busybox: str
+) -> None:
+    # The image checks that its task has written /tmp/ok; the service has no treeherd check.
+    image = image_with_healthcheck(dockerd, busybox, "test -f /tmp/ok || (echo no /tmp/ok; exit 1)")
+    try:
+        spec = TaskSpec(
+            command=["sh", "-c", SERVE], image=image, ports=[PortSpec(name="http")], stop_grace_s=0
+        )
+        create(cluster, "checked", 1, spec)
+        sick = wait_for(
+            lambda: [t for t in cluster.running("checked") if t["health"] == "unhealthy"],
+            "the task unhealthy by its image's check",
+            timeout_s=60,
+        )[0]
+        assert "image health check: no /tmp/ok" in cluster.cli("service", "ps", "checked")
+        assert endpoints(cluster, "checked") == []  # not healthy: not an endpoint
+        dockerd.docker("exec", containers(dockerd, cluster)[sick["id"]], "touch", "/tmp/ok")
+        wait_for(lambda: [t["health"] for t in cluster.running("checked")] == ["healthy"], "the task healthy")
+        registered = wait_for(lambda: endpoints(cluster, "checked"), "the healthy task an endpoint")
+        assert [e["task_id"] for e in registered] == [sick["id"]]
+        cluster.cli("service", "rm", "checked")
+        wait_for(lambda: not containers(dockerd, cluster), "no container left", timeout_s=30)
+    finally:
+        dockerd.docker("rmi", "--no-prune", image, check=False)  # keeps the base image

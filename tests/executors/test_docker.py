@@ -20,7 +20,8 @@ from treeherd.executors.docker import DockerExecutor, exit_of
 from treeherd.executors.docker_engine import DockerUnavailable
 from treeherd.model.services import Resources, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
-from treeherd.testing.docker import Dockerd
+from treeherd.testing.docker import Dockerd, busybox_image, image_with_healthcheck
+from treeherd.testing.waiting import eventually
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
@@ -244,6 +245,80 @@ async def test_a_dockerd_that_cannot_be_reached_is_said_so(tmp_path: Path) -> No
             await executor.controller(make_task("t11", "local/x:1", ["true"])).prepare()
     finally:
         await executor.close()
+
+
+async def test_the_images_own_healthcheck_is_followed_as_the_tasks_health(
+    executor: DockerExecutor, dockerd: Dockerd, busybox: str
+) -> None:
+    image = image_with_healthcheck(dockerd, busybox, "test -f /tmp/ok || (echo no /tmp/ok; exit 1)")
+    try:
+        task = make_task("t12", image, ["sleep", "300"], stop_grace_s=0.0)
+        controller = executor.controller(task)
+        await controller.prepare()
+        await controller.start()
+        verdicts = executor.image_health(task)
+        async with asyncio.timeout(20):
+            assert await anext(verdicts) == ("starting", "image health check: not run yet")
+            health, message = await anext(verdicts)
+            assert (health, message) == ("unhealthy", "image health check: no /tmp/ok")
+            await executor.run_beside(task, ["touch", "/tmp/ok"])
+            health, message = await anext(verdicts)
+            assert (health, message) == ("healthy", "image health check: exit code 0")
+            await controller.shutdown(0)
+            await controller.remove()
+            with pytest.raises(StopAsyncIteration):  # the container is gone: nothing more to follow
+                await anext(verdicts)
+    finally:
+        dockerd.docker("rmi", "--no-prune", image, check=False)  # keeps the base image
+
+
+async def test_an_image_without_a_healthcheck_has_no_health_to_follow(
+    executor: DockerExecutor, busybox: str
+) -> None:
+    task = make_task("t13", busybox, ["sleep", "300"], stop_grace_s=0.0)
+    controller = executor.controller(task)
+    await controller.prepare()
+    await controller.start()
+    async with asyncio.timeout(10):
+        assert [verdict async for verdict in executor.image_health(task)] == []
+
+
+async def test_a_dockerd_stopped_mid_task_is_said_and_the_container_adopted_when_it_is_back(
+    docker_host: str, tmp_path: Path
+) -> None:
+    # A dockerd of this test's own, with live restore (containers outlive it), stopped and started again.
+    with Dockerd(own=True, live_restore=True) as private:
+        executor = DockerExecutor(tmp_path / "docker", host=private.host)
+        try:
+            image = busybox_image(private, tmp_path / "image")
+            controller = executor.controller(make_task("t14", image, ["sleep", "300"], stop_grace_s=0.0))
+            notes: list[str] = []
+            controller.on_note = notes.append
+            await controller.prepare()
+            await controller.start()
+            pid = inspect(private, controller.name)["State"]["Pid"]
+            waiter = asyncio.ensure_future(controller.wait())
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(private.pause)
+            await eventually(lambda: notes, "the task told dockerd is away", timeout_s=10)
+            assert notes == [
+                f"dockerd unreachable (cannot reach dockerd at {private.host}: is it running? (start it, or set"
+                " DOCKER_HOST)); the container is looked for again when it is back"
+            ]
+            os.kill(pid, 0)  # the container's process runs on
+            assert not waiter.done()
+            await asyncio.to_thread(private.resume)
+            await eventually(lambda: len(notes) == 2, "the task told dockerd is back", timeout_s=20)
+            assert notes[1] == f"dockerd is back: container {controller.name} adopted again, still running"
+            assert not waiter.done()
+            os.kill(pid, signal.SIGKILL)  # followed again: its end is the task's
+            async with asyncio.timeout(20):
+                assert (await waiter).signal == signal.SIGKILL
+            await controller.remove()
+        finally:
+            if private.process is not None and private.process.poll() is not None:
+                private.resume()
+            await executor.close()
 
 
 def test_exit_codes_above_128_are_signals() -> None:

@@ -4,7 +4,9 @@ Each loop runs the check every `interval_s` (a command with the task's environme
 directory, as the executor says, or run by the executor itself in the task's container, an HTTP GET or a TCP connect on 127.0.0.1 and the task's port),
 bounded by `timeout_s`, steps `core.tasks.health.observe` and
 tells the worker each change of health (`on_change(task_id, health, message)`). The worker reports it
-to the manager, and fails a task that turned unhealthy when its check says `restart`.
+to the manager, and fails a task that turned unhealthy when its check says `restart`. A task without a
+check whose executor judges its image's own health check (a container's HEALTHCHECK) has that verdict
+followed instead, as the executor says it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from treeherd.core.tasks.health import HealthState, observe
 from treeherd.core.tasks.task_env import task_environment
@@ -31,6 +33,8 @@ OnChange = Callable[[str, Health, str], None]
 CommandContextOf = Callable[[Task], CommandContext]
 # An executor's own way of running a check's command beside a task (in its container).
 RunBeside = Callable[[Task, list[str]], Awaitable[tuple[int, str]]]
+# An executor's verdicts on a task's image's own health check (none when the image has none).
+ImageHealthOf = Callable[[Task], AsyncIterator[tuple[Health, str]]]
 
 
 def check_port(task: Task, check: HealthCheck) -> int | None:
@@ -121,10 +125,12 @@ class HealthCheckers:
         on_change: OnChange,
         context: CommandContextOf = default_context,
         beside: RunBeside | None = None,
+        image_health: ImageHealthOf | None = None,
     ) -> None:
         self._on_change = on_change
         self._context = context
         self._beside = beside
+        self._image_health = image_health
         self._loops: dict[str, asyncio.Task[None]] = {}
 
     def __contains__(self, task_id: object) -> bool:
@@ -132,9 +138,12 @@ class HealthCheckers:
 
     def start(self, task: Task) -> None:
         check = task.spec.health
-        if check is None or task.id in self._loops:
+        if task.id in self._loops:
             return
-        self._loops[task.id] = asyncio.create_task(self._loop(task, check), name=f"health-{task.id}")
+        if check is not None:
+            self._loops[task.id] = asyncio.create_task(self._loop(task, check), name=f"health-{task.id}")
+        elif self._image_health is not None:
+            self._loops[task.id] = asyncio.create_task(self._follow(task), name=f"health-{task.id}")
 
     def stop(self, task_id: str) -> None:
         loop = self._loops.pop(task_id, None)
@@ -144,6 +153,13 @@ class HealthCheckers:
     def stop_all(self) -> None:
         for task_id in list(self._loops):
             self.stop(task_id)
+
+    async def _follow(self, task: Task) -> None:
+        """The executor's verdicts on the image's own health check, as they change."""
+        assert self._image_health is not None
+        async for health, message in self._image_health(task):
+            log.info("task %s is %s: %s", task.id, health, message)
+            self._on_change(task.id, health, message)
 
     async def _loop(self, task: Task, check: HealthCheck) -> None:
         started = time.monotonic()

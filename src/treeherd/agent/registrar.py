@@ -1,7 +1,7 @@
 """The agent's endpoint registrar: tells the manager which of its tasks are endpoints.
 
 A task is an endpoint while it runs, is meant to, has a published port, and is healthy (or has no
-health check). The registrar sends the whole set (`EndpointSet`) whenever it changes, when a new
+health check: neither treeherd's nor, followed by its executor, its image's own). The registrar sends the whole set (`EndpointSet`) whenever it changes, when a new
 session starts, and every `refresh_s` (10 s) otherwise: the manager renews the registrations' leases
 (TTL 30 s) with each set, so an agent that dies or is cut off loses its endpoints one TTL later, and
 one that stops a task or sees it fail a check removes it at once.
@@ -35,7 +35,8 @@ def task_endpoints(state: AgentState) -> list[TaskEndpoint]:
             continue
         if task.desired_state > TaskState.RUNNING:
             continue
-        if task.spec.health is not None and status.health != "healthy":
+        # With a health check (treeherd's, or the image's own that the executor follows): once healthy.
+        if (task.spec.health is not None or status.health) and status.health != "healthy":
             continue
         found.extend(TaskEndpoint(task_id=task_id, port=port) for port in sorted(task.ports.values()))
     return found

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import msgspec
 
-from treeherd.executors.base import Controller, Executor, Exit, FatalError, Warnings
+from treeherd.executors.base import Controller, Executor, Exit, FatalError, Notes, Warnings
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
 
@@ -43,6 +43,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     error: str = ""
     exit_code: int | None = None
+    # News of the running task in `message`, not a new state (`state` is the one it is in).
+    note: bool = False
 
 
 Report = Callable[[str, Progress], None]
@@ -175,6 +177,8 @@ class TaskRunner:
             return
         try:
             controller = self.controller = self._executor.controller(self.task)
+            if isinstance(controller, Notes):
+                controller.on_note = self._noted
         except FatalError as error:
             self._report(TaskState.REJECTED, error=str(error))
             return
@@ -302,6 +306,10 @@ class TaskRunner:
             message="shut down" if exit is None else f"shut down ({_describe(exit)})",
             exit_code=None if exit is None else exit.code,
         )
+
+    def _noted(self, message: str) -> None:
+        if self.state == TaskState.RUNNING:
+            self._report_to(self.task.id, Progress(state=self.state, message=message, note=True))
 
     def _report(
         self, state: TaskState, *, message: str = "", error: str = "", exit_code: int | None = None

@@ -46,6 +46,7 @@ from treeherd.core.tasks.agent_state import (
     ProceedRunner,
     RemoveRunner,
     ReportAcknowledged,
+    RunnerNoted,
     RunnerProgressed,
     SendReport,
     SessionEstablished,
@@ -54,7 +55,7 @@ from treeherd.core.tasks.agent_state import (
     StartRunner,
 )
 from treeherd.executors import logfiles
-from treeherd.executors.base import CommandContexts, Executor, FatalError, RunsBeside
+from treeherd.executors.base import CommandContexts, Executor, FatalError, ImageHealth, RunsBeside
 from treeherd.executors.process import ProcessExecutor, TaskFiles
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
@@ -105,6 +106,7 @@ class Worker:
             self._health_changed,
             executor.command_context if isinstance(executor, CommandContexts) else default_context,
             executor.run_beside if isinstance(executor, RunsBeside) else None,
+            executor.image_health if isinstance(executor, ImageHealth) else None,
         )
         # Whether tasks listen on this host's own ports (checked free before each start).
         self._binds_host_ports = isinstance(executor, ProcessExecutor) or getattr(
@@ -140,6 +142,10 @@ class Worker:
         self._put(ReportAcknowledged(cause_id=self._cause("ack"), now=self._now(), report_id=report_id))
 
     def _progressed(self, task_id: str, progress: Progress) -> None:
+        if progress.note:
+            cause = self._cause("runner-note")
+            self._put(RunnerNoted(cause_id=cause, now=self._now(), task_id=task_id, message=progress.message))
+            return
         if progress.state == TaskState.FAILED and progress.exit_code is not None:
             directory = self._task_directory(task_id)
             line = logfiles.last_line(directory) if directory is not None else ""

@@ -8,11 +8,12 @@ can repeat the step it was in. Extra abilities (logs) are separate small protoco
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from treeherd.model.discovery import Health
 from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
 
@@ -92,6 +93,23 @@ class RunsBeside(Protocol):
     the command's exit code and output."""
 
     async def run_beside(self, task: Task, command: list[str]) -> tuple[int, str]: ...
+
+
+@runtime_checkable
+class Notes(Protocol):
+    """A controller with news of its running task that is not a new state (its engine went away, or
+    came back): it calls `on_note(message)`, which its runner sets, and the task's status says it."""
+
+    on_note: Callable[[str], None] | None
+
+
+@runtime_checkable
+class ImageHealth(Protocol):
+    """An executor whose tasks' images may carry a health check of their own (a container image's
+    HEALTHCHECK, run by the engine): each change of a task's health as the engine judges it, with what
+    the check said; nothing when the image has none. Followed for tasks without a treeherd check."""
+
+    def image_health(self, task: Task) -> AsyncIterator[tuple[Health, str]]: ...
 
 
 @runtime_checkable

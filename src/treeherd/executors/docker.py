@@ -12,14 +12,16 @@ TREEHERD_* variables, nothing of the agent's own), its working directory and use
 network (the allocated ports are the host's, and `--depends-on` services are at 127.0.0.1 through
 the host's haproxy), with the memory, CPU and process limits as Docker's own, no restart policy
 (restarts are the orchestrator's: a container that ends is a FAILED or COMPLETE task) and a bounded
-json-file log. `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
+json-file log. The image's own HEALTHCHECK, if it has one, is the task's health when the service has
+no treeherd check (`docker_health`). `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
 
 Steps, each idempotent: `prepare` checks the spec and that the image is here; `start` creates the
 container (an existing one of the task is reused) and starts it unless it runs or ran already
 (adoption), as one step, at most 8 at once (as `docker run`: dockerd is no faster with more);
 `wait` blocks on the Engine API's wait, then reads the exit code and the OOM flag; a container removed from outside is a
-failed task. While dockerd is away `wait` keeps trying, so a task whose container survives a dockerd
-restart is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
+failed task. While dockerd is away `wait` keeps trying, and the task's status message says so (and,
+once it is back, that the container was adopted again), so a task whose container survives a dockerd
+restart (live restore) is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import math
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ from treeherd.core.tasks.images import image_reference_problem
 from treeherd.core.tasks.task_env import task_environment
 from treeherd.executors.base import Exit, FatalError
 from treeherd.executors.docker_engine import DockerUnavailable, Engine, EngineError
+from treeherd.executors.docker_health import ImageHealth
+from treeherd.model.discovery import Health
 from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
 
@@ -128,6 +132,8 @@ class DockerController:
         self._exit: Exit | None = None
         # Started by this controller: `wait` goes straight to the Engine API's wait.
         self._started = False
+        self._away = False  # dockerd could not be reached while waiting: said in the task's status
+        self.on_note: Callable[[str], None] | None = None  # set by the task's runner
 
     @property
     def warnings(self) -> list[str]:
@@ -177,9 +183,19 @@ class DockerController:
             try:
                 self._exit = await self._wait_once()
             except DockerUnavailable as error:
-                log.warning("task %s: %s; trying again", self.task.id, error)
+                if not self._away:
+                    log.warning("task %s: %s; trying again", self.task.id, error)
+                    self._note(
+                        f"dockerd unreachable ({error}); the container is looked for again when it is back"
+                    )
+                self._away = True
+                self._started = False  # look at the container first when dockerd is back
                 await asyncio.sleep(RETRY_S)
         return self._exit
+
+    def _note(self, message: str) -> None:
+        if self.on_note is not None:
+            self.on_note(message)
 
     async def shutdown(self, grace_s: float) -> None:
         await self._engine.stop(self.name, grace_s)
@@ -224,6 +240,12 @@ class DockerController:
             if info["State"].get("Status") == "created":
                 return Exit(message=f"its container {self.name} was never started")
             if info["State"].get("Running"):
+                if self._away:
+                    self._away = False
+                    log.warning(
+                        "task %s: dockerd is back; its container %s still runs", self.task.id, self.name
+                    )
+                    self._note(f"dockerd is back: container {self.name} adopted again, still running")
                 code = await self._engine.wait(self.name)
         info = await self._engine.inspect(self.name)
         if info is None:
@@ -255,6 +277,7 @@ class DockerExecutor:
         self._info: dict[str, Any] = {}
         self._images: dict[str, tuple[str, float]] = {}
         self._launches: tuple[asyncio.Semaphore, asyncio.AbstractEventLoop] | None = None
+        self._health = ImageHealth(self.engine, f"{LABEL_SCOPE}={self.scope}")
 
     def container_name(self, task_id: str) -> str:
         return f"treeherd-{self.scope}-{task_id}"
@@ -323,6 +346,10 @@ class DockerExecutor:
             return await self.engine.run(self.container_name(task.id), command, task.spec.user)
         except (DockerUnavailable, EngineError) as error:
             return -1, str(error)
+
+    def image_health(self, task: Task) -> AsyncIterator[tuple[Health, str]]:
+        """The task's health as its image's own HEALTHCHECK says (`docker_health`); nothing without one."""
+        return self._health.follow(self.container_name(task.id))
 
     async def task_ids(self) -> list[str]:
         """Every task with a container of this executor's scope (running or not)."""

@@ -1,5 +1,5 @@
 """The docker executor's Engine API client: one connection pool to dockerd, its errors in plain words,
-and the calls the executor makes (image lookup, containers, logs, exec, the daemon's facts).
+and the calls the executor makes (image lookup, containers, logs, exec, health events, the daemon's facts).
 
 Why aiodocker (aio-libs, on aiohttp): the agent is one asyncio process that waits on hundreds of
 containers at once (one `POST /containers/ID/wait` each). aiodocker speaks the Engine API in asyncio, so
@@ -104,8 +104,13 @@ class Engine:
             if error.status == CANNOT_CONNECT:
                 raise self._unavailable() from None
             raise EngineError(error.status, _message(error)) from None
-        except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError):
-            raise self._unavailable() from None
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            ConnectionError,
+            FileNotFoundError,
+        ):
+            raise self._unavailable() from None  # a payload cut short: dockerd stopped mid-answer
         except TimeoutError:
             raise DockerUnavailable(
                 f"dockerd at {self.host} did not answer within {CALL_TIMEOUT_S:g}s"
@@ -228,6 +233,23 @@ class Engine:
         with self._errors():
             found = await self._docker().containers.list(all=True, filters=json.dumps({"label": [label]}))
         return [dict(container._container) for container in found]
+
+    async def health_events(self, label: str) -> AsyncIterator[str]:
+        """The name of a container with this label each time Docker's health check changes its
+        status or the container ends (`health_status`, `die` and `destroy` events), until dockerd goes
+        away (then `DockerUnavailable`)."""
+        events = self._docker().events
+        filters = {"type": ["container"], "event": ["health_status", "die", "destroy"], "label": [label]}
+        subscriber = events.subscribe(filters=json.dumps(filters))  # type: ignore[no-untyped-call]
+        try:
+            while (event := await subscriber.get()) is not None:
+                name = event.get("Actor", {}).get("Attributes", {}).get("name")
+                if name:
+                    yield str(name)
+        finally:
+            with contextlib.suppress(Exception):
+                await events.stop()  # type: ignore[no-untyped-call]
+        raise self._unavailable()
 
     async def logs(self, name: str, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
         """The container's output (stdout and stderr, as the log driver keeps it)."""

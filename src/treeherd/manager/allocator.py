@@ -63,6 +63,9 @@ class Allocator(Reactor):
             else:
                 self._note(task)
 
+    def has_work(self) -> bool:
+        return bool(self._pending)  # tasks to allocate, or waiting for a required service's endpoint
+
     async def act(self) -> None:
         now = self.clock()
         view = self.store.view()

@@ -2,14 +2,19 @@
 short debounce, then act.
 
 SwarmKit's components debounce the same way (the scheduler commits at most every 50 ms, at least every
-second under a steady stream). A component reads the view and opens its watch without yielding in
-between, so it starts from a consistent snapshot and misses nothing after it.
+second under a steady stream). Here the debounce only starts once the component is busy: a change that
+gives it work after it was idle for a debounce interval is acted on at once (a failed task is replaced,
+its replacement allocated and placed, without three debounce delays in a row), and the changes that
+follow within the interval are coalesced as before. A change that gives a component no work (its
+`has_work` says so) does not wake it. A component reads the view and opens its watch without yielding
+in between, so it starts from a consistent snapshot and misses nothing after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -24,7 +29,8 @@ log = logging.getLogger(__name__)
 class Reactor:
     """Base of a store-driven component: subclasses implement `start(view)` and `handle(changes)`.
 
-    `handle` returns nothing; `act()` is called after each debounced batch and when `wake_at` passes.
+    `handle` returns nothing; `act()` is called after each debounced batch and when `wake_at` passes;
+    `has_work()` (default: always) says whether the changes noted so far call for an act.
     """
 
     name = "reactor"
@@ -44,6 +50,7 @@ class Reactor:
         self.wake_at: datetime | None = None
         self._watch: Watch | None = None
         self._stopped = False
+        self._last_act = -math.inf  # time.monotonic() when the last act ended
 
     def start(self) -> None:
         """Read the initial state from `self.store.view()` (called right before the watch opens)."""
@@ -53,6 +60,11 @@ class Reactor:
 
     async def act(self) -> None:
         """Do the work the noted changes call for."""
+
+    def has_work(self) -> bool:
+        """Whether the changes noted since the last act call for one (a component that can tell
+        overrides this, so changes that do not concern it do not wake it)."""
+        return True
 
     async def run(self) -> None:
         self.start()
@@ -65,6 +77,7 @@ class Reactor:
                     return
                 if got or self._due():
                     await self.act()
+                    self._last_act = time.monotonic()
         finally:
             if self._watch is not None:
                 self._watch.close()
@@ -104,9 +117,15 @@ class Reactor:
         return True
 
     async def _next_batch(self) -> bool:
-        """Wait for a first change (or the wake time), then gather more for up to the debounce."""
-        if not await self._next(self._timeout()):
-            return False
+        """Wait for a change that gives work (or the wake time); act at once when idle for a debounce
+        interval, else gather more changes for up to the debounce."""
+        while True:
+            if not await self._next(self._timeout()):
+                return False
+            if self._stopped or self.has_work():
+                break
+        if time.monotonic() - self._last_act >= self.debounce_s:
+            return True
         deadline = time.monotonic() + self.max_delay_s
         quiet_until = time.monotonic() + self.debounce_s
         while not self._stopped:

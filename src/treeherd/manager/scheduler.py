@@ -85,6 +85,9 @@ class Scheduler(Reactor):
             elif isinstance(obj, Service):
                 self._retry = True
 
+    def has_work(self) -> bool:
+        return bool(self._new) or (self._retry and bool(self._unplaced))
+
     def _forget(self, task_id: str) -> None:
         self._new.discard(task_id)
         self._unplaced.discard(task_id)

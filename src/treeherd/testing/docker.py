@@ -1,11 +1,13 @@
 """A real dockerd and a local image for tests and benchmarks of the docker executor.
 
 `Dockerd.start()` uses the dockerd that answers (DOCKER_HOST, else the standard socket) and leaves it
-alone, or starts one of its own: its data root, exec root, socket and pid file in a fresh directory,
+alone, or starts one of its own (always, with `own`; `pause` and `resume` stop and start that one
+again, with `live_restore` its containers running on meanwhile): its data root, exec root, socket and pid file in a fresh directory,
 no bridge and no iptables rules (tasks use the host's network), stopped by pid (its containers removed
 first, its mounts undone, its directory deleted). `busybox_image` builds an image from Debian's
 busybox-static package (`apt-get download`, `dpkg -x`, applet links, `docker import`): no registry,
-named by its ID; the caller removes it. Every command and wait is bounded.
+named by its ID; the caller removes it. `image_with_healthcheck` builds one on it with a HEALTHCHECK of
+its own (the base is local: nothing is pulled). Every command and wait is bounded.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Dockerd", "DockerdUnavailable", "busybox_image"]
+__all__ = ["Dockerd", "DockerdUnavailable", "busybox_image", "image_with_healthcheck"]
 
 STANDARD_SOCKET = "/var/run/docker.sock"
 START_SECONDS = 30.0
@@ -34,10 +36,13 @@ class DockerdUnavailable(Exception):
 class Dockerd:
     """One dockerd for a test session; see the module's description."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, own: bool = False, live_restore: bool = False) -> None:
         self.host = os.environ.get("DOCKER_HOST") or f"unix://{STANDARD_SOCKET}"
         self.root: Path | None = None  # the directory of the one started here
         self.process: subprocess.Popen[bytes] | None = None
+        self._dockerd = "dockerd"
+        self.own = own  # start one here even if one answers (for a test that stops it)
+        self.live_restore = live_restore  # its containers outlive it (`--live-restore`)
 
     @property
     def started_here(self) -> bool:
@@ -66,7 +71,7 @@ class Dockerd:
         return True
 
     def start(self) -> Dockerd:
-        if self.answers():
+        if not self.own and self.answers():
             return self
         dockerd = shutil.which("dockerd") or (
             "/usr/sbin/dockerd" if Path("/usr/sbin/dockerd").exists() else None
@@ -77,11 +82,25 @@ class Dockerd:
             raise DockerdUnavailable("no dockerd answers, and starting one needs root")
         self.root = Path(tempfile.mkdtemp(prefix="thd-", dir="/tmp"))  # short: socket paths are limited
         self.host = f"unix://{self.root / 'docker.sock'}"
+        self._dockerd = dockerd
+        return self.resume()
+
+    def pause(self) -> None:
+        """Stop the dockerd started here (SIGTERM), keeping its directory: `resume` starts it again
+        there (with live restore, its containers run on meanwhile)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(STOP_SECONDS)
+
+    def resume(self) -> Dockerd:
+        """Start the dockerd of this directory (again), and wait until it answers."""
+        assert self.root is not None
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(
                 [
-                    dockerd,
+                    self._dockerd,
                     "--data-root", str(self.root / "data"),
                     "--exec-root", str(self.root / "exec"),
                     "--pidfile", str(self.root / "docker.pid"),
@@ -90,6 +109,7 @@ class Dockerd:
                     "--iptables=false",
                     "--ip6tables=false",
                     "--ip-masq=false",
+                    *(["--live-restore"] if self.live_restore else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -191,3 +211,11 @@ def busybox_image(dockerd: Dockerd, workdir: Path) -> str:
         ["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True, timeout=COMMAND_SECONDS
     )
     return dockerd.docker("import", "-", input=tar.stdout).strip()
+
+
+def image_with_healthcheck(dockerd: Dockerd, base: str, command: str, *, interval_s: int = 1) -> str:
+    """An image on `base` (a local image ID) with `HEALTHCHECK CMD command` every `interval_s` seconds,
+    unhealthy after one failure; its ID (the caller removes it with `docker rmi --no-prune`, which keeps
+    the base)."""
+    dockerfile = f"FROM {base}\nHEALTHCHECK --interval={interval_s}s --timeout={interval_s}s --retries=1 CMD {command}\n"
+    return dockerd.docker("build", "-q", "-", input=dockerfile.encode()).strip()

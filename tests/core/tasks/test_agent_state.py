@@ -21,6 +21,7 @@ from treeherd.core.tasks.agent_state import (
     ProceedRunner,
     RemoveRunner,
     ReportAcknowledged,
+    RunnerNoted,
     RunnerProgressed,
     SendReport,
     SessionEstablished,
@@ -120,6 +121,20 @@ def test_runner_progress_is_persisted_and_reported_once_connected() -> None:
     assert reported(out) == [("t1", S.PREPARING)]  # only the latest status of each task
     out = d.progress("t1", S.READY)
     assert kinds(out) == ["PersistTask", "SendReport"]
+
+
+def test_a_note_of_a_running_task_changes_its_message_only() -> None:
+    d = Driver()
+    d.assign(task("t1"))
+    d.connect()
+    d.run_to("t1", S.STARTING)
+    note = RunnerNoted(cause_id="n1", now=NOW, task_id="t1", message="dockerd unreachable")
+    assert d.state.handle(note) == []  # not running yet: nothing to say
+    d.progress("t1", S.RUNNING, message="started")
+    assert kinds(d.state.handle(note))[0] == "PersistTask"  # kept, and reported as the window allows
+    status = d.state.status("t1")
+    assert status is not None and (status.state, status.message) == (S.RUNNING, "dockerd unreachable")
+    assert d.state.handle(note) == []  # the same news again: nothing new
 
 
 def test_an_unchanged_task_is_ignored_even_when_its_version_moved() -> None:

@@ -53,6 +53,14 @@ class RunnerProgressed(EventBase, frozen=True, kw_only=True):
     exit_code: int | None = None
 
 
+class RunnerNoted(EventBase, frozen=True, kw_only=True):
+    """A running task's executor has news that is not a new state (its engine went away, came back):
+    the status message says it."""
+
+    task_id: str
+    message: str
+
+
 class ReportAcknowledged(EventBase, frozen=True, kw_only=True):
     report_id: int
 
@@ -78,6 +86,7 @@ Event = (
     | HealthChanged
     | AssignmentsReceived
     | RunnerProgressed
+    | RunnerNoted
     | ReportAcknowledged
     | SessionLost
     | SessionEstablished

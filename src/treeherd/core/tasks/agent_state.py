@@ -37,6 +37,7 @@ from treeherd.core.tasks.agent_events import (
     ProceedRunner,
     RemoveRunner,
     ReportAcknowledged,
+    RunnerNoted,
     RunnerProgressed,
     SendReport,
     SessionEstablished,
@@ -64,6 +65,7 @@ __all__ = [
     "ProceedRunner",
     "RemoveRunner",
     "ReportAcknowledged",
+    "RunnerNoted",
     "RunnerProgressed",
     "SendReport",
     "SessionEstablished",
@@ -172,6 +174,8 @@ class AgentState:
                 self._started(event, out)
             elif isinstance(event, HealthChanged):
                 self._health(event, out)
+            elif isinstance(event, RunnerNoted):
+                self._noted(event, out)
         if events:
             self._flush(events[-1].cause_id, out)
         return out
@@ -286,6 +290,18 @@ class AgentState:
             timestamp=event.now,
             message=event.message or record.status.message,
         )
+        self._set_status(record, status, event.cause_id, out)
+
+    def _noted(self, event: RunnerNoted, out: list[Instruction]) -> None:
+        record = self._tasks.get(event.task_id)
+        # News of a running task only; a late note after it stopped is dropped.
+        if (
+            record is None
+            or record.status.state != TaskState.RUNNING
+            or record.status.message == event.message
+        ):
+            return
+        status = msgspec.structs.replace(record.status, timestamp=event.now, message=event.message)
         self._set_status(record, status, event.cause_id, out)
 
     # --- helpers --------------------------------------------------------------------------------

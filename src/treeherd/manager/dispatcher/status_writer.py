@@ -1,6 +1,8 @@
 """Task status reports into the store, batched: the dispatcher queues what each agent reports and writes
-the queue in one transaction at `status_batch_max` items or `status_batch_interval_s` after the first;
-a report is acknowledged only once what it moved forward is committed (or it moved nothing forward),
+the queue in one transaction at `status_batch_max` items, or once `status_batch_interval_s` has passed
+since the last write: a report that comes after a quiet interval is written at once (a task that just
+failed is replaced without waiting out a batch), the reports of a busy moment at most one write per
+interval. A report is acknowledged only once what it moved forward is committed (or it moved nothing forward),
 so an agent retrying its unacknowledged reports loses nothing. Which updates count, and how they merge,
 is decided in `core.tasks.dispatch`."""
 
@@ -38,6 +40,7 @@ class StatusWriter:
         self.batcher: StatusBatcher[_Waiter] = StatusBatcher()  # the updates queued for the next write
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
+        self._last_write: datetime | None = None  # when the last write ended (None: not yet)
 
     def report(self, session: AgentSession, report: StatusReport) -> None:
         """Queue a report's updates, or acknowledge it at once if it has nothing to write."""
@@ -57,9 +60,15 @@ class StatusWriter:
             self._full.set()
 
     async def wait_due(self) -> None:
-        """Return when a batch is due: full, or the batch interval after something was queued."""
+        """Return when a batch is due: something is queued and the batch is full, or the batch interval
+        has passed since the last write (at once after a quiet interval)."""
         await self._pending.wait()
-        await self._sleep_or(self._full, cluster_settings(self._store.view()).status_batch_interval_s)
+        if self._last_write is None:
+            return
+        interval = cluster_settings(self._store.view()).status_batch_interval_s
+        left = min(interval, interval - (self._clock() - self._last_write).total_seconds())
+        if left > 0:
+            await self._sleep_or(self._full, left)
 
     async def flush(self) -> None:
         """Write every queued status in one transaction, then acknowledge the reports waiting on it."""
@@ -80,6 +89,7 @@ class StatusWriter:
         except TreeherdError as error:
             log.error("cannot write %d task status(es), will retry: %s", len(batch), error)
         finally:
+            self._last_write = self._clock()
             waiters = self.batcher.settle(written)
             if len(self.batcher):
                 self._pending.set()

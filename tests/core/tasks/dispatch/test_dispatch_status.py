@@ -63,3 +63,15 @@ def test_a_health_change_in_the_same_state_is_news_only_if_later():
     )
     assert check_status(stored, "m1", between, queued=later) is Verdict.STALE
     assert check_status(stored, "m1", later, queued=later) is Verdict.QUEUED
+
+
+def test_a_new_message_in_the_same_state_is_news_only_if_later():
+    running = status(S.RUNNING)
+    stored = msgspec.structs.replace(task(state=S.RUNNING), status=running)
+    noted = msgspec.structs.replace(
+        running, message="dockerd unreachable", timestamp=running.timestamp + timedelta(seconds=1)
+    )
+    assert check_status(stored, "m1", noted) is Verdict.ACCEPT
+    assert check_status(stored, "m1", running) is Verdict.DUPLICATE
+    older = msgspec.structs.replace(noted, timestamp=running.timestamp - timedelta(seconds=1))
+    assert check_status(stored, "m1", older) is Verdict.BACKWARD

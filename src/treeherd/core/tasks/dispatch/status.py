@@ -60,9 +60,9 @@ def check_status(
 
 def moves_forward(status: TaskStatus, than: TaskStatus) -> bool | None:
     """Whether `status` is news after `than`: a later state, or in the same state a different health
-    reported later. None: the same news (a retried report)."""
+    or message reported later. None: the same news (a retried report)."""
     if status.state != than.state:
         return status.state > than.state
-    if status.health == than.health:
+    if status.health == than.health and status.message == than.message:
         return None
     return status.timestamp > than.timestamp
