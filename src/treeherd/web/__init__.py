@@ -6,6 +6,8 @@ from __future__ import annotations
 from litestar.types import ControllerRouterHandler
 
 from treeherd.web.actions import ConsoleActions
+from treeherd.web.edits import ConsoleEdits
+from treeherd.web.incidents import ConsoleIncidents
 from treeherd.web.login import ConsoleLogin
 from treeherd.web.pages import ConsolePages
 
@@ -14,4 +16,4 @@ __all__ = ["console_handlers"]
 
 def console_handlers() -> list[ControllerRouterHandler]:
     """The console's route handlers, to be added to the manager's application."""
-    return [ConsolePages, ConsoleActions, ConsoleLogin]
+    return [ConsolePages, ConsoleActions, ConsoleEdits, ConsoleIncidents, ConsoleLogin]

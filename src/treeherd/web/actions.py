@@ -31,7 +31,7 @@ class FieldError(msgspec.Struct, frozen=True, kw_only=True):
     detail: str
 
 
-def _error(error: TreeherdError | msgspec.ValidationError, default_field: str) -> FieldError:
+def field_error(error: TreeherdError | msgspec.ValidationError, default_field: str) -> FieldError:
     if isinstance(error, TreeherdError):
         field = (error.field or default_field).split(".")[-1].split("[")[0]
         return FieldError(field=field, detail=error.detail)
@@ -42,12 +42,12 @@ def _error(error: TreeherdError | msgspec.ValidationError, default_field: str) -
     return FieldError(field=field, detail=text)
 
 
-async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
+async def read_form(request: Request[Any, Any, Any]) -> dict[str, str]:
     form = await request.form()
     return {key: str(value).strip() for key, value in form.items()}
 
 
-def _int(value: str, field: str) -> int:
+def whole_number(value: str, field: str) -> int:
     try:
         return int(value)
     except ValueError:
@@ -61,15 +61,15 @@ class ConsoleActions(Controller):
 
     @post("/services/{name:str}/scale", status_code=200)
     async def scale(self, request: Request[Any, Any, Any], services: Services, name: str) -> Response[str]:
-        form = await _form(request)
+        form = await read_form(request)
         error = note = None
         try:
-            replicas = _int(form.get("replicas", ""), "replicas")
+            replicas = whole_number(form.get("replicas", ""), "replicas")
             update = msgspec.convert({"replicas": replicas}, ServiceUpdate)
             service = await services.update(name, update)
             note = f"{name} scaled to {service.replicas}"
         except (TreeherdError, msgspec.ValidationError) as failed:
-            error = _error(failed, "replicas")
+            error = field_error(failed, "replicas")
         current = services.summary(services.get(name))
         return page("scale_form.html", s=current, error=error, note=note, value=form.get("replicas", ""))
 
@@ -77,19 +77,19 @@ class ConsoleActions(Controller):
     async def availability(
         self, request: Request[Any, Any, Any], inventory: Inventory, hostname: str
     ) -> Response[str]:
-        form = await _form(request)
+        form = await read_form(request)
         error = None
         try:
             update = msgspec.convert({"availability": form.get("availability", "")}, MachineUpdate)
             await inventory.update_machine(hostname, update)
         except (TreeherdError, msgspec.ValidationError) as failed:
-            error = _error(failed, "availability")
+            error = field_error(failed, "availability")
         return page("availability_form.html", m=inventory.machine(hostname), error=error)
 
     @post("/nodes/{path:str}/labels", status_code=200)
     async def labels(self, request: Request[Any, Any, Any], inventory: Inventory, path: str) -> Response[str]:
         """Set a label (`key`, `value`), or clear it with an empty value."""
-        form = await _form(request)
+        form = await read_form(request)
         error = note = None
         key, value = form.get("key", ""), form.get("value", "")
         try:
@@ -99,7 +99,7 @@ class ConsoleActions(Controller):
             await inventory.update_node(path, update)
             note = f"label {key} set to {value!r}" if value else f"label {key} cleared"
         except (TreeherdError, msgspec.ValidationError) as failed:
-            error = _error(failed, "key")
+            error = field_error(failed, "key")
             if error.field == "labels":
                 error = FieldError(field="key", detail=error.detail)
         node = node_by_path(inventory.view, path)
@@ -108,7 +108,7 @@ class ConsoleActions(Controller):
     @post("/nodes/{path:str}/routes", status_code=200)
     async def routes(self, request: Request[Any, Any, Any], inventory: Inventory, path: str) -> Response[str]:
         """Add a route (`domain`, `uri`), or remove it when `remove` is set."""
-        form = await _form(request)
+        form = await read_form(request)
         error = note = None
         try:
             spec = msgspec.convert({"domain": form.get("domain", ""), "uri": form.get("uri", "")}, RouteSpec)
@@ -119,7 +119,7 @@ class ConsoleActions(Controller):
                 await inventory.add_route(path, spec)
                 note = f"route {spec.domain}{spec.uri} added"
         except (TreeherdError, msgspec.ValidationError) as failed:
-            error = _error(failed, "uri")
+            error = field_error(failed, "uri")
         view = inventory.view
         node = node_by_path(view, path)
         return page(

@@ -22,6 +22,8 @@ from treeherd.web import queries
 from treeherd.web.login import to_login
 from treeherd.web.render import page, static_file
 
+HISTORY = 50  # earlier tasks of a service shown on its page, newest first
+
 NAV = (
     ("tree", "Tree"),
     ("services", "Services"),
@@ -78,7 +80,7 @@ class ConsolePages(Controller):
         return page("tree_search.html", q=q, hits=queries.search(inventory.view, q))
 
     @get("/nodes/{path:str}", sync_to_thread=False)
-    def node(self, inventory: Inventory, services: Services, path: str) -> Response[str]:
+    def node(self, inventory: Inventory, services: Services, path: str, host: str = "") -> Response[str]:
         view = inventory.view
         try:
             node = node_by_path(view, path)
@@ -86,6 +88,8 @@ class ConsolePages(Controller):
             return not_found("tree", error)
         detail = queries.node_detail(view, node)
         summaries = [services.summary(s) for s in detail.services]
+        host = host or (detail.machines[0].hostname if detail.machines else "")
+        enc, enc_reason = queries.enc_answer(view, host, inventory.clock()) if host else (None, "")
         return _page(
             "node.html",
             "tree",
@@ -93,6 +97,9 @@ class ConsolePages(Controller):
             d=detail,
             summaries=summaries,
             domains=sorted(d.name for d in view.all(Domain)),
+            enc=enc,
+            enc_host=host,
+            enc_reason=enc_reason,
         )
 
     @get("/services", sync_to_thread=False)
@@ -105,12 +112,19 @@ class ConsolePages(Controller):
             found = services.get(name)
         except NotFound as error:
             return not_found("services", error)
+        current = services.tasks(name, all_tasks=False)
+        shown = {t.id for t in current}
+        history = sorted(
+            (t for t in services.tasks(name) if t.id not in shown), key=lambda t: t.since, reverse=True
+        )
         return _page(
             "service.html",
             "services",
             title=name,
             s=services.summary(found),
-            tasks=services.tasks(name, all_tasks=False),
+            tasks=current,
+            history=history[:HISTORY],
+            history_count=len(history),
         )
 
     @get("/tasks/{task_id:str}", sync_to_thread=False)
@@ -120,6 +134,14 @@ class ConsolePages(Controller):
         except NotFound as error:
             return not_found("services", error)
         return _page("task.html", "services", title=f"task {task_id}", t=row, story=services.story(task_id))
+
+    @get("/domains/{name:str}", sync_to_thread=False)
+    def domain(self, inventory: Inventory, name: str) -> Response[str]:
+        found = inventory.view.lookup(Domain, "name", name)
+        if found is None:
+            return not_found("edge", NotFound(f"no domain {name!r} (the edge page lists them)"))
+        routes = next(d.routes for d in queries.edge_routes(inventory.view) if d.domain.name == name)
+        return _page("domain.html", "edge", title=name, domain=found, routes=routes)
 
     @get("/machines", sync_to_thread=False)
     def machines(self, inventory: Inventory, prefix: str = "", after: str | None = None) -> Response[str]:

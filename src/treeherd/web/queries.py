@@ -8,12 +8,19 @@ ten nodes as with ten thousand; the whole tree is never walked for one page exce
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 import msgspec
 
+from treeherd.core.cluster import current_settings
 from treeherd.core.edge.routing import location_order
+from treeherd.core.puppet.enc import classify
 from treeherd.core.tree.tree import ancestors, resolve
 from treeherd.core.view import View
+from treeherd.model.enc import EncAnswer
+from treeherd.model.errors import TreeherdError
+from treeherd.model.gateway import BackendState
+from treeherd.model.kinds import binding_key
 from treeherd.model.objects import Binding, Domain, Machine, TreeNode
 from treeherd.model.services import Service, Task
 from treeherd.model.states import TaskState
@@ -57,6 +64,8 @@ class BoundMachine(msgspec.Struct, frozen=True, kw_only=True):
     weight: int
     availability: str
     agent: str
+    pin: str | None = None
+    ejected: bool = False
 
 
 class NodeDetail(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,12 +129,15 @@ def node_detail(view: View, node: TreeNode, *, limit: int = PAGE) -> NodeDetail:
     for binding in bindings:
         machine = view.get(Machine, binding.machine_id)
         if machine is not None:
+            state = view.lookup(BackendState, "pair", binding_key(machine.id, node.id))
             machines.append(
                 BoundMachine(
                     hostname=machine.hostname,
                     weight=binding.weight,
                     availability=machine.availability,
                     agent=machine.agent.state if machine.agent else "",
+                    pin=state.pin if state else None,
+                    ejected=state.ejected if state else False,
                 )
             )
     machines.sort(key=lambda m: m.hostname)
@@ -189,3 +201,12 @@ def machines_page(
         )
         rows.append((machine, sorted(paths), tasks))
     return rows, (shown[-1].hostname if len(found) > limit else None)
+
+
+def enc_answer(view: View, hostname: str, now: datetime) -> tuple[EncAnswer | None, str]:
+    """What the ENC answers for `hostname` (as `treeherd enc` would, without recording a conflict),
+    or None with the reason it has no answer."""
+    try:
+        return classify(view, hostname, current_settings(view, now)), ""
+    except TreeherdError as error:
+        return None, error.detail
