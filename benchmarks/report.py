@@ -497,6 +497,33 @@ def schedule_stores() -> str:
     return "\n".join(f"- {head}" for head in heads) + "\n\n" + table(header, rows, "lrrrrr")
 
 
+def ui_render() -> str:
+    d = load("ui_render")
+    p = d["parameters"]
+    rows = []
+    for name, server in d["server"].items():
+        browser = d["browser"][name]["ms"]
+        rows.append(
+            [
+                f"{name} (`{server['target']}`)",
+                num(server["bytes"]),
+                ms(server["ms"]["p50"], 1),
+                ms(server["ms"]["max"], 1),
+                ms(browser["p50"], 1),
+                ms(browser["max"], 1),
+            ]
+        )
+    worst = max(max(s["ms"]["p50"], d["browser"][n]["ms"]["p50"]) for n, s in d["server"].items())
+    head = (
+        f"{provenance('ui_render', d)} Command: `{d['command'].strip()}`; {num(p['nodes'])} nodes and"
+        f" {num(p['machines'])} machines (each bound to a leaf) loaded in {sec(d['load_seconds'], 0)};"
+        f" {p['reads']} reads and {p['loads']} browser loads per page. Goal: {ms(p['goal_ms'], 0)} per"
+        f" page; the slowest p50 here is **{ms(worst, 1)}**."
+    )
+    header = ["page", "HTML bytes", "server p50 ms", "server max ms", "browser p50 ms", "browser max ms"]
+    return f"{head}\n\n{table(header, rows, 'lrrrrr')}"
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "tree_load": tree_load,
     "schedule": schedule,
@@ -515,6 +542,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "failover": failover,
     "node_failure": node_failure,
     "schedule-stores": schedule_stores,
+    "ui_render": ui_render,
 }
 
 

@@ -33,6 +33,7 @@ PAGES = [
     ("/ui/machines", "Machines"),
     ("/ui/edge", "Edge"),
     ("/ui/events", "Events"),
+    ("/ui/domains/shop.example.com", "shop.example.com"),
 ]
 
 

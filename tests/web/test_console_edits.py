@@ -138,3 +138,18 @@ def test_start_and_abort_a_canary(manager: ManagerProcess, page: Page, console: 
         page.get_by_role("button", name="promote canary").click()
         expect(page.locator("#canary-result .error")).to_be_visible()
     assert console.errors == []
+
+
+def test_an_edit_by_keyboard_alone(manager: ManagerProcess, page: Page) -> None:
+    """Tab to a field, type, Enter: the form is sent (after the confirmation) and says what changed."""
+    seed(manager.url)
+    page.goto(manager.url + "/ui/nodes/corp.web.api")
+    page.locator("#attr-port").focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator("#attr-port")).to_be_focused()
+    page.keyboard.type("9091")
+    page.keyboard.press("Enter")
+    expect(page.locator("#attributes .note")).to_have_text("attributes of corp.web.api saved")
+    with Client(manager.url) as client:
+        assert client.get("/api/v1/nodes/corp.web.api", dict)["port"] == 9091
