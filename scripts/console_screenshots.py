@@ -94,7 +94,11 @@ def main() -> None:
                         _shoot(page, out, "node", up.url + "/ui/nodes/corp.web.frontend")
                         _shoot(page, out, "services", up.url + "/ui/services")
                         _shoot(page, out, "service", up.url + "/ui/services/frontend")
+                        tasks = client.get("/api/v1/services/frontend/tasks", list)
+                        task = next(t["id"] for t in tasks if t["state"] == "running")
+                        _shoot(page, out, "task", up.url + f"/ui/tasks/{task}", settle_ms=2000)
                         _shoot(page, out, "machines", up.url + "/ui/machines")
+                        _shoot(page, out, "domain", up.url + "/ui/domains/shop.example.com")
                         page.goto(up.url + "/ui/edge")
                         for _ in range(5):  # a few points on the charts, 2 s apart
                             for index in range(30):
