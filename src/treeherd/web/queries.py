@@ -27,6 +27,7 @@ from treeherd.model.states import TaskState
 from treeherd.model.views import ResolvedNode
 
 PAGE = 200
+MACHINES_PAGE = 100  # each row carries its bindings and an availability form: half a tree level's rows
 SEARCH_HITS = 100
 
 
@@ -176,7 +177,7 @@ def edge_routes(view: View) -> list[DomainRoutes]:
 
 
 def machines_page(
-    view: View, *, prefix: str = "", after: str | None = None, limit: int = PAGE
+    view: View, *, prefix: str = "", after: str | None = None, limit: int = MACHINES_PAGE
 ) -> tuple[list[tuple[Machine, list[str], int]], str | None]:
     """A page of machines by hostname (those starting with `prefix`), each with the nodes it is bound
     to and how many tasks it runs."""
