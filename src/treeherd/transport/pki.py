@@ -27,6 +27,18 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 ROOT_LIFETIME = timedelta(days=20 * 365)
 DEFAULT_NODE_LIFETIME = timedelta(days=90)
 CLOCK_SKEW = timedelta(minutes=5)
+# What a root (and a cross-signed root) may do: sign certificates and revocation lists.
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    key_cert_sign=True,
+    crl_sign=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 class CertificateError(Exception):
@@ -117,20 +129,7 @@ class ClusterCA:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -149,20 +148,7 @@ class ClusterCA:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(min(new_root.not_valid_after_utc, self._cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(new_root.public_key()), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._cert.public_key()),  # type: ignore[arg-type]
@@ -195,10 +181,7 @@ class ClusterCA:
     ) -> bytes:
         """A certificate for the key in `csr_pem`, naming `node_id` and `role` (the request's own
         names are ignored). `addresses` (IPs or DNS names) are added for a manager's server side."""
-        try:
-            request = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as error:
-            raise CertificateError(f"not a PEM certificate signing request: {error}") from None
+        request = _load_csr(csr_pem)
         if not request.is_signature_valid:
             raise CertificateError("the certificate signing request's signature is not valid")
         public = request.public_key()
@@ -238,12 +221,16 @@ def _subject_alt_names(addresses: tuple[str, ...]) -> list[x509.GeneralName]:
     return names
 
 
-def csr_key_sha256(csr_pem: bytes) -> str:
-    """The SHA-256 (hex) of a signing request's public key (its SubjectPublicKeyInfo)."""
+def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     try:
-        request = x509.load_pem_x509_csr(csr_pem)
+        return x509.load_pem_x509_csr(csr_pem)
     except ValueError as error:
         raise CertificateError(f"not a PEM certificate signing request: {error}") from None
+
+
+def csr_key_sha256(csr_pem: bytes) -> str:
+    """The SHA-256 (hex) of a signing request's public key (its SubjectPublicKeyInfo)."""
+    request = _load_csr(csr_pem)
     spki = request.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
