@@ -85,7 +85,7 @@ def test_pin_a_backend_and_unbind_a_machine(manager: ManagerProcess, page: Page,
     assert console.errors == []
 
 
-def test_add_and_change_a_domain(manager: ManagerProcess, page: Page, console: Console) -> None:
+def test_add_change_and_delete_a_domain(manager: ManagerProcess, page: Page, console: Console) -> None:
     seed(manager.url)
     with Client(manager.url) as client:
         page.goto(manager.url + "/ui/edge")
@@ -111,6 +111,14 @@ def test_add_and_change_a_domain(manager: ManagerProcess, page: Page, console: C
         found = client.get("/api/v1/domains/api.example.com", dict)
         assert [p["port"] for p in found["ports"]] == [8081, 8082]
         assert found["access_log_path"] == "/var/log/nginx/api.log"
+
+        page.goto(manager.url + "/ui/domains/shop.example.com")
+        page.get_by_role("button", name="delete domain").click()
+        expect(page.locator("#domain-delete-result .error")).to_contain_text("still routed to by corp.web.")
+        page.goto(manager.url + "/ui/domains/api.example.com")
+        page.get_by_role("button", name="delete domain").click()
+        expect(page.locator("#domain-delete-result .note")).to_have_text("domain api.example.com deleted")
+        assert [d["name"] for d in client.get("/api/v1/domains", list)] == ["shop.example.com"]
     assert console.errors == []
 
 

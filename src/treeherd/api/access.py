@@ -136,6 +136,7 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/ui/domains/{name}"): _R,
     ("POST", "/ui/domains"): _O,
     ("POST", "/ui/domains/{name}/settings"): _O,
+    ("POST", "/ui/domains/{name}/delete"): _O,
     ("POST", "/ui/services/{name}/canary"): _O,
     ("POST", "/ui/services/{name}/promote"): _O,
     ("POST", "/ui/services/{name}/abort"): _O,

@@ -1,7 +1,7 @@
 """The console's edits of the tree's configuration, each through the manager's own services and their
 validation, as the API does: a node's routing attributes (port, upstream, ip_hash, Puppet
 environment), its machines (bind, unbind, weight), its Puppet classes, and domains (ports, ssl files,
-log paths).
+log paths; add and delete).
 
 Each form posts here after the page asked the operator to confirm; the answer is the form again, with
 the API's error beside the field it concerns (nothing written) or a note of what changed.
@@ -180,3 +180,14 @@ class ConsoleEdits(Controller):
             error = field_error(failed, "ports")
         domain = inventory.view.lookup(Domain, "name", name)
         return page("domain_form.html", domain=domain, error=error, note=note, form=form if error else {})
+
+    @post("/domains/{name:str}/delete", status_code=200)
+    async def delete_domain(self, inventory: Inventory, name: str) -> Response[str]:
+        """Delete a domain; refused (nothing changed) while a node still routes to it."""
+        error = note = None
+        try:
+            await inventory.delete_domain(name)
+            note = f"domain {name} deleted"
+        except Failure as failed:
+            error = field_error(failed, "domain")
+        return page("action_result.html", error=error, note=note)
