@@ -323,6 +323,38 @@ async def test_update_then_delete_then_recreate_in_one_batch(open_sqlite, monkey
     assert reopened.view().lookup(Machine, "hostname", "three") == final
 
 
+async def test_create_then_update_in_one_batch_is_one_row_with_the_update(open_sqlite, db_path):
+    store = await open_sqlite()
+    rev = store.revision
+    _, updated = await asyncio.wait_for(
+        asyncio.gather(
+            store.commit([Create(machine("m1", "one"))]),
+            store.commit([Update(replace(machine("m1", "two"), version=rev + 1))]),
+        ),
+        WAIT,
+    )
+    await store.close()
+    assert rows(db_path, "SELECT id FROM objects") == [("m1",)]
+    reopened = await open_sqlite()
+    assert reopened.view().get(Machine, "m1") == updated.objects[0]
+
+
+async def test_an_update_of_a_row_missing_from_the_file_writes_it_whole(open_sqlite, db_path):
+    """Updates change rows in place; if a row the state holds is missing (an edited file), the update
+    must still land rather than change nothing."""
+    store = await open_sqlite()
+    v1 = (await commit(store, Create(machine("m1", "one")), Create(machine("m2", "other")))).objects[0]
+    db = sqlite3.connect(db_path)
+    db.execute("DELETE FROM objects WHERE id = 'm1'")
+    db.commit()
+    db.close()
+    v2 = (await commit(store, Update(replace(v1, hostname="two")))).objects[0]
+    await store.close()
+    reopened = await open_sqlite()
+    assert reopened.view().get(Machine, "m1") == v2
+    assert reopened.view().lookup(Machine, "hostname", "other") is not None
+
+
 async def test_concurrent_commits_are_grouped_into_few_writes(open_sqlite, monkeypatch):
     store = await open_sqlite()
     await commit(store, Create(machine("m0")))
