@@ -38,6 +38,7 @@ from treeherd.model.events import Change, Event
 from treeherd.model.objects import AnyObject
 from treeherd.store import etcd_client as etcd
 from treeherd.store.base import Committed
+from treeherd.store.codec import SharedSpecs
 from treeherd.store.engine import DEFAULT_HISTORY, EngineStore, _EngineWatch, _Pending, _settle
 from treeherd.store.etcd_client import EtcdClient, EtcdUrl, parse_etcd_url
 from treeherd.store.etcd_history import read_history
@@ -74,6 +75,7 @@ class EtcdStore(EngineStore):
         self._seen = 0  # the last etcd revision the feed took in
         self._floor = 0  # the revision at which the prefix was taken: nothing of this cluster is older
         self._held: list[tuple[str, str, AnyObject | None]] = []  # chunks of a split commit, not yet applied
+        self._specs = SharedSpecs()  # decoded tasks share their spec (what a follower reads from etcd)
         # When each transaction was first refused for another writer's change (see `_requeue`).
         self._refused: weakref.WeakKeyDictionary[asyncio.Future[Committed], float] = (
             weakref.WeakKeyDictionary()
@@ -140,7 +142,7 @@ class EtcdStore(EngineStore):
                 self._txns.head = kv.mod_revision
                 self._txns.partial_open = kv.value == PARTIAL  # a writer died inside a split commit
             elif layout.parse(kv.key) is not None:
-                objects.append(decode_at(kv.value, kv.mod_revision))
+                objects.append(self._specs.share(decode_at(kv.value, kv.mod_revision)))
         self._state.load(objects, revision)
         self._seen = revision
         # The history before this revision, as far back as `history` revisions and etcd still keeps it.
@@ -224,7 +226,7 @@ class EtcdStore(EngineStore):
                 self._held.append((*parsed, None))
             else:
                 obj = self._txns.take_own(kv.key, kv.value, kv.mod_revision)
-                self._held.append((*parsed, obj or decode_at(kv.value, kv.mod_revision)))
+                self._held.append((*parsed, obj or self._specs.share(decode_at(kv.value, kv.mod_revision))))
         if revision:
             self._end_revision(revision, head)
 

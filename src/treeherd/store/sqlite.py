@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from treeherd.model.events import Change, Event
 from treeherd.model.objects import AnyObject
-from treeherd.store.codec import decode, encode
+from treeherd.store.codec import SharedSpecs, decode, encode
 from treeherd.store.engine import DEFAULT_HISTORY, EngineStore
 
 _OBJECTS = """
@@ -90,7 +90,8 @@ class SqliteLog:
             db.execute("INSERT INTO meta VALUES ('schema', ?), ('revision', 0)", (SCHEMA_VERSION,))
         self._db = db
         revision = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
-        objects = [decode(data) for (data,) in db.execute("SELECT data FROM objects")]
+        specs = SharedSpecs()
+        objects = [specs.share(decode(data)) for (data,) in db.execute("SELECT data FROM objects")]
         # Pruning removes whole revisions, so every transaction here is complete.
         rows = db.execute("SELECT revision, type, data FROM events ORDER BY seq").fetchall()
         # An event whose object is still current shares the live object instead of holding a copy.
@@ -99,8 +100,7 @@ class SqliteLog:
         for rev, kind, data in rows:
             obj = decode(data)
             current = live.get((obj.kind, obj.id))
-            if current is not None and current.version == obj.version:
-                obj = current
+            obj = current if current is not None and current.version == obj.version else specs.share(obj)
             event = Event(revision=rev, type=kind, object=obj)
             if changes and changes[-1].revision == rev:
                 changes[-1].events.append(event)

@@ -1,0 +1,77 @@
+"""Decoded tasks share their spec: fewer copies, the same objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from store_helpers import node
+
+from treeherd.model.ops import Create
+from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
+from treeherd.store.codec import SharedSpecs, decode, encode
+from treeherd.store.sqlite import SqliteStore
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC = TaskSpec(command=["sleep", "60"], env={"MODE": "one"})
+OTHER = TaskSpec(command=["sleep", "60"], env={"MODE": "two"})
+
+
+def task(id: str, spec: TaskSpec, *, service: str = "s1", version: int = 1) -> Task:
+    return Task(
+        id=id,
+        created_at=NOW,
+        updated_at=NOW,
+        service_id=service,
+        service_name="web",
+        spec=spec,
+        spec_version=version,
+        status=TaskStatus(timestamp=NOW),
+    )
+
+
+def test_tasks_of_one_service_and_version_share_the_first_copy():
+    specs = SharedSpecs()
+    first, second = (specs.share(decode(encode(task(id, SPEC)))) for id in ("t1", "t2"))
+    assert first.spec is second.spec
+    assert second == task("t2", SPEC)
+
+
+def test_a_different_spec_under_the_same_service_and_version_keeps_its_own():
+    specs = SharedSpecs()
+    first = specs.share(decode(encode(task("t1", SPEC))))
+    odd = specs.share(decode(encode(task("t2", OTHER))))
+    assert odd.spec == OTHER and odd.spec is not first.spec
+    later = specs.share(decode(encode(task("t3", SPEC, version=2))))
+    assert later.spec is not first.spec  # another version: not checked against version 1's copy
+
+
+def test_other_kinds_pass_through_unchanged():
+    specs = SharedSpecs()
+    obj = node("n1")
+    assert specs.share(obj) is obj
+
+
+async def test_tasks_reloaded_from_sqlite_share_their_spec(tmp_path: Path):
+    path = tmp_path / "treeherd.db"
+    store = SqliteStore(path)
+    await store.open()
+    service = Service(id="s1", created_at=NOW, updated_at=NOW, name="web", node_id="n1", task=SPEC)
+    await store.commit([Create(node("n1")), Create(service)])
+    tasks = [task(f"t{i}", SPEC) for i in range(5)] + [task("odd", OTHER)]
+    await store.commit([Create(t) for t in tasks])
+    before = {t.id: store.view().get(Task, t.id) for t in tasks}
+    await store.close()
+
+    reopened = SqliteStore(path)
+    await reopened.open()
+    try:
+        after = {t.id: reopened.view().get(Task, t.id) for t in tasks}
+        assert after == before
+        assert len({id(after[f"t{i}"].spec) for i in range(5)}) == 1
+        assert after["odd"].spec == OTHER
+        # the retained history's copies are the live objects (same version), so they share too
+        history = [event.object for change in reopened.history() for event in change.events]
+        assert any(obj is after["t3"] for obj in history)
+    finally:
+        await reopened.close()
