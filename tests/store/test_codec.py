@@ -17,8 +17,11 @@ SPEC = TaskSpec(command=["sleep", "60"], env={"MODE": "one"})
 OTHER = TaskSpec(command=["sleep", "60"], env={"MODE": "two"})
 
 
-def task(id: str, spec: TaskSpec, *, service: str = "s1", version: int = 1) -> Task:
+def task(
+    id: str, spec: TaskSpec, *, service: str = "s1", version: int = 1, machine: str | None = None
+) -> Task:
     return Task(
+        machine_id=machine,
         id=id,
         created_at=NOW,
         updated_at=NOW,
@@ -35,6 +38,16 @@ def test_tasks_of_one_service_and_version_share_the_first_copy():
     first, second = (specs.share(decode(encode(task(id, SPEC)))) for id in ("t1", "t2"))
     assert first.spec is second.spec
     assert second == task("t2", SPEC)
+
+
+def test_repeated_strings_are_shared_and_the_task_is_unchanged():
+    specs = SharedSpecs()
+    first, second = (specs.share(decode(encode(task(id, SPEC, machine="m1")))) for id in ("t1", "t2"))
+    assert first.machine_id is second.machine_id
+    assert first.service_id is second.service_id and first.service_name is second.service_name
+    assert second == task("t2", SPEC, machine="m1")
+    odd = specs.share(decode(encode(task("t3", OTHER, machine="m1"))))
+    assert odd.machine_id is first.machine_id and odd == task("t3", OTHER, machine="m1")
 
 
 def test_a_different_spec_under_the_same_service_and_version_keeps_its_own():

@@ -92,8 +92,10 @@ class SqliteLog:
         revision = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
         specs = SharedSpecs()
         objects = [specs.share(decode(data)) for (data,) in db.execute("SELECT data FROM objects")]
-        # Pruning removes whole revisions, so every transaction here is complete.
-        rows = db.execute("SELECT revision, type, data FROM events ORDER BY seq").fetchall()
+        # Pruning removes whole revisions, so every transaction here is complete. The rows are read one
+        # at a time: fetching them all at once held every event's bytes until the end, and the freed
+        # memory stayed with the process (a third of its RSS after a load of 100,000 tasks).
+        rows = db.execute("SELECT revision, type, data FROM events ORDER BY seq")
         # An event whose object is still current shares the live object instead of holding a copy.
         live = {(obj.kind, obj.id): obj for obj in objects}
         changes: list[Change] = []
