@@ -85,6 +85,11 @@ class EngineStore:
         self._compacted_through = changes[0].revision - 1 if changes else revision
         for change in changes:
             self._remember(change)
+        # The loaded lists can outlive this call (the finished future of the backend's thread may still
+        # hold its result for a while): emptied, they keep neither a million objects' list nor the
+        # history changes trimmed away above.
+        objects.clear()
+        changes.clear()
 
     async def close(self) -> None:
         self._closed = True
