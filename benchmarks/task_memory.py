@@ -11,7 +11,9 @@ Builds the data set, in a temporary directory on 127.0.0.1:
 3. `base`: the manager is started on that and left to settle; its RSS is the baseline;
 4. the services' replicas are set, and `--tasks` tasks are written in transactions of 5,000 (the
    orchestrator's chunk), each RUNNING on a machine, round robin, sharing its service's spec object (as
-   the orchestrator's tasks do); a task carries a short command and two environment variables;
+   the orchestrator's tasks do); a task carries a short command and two environment variables; then
+   50,000 of them have their status changed twice, so that the retained history (the last 100,000
+   events) holds 50,000 older copies of tasks besides the live ones;
 5. `--restarts` times: the manager is started on the full data set. `to_healthy_s`: until `/healthz`
    answers (the store loaded, the API up); `to_settled_s`: until the manager's CPU stays under 5 % of a
    core for 2 s (its components' first passes over every task done); RSS at that point; the revisions
@@ -61,6 +63,7 @@ from treeherd.testing.processes import reap_processes_under, treeherd_command
 from treeherd.transport.client import Client
 
 CHUNK = 5_000  # tasks per transaction, as the orchestrator commits them
+HISTORY_TASKS = DEFAULT_HISTORY // 2  # tasks changed twice at the end (see `write_tasks`)
 SETTLE_CPU = 0.05  # cores: below this for SETTLE_WINDOW_S, the manager has settled
 SETTLE_WINDOW_S = 2.0
 
@@ -231,33 +234,61 @@ async def write_tasks(db: Path, machine_ids: list[str], tasks: int) -> float:
                     )
                     placed += 1
                 await store.commit(ops)
+        # Two status changes of the same HISTORY_TASKS tasks: the retained history then holds the older
+        # copy of each (an object of its own) and the newer one (the live object, shared), as after the
+        # health checks of a running cluster.
+        changed = list(store.view().all(Task))[:HISTORY_TASKS]
+        for round_ in range(2):
+            for first in range(0, len(changed), CHUNK):
+                chunk = [store.view().get(Task, t.id) for t in changed[first : first + CHUNK]]
+                when = dt.datetime.now(dt.UTC)
+                message = "healthy" if round_ else "checked"
+                await store.commit(
+                    [
+                        Update(
+                            msgspec.structs.replace(
+                                t, status=msgspec.structs.replace(t.status, timestamp=when, message=message)
+                            )
+                        )
+                        for t in chunk
+                        if t is not None
+                    ]
+                )
         return time.monotonic() - started
     finally:
         await store.close()
 
 
-def store_alone(db: Path, history: int) -> dict[str, Any]:
-    """In a fresh process: open the store on `db` with `history` events kept; its RSS before and after."""
+def store_alone(db: Path, *, trace: bool) -> dict[str, Any]:
+    """In a fresh process: open the store on `db` (default history); its RSS before and after. With
+    `trace`, Python's allocations are traced: what the live objects take, and what is left once the
+    retained history is dropped (the history's own cost)."""
     code = (
-        "import asyncio, gc, json, sys, time, psutil\n"
+        "import asyncio, gc, json, sys, time, tracemalloc, psutil\n"
         "from pathlib import Path\n"
         "from treeherd.store.sqlite import SqliteStore\n"
+        "trace = sys.argv[2] == '1'\n"
         "ps = psutil.Process(); gc.collect(); before = ps.memory_info().rss\n"
         "async def main():\n"
-        "    store = SqliteStore(Path(sys.argv[1]), history=int(sys.argv[2]))\n"
+        "    if trace: tracemalloc.start()\n"
+        "    store = SqliteStore(Path(sys.argv[1]))\n"
         "    started = time.monotonic(); await store.open(); seconds = time.monotonic() - started\n"
         "    gc.collect(); after = ps.memory_info().rss\n"
-        "    kept = sum(len(c.events) for c in store.history())\n"
-        "    print(json.dumps({'rss_before_bytes': before, 'rss_after_bytes': after, 'open_seconds':"
-        " round(seconds, 2), 'history_events': kept}))\n"
+        "    out = {'rss_before_bytes': before, 'rss_after_bytes': after, 'open_seconds': round(seconds, 2),"
+        " 'history_events': sum(len(c.events) for c in store.history())}\n"
+        "    if trace:\n"
+        "        out['traced_bytes'] = tracemalloc.get_traced_memory()[0]\n"
+        "        store._changes.clear(); gc.collect()\n"
+        "        out['traced_bytes_without_history'] = tracemalloc.get_traced_memory()[0]\n"
+        "    print(json.dumps(out))\n"
         "    await store.close()\n"
         "asyncio.run(main())\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(db), str(history)],
+        [sys.executable, "-c", code, str(db), "1" if trace else "0"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
         check=True,
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -312,8 +343,8 @@ def run(args: argparse.Namespace, root: Path, report: dict[str, Any]) -> None:
             )
         report["restarts"] = restarts
         report["store_alone"] = {
-            "history_default": store_alone(db, DEFAULT_HISTORY),
-            "history_none": store_alone(db, 1),
+            "measured": store_alone(db, trace=False),
+            "traced": store_alone(db, trace=True),
         }
     finally:
         if manager.process is not None and manager.process.poll() is None:
@@ -332,15 +363,15 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     rss = sorted(r["rss_bytes"] for r in restarts)[len(restarts) // 2]
     healthy = sorted(r["to_healthy_s"] for r in restarts)[len(restarts) // 2]
     settled = sorted(r["to_settled_s"] for r in restarts)[len(restarts) // 2]
-    alone = report["store_alone"]
-    with_history = alone["history_default"]["rss_after_bytes"] - alone["history_default"]["rss_before_bytes"]
-    without = alone["history_none"]["rss_after_bytes"] - alone["history_none"]["rss_before_bytes"]
+    measured, traced = report["store_alone"]["measured"], report["store_alone"]["traced"]
     return {
         "manager_rss_bytes": rss,
         "manager_bytes_per_task": round((rss - report["base"]["rss_bytes"]) / tasks),
-        "store_bytes_per_task": round(without / tasks),
-        "history_bytes": with_history - without,
-        "history_events": alone["history_default"]["history_events"],
+        "store_bytes_per_task": round((measured["rss_after_bytes"] - measured["rss_before_bytes"]) / tasks),
+        "store_traced_bytes_per_task": round(traced["traced_bytes_without_history"] / tasks),
+        "history_bytes": traced["traced_bytes"] - traced["traced_bytes_without_history"],
+        "history_events": traced["history_events"],
+        "store_open_s": measured["open_seconds"],
         "restart_to_healthy_s": healthy,
         "restart_to_settled_s": settled,
         "goal_rss_bytes": 4 << 30,
@@ -387,6 +418,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="for each start and each settle")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--no-png", action="store_true")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="build the data set here and keep it (default: a temporary directory, removed at the end)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.tasks < args.services or args.machines < 1 or args.restarts < 1:
         parser.error("--tasks must be at least --services; --machines and --restarts at least 1")
@@ -403,8 +438,12 @@ def main() -> int:
         },
     }
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="treeherd-task-memory-") as tmp:
-        run(args, Path(tmp), report)
+    if args.data_dir is not None:
+        args.data_dir.mkdir(parents=True)  # a new directory: an existing data set is never written over
+        run(args, args.data_dir, report)
+    else:
+        with tempfile.TemporaryDirectory(prefix="treeherd-task-memory-") as tmp:
+            run(args, Path(tmp), report)
     report["summary"] = summarize(report)
     report["total_seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
