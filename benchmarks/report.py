@@ -452,6 +452,52 @@ def node_failure() -> str:
     return f"{head}\n\n{table(header, rows, 'lrrrr')}"
 
 
+def task_memory() -> str:
+    d = load("task_memory")
+    p, s = d["parameters"], d["summary"]
+    head = (
+        f"{provenance('task_memory', d)} Command: `{d['command'].strip()}`; {num(p['tasks'])} running tasks of"
+        f" {p['services']} services on {num(p['machines'])} nodes; processes left: {d['processes_left']}."
+        f" Goals: RSS at most 4 GiB (**{'met' if s['rss_met'] else 'not met'}**), restart at most 30 s"
+        f" (**{'met' if s['restart_met'] else 'not met'}**)."
+    )
+    rows = [
+        ["manager RSS without tasks (settled)", f"{num(d['base']['rss_bytes'] / 2**20)} MiB"],
+        [
+            "manager RSS with the tasks, after a restart (settled; median)",
+            f"{num(s['manager_rss_bytes'] / 2**20)} MiB",
+        ],
+        ["the manager's bytes per task", num(s["manager_bytes_per_task"])],
+        ["the store alone, in a process of its own: RSS per task", num(s["store_bytes_per_task"])],
+        [
+            "the store alone: Python objects per task, without the history (traced)",
+            num(s["store_traced_bytes_per_task"]),
+        ],
+        [
+            f"the retained history ({num(s['history_events'])} events; traced)",
+            f"{num(s['history_bytes'] / 2**20)} MiB",
+        ],
+        ["the store alone: time to open", sec(s["store_open_s"])],
+        ["restart: until /healthz answers (median)", sec(s["restart_to_healthy_s"])],
+        ["restart: until the manager's CPU settles (median)", sec(s["restart_to_settled_s"])],
+        ["the store's files", f"{num(d['data_set']['db_bytes'] / 2**20)} MiB"],
+    ]
+    runs = [
+        [
+            str(i + 1),
+            sec(r["to_healthy_s"]),
+            sec(r["to_settled_s"]),
+            f"{num(r['rss_bytes'] / 2**20)} MiB",
+            sec(r["cpu_s"]),
+            num(r["revisions_written_while_settling"]),
+            sec(r["stop_s"]),
+        ]
+        for i, r in enumerate(d["restarts"])
+    ]
+    header = ["restart", "to /healthz", "to settled", "RSS", "manager CPU", "revisions written", "stop"]
+    return f"{head}\n\n{table(['', 'value'], rows, 'lr')}\n\n{table(header, runs)}"
+
+
 def failover() -> str:
     d = load("failover")
     p = d["parameters"]
@@ -541,6 +587,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "tls_overhead": tls_overhead,
     "failover": failover,
     "node_failure": node_failure,
+    "task_memory": task_memory,
     "schedule-stores": schedule_stores,
     "ui_render": ui_render,
 }
