@@ -50,7 +50,7 @@ from treeherd.model.managers import ManagerRecord, ManagerView
 from treeherd.model.security import Role
 from treeherd.runtime import new_id
 from treeherd.store.base import Store
-from treeherd.store.select import describe, make_store, remember_cluster
+from treeherd.store.select import describe, make_store, open_for_serving, remember_cluster
 from treeherd.transport.secret_files import InsecureSecret
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ async def serve_manager(
         sock = bind_socket(host, port)
         try:
             store = make_store(store_spec, data_dir)
-            await store.open()
+            await open_for_serving(store)
             remember_cluster(store, data_dir)
         except Exception as error:
             sock.close()
