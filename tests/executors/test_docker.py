@@ -5,6 +5,7 @@ executor, removal from outside, exec, logs; bad input and a dockerd that cannot 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -302,6 +303,30 @@ async def test_an_image_without_a_healthcheck_has_no_health_to_follow(
     assert controller.start_health == ""
     async with asyncio.timeout(10):
         assert [verdict async for verdict in executor.image_health(task)] == []
+
+
+async def test_a_burst_of_tasks_looks_its_image_up_once_and_makes_two_calls_each(
+    executor: DockerExecutor, busybox: str
+) -> None:
+    """Launching is dockerd's work: per task a create and a start, the image looked up once for all,
+    and no look at the containers' health when their image has no check."""
+    calls: collections.Counter[str] = collections.Counter()
+    engine = executor.engine
+    for name in ("image", "inspect", "create", "start"):
+        method = getattr(engine, name)
+
+        def counted(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(engine, name, counted)  # the instance's attribute: the executor's calls go through it
+    tasks = [make_task(f"b{n}", busybox, ["sleep", "300"], stop_grace_s=0.0) for n in range(12)]
+    controllers = [executor.controller(task) for task in tasks]
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(controller.prepare() for controller in controllers))
+        await asyncio.gather(*(controller.start() for controller in controllers))
+        assert [[v async for v in executor.image_health(task)] for task in tasks] == [[]] * 12
+    assert calls == {"image": 1, "create": 12, "start": 12}
 
 
 async def test_a_dockerd_stopped_mid_task_is_said_and_the_container_adopted_when_it_is_back(

@@ -16,11 +16,12 @@ json-file log. The image's own HEALTHCHECK, if it has one, is the task's health 
 no treeherd check (`docker_health`): the task is reported RUNNING with health "starting" (as SwarmKit
 holds such a task until healthy, nothing takes it for ready before Docker's check passes). `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
 
-Steps, each idempotent: `prepare` checks the spec and that the image is here; `start` creates the
-container (an existing one of the task is reused) and starts it unless it runs or ran already
-(adoption), as one step, at most 8 at once (as `docker run`: dockerd is no faster with more);
-`wait` blocks on the Engine API's wait, then reads the exit code and the OOM flag; a container removed from outside is a
-failed task. While dockerd is away `wait` keeps trying, and the task's status message says so (and,
+Steps, each idempotent: `prepare` checks the spec and that the image is here (`docker_images`: one
+lookup for a burst of tasks); `start` creates the container (an existing one of the task is reused)
+and starts it unless it runs or ran already (adoption), as one step, at most 8 at once (as `docker
+run`: dockerd is no faster with more); a container made here is not asked about its health when its
+image has no check. `wait` blocks on the Engine API's wait, then reads the exit code and the OOM flag;
+a container removed from outside is a failed task. While dockerd is away `wait` keeps trying, and the task's status message says so (and,
 once it is back, that the container was adopted again), so a task whose container survives a dockerd
 restart (live restore) is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
 """
@@ -34,7 +35,6 @@ import logging
 import math
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from treeherd.core.tasks.task_env import task_environment
 from treeherd.executors.base import Exit, FatalError
 from treeherd.executors.docker_engine import DockerUnavailable, Engine, EngineError
 from treeherd.executors.docker_health import ImageHealth, has_check, verdict
+from treeherd.executors.docker_images import LocalImage, LocalImages
 from treeherd.model.discovery import Health
 from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
@@ -56,7 +57,6 @@ LABEL_SCOPE = "treeherd.scope"
 LABEL_TASK = "treeherd.task"
 # How long `wait` waits before asking again a dockerd it could not reach.
 RETRY_S = 1.0
-IMAGE_TTL_S = 5.0
 LAUNCHES_AT_ONCE = 8
 NEVER = "0001-01-01T00:00:00Z"  # the Engine API's "not yet" for StartedAt and FinishedAt
 
@@ -212,7 +212,7 @@ class DockerController:
         await self._engine.stop(self.name, grace_s)
 
     async def remove(self) -> None:
-        await self._engine.remove_soon(self.name)
+        await self._executor.purge(self.task.id)
 
     def logs(self, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
         return self._engine.logs(self.name, follow=follow, tail=tail)
@@ -234,6 +234,7 @@ class DockerController:
             if error.status != 409:  # 409: it exists (an earlier agent, or another controller, made it)
                 raise FatalError(f"docker could not create the container: {error}") from None
         else:
+            self._executor.made(self.task.id, checks=checks)
             if checks and self.task.spec.health is None:
                 self._start_health = "starting"
             return {}
@@ -289,7 +290,9 @@ class DockerExecutor:
         self.hostname = hostname or socket.gethostname()
         self.scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
         self._info: dict[str, Any] = {}
-        self._images: dict[str, tuple[tuple[str, bool], float]] = {}
+        self._images = LocalImages(self.engine)
+        # Task id -> whether its container runs its image's health check, for the containers made here.
+        self._checks: dict[str, bool] = {}
         self._launches: tuple[asyncio.Semaphore, asyncio.AbstractEventLoop] | None = None
         self._health = ImageHealth(self.engine, f"{LABEL_SCOPE}={self.scope}")
 
@@ -306,19 +309,10 @@ class DockerExecutor:
             self._launches = (asyncio.Semaphore(LAUNCHES_AT_ONCE), loop)
         return self._launches[0]
 
-    async def image(self, reference: str) -> tuple[str, bool] | None:
-        """A local image's ID and whether it has a health check of its own, remembered for a few seconds
-        (hundreds of tasks of one service start at once); None: not on this host."""
-        now = time.monotonic()
-        known = self._images.get(reference)
-        if known is not None and now - known[1] < IMAGE_TTL_S:
-            return known[0]
-        info = await self.engine.image(reference)
-        if info is None:
-            return None
-        found = (str(info["Id"]), has_check(info))
-        self._images[reference] = (found, now)
-        return found
+    async def image(self, reference: str) -> LocalImage | None:
+        """A local image's ID and whether it has a health check of its own (`docker_images`); None: not
+        on this host."""
+        return await self._images.get(reference)
 
     async def check(self) -> str | None:
         """What keeps this executor from working (None: dockerd answers); learns its limits."""
@@ -363,8 +357,15 @@ class DockerExecutor:
         except (DockerUnavailable, EngineError) as error:
             return -1, str(error)
 
+    def made(self, task_id: str, *, checks: bool) -> None:
+        """A container was made here for the task, its image with a health check of its own or not."""
+        self._checks[task_id] = checks
+
     def image_health(self, task: Task) -> AsyncIterator[tuple[Health, str]]:
-        """The task's health as its image's own HEALTHCHECK says (`docker_health`); nothing without one."""
+        """The task's health as its image's own HEALTHCHECK says (`docker_health`); nothing without one
+        (known without asking dockerd for a container made here)."""
+        if self._checks.get(task.id) is False:
+            return _nothing()
         return self._health.follow(self.container_name(task.id))
 
     async def task_ids(self) -> list[str]:
@@ -376,6 +377,7 @@ class DockerExecutor:
         await self.engine.stop(self.container_name(task_id), grace_s)
 
     async def purge(self, task_id: str) -> None:
+        self._checks.pop(task_id, None)
         await self.engine.remove_soon(self.container_name(task_id))
 
     def logs(self, task_id: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[bytes]:
@@ -392,3 +394,8 @@ class DockerExecutor:
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _nothing() -> AsyncIterator[tuple[Health, str]]:
+    return
+    yield  # an async generator that says nothing
