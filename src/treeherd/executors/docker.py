@@ -14,16 +14,18 @@ the host's haproxy), with the memory, CPU and process limits as Docker's own, no
 (restarts are the orchestrator's: a container that ends is a FAILED or COMPLETE task) and a bounded
 json-file log. The image's own HEALTHCHECK, if it has one, is the task's health when the service has
 no treeherd check (`docker_health`): the task is reported RUNNING with health "starting" (as SwarmKit
-holds such a task until healthy, nothing takes it for ready before Docker's check passes). `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
+holds such a task until healthy, nothing takes it for ready before Docker's check passes). `shutdown`
+is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
 
 Steps, each idempotent: `prepare` checks the spec and that the image is here (`docker_images`: one
 lookup for a burst of tasks); `start` creates the container (an existing one of the task is reused)
 and starts it unless it runs or ran already (adoption), as one step, at most 8 at once (as `docker
-run`: dockerd is no faster with more); a container made here is not asked about its health when its
-image has no check. `wait` blocks on the Engine API's wait, then reads the exit code and the OOM flag;
-a container removed from outside is a failed task. While dockerd is away `wait` keeps trying, and the task's status message says so (and,
-once it is back, that the container was adopted again), so a task whose container survives a dockerd
-restart (live restore) is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
+run`: dockerd is no faster with more, measured from 4 to 32 at once); a container made here is not
+asked about its health when its image has no check. `wait` blocks on the Engine API's wait, then reads
+the exit code and the OOM flag; a container removed from outside is a failed task. While dockerd is
+away `wait` keeps trying, and the task's status message says so (and, once it is back, that the
+container was adopted again), so a task whose container survives a dockerd restart (live restore) is
+adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
 """
 
 from __future__ import annotations

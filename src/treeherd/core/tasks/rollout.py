@@ -19,8 +19,8 @@ crash is seen.)
 A slot fails when a task of the new spec, created since the update started, ends or is found unhealthy
 (by its spec's check or its image's own) before the update is over (its batch waited out the monitor
 window; a crash after that still counts while the update runs): an unhealthy task never becomes ready,
-so the update would otherwise wait on it for ever. Once the failed slots exceed `max_failure_ratio` of the slots the update had to replace, the
-failure action applies: pause (nothing more is replaced until the service is updated again), rollback
+so the update would otherwise wait on it for ever. Once the failed slots exceed `max_failure_ratio` of
+the slots the update had to replace, the failure action applies: pause (nothing more is replaced until the service is updated again), rollback
 (the previous spec comes back, replaced with the rollback policy; a failing rollback pauses: a rollback
 is never rolled back), or continue. A failed slot is not tried again in the same update.
 A canary (state `canary`, `core.tasks.canary`) replaces only its own slots, chosen at its first step
