@@ -219,3 +219,23 @@ async def test_a_step_that_swallows_the_shutdown_still_stops_the_task() -> None:
     assert await runner.join(2)
     assert recorder.states == [S.ACCEPTED, S.PREPARING, S.SHUTDOWN]
     assert controller.calls == ["prepare", "shutdown"]
+
+
+async def test_running_is_reported_with_the_health_the_controller_starts_with() -> None:
+    class Checked(ScriptedController):
+        start_health = "starting"  # its image has a health check of its own
+
+    controller = Checked()
+    runner, recorder = started(OneController(controller))
+    await eventually(lambda: recorder.states == UP, "RUNNING")
+    assert [p.health for p in recorder.progress] == ["", "", "", "", "starting"]
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.last.health == ""
+    # A controller that says nothing of health (the process executor's): RUNNING without one.
+    plain = ScriptedController()
+    runner, recorder = started(OneController(plain))
+    await eventually(lambda: recorder.states == UP, "RUNNING")
+    assert recorder.last.health == ""
+    runner.shutdown()
+    assert await runner.join(2)

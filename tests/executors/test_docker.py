@@ -5,6 +5,7 @@ executor, removal from outside, exec, logs; bad input and a dockerd that cannot 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 from treeherd.executors.base import FatalError
 from treeherd.executors.docker import DockerExecutor, exit_of
 from treeherd.executors.docker_engine import DockerUnavailable
+from treeherd.model.discovery import HealthCheck
 from treeherd.model.services import Resources, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.testing.docker import Dockerd, busybox_image, image_with_healthcheck
@@ -25,6 +27,7 @@ from treeherd.testing.waiting import eventually
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
+CHECK = HealthCheck(kind="cmd", command=["true"])
 
 
 def make_task(task_id: str, image: str, command: list[str], **spec: Any) -> Task:
@@ -255,7 +258,10 @@ async def test_the_images_own_healthcheck_is_followed_as_the_tasks_health(
         task = make_task("t12", image, ["sleep", "300"], stop_grace_s=0.0)
         controller = executor.controller(task)
         await controller.prepare()
+        assert controller.start_health == ""
         await controller.start()
+        # Reported with RUNNING: nothing takes the task for ready before Docker's check passes.
+        assert controller.start_health == "starting"
         verdicts = executor.image_health(task)
         async with asyncio.timeout(20):
             assert await anext(verdicts) == ("starting", "image health check: not run yet")
@@ -264,6 +270,21 @@ async def test_the_images_own_healthcheck_is_followed_as_the_tasks_health(
             await executor.run_beside(task, ["touch", "/tmp/ok"])
             health, message = await anext(verdicts)
             assert (health, message) == ("healthy", "image health check: exit code 0")
+            # A restarted agent adopting the running container starts from Docker's verdict.
+            adopted = DockerExecutor(executor.root)
+            try:
+                again = adopted.controller(task)
+                await again.start()
+                assert again.start_health == "healthy"
+            finally:
+                await adopted.close()
+            # A treeherd check of the service's own is the task's health instead: none at start.
+            checked = make_task("t12b", image, ["sleep", "300"], stop_grace_s=0.0, health=CHECK)
+            other = executor.controller(checked)
+            await other.start()
+            assert other.start_health == ""
+            await other.shutdown(0)
+            await other.remove()
             await controller.shutdown(0)
             await controller.remove()
             with pytest.raises(StopAsyncIteration):  # the container is gone: nothing more to follow
@@ -279,8 +300,33 @@ async def test_an_image_without_a_healthcheck_has_no_health_to_follow(
     controller = executor.controller(task)
     await controller.prepare()
     await controller.start()
+    assert controller.start_health == ""
     async with asyncio.timeout(10):
         assert [verdict async for verdict in executor.image_health(task)] == []
+
+
+async def test_a_burst_of_tasks_looks_its_image_up_once_and_makes_two_calls_each(
+    executor: DockerExecutor, busybox: str
+) -> None:
+    """Launching is dockerd's work: per task a create and a start, the image looked up once for all,
+    and no look at the containers' health when their image has no check."""
+    calls: collections.Counter[str] = collections.Counter()
+    engine = executor.engine
+    for name in ("image", "inspect", "create", "start"):
+        method = getattr(engine, name)
+
+        def counted(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(engine, name, counted)  # the instance's attribute: the executor's calls go through it
+    tasks = [make_task(f"b{n}", busybox, ["sleep", "300"], stop_grace_s=0.0) for n in range(12)]
+    controllers = [executor.controller(task) for task in tasks]
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(controller.prepare() for controller in controllers))
+        await asyncio.gather(*(controller.start() for controller in controllers))
+        assert [[v async for v in executor.image_health(task)] for task in tasks] == [[]] * 12
+    assert calls == {"image": 1, "create": 12, "start": 12}
 
 
 async def test_a_dockerd_stopped_mid_task_is_said_and_the_container_adopted_when_it_is_back(

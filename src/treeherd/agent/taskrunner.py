@@ -1,9 +1,10 @@
 """One task runner per task: steps its executor's controller and reports every state it reaches.
 
 The steps follow SwarmKit's `exec.Do`: get a controller (ACCEPTED), PREPARING, `prepare` (READY),
-STARTING, `start` (RUNNING), `wait`, then a terminal state: COMPLETE on exit code 0, FAILED on any
-other exit or error, REJECTED when the executor says the task can never run (`FatalError` while
-making the controller or in `prepare`), SHUTDOWN when told to stop. A runner starts from the state the
+STARTING, `start` (RUNNING, with the health a controller knows its task starts with), `wait`, then a
+terminal state: COMPLETE on exit code 0, FAILED on any other exit or error, REJECTED when the executor
+says the task can never run (`FatalError` while making the controller or in `prepare`), SHUTDOWN when
+told to stop. A runner starts from the state the
 agent knows (after a restart a RUNNING task resumes at `wait`): the controller's steps are idempotent,
 so repeating the step it was in is safe. It reports only states it moves to, never the one it resumed in.
 A task whose desired state is READY (a restart waiting out its delay) is prepared, then held at READY
@@ -23,7 +24,8 @@ from typing import TypeVar
 
 import msgspec
 
-from treeherd.executors.base import Controller, Executor, Exit, FatalError, Notes, Warnings
+from treeherd.executors.base import Controller, Executor, Exit, FatalError, Notes, StartsWithHealth, Warnings
+from treeherd.model.discovery import Health
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
 
@@ -43,6 +45,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     error: str = ""
     exit_code: int | None = None
+    # RUNNING: the health the task starts with ("starting" when its controller knows it will be judged).
+    health: Health = ""
     # News of the running task in `message`, not a new state (`state` is the one it is in).
     note: bool = False
 
@@ -226,7 +230,8 @@ class TaskRunner:
             except Exception as error:
                 self._report(TaskState.FAILED, error=f"start failed: {error}")
             else:
-                self._report(TaskState.RUNNING, message=_started(controller))
+                health = controller.start_health if isinstance(controller, StartsWithHealth) else ""
+                self._report(TaskState.RUNNING, message=_started(controller), health=health)
         else:  # RUNNING
             await self._wait(controller)
 
@@ -312,9 +317,14 @@ class TaskRunner:
             self._report_to(self.task.id, Progress(state=self.state, message=message, note=True))
 
     def _report(
-        self, state: TaskState, *, message: str = "", error: str = "", exit_code: int | None = None
+        self,
+        state: TaskState,
+        *,
+        message: str = "",
+        error: str = "",
+        exit_code: int | None = None,
+        health: Health = "",
     ) -> None:
         self.state = state
-        self._report_to(
-            self.task.id, Progress(state=state, message=message, error=error, exit_code=exit_code)
-        )
+        progress = Progress(state=state, message=message, error=error, exit_code=exit_code, health=health)
+        self._report_to(self.task.id, progress)

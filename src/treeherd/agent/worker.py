@@ -160,6 +160,7 @@ class Worker:
                 message=progress.message,
                 error=progress.error,
                 exit_code=progress.exit_code,
+                health=progress.health,
             )
         )
 

@@ -113,6 +113,17 @@ class ImageHealth(Protocol):
 
 
 @runtime_checkable
+class StartsWithHealth(Protocol):
+    """A controller that knows, once its task started, that the task has a health of its own (its image's
+    health check): `start_health` ("starting" until judged, or the engine's verdict on an adopted
+    task; "" when it has none) comes with the RUNNING report, so no one takes the task for ready (an
+    update, moving on) before its health is known."""
+
+    @property
+    def start_health(self) -> Health: ...
+
+
+@runtime_checkable
 class Engine(Protocol):
     """An executor that talks to an engine of its own (dockerd): `check` says what keeps it from
     working (None: it works), `close` lets its connections go when the agent stops. An executor whose

@@ -13,15 +13,19 @@ network (the allocated ports are the host's, and `--depends-on` services are at 
 the host's haproxy), with the memory, CPU and process limits as Docker's own, no restart policy
 (restarts are the orchestrator's: a container that ends is a FAILED or COMPLETE task) and a bounded
 json-file log. The image's own HEALTHCHECK, if it has one, is the task's health when the service has
-no treeherd check (`docker_health`). `shutdown` is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
+no treeherd check (`docker_health`): the task is reported RUNNING with health "starting" (as SwarmKit
+holds such a task until healthy, nothing takes it for ready before Docker's check passes). `shutdown`
+is `docker stop` with the task's grace period (SIGTERM, then SIGKILL).
 
-Steps, each idempotent: `prepare` checks the spec and that the image is here; `start` creates the
-container (an existing one of the task is reused) and starts it unless it runs or ran already
-(adoption), as one step, at most 8 at once (as `docker run`: dockerd is no faster with more);
-`wait` blocks on the Engine API's wait, then reads the exit code and the OOM flag; a container removed from outside is a
-failed task. While dockerd is away `wait` keeps trying, and the task's status message says so (and,
-once it is back, that the container was adopted again), so a task whose container survives a dockerd
-restart (live restore) is adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
+Steps, each idempotent: `prepare` checks the spec and that the image is here (`docker_images`: one
+lookup for a burst of tasks); `start` creates the container (an existing one of the task is reused)
+and starts it unless it runs or ran already (adoption), as one step, at most 8 at once (as `docker
+run`: dockerd is no faster with more, measured from 4 to 32 at once); a container made here is not
+asked about its health when its image has no check. `wait` blocks on the Engine API's wait, then reads
+the exit code and the OOM flag; a container removed from outside is a failed task. While dockerd is
+away `wait` keeps trying, and the task's status message says so (and, once it is back, that the
+container was adopted again), so a task whose container survives a dockerd restart (live restore) is
+adopted again; one dockerd stopped ends as it ended. `remove` force-removes the container.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import logging
 import math
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,8 @@ from treeherd.core.tasks.images import image_reference_problem
 from treeherd.core.tasks.task_env import task_environment
 from treeherd.executors.base import Exit, FatalError
 from treeherd.executors.docker_engine import DockerUnavailable, Engine, EngineError
-from treeherd.executors.docker_health import ImageHealth
+from treeherd.executors.docker_health import ImageHealth, has_check, verdict
+from treeherd.executors.docker_images import LocalImage, LocalImages
 from treeherd.model.discovery import Health
 from treeherd.model.objects import LimitSupport
 from treeherd.model.services import Task
@@ -55,7 +59,6 @@ LABEL_SCOPE = "treeherd.scope"
 LABEL_TASK = "treeherd.task"
 # How long `wait` waits before asking again a dockerd it could not reach.
 RETRY_S = 1.0
-IMAGE_TTL_S = 5.0
 LAUNCHES_AT_ONCE = 8
 NEVER = "0001-01-01T00:00:00Z"  # the Engine API's "not yet" for StartedAt and FinishedAt
 
@@ -133,7 +136,15 @@ class DockerController:
         # Started by this controller: `wait` goes straight to the Engine API's wait.
         self._started = False
         self._away = False  # dockerd could not be reached while waiting: said in the task's status
+        # The health the started task has (its image's own check, when the spec has none of treeherd's).
+        self._start_health: Health = ""
         self.on_note: Callable[[str], None] | None = None  # set by the task's runner
+
+    @property
+    def start_health(self) -> Health:
+        """The health the task starts with: "starting" once a container whose image has a health check
+        started (the engine's verdict for one adopted running), "" without one: reported with RUNNING."""
+        return self._start_health
 
     @property
     def warnings(self) -> list[str]:
@@ -151,10 +162,7 @@ class DockerController:
         missing = self._executor.unenforced(self.task)
         if missing and spec.resources.limits == "strict":
             raise FatalError(f"strict limits, but {'; '.join(missing)}")
-        if (
-            await self._executor.image_id(spec.image) is None
-            and await self._engine.inspect(self.name) is None
-        ):
+        if await self._executor.image(spec.image) is None and await self._engine.inspect(self.name) is None:
             raise FatalError(f"image {spec.image} is not on {self._executor.hostname}: docker load it there")
 
     async def start(self) -> None:
@@ -165,13 +173,18 @@ class DockerController:
 
     async def _launch(self) -> None:
         """Create the container if need be and start it, as one step (`docker run`): a few at a time."""
-        state = (await self._container()).get("State", {})  # {}: created just now
+        info = await self._container()  # {}: created just now
+        state = info.get("State", {})
         if state.get("Running"):
             log.info("task %s: adopted its running container %s", self.task.id, self.name)
+            if self.task.spec.health is None and has_check(info):
+                self._start_health = verdict(info)[0]
             return
         if state.get("StartedAt", NEVER) != NEVER:
             log.info("task %s: its container ended while the agent was away", self.task.id)
             return
+        if info and self.task.spec.health is None and has_check(info):
+            self._start_health = "starting"  # made earlier, never started
         try:
             await self._engine.start(self.name)
         except EngineError as error:
@@ -201,7 +214,7 @@ class DockerController:
         await self._engine.stop(self.name, grace_s)
 
     async def remove(self) -> None:
-        await self._engine.remove_soon(self.name)
+        await self._executor.purge(self.task.id)
 
     def logs(self, *, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
         return self._engine.logs(self.name, follow=follow, tail=tail)
@@ -210,11 +223,12 @@ class DockerController:
         """The task's container (its inspect document; {} when just created), created if it does not
         exist yet. Created first and looked at only when it exists: the usual path is one call."""
         image = self.task.spec.image or ""
-        image_id = await self._executor.image_id(image)
-        if image_id is None:
+        found = await self._executor.image(image)
+        if found is None:
             if (info := await self._engine.inspect(self.name)) is not None:
                 return info  # made before its image went: adopted all the same
             raise FatalError(f"image {image} is not on {self._executor.hostname}: docker load it there")
+        image_id, checks = found
         config = container_config(self.task, image_id, self._executor.scope)
         try:
             await self._engine.create(self.name, config)
@@ -222,6 +236,9 @@ class DockerController:
             if error.status != 409:  # 409: it exists (an earlier agent, or another controller, made it)
                 raise FatalError(f"docker could not create the container: {error}") from None
         else:
+            self._executor.made(self.task.id, checks=checks)
+            if checks and self.task.spec.health is None:
+                self._start_health = "starting"
             return {}
         info = await self._engine.inspect(self.name)
         if info is None:
@@ -275,7 +292,9 @@ class DockerExecutor:
         self.hostname = hostname or socket.gethostname()
         self.scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
         self._info: dict[str, Any] = {}
-        self._images: dict[str, tuple[str, float]] = {}
+        self._images = LocalImages(self.engine)
+        # Task id -> whether its container runs its image's health check, for the containers made here.
+        self._checks: dict[str, bool] = {}
         self._launches: tuple[asyncio.Semaphore, asyncio.AbstractEventLoop] | None = None
         self._health = ImageHealth(self.engine, f"{LABEL_SCOPE}={self.scope}")
 
@@ -292,17 +311,10 @@ class DockerExecutor:
             self._launches = (asyncio.Semaphore(LAUNCHES_AT_ONCE), loop)
         return self._launches[0]
 
-    async def image_id(self, reference: str) -> str | None:
-        """The ID of a local image, remembered for a few seconds (hundreds of tasks of one service start
-        at once); None: not on this host."""
-        now = time.monotonic()
-        known = self._images.get(reference)
-        if known is not None and now - known[1] < IMAGE_TTL_S:
-            return known[0]
-        image_id = await self.engine.image_id(reference)
-        if image_id is not None:
-            self._images[reference] = (image_id, now)
-        return image_id
+    async def image(self, reference: str) -> LocalImage | None:
+        """A local image's ID and whether it has a health check of its own (`docker_images`); None: not
+        on this host."""
+        return await self._images.get(reference)
 
     async def check(self) -> str | None:
         """What keeps this executor from working (None: dockerd answers); learns its limits."""
@@ -347,8 +359,15 @@ class DockerExecutor:
         except (DockerUnavailable, EngineError) as error:
             return -1, str(error)
 
+    def made(self, task_id: str, *, checks: bool) -> None:
+        """A container was made here for the task, its image with a health check of its own or not."""
+        self._checks[task_id] = checks
+
     def image_health(self, task: Task) -> AsyncIterator[tuple[Health, str]]:
-        """The task's health as its image's own HEALTHCHECK says (`docker_health`); nothing without one."""
+        """The task's health as its image's own HEALTHCHECK says (`docker_health`); nothing without one
+        (known without asking dockerd for a container made here)."""
+        if self._checks.get(task.id) is False:
+            return _nothing()
         return self._health.follow(self.container_name(task.id))
 
     async def task_ids(self) -> list[str]:
@@ -360,6 +379,7 @@ class DockerExecutor:
         await self.engine.stop(self.container_name(task_id), grace_s)
 
     async def purge(self, task_id: str) -> None:
+        self._checks.pop(task_id, None)
         await self.engine.remove_soon(self.container_name(task_id))
 
     def logs(self, task_id: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[bytes]:
@@ -376,3 +396,8 @@ class DockerExecutor:
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _nothing() -> AsyncIterator[tuple[Health, str]]:
+    return
+    yield  # an async generator that says nothing

@@ -127,16 +127,15 @@ class Engine:
         with self._errors():
             return dict(await self._docker().system.info())
 
-    async def image_id(self, reference: str) -> str | None:
-        """The ID of a local image (None: not on this host). Never pulls."""
+    async def image(self, reference: str) -> dict[str, Any] | None:
+        """A local image's inspect document (None: not on this host). Never pulls."""
         try:
             with self._errors():
-                image = await self._docker().images.inspect(reference)
+                return dict(await self._docker().images.inspect(reference))
         except EngineError as error:
             if error.status == 404:
                 return None
             raise
-        return str(image["Id"])
 
     # --- containers ---------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 from treeherd.executors.docker_engine import DockerUnavailable, Engine, EngineError
 from treeherd.model.discovery import Health
 
-__all__ = ["ImageHealth", "verdict"]
+__all__ = ["ImageHealth", "has_check", "verdict"]
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ class TaskSpec(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class UpdatePolicy(_Spec, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a changed spec reaches the tasks (SwarmKit's UpdateConfig, with its defaults): batches of
     `parallelism` slots (0: all at once), `delay_s` between batches, the new task started before the old
-    one stops or after; a new task must stay ready (running, and healthy with a health check) for
+    one stops or after; a new task must stay ready (running, and healthy when it has a health) for
     `monitor_s` to count as a success; past `max_failure_ratio` of the slots failing, `failure_action`."""
 
     parallelism: Annotated[
@@ -233,8 +233,10 @@ class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     error: str = ""
     exit_code: int | None = None
-    # Of a RUNNING task with a health check: "starting" until its first check passes, then "healthy" or
-    # "unhealthy". A change of health is a status update in the same state.
+    # Of a RUNNING task with a health check (its spec's, or its image's own that the executor follows):
+    # "starting" until its first check passes, then "healthy" or "unhealthy". A change of health is a
+    # status update in the same state. An executor that knows at start that the task will have a health
+    # (a container image with a HEALTHCHECK) reports RUNNING with "starting" already.
     health: Health = ""
 
 

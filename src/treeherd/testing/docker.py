@@ -213,9 +213,14 @@ def busybox_image(dockerd: Dockerd, workdir: Path) -> str:
     return dockerd.docker("import", "-", input=tar.stdout).strip()
 
 
-def image_with_healthcheck(dockerd: Dockerd, base: str, command: str, *, interval_s: int = 1) -> str:
+def image_with_healthcheck(
+    dockerd: Dockerd, base: str, command: str, *, interval_s: int = 1, start_period_s: int = 0
+) -> str:
     """An image on `base` (a local image ID) with `HEALTHCHECK CMD command` every `interval_s` seconds,
-    unhealthy after one failure; its ID (the caller removes it with `docker rmi --no-prune`, which keeps
-    the base)."""
-    dockerfile = f"FROM {base}\nHEALTHCHECK --interval={interval_s}s --timeout={interval_s}s --retries=1 CMD {command}\n"
+    unhealthy after one failure past the first `start_period_s` seconds; its ID (the caller removes it
+    with `docker rmi --no-prune`, which keeps the base)."""
+    options = f"--interval={interval_s}s --timeout={interval_s}s --retries=1"
+    if start_period_s:  # Docker refuses a start period of 0s
+        options += f" --start-period={start_period_s}s"
+    dockerfile = f"FROM {base}\nHEALTHCHECK {options} CMD {command}\n"
     return dockerd.docker("build", "-q", "-", input=dockerfile.encode()).strip()

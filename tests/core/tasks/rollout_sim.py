@@ -1,7 +1,9 @@
 """A simulated cluster for the updater: the pure reconciler (with the updater inside) and a fake agent,
 one tick of simulated time at a time. The agent takes a task to STARTING in one tick, RUNNING in the
-next, and healthy in the one after (when its spec has a health check), and stops a task told to stop in one tick; tasks of a bad spec
-fail as they start, or after running a while, in the slots chosen to fail."""
+next, and healthy in the one after (when its spec has a health check, or its command is one whose image
+has a check of its own: such a task runs "starting" from RUNNING on, as the docker executor reports it),
+and stops a task told to stop in one tick; tasks of a bad spec fail as they start, or after running a
+while, in the slots chosen to fail; tasks of a sick command turn unhealthy instead of healthy."""
 
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ class Sim:
         )
         self.tasks: dict[str, Task] = {}
         self.bad: set[str] = set()  # commands that fail
+        self.image_checked: set[str] = set()  # commands whose image has a health check of its own
+        self.sick: set[str] = set()  # commands whose health check fails
         self.crash_after_s: float | None = None  # None: a bad task fails as it starts
         self.failing_slots: set[str] | None = None  # None: every slot
         self.ticks = 0
@@ -190,8 +194,10 @@ class Sim:
         if state == TaskState.STARTING:
             if self._fails(task) and self.crash_after_s is None:
                 return TaskStatus(state=TaskState.FAILED, timestamp=self.now, exit_code=1)
-            health = "starting" if task.spec.health else ""
-            return TaskStatus(state=TaskState.RUNNING, timestamp=self.now, health=health)
+            checked = task.spec.health is not None or task.spec.command[0] in self.image_checked
+            return TaskStatus(
+                state=TaskState.RUNNING, timestamp=self.now, health="starting" if checked else ""
+            )
         crash = self.crash_after_s
         if (
             crash is not None
@@ -200,7 +206,8 @@ class Sim:
         ):
             return TaskStatus(state=TaskState.FAILED, timestamp=self.now, exit_code=1)
         if task.status.health == "starting":
-            return TaskStatus(state=TaskState.RUNNING, timestamp=self.now, health="healthy")
+            health = "unhealthy" if task.spec.command[0] in self.sick else "healthy"
+            return TaskStatus(state=TaskState.RUNNING, timestamp=self.now, health=health)
         return None
 
     # ---- what the properties look at -------------------------------------------------------------
@@ -212,8 +219,12 @@ class Sim:
         return [t for t in self.live() if t.status.state == TaskState.RUNNING and t.drain_until is None]
 
     def ready(self) -> list[Task]:
-        """Running, and healthy when the spec has a health check."""
-        return [t for t in self.running() if t.spec.health is None or t.status.health == "healthy"]
+        """Running, and healthy when it has a health (its spec's check, or its image's own)."""
+        return [
+            t
+            for t in self.running()
+            if t.status.health == "healthy" or (t.spec.health is None and not t.status.health)
+        ]
 
     def slot_keys(self) -> list[str]:
         if self.service.mode == "replicated":

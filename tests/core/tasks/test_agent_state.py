@@ -15,6 +15,7 @@ from treeherd.core.tasks.agent_state import (
     AssignmentsReceived,
     DeleteTask,
     Event,
+    HealthChanged,
     Instruction,
     InvalidTransition,
     PersistTask,
@@ -135,6 +136,25 @@ def test_a_note_of_a_running_task_changes_its_message_only() -> None:
     status = d.state.status("t1")
     assert status is not None and (status.state, status.message) == (S.RUNNING, "dockerd unreachable")
     assert d.state.handle(note) == []  # the same news again: nothing new
+
+
+def test_running_carries_the_health_the_runner_starts_it_with() -> None:
+    """An image's own health check: RUNNING is reported "starting" at once (never without a health),
+    the checker's first "starting" changes nothing, and its "healthy" is a new status."""
+    d = Driver()
+    d.assign(task("t1"))
+    d.connect()
+    d.run_to("t1", S.STARTING)
+    out = d.progress("t1", S.RUNNING, message="started", health="starting")
+    persisted = [i.status for i in out if isinstance(i, PersistTask)]
+    assert [(s.state, s.health) for s in persisted] == [(S.RUNNING, "starting")]
+    assert d.state.handle(HealthChanged(cause_id="h1", now=NOW, task_id="t1", health="starting")) == []
+    out = d.state.handle(HealthChanged(cause_id="h2", now=NOW, task_id="t1", health="healthy"))
+    status = d.state.status("t1")
+    assert kinds(out)[0] == "PersistTask" and status is not None and status.health == "healthy"
+    d.progress("t1", S.FAILED, error="exit code 1")  # an ended task has no health
+    status = d.state.status("t1")
+    assert status is not None and status.health == ""
 
 
 def test_an_unchanged_task_is_ignored_even_when_its_version_moved() -> None:

@@ -44,13 +44,15 @@ class AssignmentsReceived(EventBase, frozen=True, kw_only=True):
 
 
 class RunnerProgressed(EventBase, frozen=True, kw_only=True):
-    """A task runner reached a new observed state."""
+    """A task runner reached a new observed state (RUNNING with the health it starts with: "starting"
+    when its executor already knows it will be judged, e.g. by its image's own health check)."""
 
     task_id: str
     state: TaskState
     message: str = ""
     error: str = ""
     exit_code: int | None = None
+    health: Health = ""
 
 
 class RunnerNoted(EventBase, frozen=True, kw_only=True):

@@ -274,6 +274,7 @@ class AgentState:
             message=event.message,
             error=event.error,
             exit_code=event.exit_code,
+            health=event.health if event.state == TaskState.RUNNING else "",
         )
         self._set_status(record, status, event.cause_id, out)
         if event.state.terminal:

@@ -7,7 +7,8 @@ is in it. The reconciler
 (`core.tasks.orchestrate`) calls `step` first and replaces only the slots it returns:
 - stop-first: the old task is stopped and the new one created at once;
 - start-first: the new task is created beside the old one, which is stopped once the new one is ready
-  (running, and healthy when the spec has a health check).
+  (running, and healthy when it has a health: its spec's check, or one its executor reports from the
+  start, such as a container image's own HEALTHCHECK: such a task runs "starting" until it passes).
 Slots are replaced in batches of the policy's `parallelism` (0: all at once), dirty slots that are down
 anyway first. With stop-first a batch never takes the number of slots without a running task past
 `parallelism` (slots that failed in this update aside: a failure the ratio tolerates may stay down). A batch is over when each of its slots has a new task that stayed ready for the monitor
@@ -15,14 +16,17 @@ window, or failed; then comes the policy's delay, then the next batch. (SwarmKit
 new task runs and only counts failures within the window; waiting the window out means a version that
 crashes after two seconds stops at its first batch instead of replacing every slot before its first
 crash is seen.)
-A slot fails when a task of the new spec, created since the update started, ends before the update is
-over (its batch waited out the monitor window; a crash after that still counts while the update runs). Once the failed slots exceed `max_failure_ratio` of the slots the update had to replace, the
-failure action applies: pause (nothing more is replaced until the service is updated again), rollback
+A slot fails when a task of the new spec, created since the update started, ends or is found unhealthy
+(by its spec's check or its image's own) before the update is over (its batch waited out the monitor
+window; a crash after that still counts while the update runs): an unhealthy task never becomes ready,
+so the update would otherwise wait on it for ever. Once the failed slots exceed `max_failure_ratio` of
+the slots the update had to replace, the failure action applies: pause (nothing more is replaced until the service is updated again), rollback
 (the previous spec comes back, replaced with the rollback policy; a failing rollback pauses: a rollback
 is never rolled back), or continue. A failed slot is not tried again in the same update.
 A canary (state `canary`, `core.tasks.canary`) replaces only its own slots, chosen at its first step
 (slots that are down first), and records when every one of them serves the new spec: the judge's window
-starts there. A canary task that ends aborts the canary: the previous spec comes back on its slots.
+starts there. A canary task that ends or is unhealthy aborts the canary: the previous spec comes back on
+its slots.
 """
 
 from __future__ import annotations
@@ -63,10 +67,24 @@ def stale_versions(service: Service, tasks: Iterable[Task]) -> frozenset[int]:
 
 
 def ready(task: Task) -> bool:
-    """Running, and healthy when its spec has a health check: a task that can take the old one's place."""
+    """Running, and healthy when it has a health (its spec's check, or a health its executor reports,
+    such as its image's own check, which a status carries from RUNNING on): a task that can take the
+    old one's place."""
     if task.status.state != TaskState.RUNNING:
         return False
-    return task.spec.health is None or task.status.health == "healthy"
+    if task.spec.health is None and not task.status.health:
+        return True
+    return task.status.health == "healthy"
+
+
+def _failed(task: Task, started: datetime, stale: frozenset[int]) -> bool:
+    """A task of the current spec made since the update started that ended on its own, or runs unhealthy
+    (it will never be ready)."""
+    if task.created_at < started or task.spec_version in stale:
+        return False
+    if task.status.state in _FAILED:
+        return True
+    return _live(task) and task.status.state == TaskState.RUNNING and task.status.health == "unhealthy"
 
 
 def _live(task: Task) -> bool:
@@ -133,12 +151,7 @@ def step(
     for key, tasks in slots.items():
         if key in failed:
             continue
-        # A task of the current spec made since the update started that ended on its own.
-        ended = [
-            t
-            for t in tasks
-            if t.status.state in _FAILED and t.created_at >= started and t.spec_version not in stale
-        ]
+        ended = [t for t in tasks if _failed(t, started, stale)]
         if ended:
             failed.append(key)
             failures.append(max(ended, key=lambda t: t.created_at))
@@ -171,8 +184,8 @@ def step(
     if failures and total and len(failed) / total > policy.max_failure_ratio:
         culprit = failures[-1]
         why = (
-            f"task {culprit.id} in slot {culprit.slot or culprit.machine_id} ended"
-            f" ({culprit.status.state.label}{_detail(culprit)}); {len(failed)} of {total} slots failed"
+            f"task {culprit.id} in slot {culprit.slot or culprit.machine_id} {_outcome(culprit)};"
+            f" {len(failed)} of {total} slots failed"
         )
         if policy.failure_action == "rollback" and not rolling_back and service.previous_task is not None:
             if rollback_refused is None:
@@ -238,14 +251,10 @@ def _canary_step(
         canary = msgspec.structs.replace(canary, slots=chosen[: canary.tasks])
     mine = [key for key in canary.slots if key in slots]
     for key in mine:
-        ended = [
-            t
-            for t in slots[key]
-            if t.status.state in _FAILED and t.created_at >= status.started_at and t.spec_version not in stale
-        ]
+        ended = [t for t in slots[key] if _failed(t, status.started_at, stale)]
         if ended:
             culprit = max(ended, key=lambda t: t.created_at)
-            why = f"canary task {culprit.id} in slot {key} ended ({culprit.status.state.label}{_detail(culprit)})"
+            why = f"canary task {culprit.id} in slot {key} {_outcome(culprit)}"
             verdict = msgspec.structs.replace(canary, verdict=f"aborted: {why}")
             return Step(rolled_back(service, now, f"canary aborted: {why}", verdict))
     serving_now = bool(mine) and all(
@@ -273,6 +282,14 @@ def _with(service: Service, status: UpdateStatus, now: datetime) -> Service:
     if status == service.update_status:
         return service
     return msgspec.structs.replace(service, update_status=status, updated_at=now)
+
+
+def _outcome(task: Task) -> str:
+    """How a failed task of the update failed: "ended (failed, exit code 1)", "is unhealthy (...)"."""
+    if task.status.state == TaskState.RUNNING:
+        said = task.status.error or task.status.message
+        return f"is unhealthy ({said})" if said else "is unhealthy"
+    return f"ended ({task.status.state.label}{_detail(task)})"
 
 
 def _detail(task: Task) -> str:
