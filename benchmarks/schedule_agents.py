@@ -1,4 +1,4 @@
-"""The schedule benchmark's in-process agents: a hollow executor that records when each task reached its
+"""The schedule benchmark's hollow agents' parts: a hollow executor that records when each task reached its
 agent and started, a tally of what the agents reported, a task DB on shared threads, and the counting
 of the agents' (and the manager's) log messages."""
 
@@ -12,14 +12,12 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import treeherd.agent.db as agent_db
-from treeherd.agent import Agent
 from treeherd.agent.worker import SendReportFn
 from treeherd.executors.hollow import HollowController, HollowExecutor
 from treeherd.model.services import Task
@@ -131,25 +129,6 @@ class SharedThreadTaskDB(agent_db.TaskDB):
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(agent_db._SCHEMA)
         self._db = db
-
-
-async def watch_acknowledged(
-    agents: Sequence[Agent], tally: Tally, target: int, period: float = 0.05
-) -> float:
-    """Wait until every agent has started its tasks and the manager has acknowledged every status report
-    (a StatusAck is sent once the statuses are committed): then the store holds RUNNING for all of them.
-    Returns the perf_counter time it was seen (late by the agents' loop lag at most)."""
-    while True:
-        await asyncio.sleep(period)
-        if tally.started < target or any(a.state.unacknowledged() for a in agents):
-            continue
-        # A RUNNING event may still wait in a worker's queue: every task's state must say RUNNING.
-        if all(
-            (status := a.state.status(task_id)) is not None and status.state == TaskState.RUNNING
-            for a in agents
-            for task_id in a.state.task_ids()
-        ):
-            return time.perf_counter()
 
 
 async def loop_lag(samples: list[tuple[float, float]], stop: asyncio.Event, period: float = 0.1) -> None:
