@@ -94,6 +94,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " (default 0: one per agent, as treeherd does)",
     )  # fmt: skip
     parser.add_argument(
+        "--agent-db-inline",
+        action="store_true",
+        help="make the agents' local DB calls on their event loop, without a thread (see the README)",
+    )
+    parser.add_argument(
         "--agent-procs", type=int, default=1,
         help="run the hollow agents in this many processes, dealt out in turn (default 1)",
     )  # fmt: skip
@@ -172,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settle_s": args.settle,
             "heartbeat_period_s": args.heartbeat_period,
             "agent_dir": args.agent_dir,
-            "agent_db_threads": args.agent_db_threads or "one per agent",
+            "agent_db_threads": "none (inline)"
+            if args.agent_db_inline
+            else args.agent_db_threads or "one per agent",
             "agents_switch_interval_s": args.switch_interval or sys.getswitchinterval(),
             "agent_procs": args.agent_procs,
             "profile": args.profile,

@@ -94,7 +94,7 @@ class Fleet:
         return [c.ps for c in self.children]
 
     async def start(
-        self, manager_url: str, hostnames: list[str], agents_dir: Path, *, db_threads: int,
+        self, manager_url: str, hostnames: list[str], agents_dir: Path, *, db_threads: int, db_inline: bool,
         switch_interval: float | None, ready_timeout: float,
     ) -> None:  # fmt: skip
         """Start the processes (agents dealt out in turn) and wait for each one's handshake."""
@@ -114,7 +114,7 @@ class Fleet:
             child = Child(index, process, share)
             self.children.append(child)
             settings = Settings(manager_url, share, str(agents_dir), str(self.work / f"agents-{index}.log"),
-                                db_threads, switch_interval)  # fmt: skip
+                                db_threads, db_inline, switch_interval)  # fmt: skip
             assert process.stdin is not None
             process.stdin.write(msgspec.json.encode(settings) + b"\n")
             child.reader = asyncio.create_task(child.read(self.changed.set))
@@ -164,6 +164,7 @@ class Fleet:
             "sessions": sum(r["sessions"] for r in replies),
             "loop_lag": sorted(lag),
             "threads": [r["threads"] for r in replies],
+            "rss_mb": [r["rss_mb"] for r in replies],
         }
 
     async def stop(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ The process starts in a session of its own (a Ctrl-C in the terminal reaches the
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -27,11 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 
 import treeherd.agent.agent as agent_module
 import treeherd.agent.db as agent_db
 from benchlib import event_loop_runner
-from schedule_agents import CountingHandler, RecordingExecutor, SharedThreadTaskDB, Tally, loop_lag
+from schedule_agents import (
+    CountingHandler,
+    InlineTaskDB,
+    RecordingExecutor,
+    SharedThreadTaskDB,
+    Tally,
+    loop_lag,
+)
 from treeherd.agent import Agent
 from treeherd.model.states import TaskState
 
@@ -47,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True):
     agents_dir: str
     log_path: str
     db_threads: int = 0  # 0: one per agent, as treeherd does
+    db_inline: bool = False  # on the event loop, no thread
     switch_interval: float | None = None
 
 
@@ -99,7 +109,9 @@ async def serve(settings: Settings, commands: asyncio.Queue[str], tally: Tally) 
     lag_stop = asyncio.Event()
     lag_task = asyncio.create_task(loop_lag(lag, lag_stop))
     try:
-        if settings.db_threads:
+        if settings.db_inline:
+            agent_module.TaskDB = InlineTaskDB  # type: ignore[misc]  # for the Agents made below
+        elif settings.db_threads:
             SharedThreadTaskDB.pool = pool = ThreadPoolExecutor(settings.db_threads, "bench-agent-db")
             agent_module.TaskDB = SharedThreadTaskDB  # type: ignore[misc]  # for the Agents made below
         for hostname in settings.hostnames:
@@ -156,11 +168,16 @@ def collect(tally: Tally, agents: list[Agent], lag: list[tuple[float, float]]) -
         "sessions": sum(a.session.sessions for a in agents),
         "loop_lag": lag,
         "threads": threading.active_count(),
+        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
     }
 
 
 def main() -> None:
     settings = msgspec.json.decode(sys.stdin.buffer.readline(), type=Settings)
+    # No cyclic garbage collection: with tens of thousands of tasks' objects alive in one process,
+    # each full collection walks all of them, a third of this process's CPU at 50,000 tasks. A real
+    # agent holds a few tasks; this process lives minutes (its RSS is in the report).
+    gc.disable()
     if settings.switch_interval is not None:
         sys.setswitchinterval(settings.switch_interval)
     # The agents' warnings (sessions lost, managers unreachable...) are counted and kept in a file.

@@ -122,7 +122,7 @@ async def benchmark(
     agents: list[psutil.Process] = []
     before = Usage.now(proc, agents)
     deadline = time.monotonic() + args.ready_timeout
-    await fleet.start(manager.url, hostnames, agents_dir, db_threads=args.agent_db_threads,
+    await fleet.start(manager.url, hostnames, agents_dir, db_threads=args.agent_db_threads, db_inline=args.agent_db_inline,
                       switch_interval=args.switch_interval, ready_timeout=args.ready_timeout)  # fmt: skip
     agents += fleet.processes()
     report["agent_pids"] = fleet.pids
@@ -190,6 +190,7 @@ async def benchmark(
                               "max": round(schedule_lag[-1], 4) if schedule_lag else math.nan},
     }  # fmt: skip
     phases["agents_ready"]["threads_in_agents_processes"] = seen["threads"]
+    report["agents_rss_mb"] = seen["rss_mb"]  # each process's, after all RUNNING
     report["status"] = "timeout" if timed_out else "ok"
     report["seconds_to_all_running"] = None if timed_out else round(poller.first_all_running or 0, 3)
     for key in ("manager_cpu_s", "agents_cpu_s", "harness_cpu_s"):

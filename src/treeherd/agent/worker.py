@@ -112,7 +112,8 @@ class Worker:
         self._binds_host_ports = isinstance(executor, ProcessExecutor) or getattr(
             executor, "binds_host_ports", False
         )
-        # Called after each batch of instructions ran (the endpoint registrar listens).
+        # Called after each batch of instructions ran, unless it was only acknowledgements (the endpoint
+        # registrar and the dependency proxy listen).
         self.on_change: Callable[[], None] | None = None
 
     # --- inputs (from the session and the agent; never block) ------------------------------------
@@ -209,7 +210,9 @@ class Worker:
                     break
                 await self._execute(self.state.handle(*batch))
                 started = True
-                if self.on_change is not None:
+                # Acknowledgements change nothing about the tasks: the listeners (which look at every
+                # task) are not woken for a batch of only those.
+                if self.on_change is not None and not all(isinstance(e, ReportAcknowledged) for e in batch):
                     self.on_change()
         finally:
             reporter.cancel()
