@@ -90,17 +90,10 @@ class RecordingExecutor(HollowExecutor):
                 status_at=task.status.timestamp.timestamp(),
                 received=time.time(),
             )
-        plain = super().controller(task)  # parses the task's settings, as the hollow executor does
-        controller = RecordingController(
-            task,
-            self._tally,
-            exit_after_s=plain.exit_after_s,
-            exit_code=plain.exit_code,
-            fail_in=plain.fail_in,
-            shutdown_exit_code=plain.shutdown_exit_code,
-        )
-        self.controllers[task.id] = controller
-        return controller
+        return super().controller(task)  # parses the task's settings, as the hollow executor does
+
+    def make_controller(self, task: Task, **settings: Any) -> HollowController:
+        return RecordingController(task, self._tally, **settings)
 
 
 class SharedThreadTaskDB(agent_db.TaskDB):

@@ -131,6 +131,10 @@ class AgentState:
     def task_ids(self) -> set[str]:
         return set(self._tasks)
 
+    def tasks(self) -> list[tuple[Task, TaskStatus]]:
+        """Every task the agent holds with its status, in one pass (no lookup per id)."""
+        return [(record.task, record.status) for record in self._tasks.values()]
+
     def status(self, task_id: str) -> TaskStatus | None:
         record = self._tasks.get(task_id)
         return record.status if record else None
