@@ -28,10 +28,12 @@ whatever happens, and the JSON counts the agents' processes left (`agent_procs_l
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import asyncio
 import datetime as dt
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -191,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phases": {},
         "_stem": stem,
     }
+    # Interrupted (Ctrl-C, or SIGTERM, even if started with SIGINT ignored), the run stops what it started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: _thread.interrupt_main())
     runner, report["parameters"]["agents_loop"] = event_loop_runner()
     if args.quiet_wait > 0:
         report["machine"]["before_start"] = quiet = wait_quiet(args.quiet_wait)

@@ -4,8 +4,10 @@ written, and no process of agents is left afterwards."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -52,3 +54,36 @@ def test_too_many_agent_processes_is_refused(tmp_path: Path) -> None:
     assert "--agent-procs must be between 1 and --nodes (2), not 3" in done.stderr
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_an_interrupted_run_stops_its_agent_processes(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(SCHEDULE), "--nodes", "4", "--tasks", "40", "--agent-procs", "2",
+        "--out", str(tmp_path), "--no-png", "--quiet-wait", "0", "--settle", "60", "--timeout", "60",
+    ]  # fmt: skip
+    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        agents: list[psutil.Process] = []
+        while len(agents) < 2 and time.monotonic() < deadline and bench.poll() is None:
+            time.sleep(0.2)
+            agents = [
+                p
+                for p in psutil.Process(bench.pid).children()
+                if "schedule_hollow.py" in " ".join(p.cmdline())
+            ]
+        assert len(agents) == 2, "the agents' processes did not start"
+        time.sleep(1.0)  # into the idle wait before the service
+        bench.send_signal(signal.SIGTERM)
+        _, stderr = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+    assert bench.returncode == 1, stderr.decode()[-3000:]
+    assert b"Traceback" not in stderr
+    report = json.loads((tmp_path / "schedule-4x40.json").read_text())
+    assert report["error"] == "KeyboardInterrupt()"
+    assert report["agent_procs_left"] == 0
+    assert sorted(report["agent_pids"]) == sorted(p.pid for p in agents)
+    assert not [p.pid for p in agents if _alive(p.pid)]
