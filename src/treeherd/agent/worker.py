@@ -267,11 +267,18 @@ class Worker:
 
     async def _execute(self, instructions: Sequence[Instruction]) -> None:
         await self._write(instructions)
+        # Health checks follow each task's last state in the batch (a task passes several at once).
+        last: dict[str, PersistTask | None] = {}
         for instruction in instructions:
             if isinstance(instruction, PersistTask):
-                self._follow_health(instruction.task, instruction.status.state)
+                last[instruction.task.id] = instruction
             elif isinstance(instruction, DeleteTask):
-                self.health.stop(instruction.task_id)
+                last[instruction.task_id] = None
+        for task_id, persisted in last.items():
+            if persisted is None:
+                self.health.stop(task_id)
+            else:
+                self._follow_health(persisted.task, persisted.status.state)
         for instruction in instructions:
             if isinstance(instruction, StartRunner):
                 self._start(instruction.task, instruction.status.state)
