@@ -91,8 +91,9 @@ async def watch(agents: list[Agent], tasks: list[asyncio.Task[None]], tally: Tal
         await asyncio.sleep(PROGRESS_PERIOD_S)
         ended = [t for t in tasks if t.done()]
         error = next((repr(t.exception()) for t in ended if not t.cancelled() and t.exception()), None)
-        # The full check only once the tasks started stayed the same for a period (it reads every task).
-        quiet = tally.started == previous_started and tally.started > 0
+        # The full check only once every task that came here started, and that count stayed the same for
+        # a period (it reads every task).
+        quiet = tally.started == previous_started and 0 < len(tally.seen) <= tally.started
         previous_started = tally.started
         now = {"started": tally.started, "ended": len(ended), "error": error,
                "settled": quiet and settled(agents)}  # fmt: skip

@@ -29,8 +29,8 @@ REFRESH_S = 10.0
 def task_endpoints(state: AgentState) -> list[TaskEndpoint]:
     """The endpoints the agent's tasks are now, in a stable order."""
     found: list[TaskEndpoint] = []
-    for task, status in state.tasks():
-        if not task.ports or status.state != TaskState.RUNNING:
+    for task, status in state.tasks_with_ports():
+        if status.state != TaskState.RUNNING:
             continue
         if task.desired_state > TaskState.RUNNING:
             continue
