@@ -98,19 +98,15 @@ class Fleet:
         switch_interval: float | None, ready_timeout: float,
     ) -> None:  # fmt: skip
         """Start the processes (agents dealt out in turn) and wait for each one's handshake."""
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(CHILD.parent), os.environ.get("PYTHONPATH")])),
-        }
         for index in range(self.procs):
             share = hostnames[index :: self.procs]
             if not share:
                 break
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, str(CHILD), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=(self.work / f"agents-{index}.stderr").open("wb"), env=env,
-                start_new_session=True, limit=LINE_LIMIT,
-            )  # fmt: skip
+            with (self.work / f"agents-{index}.stderr").open("wb") as stderr:  # the child keeps its copy
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, str(CHILD), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=stderr, start_new_session=True, limit=LINE_LIMIT,
+                )  # fmt: skip
             child = Child(index, process, share)
             self.children.append(child)
             settings = Settings(manager_url, share, str(agents_dir), str(self.work / f"agents-{index}.log"),
