@@ -173,7 +173,7 @@ def schedule_column(d: dict[str, Any]) -> dict[str, str]:
         "manager RSS (max)": f"{d['manager_rss_mb']:.0f} MiB",
         "agents process CPU (DB threads), cores": f"{s['agents_cpu_s']:.1f} s ({s['agents_db_threads_cpu_s']:.1f} s), {s['agents_cores']:.2f}",
         "agents' processes: their CPU per task": harness(d, s),
-        "machine busy (cores)": f"{s['machine_busy_cores']:.2f}",
+        "machine busy (cores): all / other processes": f"{s['machine_busy_cores']:.2f} / {s['other_processes_cores']:.2f}",
         "status updates reported per task": f"{sum(reports.values()) / d['tasks']:.1f}" if reports else "",
         "longest stall over 1 s: manager `/healthz` / agents' loop": f"{longest('manager_healthz_over_1s')} / {longest('agents_loop_lag_over_1s')}",
         "agent sessions": num(d.get("agent_sessions_established") or 0),
