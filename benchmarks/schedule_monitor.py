@@ -94,7 +94,7 @@ class Usage:
             "manager_cores": round(self.manager_cpu / wall, 3),
             "agents_cpu_s": round(self.agents_cpu, 2),
             "agents_main_thread_cpu_s": round(self.agents_main, 2),
-            "agents_db_threads_cpu_s": round(self.agents_others, 2),
+            "agents_db_threads_cpu_s": round(max(0.0, self.agents_others), 2),  # no -0.0 from ticks
             "agents_cores": round(self.agents_cpu / wall, 3),
             "benchmark_process_cpu_s": round(self.bench_cpu, 2),
             "harness_cpu_s": round(self.agents_cpu + self.bench_cpu, 2),
