@@ -226,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if run.fleet is not None:  # by pid, whatever happened above
             run.fleet.kill()
+            report["agent_pids"] = run.fleet.pids  # those started, even before their handshake
             report["agent_procs_left"] = run.fleet.leftovers()
             report["agents_log"] = dict(
                 sorted((report.get("agents_stop") or {}).get("log", {}).items(), key=lambda kv: -kv[1])[:12]

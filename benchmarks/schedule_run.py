@@ -125,7 +125,6 @@ async def benchmark(
     await fleet.start(manager.url, hostnames, agents_dir, db_threads=args.agent_db_threads, db_inline=args.agent_db_inline,
                       switch_interval=args.switch_interval, ready_timeout=args.ready_timeout)  # fmt: skip
     agents += fleet.processes()
-    report["agent_pids"] = fleet.pids
     sampler.agents = agents
     ready = await wait_ready(api, set(hostnames), deadline, fleet)
     usage = Usage.now(proc, agents) - before
