@@ -200,6 +200,10 @@ def schedule() -> str:
     return schedule_table(SCHEDULE_RUNS)
 
 
+def schedule_harness() -> str:
+    return schedule_table(("schedule-100x10000-procs2", "schedule-1000x100000-procs2"))
+
+
 def schedule_db_threads() -> str:
     return schedule_table(("schedule-1000x10000-db-own", "schedule-1000x10000-db-shared4"))
 
@@ -537,6 +541,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "tree_load": tree_load,
     "schedule": schedule,
     "schedule-db-threads": schedule_db_threads,
+    "schedule-harness": schedule_harness,
     "schedule-profiles": schedule_profiles,
     "processes": processes,
     "vs_swarm": vs_swarm,
