@@ -1,4 +1,4 @@
-"""The schedule benchmark's in-process agents: a hollow executor that records when each task reached its
+"""The schedule benchmark's hollow agents' parts: a hollow executor that records when each task reached its
 agent and started, a tally of what the agents reported, a task DB on shared threads, and the counting
 of the agents' (and the manager's) log messages."""
 
@@ -12,19 +12,20 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import treeherd.agent.db as agent_db
-from treeherd.agent import Agent
 from treeherd.agent.worker import SendReportFn
 from treeherd.executors.hollow import HollowController, HollowExecutor
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
 from treeherd.model.wire import TaskStatusUpdate
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -89,17 +90,10 @@ class RecordingExecutor(HollowExecutor):
                 status_at=task.status.timestamp.timestamp(),
                 received=time.time(),
             )
-        plain = super().controller(task)  # parses the task's settings, as the hollow executor does
-        controller = RecordingController(
-            task,
-            self._tally,
-            exit_after_s=plain.exit_after_s,
-            exit_code=plain.exit_code,
-            fail_in=plain.fail_in,
-            shutdown_exit_code=plain.shutdown_exit_code,
-        )
-        self.controllers[task.id] = controller
-        return controller
+        return super().controller(task)  # parses the task's settings, as the hollow executor does
+
+    def make_controller(self, task: Task, **settings: Any) -> HollowController:
+        return RecordingController(task, self._tally, **settings)
 
 
 class SharedThreadTaskDB(agent_db.TaskDB):
@@ -133,23 +127,20 @@ class SharedThreadTaskDB(agent_db.TaskDB):
         self._db = db
 
 
-async def watch_acknowledged(
-    agents: Sequence[Agent], tally: Tally, target: int, period: float = 0.05
-) -> float:
-    """Wait until every agent has started its tasks and the manager has acknowledged every status report
-    (a StatusAck is sent once the statuses are committed): then the store holds RUNNING for all of them.
-    Returns the perf_counter time it was seen (late by the agents' loop lag at most)."""
-    while True:
-        await asyncio.sleep(period)
-        if tally.started < target or any(a.state.unacknowledged() for a in agents):
-            continue
-        # A RUNNING event may still wait in a worker's queue: every task's state must say RUNNING.
-        if all(
-            (status := a.state.status(task_id)) is not None and status.state == TaskState.RUNNING
-            for a in agents
-            for task_id in a.state.task_ids()
-        ):
-            return time.perf_counter()
+class InlineTaskDB(agent_db.TaskDB):
+    """The agent's local DB (same file, same schema, same writes), with its SQLite calls made on the
+    agents' event loop instead of a thread (`--agent-db-inline`): no hand-over to a thread and back per
+    write, no threads taking turns at the GIL. Each write is a short WAL transaction without fsync
+    (`synchronous=NORMAL`), which the loop can afford when nothing else waits on it."""
+
+    async def open(self) -> None:
+        self._open()
+
+    async def close(self) -> None:
+        self._close()
+
+    async def _call(self, function: Callable[[], T]) -> T:
+        return function()
 
 
 async def loop_lag(samples: list[tuple[float, float]], stop: asyncio.Event, period: float = 0.1) -> None:

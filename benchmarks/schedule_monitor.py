@@ -1,6 +1,6 @@
-"""The schedule benchmark's monitors: CPU and memory counters of the manager, the agents' process and the
-machine (`Usage` for a phase, `Sampler` over time), and `Poller`, which watches the manager's revision
-and the service's summary from a thread of its own."""
+"""The schedule benchmark's monitors: CPU and memory counters of the manager, the agents' processes, the
+benchmark's own process and the machine (`Usage` for a phase, `Sampler` over time), and `Poller`, which
+watches the manager's revision and the service's summary from a thread of its own."""
 
 from __future__ import annotations
 
@@ -19,16 +19,27 @@ from benchlib import Api, ApiError, cpu_seconds, thread_cpu
 MIB = 1024 * 1024
 
 
-def thread_split(
-    proc: psutil.Process, exclude: frozenset[int] | set[int] = frozenset()
-) -> tuple[float, float]:
-    """(main thread, all other threads) CPU seconds of a process, threads that ended included; the
-    threads in `exclude` are left out. Reads three /proc files, not one per thread: with a thousand
-    agent DB threads, listing them all takes the GIL for tens of milliseconds."""
-    total = cpu_seconds(proc)
+def thread_split(proc: psutil.Process) -> tuple[float, float]:
+    """(main thread, all other threads) CPU seconds of a process, threads that ended included (0, 0
+    once it is gone). Reads two /proc files, not one per thread: with a thousand agent DB threads,
+    listing them all takes tens of milliseconds."""
+    try:
+        total = cpu_seconds(proc)
+    except psutil.Error:
+        return 0.0, 0.0
     main = thread_cpu(proc.pid, proc.pid)
-    excluded = sum(thread_cpu(proc.pid, tid) for tid in exclude)
-    return main, max(0.0, total - main - excluded)
+    return main, max(0.0, total - main)
+
+
+def cpu_of(procs: list[psutil.Process]) -> float:
+    """The CPU seconds of these processes together (those gone count 0)."""
+    total = 0.0
+    for proc in procs:
+        try:
+            total += cpu_seconds(proc)
+        except psutil.Error:
+            pass
+    return total
 
 
 @dataclass
@@ -42,14 +53,17 @@ class Usage:
     agents_cpu: float = 0.0
     agents_main: float = 0.0
     agents_others: float = 0.0
+    bench_cpu: float = 0.0
     machine_busy: float = 0.0
     machine_total: float = 0.0
 
     @classmethod
-    def now(cls, manager: psutil.Process, exclude_threads: set[int]) -> Usage:
-        me = psutil.Process()
+    def now(cls, manager: psutil.Process, agents: list[psutil.Process]) -> Usage:
+        """The manager, the agents' processes (together) and this process (the benchmark's polls)."""
         manager_main, manager_others = thread_split(manager)
-        agents_main, agents_others = thread_split(me, exclude_threads)
+        splits = [thread_split(proc) for proc in agents]
+        agents_main = sum(main for main, _ in splits)
+        agents_others = sum(others for _, others in splits)
         machine = psutil.cpu_times()
         total = sum(machine)
         return cls(
@@ -60,6 +74,7 @@ class Usage:
             agents_cpu=agents_main + agents_others,
             agents_main=agents_main,
             agents_others=agents_others,
+            bench_cpu=cpu_seconds(psutil.Process()),
             machine_busy=total - machine.idle - getattr(machine, "iowait", 0.0),
             machine_total=total,
         )
@@ -79,42 +94,48 @@ class Usage:
             "manager_cores": round(self.manager_cpu / wall, 3),
             "agents_cpu_s": round(self.agents_cpu, 2),
             "agents_main_thread_cpu_s": round(self.agents_main, 2),
-            "agents_db_threads_cpu_s": round(self.agents_others, 2),
+            "agents_db_threads_cpu_s": round(max(0.0, self.agents_others), 2),  # no -0.0 from ticks
             "agents_cores": round(self.agents_cpu / wall, 3),
+            "benchmark_process_cpu_s": round(self.bench_cpu, 2),
+            "harness_cpu_s": round(self.agents_cpu + self.bench_cpu, 2),
+            "harness_cores": round((self.agents_cpu + self.bench_cpu) / wall, 3),
             "machine_busy_cores": round(machine, 3),
             "machine_busy_fraction": round(machine / cores, 3),
-            "other_processes_cores": round(machine - (self.manager_cpu + self.agents_cpu) / wall, 3),
+            "other_processes_cores": round(
+                machine - (self.manager_cpu + self.agents_cpu + self.bench_cpu) / wall, 3
+            ),
         }
 
 
 class Sampler(threading.Thread):
-    """CPU and memory every `interval` seconds: the manager, this process (the agents) and the machine.
+    """CPU and memory every `interval` seconds: the manager, the agents' processes (`agents`, set once
+    they are started), this process (the benchmark) and the machine.
 
-    A thread of its own that makes no requests, so neither a busy manager nor the agents' loop delays it
-    (the GIL can, by up to its switch interval, 5 ms). Each counter's rate uses the times it was read at."""
+    A thread of its own that makes no requests, so neither a busy manager nor the agents delay it. Each
+    counter's rate uses the times it was read at."""
 
-    def __init__(self, manager: psutil.Process, *, interval: float, exclude: set[int]) -> None:
+    def __init__(self, manager: psutil.Process, *, interval: float) -> None:
         super().__init__(name="bench-sampler", daemon=True)
         self._manager = manager
         self._interval = interval
-        self._exclude = exclude
+        self.agents: list[psutil.Process] = []
         self.stopping = threading.Event()
         self.samples: list[dict[str, float]] = []
         self.rss_max = 0
         self.started_at = time.perf_counter()
 
-    def _read(self, me: psutil.Process) -> tuple[tuple[float, float], ...] | None:
+    def _read(self, me: psutil.Process) -> tuple[tuple[float, float, float], ...] | None:
         try:
-            manager = (time.perf_counter(), cpu_seconds(self._manager))
+            manager = (time.perf_counter(), cpu_seconds(self._manager), 0.0)
             rss = self._manager.memory_info().rss
         except psutil.Error:
             return None
         self.rss_max = max(self.rss_max, rss)
         agents_at = time.perf_counter()
-        agents = cpu_seconds(me)  # the sampler and the poller included (a few ms per second)
+        agents = (agents_at, cpu_of(self.agents), cpu_seconds(me))  # me: the sampler and the poller
         machine = psutil.cpu_times()
         busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
-        return manager, (agents_at, agents), (busy, sum(machine)), (time.perf_counter(), float(rss))
+        return manager, agents, (busy, sum(machine), 0.0), (time.perf_counter(), float(rss), 0.0)
 
     def run(self) -> None:
         me = psutil.Process()
@@ -124,13 +145,14 @@ class Sampler(threading.Thread):
             current = self._read(me)
             if current is None:
                 break
-            (m0, mc0), (a0, ac0), (b0, t0), _ = previous
-            (m1, mc1), (a1, ac1), (b1, t1), (now, rss) = current
+            (m0, mc0, _), (a0, ac0, bc0), (b0, t0, _), _ = previous
+            (m1, mc1, _), (a1, ac1, bc1), (b1, t1, _), (now, rss, _) = current
             self.samples.append(
                 {
                     "t": round(now - self.started_at, 3),
                     "manager_cores": round((mc1 - mc0) / max(m1 - m0, 1e-6), 3),
-                    "agents_cores": round((ac1 - ac0) / max(a1 - a0, 1e-6), 3),
+                    "agents_cores": round(max(0.0, ac1 - ac0) / max(a1 - a0, 1e-6), 3),
+                    "benchmark_cores": round((bc1 - bc0) / max(a1 - a0, 1e-6), 3),
                     "machine_cores": round((b1 - b0) / (t1 - t0) * cores, 3) if t1 > t0 else 0.0,
                     "manager_rss_mb": round(rss / MIB, 1),
                 }

@@ -30,7 +30,8 @@ def plot(report: dict[str, Any], data: dict[str, Any], path: Path) -> None:
     n, m = report["nodes"], report["tasks"]
     fig, ((ax_run, ax_lat), (ax_cpu, ax_stall)) = plt.subplots(2, 2, figsize=(16, 10))
     fig.suptitle(
-        f"treeherd schedule: {m:,} hollow tasks on {n:,} agents (real WebSocket agents in one process),"
+        f"treeherd schedule: {m:,} hollow tasks on {n:,} agents (real WebSocket agents in"
+        f" {report['parameters'].get('agent_procs', 1)} processes),"
         f" SQLite store, {report['machine']['cpu_count']} CPUs ({report['date'][:10]})"
     )
 
@@ -88,7 +89,7 @@ def plot(report: dict[str, Any], data: dict[str, Any], path: Path) -> None:
             return [min(max(s[key], 0.0), cores) for s in samples]
 
         ax_cpu.plot(ts, clip("manager_cores"), label="manager process")
-        ax_cpu.plot(ts, clip("agents_cores"), label="agents process")
+        ax_cpu.plot(ts, clip("agents_cores"), label="agents' processes")
         ax_cpu.plot(ts, clip("machine_cores"), label="whole machine", color="black", lw=0.8)
         ax_rss = ax_cpu.twinx()
         ax_rss.plot(ts, [s["manager_rss_mb"] for s in samples], color="tab:red", ls=":", label="manager RSS")
@@ -138,10 +139,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  placements/s             {fmt(report.get('placements_per_second'), ',.0f')}"
         f" ({len(report.get('scheduler_batches', []))} placement transactions)",
         f"  create -> RUNNING        p50 {fmt(lat.get('p50'), '.2f')} s, p99 {fmt(lat.get('p99'), '.2f')} s",
+        f"  manager CPU per task     {fmt(report.get('manager_cpu_us_per_task'), ',.0f')} µs",
         f"  manager CPU              {fmt(s.get('manager_cpu_s'), '.1f')} s"
         f" ({fmt(s.get('manager_cores'), '.2f')} cores; main {fmt(s.get('manager_main_thread_cpu_s'), '.1f')} s),"
         f" RSS max {fmt(report.get('manager_rss_mb'), '.0f')} MiB",
-        f"  agents process CPU       {fmt(s.get('agents_cpu_s'), '.1f')} s ({fmt(s.get('agents_cores'), '.2f')} cores;"
-        f" DB threads {fmt(s.get('agents_db_threads_cpu_s'), '.1f')} s); machine busy"
-        f" {fmt(s.get('machine_busy_cores'), '.2f')} cores",
+        f"  harness CPU              {fmt(s.get('harness_cpu_s'), '.1f')} s"
+        f" ({fmt(s.get('harness_cores'), '.2f')} cores): agents {fmt(s.get('agents_cpu_s'), '.1f')} s"
+        f" in {report.get('parameters', {}).get('agent_procs', 1)} processes"
+        f" ({fmt(report.get('agents_cpu_us_per_task'), ',.0f')} µs per task;"
+        f" DB threads {fmt(s.get('agents_db_threads_cpu_s'), '.1f')} s),"
+        f" benchmark {fmt(s.get('benchmark_process_cpu_s'), '.1f')} s",
+        f"  machine busy             {fmt(s.get('machine_busy_cores'), '.2f')} cores"
+        f" (other processes {fmt(s.get('other_processes_cores'), '.2f')})",
     ]

@@ -42,9 +42,8 @@ LEFTOVER_WAIT_S = 3.0
 def desired_proxy(state: AgentState, servers: dict[str, list[DependencyServer]]) -> LocalProxy:
     """One frontend per service the agent's live tasks depend on, with its known endpoints."""
     ports: dict[str, int] = {}
-    for task_id in state.task_ids():
-        task, status = state.task(task_id), state.status(task_id)
-        if task is None or status is None or status.state.terminal or task.desired_state > TaskState.RUNNING:
+    for task, status in state.tasks_with_dependencies():
+        if status.state.terminal or task.desired_state > TaskState.RUNNING:
             continue
         for dependency in task.spec.depends_on:
             if dependency.local_port is not None:

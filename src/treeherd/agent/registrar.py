@@ -29,16 +29,16 @@ REFRESH_S = 10.0
 def task_endpoints(state: AgentState) -> list[TaskEndpoint]:
     """The endpoints the agent's tasks are now, in a stable order."""
     found: list[TaskEndpoint] = []
-    for task_id in sorted(state.task_ids()):
-        task, status = state.task(task_id), state.status(task_id)
-        if task is None or status is None or status.state != TaskState.RUNNING:
+    for task, status in state.tasks_with_ports():
+        if status.state != TaskState.RUNNING:
             continue
         if task.desired_state > TaskState.RUNNING:
             continue
         # With a health check (treeherd's, or the image's own that the executor follows): once healthy.
         if (task.spec.health is not None or status.health) and status.health != "healthy":
             continue
-        found.extend(TaskEndpoint(task_id=task_id, port=port) for port in sorted(task.ports.values()))
+        found.extend(TaskEndpoint(task_id=task.id, port=port) for port in task.ports.values())
+    found.sort(key=lambda endpoint: (endpoint.task_id, endpoint.port))
     return found
 
 

@@ -112,7 +112,8 @@ class Worker:
         self._binds_host_ports = isinstance(executor, ProcessExecutor) or getattr(
             executor, "binds_host_ports", False
         )
-        # Called after each batch of instructions ran (the endpoint registrar listens).
+        # Called after each batch of instructions ran, unless it was only acknowledgements (the endpoint
+        # registrar and the dependency proxy listen).
         self.on_change: Callable[[], None] | None = None
 
     # --- inputs (from the session and the agent; never block) ------------------------------------
@@ -210,7 +211,9 @@ class Worker:
                     break
                 await self._execute(self.state.handle(*batch))
                 started = True
-                if self.on_change is not None:
+                # Acknowledgements change nothing about the tasks: the listeners (which look at every
+                # task) are not woken for a batch of only those.
+                if self.on_change is not None and not all(isinstance(e, ReportAcknowledged) for e in batch):
                     self.on_change()
         finally:
             reporter.cancel()
@@ -265,11 +268,18 @@ class Worker:
 
     async def _execute(self, instructions: Sequence[Instruction]) -> None:
         await self._write(instructions)
+        # Health checks follow each task's last state in the batch (a task passes several at once).
+        last: dict[str, PersistTask | None] = {}
         for instruction in instructions:
             if isinstance(instruction, PersistTask):
-                self._follow_health(instruction.task, instruction.status.state)
+                last[instruction.task.id] = instruction
             elif isinstance(instruction, DeleteTask):
-                self.health.stop(instruction.task_id)
+                last[instruction.task_id] = None
+        for task_id, persisted in last.items():
+            if persisted is None:
+                self.health.stop(task_id)
+            else:
+                self._follow_health(persisted.task, persisted.status.state)
         for instruction in instructions:
             if isinstance(instruction, StartRunner):
                 self._start(instruction.task, instruction.status.state)

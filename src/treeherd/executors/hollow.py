@@ -122,7 +122,7 @@ class HollowExecutor:
             exit_code = int(env.get(ENV_EXIT_CODE, self.exit_code))
         except ValueError as error:
             raise FatalError(f"bad hollow setting in the task's environment: {error}") from None
-        controller = HollowController(
+        controller = self.make_controller(
             task,
             exit_after_s=exit_after_s,
             exit_code=exit_code,
@@ -131,3 +131,21 @@ class HollowExecutor:
         )
         self.controllers[task.id] = controller
         return controller
+
+    def make_controller(
+        self,
+        task: Task,
+        *,
+        exit_after_s: float | None,
+        exit_code: int,
+        fail_in: Step | None,
+        shutdown_exit_code: int | None,
+    ) -> HollowController:
+        """The controller for a task and its settings (a subclass may make its own kind)."""
+        return HollowController(
+            task,
+            exit_after_s=exit_after_s,
+            exit_code=exit_code,
+            fail_in=fail_in,
+            shutdown_exit_code=shutdown_exit_code,
+        )

@@ -35,10 +35,13 @@ class TaskState(IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        # Looked up, not made: the name of an enum member goes through a descriptor, and this is asked
+        # for every status change an agent sees.
+        return _LABELS[self]
 
 
 _TERMINAL = frozenset(state for state in TaskState if state >= TaskState.COMPLETE)
+_LABELS = {state: state.name.lower() for state in TaskState}
 
 # The last state the manager sets; from ACCEPTED on only the agent moves a task.
 LAST_MANAGER_STATE = TaskState.ASSIGNED

@@ -113,6 +113,11 @@ class AgentState:
         report_max: int = 10_000,
     ) -> None:
         self._tasks: dict[str, _Record] = {}
+        # The tasks that publish ports or depend on services (a task's spec never changes here): what
+        # the endpoint registrar and the dependency proxy look at after every change, without reading
+        # every task.
+        self._with_ports: dict[str, None] = {}
+        self._with_dependencies: dict[str, None] = {}
         self._story_limit = story_limit
         # Stories of forgotten tasks stay a while, so `debug story` can say why a task went away.
         self._forgotten: OrderedDict[str, deque[Transition]] = OrderedDict()
@@ -130,6 +135,14 @@ class AgentState:
 
     def task_ids(self) -> set[str]:
         return set(self._tasks)
+
+    def tasks_with_ports(self) -> list[tuple[Task, TaskStatus]]:
+        """The tasks that publish host ports, with their statuses."""
+        return [(self._tasks[i].task, self._tasks[i].status) for i in self._with_ports]
+
+    def tasks_with_dependencies(self) -> list[tuple[Task, TaskStatus]]:
+        """The tasks that depend on other services, with their statuses."""
+        return [(self._tasks[i].task, self._tasks[i].status) for i in self._with_dependencies]
 
     def status(self, task_id: str) -> TaskStatus | None:
         record = self._tasks.get(task_id)
@@ -311,6 +324,10 @@ class AgentState:
         story: deque[Transition] = self._forgotten.pop(task.id, deque(maxlen=self._story_limit))
         record = _Record(task, status, story)
         self._tasks[task.id] = record
+        if task.ports:
+            self._with_ports[task.id] = None
+        if task.spec.depends_on:
+            self._with_dependencies[task.id] = None
         self._note(record, event, why)
         return record
 
@@ -343,6 +360,8 @@ class AgentState:
 
     def _forget(self, task_id: str, event: EventBase, why: str, out: list[Instruction]) -> None:
         record = self._tasks.pop(task_id)
+        self._with_ports.pop(task_id, None)
+        self._with_dependencies.pop(task_id, None)
         self._note(record, event, f"forgotten: {why}")
         if record.touched:
             out.append(
