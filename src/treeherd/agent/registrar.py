@@ -2,7 +2,8 @@
 
 A task is an endpoint while it runs, is meant to, has a published port, and is healthy (or has no
 health check: neither treeherd's nor, followed by its executor, its image's own). The registrar sends the whole set (`EndpointSet`) whenever it changes, when a new
-session starts, and every `refresh_s` (10 s) otherwise: the manager renews the registrations' leases
+session starts, and every `refresh_s` (10 s) otherwise (unless it is empty and was sent in this
+session already: there is nothing to renew): the manager renews the registrations' leases
 (TTL 30 s) with each set, so an agent that dies or is cut off loses its endpoints one TTL later, and
 one that stops a task or sees it fail a check removes it at once.
 """
@@ -75,7 +76,9 @@ class Registrar:
         if session_id is None:
             return
         endpoints = task_endpoints(self._state)
-        if not force and self._sent == (session_id, endpoints):
+        # A refresh renews the leases of the set's registrations: an empty set, once the manager has it in
+        # this session, has none to renew (at 5,000 idle agents that was 500 messages a second).
+        if self._sent == (session_id, endpoints) and (not force or not endpoints):
             return
         try:
             await self._session.send_endpoints(endpoints)
