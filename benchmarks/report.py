@@ -201,7 +201,9 @@ def schedule() -> str:
 
 
 def schedule_harness() -> str:
-    return schedule_table(("schedule-100x10000-procs2", "schedule-1000x100000-procs2"))
+    return schedule_table(
+        ("schedule-100x10000-procs2", "schedule-1000x100000-procs2", "schedule-5000x1000000-procs2")
+    )
 
 
 def schedule_db_threads() -> str:
