@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from tests.gateway.helpers import get
+from treeherd.executors.docker import scope_of
 from treeherd.model.requests import ClusterUpdate, NodeCreate
 from treeherd.testing.processes import AgentProcess, ManagerProcess, treeherd_command
 from treeherd.testing.waiting import wait_for
@@ -220,3 +221,20 @@ def requests_retried(data: Path, host: str, since: float, answered: int) -> list
     during = [e for e in entries if e["msec"] >= since]
     assert len(during) >= answered
     return [e for e in during if "," in e["upstream_status"] or e["status"] != 200]
+
+
+@contextlib.contextmanager
+def docker_cluster(tmp: Path) -> Iterator[Cluster]:
+    """A manager and one agent (`host-a`) with the docker executor, with quick heartbeats."""
+    with running_cluster(
+        tmp,
+        ("host-a",),
+        settings=ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
+        executor="docker",
+    ) as cluster:
+        yield cluster
+
+
+def docker_scope(cluster: Cluster) -> str:
+    """The label value of the containers of `docker_cluster`'s agent."""
+    return scope_of(cluster.tmp / "host-a" / "docker")

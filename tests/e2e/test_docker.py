@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import Cluster, running_cluster, try_call
+from tests.e2e.helpers import Cluster, docker_cluster, docker_scope, try_call
 from treeherd.model.discovery import Dependency, HealthCheck
-from treeherd.model.requests import ClusterUpdate, ServiceCreate
+from treeherd.model.requests import ServiceCreate
 from treeherd.model.services import PortSpec, Resources, RestartPolicy, TaskSpec
 from treeherd.testing.docker import Dockerd, image_with_healthcheck
 from treeherd.testing.waiting import wait_for
@@ -37,19 +37,8 @@ SERVE = (
 
 @pytest.fixture
 def cluster(docker_host: str, tmp_path: Path) -> Iterator[Cluster]:
-    with running_cluster(
-        tmp_path,
-        ("host-a",),
-        settings=ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
-        executor="docker",
-    ) as cluster:
+    with docker_cluster(tmp_path) as cluster:
         yield cluster
-
-
-def scope(cluster: Cluster) -> str:
-    import hashlib
-
-    return hashlib.sha256(str(cluster.tmp / "host-a" / "docker").encode()).hexdigest()[:12]
 
 
 def containers(dockerd: Dockerd, cluster: Cluster) -> dict[str, str]:
@@ -58,7 +47,7 @@ def containers(dockerd: Dockerd, cluster: Cluster) -> dict[str, str]:
         "ps",
         "-a",
         "--filter",
-        f"label=treeherd.scope={scope(cluster)}",
+        f"label=treeherd.scope={docker_scope(cluster)}",
         "--format",
         '{{.ID}} {{.Label "treeherd.task"}}',
     )

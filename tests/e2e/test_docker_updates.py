@@ -6,7 +6,6 @@ slot, and the update pauses or rolls back as the service's failure action says."
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -15,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import Cluster, running_cluster
-from treeherd.model.requests import ClusterUpdate, ServiceCreate, ServiceUpdate
+from tests.e2e.helpers import Cluster, docker_cluster, docker_scope
+from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import TaskSpec, UpdatePolicy
 from treeherd.testing.docker import Dockerd, image_with_healthcheck
 from treeherd.testing.waiting import wait_for
@@ -29,12 +28,7 @@ SLOW = ["sh", "-c", "sleep 3; touch /tmp/ready; exec sleep 1000"]
 
 @pytest.fixture
 def cluster(docker_host: str, tmp_path: Path) -> Iterator[Cluster]:
-    with running_cluster(
-        tmp_path,
-        ("host-a",),
-        settings=ClusterUpdate(heartbeat_period_s=0.5, heartbeat_epsilon_s=0.1, heartbeat_grace_multiplier=3),
-        executor="docker",
-    ) as cluster:
+    with docker_cluster(tmp_path) as cluster:
         yield cluster
 
 
@@ -45,10 +39,6 @@ def image(dockerd: Dockerd, busybox: str, check: str, **options: int) -> Iterato
         yield built
     finally:
         dockerd.docker("rmi", "-f", "--no-prune", built, check=False)  # keeps the base image
-
-
-def scope(cluster: Cluster) -> str:
-    return hashlib.sha256(str(cluster.tmp / "host-a" / "docker").encode()).hexdigest()[:12]
 
 
 def create(cluster: Cluster, name: str, spec: TaskSpec, policy: UpdatePolicy) -> None:
@@ -92,7 +82,7 @@ def remove(cluster: Cluster, dockerd: Dockerd, *names: str) -> None:
         cluster.cli("service", "rm", name)
 
     def left() -> bool:
-        out = dockerd.docker("ps", "-aq", "--filter", f"label=treeherd.scope={scope(cluster)}")
+        out = dockerd.docker("ps", "-aq", "--filter", f"label=treeherd.scope={docker_scope(cluster)}")
         return not out.split()
 
     wait_for(left, "no container left", timeout_s=30)
@@ -109,7 +99,7 @@ def test_a_start_first_update_stops_the_old_container_only_once_the_new_one_is_h
         events = subprocess.Popen(
             [
                 "docker", "-H", dockerd.host, "events",
-                "--filter", f"label=treeherd.scope={scope(cluster)}",
+                "--filter", f"label=treeherd.scope={docker_scope(cluster)}",
                 "--filter", "event=start", "--filter", "event=health_status", "--filter", "event=kill",
                 "--format", "{{json .}}",
             ],

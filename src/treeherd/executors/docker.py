@@ -63,6 +63,11 @@ LAUNCHES_AT_ONCE = 8
 NEVER = "0001-01-01T00:00:00Z"  # the Engine API's "not yet" for StartedAt and FinishedAt
 
 
+def scope_of(root: Path) -> str:
+    """The label value that marks the containers of the agent whose data directory is `root`."""
+    return hashlib.sha256(str(root).encode()).hexdigest()[:12]
+
+
 def container_config(task: Task, image_id: str, scope: str) -> dict[str, Any]:
     """The Engine API's create body for the task (see the module's description)."""
     spec = task.spec
@@ -290,7 +295,7 @@ class DockerExecutor:
         self.root = root
         self.engine = Engine(host)
         self.hostname = hostname or socket.gethostname()
-        self.scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+        self.scope = scope_of(root)
         self._info: dict[str, Any] = {}
         self._images = LocalImages(self.engine)
         # Task id -> whether its container runs its image's health check, for the containers made here.
