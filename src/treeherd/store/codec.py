@@ -39,21 +39,17 @@ class SharedSpecs:
         """`obj`, or a task equal to it that holds the shared copies."""
         if type(obj) is not Task:
             return obj
-        key = (obj.service_id, obj.spec_version)
-        first = self._first.get(key)
         machine = obj.machine_id
         if machine is not None:
             machine = self._machines.setdefault(machine, machine)
-        if first is None:
-            self._first[key] = obj
-            return obj if machine is obj.machine_id else msgspec.structs.replace(obj, machine_id=machine)
-        if first.spec is not obj.spec and first.spec != obj.spec:
+        first = self._first.setdefault((obj.service_id, obj.spec_version), obj)
+        if first is obj or (first.spec is not obj.spec and first.spec != obj.spec):
             return obj if machine is obj.machine_id else msgspec.structs.replace(obj, machine_id=machine)
         return msgspec.structs.replace(
             obj,
             spec=first.spec,
             service_id=first.service_id,
-            service_name=obj.service_name if obj.service_name != first.service_name else first.service_name,
-            node_path=obj.node_path if obj.node_path != first.node_path else first.node_path,
+            service_name=first.service_name if obj.service_name == first.service_name else obj.service_name,
+            node_path=first.node_path if obj.node_path == first.node_path else obj.node_path,
             machine_id=machine,
         )
