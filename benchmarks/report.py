@@ -13,74 +13,24 @@ starts with where its figures come from: the file, the date, the commit and whet
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from report_format import load, ms, num, pct, provenance, result_names, sec, table
+from report_schedule import (
+    schedule,
+    schedule_db_threads,
+    schedule_harness,
+    schedule_profiles,
+    schedule_stores,
+)
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
-RESULTS = HERE / "results"
 MIB = 1024 * 1024
 BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.S)
-
-
-# ---- formatting ---------------------------------------------------------------------------------------
-def num(value: float, digits: int = 0) -> str:
-    """1,234 or 1,234.5: thousands separated, `digits` decimals."""
-    return f"{value:,.{digits}f}"
-
-
-def sec(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f} s"
-
-
-def ms(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f} ms"
-
-
-def pct(fraction: float) -> str:
-    return f"{fraction * 100:.0f} %"
-
-
-def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
-    """A Markdown table; `align` has one letter per column (l or r), right-aligned by default."""
-    align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---" if a == "l" else "---:" for a in align]
-    return "\n".join("| " + " | ".join(row) + " |" for row in [header, rule, *rows])
-
-
-def load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((RESULTS / f"{name}.json").read_text())
-    return data
-
-
-def provenance(name: str, data: dict[str, Any]) -> str:
-    """Where the figures come from: the file, when, on which code, on how many CPUs."""
-    date = str(data.get("date") or "")[:10] or "date not recorded"
-    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
-    code = machine.get("code")
-    if isinstance(code, dict) and code.get("commit"):
-        parts = [f"code `{code['commit']}`"]
-        if code.get("src_modified"):
-            parts.append("with uncommitted changes in src/")
-        if "tree_clean" in code:
-            parts.append("clean tree" if code["tree_clean"] else "tree not clean")
-        else:
-            parts.append("tree cleanliness not recorded")
-        where = ", ".join(parts)
-    elif isinstance(code, str) and code:
-        where = f"code `{code}` (whether the tree was clean is not recorded)"
-    else:
-        where = "commit not recorded (the run predates that record)"
-    cpus = machine.get("cpu_count") or machine.get("cpus") or data.get("cpus")
-    load_average = machine.get("load_average_at_start")
-    extra = f", {cpus} CPUs" if cpus else ""
-    if load_average:
-        extra += f", load average {load_average[0]} at the start"
-    return f"From `results/{name}.json`: {date}, {where}{extra}."
 
 
 # ---- the tables -----------------------------------------------------------------------------------------
@@ -131,99 +81,6 @@ def tree_load() -> str:
         ],
     )  # fmt: skip
     return f"{provenance('tree_load', d)}\n\n{phases}\n\n{full}"
-
-
-SCHEDULE_RUNS = ("schedule-100x10000", "schedule-1000x100000", "schedule-1000x100000-hb30")
-
-
-def schedule_column(d: dict[str, Any]) -> dict[str, str]:
-    s = d["phases"].get("schedule", {})
-    lat = d.get("latency_s", {})
-    timing = d.get("timing", {})
-    split = d.get("manager_cpu_split_s") or {}
-    reports = (d.get("agent_reports") or {}).get("statuses_by_state", {})
-    stalls = d.get("stalls", {})
-    code = d["machine"].get("code")
-    commit = code.get("commit") if isinstance(code, dict) else None
-    dirty = isinstance(code, dict) and code.get("src_modified")
-
-    def p50(key: str) -> str:
-        value = (lat.get(key) or {}).get("p50")
-        return "" if value is None else sec(value)
-
-    def longest(key: str) -> str:
-        over = [v for _, v in stalls.get(key, [])]
-        return f"{max(over):.1f} s" if over else "none"
-
-    pps = d.get("placements_per_second")
-    last = timing.get("request_to_last_placement_committed_s")
-    return {
-        "date, code": f"{d['date'][:10]}, " + (f"`{commit}`" + (" + changes" if dirty else "") if commit else "not recorded"),
-        "agents' DB threads": str(d["parameters"].get("agent_db_threads")),
-        "heartbeat period": sec(d["parameters"].get("heartbeat_period_s") or d.get("cluster_settings", {}).get("heartbeat_period_s"), 0),
-        "all RUNNING (API)": f"**{sec(d.get('seconds_to_all_running'))}**" if d.get("status") == "ok" else f"timeout ({d.get('tasks_running')} running)",
-        "placements/s (last placement committed after)": f"**{num(pps)}** ({sec(last)})" if pps else "n/a",
-        "first placement committed after": sec(timing.get("request_to_first_placement_committed_s")),
-        "create -> RUNNING p50 / p99": f"{sec(d.get('create_to_running_p50_s'))} / {sec(d.get('create_to_running_p99_s'))}",
-        "... created -> ASSIGNED, p50": p50("created_to_assigned"),
-        "... ASSIGNED -> at its agent, p50": p50("assigned_to_agent"),
-        "manager CPU (main thread + others), cores": f"{s['manager_cpu_s']:.1f} s ({s['manager_main_thread_cpu_s']:.1f} + {s['manager_other_threads_cpu_s']:.1f}), {s['manager_cores']:.2f}",
-        "... until the last placement / after it": f"{split['until_last_placement']:.1f} s / {split['after_last_placement']:.1f} s" if split else "",
-        "manager CPU per task": f"{s['manager_cpu_s'] / d['tasks'] * 1e6:.0f} µs",
-        "manager RSS (max)": f"{d['manager_rss_mb']:.0f} MiB",
-        "agents process CPU (DB threads), cores": f"{s['agents_cpu_s']:.1f} s ({s['agents_db_threads_cpu_s']:.1f} s), {s['agents_cores']:.2f}",
-        "agents' processes: their CPU per task": harness(d, s),
-        "machine busy (cores): all / other processes": f"{s['machine_busy_cores']:.2f} / {s['other_processes_cores']:.2f}",
-        "status updates reported per task": f"{sum(reports.values()) / d['tasks']:.1f}" if reports else "",
-        "longest stall over 1 s: manager `/healthz` / agents' loop": f"{longest('manager_healthz_over_1s')} / {longest('agents_loop_lag_over_1s')}",
-        "agent sessions": num(d.get("agent_sessions_established") or 0),
-    }  # fmt: skip
-
-
-def harness(d: dict[str, Any], s: dict[str, Any]) -> str:
-    """How many processes ran the hollow agents, and their CPU per task (before `--agent-procs`, the
-    agents ran in the benchmark's own process, its polls included)."""
-    procs = d["parameters"].get("agent_procs")
-    where = f"{procs}" if procs else "the benchmark's"
-    return f"{where}: {num(s['agents_cpu_s'] / d['tasks'] * 1e6)} µs"
-
-
-def schedule_table(names: tuple[str, ...]) -> str:
-    columns = {name: schedule_column(load(name)) for name in names}
-    rows = [[label, *(c[label] for c in columns.values())] for label in next(iter(columns.values()))]
-    header = ["", *(f"`{n}`: {load(n)['nodes']:,} x {load(n)['tasks']:,}" for n in names)]
-    lines = [provenance(name, load(name)) for name in names]
-    return "\n".join(f"- {line}" for line in lines) + "\n\n" + table(header, rows)
-
-
-def schedule() -> str:
-    return schedule_table(SCHEDULE_RUNS)
-
-
-def schedule_harness() -> str:
-    return schedule_table(
-        ("schedule-100x10000-procs2", "schedule-1000x100000-procs2", "schedule-5000x1000000-procs2")
-    )
-
-
-def schedule_db_threads() -> str:
-    return schedule_table(("schedule-1000x10000-db-own", "schedule-1000x10000-db-shared4"))
-
-
-def schedule_profiles() -> str:
-    parts = []
-    for name in ("schedule-1000x100000-hb30-profile", "schedule-100x10000-profile"):
-        d = load(name)
-        rows = []
-        for file, summary in d.get("profile", {}).items():
-            for component, share in list(summary["components_pct"].items())[:8]:
-                rows.append([f"`{file}`", component, f"{share:.1f} %"])
-            rows.append([f"`{file}`", "(busy samples)", num(summary["samples"])])
-        parts.append(
-            provenance(name, d) + f" All RUNNING after {sec(d['seconds_to_all_running'])} under py-spy."
-        )
-        parts.append(table(["profile", "component (first 8)", "share of busy samples"], rows, "llr"))
-    return "\n\n".join(parts)
 
 
 def processes() -> str:
@@ -343,8 +200,7 @@ def discovery() -> str:
 def chaos() -> str:
     """Every chaos run kept: the figures of each fault, one table per file (before and after a change)."""
     parts = []
-    for path in sorted(RESULTS.glob("chaos*.json")):
-        name = path.stem
+    for name in result_names("chaos*"):
         d = load(name)
         rows = []
         for r in d["results"]:
@@ -537,25 +393,6 @@ def failover() -> str:
         f"{d['failed_runs']}; processes left: {d['processes_left']}."
     )
     return f"{head}\n\n{table(header, rows, 'lrrrr')}"
-
-
-def schedule_stores() -> str:
-    runs = [
-        ("SQLite (embedded)", "schedule-100x10000-stores-sqlite"),
-        ("3-member etcd, --max-txn-ops 128 (etcd's default)", "schedule-100x10000-etcd-stores-etcd3-128"),
-        ("3-member etcd, --max-txn-ops 1024", "schedule-100x10000-etcd-stores-etcd3-1024"),
-    ]
-    rows, heads = [], []
-    for label, name in runs:
-        d = load(name)
-        heads.append(provenance(name, d))
-        rows.append(
-            [label, num(d["placements_per_second"]), sec(d["seconds_to_all_running"]),
-             sec(d["create_to_running_p50_s"]), sec(d["create_to_running_p99_s"]), f"{d['manager_cpu_s']:.1f} s"]
-        )  # fmt: skip
-    header = ["100 agents x 10,000 tasks, one run each, one after the other", "placements/s", "all running",
-              "create -> running p50", "p99", "manager CPU"]  # fmt: skip
-    return "\n".join(f"- {head}" for head in heads) + "\n\n" + table(header, rows, "lrrrrr")
 
 
 def ui_render() -> str:
