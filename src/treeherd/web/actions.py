@@ -8,6 +8,7 @@ Nothing is half-written: each write is one commit of the manager, or none.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
@@ -22,6 +23,9 @@ from treeherd.model.requests import MachineUpdate, NodeUpdate, RouteSpec, Servic
 from treeherd.web.login import refused_here, to_login
 from treeherd.web.queries import node_detail
 from treeherd.web.render import page
+
+# What a refused write raises: the API's own errors, and a form that does not convert to its request.
+Failure = (TreeherdError, msgspec.ValidationError)
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +44,15 @@ def field_error(error: TreeherdError | msgspec.ValidationError, default_field: s
     if "at `$." in text:
         field = text.rsplit("at `$.", 1)[1].split("`")[0].split(".")[0].split("[")[0]
     return FieldError(field=field, detail=text)
+
+
+async def action_result(action: Awaitable[object], done: str, field: str) -> Response[str]:
+    """Run a confirmed action: the answer says `done`, or the refusal beside `field` (nothing changed)."""
+    try:
+        await action
+    except Failure as failed:
+        return page("action_result.html", error=field_error(failed, field), note=None)
+    return page("action_result.html", error=None, note=done)
 
 
 async def read_form(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -68,7 +81,7 @@ class ConsoleActions(Controller):
             update = msgspec.convert({"replicas": replicas}, ServiceUpdate)
             service = await services.update(name, update)
             note = f"{name} scaled to {service.replicas}"
-        except (TreeherdError, msgspec.ValidationError) as failed:
+        except Failure as failed:
             error = field_error(failed, "replicas")
         current = services.summary(services.get(name))
         return page("scale_form.html", s=current, error=error, note=note, value=form.get("replicas", ""))
@@ -82,7 +95,7 @@ class ConsoleActions(Controller):
         try:
             update = msgspec.convert({"availability": form.get("availability", "")}, MachineUpdate)
             await inventory.update_machine(hostname, update)
-        except (TreeherdError, msgspec.ValidationError) as failed:
+        except Failure as failed:
             error = field_error(failed, "availability")
         return page("availability_form.html", m=inventory.machine(hostname), error=error)
 
@@ -98,7 +111,7 @@ class ConsoleActions(Controller):
             update = msgspec.convert({"labels": {key: value or None}}, NodeUpdate)
             await inventory.update_node(path, update)
             note = f"label {key} set to {value!r}" if value else f"label {key} cleared"
-        except (TreeherdError, msgspec.ValidationError) as failed:
+        except Failure as failed:
             error = field_error(failed, "key")
             if error.field == "labels":
                 error = FieldError(field="key", detail=error.detail)
@@ -118,7 +131,7 @@ class ConsoleActions(Controller):
             else:
                 await inventory.add_route(path, spec)
                 note = f"route {spec.domain}{spec.uri} added"
-        except (TreeherdError, msgspec.ValidationError) as failed:
+        except Failure as failed:
             error = field_error(failed, "uri")
         view = inventory.view
         node = node_by_path(view, path)

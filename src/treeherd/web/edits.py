@@ -17,15 +17,13 @@ from litestar import Controller, Request, Response, post
 
 from treeherd.core.tree.nodes import node_by_path
 from treeherd.manager.inventory import Inventory
-from treeherd.model.errors import Forbidden, InvalidInput, TreeherdError, Unauthenticated
+from treeherd.model.errors import Forbidden, InvalidInput, Unauthenticated
 from treeherd.model.objects import Domain
 from treeherd.model.requests import BindRequest, DomainCreate, DomainUpdate, NodeUpdate
-from treeherd.web.actions import FieldError, field_error, read_form, whole_number
+from treeherd.web.actions import Failure, FieldError, action_result, field_error, read_form, whole_number
 from treeherd.web.login import refused_here, to_login
 from treeherd.web.queries import node_detail
 from treeherd.web.render import page
-
-Failure = (TreeherdError, msgspec.ValidationError)
 
 
 def _optional_int(value: str, field: str) -> int | None:
@@ -184,10 +182,4 @@ class ConsoleEdits(Controller):
     @post("/domains/{name:str}/delete", status_code=200)
     async def delete_domain(self, inventory: Inventory, name: str) -> Response[str]:
         """Delete a domain; refused (nothing changed) while a node still routes to it."""
-        error = note = None
-        try:
-            await inventory.delete_domain(name)
-            note = f"domain {name} deleted"
-        except Failure as failed:
-            error = field_error(failed, "domain")
-        return page("action_result.html", error=error, note=note)
+        return await action_result(inventory.delete_domain(name), f"domain {name} deleted", "domain")

@@ -16,14 +16,13 @@ from litestar import Controller, Request, Response, post
 from treeherd.core.edge import gateway_plans as plans
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.services import Services
-from treeherd.model.errors import Forbidden, InvalidInput, TreeherdError, Unauthenticated
+from treeherd.model.errors import Forbidden, InvalidInput, Unauthenticated
 from treeherd.model.gateway_requests import BackendUpdate
 from treeherd.model.requests import ServiceUpdate
-from treeherd.web.actions import FieldError, field_error, read_form, whole_number
+from treeherd.web.actions import Failure, FieldError, action_result, field_error, read_form, whole_number
 from treeherd.web.login import refused_here, to_login
 from treeherd.web.render import page
 
-Failure = (TreeherdError, msgspec.ValidationError)
 PINS = {"in": "in", "out": "out", "none": None}
 
 
@@ -89,20 +88,14 @@ class ConsoleIncidents(Controller):
 
     @post("/services/{name:str}/promote", status_code=200)
     async def promote(self, services: Services, name: str) -> Response[str]:
-        error = note = None
-        try:
-            await services.promote(name)
-            note = f"canary of {name} promoted: the other tasks follow"
-        except Failure as failed:
-            error = field_error(failed, "service")
-        return page("action_result.html", error=error, note=note)
+        return await action_result(
+            services.promote(name), f"canary of {name} promoted: the other tasks follow", "service"
+        )
 
     @post("/services/{name:str}/abort", status_code=200)
     async def abort(self, services: Services, name: str) -> Response[str]:
-        error = note = None
-        try:
-            await services.abort(name)
-            note = f"canary of {name} aborted: the previous spec returns to its slots"
-        except Failure as failed:
-            error = field_error(failed, "service")
-        return page("action_result.html", error=error, note=note)
+        return await action_result(
+            services.abort(name),
+            f"canary of {name} aborted: the previous spec returns to its slots",
+            "service",
+        )
