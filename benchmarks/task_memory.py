@@ -59,7 +59,7 @@ from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.store.engine import DEFAULT_HISTORY
 from treeherd.store.sqlite import SqliteStore
-from treeherd.testing.processes import reap_processes_under, treeherd_command
+from treeherd.testing.processes import ManagerProcess, reap_processes_under
 from treeherd.transport.client import Client
 
 CHUNK = 5_000  # tasks per transaction, as the orchestrator commits them
@@ -68,46 +68,27 @@ SETTLE_CPU = 0.05  # cores: below this for SETTLE_WINDOW_S, the manager has sett
 SETTLE_WINDOW_S = 2.0
 
 
-class Manager:
-    """`treeherd manager` on 127.0.0.1:0 with this data directory; its RSS and CPU read from the OS."""
+class Manager(ManagerProcess):
+    """The manager under test (`treeherd manager` on 127.0.0.1:0), its starts and stops timed, its RSS
+    and CPU read from the OS."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.data_dir = data_dir
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self, timeout: float) -> float:
+    def timed_start(self, timeout: float) -> float:
         """Start it; returns the seconds until /healthz answered 200."""
-        url_file = self.data_dir / "manager.url"
-        url_file.unlink(missing_ok=True)
         started = time.monotonic()
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [*treeherd_command(), "manager", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = started + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the manager exited with {self.process.returncode}: see {self.log}")
-            if url_file.exists() and (text := url_file.read_text().strip()):
-                self.url = text
-                try:
-                    with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
-                        if response.status == 200:
-                            return time.monotonic() - started
-                except OSError:
-                    pass
-            time.sleep(0.02)
-        raise TimeoutError(f"the manager did not answer /healthz within {timeout} s")
+        self.start(timeout=timeout)
+        return time.monotonic() - started
+
+    def timed_stop(self, timeout: float = 60.0) -> float:
+        """SIGTERM; returns the seconds it took to exit cleanly."""
+        started = time.monotonic()
+        code = self.stop(timeout=timeout)
+        if code != 0:
+            raise RuntimeError(f"the manager exited with {code} on SIGTERM: see {self.log_path}")
+        return time.monotonic() - started
 
     @property
     def ps(self) -> psutil.Process:
-        assert self.process is not None
-        return psutil.Process(self.process.pid)
+        return psutil.Process(self.pid)
 
     def settle(self, timeout: float) -> tuple[float, list[dict[str, float]]]:
         """Wait until the manager's CPU stays under SETTLE_CPU cores for SETTLE_WINDOW_S; returns the
@@ -134,21 +115,6 @@ class Manager:
     def revision(self) -> int:
         with urllib.request.urlopen(self.url + "/healthz", timeout=10) as response:
             return int(json.loads(response.read())["revision"])
-
-    def stop(self, timeout: float = 60.0) -> float:
-        """SIGTERM; returns the seconds it took to exit (SIGKILL of its group after `timeout`)."""
-        assert self.process is not None
-        started = time.monotonic()
-        self.process.terminate()
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise RuntimeError(f"the manager did not stop within {timeout} s of SIGTERM") from None
-        if code != 0:
-            raise RuntimeError(f"the manager exited with {code} on SIGTERM: see {self.log}")
-        return time.monotonic() - started
 
 
 def _cpu(ps: psutil.Process) -> float:
@@ -298,20 +264,20 @@ def store_alone(db: Path, *, trace: bool) -> dict[str, Any]:
 def run(args: argparse.Namespace, root: Path, report: dict[str, Any]) -> None:
     data_dir = root / "manager"
     db = data_dir / "treeherd.db"
-    manager = Manager(data_dir, root / "manager.log")
+    manager = Manager(data_dir)
     try:
-        manager.start(args.timeout)
+        manager.timed_start(args.timeout)
         setup_through_api(manager.url, args.services)
-        manager.stop()
+        manager.timed_stop()
         machine_ids = asyncio.run(write_machines(db, args.machines))
-        to_healthy = manager.start(args.timeout)
+        to_healthy = manager.timed_start(args.timeout)
         settled, _ = manager.settle(args.timeout)
         report["base"] = {
             "to_healthy_s": round(to_healthy, 2),
             "to_settled_s": round(settled, 2),
             "rss_bytes": manager.ps.memory_info().rss,
         }
-        manager.stop()
+        manager.timed_stop()
         print(f"base ({args.machines} machines, no task): RSS {report['base']['rss_bytes'] / 2**20:.0f} MiB")
         seconds = asyncio.run(write_tasks(db, machine_ids, args.tasks))
         report["data_set"] = {"write_seconds": round(seconds, 1), "db_bytes": _db_bytes(data_dir)}
@@ -321,7 +287,7 @@ def run(args: argparse.Namespace, root: Path, report: dict[str, Any]) -> None:
         restarts = []
         for attempt in range(args.restarts):
             gc.collect()
-            to_healthy = manager.start(args.timeout)
+            to_healthy = manager.timed_start(args.timeout)
             revision = manager.revision()
             settled, samples = manager.settle(args.timeout)
             ps = manager.ps
@@ -333,7 +299,7 @@ def run(args: argparse.Namespace, root: Path, report: dict[str, Any]) -> None:
                 "revisions_written_while_settling": manager.revision() - revision,
                 "stop_s": 0.0,
             }
-            one["stop_s"] = round(manager.stop(), 2)
+            one["stop_s"] = round(manager.timed_stop(), 2)
             if attempt == 0:
                 report["settle_samples"] = samples
             restarts.append(one)
@@ -347,9 +313,7 @@ def run(args: argparse.Namespace, root: Path, report: dict[str, Any]) -> None:
             "traced": store_alone(db, trace=True),
         }
     finally:
-        if manager.process is not None and manager.process.poll() is None:
-            manager.process.kill()
-            manager.process.wait(10)
+        manager.kill()
         report["processes_left"] = reap_processes_under(root)
 
 

@@ -56,7 +56,8 @@ class ManagerProcess:
         self.url = ""
         self.log_path = data_dir.parent / f"{data_dir.name}-manager.log"
 
-    def start(self) -> ManagerProcess:
+    def start(self, timeout: float = STARTUP_SECONDS) -> ManagerProcess:
+        """Start it; returns once `/healthz` answers 200 (or raises after `timeout` seconds)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         url_file = self.data_dir / "manager.url"
         url_file.unlink(missing_ok=True)
@@ -79,7 +80,7 @@ class ManagerProcess:
             )
         finally:
             log.close()
-        deadline = time.monotonic() + STARTUP_SECONDS
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the manager exited with {self.process.returncode}:\n{self.log()}")
@@ -89,7 +90,7 @@ class ManagerProcess:
                     return self
             time.sleep(0.02)
         self.kill()
-        raise TimeoutError(f"the manager did not start within {STARTUP_SECONDS} s:\n{self.log()}")
+        raise TimeoutError(f"the manager did not start within {timeout} s:\n{self.log()}")
 
     def _healthy(self) -> bool:
         if self.host is not None:
@@ -114,18 +115,18 @@ class ManagerProcess:
         assert self.process is not None
         return self.process.pid
 
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it has not exited in time; returns the exit code."""
+    def stop(self, timeout: float = STOP_SECONDS) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; returns the exit code."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(STOP_SECONDS)
+            return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             tail = "\n".join(self.log().splitlines()[-15:])
             raise AssertionError(
-                f"{' '.join(self.command)} did not stop within {STOP_SECONDS} s of SIGTERM; its log ends:\n{tail}"
+                f"{' '.join(self.command)} did not stop within {timeout} s of SIGTERM; its log ends:\n{tail}"
             ) from None
 
     def kill(self) -> None:
