@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--summary-interval", type=float, default=2.0,
         help="service summary polls until the agents see every status acknowledged, then every"
-        " --poll-interval (default 2 s: a summary costs the manager O(tasks))",
+        " --poll-interval (default 2 s)",
     )  # fmt: skip
     parser.add_argument("--sample-interval", type=float, default=0.25, help="CPU samples (default 0.25 s)")
     parser.add_argument(

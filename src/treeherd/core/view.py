@@ -21,7 +21,8 @@ class View(Protocol):
     time proportional to what it returns, not to the kind's size:
     - `lookup`: the one object holding a key of a unique index (a machine by hostname);
     - `where`: the objects filed under a key of a non-unique index (a service's endpoints);
-    - `referrers`: the objects whose reference names a target (a node's bindings).
+    - `referrers`: the objects whose reference names a target (a node's bindings);
+    - `tally`: how many objects a tally counts under a key (a service's running tasks), in constant time.
     `all` is a scan: use it when every object is wanted, not to filter by a field.
     """
 
@@ -45,6 +46,10 @@ class View(Protocol):
 
     def referrers(self, cls: type[T], reference: str, target_id: str) -> list[T]:
         """Objects of kind `cls` whose reference `reference` names `target_id`."""
+        ...
+
+    def tally(self, cls: type[Object], name: str, key: str) -> int:
+        """How many objects of kind `cls` are counted under `key` by the tally `name` of their kind."""
         ...
 
     def all(self, cls: type[T]) -> Iterable[T]:

@@ -79,13 +79,10 @@ class Services:
     def summary(self, service: Service) -> ServiceSummary:
         view = self.store.view()
         node = view.get(TreeNode, service.node_id)
-        tasks = view.referrers(Task, "service", service.id)
-        running_state = TaskState.RUNNING
-        running = sum(
-            1 for t in tasks if t.desired_state <= running_state and t.status.state == running_state
-        )
+        # Counted by the store as tasks change (model.kinds' task tallies): no walk over the tasks.
+        running = view.tally(Task, "running", service.id)
         desired = (
-            service.replicas if service.mode == "replicated" else sum(1 for t in tasks if desired_running(t))
+            service.replicas if service.mode == "replicated" else view.tally(Task, "desired", service.id)
         )
         return ServiceSummary(
             service=service, path=node.path if node else service.node_id, running=running, desired=desired

@@ -5,7 +5,8 @@ The store enforces what is declared here for every write, whichever backend hold
 - a reference (a node's parent, a binding's machine) must name an existing object, and an object that is
   still referenced cannot be deleted.
 An index (an endpoint's service) only files objects under its keys so that they are read without a scan:
-any number of objects share a key, and a key names nothing (no check, nothing refused).
+any number of objects share a key, and a key names nothing (no check, nothing refused). A tally keeps
+only how many objects hold each key (a service's running tasks), read in constant time.
 Key functions may return several keys (a node holds one route key per `domain_uris` entry), or none.
 """
 
@@ -24,6 +25,7 @@ from treeherd.model.proxies import ProxyRecord
 from treeherd.model.puppet import PuppetCatalog, PuppetConflict
 from treeherd.model.security import ApiToken, AuditLog, JoinedKey, RevokedNode, UserCertificate
 from treeherd.model.services import ClusterSettings, Service, Task
+from treeherd.model.states import TaskState
 
 T = TypeVar("T", bound=Object)
 
@@ -38,6 +40,15 @@ class UniqueKey(msgspec.Struct, frozen=True):
 class Index(msgspec.Struct, frozen=True):
     """A named non-unique index: `keys(obj)` lists the values the object is filed under (read with
     `View.where`). Objects may share a value; nothing is checked or refused."""
+
+    name: str
+    keys: Callable[[AnyObject], Iterable[str]]
+
+
+class Tally(msgspec.Struct, frozen=True):
+    """A named count: `keys(obj)` lists the values the object is counted under (read with
+    `View.tally`). Only the number of objects per value is kept, not which ones: a summary that would
+    otherwise walk every task of a service (its running count) reads one integer."""
 
     name: str
     keys: Callable[[AnyObject], Iterable[str]]
@@ -59,6 +70,7 @@ class KindInfo(msgspec.Struct, frozen=True):
     unique: tuple[UniqueKey, ...] = ()
     indexes: tuple[Index, ...] = ()
     references: tuple[Reference, ...] = ()
+    tallies: tuple[Tally, ...] = ()
 
 
 def _one(value: str | None) -> Iterable[str]:
@@ -69,6 +81,18 @@ def _as(cls: type[T], obj: AnyObject) -> T:
     """Narrow a stored object to its kind's type (the registry only hands each kind its own objects)."""
     assert isinstance(obj, cls)
     return obj
+
+
+def _desired_under(task: Task) -> Iterable[str]:
+    """A task meant to run (not yet told to stop) counts towards its service's desired tasks."""
+    return (task.service_id,) if task.desired_state <= TaskState.RUNNING else ()
+
+
+def _running_under(task: Task) -> Iterable[str]:
+    """A task meant to run that runs counts towards its service's running tasks."""
+    if task.desired_state <= TaskState.RUNNING and task.status.state == TaskState.RUNNING:
+        return (task.service_id,)
+    return ()
 
 
 def route_key(domain_id: str, uri: str) -> str:
@@ -144,6 +168,10 @@ KINDS: dict[str, KindInfo] = {
             references=(
                 Reference("service", "service", lambda o: (_as(Task, o).service_id,)),
                 Reference("machine", "machine", lambda o: _one(_as(Task, o).machine_id)),
+            ),
+            tallies=(
+                Tally("running", lambda o: _running_under(_as(Task, o))),
+                Tally("desired", lambda o: _desired_under(_as(Task, o))),
             ),
         ),
         KindInfo(

@@ -6,7 +6,7 @@ kind in the registry: ids are unique, unique keys are held by one object, refere
 objects, referenced objects are not deleted, and `Update`/`Delete`/`Assert` are based on the current
 version. Written objects are stamped with the transaction's revision as their version.
 
-Every index the registry declares (unique keys, non-unique indexes, references) is kept in step by
+Every index the registry declares (unique keys, non-unique indexes, references, tallies) is kept in step by
 `_put`, the one place an object is stored or removed: applies, rollbacks, replays and loads.
 """
 
@@ -52,6 +52,9 @@ class State:
         self._refs: dict[tuple[str, str], dict[str, set[str]]] = {
             (info.name, ref.name): {} for info in KINDS.values() for ref in info.references
         }
+        self._tallies: dict[tuple[str, str], dict[str, int]] = {
+            (info.name, tally.name): {} for info in KINDS.values() for tally in info.tallies
+        }
 
     # ---- reads (the View protocol) -------------------------------------------------------------
     def get(self, cls: type[T], id: str) -> T | None:
@@ -74,6 +77,9 @@ class State:
         # Each kind's table holds objects of that kind's class only (`_put` files them by kind), so no
         # per-object type check: this is on the hot path of every component (100,000 tasks a service).
         return [objects[i] for i in ids]  # type: ignore[misc]
+
+    def tally(self, cls: type[Object], name: str, key: str) -> int:
+        return self._tallies[(cls.kind, name)].get(key, 0)
 
     def all(self, cls: type[T]) -> Iterable[T]:
         return (obj for obj in self._objects[cls.kind].values() if isinstance(obj, cls))
@@ -235,6 +241,12 @@ class State:
             if old_targets == new_targets:
                 continue
             _refile(self._refs[(kind, ref.name)], id, old_targets, new_targets)
+        for tally in info.tallies:
+            old_counted = tally.keys(old) if old is not None else ()
+            new_counted = tally.keys(new) if new is not None else ()
+            if old_counted == new_counted:
+                continue
+            _recount(self._tallies[(kind, tally.name)], old_counted, new_counted)
         return old
 
     def replay(self, events: Iterable[Event], revision: int) -> None:
@@ -257,6 +269,18 @@ def _refile(index: dict[str, set[str]], id: str, old: Iterable[str], new: Iterab
                 del index[key]
     for key in new:
         index.setdefault(key, set()).add(id)
+
+
+def _recount(counts: dict[str, int], old: Iterable[str], new: Iterable[str]) -> None:
+    """Move one object's count from its `old` keys to its `new` ones; a key counted zero is dropped."""
+    for key in old:
+        left = counts[key] - 1
+        if left:
+            counts[key] = left
+        else:
+            del counts[key]
+    for key in new:
+        counts[key] = counts.get(key, 0) + 1
 
 
 def _describe(obj: AnyObject) -> str:
