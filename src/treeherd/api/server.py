@@ -145,6 +145,11 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            # No WebSocket pings: the one WebSocket route is the agent channel, whose heartbeats (and
+            # the dispatcher's deadlines) find a dead peer sooner; at 5,000 agents uvicorn's pings,
+            # one per connection every 20 s, were a quarter of the channel's idle frames.
+            ws_ping_interval=None,
+            ws_ping_timeout=None,
             http=http_protocol(http_peer_protocol(limited_protocol(self._limits), self._trusted_roots)),
             **tls,
         )

@@ -11,8 +11,9 @@ Interface (both ends):
 a manager with the `websockets` library and returns an `AgentChannel` that decodes `ManagerMessage`s.
 Every failure of the connection (closed, broken, a malformed frame, a send that does not finish in
 time) surfaces as `ChannelClosed`, and the channel is closed from then on. Sends are bounded in time;
-receives wait for the peer (the dispatcher bounds them by its heartbeat deadlines, the agent's
-WebSocket pings detect a dead manager).
+receives wait for the peer (the dispatcher bounds them by its heartbeat deadlines, the agent by its
+silence limit on the manager's answers). Neither end sends WebSocket pings: the heartbeats and their
+acknowledgements already cross the channel every period.
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ async def connect_agent(
             max_size=MAX_FRAME_BYTES,
             compression=None,
             proxy=None,
+            ping_interval=None,  # liveness is the heartbeats' job (see the module's docstring)
         )
     except InvalidURI:
         raise ManagerUnreachable(f"invalid manager URL {url!r}: use http://HOST:PORT") from None
