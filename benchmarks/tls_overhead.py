@@ -10,7 +10,9 @@ machine's load falls on all alike:
    TLS manager with an admin token and the cluster CA): requests per second, the handshake made once.
 2. API, a new connection per request (`--handshakes` requests): what each TLS handshake adds.
 3. Agent channel: one agent session (on the TLS manager over wss with a node certificate from a real
-   join) sending heartbeats and waiting for each acknowledgement for `--seconds`: round trips per second.
+   join) sending heartbeats and waiting for their acknowledgement for `--seconds`: round trips per
+   second. A manager answers every second heartbeat (`ANSWER_EVERY`), so a round trip is that many
+   heartbeats and the one answer.
 
 For the two steady-state measures (1 and 3) it also records the CPU time per operation in the manager
 and in the benchmark's own process (the client), read from the OS: on a shared machine the rates move
@@ -40,6 +42,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import machine_info
+from treeherd.core.tasks.dispatch.heartbeats import ANSWER_EVERY
 from treeherd.model.wire import Heartbeat, HeartbeatAck, Register, SessionStarted
 from treeherd.runtime import event_loop_runner, utc_now
 from treeherd.testing.processes import ManagerProcess
@@ -95,7 +98,8 @@ async def agent_round_trips(side: Side, seconds: float, hostname: str) -> float:
                 session_id = message.session_id
         done, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            await channel.send(Heartbeat(session_id=session_id))
+            for _ in range(ANSWER_EVERY):
+                await channel.send(Heartbeat(session_id=session_id))
             while not isinstance(await channel.receive(), HeartbeatAck):
                 pass
             done += 1

@@ -25,9 +25,11 @@ from datetime import datetime
 from treeherd.core.tasks.dispatch import (
     RegistrationLimiter,
     cluster_settings,
+    heartbeat_answer_due,
     heartbeat_period,
     heartbeat_timeout,
     plan_register,
+    told_settings,
 )
 from treeherd.core.tree import validate
 from treeherd.core.view import View
@@ -261,6 +263,7 @@ class Dispatcher:
             return None
         session = AgentSession(self._ids(), machine_id, hostname, channel)
         session.period_s = period
+        session.told_settings = told_settings(settings)
         previous = self._sessions.get(machine_id)
         if previous is not None:
             previous.close(f"replaced by session {session.id}")
@@ -417,14 +420,22 @@ class Dispatcher:
 
     def _heartbeat(self, session: AgentSession) -> None:
         settings = self._settings()
+        managers = self._managers()
+        changed = managers != session.told_managers
+        told = told_settings(settings)
+        if not heartbeat_answer_due(session.unanswered, changed or told != session.told_settings):
+            # Not answered: the agent keeps the period it was last told, and is held to it.
+            session.unanswered += 1
+            self._heartbeats.heard_from(session.machine_id, heartbeat_timeout(session.period_s, settings))
+            return
         period = heartbeat_period(settings, self._rand())
         # The agent is already waiting out the period it was told before; a shorter one (the cluster's
         # period just went down) only applies from its next heartbeat on.
         awaited = max(period, session.period_s)
         self._heartbeats.heard_from(session.machine_id, heartbeat_timeout(awaited, settings))
         session.period_s = period
-        managers = self._managers()
-        changed = managers != session.told_managers
+        session.told_settings = told
+        session.unanswered = 0
         if changed:
             session.told_managers = list(managers)
         session.post(

@@ -31,6 +31,8 @@ class AgentSession:
         self.snapshot_revision: int | None = None
         self.resync = False
         self.period_s = 0.0  # the heartbeat period the agent was last told
+        self.told_settings: tuple[float, ...] = ()  # the cluster settings it was last told them from
+        self.unanswered = 0  # heartbeats since the last answer
         self.told_managers: list[str] = []  # the managers' URLs the agent was last told
         # The latest endpoint set the agent sent and not yet applied, and the task applying them.
         self.endpoints_pending: list[TaskEndpoint] | None = None

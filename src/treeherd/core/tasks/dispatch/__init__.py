@@ -17,8 +17,10 @@ from treeherd.core.tasks.dispatch.assignments import AssignmentSet, agent_should
 from treeherd.core.tasks.dispatch.heartbeats import (
     UNKNOWN_GRACE_FACTOR,
     Deadlines,
+    heartbeat_answer_due,
     heartbeat_period,
     heartbeat_timeout,
+    told_settings,
 )
 from treeherd.core.tasks.dispatch.node_states import plan_agent_state, plan_mark_unknown
 from treeherd.core.tasks.dispatch.registration import RegistrationLimiter, plan_register
@@ -43,6 +45,7 @@ __all__ = [
     "agent_should_know",
     "check_status",
     "cluster_settings",
+    "heartbeat_answer_due",
     "heartbeat_period",
     "heartbeat_timeout",
     "moves_forward",
@@ -50,4 +53,5 @@ __all__ = [
     "plan_mark_unknown",
     "plan_register",
     "plan_status_flush",
+    "told_settings",
 ]
