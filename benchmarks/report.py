@@ -23,6 +23,7 @@ from report_schedule import (
     schedule,
     schedule_db_threads,
     schedule_harness,
+    schedule_idle,
     schedule_profiles,
     schedule_stores,
 )
@@ -427,6 +428,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "schedule": schedule,
     "schedule-db-threads": schedule_db_threads,
     "schedule-harness": schedule_harness,
+    "schedule-idle": schedule_idle,
     "schedule-profiles": schedule_profiles,
     "processes": processes,
     "vs_swarm": vs_swarm,

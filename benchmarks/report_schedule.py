@@ -80,6 +80,27 @@ def schedule_harness() -> str:
     )
 
 
+IDLE_RUNS = (
+    ("before: an answer per heartbeat, WebSocket pings", "schedule-5000x5000-idle-before"),
+    ("after: every second heartbeat answered, no pings", "schedule-5000x5000-idle"),
+)
+
+
+def schedule_idle() -> str:
+    """The heartbeats' cost: the manager's CPU while every agent is connected and nothing is scheduled."""
+    heads, rows = ["", *(label for label, _ in IDLE_RUNS)], []
+    runs = [load(name) for _, name in IDLE_RUNS]
+    idle = [d["phases"]["idle"] for d in runs]
+    period = [d["parameters"].get("heartbeat_period_s") for d in runs]
+    rows.append(["agents connected", *(num(d["nodes"]) for d in runs)])
+    rows.append(["heartbeat period", *("5 s (default)" if p is None else sec(p, 0) for p in period)])
+    rows.append(["idle phase measured", *(sec(i["seconds"], 1) for i in idle)])
+    rows.append(["**manager CPU, cores**", *(f"**{i['manager_cores']:.3f}**" for i in idle)])
+    rows.append(["agents' processes, cores", *(f"{i['agents_cores']:.3f}" for i in idle)])
+    lines = [provenance(name, d) for (_, name), d in zip(IDLE_RUNS, runs, strict=True)]
+    return "\n".join(f"- {line}" for line in lines) + "\n\n" + table(heads, rows)
+
+
 def schedule_db_threads() -> str:
     return schedule_table(("schedule-1000x10000-db-own", "schedule-1000x10000-db-shared4"))
 
