@@ -21,7 +21,7 @@ from treeherd.model.errors import (
     Unavailable,
     VersionConflict,
 )
-from treeherd.model.objects import Machine
+from treeherd.model.objects import AgentStatus, Machine
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.store.base import Committed
 from treeherd.store.memory import MemoryStore
@@ -308,3 +308,15 @@ async def test_a_refused_chunk_lets_the_next_ones_through(store: RacingStore) ->
 async def test_no_writes_no_transaction(store: RacingStore) -> None:
     assert await commit_chunks(store, [], "nothing", on_refused_chunk=RefusedChunk.STOP)
     assert store.commits == 0
+
+
+async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(store: RacingStore) -> None:
+    assert commits.chunk_size(store.view()) == commits.CHUNK  # no agent yet
+    ready = [machine(f"r{i}", agent=AgentStatus(state="ready")) for i in range(1_500)]
+    down = [machine(f"d{i}", agent=AgentStatus(state="down")) for i in range(1_500)]
+    await store.commit([Create(m) for m in [*ready, *down, machine("no-agent")]])
+    # Five tasks per ready agent; down agents and machines without one do not count.
+    assert commits.chunk_size(store.view()) == 5 * 1_500
+    more = [machine(f"m{i}", agent=AgentStatus(state="ready")) for i in range(9_000)]
+    await store.commit([Create(m) for m in more])
+    assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 52,500

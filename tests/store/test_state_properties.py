@@ -23,7 +23,15 @@ from store_helpers import binding, domain, endpoint, machine, node, route
 from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import AlreadyExists, NotFound, Refused, VersionConflict
 from treeherd.model.kinds import KINDS
-from treeherd.model.objects import AnyObject, Binding, Domain, Machine, ProvisioningRecord, TreeNode
+from treeherd.model.objects import (
+    AgentStatus,
+    AnyObject,
+    Binding,
+    Domain,
+    Machine,
+    ProvisioningRecord,
+    TreeNode,
+)
 from treeherd.model.ops import Assert, Create, Delete, Op, Update
 from treeherd.store.state import State
 
@@ -265,8 +273,9 @@ class StateMachine(RuleBasedStateMachine):
                 elif kind == "machine":
                     if choice < 2:
                         changes["hostname"] = HOSTS[name]
-                    elif choice == 2:
+                    elif choice == 2:  # and an agent in some state (the agent_state tally counts them)
                         changes["cpus"] = float(len(name))
+                        changes["agent"] = AgentStatus(state=("ready", "down", "unknown")[len(name) % 3])
                     else:
                         changes["machine_kind"] = "physical" if obj.machine_kind == "virtual" else "virtual"
                 elif kind == "binding":
@@ -401,6 +410,19 @@ class StateMachine(RuleBasedStateMachine):
             )
 
     @invariant()
+    def tallies_equal_a_count(self) -> None:
+        state = self.state
+        for info in KINDS.values():
+            for tally in info.tallies:
+                expected: dict[str, int] = {}
+                for obj in state.all(info.type):
+                    for key in tally.keys(obj):
+                        expected[key] = expected.get(key, 0) + 1
+                assert state._tallies[(info.name, tally.name)] == expected
+                for key, count in expected.items():
+                    assert state.tally(info.type, tally.name, key) == count
+
+    @invariant()
     def a_reload_holds_the_same(self) -> None:
         """A state loaded from this one's objects (a restart) has the same objects and indexes."""
         reloaded = State()
@@ -435,13 +457,15 @@ class StateMachine(RuleBasedStateMachine):
 
 
 def snapshot(state: State) -> Any:
-    """Everything a State holds, copied: objects, unique, non-unique and reference indexes, revision."""
+    """Everything a State holds, copied: objects, unique, non-unique and reference indexes, tallies,
+    revision."""
     return (
         state.revision,
         {kind: dict(by_id) for kind, by_id in state._objects.items()},
         {name: dict(index) for name, index in state._unique.items()},
         {name: {key: set(ids) for key, ids in index.items()} for name, index in state._indexes.items()},
         {name: {target: set(ids) for target, ids in index.items()} for name, index in state._refs.items()},
+        {name: dict(counts) for name, counts in state._tallies.items()},
     )
 
 

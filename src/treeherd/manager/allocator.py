@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from treeherd.core.edge.discovery import service_endpoints
 from treeherd.core.tasks.allocate import PortPool, allocate, busy_port_of, dynamic_ports
 from treeherd.core.tasks.orchestrate import finished
-from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
+from treeherd.manager.commits import RETRY_S, RefusedChunk, chunk_size, commit_chunks
 from treeherd.manager.reactor import Reactor
 from treeherd.model.events import Change
 from treeherd.model.ops import Op, Update
@@ -77,6 +77,7 @@ class Allocator(Reactor):
             self.store,
             ops,
             f"allocation of {len(ops)} tasks",
+            size=chunk_size(view),
             on_refused_chunk=RefusedChunk.CONTINUE,
             refused=self._refused,
         )

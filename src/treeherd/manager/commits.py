@@ -8,7 +8,8 @@ goes to the caller. After `attempts` lost races the last error is raised (`Exhau
 write is given up and None returned (`Exhausted.GIVE_UP`, for writers that try again later anyway).
 
 `commit_chunks(store, ops, what)` commits a long list of writes in transactions of at most `CHUNK`
-(as SwarmKit's components batch theirs), one attempt each. A refused chunk is logged, handed to
+(as SwarmKit's components batch theirs), one attempt each; the components that write tasks pass
+`chunk_size(view)`, more for a large cluster. A refused chunk is logged, handed to
 `refused` (so the caller can undo what it decided for those writes: free their ports, try their tasks
 again), and then either the rest is left for the next decision (`RefusedChunk.STOP`) or the next chunk
 is committed (`RefusedChunk.CONTINUE`). Components decide again `RETRY_S` after a refused chunk.
@@ -23,6 +24,7 @@ from typing import Literal, overload
 
 from treeherd.core.view import View
 from treeherd.model.errors import AlreadyExists, NotFound, TreeherdError, VersionConflict
+from treeherd.model.objects import Machine
 from treeherd.model.ops import Op
 from treeherd.store.base import Committed, Store
 
@@ -33,6 +35,7 @@ __all__ = [
     "Exhausted",
     "Lost",
     "RefusedChunk",
+    "chunk_size",
     "commit_chunks",
     "commit_plan",
 ]
@@ -40,7 +43,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 5  # plans made per write before the races count as lost
-CHUNK = 5_000  # writes per transaction of a chunked commit
+CHUNK = 5_000  # writes per transaction of a chunked commit, at least
+CHUNK_PER_AGENT = 5  # ... and enough for this many tasks per ready agent
+MAX_CHUNK = 50_000  # ... up to this many (a transaction holds the manager's loop while it is applied)
 RETRY_S = 0.2  # how soon a component decides again after a refused chunk
 
 
@@ -140,6 +145,17 @@ async def commit_plan(
                 return None
             logger.debug("%s lost a race, planning again: %s", what, error)
     raise AssertionError("unreachable")
+
+
+def chunk_size(view: View) -> int:
+    """Writes per transaction of a chunked commit of tasks, for the cluster in `view`.
+
+    Spread placement puts one task of a chunk on each of its machines when the chunk is no larger than
+    the cluster: at 5,000 agents, chunks of 5,000 sent every agent its tasks one at a time, each with
+    its own assignment message, status report and acknowledgement (half the manager's cost per task,
+    and most of the agents'). A chunk of several tasks per agent sends them several at a time."""
+    agents = view.tally(Machine, "agent_state", "ready")
+    return min(MAX_CHUNK, max(CHUNK, CHUNK_PER_AGENT * agents))
 
 
 async def commit_chunks(

@@ -23,7 +23,7 @@ from treeherd.core.tasks.orchestrate import finished, reconcile
 from treeherd.core.tasks.rollout import ACTIVE
 from treeherd.core.tasks.services import rollback_refusal
 from treeherd.core.view import View
-from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
+from treeherd.manager.commits import RETRY_S, RefusedChunk, chunk_size, commit_chunks
 from treeherd.manager.reactor import Reactor
 from treeherd.model.discovery import Endpoint
 from treeherd.model.events import Change
@@ -142,6 +142,7 @@ class Orchestrator(Reactor):
                 self.store,
                 result.ops,
                 f"reconcile of service {service.name}",
+                size=chunk_size(view),
                 on_refused_chunk=RefusedChunk.STOP,
             )
             if not committed:

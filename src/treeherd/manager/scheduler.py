@@ -18,7 +18,7 @@ import msgspec
 from treeherd.core.tasks.orchestrate import finished
 from treeherd.core.tasks.scheduling.nodeinfo import NodeSet
 from treeherd.core.tasks.scheduling.scheduler import schedule
-from treeherd.manager.commits import RETRY_S, RefusedChunk, commit_chunks
+from treeherd.manager.commits import RETRY_S, RefusedChunk, chunk_size, commit_chunks
 from treeherd.manager.reactor import Reactor
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine
@@ -140,6 +140,7 @@ class Scheduler(Reactor):
             self.store,
             ops,
             f"placement of {len(ops)} tasks",
+            size=chunk_size(view),
             on_refused_chunk=RefusedChunk.CONTINUE,
             refused=self._refused,
         )

@@ -83,6 +83,11 @@ def _as(cls: type[T], obj: AnyObject) -> T:
     return obj
 
 
+def _agent_state(machine: Machine) -> Iterable[str]:
+    """A machine with an agent counts under its agent's state (ready, down, unknown)."""
+    return () if machine.agent is None else (machine.agent.state,)
+
+
 def _desired_under(task: Task) -> Iterable[str]:
     """A task meant to run (not yet told to stop) counts towards its service's desired tasks."""
     return (task.service_id,) if task.desired_state <= TaskState.RUNNING else ()
@@ -131,6 +136,7 @@ KINDS: dict[str, KindInfo] = {
                 UniqueKey("hostname", lambda o: (_as(Machine, o).hostname,)),
                 UniqueKey("node_identity", lambda o: _one(_as(Machine, o).node_identity)),
             ),
+            tallies=(Tally("agent_state", lambda o: _agent_state(_as(Machine, o))),),
         ),
         KindInfo(
             name="binding",
