@@ -88,14 +88,19 @@ def _agent_state(machine: Machine) -> Iterable[str]:
     return () if machine.agent is None else (machine.agent.state,)
 
 
+# A module constant: an enum member read through its class costs ten times as much, and these two run
+# on every write of a task (and its rollback and replay).
+_RUNNING = TaskState.RUNNING
+
+
 def _desired_under(task: Task) -> Iterable[str]:
     """A task meant to run (not yet told to stop) counts towards its service's desired tasks."""
-    return (task.service_id,) if task.desired_state <= TaskState.RUNNING else ()
+    return (task.service_id,) if task.desired_state <= _RUNNING else ()
 
 
 def _running_under(task: Task) -> Iterable[str]:
     """A task meant to run that runs counts towards its service's running tasks."""
-    if task.desired_state <= TaskState.RUNNING and task.status.state == TaskState.RUNNING:
+    if task.status.state == _RUNNING and task.desired_state <= _RUNNING:
         return (task.service_id,)
     return ()
 
@@ -175,9 +180,10 @@ KINDS: dict[str, KindInfo] = {
                 Reference("service", "service", lambda o: (_as(Task, o).service_id,)),
                 Reference("machine", "machine", lambda o: _one(_as(Task, o).machine_id)),
             ),
+            # The task kind holds tasks only (see `_as`): no check per call on this hot path.
             tallies=(
-                Tally("running", lambda o: _running_under(_as(Task, o))),
-                Tally("desired", lambda o: _desired_under(_as(Task, o))),
+                Tally("running", _running_under),  # type: ignore[arg-type]
+                Tally("desired", _desired_under),  # type: ignore[arg-type]
             ),
         ),
         KindInfo(
