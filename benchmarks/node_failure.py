@@ -17,6 +17,11 @@ Measured from the freeze:
 The agent is then resumed (SIGCONT): it comes back, stops the tasks that were replaced, and the next run
 starts once every agent is ready and every slot runs once.
 
+With `--hollow-nodes N`, N more agents (hollow, in `--hollow-procs` processes of their own, the
+schedule benchmark's) join the cluster before the runs and heartbeat at the same period: the load of a
+large cluster on the dispatcher. They run no task: the service is constrained to the real agents (label
+`probe=yes`), so each run still freezes a real agent process with tasks on it.
+
 Then the load phase: `--burners` processes (default one per CPU) spin at 100 % CPU for `--load-seconds`
 while the agents and the manager keep their heartbeats; every agent that goes down meanwhile is a false
 down (the dispatcher's lateness rule, which moves deadlines by its own lateness, is what prevents them).
@@ -25,11 +30,14 @@ Writes OUT/node_failure.json and OUT/node_failure.png.
 
     .venv/bin/python benchmarks/node_failure.py              # 10 runs and 30 s of load, ~2 min
     .venv/bin/python benchmarks/node_failure.py --runs 3 --load-seconds 10
+    .venv/bin/python benchmarks/node_failure.py --hollow-nodes 4990 --tag 5000   # 5,000 nodes in all
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import multiprocessing
@@ -43,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import distribution, machine_info
-from treeherd.model.requests import ClusterUpdate, NodeCreate, ServiceCreate
-from treeherd.model.services import RestartPolicy, TaskSpec
+from schedule_fleet import Fleet
+from treeherd.model.requests import ClusterUpdate, MachineUpdate, NodeCreate, ServiceCreate
+from treeherd.model.services import Placement, RestartPolicy, TaskSpec
 from treeherd.testing.processes import AgentProcess, ManagerProcess, reap_processes_under
 from treeherd.testing.waiting import wait_for
 from treeherd.transport.client import Client, ClientError
@@ -99,6 +108,60 @@ class AgentStates:
 
     def downs(self, after: float, before: float) -> list[str]:
         return [h for t, h, s in self.changes if s == "down" and after <= t <= before]
+
+
+class HollowNodes:
+    """`count` hollow agents in `procs` processes of their own (the schedule benchmark's `Fleet`), run by
+    an event loop in a thread: `start()` (bounded by `timeout`), then `stop()`, which ends them by pid."""
+
+    def __init__(self, url: str, count: int, procs: int, work: Path, timeout: float) -> None:
+        self.url, self.count, self.procs, self.work, self.timeout = url, count, procs, work, timeout
+        self.hostnames = [f"hollow-{i:05d}" for i in range(count)]
+        self.fleet = Fleet(procs, work)
+        self.pids: list[int] = []
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def start(self) -> HollowNodes:
+        self._thread.start()
+        if not self._ready.wait(self.timeout + 10) or self._error is not None:
+            self.stop()
+            raise RuntimeError(f"the hollow agents did not start: {self._error or 'timed out'}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+        self.fleet.kill()
+
+    def leftovers(self) -> int:
+        return self.fleet.leftovers()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # reported to the caller waiting in start()
+            self._error = error
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        (self.work / "data").mkdir(parents=True, exist_ok=True)
+        try:
+            await self.fleet.start(
+                self.url, self.hostnames, self.work / "data", db_threads=0, db_inline=True,
+                switch_interval=None, ready_timeout=self.timeout,
+            )  # fmt: skip
+            self.pids = self.fleet.pids
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await self.fleet.stop()
 
 
 def tasks(url: str) -> list[dict[str, Any]]:
@@ -218,7 +281,8 @@ def plot(record: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("seconds after the node froze")
     load = record["load"]
     ax.set_title(
-        f"Node failure, heartbeat {record['parameters']['heartbeat_period_s']} s"
+        f"Node failure, {record['parameters']['agents'] + record['parameters']['hollow_nodes']:,} nodes,"
+        f" heartbeat {record['parameters']['heartbeat_period_s']} s"
         f" (false downs at 100 % CPU: {load['false_downs']})"
     )
     ax.set_ylim(bottom=0)
@@ -241,6 +305,12 @@ def main() -> int:
     parser.add_argument("--burners", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--load-seconds", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=60.0, help="for each wait")
+    parser.add_argument(
+        "--hollow-nodes", type=int, default=0,
+        help="more agents, hollow and without tasks, in processes of their own (default 0)",
+    )  # fmt: skip
+    parser.add_argument("--hollow-procs", type=int, default=2, help="processes for --hollow-nodes")
+    parser.add_argument("--tag", default="", help="appended to the output names: node_failure-TAG.*")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     info = machine_info()
@@ -250,6 +320,8 @@ def main() -> int:
         root = Path(tmp)
         manager = ManagerProcess(root / "manager")
         agents: list[AgentProcess] = []
+        hollow: HollowNodes | None = None
+        left = 0
         try:
             manager.start()
             with Client(manager.url, timeout=10) as client:
@@ -272,7 +344,26 @@ def main() -> int:
                 wait_for(
                     lambda: all(states.state.get(h) == "ready" for h in hosts), "agents ready", args.timeout
                 )
-                spec = TaskSpec(command=["hollow"], restart=RestartPolicy(delay_s=0))
+                with Client(manager.url, timeout=10) as client:
+                    for host in hosts:  # the probe's tasks go to these agents only
+                        client.request(
+                            "PATCH", f"/api/v1/machines/{host}", MachineUpdate(labels={"probe": "yes"})
+                        )
+                if args.hollow_nodes:
+                    hollow = HollowNodes(
+                        manager.url, args.hollow_nodes, args.hollow_procs, root / "hollow", args.timeout * 3
+                    ).start()
+                    names = hollow.hostnames
+                    wait_for(
+                        lambda: sum(1 for h in names if states.state.get(h) == "ready") == len(names),
+                        "hollow agents ready",
+                        args.timeout * 3,
+                    )
+                spec = TaskSpec(
+                    command=["hollow"],
+                    restart=RestartPolicy(delay_s=0),
+                    placement=Placement(constraints=["node.labels.probe==yes"]),
+                )
                 with Client(manager.url, timeout=10) as client:
                     client.request(
                         "POST", "/api/v1/services",
@@ -291,10 +382,13 @@ def main() -> int:
                 )
                 load = load_phase(states, args.burners, args.load_seconds)
         finally:
+            if hollow is not None:
+                hollow.stop()
+                left += hollow.leftovers()
             for agent in agents:
                 agent.kill()
             manager.kill()
-            left = reap_processes_under(root)
+            left += reap_processes_under(root)
     summary = {
         key: distribution([r[key] for r in runs if r[key] is not None])
         for key in ("to_down_s", "to_replaced_s")
@@ -305,6 +399,7 @@ def main() -> int:
         "machine": info,
         "command": "benchmarks/node_failure.py " + " ".join(sys.argv[1:]),
         "parameters": {"runs": args.runs, "agents": args.agents, "replicas": args.replicas,
+                       "hollow_nodes": args.hollow_nodes, "hollow_procs": args.hollow_procs if args.hollow_nodes else 0,
                        "heartbeat_period_s": args.heartbeat_period, "heartbeat_epsilon_s": args.heartbeat_epsilon, "grace_periods": 3, "goal_s": 3.5,
                        "node_loss_hold_s": args.loss_window},
         "runs": runs,
@@ -315,11 +410,10 @@ def main() -> int:
         "seconds_total": round(time.monotonic() - started, 1),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "node_failure.json").write_text(json.dumps(record, indent=2) + "\n")
-    plot(record, args.out / "node_failure.png")
-    print(
-        f"wrote {args.out / 'node_failure.json'} and {args.out / 'node_failure.png'} ({record['seconds_total']} s)"
-    )
+    stem = "node_failure" + (f"-{args.tag}" if args.tag else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    plot(record, args.out / f"{stem}.png")
+    print(f"wrote {args.out / stem}.json and .png ({record['seconds_total']} s)")
     return 0
 
 
