@@ -298,8 +298,17 @@ def tls_overhead() -> str:
 
 
 def node_failure() -> str:
-    d = load("node_failure")
+    return node_failure_table("node_failure")
+
+
+def node_failure_5000() -> str:
+    return node_failure_table("node_failure-5000")
+
+
+def node_failure_table(name: str) -> str:
+    d = load(name)
     p, load_phase = d["parameters"], d["load"]
+    hollow = f" + {num(p['hollow_nodes'])} hollow agents without tasks" if p.get("hollow_nodes") else ""
     rows = []
     for key, label in (
         ("to_down_s", "the node marked down"),
@@ -309,14 +318,14 @@ def node_failure() -> str:
         rows.append([label, sec(s["p50"]), sec(s["max"]), sec(s["min"]), str(s["count"])])
     header = [
         f"after SIGSTOP of an agent (heartbeat {p['heartbeat_period_s']:g} s + {p['heartbeat_epsilon_s']:g} s,"
-        f" grace {p['grace_periods']} periods; {p['agents']} agents, {p['replicas']} tasks)",
+        f" grace {p['grace_periods']} periods; {p['agents']} agents, {p['replicas']} tasks{hollow})",
         "p50",
         "max",
         "min",
         "runs",
     ]
     head = (
-        f"{provenance('node_failure', d)} Command: `{d['command'].strip()}`; runs without a replacement: "
+        f"{provenance(name, d)} Command: `{d['command'].strip()}`; runs without a replacement: "
         f"{d['failed_runs']}; processes left: {d['processes_left']}. At 100 % CPU ({load_phase['burners']}"
         f" spinning processes for {load_phase['seconds']:g} s): **{load_phase['false_downs']} nodes marked"
         " down falsely**."
@@ -442,6 +451,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "tls_overhead": tls_overhead,
     "failover": failover,
     "node_failure": node_failure,
+    "node_failure-5000": node_failure_5000,
     "task_memory": task_memory,
     "schedule-stores": schedule_stores,
     "ui_render": ui_render,
