@@ -29,7 +29,7 @@ from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.logs import LogStreamer
 from treeherd.agent.proxy_reports import ProxyReporter
 from treeherd.agent.registrar import Registrar
-from treeherd.agent.session import Connect, Session
+from treeherd.agent.session import SILENCE_PERIODS, Connect, Session
 from treeherd.agent.worker import Worker
 from treeherd.core.tasks.agent_state import AgentState
 from treeherd.executors.base import EnforcesLimits, Engine, Executor, Leftovers
@@ -170,7 +170,7 @@ class Agent:
         haproxy: HaproxyMode = "auto",
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        silence_factor: float = 3.0,
+        silence_factor: float = SILENCE_PERIODS,
         now: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
         state: AgentState | None = None,

@@ -4,8 +4,8 @@ One session at a time over one channel (`transport.channel.connect_agent`, or an
 for tests). Register → SessionStarted (or SessionRefused: wait what it says, then retry); then
 heartbeats every period (the manager may change it in a HeartbeatAck) while messages are passed to
 the worker. The session ends when the channel closes, when the manager stays silent for
-`silence_factor` heartbeat periods, or when assignments arrive out of sequence (a new session gets a
-fresh full set). Then it dials again after a bounded, jittered exponential backoff. Tasks keep running
+`silence_factor` heartbeat periods (`SILENCE_PERIODS`), or when assignments arrive out of sequence (a
+new session gets a fresh full set). Then it dials again after a bounded, jittered exponential backoff. Tasks keep running
 meanwhile: only reports wait, kept by the worker until a session acknowledges them. Given several
 managers (`a,b,c`), it dials each in turn before backing off; a follower's refusal (`not_leader`) names
 the leader, which it dials next.
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from treeherd.agent.certificates import CertificateKeeper
 from treeherd.core.election import dial_order, known_managers, manager_urls
+from treeherd.core.tasks.dispatch.heartbeats import ANSWER_EVERY
 from treeherd.model.gateway import Figure
 from treeherd.model.proxies import ProxyEventType
 from treeherd.model.wire import (
@@ -50,6 +51,11 @@ from treeherd.transport.channel import ChannelClosed, connect_agent
 __all__ = ["Connect", "LogHandler", "Session", "SessionChannel", "SessionListener"]
 
 log = logging.getLogger(__name__)
+
+# Heartbeat periods without a word from the manager before the session is given up: it answers every
+# ANSWER_EVERY-th heartbeat, and two more periods let a busy manager (its loop held for seconds by a
+# large transaction) catch up without every agent dropping its session at once.
+SILENCE_PERIODS = ANSWER_EVERY + 2
 
 
 class SessionChannel(Protocol):
@@ -110,7 +116,7 @@ class Session:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
-        silence_factor: float = 3.0,
+        silence_factor: float = SILENCE_PERIODS,
         rng: random.Random | None = None,
         logs: LogHandler | None = None,
         dependencies: DependencyHandler | None = None,

@@ -15,10 +15,9 @@ from treeherd.model.services import ClusterSettings
 
 UNKNOWN_GRACE_FACTOR = 2.0
 
-# Heartbeats per answer when nothing changed. An agent ends its session after three periods with
-# nothing from the manager (agent.session's silence factor): an answer every second period leaves it
-# a period of margin, at half the messages (at 5,000 nodes each answer's socket write was a quarter of
-# the manager's idle CPU).
+# Heartbeats per answer when nothing changed: half the messages of an answer to each (at 5,000 nodes
+# each answer's socket write was a quarter of the manager's idle CPU). An agent gives its session up
+# after ANSWER_EVERY + 2 periods with nothing from the manager (agent.session.SILENCE_PERIODS).
 ANSWER_EVERY = 2
 
 
