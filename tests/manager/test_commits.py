@@ -315,8 +315,8 @@ async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(store: Racing
     ready = [machine(f"r{i}", agent=AgentStatus(state="ready")) for i in range(1_500)]
     down = [machine(f"d{i}", agent=AgentStatus(state="down")) for i in range(1_500)]
     await store.commit([Create(m) for m in [*ready, *down, machine("no-agent")]])
-    # Ten tasks per ready agent; down agents and machines without one do not count.
-    assert commits.chunk_size(store.view()) == 10 * 1_500
-    more = [machine(f"m{i}", agent=AgentStatus(state="ready")) for i in range(4_000)]
+    # Five tasks per ready agent; down agents and machines without one do not count.
+    assert commits.chunk_size(store.view()) == 5 * 1_500
+    more = [machine(f"m{i}", agent=AgentStatus(state="ready")) for i in range(9_000)]
     await store.commit([Create(m) for m in more])
-    assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 55,000
+    assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 52,500

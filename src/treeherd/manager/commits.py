@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 5  # plans made per write before the races count as lost
 CHUNK = 5_000  # writes per transaction of a chunked commit, at least
-CHUNK_PER_AGENT = 10  # ... and enough for this many tasks per ready agent
+CHUNK_PER_AGENT = 5  # ... and enough for this many tasks per ready agent
 MAX_CHUNK = 50_000  # ... up to this many (a transaction holds the manager's loop while it is applied)
 RETRY_S = 0.2  # how soon a component decides again after a refused chunk
 

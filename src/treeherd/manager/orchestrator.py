@@ -4,7 +4,7 @@ It reconciles a service when something that matters to it changes: the service i
 ending or finishing, a machine it has tasks on (down, drained, relabelled), any machine for global
 services, or a restart delay running out. Status updates in between (ACCEPTED ... RUNNING) do not
 wake it. A service's plan is committed in transactions of at most `commits.chunk_size` writes (5,000,
-more in a cluster of over 500 agents), as SwarmKit's orchestrator batches its writes: a service of
+more in a cluster of over 1,000 agents), as SwarmKit's orchestrator batches its writes: a service of
 100,000 replicas reaches the allocator, the scheduler and the agents a chunk at a time instead of after
 one 100,000-task transaction. A chunk that loses a
 race stops the rest; the service is reconciled again from the new state (which creates only the
