@@ -5,10 +5,10 @@ for tests). Register → SessionStarted (or SessionRefused: wait what it says, t
 heartbeats every period (the manager may change it in a HeartbeatAck) while messages are passed to
 the worker. The session ends when the channel closes, when the manager stays silent for
 `silence_factor` heartbeat periods (`SILENCE_PERIODS`), or when assignments arrive out of sequence (a
-new session gets a fresh full set). Then it dials again after a bounded, jittered exponential backoff. Tasks keep running
-meanwhile: only reports wait, kept by the worker until a session acknowledges them. Given several
-managers (`a,b,c`), it dials each in turn before backing off; a follower's refusal (`not_leader`) names
-the leader, which it dials next.
+new session gets a fresh full set). Then it dials again after a bounded, jittered exponential backoff.
+Tasks keep running meanwhile: only reports wait, kept by the worker until a session acknowledges them.
+Given several managers (`a,b,c`), it dials each in turn before backing off; a follower's refusal
+(`not_leader`) names the leader, which it dials next.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ services, or a restart delay running out. Status updates in between (ACCEPTED ..
 wake it. A service's plan is committed in transactions of at most `commits.chunk_size` writes (5,000,
 more in a cluster of over 1,000 agents), as SwarmKit's orchestrator batches its writes: a service of
 100,000 replicas reaches the allocator, the scheduler and the agents a chunk at a time instead of after
-one 100,000-task transaction. A chunk that loses a
-race stops the rest; the service is reconciled again from the new state (which creates only the
-slots still missing).
+one 100,000-task transaction. A chunk that loses a race stops the rest; the service is reconciled again
+from the new state (which creates only the slots still missing).
 """
 
 from __future__ import annotations

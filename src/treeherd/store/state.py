@@ -6,8 +6,8 @@ kind in the registry: ids are unique, unique keys are held by one object, refere
 objects, referenced objects are not deleted, and `Update`/`Delete`/`Assert` are based on the current
 version. Written objects are stamped with the transaction's revision as their version.
 
-Every index the registry declares (unique keys, non-unique indexes, references, tallies) is kept in step by
-`_put`, the one place an object is stored or removed: applies, rollbacks, replays and loads.
+Every index the registry declares (unique keys, non-unique indexes, references, tallies) is kept in
+step by `_put`, the one place an object is stored or removed: applies, rollbacks, replays and loads.
 """
 
 from __future__ import annotations
