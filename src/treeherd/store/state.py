@@ -126,8 +126,10 @@ class State:
     def _check_invariants(self, undo: list[Undo]) -> None:
         """Cross-object invariants, on the state the transaction lands on (see core.tree.integrity)."""
         before: dict[tuple[str, str], AnyObject | None] = {}
+        checked = integrity.CHECKED_KINDS
         for kind, id, previous in undo:
-            before.setdefault((kind, id), previous)
+            if kind in checked:
+                before.setdefault((kind, id), previous)
         for (kind, id), previous in before.items():
             current = self._objects[kind].get(id)
             if current is not None:

@@ -15,6 +15,9 @@ from treeherd.core.view import View
 from treeherd.model.errors import Refused, VersionConflict
 from treeherd.model.objects import AnyObject, Binding, Machine, TreeNode
 
+# The kinds `check` looks at: the store skips the others (tasks, most of its writes) without a call.
+CHECKED_KINDS = frozenset({TreeNode.kind, Binding.kind, Machine.kind})
+
 
 def check(view: View, obj: AnyObject, previous: AnyObject | None) -> None:
     """Raise if `obj` (as now stored; `previous` before the transaction) breaks an invariant."""
