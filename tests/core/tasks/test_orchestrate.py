@@ -88,7 +88,9 @@ def test_new_service_gets_one_task_per_slot():
     result = reconcile(service(replicas=3), [], {}, NOW, ids())
     made = creates(result)
     assert sorted(t.slot for t in made) == [1, 2, 3]
-    assert all(t.status.state == TaskState.NEW and t.desired_state == TaskState.RUNNING for t in made)
+    # Nothing to allocate (no port, no required service, no restart delay): created PENDING, for the
+    # scheduler, without a write by the allocator.
+    assert all(t.status.state == TaskState.PENDING and t.desired_state == TaskState.RUNNING for t in made)
     assert all(t.spec == service().task and t.cause == "new slot" for t in made)
 
 
@@ -313,7 +315,7 @@ def test_reconcile_converges_to_the_desired_count(replicas, events, condition):
                 m.id for m in machines.values() if m.agent.state == "ready" and m.availability == "active"
             )
             for t in list(tasks.values()):
-                if t.desired_state <= TaskState.RUNNING and t.status.state == TaskState.NEW and ready:
+                if t.desired_state <= TaskState.RUNNING and t.status.state <= TaskState.PENDING and ready:
                     tasks[t.id] = msgspec.structs.replace(
                         t,
                         machine_id=ready[int(t.id[1:]) % len(ready)],

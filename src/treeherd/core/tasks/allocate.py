@@ -2,7 +2,10 @@
 
 Dynamic ports come from one cluster-wide range and are unique across every live task, so tasks on
 machines that share an address (several agents on one host) never collide. A task passes from NEW to
-PENDING once it has what it needs; a restart waiting out its delay stays NEW until `restart_at`.
+PENDING once it has what it needs; a restart waiting out its delay stays NEW until `restart_at`. A task
+that needs nothing from the allocator (no port without a number, no required service, no restart delay)
+is created PENDING (`allocated_at_creation`): its allocation cannot wait for anything, and doing it at
+creation saves a store write per task (a quarter of a task's writes on its way to RUNNING).
 
 Something outside the cluster may hold a port of the range on a host: the agent then rejects the task
 with `port_in_use_message`, and the allocator, reading the port back with `busy_port_of`, hands that
@@ -79,6 +82,28 @@ def dynamic_ports(task: Task) -> list[int]:
     return [port for name, port in task.ports.items() if name not in fixed]
 
 
+def allocated_at_creation(task: Task, now: datetime) -> Task:
+    """A NEW `task` as the orchestrator creates it: already PENDING, its fixed ports allocated, when
+    the allocator would have nothing to hand out or wait for; unchanged (NEW, for the allocator)
+    otherwise."""
+    if task.restart_at is not None or task.spec.requires:
+        return task
+    ports: dict[str, int] = {}
+    for spec in task.spec.ports:
+        if spec.port is None:
+            return task
+        ports[spec.name] = spec.port
+    return msgspec.structs.replace(task, ports=ports, status=_allocated(ports, now))
+
+
+def _allocated(ports: dict[str, int], now: datetime) -> TaskStatus:
+    """The PENDING status of a task given its ports."""
+    described = ", ".join(f"{name}={port}" for name, port in ports.items())
+    return TaskStatus(
+        state=TaskState.PENDING, timestamp=now, message=f"allocated {described}" if described else "allocated"
+    )
+
+
 def allocate(
     tasks: Sequence[Task],
     pool: PortPool,
@@ -123,11 +148,7 @@ def allocate(
                 status = msgspec.structs.replace(task.status, message=message)
                 ops.append(Update(msgspec.structs.replace(task, status=status, updated_at=now)))
             continue
-        described = ", ".join(f"{name}={port}" for name, port in ports.items())
-        status = TaskStatus(
-            state=TaskState.PENDING,
-            timestamp=now,
-            message=f"allocated {described}" if described else "allocated",
+        ops.append(
+            Update(msgspec.structs.replace(task, ports=ports, status=_allocated(ports, now), updated_at=now))
         )
-        ops.append(Update(msgspec.structs.replace(task, ports=ports, status=status, updated_at=now)))
     return ops, waiting

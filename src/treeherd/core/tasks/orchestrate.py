@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from treeherd.core.tasks.allocate import allocated_at_creation
 from treeherd.core.tasks.machine_problems import ProblemKind, agent_down, machine_problem
 from treeherd.core.tasks.rollout import ACTIVE, canary_slots, ready, stale_versions
 from treeherd.core.tasks.rollout import step as rollout_step
@@ -166,7 +167,7 @@ class _Context:
             restart_at=restart_at,
             restarts=restarts,
         )
-        self.ops.append(Create(task))
+        self.ops.append(Create(allocated_at_creation(task, self.now)))
 
     def recent_restarts(self, previous: Task) -> list[datetime]:
         """The slot's restarts within the policy's window (all of them when the window is 0)."""
