@@ -438,6 +438,11 @@ class _FailingConnection:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
+    def execute(self, sql, params=()):
+        if sql.startswith("INSERT INTO events"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, params)
+
     def executemany(self, sql, params):
         if sql.startswith("INSERT INTO events"):
             raise sqlite3.OperationalError("disk I/O error")
@@ -569,3 +574,33 @@ async def test_a_schema_1_store_is_migrated_with_everything_in_it(db_path, open_
         count = db.execute("SELECT count(*) FROM objects").fetchone()[0]
     db.close()
     assert "WITHOUT ROWID" not in table and schema == 2 and count == 3
+
+
+async def test_a_batch_larger_than_one_statement_is_written_whole(db_path, open_sqlite, monkeypatch):
+    """Rows go to SQLite several per statement: with three a statement, a batch of creations, updates
+    and deletions spans several statements of each kind and reads back exactly as committed."""
+    monkeypatch.setattr(sqlite_backend, "_ROWS_PER_STATEMENT", 3)
+    store = await open_sqlite()
+    await commit(store, *(Create(machine(f"m{i}", f"web-{i}")) for i in range(10)))
+    view = store.view()
+    changed = [Update(replace(view.get(Machine, f"m{i}"), hostname=f"db-{i}")) for i in range(7)]
+    removed = [Delete(view.get(Machine, f"m{i}")) for i in range(7, 10)]
+    await asyncio.wait_for(
+        asyncio.gather(
+            store.commit(changed), store.commit(removed), store.commit([Create(machine("n", "new"))])
+        ),
+        WAIT,
+    )
+    before, revision = snapshot(store), store.revision
+    await store.close()
+
+    assert sorted(rows(db_path, "SELECT id FROM objects")) == sorted(
+        [(f"m{i}",) for i in range(7)] + [("n",)]
+    )
+    reopened = await open_sqlite()
+    assert snapshot(reopened) == before and reopened.revision == revision
+    assert sorted(m.hostname for m in reopened.view().all(Machine)) == sorted(
+        [f"db-{i}" for i in range(7)] + ["new"]
+    )
+    async with watching(reopened, since=0) as changes:
+        assert sum(len(c.events) for c in await take(changes, revision)) == 10 + 7 + 3 + 1
