@@ -15,7 +15,8 @@ from treeherd.model.objects import AnyObject
 EventType = Literal["created", "updated", "deleted"]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+# Not tracked by the cycle collector (see `model.services.TaskStatus`): the store keeps 100,000 of them.
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One object created, updated or deleted; for a deletion `object` is its last state."""
 
     revision: int
