@@ -1,7 +1,7 @@
 """The allocator component: gives NEW tasks their host ports and moves them to PENDING.
 
 A task that needs nothing from it (no port without a number, no required service, no restart delay) is
-created PENDING by the orchestrator (`core.tasks.allocate.allocated_at_creation`) and never waits here.
+created PENDING by the orchestrator (`core.tasks.allocate.creation_allocation`) and never waits here.
 
 It holds the cluster's dynamic port pool in memory, rebuilt from the store at start (every task not
 finished keeps its ports), and frees a task's ports once it is finished or deleted. Allocations are

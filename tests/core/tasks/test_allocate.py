@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from treeherd.core.tasks.allocate import PortPool, allocate, allocated_at_creation, dynamic_ports
+from treeherd.core.tasks.allocate import PortPool, allocate, creation_allocation, dynamic_ports
 from treeherd.model.services import PortSpec, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
 
@@ -77,29 +77,32 @@ def test_tasks_wait_for_their_required_services():
 
 
 def test_a_task_that_needs_nothing_is_allocated_at_creation():
-    plain = allocated_at_creation(task("a"), NOW)
-    assert plain.status.state == TaskState.PENDING and plain.status.message == "allocated"
-    fixed = allocated_at_creation(task("b", [PortSpec(name="admin", port=8080)]), NOW)
-    assert fixed.status.state == TaskState.PENDING and fixed.ports == {"admin": 8080}
-    assert fixed.status.message == "allocated admin=8080"
+    ports, status = creation_allocation(task("a").spec, None, NOW)
+    assert (ports, status.state, status.message) == ({}, TaskState.PENDING, "allocated")
+    ports, status = creation_allocation(task("b", [PortSpec(name="admin", port=8080)]).spec, None, NOW)
+    assert (ports, status.state, status.message) == (
+        {"admin": 8080},
+        TaskState.PENDING,
+        "allocated admin=8080",
+    )
 
 
 def test_a_task_that_needs_the_allocator_is_created_new():
     dynamic = task("a", [PortSpec(name="http"), PortSpec(name="admin", port=8080)])
-    delayed = task("b", restart_at=NOW + timedelta(seconds=5))
-    requiring = msgspec.structs.replace(task("c"), spec=TaskSpec(command=["x"], requires=["db"]))
-    for new in (dynamic, delayed, requiring):
-        assert allocated_at_creation(new, NOW) is new
+    requiring = TaskSpec(command=["x"], requires=["db"])
+    assert creation_allocation(dynamic.spec, None, NOW) is None
+    assert creation_allocation(requiring, None, NOW) is None
+    assert creation_allocation(task("c").spec, NOW + timedelta(seconds=5), NOW) is None
 
 
 def test_allocation_at_creation_is_what_the_allocator_would_write():
     """The shortcut and the allocator agree: same state, ports and message."""
-    for ports in (
+    fixed = [
         [],
         [PortSpec(name="admin", port=8080)],
         [PortSpec(name="a", port=1), PortSpec(name="b", port=2)],
-    ):
+    ]
+    for ports in fixed:
         new = task("a", ports)
         (op,) = allocate([new], PortPool(), NOW)[0]
-        created = allocated_at_creation(new, NOW)
-        assert (created.status, created.ports) == (op.object.status, op.object.ports)
+        assert creation_allocation(new.spec, None, NOW) == (op.object.ports, op.object.status)

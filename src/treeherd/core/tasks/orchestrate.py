@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from treeherd.core.tasks.allocate import allocated_at_creation
+from treeherd.core.tasks.allocate import creation_allocation
 from treeherd.core.tasks.machine_problems import ProblemKind, agent_down, machine_problem
 from treeherd.core.tasks.rollout import ACTIVE, canary_slots, ready, stale_versions
 from treeherd.core.tasks.rollout import step as rollout_step
@@ -151,6 +151,9 @@ class _Context:
         spec, version, older = self.service.task, self.service.spec_version, self.service.previous_task
         if self.canary_slots is not None and str(slot) not in self.canary_slots and older:
             spec, version = older, version - 1  # (the version the previous spec had)
+        # Created PENDING when the allocator would have nothing to do (`core.tasks.allocate`).
+        allocation = creation_allocation(spec, restart_at, self.now)
+        ports, status = allocation or ({}, TaskStatus(state=TaskState.NEW, timestamp=self.now, message=cause))
         task = Task(
             id=self.new_id(),
             created_at=self.now,
@@ -160,14 +163,15 @@ class _Context:
             node_path=self.node_path,
             slot=slot,
             machine_id=machine_id,
-            status=TaskStatus(state=TaskState.NEW, timestamp=self.now, message=cause),
+            status=status,
+            ports=ports,
             spec=spec,
             spec_version=version,
             cause=cause,
             restart_at=restart_at,
             restarts=restarts,
         )
-        self.ops.append(Create(allocated_at_creation(task, self.now)))
+        self.ops.append(Create(task))
 
     def recent_restarts(self, previous: Task) -> list[datetime]:
         """The slot's restarts within the policy's window (all of them when the window is 0)."""
