@@ -52,7 +52,10 @@ class HollowController:
         self.prepared = False
         self.started = False
         self.removed = False
-        self._shutdown = asyncio.Event()
+        # Shut down (or removed), and the futures of the `wait` calls under way: a plain flag, not an
+        # asyncio event per task (thousands of them in a benchmark's process).
+        self._down = False
+        self._waiters: list[asyncio.Future[None]] = []
 
     async def prepare(self) -> None:
         self.calls.append("prepare")
@@ -70,26 +73,37 @@ class HollowController:
         self.calls.append("wait")
         if self.fail_in == "wait":
             raise RuntimeError(f"hollow task {self.task.id} told to fail in wait")
-        if self.exit_after_s is None:
-            await self._shutdown.wait()
-        else:
+        if not self._down:
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(woken)
             try:
-                async with asyncio.timeout(self.exit_after_s):
-                    await self._shutdown.wait()
+                if self.exit_after_s is None:
+                    await woken
+                else:
+                    async with asyncio.timeout(self.exit_after_s):
+                        await woken
             except TimeoutError:
                 return Exit(code=self.exit_code, message=f"exited by itself after {self.exit_after_s:g}s")
+            finally:
+                self._waiters.remove(woken)
         if self.shutdown_exit_code is None:
             return Exit(signal=SHUTDOWN_SIGNAL, message="shutdown")
         return Exit(code=self.shutdown_exit_code, message="shutdown")
 
     async def shutdown(self, grace_s: float) -> None:
         self.calls.append("shutdown")
-        self._shutdown.set()
+        self._wake()
 
     async def remove(self) -> None:
         self.calls.append("remove")
-        self._shutdown.set()
+        self._wake()
         self.removed = True
+
+    def _wake(self) -> None:
+        self._down = True
+        for woken in self._waiters:
+            if not woken.done():
+                woken.set_result(None)
 
 
 class HollowExecutor:
