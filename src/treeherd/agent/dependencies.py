@@ -112,6 +112,10 @@ class DependencyProxy:
         self._wake.set()
 
     def changed(self) -> None:
+        # No task depends on anything and no haproxy serves a frontend: the apply would do nothing.
+        idle = self.haproxy is None or (self._applied is not None and not self._applied.frontends)
+        if idle and not self._state.tasks_with_dependencies():
+            return
         self._wake.set()
 
     def stop(self) -> None:

@@ -54,6 +54,11 @@ class Registrar:
 
     def changed(self) -> None:
         """Something about the tasks changed: look again (cheap; sends only if the set changed)."""
+        # Still no endpoints, and the manager has that set of this session already: nothing to look at.
+        sent = self._sent
+        unchanged = sent is not None and not sent[1] and sent[0] == self._session.session_id
+        if unchanged and not self._state.tasks_with_ports():
+            return
         self._wake.set()
 
     def stop(self) -> None:
