@@ -96,7 +96,10 @@ class Worker:
         self._db = db
         self._now = now
         self._grace_s = grace_s
-        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        # Events not handled yet (None: stop), and the future the loop waits on while there are none: a
+        # list, not an asyncio queue (a task's runner adds five events at once, the loop takes them all).
+        self._events: list[Event | None] = []
+        self._arrived: asyncio.Future[None] | None = None
         self._reports: asyncio.Queue[SendReport | None] = asyncio.Queue()
         self._send: SendReportFn | None = None
         self._removals: set[asyncio.Task[None]] = set()
@@ -183,8 +186,22 @@ class Worker:
             log.warning("task %s is unhealthy: failing it (%s)", task_id, message)
             runner.fail(f"unhealthy: {message}")
 
-    def _put(self, event: Event) -> None:
-        self._events.put_nowait(event)
+    def _put(self, event: Event | None) -> None:
+        self._events.append(event)
+        arrived = self._arrived
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
+    async def _take(self) -> list[Event | None]:
+        """Every event added so far (at least one: waits for it)."""
+        while not self._events:
+            arrived = self._arrived = asyncio.get_running_loop().create_future()
+            try:
+                await arrived
+            finally:
+                self._arrived = None
+        taken, self._events = self._events, []
+        return taken
 
     def _cause(self, kind: str) -> str:
         return f"{kind}#{next(self._causes)}"
@@ -201,12 +218,7 @@ class Worker:
         started = False
         try:
             while not (self._stopping and started):
-                first = await self._events.get()
-                batch = [first] if first is not None else []
-                while not self._events.empty():
-                    event = self._events.get_nowait()
-                    if event is not None:
-                        batch.append(event)
+                batch = [event for event in await self._take() if event is not None]
                 if (self._stopping and started) or not batch:
                     break
                 await self._execute(self.state.handle(*batch))
@@ -221,7 +233,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping = True
-        self._events.put_nowait(None)
+        self._put(None)
 
     async def _detach(self) -> None:
         # Leave the tasks running for the next agent; only removals already under way are finished.
@@ -244,11 +256,8 @@ class Worker:
         if live:
             bound = max(runner.task.spec.stop_grace_s for runner in live) + 2 * SLACK_S
             await asyncio.wait([asyncio.ensure_future(runner.join(bound)) for runner in live])
-        batch = []
-        while not self._events.empty():
-            event = self._events.get_nowait()
-            if event is not None:
-                batch.append(event)
+        batch = [event for event in self._events if event is not None]
+        self._events = []
         if batch:  # the runners' SHUTDOWN reports: into the local DB, for the next agent to send
             await self._write(self.state.handle(*batch))
         log.info("stopped %d tasks", len(live))
