@@ -131,13 +131,17 @@ class TaskDB:
         db = self._connection()
         db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT INTO tasks (id, task, status) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET task = excluded.task, status = excluded.status",
-                rows,
-            )
-            db.executemany("UPDATE tasks SET status = ? WHERE id = ?", statuses)
-            db.executemany("DELETE FROM tasks WHERE id = ?", deletes)
+            # Only the statements with rows: most writes are statuses only, or new tasks only.
+            if rows:
+                db.executemany(
+                    "INSERT INTO tasks (id, task, status) VALUES (?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET task = excluded.task, status = excluded.status",
+                    rows,
+                )
+            if statuses:
+                db.executemany("UPDATE tasks SET status = ? WHERE id = ?", statuses)
+            if deletes:
+                db.executemany("DELETE FROM tasks WHERE id = ?", deletes)
         except BaseException:
             db.execute("ROLLBACK")
             raise
