@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -170,6 +171,20 @@ async def test_a_silent_manager_ends_the_session() -> None:
     manager.answer_heartbeats = False
     async with session_with(manager, silence_factor=3) as (session, listener):
         await eventually(lambda: session.sessions >= 2, "a new session after silence")
+        assert ("lost", "the manager went silent") in listener.calls
+
+
+async def test_silence_is_the_limit_at_least_and_a_talking_manager_keeps_the_session() -> None:
+    # Heartbeats every 0.05 s, silence limit three periods: the deadline is moved lazily, never closer.
+    manager = FakeManager(heartbeat_period_s=0.05)
+    async with session_with(manager, silence_factor=3) as (session, listener):
+        await eventually(lambda: session.sessions == 1, "a session")
+        await asyncio.sleep(0.6)  # four limits, with acks all along
+        assert session.sessions == 1 and "lost" not in listener.kinds()
+        manager.answer_heartbeats = False
+        silent_from = time.monotonic()  # at most one period (0.05 s) after the last ack
+        await eventually(lambda: "lost" in listener.kinds(), "the session ends")
+        assert time.monotonic() - silent_from >= 0.15 - 0.05
         assert ("lost", "the manager went silent") in listener.calls
 
 

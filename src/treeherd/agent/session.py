@@ -4,7 +4,7 @@ One session at a time over one channel (`transport.channel.connect_agent`, or an
 for tests). Register → SessionStarted (or SessionRefused: wait what it says, then retry); then
 heartbeats every period (the manager may change it in a HeartbeatAck) while messages are passed to
 the worker. The session ends when the channel closes, when the manager stays silent for
-`silence_factor` heartbeat periods (`SILENCE_PERIODS`), or when assignments arrive out of sequence (a
+`silence_factor` heartbeat periods (`SILENCE_PERIODS`, up to a tenth more), or when assignments arrive out of sequence (a
 new session gets a fresh full set). Then it dials again after a bounded, jittered exponential backoff.
 Tasks keep running meanwhile: only reports wait, kept by the worker until a session acknowledges them.
 Given several managers (`a,b,c`), it dials each in turn before backing off; a follower's refusal
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 # ANSWER_EVERY-th heartbeat, and two more periods let a busy manager (its loop held for seconds by a
 # large transaction) catch up without every agent dropping its session at once.
 SILENCE_PERIODS = ANSWER_EVERY + 2
+# How much longer than its silence limit a session may wait before it ends (its deadline is moved lazily).
+SILENCE_SLACK = 1.1
 
 
 class SessionChannel(Protocol):
@@ -328,45 +330,55 @@ class Session:
                 return
 
     async def _receive(self, channel: SessionChannel) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self.heartbeat_period_s * self._silence_factor):
-                    message = await channel.receive()
-            except TimeoutError:
-                raise _SessionEnded("the manager went silent") from None
-            if isinstance(message, Assignments):
-                self._check_sequence(message)
-                self._listener.assignments(message)
-            elif isinstance(message, StatusAck):
-                self._listener.acknowledged(message.report_id)
-            elif isinstance(message, HeartbeatAck):
-                if message.period_s > 0:
-                    self.heartbeat_period_s = message.period_s
-                if message.endpoint_refresh_s > 0:
-                    self.endpoint_refresh_s = message.endpoint_refresh_s
-                if message.managers is not None:
-                    self.managers = known_managers(self._configured, message.managers)
-            elif isinstance(message, DependencyEndpoints):
-                if self._dependencies is not None:
-                    self._dependencies.endpoints(message)
-            elif isinstance(message, LogRequest):
-                self._log_request(channel, message)
-            elif isinstance(message, LogCancel):
-                if self._logs is not None:
-                    self._logs.cancel(message.stream_id)
-            elif isinstance(message, CertificateIssued):
-                if self.certificates is not None:
-                    self.certificates.accept(message)
-            elif isinstance(message, RenewNow):
-                if self.certificates is not None and self.session_id is not None:
-                    self.certificates.renew_now()
-                    if self.certificates.due():
-                        csr = self.certificates.request()
-                        await self._send(channel, CertificateRenewal(session_id=self.session_id, csr_pem=csr))
-            elif isinstance(message, SessionRefused):
-                raise _SessionEnded(f"the manager ended the session: {message.code}: {message.detail}")
-            else:
-                log.warning("unexpected message from the manager: %s", type(message).__name__)
+        # One deadline for the whole session rather than a timer per message (thousands a second on a
+        # busy agent): before each receive it is moved only if it is not between one and 1.1 silence
+        # limits ahead, so the session ends after the manager was silent for that long.
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as silence:
+                while True:
+                    limit = self.heartbeat_period_s * self._silence_factor
+                    now, when = loop.time(), silence.when()
+                    if when is None or not now + limit <= when <= now + limit * SILENCE_SLACK:
+                        silence.reschedule(now + limit * SILENCE_SLACK)
+                    await self._handle(channel, await channel.receive())
+        except TimeoutError:
+            raise _SessionEnded("the manager went silent") from None
+
+    async def _handle(self, channel: SessionChannel, message: object) -> None:
+        if isinstance(message, Assignments):
+            self._check_sequence(message)
+            self._listener.assignments(message)
+        elif isinstance(message, StatusAck):
+            self._listener.acknowledged(message.report_id)
+        elif isinstance(message, HeartbeatAck):
+            if message.period_s > 0:
+                self.heartbeat_period_s = message.period_s
+            if message.endpoint_refresh_s > 0:
+                self.endpoint_refresh_s = message.endpoint_refresh_s
+            if message.managers is not None:
+                self.managers = known_managers(self._configured, message.managers)
+        elif isinstance(message, DependencyEndpoints):
+            if self._dependencies is not None:
+                self._dependencies.endpoints(message)
+        elif isinstance(message, LogRequest):
+            self._log_request(channel, message)
+        elif isinstance(message, LogCancel):
+            if self._logs is not None:
+                self._logs.cancel(message.stream_id)
+        elif isinstance(message, CertificateIssued):
+            if self.certificates is not None:
+                self.certificates.accept(message)
+        elif isinstance(message, RenewNow):
+            if self.certificates is not None and self.session_id is not None:
+                self.certificates.renew_now()
+                if self.certificates.due():
+                    csr = self.certificates.request()
+                    await self._send(channel, CertificateRenewal(session_id=self.session_id, csr_pem=csr))
+        elif isinstance(message, SessionRefused):
+            raise _SessionEnded(f"the manager ended the session: {message.code}: {message.detail}")
+        else:
+            log.warning("unexpected message from the manager: %s", type(message).__name__)
 
     def _log_request(self, channel: SessionChannel, message: LogRequest) -> None:
         session_id = self.session_id or ""
