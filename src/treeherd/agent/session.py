@@ -4,9 +4,10 @@ One session at a time over one channel (`transport.channel.connect_agent`, or an
 for tests). Register → SessionStarted (or SessionRefused: wait what it says, then retry); then
 heartbeats every period (the manager may change it in a HeartbeatAck) while messages are passed to
 the worker. The session ends when the channel closes, when the manager stays silent for
-`silence_factor` heartbeat periods (`SILENCE_PERIODS`, up to a tenth more), or when assignments arrive out of sequence (a
-new session gets a fresh full set). Then it dials again after a bounded, jittered exponential backoff.
-Tasks keep running meanwhile: only reports wait, kept by the worker until a session acknowledges them.
+`silence_factor` heartbeat periods (`SILENCE_PERIODS`, up to a tenth more), or when assignments arrive
+out of sequence (a new session gets a fresh full set). Then it dials again after a bounded, jittered
+exponential backoff. Tasks keep running meanwhile: only reports wait, kept by the worker until a session
+acknowledges them.
 Given several managers (`a,b,c`), it dials each in turn before backing off; a follower's refusal
 (`not_leader`) names the leader, which it dials next.
 """
