@@ -22,7 +22,9 @@ class PySpy:
         self.rules = rules
         exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if exe is None:
-            raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
+            raise RuntimeError(
+                "py-spy is not installed: install the bench extras (.venv/bin/pip install -e '.[bench]')"
+            )
         self.path = path
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self._process = subprocess.Popen(
