@@ -79,3 +79,28 @@ async def make_store(
     yield make
     for created in reversed(opened):
         await created.close()
+
+
+# ---- the SQLite backend's own tests ------------------------------------------------------------------
+Opener = Callable[..., Awaitable[SqliteStore]]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "treeherd.db"
+
+
+@pytest.fixture
+async def open_sqlite(db_path: Path) -> AsyncIterator[Opener]:
+    """Opens SqliteStores on one file (one at a time: close before reopening); closes them all at the end."""
+    opened: list[SqliteStore] = []
+
+    async def open_(**kwargs: int) -> SqliteStore:
+        store = SqliteStore(db_path, **kwargs)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in reversed(opened):
+        await store.close()
