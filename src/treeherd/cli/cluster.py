@@ -127,7 +127,11 @@ def show(ctx: Context, fmt: str) -> None:
 @cluster.command("set")
 @click.option("--heartbeat-period", metavar="DURATION", help="agents' heartbeat period (default 5s)")
 @click.option("--heartbeat-epsilon", metavar="DURATION", help="random extra per heartbeat deadline (0.5s)")
-@click.option("--heartbeat-grace", type=float, help="deadline = (period + epsilon) x this (3)")
+@click.option(
+    "--heartbeat-grace",
+    type=float,
+    help="periods of silence before a node is down (3): the told period + epsilon, then this less one",
+)
 @click.option("--status-batch-interval", metavar="DURATION", help="flush task statuses this often (100ms)")
 @click.option("--status-batch-max", type=int, help="or at this many statuses (10000)")
 @click.option("--task-history", type=int, help="finished tasks kept per slot (5)")

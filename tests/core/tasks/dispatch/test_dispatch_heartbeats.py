@@ -21,12 +21,33 @@ def test_period_adds_the_drawn_share_of_epsilon() -> None:
     assert heartbeat_period(DEFAULTS, 7.0) == 5.5  # a draw out of range is clamped
 
 
-def test_timeout_is_the_period_times_the_grace_and_doubled_when_unknown() -> None:
+def test_timeout_is_the_told_period_then_the_grace_less_one_base_periods_doubled_when_unknown() -> None:
     assert heartbeat_timeout(5.0, DEFAULTS) == 15.0
-    assert heartbeat_timeout(5.5, DEFAULTS) == pytest.approx(16.5)
+    assert heartbeat_timeout(5.5, DEFAULTS) == pytest.approx(15.5)  # the epsilon counts once
     assert heartbeat_timeout(5.0, DEFAULTS, unknown=True) == 30.0
     custom = msgspec.structs.replace(DEFAULTS, heartbeat_period_s=1.0, heartbeat_grace_multiplier=4.0)
     assert heartbeat_timeout(heartbeat_period(custom, 0.0), custom) == 4.0
+    once = msgspec.structs.replace(DEFAULTS, heartbeat_grace_multiplier=1.0)
+    assert heartbeat_timeout(5.3, once) == 5.3  # a grace of one: the told period alone
+
+
+@given(
+    base=st.floats(0.1, 60.0),
+    epsilon=st.floats(0.0, 60.0),
+    multiplier=st.floats(1.0, 100.0),
+    draw=st.floats(0.0, 1.0),
+)
+def test_timeout_covers_the_told_period_and_adds_at_most_one_epsilon(
+    base: float, epsilon: float, multiplier: float, draw: float
+) -> None:
+    settings = msgspec.structs.replace(
+        DEFAULTS, heartbeat_period_s=base, heartbeat_epsilon_s=epsilon, heartbeat_grace_multiplier=multiplier
+    )
+    told = heartbeat_period(settings, draw)
+    timeout = heartbeat_timeout(told, settings)
+    assert timeout >= told  # a heartbeat on time is never late
+    assert timeout >= base * multiplier - 1e-9  # never less than the grace of base periods
+    assert timeout <= base * multiplier + epsilon + 1e-9  # one epsilon at most, whatever the grace
 
 
 def test_deadlines_expire_in_order_and_heartbeats_push_them_back() -> None:

@@ -1,9 +1,10 @@
 """Heartbeat deadlines: the period an agent is told, how long it may stay silent, and the set of
 deadlines the dispatcher watches.
 
-Time comes in as `now` in monotonic seconds; randomness as a `draw` in [0, 1]. A node's deadline is
-`now + (period + draw * epsilon) * multiplier` after its last registration or heartbeat, twice that while
-it is "unknown" (the dispatcher restarted and the agent has not come back). A heartbeat is answered
+Time comes in as `now` in monotonic seconds; randomness as a `draw` in [0, 1]. A node is told the period
+`period + draw * epsilon`, and its deadline is that told period plus `multiplier - 1` base periods after
+its last registration or heartbeat, twice that while it is "unknown" (the dispatcher restarted and the
+agent has not come back). A heartbeat is answered
 when the agent has something to learn, else every second one (`heartbeat_answer_due`).
 """
 
@@ -40,9 +41,14 @@ def heartbeat_period(settings: ClusterSettings, draw: float) -> float:
 
 
 def heartbeat_timeout(period: float, settings: ClusterSettings, *, unknown: bool = False) -> float:
-    """How long a node may stay silent after being told `period`: the grace multiplier of periods,
-    doubled for a node in the "unknown" state."""
-    timeout = period * settings.heartbeat_grace_multiplier
+    """How long a node may stay silent after being told `period`: that period, then the grace
+    multiplier less one of base periods, doubled for a node in the "unknown" state.
+
+    The epsilon spreads heartbeats out; it says nothing about how late one may be. Multiplied by the
+    grace (SwarmKit's rule: `period * multiplier`) it made the deadline vary by up to `multiplier`
+    epsilons, and a dead node's tasks waited for the slowest draw: at a 1 s period with epsilon 0.1 s
+    and a grace of 3, up to 3.3 s of silence instead of 3.1 s."""
+    timeout = period + settings.heartbeat_period_s * (settings.heartbeat_grace_multiplier - 1)
     return timeout * UNKNOWN_GRACE_FACTOR if unknown else timeout
 
 
