@@ -42,6 +42,17 @@ def task(id: str, spec: TaskSpec = SPEC, *, service_id: str = "s1") -> Task:
     )
 
 
+def two_tasks() -> list[Create]:
+    """Tasks t1 and t2 of service s1, with the tree node, machine and service they refer to."""
+    return [
+        Create(node("n1")),
+        Create(machine("m1", "web-1")),
+        Create(service()),
+        Create(task("t1")),
+        Create(task("t2")),
+    ]
+
+
 def with_status(current: Task, state: TaskState, message: str, *, seconds: int) -> Task:
     status = TaskStatus(timestamp=NOW + timedelta(seconds=seconds), state=state, message=message)
     return msgspec.structs.replace(current, status=status, machine_id="m1")
@@ -79,14 +90,7 @@ def to_schema_2(path: Path) -> None:
 
 async def test_a_status_change_writes_the_task_without_its_spec_and_reads_back_the_same(open_sqlite, db_path):
     store = await open_sqlite()
-    await commit(
-        store,
-        Create(node("n1")),
-        Create(machine("m1", "web-1")),
-        Create(service()),
-        Create(task("t1")),
-        Create(task("t2")),
-    )
+    await commit(store, *two_tasks())
     assert rows(db_path, "SELECT count(*) FROM task_specs") == [(1,)]  # two tasks, one spec
     (spec_row,) = rows(db_path, "SELECT data FROM task_specs")
     # The status moves through the states an agent reports, one transaction each.
@@ -165,14 +169,7 @@ async def test_a_schema_2_store_opens_and_its_tasks_lose_their_spec_at_their_nex
     open_sqlite, db_path
 ):
     store = await open_sqlite()
-    await commit(
-        store,
-        Create(node("n1")),
-        Create(machine("m1", "web-1")),
-        Create(service()),
-        Create(task("t1")),
-        Create(task("t2")),
-    )
+    await commit(store, *two_tasks())
     await commit(store, Update(with_status(store.view().get(Task, "t1"), TaskState.RUNNING, "up", seconds=1)))
     before, revision, events = snapshot(store), store.revision, history(store)
     await store.close()
