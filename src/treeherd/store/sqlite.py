@@ -123,7 +123,7 @@ class SqliteLog:
             if spec is None:
                 raise RuntimeError(
                     f"{self._path} is damaged: a task names spec {key.hex()}, which it does not hold; "
-                    "restore it from a backup (treeherd restore)"
+                    "restore it from a backup (treeherd store restore)"
                 )
             used.add(key)
             return with_spec(data, spec)
