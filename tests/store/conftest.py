@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from store_helpers import opening
 
 from treeherd.store.engine import EngineStore
 from treeherd.store.etcd import EtcdStore
@@ -68,17 +69,10 @@ async def make_store(
     request: pytest.FixtureRequest, backend_url: Callable[[str], str]
 ) -> AsyncIterator[Callable[..., Awaitable[EngineStore]]]:
     """Opens a store of each backend with custom arguments (e.g. `history`); closes them after the test."""
-    opened: list[EngineStore] = []
-
-    async def make(**kwargs: int) -> EngineStore:
-        created = new_store(request.param, backend_url(request.param), **kwargs)
-        await created.open()
-        opened.append(created)
-        return created
-
-    yield make
-    for created in reversed(opened):
-        await created.close()
+    async with opening(
+        lambda **kwargs: new_store(request.param, backend_url(request.param), **kwargs)
+    ) as make:
+        yield make
 
 
 # ---- the SQLite backend's own tests ------------------------------------------------------------------
@@ -93,14 +87,5 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 async def open_sqlite(db_path: Path) -> AsyncIterator[Opener]:
     """Opens SqliteStores on one file (one at a time: close before reopening); closes them all at the end."""
-    opened: list[SqliteStore] = []
-
-    async def open_(**kwargs: int) -> SqliteStore:
-        store = SqliteStore(db_path, **kwargs)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in reversed(opened):
-        await store.close()
+    async with opening(lambda **kwargs: SqliteStore(db_path, **kwargs)) as open_:
+        yield open_

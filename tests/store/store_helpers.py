@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -26,6 +26,26 @@ from treeherd.store.base import Committed, Store
 
 T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 WAIT = 3.0  # seconds: the bound on every wait in the store tests
+S = TypeVar("S", bound=Store)
+
+
+@contextlib.asynccontextmanager
+async def opening(create: Callable[..., S]) -> AsyncIterator[Callable[..., Awaitable[S]]]:
+    """A function that makes a store with `create(...)` and opens it; every store it opened is closed
+    on exit, the last opened first."""
+    opened: list[S] = []
+
+    async def open_(*args: Any, **kwargs: Any) -> S:
+        store = create(*args, **kwargs)
+        await store.open()
+        opened.append(store)
+        return store
+
+    try:
+        yield open_
+    finally:
+        for store in reversed(opened):
+            await store.close()
 
 
 def node(id: str, path: str | None = None, *, parent: str | None = None, **kw: Any) -> TreeNode:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from store_helpers import WAIT, commit, machine, replace, snapshot, take, watching
+from store_helpers import WAIT, commit, machine, opening, replace, snapshot, take, watching
 
 from conftest import fresh_prefix
 from treeherd.model.errors import AlreadyExists, Compacted, InvalidInput, Refused, Unavailable
@@ -29,17 +29,8 @@ def url(etcd_server):
 @pytest.fixture
 async def stores():
     """Opens etcd stores; closes them after the test."""
-    opened = []
-
-    async def make(url, **kwargs):
-        store = EtcdStore(url, **kwargs)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in reversed(opened):
-        await store.close()
+    async with opening(EtcdStore) as make:
+        yield make
 
 
 async def raw_put(server, key: bytes, value: bytes) -> None:
