@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, id TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, id)
 )
 """
-_SCHEMA = """
+_TASK_SPECS = "CREATE TABLE IF NOT EXISTS task_specs (key BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID"
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, id TEXT NOT NULL, data BLOB NOT NULL, spec BLOB, PRIMARY KEY (kind, id)
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- Pruning deletes the oldest revisions: without this index each prune scans the whole history.
 CREATE INDEX IF NOT EXISTS events_revision ON events (revision);
-CREATE TABLE IF NOT EXISTS task_specs (key BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+{_TASK_SPECS};
 """
 # Schema 2: `objects` is a rowid table. Schema 1 had it WITHOUT ROWID, which SQLite advises against for
 # rows this large (a task was about 1 kB): every upsert moved whole rows around the primary key's
@@ -250,7 +251,7 @@ def _from_2_to_3(db: sqlite3.Connection) -> None:
     each is written without its spec at its next change (a million tasks need no rewrite to open)."""
     db.execute("ALTER TABLE objects ADD COLUMN spec BLOB")
     db.execute("ALTER TABLE events ADD COLUMN spec BLOB")
-    db.execute("CREATE TABLE task_specs (key BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
+    db.execute(_TASK_SPECS)
     db.execute("UPDATE meta SET value = 3 WHERE key = 'schema'")
 
 
