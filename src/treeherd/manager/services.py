@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 
 from treeherd.core.tasks import services as plans
-from treeherd.core.tasks.orchestrate import desired_running
-from treeherd.core.tasks.rollout import stale_versions
 from treeherd.core.tasks.service_checks import service_by_name
+from treeherd.core.tasks.task_rows import task_row, task_rows
 from treeherd.core.view import View
 from treeherd.manager.commits import Lost, commit_plan
 from treeherd.model.errors import NotFound
@@ -16,7 +16,6 @@ from treeherd.model.objects import Machine, TreeNode
 from treeherd.model.ops import Op
 from treeherd.model.requests import ServiceCreate, ServiceUpdate
 from treeherd.model.services import Service, Task
-from treeherd.model.states import TaskState
 from treeherd.model.tasks_view import ServiceSummary, StoryEntry, TaskRow
 from treeherd.runtime import new_id, utc_now
 from treeherd.store.base import Store
@@ -92,16 +91,21 @@ class Services:
         return [self.summary(s) for s in sorted(self.store.view().all(Service), key=lambda s: s.name)]
 
     def tasks(self, name: str, *, all_tasks: bool = True) -> list[TaskRow]:
+        """A service's tasks by slot, current first, then history (in one synchronous pass: for a
+        service of many tasks, `task_pages` lets the loop run meanwhile)."""
         service = self.get(name)
-        tasks = self.store.view().referrers(Task, "service", service.id)
-        if not all_tasks:
-            tasks = [t for t in tasks if desired_running(t)]
-        order = sorted(
-            tasks,
-            key=lambda t: (t.slot, t.machine_id or "", not desired_running(t), -t.created_at.timestamp()),
-        )
-        stale = stale_versions(service, tasks)
-        return [self.row(t, outdated=t.spec_version in stale) for t in order]
+        view = self.store.view()
+        tasks = view.referrers(Task, "service", service.id)
+        return [row for rows in task_rows(view, service, tasks, all_tasks=all_tasks) for row in rows]
+
+    def task_pages(self, name: str, *, all_tasks: bool = True) -> AsyncIterator[list[TaskRow]]:
+        """`tasks` in lists of a few thousand rows, with the event loop let run between them: a list
+        of a million tasks must not keep heartbeats and reports waiting for seconds. Raises NotFound
+        before the first list for a service that does not exist."""
+        service = self.get(name)
+        view = self.store.view()
+        tasks = view.referrers(Task, "service", service.id)
+        return _paused(task_rows(view, service, tasks, all_tasks=all_tasks))
 
     def task(self, task_id: str) -> Task:
         task = self.store.view().get(Task, task_id)
@@ -112,25 +116,7 @@ class Services:
         return task
 
     def row(self, task: Task, *, outdated: bool = False) -> TaskRow:
-        machine = self.store.view().get(Machine, task.machine_id) if task.machine_id else None
-        return TaskRow(
-            id=task.id,
-            service=task.service_name,
-            slot=task.slot,
-            hostname=machine.hostname if machine else None,
-            desired_state=task.desired_state.label,
-            state=task.status.state.label,
-            health=task.status.health if task.status.state == TaskState.RUNNING else "",
-            since=task.status.timestamp,
-            message=task.status.message,
-            error=task.status.error,
-            placement_error=task.placement_error,
-            ports=task.ports,
-            spec_version=task.spec_version,
-            cause=task.cause,
-            restart_at=task.restart_at,
-            outdated=outdated,
-        )
+        return task_row(self.store.view(), task, outdated=outdated)
 
     def story(self, task_id: str) -> list[StoryEntry]:
         """Every retained version of the task, oldest first: each transition and what caused it."""
@@ -156,3 +142,10 @@ class Services:
         if not entries:
             self.task(task_id)  # raises NotFound for an unknown task
         return entries
+
+
+async def _paused(steps: Iterator[list[TaskRow]]) -> AsyncIterator[list[TaskRow]]:
+    for rows in steps:
+        if rows:
+            yield rows
+        await asyncio.sleep(0)  # let the loop run between steps

@@ -9,8 +9,11 @@ import msgspec
 from treeherd.model.services import Service
 
 
-class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One task as `service ps` shows it."""
+class TaskRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One task as `service ps` shows it.
+
+    Not tracked by the cycle collector (plain data, no cycle): a list of a million rows would
+    otherwise set off full collections over every object of the manager while it is made."""
 
     id: str
     service: str
