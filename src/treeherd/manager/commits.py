@@ -13,13 +13,15 @@ write is given up and None returned (`Exhausted.GIVE_UP`, for writers that try a
 `refused` (so the caller can undo what it decided for those writes: free their ports, try their tasks
 again), and then either the rest is left for the next decision (`RefusedChunk.STOP`) or the next chunk
 is committed (`RefusedChunk.CONTINUE`). Components decide again `RETRY_S` after a refused chunk.
+`commit_steps` does the same for a plan made a step at a time, committing as the chunks fill up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, overload
 
 from treeherd.core.view import View
@@ -38,6 +40,7 @@ __all__ = [
     "chunk_size",
     "commit_chunks",
     "commit_plan",
+    "commit_steps",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,13 +180,63 @@ async def commit_chunks(
         label = (
             what if len(ops) <= size else f"{what} (writes {start + 1}-{start + len(chunk)} of {len(ops)})"
         )
-        try:
-            await store.commit(chunk)
-        except TreeherdError as error:
-            logger.info("%s: not applied (%s); will decide again from the new state", label, error.detail)
+        if not await _commit_chunk(store, chunk, label, refused, logger):
             all_committed = False
-            if refused is not None:
-                refused(chunk)
             if on_refused_chunk is RefusedChunk.STOP:
                 break
     return all_committed
+
+
+async def commit_steps(
+    store: Store,
+    steps: Iterable[list[Op]],
+    what: str,
+    *,
+    on_refused_chunk: RefusedChunk,
+    refused: Callable[[list[Op]], None] | None = None,
+    size: int | None = None,
+    logger: logging.Logger = log,
+) -> bool:
+    """`commit_chunks` for a plan made a step at a time (`steps` yields each step's writes, possibly
+    none): a chunk is committed as soon as it is full, and the event loop runs between steps, so a
+    plan of a million writes neither holds the loop while it is made nor waits for its end to start
+    committing. The chunks are the ones `commit_chunks` makes of all the writes at once. After a
+    refused chunk with `RefusedChunk.STOP`, no further step is taken."""
+    size = size or CHUNK
+    pending: list[Op] = []
+    written = 0
+    all_committed = True
+    for ops in steps:
+        pending.extend(ops)
+        while len(pending) >= size:
+            chunk, pending = pending[:size], pending[size:]
+            label = f"{what} (writes {written + 1}-{written + len(chunk)})"
+            written += len(chunk)
+            if not await _commit_chunk(store, chunk, label, refused, logger):
+                all_committed = False
+                if on_refused_chunk is RefusedChunk.STOP:
+                    return False
+        await asyncio.sleep(0)  # let the loop run between steps
+    if pending:
+        label = f"{what} (writes {written + 1}-{written + len(pending)})" if written else what
+        if not await _commit_chunk(store, pending, label, refused, logger):
+            all_committed = False
+    return all_committed
+
+
+async def _commit_chunk(
+    store: Store,
+    chunk: list[Op],
+    label: str,
+    refused: Callable[[list[Op]], None] | None,
+    logger: logging.Logger,
+) -> bool:
+    """One attempt at a chunk; a refusal is logged and handed to `refused`."""
+    try:
+        await store.commit(chunk)
+    except TreeherdError as error:
+        logger.info("%s: not applied (%s); will decide again from the new state", label, error.detail)
+        if refused is not None:
+            refused(chunk)
+        return False
+    return True

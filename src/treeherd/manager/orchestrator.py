@@ -6,28 +6,32 @@ services, or a restart delay running out. Status updates in between (ACCEPTED ..
 wake it. A service's plan is committed in transactions of at most `commits.chunk_size` writes (5,000,
 more in a cluster of over 1,000 agents), as SwarmKit's orchestrator batches its writes: a service of
 100,000 replicas reaches the allocator, the scheduler and the agents a chunk at a time instead of after
-one 100,000-task transaction. A chunk that loses a race stops the rest; the service is reconciled again
-from the new state (which creates only the slots still missing).
+one 100,000-task transaction. The plan itself is made a step of 5,000 slots at a time
+(`reconcile_in_steps`), each chunk committed as soon as it is full, with the loop let run between
+steps: deciding a million slots at once held the manager's loop for 4 s, changes or not. A chunk that
+loses a race stops the rest; the service is reconciled again from the new state (which creates only
+the slots still missing).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 from treeherd.core.tasks.machine_problems import agent_down
 from treeherd.core.tasks.node_loss import LossBrake, node_loss_brake
-from treeherd.core.tasks.orchestrate import finished, reconcile
+from treeherd.core.tasks.orchestrate import Reconciled, finished, reconcile_in_steps
 from treeherd.core.tasks.rollout import ACTIVE
 from treeherd.core.tasks.services import rollback_refusal
 from treeherd.core.view import View
-from treeherd.manager.commits import RETRY_S, RefusedChunk, chunk_size, commit_chunks
+from treeherd.manager.commits import RETRY_S, RefusedChunk, chunk_size, commit_steps
 from treeherd.manager.reactor import Reactor
 from treeherd.model.discovery import Endpoint
 from treeherd.model.events import Change
 from treeherd.model.objects import Machine, TreeNode
+from treeherd.model.ops import Op
 from treeherd.model.services import ClusterSettings, Service, Task
 from treeherd.model.states import TaskState
 from treeherd.runtime import new_id, utc_now
@@ -122,7 +126,7 @@ class Orchestrator(Reactor):
                 continue
             tasks = view.referrers(Task, "service", service_id)
             node = view.get(TreeNode, service.node_id)
-            result = reconcile(
+            steps = reconcile_in_steps(
                 service,
                 tasks,
                 machines,
@@ -130,17 +134,17 @@ class Orchestrator(Reactor):
                 self._ids,
                 history=settings.task_history,
                 node_path=node.path if node is not None else "",
-                held=self._brake.held,
+                held=frozenset(self._brake.held),  # as it is now: the steps span the commits
                 bound_to=_bound_machines(view, service),
                 endpoints=_registrations(view, service),
                 drain_s=settings.drain_delay_s,
                 rollback_refused=rollback_refusal(view, service),
             )
-            if result.wake_at is not None:
-                self._wakes[service_id] = result.wake_at
-            committed = await commit_chunks(
+            # Decided a step at a time and committed as the chunks fill up: a service of a million
+            # slots neither holds the loop for seconds nor waits for its whole plan.
+            committed = await commit_steps(
                 self.store,
-                result.ops,
+                self._ops(service_id, steps),
                 f"reconcile of service {service.name}",
                 size=chunk_size(view),
                 on_refused_chunk=RefusedChunk.STOP,
@@ -149,6 +153,16 @@ class Orchestrator(Reactor):
                 self._wakes[service_id] = now + timedelta(seconds=RETRY_S)
             view = self.store.view()
         self._schedule_wake()
+
+    def _ops(self, service_id: str, steps: Iterator[Reconciled]) -> Iterator[list[Op]]:
+        """Each step's writes; once all are taken, when to look at the service again (the last
+        step's)."""
+        wake_at = None
+        for step in steps:
+            wake_at = step.wake_at
+            yield step.ops
+        if wake_at is not None:
+            self._wakes[service_id] = wake_at
 
     def _apply_brake(self, machines: dict[str, Machine], settings: ClusterSettings, now: datetime) -> None:
         """Work out which down machines keep their tasks for now; wake the services of those released."""

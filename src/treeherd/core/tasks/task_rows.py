@@ -8,16 +8,16 @@ it yields is the whole list.
 
 The order is a task's slot, then its machine (a global service's tasks share slot 0), running before
 stopped, newest first. Slots are dense small integers (1 to the replica count, plus the slots of
-removed replicas), so they are walked rather than sorted: sorting a million keyed tasks in one call
-would itself hold the loop for a second.
+removed replicas), so they are walked rather than sorted (`slots.slots_in_order`): sorting a million
+keyed tasks in one call would itself hold the loop for a second.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from treeherd.core.tasks.rollout import stale_versions
-from treeherd.core.tasks.slots import desired_running
+from treeherd.core.tasks.slots import desired_running, slots_in_order
 from treeherd.core.view import View
 from treeherd.model.objects import Machine
 from treeherd.model.services import Service, Task
@@ -87,7 +87,7 @@ def task_rows(
         yield []
     rows: list[TaskRow] = []
     work = 0  # slots walked and rows made since the last pause
-    for slot in _slots_in_order(by_slot):
+    for slot in slots_in_order(by_slot):
         work += 1
         held = by_slot.get(slot)
         if isinstance(held, list):
@@ -102,14 +102,3 @@ def task_rows(
             rows, work = [], 0
     if rows:
         yield rows
-
-
-def _slots_in_order(by_slot: dict[int, Task | list[Task]]) -> Iterable[int]:
-    """The slots of `by_slot` in increasing order, possibly with slots that hold no task (the caller
-    skips those)."""
-    if not by_slot:
-        return ()
-    low, high = min(by_slot), max(by_slot)
-    if high - low < 2 * len(by_slot):  # dense, as a service's slots are: walk them
-        return range(low, high + 1)
-    return sorted(by_slot)  # sparse: one sort of the slots costs less than walking their range
