@@ -136,14 +136,14 @@ class _Context:
         self, slot: int, machine_id: str | None, cause: str, previous: Task | None, restart: bool
     ) -> None:
         policy = self.service.task.restart
-        restarts: list[datetime] = []
+        restarts: tuple[datetime, ...] = ()
         restart_at = None
         if previous is not None:
             # The slot's restart record carries over every replacement, so attempts are counted per slot.
             restarts = self.recent_restarts(previous)
         if previous is not None and restart:
             if policy.max_attempts:
-                restarts = [*restarts, self.now][-policy.max_attempts :]
+                restarts = (*restarts, self.now)[-policy.max_attempts :]
             ended = previous.status.timestamp if previous.status.state.terminal else self.now
             due = ended + timedelta(seconds=policy.delay_s)
             if due > self.now:
@@ -174,11 +174,13 @@ class _Context:
         )
         self.ops.append(Create(task))
 
-    def recent_restarts(self, previous: Task) -> list[datetime]:
+    def recent_restarts(self, previous: Task) -> tuple[datetime, ...]:
         """The slot's restarts within the policy's window (all of them when the window is 0)."""
         window_s = self.service.task.restart.window_s
+        if not window_s:
+            return previous.restarts
         cutoff = self.now - timedelta(seconds=window_s)
-        return [t for t in previous.restarts if not window_s or t > cutoff]
+        return tuple(t for t in previous.restarts if t > cutoff)
 
     def attempts_left(self, previous: Task) -> bool:
         max_attempts = self.service.task.restart.max_attempts
