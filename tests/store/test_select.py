@@ -1,5 +1,5 @@
-"""Opening a store for a manager: the objects loaded are out of the cyclic collector's sight, and the
-collector is as it was before."""
+"""Opening a store for a manager: the objects loaded are out of the cyclic collector's sight, the
+collector is enabled or not as it was before, and runs its young collections less often."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from store_helpers import machine
 
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create
-from treeherd.store.select import open_for_serving
+from treeherd.store.select import SERVING_GC_THRESHOLDS, open_for_serving
 from treeherd.store.sqlite import SqliteStore
 
 
@@ -29,6 +29,7 @@ async def test_open_for_serving_freezes_what_it_loaded_and_restores_the_collecto
 
     reopened = SqliteStore(path)
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         await open_for_serving(reopened)
         assert gc.isenabled()
@@ -36,6 +37,7 @@ async def test_open_for_serving_freezes_what_it_loaded_and_restores_the_collecto
         assert loaded is not None
         assert gc.get_freeze_count() > 0
         assert not any(obj is loaded for obj in gc.get_objects())  # frozen: no generation holds it
+        assert gc.get_threshold() == SERVING_GC_THRESHOLDS  # young collections far rarer
         gc.disable()
         other = SqliteStore(tmp_path / "other.db")
         await open_for_serving(other)
@@ -44,4 +46,5 @@ async def test_open_for_serving_freezes_what_it_loaded_and_restores_the_collecto
     finally:
         gc.enable()
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
         await reopened.close()
