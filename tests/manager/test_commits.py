@@ -5,14 +5,14 @@ after a refused chunk)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import msgspec
 import pytest
 
 from treeherd.core.view import View
 from treeherd.manager import commits
-from treeherd.manager.commits import Exhausted, Lost, RefusedChunk, commit_chunks, commit_plan
+from treeherd.manager.commits import Exhausted, Lost, RefusedChunk, commit_chunks, commit_plan, commit_steps
 from treeherd.model.errors import (
     AlreadyExists,
     InvalidInput,
@@ -303,6 +303,58 @@ async def test_a_refused_chunk_lets_the_next_ones_through(store: RacingStore) ->
     assert hostnames(store) == ["a", "b", "d", "old"]  # "c" shared the refused transaction
     assert refused == [ops[2:4]]
     assert store.commits == 3
+
+
+class Recording(RacingStore):
+    """Records each transaction's machines, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[list[str]] = []
+
+    async def commit(self, ops: Sequence[Op]) -> Committed:
+        self.chunks.append([op.object.hostname for op in ops])  # type: ignore[union-attr]
+        return await super().commit(ops)
+
+
+async def test_steps_are_committed_in_the_chunks_of_all_their_writes_at_once() -> None:
+    names = [f"web-{i}" for i in range(1, 12)]
+    whole, stepwise = Recording(), Recording()
+    for opened in (whole, stepwise):
+        await opened.open()
+    await commit_chunks(whole, creates(*names), "all", on_refused_chunk=RefusedChunk.STOP, size=4)
+    steps = [creates(*names[:1]), [], creates(*names[1:7]), creates(*names[7:8]), creates(*names[8:])]
+    taken: list[int] = []
+
+    def stepped() -> Iterator[list[Op]]:
+        for index, step in enumerate(steps):
+            taken.append(index)
+            yield step
+
+    assert await commit_steps(stepwise, stepped(), "all", on_refused_chunk=RefusedChunk.STOP, size=4)
+    assert stepwise.chunks == whole.chunks == [names[0:4], names[4:8], names[8:]]
+    assert taken == [0, 1, 2, 3, 4]
+
+
+async def test_a_refused_chunk_of_steps_stops_the_steps(
+    store: RacingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    stale = await stale_update(store, "old")
+    taken: list[int] = []
+
+    def stepped() -> Iterator[list[Op]]:
+        for index, step in enumerate([creates("a"), [stale], creates("b", "c"), creates("d")]):
+            taken.append(index)
+            yield step
+
+    with caplog.at_level(logging.INFO, logger="treeherd.manager.commits"):
+        committed = await commit_steps(
+            store, stepped(), "the plan", on_refused_chunk=RefusedChunk.STOP, size=2
+        )
+    assert not committed
+    assert hostnames(store) == ["old"]  # the first chunk (a and the stale update) was refused whole
+    assert taken == [0, 1]  # and no step was taken after it
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["the plan (writes 1-2)"]
 
 
 async def test_no_writes_no_transaction(store: RacingStore) -> None:

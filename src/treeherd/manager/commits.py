@@ -173,18 +173,9 @@ async def commit_chunks(
 ) -> bool:
     """Commit `ops` in transactions of at most `size` (default `CHUNK`) writes; True if every chunk
     was committed. A refused chunk (any store error) is logged and handed to `refused`."""
-    size = size or CHUNK
-    all_committed = True
-    for start in range(0, len(ops), size):
-        chunk = ops[start : start + size]
-        label = (
-            what if len(ops) <= size else f"{what} (writes {start + 1}-{start + len(chunk)} of {len(ops)})"
-        )
-        if not await _commit_chunk(store, chunk, label, refused, logger):
-            all_committed = False
-            if on_refused_chunk is RefusedChunk.STOP:
-                break
-    return all_committed
+    return await _commit_in_chunks(
+        store, [ops], what, len(ops), on_refused_chunk, refused, size or CHUNK, logger
+    )
 
 
 async def commit_steps(
@@ -202,25 +193,47 @@ async def commit_steps(
     plan of a million writes neither holds the loop while it is made nor waits for its end to start
     committing. The chunks are the ones `commit_chunks` makes of all the writes at once. After a
     refused chunk with `RefusedChunk.STOP`, no further step is taken."""
-    size = size or CHUNK
+    return await _commit_in_chunks(store, steps, what, None, on_refused_chunk, refused, size or CHUNK, logger)
+
+
+async def _commit_in_chunks(
+    store: Store,
+    steps: Iterable[list[Op]],
+    what: str,
+    total: int | None,
+    on_refused_chunk: RefusedChunk,
+    refused: Callable[[list[Op]], None] | None,
+    size: int,
+    logger: logging.Logger,
+) -> bool:
+    """The writes of `steps` in chunks of `size`, each committed once full (the last with what is
+    left), the loop let run between steps. `total`, when known, goes into the chunks' labels."""
     pending: list[Op] = []
     written = 0
     all_committed = True
+
+    async def commit(chunk: list[Op], *, last: bool) -> bool:
+        nonlocal written, all_committed
+        alone = total <= size if total is not None else last and not written
+        of = f" of {total}" if total is not None else ""
+        label = what if alone else f"{what} (writes {written + 1}-{written + len(chunk)}{of})"
+        written += len(chunk)
+        if await _commit_chunk(store, chunk, label, refused, logger):
+            return True
+        all_committed = False
+        return on_refused_chunk is not RefusedChunk.STOP
+
     for ops in steps:
         pending.extend(ops)
-        while len(pending) >= size:
-            chunk, pending = pending[:size], pending[size:]
-            label = f"{what} (writes {written + 1}-{written + len(chunk)})"
-            written += len(chunk)
-            if not await _commit_chunk(store, chunk, label, refused, logger):
-                all_committed = False
-                if on_refused_chunk is RefusedChunk.STOP:
-                    return False
+        start = 0
+        while len(pending) - start >= size:
+            start += size
+            if not await commit(pending[start - size : start], last=False):
+                return False
+        del pending[:start]
         await asyncio.sleep(0)  # let the loop run between steps
     if pending:
-        label = f"{what} (writes {written + 1}-{written + len(pending)})" if written else what
-        if not await _commit_chunk(store, pending, label, refused, logger):
-            all_committed = False
+        await commit(pending, last=True)
     return all_committed
 
 

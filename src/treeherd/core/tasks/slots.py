@@ -5,7 +5,7 @@ eligible), each with its tasks and whether it is wanted."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from treeherd.core.tasks.machine_problems import agent_down
@@ -14,7 +14,14 @@ from treeherd.model.objects import Machine
 from treeherd.model.services import Service, Task
 from treeherd.model.states import TaskState
 
-__all__ = ["Slot", "desired_running", "eligible_for_global", "service_slots", "slots_in_order"]
+__all__ = [
+    "Slot",
+    "desired_running",
+    "eligible_for_global",
+    "file_by_slot",
+    "service_slots",
+    "slots_in_order",
+]
 
 # (key: the slot number or the machine id, slot number (0 for global), its tasks, the machine a global
 # slot is bound to, whether the slot is wanted)
@@ -31,17 +38,8 @@ def service_slots(
 ) -> Iterator[Slot]:
     """The service's slots, in order."""
     if service.mode == "replicated" and service.task.binds_to is None:
-        # A slot's one task, or its tasks: a list per slot would be a million objects more for the
-        # garbage collector to count (a slot's list is made as it is walked, and soon let go).
         by_slot: dict[int, Task | list[Task]] = {}
-        for task in tasks:
-            found = by_slot.get(task.slot)
-            if found is None:
-                by_slot[task.slot] = task
-            elif isinstance(found, list):
-                found.append(task)
-            else:
-                by_slot[task.slot] = [found, task]
+        file_by_slot(by_slot, tasks)  # (a slot's list is made as it is walked, and soon let go)
         replicas = service.replicas
         for slot in slots_in_order(by_slot, replicas):
             found = by_slot.get(slot)
@@ -63,6 +61,20 @@ def service_slots(
         if wanted and not existing and machine is not None and machine.availability == "pause":
             continue  # a paused machine takes no new tasks
         yield (machine_id, 0, existing, machine_id or None, wanted)
+
+
+def file_by_slot(by_slot: dict[int, Task | list[Task]], tasks: Iterable[Task]) -> None:
+    """File `tasks` in `by_slot` under their slots: a slot's one task, or a list of its tasks when it
+    has several. A list for every slot would be a million objects more for the garbage collector to
+    count, and walk."""
+    for task in tasks:
+        found = by_slot.get(task.slot)
+        if found is None:
+            by_slot[task.slot] = task
+        elif isinstance(found, list):
+            found.append(task)
+        else:
+            by_slot[task.slot] = [found, task]
 
 
 def slots_in_order(present: Collection[int], wanted: int = 0) -> Iterator[int]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from treeherd.core.tasks.rollout import stale_versions
-from treeherd.core.tasks.slots import desired_running, slots_in_order
+from treeherd.core.tasks.slots import desired_running, file_by_slot, slots_in_order
 from treeherd.core.view import View
 from treeherd.model.objects import Machine
 from treeherd.model.services import Service, Task
@@ -67,8 +67,6 @@ def task_rows(
     `tasks` is read whole at the start (its objects never change); `view` is read again at each step,
     for the hostnames, so a pause may let it move on."""
     step = max(1, step)
-    # A slot's one task, or its tasks: a list per slot would be a million objects more for the
-    # garbage collector to count, and walk, while the rows are made.
     by_slot: dict[int, Task | list[Task]] = {}
     stale: set[int] = set()
     for start in range(0, len(tasks), step):
@@ -76,14 +74,7 @@ def task_rows(
         if not all_tasks:
             chunk = [t for t in chunk if desired_running(t)]
         stale |= stale_versions(service, chunk)
-        for task in chunk:
-            held = by_slot.get(task.slot)
-            if held is None:
-                by_slot[task.slot] = task
-            elif isinstance(held, list):
-                held.append(task)
-            else:
-                by_slot[task.slot] = [held, task]
+        file_by_slot(by_slot, chunk)
         yield []
     rows: list[TaskRow] = []
     work = 0  # slots walked and rows made since the last pause
