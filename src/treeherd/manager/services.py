@@ -93,19 +93,20 @@ class Services:
     def tasks(self, name: str, *, all_tasks: bool = True) -> list[TaskRow]:
         """A service's tasks by slot, current first, then history (in one synchronous pass: for a
         service of many tasks, `task_pages` lets the loop run meanwhile)."""
-        service = self.get(name)
-        view = self.store.view()
-        tasks = view.referrers(Task, "service", service.id)
-        return [row for rows in task_rows(view, service, tasks, all_tasks=all_tasks) for row in rows]
+        return [row for rows in self._row_steps(name, all_tasks) for row in rows]
 
     def task_pages(self, name: str, *, all_tasks: bool = True) -> AsyncIterator[list[TaskRow]]:
         """`tasks` in lists of a few thousand rows, with the event loop let run between them: a list
         of a million tasks must not keep heartbeats and reports waiting for seconds. Raises NotFound
         before the first list for a service that does not exist."""
+        return _paused(self._row_steps(name, all_tasks))
+
+    def _row_steps(self, name: str, all_tasks: bool) -> Iterator[list[TaskRow]]:
+        """The steps of `core.tasks.task_rows` over the service's tasks as they are now (NotFound at
+        once, not at the first step)."""
         service = self.get(name)
         view = self.store.view()
-        tasks = view.referrers(Task, "service", service.id)
-        return _paused(task_rows(view, service, tasks, all_tasks=all_tasks))
+        return task_rows(view, service, view.referrers(Task, "service", service.id), all_tasks=all_tasks)
 
     def task(self, task_id: str) -> Task:
         task = self.store.view().get(Task, task_id)
