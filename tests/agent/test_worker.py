@@ -184,3 +184,36 @@ async def test_an_invalid_transition_stops_the_worker_loudly(tmp_path: Path) -> 
         run.cancel()
         await asyncio.wait({run}, timeout=3)
         await h.db.close()
+
+
+async def test_states_a_runner_passes_in_one_go_reach_the_state_machine_as_the_last(tmp_path: Path) -> None:
+    # A hollow task goes from ASSIGNED to RUNNING without the loop coming round: the runner reports
+    # five states, the state machine sees RUNNING only; the report and the local DB say RUNNING.
+    async with Harness(tmp_path) as h:
+        h.worker.session_started("s1")
+        h.assign(make_task("t1"), full=True)
+        await eventually(lambda: h.states("t1")[-1:] == [S.RUNNING], "RUNNING reported")
+        assert [t.state for t in h.worker.state.story("t1")] == [S.ASSIGNED, S.RUNNING]
+        assert h.states("t1") == [S.RUNNING]
+        assert await h.stored() == {"t1": S.RUNNING}
+
+
+async def test_a_state_that_does_not_move_forward_is_refused_even_behind_another_in_one_batch(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    await h.db.open()
+    run = asyncio.create_task(h.worker.run())
+    try:
+        h.assign(make_task("t1"), full=True)
+        await eventually(lambda: [t.state for t in h.worker.state.story("t1")[-1:]] == [S.RUNNING], "RUNNING")
+        # In one batch: FAILED (forward) is kept, not superseded by the PREPARING a buggy runner sends.
+        h.worker._progressed("t1", Progress(state=S.FAILED, error="exited"))
+        h.worker._progressed("t1", Progress(state=S.PREPARING))
+        with pytest.raises(InvalidTransition, match="failed -> preparing"):
+            async with asyncio.timeout(3):
+                await run
+    finally:
+        run.cancel()
+        await asyncio.wait({run}, timeout=3)
+        await h.db.close()

@@ -3,7 +3,8 @@
 It turns what happens (assignments and acknowledgements from the session, progress of task runners,
 the tasks in the local DB at start) into events, feeds them to the state machine in batches (every
 event queued by the time the loop comes round goes into one `handle` call, so a burst of runner
-progress becomes one status report), and executes the instructions in a fixed order: local DB writes
+progress becomes one status report, and of the states one runner passed meanwhile only the last is
+handed over), and executes the instructions in a fixed order: local DB writes
 first, in one transaction, so nothing is reported or started that a restart would not know; then
 runners; then reports, which a separate reporter task hands to the session.
 
@@ -70,6 +71,18 @@ log = logging.getLogger(__name__)
 SendReportFn = Callable[[int, list[TaskStatusUpdate]], Awaitable[None]]
 
 
+class _QueuedProgress:
+    """A runner's progress the state machine has not seen yet, with when it came (its event is made
+    when the loop takes the batch, unless a later state of the task supersedes it first)."""
+
+    __slots__ = ("now", "progress", "task_id")
+
+    def __init__(self, task_id: str, progress: Progress, now: datetime) -> None:
+        self.task_id = task_id
+        self.progress = progress
+        self.now = now
+
+
 class Worker:
     """Feeds events to the agent's state machine and carries out its instructions."""
 
@@ -98,7 +111,13 @@ class Worker:
         self._grace_s = grace_s
         # Events not handled yet (None: stop), and the future the loop waits on while there are none: a
         # list, not an asyncio queue (a task's runner adds five events at once, the loop takes them all).
-        self._events: list[Event | None] = []
+        self._events: list[Event | _QueuedProgress | None] = []
+        # Each task's runner progress still in `_events`, by position: a runner passes several states
+        # in one go (a quick task: ACCEPTED to RUNNING), and only the last of them matters to the state
+        # machine (the local DB and the report keep a task's last status anyway). An earlier one is
+        # blanked out (None) when a later state follows it before the loop takes the batch, and an
+        # event is made only for what is left.
+        self._queued_progress: dict[str, tuple[int, _QueuedProgress]] = {}
         self._arrived: asyncio.Future[None] | None = None
         self._reports: asyncio.Queue[SendReport | None] = asyncio.Queue()
         self._send: SendReportFn | None = None
@@ -155,17 +174,27 @@ class Worker:
             line = logfiles.last_line(directory) if directory is not None else ""
             if line:
                 progress = msgspec.structs.replace(progress, error=f"{progress.error}: {line}")
-        self._put(
-            RunnerProgressed(
-                cause_id=self._cause(f"runner-{progress.state.label}"),
-                now=self._now(),
-                task_id=task_id,
-                state=progress.state,
-                message=progress.message,
-                error=progress.error,
-                exit_code=progress.exit_code,
-                health=progress.health,
-            )
+        latest = _QueuedProgress(task_id, progress, self._now())
+        queued = self._queued_progress.get(task_id)
+        if queued is not None:
+            index, earlier = queued
+            # A state that does not move forward is kept, for the state machine to refuse loudly:
+            # that is a runner's bug.
+            self._events[index] = None if progress.state > earlier.progress.state else self._event(earlier)
+        self._queued_progress[task_id] = (len(self._events), latest)
+        self._put(latest)
+
+    def _event(self, queued: _QueuedProgress) -> RunnerProgressed:
+        progress = queued.progress
+        return RunnerProgressed(
+            cause_id=self._cause(f"runner-{progress.state.label}"),
+            now=queued.now,
+            task_id=queued.task_id,
+            state=progress.state,
+            message=progress.message,
+            error=progress.error,
+            exit_code=progress.exit_code,
+            health=progress.health,
         )
 
     def _health_changed(self, task_id: str, health: Health, message: str) -> None:
@@ -186,22 +215,31 @@ class Worker:
             log.warning("task %s is unhealthy: failing it (%s)", task_id, message)
             runner.fail(f"unhealthy: {message}")
 
-    def _put(self, event: Event | None) -> None:
+    def _put(self, event: Event | _QueuedProgress | None) -> None:
         self._events.append(event)
         arrived = self._arrived
         if arrived is not None and not arrived.done():
             arrived.set_result(None)
 
-    async def _take(self) -> list[Event | None]:
-        """Every event added so far (at least one: waits for it)."""
+    async def _take(self) -> list[Event]:
+        """Every event added so far (waits for one; empty when that was only a stop)."""
         while not self._events:
             arrived = self._arrived = asyncio.get_running_loop().create_future()
             try:
                 await arrived
             finally:
                 self._arrived = None
+        return self._drain()
+
+    def _drain(self) -> list[Event]:
+        """The events added so far, without stops and superseded progress."""
         taken, self._events = self._events, []
-        return taken
+        self._queued_progress.clear()
+        return [
+            self._event(event) if isinstance(event, _QueuedProgress) else event
+            for event in taken
+            if event is not None
+        ]
 
     def _cause(self, kind: str) -> str:
         return f"{kind}#{next(self._causes)}"
@@ -218,7 +256,7 @@ class Worker:
         started = False
         try:
             while not (self._stopping and started):
-                batch = [event for event in await self._take() if event is not None]
+                batch = await self._take()
                 if (self._stopping and started) or not batch:
                     break
                 await self._execute(self.state.handle(*batch))
@@ -256,8 +294,7 @@ class Worker:
         if live:
             bound = max(runner.task.spec.stop_grace_s for runner in live) + 2 * SLACK_S
             await asyncio.wait([asyncio.ensure_future(runner.join(bound)) for runner in live])
-        batch = [event for event in self._events if event is not None]
-        self._events = []
+        batch = self._drain()
         if batch:  # the runners' SHUTDOWN reports: into the local DB, for the next agent to send
             await self._write(self.state.handle(*batch))
         log.info("stopped %d tasks", len(live))
