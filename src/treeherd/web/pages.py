@@ -23,6 +23,7 @@ from treeherd.web.login import to_login
 from treeherd.web.render import page, static_file
 
 HISTORY = 50  # earlier tasks of a service shown on its page, newest first
+CURRENT_SHOWN = 500  # current tasks of a service shown on its page, by slot (the rest are counted)
 
 NAV = (
     ("tree", "Tree"),
@@ -106,25 +107,26 @@ class ConsolePages(Controller):
     def services_list(self, services: Services) -> Response[str]:
         return _page("services.html", "services", title="Services", rows=services.overview())
 
-    @get("/services/{name:str}", sync_to_thread=False)
-    def service(self, services: Services, name: str) -> Response[str]:
+    @get("/services/{name:str}")
+    async def service(self, services: Services, name: str) -> Response[str]:
         try:
             found = services.get(name)
+            # A few thousand rows at a time, the loop let run between them: a service of a million
+            # tasks must not keep the agents' heartbeats waiting while its page is made.
+            tasks = await queries.service_tasks(
+                services.task_pages(name), shown=CURRENT_SHOWN, history=HISTORY
+            )
         except NotFound as error:
             return not_found("services", error)
-        current = services.tasks(name, all_tasks=False)
-        shown = {t.id for t in current}
-        history = sorted(
-            (t for t in services.tasks(name) if t.id not in shown), key=lambda t: t.since, reverse=True
-        )
         return _page(
             "service.html",
             "services",
             title=name,
             s=services.summary(found),
-            tasks=current,
-            history=history[:HISTORY],
-            history_count=len(history),
+            tasks=tasks.current,
+            current_count=tasks.current_count,
+            history=tasks.history,
+            history_count=tasks.history_count,
         )
 
     @get("/tasks/{task_id:str}", sync_to_thread=False)

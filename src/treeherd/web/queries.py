@@ -2,13 +2,17 @@
 a node with its inheritance, bindings, routes and services, the edge's routes in nginx's match order.
 
 Every read is bounded (a page of children, of machines, of search hits) so a page costs the same with
-ten nodes as with ten thousand; the whole tree is never walked for one page except by a search.
+ten nodes as with ten thousand; the whole tree is never walked for one page except by a search. A
+service's tasks are the exception: its page counts them all, so it reads them as the manager hands
+them out, a few thousand at a time with the loop let run between, and keeps only what it shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import AsyncIterable, Iterable
 from datetime import datetime
+from itertools import chain
 
 import msgspec
 
@@ -24,6 +28,7 @@ from treeherd.model.kinds import binding_key
 from treeherd.model.objects import Binding, Domain, Machine, TreeNode
 from treeherd.model.services import Service, Task
 from treeherd.model.states import TaskState
+from treeherd.model.tasks_view import TaskRow
 from treeherd.model.views import ResolvedNode
 
 PAGE = 200
@@ -81,6 +86,54 @@ class NodeDetail(msgspec.Struct, frozen=True, kw_only=True):
     routes: list[tuple[str, str]]
     services: list[Service]
     children: int
+
+
+class ServiceTasks(msgspec.Struct, frozen=True, kw_only=True):
+    """What a service's page shows of its tasks: the first of its current tasks by slot and the newest
+    of its earlier ones, each with how many there are in all."""
+
+    current: list[TaskRow]
+    current_count: int
+    history: list[TaskRow]  # newest first
+    history_count: int
+
+
+# The desired states of a task meant to run (`core.tasks.slots.desired_running`: up to RUNNING), as a
+# row names them: a current task; the others are its service's history.
+_MEANT_TO_RUN = frozenset(state.label for state in TaskState if state <= TaskState.RUNNING)
+
+
+def _since(row: TaskRow) -> datetime:
+    return row.since
+
+
+async def service_tasks(pages: AsyncIterable[list[TaskRow]], *, shown: int, history: int) -> ServiceTasks:
+    """The first `shown` current tasks of `pages` (all of a service's task rows in their order, as
+    `Services.task_pages` yields them) and its `history` newest earlier tasks, with the counts of both.
+
+    One pass, and nothing kept beyond what is shown: the newest earlier tasks are chosen as the pages
+    come (a bounded heap, not a sort of them all), ties in the pages' order."""
+    current: list[TaskRow] = []
+    current_count = 0
+    newest: list[TaskRow] = []
+    history_count = 0
+    async for rows in pages:
+        earlier = []
+        for row in rows:
+            if row.desired_state in _MEANT_TO_RUN:
+                if current_count < shown:
+                    current.append(row)
+                current_count += 1
+            else:
+                earlier.append(row)
+        if earlier:
+            history_count += len(earlier)
+            # `newest` precedes this page's rows and is in the order nlargest gives: the result is that
+            # of one sort of every earlier task, newest first, equal times in the pages' order.
+            newest = heapq.nlargest(history, chain(newest, earlier), key=_since)
+    return ServiceTasks(
+        current=current, current_count=current_count, history=newest, history_count=history_count
+    )
 
 
 def _child(view: View, node: TreeNode) -> Child:
