@@ -364,11 +364,11 @@ async def test_no_writes_no_transaction(store: RacingStore) -> None:
 
 async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(store: RacingStore) -> None:
     assert commits.chunk_size(store.view()) == commits.CHUNK  # no agent yet
-    ready = [machine(f"r{i}", agent=AgentStatus(state="ready")) for i in range(1_500)]
+    ready = [machine(f"r{i}", agent=AgentStatus(state="ready")) for i in range(300)]
     down = [machine(f"d{i}", agent=AgentStatus(state="down")) for i in range(1_500)]
     await store.commit([Create(m) for m in [*ready, *down, machine("no-agent")]])
-    # Five tasks per ready agent; down agents and machines without one do not count.
-    assert commits.chunk_size(store.view()) == 5 * 1_500
-    more = [machine(f"m{i}", agent=AgentStatus(state="ready")) for i in range(9_000)]
+    # Twenty tasks per ready agent; down agents and machines without one do not count.
+    assert commits.chunk_size(store.view()) == 20 * 300
+    more = [machine(f"m{i}", agent=AgentStatus(state="ready")) for i in range(1_500)]
     await store.commit([Create(m) for m in more])
-    assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 52,500
+    assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 36,000
