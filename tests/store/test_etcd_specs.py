@@ -20,7 +20,7 @@ from treeherd.model.events import Change
 from treeherd.model.objects import AnyObject, Machine, TreeNode
 from treeherd.model.ops import Create, Delete, Update
 from treeherd.model.services import Service, Task, TaskSpec, TaskState, TaskStatus
-from treeherd.store import etcd_client
+from treeherd.store import etcd_client, etcd_specs
 from treeherd.store.codec import SpecKeys, encode
 from treeherd.store.etcd import EtcdStore
 from treeherd.store.etcd_client import EtcdClient, parse_etcd_url
@@ -212,6 +212,22 @@ async def test_equal_specs_are_stored_once_and_unused_ones_are_deleted_by_the_wr
     assert len(await keys(raw, url, "/spec/")) == 2
     fresh = await stores(url)
     assert fresh.view().get(Task, "e") == again.objects[0]
+    assert everything(fresh) == everything(writer)
+
+
+async def test_a_writer_collects_again_once_enough_new_specs_came(url, stores, raw, monkeypatch):
+    monkeypatch.setattr(etcd_specs, "COLLECT_AFTER", 2)
+    writer = await stores(url)
+    await commit(writer, *SETUP, Create(task("a")))
+    await commit(writer, Delete(writer.view().get(Task, "a")))
+    await commit(writer, Create(task("b", OTHER)))
+    assert len(await keys(raw, url, "/spec/")) == 2  # one new spec since the first collection
+    await commit(writer, Create(task("c", TaskSpec(command=["sleep", "9"]))))
+    assert len(await keys(raw, url, "/spec/")) == 3  # two: due before the next write
+    await commit(writer, Update(msgspec.structs.replace(writer.view().get(Task, "b"), cause="x")))
+    left = await keys(raw, url, "/spec/")
+    assert len(left) == 2 and not any(MARK.encode() in kv.value for kv in left.values())
+    fresh = await stores(url)
     assert everything(fresh) == everything(writer)
 
 

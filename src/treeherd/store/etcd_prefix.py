@@ -84,6 +84,7 @@ async def upkeep(
         unused = writer.specs.unused(current.values())
         if unused:
             await collect(writer, layout, unused)
+        writer.specs.collected(len(unused))
 
 
 async def upgrade(writer: Writer, layout: Layout, cluster: str, tasks: list[Task]) -> None:

@@ -108,8 +108,9 @@ class Specs:
         named = {self.keys.key(task)[0] for task in tasks if type(task) is Task}
         # A spec is kept if a task's spec has its key, or has its content: a spec written by an older
         # treeherd whose encoding differed has another key than its tasks' specs have now.
-        unused = [
-            key for key, spec in self.values.items() if key not in named and _key_now(spec) not in named
-        ]
-        self._after_collect = max(1, len(self.values) - len(unused))
-        return unused
+        return [key for key, spec in self.values.items() if key not in named and _key_now(spec) not in named]
+
+    def collected(self, deleted: int) -> None:
+        """The unused specs were deleted (`deleted` of them): the next collection is due after
+        COLLECT_AFTER more."""
+        self._after_collect = max(1, len(self.values) - deleted)
