@@ -9,6 +9,7 @@ decided on is then exactly what etcd holds, or the transaction is refused and no
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -71,17 +72,18 @@ async def upkeep(
     """Upgrade the prefix if it is `upgrading`, else delete unused specs if they are due: `tasks` are
     the working set's, `held` the objects of a split commit not applied yet. Raises `Moved` when
     another writer got in: the caller checks again once it has seen that write."""
-    # The tasks etcd holds: the working set's, with the split commit's changes over them.
-    current = {task.id: task for task in tasks}
-    for kind, id, obj in held:
-        if kind == Task.kind:
-            current.pop(id, None)
-            if type(obj) is Task:
-                current[id] = obj
     if upgrading:
+        # The tasks etcd holds: the working set's, with the split commit's changes over them.
+        current = {task.id: task for task in tasks}
+        for kind, id, obj in held:
+            if kind == Task.kind:
+                current.pop(id, None)
+                if type(obj) is Task:
+                    current[id] = obj
         await upgrade(writer, layout, cluster, list(current.values()))
     elif writer.specs.due():
-        unused = writer.specs.unused(current.values())
+        # A task the split commit deleted still counts: a spec kept one collection longer is harmless.
+        unused = writer.specs.unused(itertools.chain(tasks, (obj for _, _, obj in held if type(obj) is Task)))
         if unused:
             await collect(writer, layout, unused)
         writer.specs.collected(len(unused))
@@ -94,7 +96,8 @@ async def upgrade(writer: Writer, layout: Layout, cluster: str, tasks: list[Task
     opens the prefix (it could not read the new values). The tasks are rewritten in etcd transactions
     within etcd's limits, each a commit of its own (whole in etcd, so a manager that stops halfway
     leaves a prefix every manager of this treeherd reads, and the next writer starts the rewrite again),
-    each compared with the task's version; then the marker loses `upgrading`."""
+    each compared with the task's version; then the marker loses `upgrading`. Managers of an older
+    treeherd on the prefix must be stopped before: their watch cannot read the new values."""
     await writer.send_each([], last=[etcd.put(layout.meta, marker(cluster, upgrading=True))])
     for start in range(0, len(tasks), _UPGRADE_BATCH):
         batch = tasks[start : start + _UPGRADE_BATCH]
