@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pytest
+from aetcd import rpc
 from store_helpers import WAIT, commit, machine, node, opening, take, watching
 
 from conftest import fresh_prefix
@@ -107,6 +109,23 @@ async def revision_keys(client: EtcdClient, url: str, revision: int) -> dict[byt
                 break
     await stream.aclose()
     return written
+
+
+async def spec_writes(client: EtcdClient, url: str, through: int) -> tuple[int, int]:
+    """How many times a spec was put and deleted under the prefix, through revision `through`."""
+    puts = deletes = 0
+    stream = client.watch(prefix_of(url) + b"/spec/", 1)
+    async with asyncio.timeout(WAIT):
+        async for response in stream:
+            for event in response.events:
+                if event.type == rpc.Event.DELETE:
+                    deletes += 1
+                else:
+                    puts += 1
+            if response.header.revision >= through or response.events[-1].kv.mod_revision >= through:
+                break
+    await stream.aclose()
+    return puts, deletes
 
 
 async def changes_of(iterator: AsyncIterator[Change], n: int) -> list[tuple[int, str, AnyObject]]:
@@ -229,6 +248,45 @@ async def test_a_writer_collects_again_once_enough_new_specs_came(url, stores, r
     assert len(left) == 2 and not any(MARK.encode() in kv.value for kv in left.values())
     fresh = await stores(url)
     assert everything(fresh) == everything(writer)
+
+
+async def test_two_writers_creating_and_deleting_tasks_never_leave_a_task_without_its_spec(
+    url, stores, raw, monkeypatch
+):
+    monkeypatch.setattr(etcd_specs, "COLLECT_AFTER", 1)  # collect whenever a new spec came
+    a, b = await stores(url), await stores(url)
+    await b.applied((await commit(a, *SETUP)).revision)
+    pool = [TaskSpec(command=["sleep", str(n)]) for n in range(4)]
+    rng = random.Random(17)
+
+    async def step(store: EtcdStore, name: str, round: int) -> None:
+        # Create a task of a spec from the pool, or delete one of this store's tasks; retried when
+        # the other writer got in first (a conflict or a deletion raced by the other's collection).
+        for _ in range(20):
+            mine = [t for t in store.view().all(Task) if t.id.startswith(name)]
+            ops: list[Any] = (
+                [Delete(rng.choice(mine))]
+                if mine and rng.random() < 0.4
+                else [Create(task(f"{name}{round}", rng.choice(pool)))]
+            )
+            try:
+                await store.commit(ops)
+                return
+            except VersionConflict:
+                await asyncio.sleep(0.01)
+
+    for round in range(30):
+        await asyncio.wait_for(asyncio.gather(step(a, "a", round), step(b, "b", round)), WAIT * 4)
+    await eventually(lambda: a.revision == b.revision, "both stores at the same revision", timeout_s=WAIT)
+    assert everything(a) == everything(b)
+    fresh = await stores(url)
+    assert everything(fresh) == everything(a)
+    # Specs were deleted and put again along the way, and every spec a task names is in etcd.
+    puts, deletes = await spec_writes(raw, url, a.revision)
+    assert deletes >= 1 and puts > len(pool)
+    stored = await keys(raw, url, "/spec/")
+    for kv in (await keys(raw, url, "/o/task/")).values():
+        assert prefix_of(url) + b"/spec/" + kv.value[1:17].hex().encode() in stored
 
 
 async def test_a_task_naming_a_missing_spec_is_refused_with_what_to_do(url, stores, raw):
