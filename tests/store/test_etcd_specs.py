@@ -114,7 +114,8 @@ async def revision_keys(client: EtcdClient, url: str, revision: int) -> dict[byt
 async def spec_writes(client: EtcdClient, url: str, through: int) -> tuple[int, int]:
     """How many times a spec was put and deleted under the prefix, through revision `through`."""
     puts = deletes = 0
-    stream = client.watch(prefix_of(url) + b"/spec/", 1)
+    meta = (await keys(client, url, "/meta"))[prefix_of(url) + b"/meta"]
+    stream = client.watch(prefix_of(url) + b"/spec/", meta.create_revision)
     async with asyncio.timeout(WAIT):
         async for response in stream:
             for event in response.events:
