@@ -27,6 +27,7 @@ from treeherd.store.codec import SpecKeys, encode
 from treeherd.store.etcd import EtcdStore
 from treeherd.store.etcd_client import EtcdClient, parse_etcd_url
 from treeherd.store.etcd_specs import SPLIT, encode_task
+from treeherd.store.etcd_writer import Fenced
 from treeherd.testing.waiting import eventually
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -347,6 +348,26 @@ async def test_a_schema_1_prefix_is_read_then_upgraded_by_its_first_writer(url, 
         prefix_of(url) + b"/o/task/t1",
         prefix_of(url) + b"/head",
     }
+
+
+async def test_a_deposed_leader_does_not_upgrade_the_prefix(url, stores, raw):
+    tasks = [task(f"t{i}") for i in range(3)]
+    await write_schema_1(raw, url, [node("n1"), machine("m1", "web-1"), service(), *tasks])
+    store = await stores(url)
+    leader_key = prefix_of(url) + b"-leader"
+    made = await raw.txn([], [etcd_client.put(leader_key, b"me")])
+    store.fence(leader_key, made.header.revision)
+    # Another manager took over before this one wrote anything: its key was made again.
+    await raw.txn([], [etcd_client.delete(leader_key)])
+    await raw.txn([], [etcd_client.put(leader_key, b"someone else")])
+    with pytest.raises(Fenced):
+        await commit(store, Create(machine("m2", "web-2")))
+    assert json.loads((await keys(raw, url, "/meta"))[prefix_of(url) + b"/meta"].value)["schema"] == 1
+    assert all(kv.value[:1] != SPLIT for kv in (await keys(raw, url, "/o/task/")).values())
+    assert not await keys(raw, url, "/spec/")
+    store.fence(None)
+    await commit(store, Create(machine("m2", "web-2")))
+    assert json.loads((await keys(raw, url, "/meta"))[prefix_of(url) + b"/meta"].value)["schema"] == 2
 
 
 async def test_an_upgrade_left_halfway_is_read_then_finished_by_the_next_writer(url, stores, raw):
