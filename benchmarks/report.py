@@ -22,6 +22,7 @@ from report_format import load, ms, num, pct, provenance, result_names, sec, tab
 from report_schedule import (
     schedule,
     schedule_db_threads,
+    schedule_etcd_specs,
     schedule_harness,
     schedule_idle,
     schedule_profiles,
@@ -454,6 +455,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "node_failure-5000": node_failure_5000,
     "task_memory": task_memory,
     "schedule-stores": schedule_stores,
+    "schedule-etcd-specs": schedule_etcd_specs,
     "ui_render": ui_render,
 }
 

@@ -138,3 +138,25 @@ def schedule_stores() -> str:
     header = ["100 agents x 10,000 tasks, one run each, one after the other", "placements/s", "all running",
               "create -> running p50", "p99", "manager CPU"]  # fmt: skip
     return "\n".join(f"- {head}" for head in heads) + "\n\n" + table(header, rows, "lrrrrr")
+
+
+def schedule_etcd_specs() -> str:
+    """Tasks stored whole (before) and apart from their spec (after) on a 3-member etcd, runs alternated."""
+    runs = [
+        (f"{label}, run {n}", f"schedule-100x10000-etcd-etcd3-specs-{when}-{n}")
+        for n in (1, 2, 3)
+        for when, label in (("before", "tasks stored whole"), ("after", "spec stored apart"))
+    ]
+    rows, heads = [], []
+    for label, name in runs:
+        d = load(name)
+        s = d["phases"]["schedule"]
+        heads.append(provenance(name, d))
+        rows.append(
+            [label, num(d["placements_per_second"]), sec(d["seconds_to_all_running"]),
+             sec(d["create_to_running_p50_s"]), sec(d["create_to_running_p99_s"]), f"{d['manager_cpu_s']:.1f} s",
+             f"{s['other_processes_cores']:.2f}"]
+        )  # fmt: skip
+    header = ["100 agents x 10,000 tasks, 3-member etcd, --max-txn-ops 128", "placements/s", "all running",
+              "create -> running p50", "p99", "manager CPU", "other processes (cores)"]  # fmt: skip
+    return "\n".join(f"- {head}" for head in heads) + "\n\n" + table(header, rows, "lrrrrrr")

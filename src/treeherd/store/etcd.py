@@ -15,6 +15,10 @@ caller reads its own writes. Queued commits are taken `SLICE` at a time: each on
 the head, the rest is checked again on the new state. Commits larger than one etcd transaction are split
 (`etcd_layout.plan_chunks` says what atomicity that keeps).
 
+Each task is stored without its spec, each spec once (`etcd_specs`): the load, the feed and the history
+put the spec back, so every task read is the task written. Before its first write, and now and then,
+the store upgrades a prefix of an older schema and deletes unused specs (`etcd_prefix.upkeep`).
+
 Watches and history come from the engine: the changes read back from etcd at `open()` (`etcd_history`)
 and those seen since, up to `history` events, are resumable; an older revision answers `Compacted`, as
 does one etcd itself has compacted.
@@ -26,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 import weakref
 from typing import Any
 
@@ -36,19 +39,15 @@ from aetcd import rpc
 from treeherd.model.errors import Refused, TreeherdError, Unavailable
 from treeherd.model.events import Change, Event
 from treeherd.model.objects import AnyObject
-from treeherd.store import etcd_client as etcd
+from treeherd.model.services import Task
 from treeherd.store.base import Committed
 from treeherd.store.codec import SharedSpecs
 from treeherd.store.engine import DEFAULT_HISTORY, EngineStore, _EngineWatch, _Pending, _settle
 from treeherd.store.etcd_client import EtcdClient, EtcdUrl, parse_etcd_url
 from treeherd.store.etcd_history import read_history
-from treeherd.store.etcd_layout import (
-    PARTIAL,
-    Layout,
-    decode_at,
-    marker,
-    read_marker,
-)
+from treeherd.store.etcd_layout import PARTIAL, Layout, read_marker
+from treeherd.store.etcd_prefix import take, upkeep
+from treeherd.store.etcd_specs import Specs, decode_value
 from treeherd.store.etcd_writer import Moved, Writer
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,9 @@ class EtcdStore(EngineStore):
         self._expected_cluster = cluster
         self._layout = Layout(self.url.prefix)
         self._client = EtcdClient(self.url.endpoints)
-        self._txns = Writer(self._client, self._layout, self.url)
+        self._stored_specs = Specs()  # the task specs etcd holds under the prefix
+        self._txns = Writer(self._client, self._layout, self.url, self._stored_specs)
+        self._upgrade = False  # the prefix holds tasks stored whole (schema 1): rewrite them first
         self._seen = 0  # the last etcd revision the feed took in
         self._floor = 0  # the revision at which the prefix was taken: nothing of this cluster is older
         self._held: list[tuple[str, str, AnyObject | None]] = []  # chunks of a split commit, not yet applied
@@ -110,44 +111,27 @@ class EtcdStore(EngineStore):
 
     async def _load(self) -> None:
         layout = self._layout
-        for _ in range(3):
-            revision, kvs = await self._client.range_prefix(layout.root)
-            meta = next((kv for kv in kvs if kv.key == layout.meta), None)
-            if meta is not None:
-                break
-            if kvs:
-                raise Refused(
-                    f"the etcd prefix {self.url.prefix} holds {len(kvs)} key(s) but no treeherd marker:"
-                    " it belongs to something else; choose another prefix with ?prefix= in --store"
-                )
-            cluster = self._expected_cluster or uuid.uuid4().hex
-            # Two managers may take an empty prefix at once: the marker is created only where absent.
-            await self._client.txn(
-                [etcd.compare(layout.meta, "create", 0)],
-                [etcd.put(layout.meta, marker(cluster)), etcd.put(layout.head, b"")],
-            )
-        else:
-            raise Unavailable(f"could not take the etcd prefix {self.url.prefix}: it keeps changing")
-        cluster = read_marker(self.url.prefix, meta.value)
-        if self._expected_cluster is not None and cluster != self._expected_cluster:
-            raise Refused(
-                f"the etcd prefix {self.url.prefix} holds cluster {cluster}, not {self._expected_cluster}"
-                " (the cluster this manager belongs to): point --store at that cluster's prefix"
-            )
-        self.cluster_id = cluster
-        self._floor = meta.create_revision
+        revision, kvs, said, self._floor = await take(
+            self._client, layout, self.url.prefix, self._expected_cluster
+        )
+        self.cluster_id, self._upgrade = said
+        specs = self._stored_specs
+        for kv in kvs:
+            spec = layout.parse_spec(kv.key)
+            if spec is not None:
+                specs.saw(spec, kv.value)
         objects = []
         for kv in kvs:
             if kv.key == layout.head:
                 self._txns.head = kv.mod_revision
                 self._txns.partial_open = kv.value == PARTIAL  # a writer died inside a split commit
             elif layout.parse(kv.key) is not None:
-                objects.append(self._specs.share(decode_at(kv.value, kv.mod_revision)))
+                objects.append(self._specs.share(decode_value(kv.value, kv.mod_revision, specs.values)))
         self._state.load(objects, revision)
-        self._seen = revision
+        self._seen = specs.seen = revision
         # The history before this revision, as far back as `history` revisions and etcd still keeps it.
         start = max(self._floor + 1, self._txns.head - self._history + 1)
-        first, changes = await read_history(self._client, layout, start, self._txns.head)
+        first, changes = await read_history(self._client, layout, start, self._txns.head, specs.values)
         self._compacted_through = first - 1
         for change in changes:
             self._remember(change)
@@ -179,6 +163,9 @@ class EtcdStore(EngineStore):
                     self._absorb(response.events)
             except TreeherdError as error:
                 if self._closed:
+                    return
+                if isinstance(error, Refused):  # data this treeherd cannot read: a spec missing, a marker
+                    self._fail(error)
                     return
                 if error.code == "compacted":
                     self._fail(
@@ -218,20 +205,32 @@ class EtcdStore(EngineStore):
             if kv.key == layout.head:
                 head = kv.value
                 continue
+            deleted = event.type == rpc.Event.DELETE
             parsed = layout.parse(kv.key)
             if parsed is None:
+                self._absorb_other(kv, deleted)
                 continue
-            deleted = event.type == rpc.Event.DELETE
             if deleted:
                 self._held.append((*parsed, None))
             else:
-                obj = self._txns.take_own(kv.key, kv.value, kv.mod_revision)
-                self._held.append((*parsed, obj or self._specs.share(decode_at(kv.value, kv.mod_revision))))
+                obj = self._txns.take_own(kv.key, kv.value, kv.mod_revision) or self._specs.share(
+                    decode_value(kv.value, kv.mod_revision, self._stored_specs.values)
+                )
+                self._held.append((*parsed, obj))
         if revision:
             self._end_revision(revision, head)
 
+    def _absorb_other(self, kv: Any, deleted: bool) -> None:
+        """A key that is not an object's: a task spec (put before or with the first task naming it, so
+        known when that task is decoded), or the marker (another manager upgrading the prefix)."""
+        spec = self._layout.parse_spec(kv.key)
+        if spec is not None:
+            self._stored_specs.saw(spec, None if deleted else kv.value)
+        elif kv.key == self._layout.meta and not deleted:
+            self._upgrade = read_marker(self.url.prefix, kv.value).upgrade
+
     def _end_revision(self, revision: int, head: bytes | None) -> None:
-        self._seen = revision
+        self._seen = self._stored_specs.seen = revision
         if head == PARTIAL or not self._held:  # a split commit goes on; or no object changed
             if head == b"":  # a commit that left every object as it was still takes its revision
                 self._state.revision = revision
@@ -309,6 +308,7 @@ class EtcdStore(EngineStore):
                 raise self._failure
             if self._txns.partial_open:
                 await self._caught_up(await self._txns.close_partial())
+            await self._upkeep()
         except TreeherdError as error:
             for pending in batch:
                 _settle(pending.future, error)
@@ -364,6 +364,19 @@ class EtcdStore(EngineStore):
             objects = [_as_written(self._layout, event, written) for event in events]
             if not pending.future.done():
                 pending.future.set_result(Committed(revision=max(written.values()), objects=objects))
+
+    async def _upkeep(self) -> None:
+        """Before writing: `etcd_prefix.upkeep`, on a working set that has every revision to the head."""
+        if not self._upgrade and not self._stored_specs.due():
+            return
+        await self._caught_up(self._txns.head)
+        try:
+            tasks = self._state.all(Task)
+            await upkeep(self._txns, self._layout, self.cluster_id or "", self._upgrade, tasks, self._held)
+            self._upgrade = False
+        except Moved as moved:  # another writer got in: the next write checks again on its state
+            self._txns.head = moved.head
+        await self._caught_up(self._txns.head)
 
     async def _requeue(self, pending: list[_Pending], head: int, refused: _Pending | None = None) -> None:
         """Have transactions checked again (before anything queued after them) once the feed caught up.

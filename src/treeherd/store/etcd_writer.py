@@ -9,6 +9,7 @@ branch reads the head and the fence key back, to tell which guard failed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ from treeherd.model.ops import Op
 from treeherd.store import etcd_client as etcd
 from treeherd.store.etcd_client import EtcdClient, EtcdUrl
 from treeherd.store.etcd_layout import PARTIAL, Layout, Piece, plan_chunks, plan_pieces
+from treeherd.store.etcd_specs import Specs
 
 
 class Moved(Exception):
@@ -37,10 +39,11 @@ class Fenced(Unavailable):
 class Writer:
     """The etcd side of an `EtcdStore`'s commits."""
 
-    def __init__(self, client: EtcdClient, layout: Layout, url: EtcdUrl) -> None:
+    def __init__(self, client: EtcdClient, layout: Layout, url: EtcdUrl, specs: Specs) -> None:
         self._client = client
         self._layout = layout
         self._url = url
+        self.specs = specs
         self.head = 0  # the head key's mod_revision as this writer last wrote or read it
         self.partial_open = False  # part of a split commit was written and not closed
         self.fence: tuple[bytes, int] | None = None
@@ -82,7 +85,7 @@ class Writer:
         layout = self._layout
         reserved = 1 if self.fence is None else 2
         chunks = plan_chunks(
-            plan_pieces(layout, ops, events),
+            plan_pieces(layout, ops, events, self.specs),
             max_ops=self._url.max_txn_ops,
             max_bytes=self._url.max_request_bytes,
             reserved=reserved,
@@ -91,12 +94,8 @@ class Writer:
         last = len(chunks) - 1
         for index, chunk in enumerate(chunks):
             compares, reads = self._guards()
-            compares.extend(piece.compare for piece in chunk.pieces)
-            writes = [piece.write for piece in chunk.pieces if piece.write is not None]
-            writes.append(etcd.put(layout.head, b"" if index == last else PARTIAL))
-            for piece in chunk.pieces:
-                if piece.stored is not None:
-                    self.own[piece.key] = piece.stored
+            writes = [etcd.put(layout.head, b"" if index == last else PARTIAL)]
+            self._add(chunk.pieces, compares, writes)
             try:
                 response = await self._client.txn(compares, writes, reads)
             except TreeherdError as error:
@@ -113,13 +112,49 @@ class Writer:
                     )
                     raise _partly(Unavailable(detail), index, len(chunks))
                 raise refusal
-            self.head = response.header.revision
+            self._wrote(chunk.pieces, response.header.revision)
             self.partial_open = index != last
             for piece in chunk.pieces:
                 written[piece.key] = self.head
         if not written:
             written[layout.head] = self.head
         return written
+
+    async def send_each(self, pieces: list[Piece], last: Sequence[Any] = ()) -> None:
+        """Write `pieces` as commits of their own, one etcd transaction each within etcd's limits (an
+        upgrade's rewrites, a collection of unused specs), each one whole in etcd; the `last` writes go
+        with the last one. Raises `Moved` when another writer got in: what was written stays."""
+        reserved = (1 if self.fence is None else 2) + len(last)
+        chunks = plan_chunks(
+            pieces, max_ops=self._url.max_txn_ops, max_bytes=self._url.max_request_bytes, reserved=reserved
+        )
+        for index, chunk in enumerate(chunks):
+            compares, reads = self._guards()
+            writes = [etcd.put(self._layout.head, b"")]
+            if index == len(chunks) - 1:
+                writes.extend(last)
+            self._add(chunk.pieces, compares, writes)
+            try:
+                response = await self._client.txn(compares, writes, reads)
+            except TreeherdError:
+                self._forget(chunk.pieces)
+                raise
+            if not response.succeeded:
+                self._forget(chunk.pieces)
+                raise self._refusal(response)
+            self._wrote(chunk.pieces, response.header.revision)
+
+    def _add(self, pieces: list[Piece], compares: list[Any], writes: list[Any]) -> None:
+        """Add the compares and writes of `pieces` to a transaction (its writes before the head's)."""
+        compares.extend(piece.compare for piece in pieces if piece.compare is not None)
+        writes[:0] = [piece.write for piece in pieces if piece.write is not None]
+        for piece in pieces:
+            if piece.stored is not None:
+                self.own[piece.key] = piece.stored
+
+    def _wrote(self, pieces: list[Piece], revision: int) -> None:
+        self.head = revision
+        self.specs.wrote([piece.spec for piece in pieces if piece.spec is not None], revision)
 
     def _forget(self, pieces: list[Piece]) -> None:
         for piece in pieces:
