@@ -5,6 +5,7 @@
 - heartbeats.py: heartbeat deadlines and marking late nodes down
 - status_writer.py: agents' task status reports, batched into transactions
 - assignments.py: the store watch fanned out to sessions as assignments and dependency feeds
+- pacer.py: at most so many sends to sessions per turn of the event loop
 - endpoint_sets.py: agents' endpoint sets into the endpoint registry
 - logstreams.py: task output streamed from an agent's session
 - proxy_events.py: agents' reports about their local haproxy into the host's proxy record

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from treeherd.core.tasks.dispatch import AssignmentSet
 from treeherd.manager.dependencies import DependencyFeeds, dependency_message
+from treeherd.manager.dispatcher.pacer import Pacer
 from treeherd.manager.dispatcher.sessions import AgentSession
 from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import Compacted, WatchLagged
@@ -43,8 +44,10 @@ class AssignmentRouter:
         *,
         sleep: Callable[[float], Awaitable[None]],
         batch_s: float,
+        pacer: Pacer | None = None,
     ) -> None:
         self._store = store
+        self._pacer = pacer or Pacer()  # shared with the dispatcher's writers
         self._sessions = sessions  # the dispatcher's live sessions, by machine
         self._sleep = sleep
         self._batch_s = batch_s
@@ -154,6 +157,7 @@ class AssignmentRouter:
             await session.events_ready.wait()
             if self._batch_s > 0:
                 await self._sleep(self._batch_s)
+            await self._pacer.turn()  # every session's timer runs out in the same turn after a chunk
             session.events_ready.clear()
             if session.resync:
                 session.resync = False

@@ -38,6 +38,7 @@ from treeherd.manager.dispatcher.assignments import ASSIGNMENT_BATCH_S, Assignme
 from treeherd.manager.dispatcher.endpoint_sets import apply_endpoint_set
 from treeherd.manager.dispatcher.heartbeats import HeartbeatDeadlines
 from treeherd.manager.dispatcher.logstreams import LogStreams
+from treeherd.manager.dispatcher.pacer import Pacer
 from treeherd.manager.dispatcher.proxy_events import ProxyEvents
 from treeherd.manager.dispatcher.renewals import Signer, renew
 from treeherd.manager.dispatcher.sessions import AgentSession
@@ -119,7 +120,12 @@ class Dispatcher:
         )
         self._statuses = StatusWriter(store, clock=clock, sleep=sleep)
         self._batcher = self._statuses.batcher  # the reports waiting for a status write (tests read it)
-        self._assignments = AssignmentRouter(store, self._sessions, sleep=sleep, batch_s=assignment_batch_s)
+        # One budget for the sessions' streams and writers: after a chunk of placements every session
+        # has a message at once, and the loop must still read heartbeats in between.
+        self._pacer = Pacer()
+        self._assignments = AssignmentRouter(
+            store, self._sessions, sleep=sleep, batch_s=assignment_batch_s, pacer=self._pacer
+        )
         self._proxy_events = ProxyEvents(store, clock=clock, ids=ids)
 
     # ---- introspection -----------------------------------------------------------------------------
@@ -412,6 +418,7 @@ class Dispatcher:
     async def _write(self, session: AgentSession) -> None:
         while True:
             while session.outbox:
+                await self._pacer.turn()
                 await session.channel.send(session.outbox.popleft())
             if session.closed.is_set():
                 return
