@@ -169,21 +169,29 @@ async def test_reports_are_resent_after_a_reconnect_until_acknowledged(tmp_path:
         assert len(h.reports) == sent + len(resent)  # nothing left to re-send
 
 
-async def test_an_invalid_transition_stops_the_worker_loudly(tmp_path: Path) -> None:
+async def refused_after_running(tmp_path: Path, buggy: list[Progress], refusal: str) -> None:
+    """Run t1 to RUNNING, then hand the worker `buggy` progress in one batch: the worker must end
+    with an InvalidTransition matching `refusal`."""
     h = Harness(tmp_path)
     await h.db.open()
     run = asyncio.create_task(h.worker.run())
     try:
         h.assign(make_task("t1"), full=True)
         await eventually(lambda: [t.state for t in h.worker.state.story("t1")[-1:]] == [S.RUNNING], "RUNNING")
-        h.worker._progressed("t1", Progress(state=S.PREPARING))  # as a buggy runner would
-        with pytest.raises(InvalidTransition, match="running -> preparing"):
+        for progress in buggy:
+            h.worker._progressed("t1", progress)
+        with pytest.raises(InvalidTransition, match=refusal):
             async with asyncio.timeout(3):
                 await run
     finally:
         run.cancel()
         await asyncio.wait({run}, timeout=3)
         await h.db.close()
+
+
+async def test_an_invalid_transition_stops_the_worker_loudly(tmp_path: Path) -> None:
+    # As a buggy runner would: a state before the one the task is in.
+    await refused_after_running(tmp_path, [Progress(state=S.PREPARING)], "running -> preparing")
 
 
 async def test_states_a_runner_passes_in_one_go_reach_the_state_machine_as_the_last(tmp_path: Path) -> None:
@@ -201,19 +209,6 @@ async def test_states_a_runner_passes_in_one_go_reach_the_state_machine_as_the_l
 async def test_a_state_that_does_not_move_forward_is_refused_even_behind_another_in_one_batch(
     tmp_path: Path,
 ) -> None:
-    h = Harness(tmp_path)
-    await h.db.open()
-    run = asyncio.create_task(h.worker.run())
-    try:
-        h.assign(make_task("t1"), full=True)
-        await eventually(lambda: [t.state for t in h.worker.state.story("t1")[-1:]] == [S.RUNNING], "RUNNING")
-        # In one batch: FAILED (forward) is kept, not superseded by the PREPARING a buggy runner sends.
-        h.worker._progressed("t1", Progress(state=S.FAILED, error="exited"))
-        h.worker._progressed("t1", Progress(state=S.PREPARING))
-        with pytest.raises(InvalidTransition, match="failed -> preparing"):
-            async with asyncio.timeout(3):
-                await run
-    finally:
-        run.cancel()
-        await asyncio.wait({run}, timeout=3)
-        await h.db.close()
+    # In one batch: FAILED (forward) is kept, not superseded by the PREPARING a buggy runner sends.
+    buggy = [Progress(state=S.FAILED, error="exited"), Progress(state=S.PREPARING)]
+    await refused_after_running(tmp_path, buggy, "failed -> preparing")

@@ -22,6 +22,7 @@ from treeherd.model.objects import (
     TreeNode,
 )
 from treeherd.model.ops import Create
+from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
 from treeherd.store.base import Committed, Store
 
 T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -155,3 +156,27 @@ async def seed(store: Store) -> dict[str, AnyObject]:
         Create(provision("p1", "host3", "db")),
     )
     return {obj.id: obj for obj in done.objects}
+
+
+# Tasks of a service whose spec carries a value found nowhere else in their bytes: the spec-split tests
+# of both backends look for it to see where a spec is written.
+SPEC_NOW = datetime(2026, 1, 1, tzinfo=UTC)
+MARK = "spec-only-marker-7f3a"
+SPEC = TaskSpec(command=["sleep", "60"], env={"MODE": MARK})
+
+
+def service(id: str = "s1", spec: TaskSpec = SPEC) -> Service:
+    return Service(id=id, created_at=SPEC_NOW, updated_at=SPEC_NOW, name=f"svc-{id}", node_id="n1", task=spec)
+
+
+def task(id: str, spec: TaskSpec = SPEC, *, service_id: str = "s1") -> Task:
+    return Task(
+        id=id,
+        created_at=SPEC_NOW,
+        updated_at=SPEC_NOW,
+        service_id=service_id,
+        service_name=f"svc-{service_id}",
+        node_path="/web",
+        spec=spec,
+        status=TaskStatus(timestamp=SPEC_NOW),
+    )

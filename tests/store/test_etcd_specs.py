@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 from aetcd import rpc
-from store_helpers import WAIT, commit, machine, node, opening, take, watching
+from store_helpers import MARK, SPEC, WAIT, commit, machine, node, opening, service, take, task, watching
 
 from conftest import fresh_prefix
 from treeherd.model.errors import Refused, VersionConflict
@@ -31,27 +31,7 @@ from treeherd.store.etcd_writer import Fenced
 from treeherd.testing.waiting import eventually
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-# A value that appears in the spec's bytes and nowhere else, to find where the spec is written.
-MARK = "spec-only-marker-7f3a"
-SPEC = TaskSpec(command=["sleep", "60"], env={"MODE": MARK})
 OTHER = TaskSpec(command=["sleep", "5"])
-
-
-def service(id: str = "s1", spec: TaskSpec = SPEC) -> Service:
-    return Service(id=id, created_at=NOW, updated_at=NOW, name=f"svc-{id}", node_id="n1", task=spec)
-
-
-def task(id: str, spec: TaskSpec = SPEC, *, service_id: str = "s1") -> Task:
-    return Task(
-        id=id,
-        created_at=NOW,
-        updated_at=NOW,
-        service_id=service_id,
-        service_name=f"svc-{service_id}",
-        node_path="/web",
-        spec=spec,
-        status=TaskStatus(timestamp=NOW),
-    )
 
 
 def with_status(current: Task, state: TaskState, message: str, *, seconds: int) -> Task:

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from sqlite_helpers import commit, rows
-from store_helpers import machine, node, replace, take, watching
+from store_helpers import MARK, SPEC, machine, node, replace, service, take, task, watching
 from store_helpers import snapshot as snapshot_of_others
 
 from treeherd.model.objects import Machine
@@ -20,26 +20,6 @@ from treeherd.store.codec import decode, decode_spec, encode, encode_without_spe
 from treeherd.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-# A value that appears in the spec's bytes and nowhere else, to find where the spec is written.
-MARK = "spec-only-marker-7f3a"
-SPEC = TaskSpec(command=["sleep", "60"], env={"MODE": MARK})
-
-
-def service(id: str = "s1", spec: TaskSpec = SPEC) -> Service:
-    return Service(id=id, created_at=NOW, updated_at=NOW, name=f"svc-{id}", node_id="n1", task=spec)
-
-
-def task(id: str, spec: TaskSpec = SPEC, *, service_id: str = "s1") -> Task:
-    return Task(
-        id=id,
-        created_at=NOW,
-        updated_at=NOW,
-        service_id=service_id,
-        service_name=f"svc-{service_id}",
-        node_path="/web",
-        spec=spec,
-        status=TaskStatus(timestamp=NOW),
-    )
 
 
 def two_tasks() -> list[Create]:
