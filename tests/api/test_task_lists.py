@@ -11,7 +11,9 @@ from tests.api.helpers import COUNT, LoopTurns, client_on_this_loop, web_with_ta
 from treeherd.api.app import create_app
 from treeherd.manager.inventory import Inventory
 from treeherd.manager.services import Services
+from treeherd.model.ops import Delete
 from treeherd.model.requests import NodeCreate
+from treeherd.model.services import Task
 from treeherd.store.memory import MemoryStore
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -55,3 +57,17 @@ async def test_a_service_with_no_tasks_is_an_empty_list(client: Client, inventor
     )
     response = await client.get(TASKS)
     assert response.status_code == 200 and response.json() == []
+
+
+async def test_tasks_removed_while_the_list_is_made_are_left_out(
+    inventory: Inventory, store: MemoryStore
+) -> None:
+    service = await web_with_tasks(inventory, store)
+    view = store.view()
+    steps = Services(store)._row_steps("web", True)
+    assert next(steps) == []  # the first step read the first 5,000 tasks; the others are not read yet
+    not_read = view.referrer_ids(Task, "service", service.id)[5_000:5_100]
+    await store.commit([Delete(task) for id in not_read if (task := view.get(Task, id)) is not None])
+    rows = [row for rows in steps for row in rows]
+    assert len(rows) == COUNT - 100
+    assert not {row.id for row in rows} & set(not_read)

@@ -48,6 +48,12 @@ class View(Protocol):
         """Objects of kind `cls` whose reference `reference` names `target_id`."""
         ...
 
+    def referrer_ids(self, cls: type[Object], reference: str, target_id: str) -> list[str]:
+        """The ids of `referrers`, in the same order: for a reader that takes the objects a few at a
+        time (a million objects in one list hold the caller for half a second, their ids a few
+        hundredths)."""
+        ...
+
     def tally(self, cls: type[Object], name: str, key: str) -> int:
         """How many objects of kind `cls` are counted under `key` by the tally `name` of their kind."""
         ...

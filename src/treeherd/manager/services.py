@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
+from typing import overload
 
 from treeherd.core.tasks import services as plans
 from treeherd.core.tasks.service_checks import service_by_name
@@ -106,7 +107,8 @@ class Services:
         once, not at the first step)."""
         service = self.get(name)
         view = self.store.view()
-        return task_rows(view, service, view.referrers(Task, "service", service.id), all_tasks=all_tasks)
+        tasks = _TasksByIds(view, view.referrer_ids(Task, "service", service.id))
+        return task_rows(view, service, tasks, all_tasks=all_tasks)
 
     def task(self, task_id: str) -> Task:
         task = self.store.view().get(Task, task_id)
@@ -143,6 +145,34 @@ class Services:
         if not entries:
             self.task(task_id)  # raises NotFound for an unknown task
         return entries
+
+
+class _TasksByIds(Sequence[Task]):
+    """A service's tasks by their ids, each slice read from the view when it is asked for: `task_rows`
+    reads a step's slice at a time, so the tasks of a million are not read in one call (half a second
+    of the loop; their ids take a few hundredths). A task gone by its slice's turn is left out."""
+
+    def __init__(self, view: View, ids: list[str]) -> None:
+        self._view = view
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Task: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Task]: ...
+
+    def __getitem__(self, index: int | slice) -> Task | list[Task]:
+        get = self._view.get
+        if isinstance(index, slice):
+            return [task for id in self._ids[index] if (task := get(Task, id)) is not None]
+        task = get(Task, self._ids[index])
+        if task is None:
+            raise IndexError(f"task {self._ids[index]} is gone")
+        return task
 
 
 async def _paused(steps: Iterator[list[TaskRow]]) -> AsyncIterator[list[TaskRow]]:

@@ -78,6 +78,9 @@ class State:
         # per-object type check: this is on the hot path of every component (100,000 tasks a service).
         return [objects[i] for i in ids]  # type: ignore[misc]
 
+    def referrer_ids(self, cls: type[Object], reference: str, target_id: str) -> list[str]:
+        return list(self._refs[(cls.kind, reference)].get(target_id, ()))
+
     def tally(self, cls: type[Object], name: str, key: str) -> int:
         return self._tallies[(cls.kind, name)].get(key, 0)
 

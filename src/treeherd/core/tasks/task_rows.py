@@ -64,8 +64,9 @@ def task_rows(
     count reaches `step` (it finishes the slot it is in). A list may be empty: a pause all the same.
     Only the tasks meant to run when not `all_tasks`.
 
-    `tasks` is read whole at the start (its objects never change); `view` is read again at each step,
-    for the hostnames, so a pause may let it move on."""
+    `tasks` is read a slice of `step` at a time, in the first steps (a lazy sequence may read each
+    slice's tasks from the store only then); `view` is read again at each step, for the hostnames, so
+    a pause may let it move on."""
     step = max(1, step)
     by_slot: dict[int, Task | list[Task]] = {}
     stale: set[int] = set()
