@@ -59,10 +59,10 @@ def _within_slot(task: Task) -> tuple[str, bool, float]:
 def task_rows(
     view: View, service: Service, tasks: Sequence[Task], *, all_tasks: bool = True, step: int = STEP
 ) -> Iterator[list[TaskRow]]:
-    """The rows of `tasks` (the service's, as `view.referrers` returns them), in `service ps` order:
-    one list per step, each step reading `step` tasks, or walking slots and making rows until their
-    count reaches `step` (it finishes the slot it is in). A list may be empty: a pause all the same.
-    Only the tasks meant to run when not `all_tasks`.
+    """The rows of `tasks` (the service's: `view.referrers`, or a sequence that reads them a slice at a
+    time), in `service ps` order: one list per step, each step reading `step` tasks, or walking slots
+    and making rows until their count reaches `step` (it finishes the slot it is in). A list may be
+    empty: a pause all the same. Only the tasks meant to run when not `all_tasks`.
 
     `tasks` is read a slice of `step` at a time, in the first steps (a lazy sequence may read each
     slice's tasks from the store only then); `view` is read again at each step, for the hostnames, so
