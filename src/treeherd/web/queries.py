@@ -19,6 +19,7 @@ import msgspec
 from treeherd.core.cluster import current_settings
 from treeherd.core.edge.routing import location_order
 from treeherd.core.puppet.enc import classify
+from treeherd.core.tasks.slots import DESIRED_RUNNING_LABELS
 from treeherd.core.tree.tree import ancestors, resolve
 from treeherd.core.view import View
 from treeherd.model.enc import EncAnswer
@@ -98,11 +99,6 @@ class ServiceTasks(msgspec.Struct, frozen=True, kw_only=True):
     history_count: int
 
 
-# The desired states of a task meant to run (`core.tasks.slots.desired_running`: up to RUNNING), as a
-# row names them: a current task; the others are its service's history.
-_MEANT_TO_RUN = frozenset(state.label for state in TaskState if state <= TaskState.RUNNING)
-
-
 def _since(row: TaskRow) -> datetime:
     return row.since
 
@@ -120,7 +116,8 @@ async def service_tasks(pages: AsyncIterable[list[TaskRow]], *, shown: int, hist
     async for rows in pages:
         earlier = []
         for row in rows:
-            if row.desired_state in _MEANT_TO_RUN:
+            # Meant to run: a current task; the others are the service's history.
+            if row.desired_state in DESIRED_RUNNING_LABELS:
                 if current_count < shown:
                     current.append(row)
                 current_count += 1

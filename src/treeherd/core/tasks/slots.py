@@ -15,6 +15,7 @@ from treeherd.model.services import Service, Task
 from treeherd.model.states import TaskState
 
 __all__ = [
+    "DESIRED_RUNNING_LABELS",
     "Slot",
     "desired_running",
     "eligible_for_global",
@@ -96,6 +97,10 @@ def slots_in_order(present: Collection[int], wanted: int = 0) -> Iterator[int]:
 
 def desired_running(task: Task) -> bool:
     return task.desired_state <= TaskState.RUNNING
+
+
+# The same rule for a task's row, which names its desired state by label (`TaskRow.desired_state`).
+DESIRED_RUNNING_LABELS = frozenset(state.label for state in TaskState if state <= TaskState.RUNNING)
 
 
 def eligible_for_global(machine: Machine, constraints: Sequence[Constraint]) -> bool:

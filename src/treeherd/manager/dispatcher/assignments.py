@@ -44,10 +44,10 @@ class AssignmentRouter:
         *,
         sleep: Callable[[float], Awaitable[None]],
         batch_s: float,
-        pacer: Pacer | None = None,
+        pacer: Pacer,
     ) -> None:
         self._store = store
-        self._pacer = pacer or Pacer()  # shared with the dispatcher's writers
+        self._pacer = pacer  # shared with the dispatcher's writers
         self._sessions = sessions  # the dispatcher's live sessions, by machine
         self._sleep = sleep
         self._batch_s = batch_s
