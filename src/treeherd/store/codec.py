@@ -96,6 +96,14 @@ def decode_spec(data: bytes) -> TaskSpec:
     return _spec_decoder.decode(data)
 
 
+SPEC_KEY_BYTES = 16  # a spec's key: the blake2b digest of its bytes, this long
+
+
+def spec_key(data: bytes) -> bytes:
+    """The key of the spec whose bytes (`encode_spec`) are `data`."""
+    return hashlib.blake2b(data, digest_size=SPEC_KEY_BYTES).digest()
+
+
 class SpecKeys:
     """The key of a task's spec: a hash of its bytes, so equal specs are stored once whichever tasks and
     services hold them. Tasks of one service and spec version share one spec object, so the key is
@@ -111,7 +119,7 @@ class SpecKeys:
         if cached is not None and (cached[0] is task.spec or cached[0] == task.spec):
             return cached[1], cached[2]
         data = encode_spec(task.spec)
-        key = hashlib.blake2b(data, digest_size=16).digest()
+        key = spec_key(data)
         if len(self._cache) >= _MAX_KEYS:
             self._cache.clear()
         self._cache[task.service_id, task.spec_version] = (task.spec, key, data)

@@ -10,7 +10,6 @@ the first transaction whose tasks need it and not again while it is there.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 
 import msgspec
@@ -18,18 +17,26 @@ import msgspec
 from treeherd.model.errors import Refused
 from treeherd.model.objects import AnyObject
 from treeherd.model.services import Task, TaskSpec
-from treeherd.store.codec import SpecKeys, decode, decode_spec, encode_spec, encode_without_spec
+from treeherd.store.codec import (
+    SPEC_KEY_BYTES,
+    SpecKeys,
+    decode,
+    decode_spec,
+    encode_spec,
+    encode_without_spec,
+    spec_key,
+)
 
 # The first byte of a task stored without its spec: a byte MessagePack never uses, so a value in the
 # format of store schema 1 (MessagePack of the whole object) is told apart and still read.
 SPLIT = b"\xc1"
-KEY_BYTES = 16  # `SpecKeys` keys: blake2b digests of 16 bytes
+KEY_BYTES = SPEC_KEY_BYTES
 COLLECT_AFTER = 64  # new specs seen since the last collection of unused ones that start another one
 
 
 def _key_now(spec: TaskSpec) -> bytes:
     """The key `SpecKeys` gives `spec` today."""
-    return hashlib.blake2b(encode_spec(spec), digest_size=KEY_BYTES).digest()
+    return spec_key(encode_spec(spec))
 
 
 class MissingSpec(Refused):
