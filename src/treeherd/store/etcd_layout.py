@@ -45,7 +45,7 @@ PARTIAL = b"partial"
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_MAX_REQUEST_BYTES = 1_572_864
 _MARGIN = 16_384  # bytes left for the request's framing, the head key and the compares' headers
-_PER_KEY = 48  # protobuf overhead of one compare and one write, roughly
+PER_KEY = 48  # protobuf overhead of one compare and one write, roughly
 
 
 class Layout:
@@ -163,23 +163,23 @@ def plan_pieces(layout: Layout, ops: list[Op], events: list[Event], specs: Specs
     planned: set[bytes] = set()
     for key, check in compares.items():
         if key not in final:  # an Assert: compared, not written
-            pieces.append(Piece(key, check, None, len(key) + _PER_KEY))
+            pieces.append(Piece(key, check, None, len(key) + PER_KEY))
             continue
         stored = final[key]
         if stored is None:
-            pieces.append(Piece(key, check, etcd.delete(key), 2 * len(key) + _PER_KEY))
+            pieces.append(Piece(key, check, etcd.delete(key), 2 * len(key) + PER_KEY))
             continue
         if type(stored) is Task:
             spec, spec_value = specs.keys.key(stored)
             if spec not in planned and not specs.held(spec):
                 planned.add(spec)
                 spec_at = layout.spec(spec)
-                size = 2 * len(spec_at) + len(spec_value) + _PER_KEY
+                size = 2 * len(spec_at) + len(spec_value) + PER_KEY
                 pieces.append(Piece(spec_at, None, etcd.put(spec_at, spec_value), size, spec=spec))
             value = encode_task(stored, spec)
         else:
             value = encode_stored(stored)
-        size = 2 * len(key) + len(value) + _PER_KEY
+        size = 2 * len(key) + len(value) + PER_KEY
         pieces.append(Piece(key, check, etcd.put(key, value), size, (value, stored)))
     return pieces
 

@@ -21,10 +21,9 @@ from treeherd.model.ops import Op, Update
 from treeherd.model.services import Task
 from treeherd.store import etcd_client as etcd
 from treeherd.store.etcd_client import EtcdClient
-from treeherd.store.etcd_layout import Layout, Marker, Piece, marker, plan_pieces, read_marker
+from treeherd.store.etcd_layout import PER_KEY, Layout, Marker, Piece, marker, plan_pieces, read_marker
 from treeherd.store.etcd_writer import Writer
 
-_PER_KEY = 48  # as `etcd_layout` counts a key's compare and write
 _UPGRADE_BATCH = 5_000  # tasks planned at once by an upgrade (then sent a transaction at a time)
 
 
@@ -118,5 +117,5 @@ async def collect(writer: Writer, layout: Layout, unused: list[bytes]) -> None:
     pieces = []
     for spec in unused:
         key = layout.spec(spec)
-        pieces.append(Piece(key, None, etcd.delete(key), 2 * len(key) + _PER_KEY))
+        pieces.append(Piece(key, None, etcd.delete(key), 2 * len(key) + PER_KEY))
     await writer.send_each(pieces)

@@ -30,7 +30,6 @@ from treeherd.store.codec import (
 # The first byte of a task stored without its spec: a byte MessagePack never uses, so a value in the
 # format of store schema 1 (MessagePack of the whole object) is told apart and still read.
 SPLIT = b"\xc1"
-KEY_BYTES = SPEC_KEY_BYTES
 COLLECT_AFTER = 64  # new specs seen since the last collection of unused ones that start another one
 
 
@@ -50,7 +49,7 @@ def encode_task(task: Task, key: bytes) -> bytes:
 
 def spec_key_of(value: bytes) -> bytes | None:
     """The key of the spec a stored task value names; None for a value that holds the whole object."""
-    return value[1 : 1 + KEY_BYTES] if value[:1] == SPLIT else None
+    return value[1 : 1 + SPEC_KEY_BYTES] if value[:1] == SPLIT else None
 
 
 def decode_value(value: bytes, mod_revision: int, specs: Mapping[bytes, TaskSpec]) -> AnyObject:
@@ -58,9 +57,9 @@ def decode_value(value: bytes, mod_revision: int, specs: Mapping[bytes, TaskSpec
     version: the key's `mod_revision`."""
     if value[:1] != SPLIT:
         return msgspec.structs.replace(decode(value), version=mod_revision)
-    key = value[1 : 1 + KEY_BYTES]
+    key = value[1 : 1 + SPEC_KEY_BYTES]
     spec = specs.get(key)
-    obj = decode(value[1 + KEY_BYTES :])
+    obj = decode(value[1 + SPEC_KEY_BYTES :])
     if type(obj) is not Task:
         raise MissingSpec(
             f"a value stored as a task without its spec holds a {obj.kind}: the data is damaged"
