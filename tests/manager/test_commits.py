@@ -357,12 +357,46 @@ async def test_a_refused_chunk_of_steps_stops_the_steps(
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["the plan (writes 1-2)"]
 
 
+async def recording_with(*hostnames: str) -> tuple[Recording, list[Op]]:
+    """A recording store holding these machines, and an update of each."""
+    opened = Recording()
+    await opened.open()
+    made = (await opened.commit(creates(*hostnames))).objects
+    opened.chunks.clear()
+    return opened, [Update(msgspec.structs.replace(m, labels={"by": "us"})) for m in made]
+
+
+async def test_creations_fill_larger_chunks_than_other_writes() -> None:
+    """At most `size` writes that are not creations, at most `creations` writes in all."""
+    names = [f"web-{i}" for i in range(1, 10)]
+    old = [f"old-{i}" for i in range(4)]
+    store, updates = await recording_with(*old)
+    steps = [creates(*names[:5]), updates[:1], creates(*names[5:7]), updates[1:], creates(*names[7:])]
+    assert await commit_steps(
+        store, iter(steps), "mixed", on_refused_chunk=RefusedChunk.STOP, size=2, creations=6
+    )
+    assert (
+        store.chunks
+        == [
+            [*names[:5], "old-0"],  # six writes in all
+            [*names[5:7], "old-1", "old-2"],  # two that are not creations
+            ["old-3", *names[7:]],  # what is left
+        ]
+    )
+    plain, updates = await recording_with(*old)
+    steps = [creates(*names[:5]), updates[:1], creates(*names[5:7]), updates[1:], creates(*names[7:])]
+    assert await commit_steps(plain, iter(steps), "mixed", on_refused_chunk=RefusedChunk.STOP, size=2)
+    assert [len(chunk) for chunk in plain.chunks] == [2, 2, 2, 2, 2, 2, 1]  # without: `size` of any kind
+
+
 async def test_no_writes_no_transaction(store: RacingStore) -> None:
     assert await commit_chunks(store, [], "nothing", on_refused_chunk=RefusedChunk.STOP)
     assert store.commits == 0
 
 
-async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(store: RacingStore) -> None:
+async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(
+    store: RacingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert commits.chunk_size(store.view()) == commits.CHUNK  # no agent yet
     ready = [machine(f"r{i}", agent=AgentStatus(state="ready")) for i in range(300)]
     down = [machine(f"d{i}", agent=AgentStatus(state="down")) for i in range(1_500)]
@@ -372,3 +406,8 @@ async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(store: Racing
     more = [machine(f"m{i}", agent=AgentStatus(state="ready")) for i in range(1_500)]
     await store.commit([Create(m) for m in more])
     assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 36,000
+    # Creations go further, up to a bound of their own.
+    assert commits.creation_chunk_size(store.view()) == 20 * 1_800
+    assert commits.MAX_CHUNK < 20 * 1_800 < commits.MAX_CREATION_CHUNK
+    monkeypatch.setattr(commits, "MAX_CREATION_CHUNK", 30_000)
+    assert commits.creation_chunk_size(store.view()) == 30_000

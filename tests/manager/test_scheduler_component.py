@@ -13,6 +13,7 @@ import pytest
 from treeherd.core.tree.nodes import plan_create_node
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.orchestrator import Orchestrator
+from treeherd.manager import scheduler as scheduler_module
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.services import Services
 from treeherd.model.objects import AgentStatus, Machine
@@ -123,3 +124,29 @@ async def test_global_service_on_every_ready_machine(cluster):
         ),
         "3 global",
     )
+
+
+async def test_placements_are_committed_machine_by_machine(cluster, monkeypatch):
+    """A batch larger than a chunk goes in chunks of whole machines: each agent hears of its tasks in
+    one message, not a few in each chunk (spread placement decides them round the machines)."""
+    store, services = cluster
+    monkeypatch.setattr(scheduler_module, "chunk_size", lambda view: 4)
+    placements: list[list[str]] = []
+    commit = store.commit
+
+    async def recording(ops):
+        placed = [
+            op.object.machine_id
+            for op in ops
+            if isinstance(op.object, Task) and op.object.status.state == TaskState.ASSIGNED
+        ]
+        if placed:
+            placements.append(placed)
+        return await commit(ops)
+
+    monkeypatch.setattr(store, "commit", recording)
+    await services.create(ServiceCreate(name="web", node="corp", replicas=12, task=TaskSpec(command=["x"])))
+    await eventually(
+        lambda: sum(len(p) for p in placements) == 12 and len(meant(store, "web")) == 12, "12 placed"
+    )
+    assert placements == [["m0"] * 4, ["m1"] * 4, ["m2"] * 4]

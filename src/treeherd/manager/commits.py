@@ -13,7 +13,8 @@ write is given up and None returned (`Exhausted.GIVE_UP`, for writers that try a
 `refused` (so the caller can undo what it decided for those writes: free their ports, try their tasks
 again), and then either the rest is left for the next decision (`RefusedChunk.STOP`) or the next chunk
 is committed (`RefusedChunk.CONTINUE`). Components decide again `RETRY_S` after a refused chunk.
-`commit_steps` does the same for a plan made a step at a time, committing as the chunks fill up.
+`commit_steps` does the same for a plan made a step at a time, committing as the chunks fill up; the
+orchestrator's chunks may hold more creations (`creation_chunk_size`) than changes of existing objects.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Literal, overload
 from treeherd.core.view import View
 from treeherd.model.errors import AlreadyExists, NotFound, TreeherdError, VersionConflict
 from treeherd.model.objects import Machine
-from treeherd.model.ops import Op
+from treeherd.model.ops import Create, Op
 from treeherd.store.base import Committed, Store
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "commit_chunks",
     "commit_plan",
     "commit_steps",
+    "creation_chunk_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ CHUNK_PER_AGENT = 20  # ... and enough for this many tasks per ready agent
 # messages after it (one per agent) fills the loop; chunks of 50,000 at 5,000 agents made stalls of
 # up to 7 s where 25,000 made 3 s.
 MAX_CHUNK = 25_000
+# Creations stop at a larger bound: a new task is no message to an agent until it is placed, and the
+# scheduler places each transaction of new tasks as one batch (see `creation_chunk_size`).
+MAX_CREATION_CHUNK = 100_000
 RETRY_S = 0.2  # how soon a component decides again after a refused chunk
 
 
@@ -161,8 +166,24 @@ def chunk_size(view: View) -> int:
     its own assignment message, status report and acknowledgement (half the manager's cost per task,
     and most of the agents'). A chunk of several tasks per agent sends them several at a time: 20 per
     agent up to 1,250 agents, 5 per agent at 5,000."""
-    agents = view.tally(Machine, "agent_state", "ready")
-    return min(MAX_CHUNK, max(CHUNK, CHUNK_PER_AGENT * agents))
+    return min(MAX_CHUNK, _per_ready_agent(view))
+
+
+def creation_chunk_size(view: View) -> int:
+    """Creations per transaction of a service's reconcile, for the cluster in `view`: twenty per ready
+    agent, like `chunk_size`, but up to `MAX_CREATION_CHUNK`.
+
+    The scheduler places the tasks of one such transaction in one batch, spread over the machines, and
+    commits the placements machine by machine. With creations bounded like placements, a batch at
+    5,000 agents held five tasks per agent, so every agent got its tasks five at a time whatever the
+    placement chunks; a batch of twenty per agent gives each agent's assignment message twenty (at
+    5,000 x 300,000: half the status reports, and 16 % less CPU per task for both the manager and the
+    agents)."""
+    return min(MAX_CREATION_CHUNK, _per_ready_agent(view))
+
+
+def _per_ready_agent(view: View) -> int:
+    return max(CHUNK, CHUNK_PER_AGENT * view.tally(Machine, "agent_state", "ready"))
 
 
 async def commit_chunks(
@@ -177,8 +198,9 @@ async def commit_chunks(
 ) -> bool:
     """Commit `ops` in transactions of at most `size` (default `CHUNK`) writes; True if every chunk
     was committed. A refused chunk (any store error) is logged and handed to `refused`."""
+    size = size or CHUNK
     return await _commit_in_chunks(
-        store, [ops], what, len(ops), on_refused_chunk, refused, size or CHUNK, logger
+        store, [ops], what, len(ops), on_refused_chunk, refused, size, logger, size
     )
 
 
@@ -190,14 +212,21 @@ async def commit_steps(
     on_refused_chunk: RefusedChunk,
     refused: Callable[[list[Op]], None] | None = None,
     size: int | None = None,
+    creations: int | None = None,
     logger: logging.Logger = log,
 ) -> bool:
     """`commit_chunks` for a plan made a step at a time (`steps` yields each step's writes, possibly
     none): a chunk is committed as soon as it is full, and the event loop runs between steps, so a
     plan of a million writes neither holds the loop while it is made nor waits for its end to start
     committing. The chunks are the ones `commit_chunks` makes of all the writes at once. After a
-    refused chunk with `RefusedChunk.STOP`, no further step is taken."""
-    return await _commit_in_chunks(store, steps, what, None, on_refused_chunk, refused, size or CHUNK, logger)
+    refused chunk with `RefusedChunk.STOP`, no further step is taken.
+
+    With `creations` (larger than `size`), a chunk holds at most `size` writes that are not creations
+    and at most `creations` writes in all."""
+    size = size or CHUNK
+    return await _commit_in_chunks(
+        store, steps, what, None, on_refused_chunk, refused, size, logger, max(size, creations or size)
+    )
 
 
 async def _commit_in_chunks(
@@ -209,16 +238,19 @@ async def _commit_in_chunks(
     refused: Callable[[list[Op]], None] | None,
     size: int,
     logger: logging.Logger,
+    most: int,
 ) -> bool:
-    """The writes of `steps` in chunks of `size`, each committed once full (the last with what is
-    left), the loop let run between steps. `total`, when known, goes into the chunks' labels."""
+    """The writes of `steps` in chunks of at most `size` writes other than creations and `most` writes
+    in all, each committed once full (the last with what is left), the loop let run between steps.
+    `total`, when known, goes into the chunks' labels."""
     pending: list[Op] = []
+    changes = 0  # the writes in `pending` that are not creations
     written = 0
     all_committed = True
 
     async def commit(chunk: list[Op], *, last: bool) -> bool:
         nonlocal written, all_committed
-        alone = total <= size if total is not None else last and not written
+        alone = total <= most if total is not None else last and not written
         of = f" of {total}" if total is not None else ""
         label = what if alone else f"{what} (writes {written + 1}-{written + len(chunk)}{of})"
         written += len(chunk)
@@ -228,13 +260,23 @@ async def _commit_in_chunks(
         return on_refused_chunk is not RefusedChunk.STOP
 
     for ops in steps:
-        pending.extend(ops)
-        start = 0
-        while len(pending) - start >= size:
-            start += size
-            if not await commit(pending[start - size : start], last=False):
-                return False
-        del pending[:start]
+        if most == size:  # every write counts alike: whole slices
+            pending.extend(ops)
+            start = 0
+            while len(pending) - start >= size:
+                start += size
+                if not await commit(pending[start - size : start], last=False):
+                    return False
+            del pending[:start]
+        else:
+            for op in ops:
+                pending.append(op)
+                if type(op) is not Create:
+                    changes += 1
+                if changes == size or len(pending) == most:
+                    chunk, pending, changes = pending, [], 0
+                    if not await commit(chunk, last=False):
+                        return False
         await asyncio.sleep(0)  # let the loop run between steps
     if pending:
         await commit(pending, last=True)
