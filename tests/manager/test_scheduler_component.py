@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from treeherd.core.tree.nodes import plan_create_node
+from treeherd.manager import scheduler as scheduler_module
 from treeherd.manager.allocator import Allocator
 from treeherd.manager.orchestrator import Orchestrator
-from treeherd.manager import scheduler as scheduler_module
 from treeherd.manager.scheduler import Scheduler
 from treeherd.manager.services import Services
 from treeherd.model.objects import AgentStatus, Machine

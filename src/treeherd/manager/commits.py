@@ -176,9 +176,9 @@ def creation_chunk_size(view: View) -> int:
     The scheduler places the tasks of one such transaction in one batch, spread over the machines, and
     commits the placements machine by machine. With creations bounded like placements, a batch at
     5,000 agents held five tasks per agent, so every agent got its tasks five at a time whatever the
-    placement chunks; a batch of twenty per agent gives each agent's assignment message twenty (at
-    5,000 x 300,000: half the status reports, and 16 % less CPU per task for both the manager and the
-    agents)."""
+    placement chunks; a batch of twenty per agent gives each agent's assignment message twenty. At
+    5,000 x 300,000: 15,000 status reports instead of about 37,000, and per task 116-122 µs of the
+    manager's CPU instead of 131-135, 74-82 µs of the agents' instead of 108-114."""
     return min(MAX_CREATION_CHUNK, _per_ready_agent(view))
 
 

@@ -123,6 +123,21 @@ def test_a_changed_reservation_replaces_the_old_one() -> None:
     assert (m1.active_tasks, m1.reserved_memory, m1.reserved_nano_cpus) == (1, 3 * GIB, 0)
 
 
+def test_services_sharing_one_spec_object_are_counted_apart() -> None:
+    """The demand remembered for the last spec is the service's own, not that of the last service
+    seen with the same spec object."""
+    api = msgspec.structs.replace(service("api"), task=WEB.task)
+    assert api.task is WEB.task and api.id != WEB.id
+    nodes = node_set([machine("m1")])
+    for t in (running(WEB, "m1", 1), running(api, "m1", 1), running(WEB, "m1", 2)):
+        nodes.task_changed(None, t)
+        nodes.task_changed(t, with_state(t, TaskState.RUNNING))  # a status change: same spec object
+    m1 = nodes.get("m1")
+    assert m1 is not None
+    assert m1.tasks_by_service == {WEB.id: 2, api.id: 1}
+    assert m1.tasks_by_name == {"web": 2, "api": 1}
+
+
 def test_assign_then_commit_event_counts_once_and_release_undoes() -> None:
     nodes = node_set([machine("m1")])
     m1 = nodes.get("m1")

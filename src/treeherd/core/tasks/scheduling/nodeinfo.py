@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from treeherd.core.view import View
 from treeherd.model.objects import Machine
-from treeherd.model.services import Task
+from treeherd.model.services import Task, TaskSpec
 from treeherd.model.states import TaskState
 
 __all__ = ["NANO", "Demand", "NodeInfo", "NodeSet", "counts_against_node", "nano_cpus"]
@@ -163,7 +163,7 @@ class NodeInfo:
 class NodeSet:
     """Every NodeInfo, and which task is counted where (see the module docstring)."""
 
-    __slots__ = ("_counted_on", "_declared", "_demands", "_nodes", "_running")
+    __slots__ = ("_counted_on", "_declared", "_demands", "_last_demand", "_nodes", "_running")
 
     def __init__(self) -> None:
         self._nodes: dict[str, NodeInfo] = {}
@@ -175,6 +175,8 @@ class NodeSet:
         self._declared: dict[str, int] = {}
         # service id -> the nodes with at least one of its counted tasks (placeholders included).
         self._running: dict[str, dict[str, NodeInfo]] = {}
+        # The last spec a demand was made of, and that demand (see `_demand_of`).
+        self._last_demand: tuple[TaskSpec, Demand] | None = None
 
     @classmethod
     def from_objects(cls, machines: Iterable[Machine], tasks: Iterable[Task]) -> NodeSet:
@@ -220,10 +222,23 @@ class NodeSet:
         if machine_id is None or not counts_against_node(new):
             self.release(new.id)
             return
-        demand = Demand.of(new)
+        demand = self._demand_of(new)
         if self._counted_on.get(new.id) == machine_id and self._demands[new.id] == demand:
             return
         self._count(new.id, machine_id, demand)
+
+    def _demand_of(self, task: Task) -> Demand:
+        """`Demand.of`, remembered for the last spec: the events of a batch are mostly status changes
+        of one service's tasks, which share their spec object, and each made a demand to compare."""
+        last = self._last_demand
+        if last is not None:
+            spec, demand = last
+            same_service = demand.service_id == task.service_id and demand.service_name == task.service_name
+            if spec is task.spec and same_service:
+                return demand
+        demand = Demand.of(task)
+        self._last_demand = (task.spec, demand)
+        return demand
 
     def assign(self, task_id: str, node: NodeInfo, demand: Demand) -> None:
         """Count a decision: the task is on `node` (a known machine's, from `get` or `nodes`) for the
