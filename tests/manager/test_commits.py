@@ -367,7 +367,8 @@ async def recording_with(*hostnames: str) -> tuple[Recording, list[Op]]:
 
 
 async def test_creations_fill_larger_chunks_than_other_writes() -> None:
-    """At most `size` writes that are not creations, at most `creations` writes in all."""
+    """At most `size` writes that are not creations, at most `creations` writes in all (the first
+    chunk at most `size`)."""
     names = [f"web-{i}" for i in range(1, 10)]
     old = [f"old-{i}" for i in range(4)]
     store, updates = await recording_with(*old)
@@ -378,8 +379,9 @@ async def test_creations_fill_larger_chunks_than_other_writes() -> None:
     assert (
         store.chunks
         == [
-            [*names[:5], "old-0"],  # six writes in all
-            [*names[5:7], "old-1", "old-2"],  # two that are not creations
+            names[:2],  # the first chunk: `size` in all
+            [*names[2:5], "old-0", *names[5:7]],  # six writes in all
+            ["old-1", "old-2"],  # two that are not creations
             ["old-3", *names[7:]],  # what is left
         ]
     )

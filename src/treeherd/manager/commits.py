@@ -222,7 +222,8 @@ async def commit_steps(
     refused chunk with `RefusedChunk.STOP`, no further step is taken.
 
     With `creations` (larger than `size`), a chunk holds at most `size` writes that are not creations
-    and at most `creations` writes in all."""
+    and at most `creations` writes in all; the first chunk at most `size` in all, so that the first
+    new tasks are placed as soon as they would be without."""
     size = size or CHUNK
     return await _commit_in_chunks(
         store, steps, what, None, on_refused_chunk, refused, size, logger, max(size, creations or size)
@@ -273,7 +274,8 @@ async def _commit_in_chunks(
                 pending.append(op)
                 if type(op) is not Create:
                     changes += 1
-                if changes == size or len(pending) == most:
+                # The first chunk holds no more than `size` in all: the first placements wait for it.
+                if changes == size or len(pending) == (most if written else size):
                     chunk, pending, changes = pending, [], 0
                     if not await commit(chunk, last=False):
                         return False
