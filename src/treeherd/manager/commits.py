@@ -165,7 +165,8 @@ def chunk_size(view: View) -> int:
     the cluster: at 5,000 agents, chunks of 5,000 sent every agent its tasks one at a time, each with
     its own assignment message, status report and acknowledgement (half the manager's cost per task,
     and most of the agents'). A chunk of several tasks per agent sends them several at a time: 20 per
-    agent up to 1,250 agents, 5 per agent at 5,000."""
+    agent up to 1,250 agents, 5 per agent at 5,000 (where `creation_chunk_size` and the scheduler's
+    placement machine by machine still give an agent twenty at a time)."""
     return min(MAX_CHUNK, _per_ready_agent(view))
 
 
