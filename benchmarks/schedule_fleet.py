@@ -66,10 +66,13 @@ class Child:
             self.ready.set_exception(ChildFailed(f"agents process {self.index} ended before it was ready"))
         await self.replies.put({"kind": "eof"})
 
-    async def ask(self, command: str, kind: str, within_s: float) -> dict[str, Any]:
+    async def tell(self, command: str) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(command.encode() + b"\n")
         await self.process.stdin.drain()
+
+    async def ask(self, command: str, kind: str, within_s: float) -> dict[str, Any]:
+        await self.tell(command)
         async with asyncio.timeout(within_s):
             reply = await self.replies.get()
         if reply["kind"] != kind:
@@ -132,8 +135,14 @@ class Fleet:
 
     async def settled(self, target: int) -> float:
         """Wait until the agents started `target` tasks and every process is settled (the manager has
-        acknowledged every status, all RUNNING); returns the perf_counter time it was seen."""
-        while not (self.started >= target and all(c.progress["settled"] for c in self.children)):
+        acknowledged every status, all RUNNING); returns the perf_counter time it was seen. The processes
+        are told to check whether they are settled only once `target` tasks started (the check reads
+        every task they hold)."""
+        while self.started < target:
+            self.changed.clear()
+            await self.changed.wait()
+        await asyncio.gather(*(c.tell("settle") for c in self.children))
+        while not all(c.progress["settled"] for c in self.children):
             self.changed.clear()
             await self.changed.wait()
         return time.perf_counter()

@@ -4,12 +4,18 @@
 
 Started by `schedule_fleet.Fleet`, never by hand. Protocol, one JSON object per line:
 
-- stdin, first line: the settings (`Settings`); then commands: `report` (send what the agents saw) and
-  `stop` (stop the agents, say how that went, exit). End of input (the benchmark is gone) stops it too.
+- stdin, first line: the settings (`Settings`); then commands: `settle` (the agents of every process
+  started all the tasks: from now on check whether this process is settled), `report` (send what the
+  agents saw) and `stop` (stop the agents, say how that went, exit). End of input (the benchmark is
+  gone) stops it too.
 - stdout: `ready` once every agent is started (the handshake), `progress` whenever the tasks started,
-  the agents ended or whether everything is settled changes (checked every 0.1 s), `report`, `stopped`.
+  the agents ended or (after `settle`) whether everything is settled changes (checked every 0.1 s),
+  `report`, `stopped`.
 
 "Settled": no status waits for the manager's acknowledgement and every task the agents hold is RUNNING.
+The check reads every task the process holds, so it waits for `settle`: run whenever the tasks that
+arrived had all started, it would cost the agents' loop more, the more tasks it holds (at 5,000 x
+300,000, half of this process's samples in the seconds after every task had started).
 The process starts in a session of its own (a Ctrl-C in the terminal reaches the benchmark only).
 """
 
@@ -83,17 +89,20 @@ def settled(agents: list[Agent]) -> bool:
     )
 
 
-async def watch(agents: list[Agent], tasks: list[asyncio.Task[None]], tally: Tally) -> None:
-    """Tell the benchmark when the tasks started, the agents that ended or `settled` change."""
+async def watch(
+    agents: list[Agent], tasks: list[asyncio.Task[None]], tally: Tally, settle: asyncio.Event
+) -> None:
+    """Tell the benchmark when the tasks started, the agents that ended or (once `settle` is set)
+    `settled` change."""
     last: dict[str, Any] = {}
     previous_started = -1
     while True:
         await asyncio.sleep(PROGRESS_PERIOD_S)
         ended = [t for t in tasks if t.done()]
         error = next((repr(t.exception()) for t in ended if not t.cancelled() and t.exception()), None)
-        # The full check only once every task that came here started, and that count stayed the same for
-        # a period (it reads every task).
-        quiet = tally.started == previous_started and 0 < len(tally.seen) <= tally.started
+        # The full check only once told to, every task that came here started, and that count stayed
+        # the same for a period (it reads every task).
+        quiet = settle.is_set() and tally.started == previous_started and 0 < len(tally.seen) <= tally.started
         previous_started = tally.started
         now = {"started": tally.started, "ended": len(ended), "error": error,
                "settled": quiet and settled(agents)}  # fmt: skip
@@ -109,6 +118,7 @@ async def serve(settings: Settings, commands: asyncio.Queue[str], tally: Tally) 
     lag: list[tuple[float, float]] = []
     lag_stop = asyncio.Event()
     lag_task = asyncio.create_task(loop_lag(lag, lag_stop))
+    settle = asyncio.Event()
     try:
         if settings.db_inline:
             agent_module.TaskDB = InlineTaskDB  # type: ignore[misc]  # for the Agents made below
@@ -124,9 +134,11 @@ async def serve(settings: Settings, commands: asyncio.Queue[str], tally: Tally) 
             tasks.append(asyncio.create_task(agent.run(), name=f"agent-{hostname}"))
         agent_module.TaskDB = agent_db.TaskDB  # type: ignore[misc]
         _emit({"kind": "ready", "pid": os.getpid(), "agents": len(agents)})
-        watcher = asyncio.create_task(watch(agents, tasks, tally))
+        watcher = asyncio.create_task(watch(agents, tasks, tally, settle))
         while (command := await commands.get()) != "stop":
-            if command == "report":
+            if command == "settle":
+                settle.set()
+            elif command == "report":
                 _emit({"kind": "report", **collect(tally, agents, lag)})
         watcher.cancel()
     finally:
