@@ -1,17 +1,21 @@
-"""Fixtures shared by the whole suite: real manager processes on loopback in temp dirs, and a real
-dockerd with a locally built image for the docker executor."""
+"""Fixtures shared by the whole suite: an opened in-memory store and the inventory over it, real manager
+processes on loopback in temp dirs, and a real dockerd with a locally built image for the docker
+executor. A directory's conftest (or a module) that needs another kind of store overrides `store`."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from treeherd.manager.inventory import Inventory
+from treeherd.store.memory import MemoryStore
 from treeherd.testing.docker import Dockerd, DockerdUnavailable, busybox_image
+from treeherd.testing.factories import FIXED_NOW, Ids
 from treeherd.testing.processes import ManagerProcess, treeherd_command
 
 CLI_TIMEOUT = 30
@@ -30,6 +34,21 @@ def client_config_of_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iter
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    """An opened in-memory store, closed after the test."""
+    opened = MemoryStore()
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def inventory(store: MemoryStore) -> Inventory:
+    """The inventory over `store`, on a fixed clock and predictable ids."""
+    return Inventory(store, clock=lambda: FIXED_NOW, ids=Ids("id"))
 
 
 @pytest.fixture

@@ -9,21 +9,6 @@ from litestar.testing import AsyncTestClient
 
 from treeherd.api.app import create_app
 from treeherd.manager.inventory import Inventory
-from treeherd.store.memory import MemoryStore
-from treeherd.testing.factories import FIXED_NOW, Ids
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    opened = MemoryStore()
-    await opened.open()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-def inventory(store: MemoryStore) -> Inventory:
-    return Inventory(store, clock=lambda: FIXED_NOW, ids=Ids("id"))
 
 
 @pytest.fixture

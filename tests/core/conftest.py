@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -98,14 +98,6 @@ class World:
         created = committed.objects[0]
         assert isinstance(created, ProvisioningRecord)
         return created
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    opened = MemoryStore()
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

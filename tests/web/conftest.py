@@ -1,18 +1,15 @@
-"""Browser fixtures: a real manager on a free loopback port and Debian's chromium driven by Playwright
-(launched from /usr/bin/chromium: nothing is downloaded), closed after every test, with every console
-error and page error of the pages it opened collected for the test to check."""
+"""Browser fixtures: Debian's chromium driven by Playwright (launched from /usr/bin/chromium: nothing is
+downloaded), closed after every test, with every console error and page error of the pages it opened
+collected for the test to check. The manager the pages talk to is the suite's `manager` fixture."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-
-from treeherd.testing.processes import ManagerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -28,12 +25,6 @@ def _chromium_children() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     return found
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ManagerProcess]:
-    with ManagerProcess(tmp_path / "data") as started:
-        yield started
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
-
 from tests.api.helpers import COUNT, STOPPED, LoopTurns, client_on_this_loop, web_with_tasks
 from treeherd.api.app import create_app
 from treeherd.manager.inventory import Inventory
@@ -19,24 +17,11 @@ from treeherd.model.requests import NodeCreate, ServiceCreate
 from treeherd.model.services import TaskSpec
 from treeherd.model.tasks_view import TaskRow
 from treeherd.store.memory import MemoryStore
-from treeherd.testing.factories import FIXED_NOW, Ids
+from treeherd.testing.factories import FIXED_NOW
 from treeherd.web import console_handlers, queries
 from treeherd.web.pages import CURRENT_SHOWN, HISTORY
 
 TASK_LINK = re.compile(r'href="/ui/tasks/([^"]+)"')
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    opened = MemoryStore()
-    await opened.open()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-def inventory(store: MemoryStore) -> Inventory:
-    return Inventory(store, clock=lambda: FIXED_NOW, ids=Ids("id"))
 
 
 async def test_a_large_service_shows_a_bounded_page_and_the_loop_runs_meanwhile(

@@ -25,14 +25,6 @@ from treeherd.testing.factories import FIXED_NOW, Ids, binding, machine, node
 from treeherd.testing.factories import service as make_service
 
 
-@pytest.fixture
-async def store():
-    store = MemoryStore()
-    await store.open()
-    yield store
-    await store.close()
-
-
 def register(view, address="10.0.0.5", port=5432, **kw):
     args = {"ttl_s": 30.0, "weight": 1, "host": "db-1", "now": FIXED_NOW, "new_id": Ids("e")}
     args.update(kw)

@@ -19,14 +19,6 @@ from treeherd.store.memory import MemoryStore
 from treeherd.testing.factories import FIXED_NOW, Ids
 
 
-@pytest.fixture
-async def store():
-    store = MemoryStore()
-    await store.open()
-    yield store
-    await store.close()
-
-
 async def report(store: MemoryStore, type: ProxyEventType, reason: str, minutes: int = 0) -> ProxyRecord:
     ops = plan_proxy_event(
         store.view(),
