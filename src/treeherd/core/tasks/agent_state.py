@@ -20,7 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 import msgspec
 
@@ -83,7 +83,7 @@ class _Record:
 
     __slots__ = ("desired_seen", "has_runner", "spec_seen", "status", "story", "task", "touched")
 
-    def __init__(self, task: Task, status: TaskStatus, story: deque[Transition]) -> None:
+    def __init__(self, task: Task, status: TaskStatus, story: list[Transition]) -> None:
         self.task = task
         self.status = status
         self.story = story
@@ -120,7 +120,7 @@ class AgentState:
         self._with_dependencies: dict[str, None] = {}
         self._story_limit = story_limit
         # Stories of forgotten tasks stay a while, so `debug story` can say why a task went away.
-        self._forgotten: OrderedDict[str, deque[Transition]] = OrderedDict()
+        self._forgotten: OrderedDict[str, list[Transition]] = OrderedDict()
         self._forgotten_limit = forgotten_limit
         # Latest unsent status per task (in order of change), and reports sent but not acknowledged.
         self._outbox: dict[str, TaskStatus] = {}
@@ -321,8 +321,7 @@ class AgentState:
     # --- helpers --------------------------------------------------------------------------------
 
     def _remember(self, task: Task, status: TaskStatus, event: EventBase, why: str) -> _Record:
-        story: deque[Transition] = self._forgotten.pop(task.id, deque(maxlen=self._story_limit))
-        record = _Record(task, status, story)
+        record = _Record(task, status, self._forgotten.pop(task.id, []))
         self._tasks[task.id] = record
         if task.ports:
             self._with_ports[task.id] = None
@@ -332,19 +331,30 @@ class AgentState:
         return record
 
     def _note(self, record: _Record, event: EventBase, message: str) -> None:
-        record.story.append(
-            Transition(state=record.status.state, cause_id=event.cause_id, at=event.now, message=message)
+        self._add_to_story(
+            record,
+            Transition(state=record.status.state, cause_id=event.cause_id, at=event.now, message=message),
         )
+
+    def _add_to_story(self, record: _Record, transition: Transition) -> None:
+        """Add to the task's story, which keeps its last `story_limit` transitions. A list, not a
+        bounded deque: a deque's first block takes about 0.8 kB, for a story of two or three
+        transitions, on every task an agent holds."""
+        story = record.story
+        story.append(transition)
+        if len(story) > self._story_limit:
+            del story[: len(story) - self._story_limit]
 
     def _set_status(self, record: _Record, status: TaskStatus, cause_id: str, out: list[Instruction]) -> None:
         record.status = status
-        record.story.append(
+        self._add_to_story(
+            record,
             Transition(
                 state=status.state,
                 cause_id=cause_id,
                 at=status.timestamp,
                 message=status.error or status.message,
-            )
+            ),
         )
         out.append(PersistTask(cause_id=cause_id, task=record.task, status=status))
         self._queue_report(record.task.id, status)
