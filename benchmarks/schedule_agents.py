@@ -118,13 +118,8 @@ class SharedThreadTaskDB(agent_db.TaskDB):
         await self._call(self._close)
         self._thread = None  # the pool is the benchmark's to shut down
 
-    def _open(self) -> None:  # TaskDB._open, with check_same_thread=False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(agent_db._SCHEMA)
-        self._db = db
+    def _connect(self) -> sqlite3.Connection:  # TaskDB's, with check_same_thread=False
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
 
 class InlineTaskDB(agent_db.TaskDB):

@@ -7,10 +7,11 @@ from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from agent_helpers import NOW, make_task
 
-from treeherd.agent.db import TaskDB
+from treeherd.agent.db import PAGE_SIZE, TaskDB
 from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import TaskStatus
 from treeherd.model.states import TaskState
@@ -73,7 +74,7 @@ async def test_a_new_status_alone_and_a_changed_task_both_survive_a_reopen(tmp_p
     await db.open()
     first, changed = make_task("t1"), make_task("t1", env={"B": "2"})
     await db.write([(first, status(TaskState.ACCEPTED))])
-    await db.write([(first, status(TaskState.PREPARING))])  # the status column alone
+    await db.write([(first, status(TaskState.PREPARING))])  # its status row alone
     await db.write([(make_task("t2"), status(TaskState.ASSIGNED))], ["t2"])
     await db.write([(changed, status(TaskState.READY)), (make_task("t3"), status(TaskState.NEW))])
     await db.write(
@@ -93,3 +94,60 @@ async def test_a_new_status_alone_and_a_changed_task_both_survive_a_reopen(tmp_p
         await db.close()
     with closing(sqlite3.connect(path)) as raw:
         assert raw.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2
+
+
+async def test_a_status_change_writes_one_small_page(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    db = TaskDB(path)
+    await db.open()
+    try:
+        tasks = [make_task(f"t{i:03}", env={"PAYLOAD": "x" * 500}) for i in range(100)]
+        await db.write([(task, status(TaskState.ACCEPTED)) for task in tasks])
+        wal = path.with_name(path.name + "-wal")
+        before = wal.stat().st_size
+        await db.write([(tasks[50], status(TaskState.PREPARING))])
+        # One frame (a page and its 24-byte header) for the status's page; a row of task and status
+        # together would take a page of at least the task's size.
+        assert 0 < wal.stat().st_size - before <= PAGE_SIZE + 24
+    finally:
+        await db.close()
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+
+
+async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> None:
+    """An agent's DB as an earlier version wrote it (task and status in one row): its tasks and
+    statuses load as they were, and writes go on."""
+    path = tmp_path / "agent.db"
+    t1, t2 = make_task("t1", env={"A": "1"}), make_task("t2")
+    encode = msgspec.msgpack.encode
+    with closing(sqlite3.connect(path, isolation_level=None)) as raw:
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL, status BLOB NOT NULL) WITHOUT ROWID"
+        )
+        raw.executemany(
+            "INSERT INTO tasks VALUES (?, ?, ?)",
+            [
+                ("t1", encode(t1), encode(status(TaskState.RUNNING))),
+                ("t2", encode(t2), encode(status(TaskState.FAILED, error="exit code 3", exit_code=3))),
+            ],
+        )
+    db = TaskDB(path)
+    await db.open()
+    try:
+        assert await db.load() == [
+            StoredTask(task=t1, status=status(TaskState.RUNNING)),
+            StoredTask(task=t2, status=status(TaskState.FAILED, error="exit code 3", exit_code=3)),
+        ]
+        await db.write([(t1, status(TaskState.SHUTDOWN))], ["t2"])
+    finally:
+        await db.close()
+    db = TaskDB(path)
+    await db.open()  # opened again: nothing left to convert
+    try:
+        assert await db.load() == [StoredTask(task=t1, status=status(TaskState.SHUTDOWN))]
+    finally:
+        await db.close()
+    with closing(sqlite3.connect(path)) as raw:
+        assert [row[1] for row in raw.execute("PRAGMA table_info(tasks)")] == ["id", "task"]

@@ -1,9 +1,14 @@
 """The agent's local DB: the tasks assigned to this machine and the last status the agent saw.
 
-One SQLite file in WAL mode, one table `tasks(id, task, status)` with the task and its status as
-msgpack. It is what lets a restarted agent resume its tasks before the manager is reachable again.
-Most writes are a new status of a task already stored as it is: those rewrite only the status column
-(a task is about ten times the size of its status).
+One SQLite file in WAL mode, two tables: `tasks(id, task)` and `statuses(id, status)`, the task and
+its status as msgpack. It is what lets a restarted agent resume its tasks before the manager is
+reachable again. Most writes are a new status of a task already stored as it is: those write only
+its row of `statuses`. Every page a transaction changes is a frame of the WAL: with the status
+apart, in pages of 1 kB, a status change writes a frame of about 1 kB, where the task and its status
+in one row (the task about ten times the size of its status) made it one of 4 kB. That is the WAL
+appends and the page cache they fill, which at 5,000 agents on one machine were a large part of
+the agents' cost (the schedule benchmark's README has the figures). A DB of an earlier version (one
+table) is converted when opened.
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
 the event loop never blocks on the disk; a batch of writes is one transaction.
 """
@@ -26,13 +31,11 @@ __all__ = ["TaskDB"]
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    task BLOB NOT NULL,
-    status BLOB NOT NULL
-) WITHOUT ROWID
-"""
+_TASKS = "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL) WITHOUT ROWID"
+_STATUSES = "CREATE TABLE IF NOT EXISTS statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID"
+# The page size of a new file (an existing one keeps its own): each page a write changes is a frame
+# of the WAL, so small pages make a status change cheap; a task's row spills to an overflow page.
+PAGE_SIZE = 1024
 
 
 class TaskDB:
@@ -95,14 +98,33 @@ class TaskDB:
 
     # --- on the DB thread -----------------------------------------------------------------------
 
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None)
+
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash; a power loss may lose the last writes, which
-        # the manager's copy and the next reports make good.
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_SCHEMA)
+        db = self._connect()
+        try:
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table: a new file only
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash; a power loss may lose the last writes,
+            # which the manager's copy and the next reports make good.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(_TASKS)
+                db.execute(_STATUSES)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+                if "status" in columns:  # one table, as an earlier version kept it: split it
+                    db.execute("INSERT INTO statuses (id, status) SELECT id, status FROM tasks")
+                    db.execute("ALTER TABLE tasks DROP COLUMN status")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     def _close(self) -> None:
@@ -116,7 +138,11 @@ class TaskDB:
         return self._db
 
     def _load(self) -> list[StoredTask]:
-        rows = self._connection().execute("SELECT task, status FROM tasks ORDER BY id").fetchall()
+        rows = (
+            self._connection()
+            .execute("SELECT task, status FROM tasks JOIN statuses USING (id) ORDER BY id")
+            .fetchall()
+        )
         return [
             StoredTask(task=self._task_decoder.decode(task), status=self._status_decoder.decode(status))
             for task, status in rows
@@ -134,14 +160,20 @@ class TaskDB:
             # Only the statements with rows: most writes are statuses only, or new tasks only.
             if rows:
                 db.executemany(
-                    "INSERT INTO tasks (id, task, status) VALUES (?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET task = excluded.task, status = excluded.status",
-                    rows,
+                    "INSERT INTO tasks (id, task) VALUES (?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET task = excluded.task",
+                    [(task_id, task) for task_id, task, _ in rows],
+                )
+                db.executemany(
+                    "INSERT INTO statuses (id, status) VALUES (?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+                    [(task_id, status) for task_id, _, status in rows],
                 )
             if statuses:
-                db.executemany("UPDATE tasks SET status = ? WHERE id = ?", statuses)
+                db.executemany("UPDATE statuses SET status = ? WHERE id = ?", statuses)
             if deletes:
                 db.executemany("DELETE FROM tasks WHERE id = ?", deletes)
+                db.executemany("DELETE FROM statuses WHERE id = ?", deletes)
         except BaseException:
             db.execute("ROLLBACK")
             raise
