@@ -5,10 +5,7 @@ without auto-promote waits, and stale reports or too few requests change nothing
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-
-import pytest
 
 from treeherd.core.edge.availability import stats_of
 from treeherd.core.edge.canary_windows import CANARY_WINDOW
@@ -39,14 +36,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    opened = MemoryStore()
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 async def canary_service(store: MemoryStore, policy: CanaryPolicy) -> Service:
