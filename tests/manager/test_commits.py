@@ -5,10 +5,12 @@ after a refused chunk)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import msgspec
 import pytest
+from tests.api.helpers import LoopTurns
 
 from treeherd.core.view import View
 from treeherd.manager import commits
@@ -413,3 +415,22 @@ async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(
     assert commits.MAX_CHUNK < 20 * 1_800 < commits.MAX_CREATION_CHUNK
     monkeypatch.setattr(commits, "MAX_CREATION_CHUNK", 30_000)
     assert commits.creation_chunk_size(store.view()) == 30_000
+
+
+def spun_steps(count: int, spin_s: float) -> Iterator[list[Op]]:
+    """`count` steps without writes, each spinning `spin_s` of CPU (a plan's work for its slots)."""
+    for _ in range(count):
+        until = time.perf_counter() + spin_s
+        while time.perf_counter() < until:
+            pass
+        yield []
+
+
+async def test_the_loop_runs_between_steps_by_time_not_at_every_step(store: RacingStore) -> None:
+    async with LoopTurns() as turns:
+        await commit_steps(store, spun_steps(40, 0.005), "slow", on_refused_chunk=RefusedChunk.STOP)
+    slow = turns.count
+    async with LoopTurns() as turns:
+        await commit_steps(store, spun_steps(10_000, 0.0), "quick", on_refused_chunk=RefusedChunk.STOP)
+    assert slow >= 4  # 200 ms of steps: a turn about every 20 ms
+    assert turns.count < 100  # 10,000 quick steps: not a turn for each

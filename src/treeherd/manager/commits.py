@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, overload
 
 from treeherd.core.view import View
+from treeherd.manager.reactor import HANDLING_SLICE_S
 from treeherd.model.errors import AlreadyExists, NotFound, TreeherdError, VersionConflict
 from treeherd.model.objects import Machine
 from treeherd.model.ops import Create, Op
@@ -217,9 +218,9 @@ async def commit_steps(
     logger: logging.Logger = log,
 ) -> bool:
     """`commit_chunks` for a plan made a step at a time (`steps` yields each step's writes, possibly
-    none): a chunk is committed as soon as it is full, and the event loop runs between steps, so a
-    plan of a million writes neither holds the loop while it is made nor waits for its end to start
-    committing. The chunks are the ones `commit_chunks` makes of all the writes at once. After a
+    none): a chunk is committed as soon as it is full, and the event loop runs between steps (once
+    every `HANDLING_SLICE_S` of work), so a plan of a million writes neither holds the loop while it
+    is made nor waits for its end to start committing. The chunks are the ones `commit_chunks` makes of all the writes at once. After a
     refused chunk with `RefusedChunk.STOP`, no further step is taken.
 
     With `creations` (larger than `size`), a chunk holds at most `size` writes that are not creations
@@ -243,10 +244,13 @@ async def _commit_in_chunks(
     most: int,
 ) -> bool:
     """The writes of `steps` in chunks of at most `size` writes other than creations and `most` writes
-    in all, each committed once full (the last with what is left), the loop let run between steps.
+    in all, each committed once full (the last with what is left), the loop let run between steps once
+    `HANDLING_SLICE_S` of work went by since it last ran.
     `total`, when known, goes into the chunks' labels."""
     pending: list[Op] = []
     changes = 0  # the writes in `pending` that are not creations
+    loop = asyncio.get_running_loop()
+    turn_at = loop.time() + HANDLING_SLICE_S
     written = 0
     all_committed = True
 
@@ -280,7 +284,9 @@ async def _commit_in_chunks(
                     chunk, pending, changes = pending, [], 0
                     if not await commit(chunk, last=False):
                         return False
-        await asyncio.sleep(0)  # let the loop run between steps
+        if loop.time() >= turn_at:  # let the loop run between steps, every slice of work
+            await asyncio.sleep(0)
+            turn_at = loop.time() + HANDLING_SLICE_S
     if pending:
         await commit(pending, last=True)
     return all_committed

@@ -44,7 +44,10 @@ from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.services import RestartPolicy, Service, Task, TaskStatus, UpdateOrder
 from treeherd.model.states import TaskState
 
-STEP = 5_000  # slots per step of `reconcile_in_steps`: some 20 ms of work
+# Slots per step of `reconcile_in_steps`: some 0.4 ms of work when the slots are as they should be,
+# far more when their tasks need replacing (nodes lost: steps of 5,000 such slots held a manager's
+# loop for seconds at 1,000,000 tasks). The shell that runs the steps lets its loop run by time.
+STEP = 100
 # The default drain (`ClusterSettings.drain_delay_s`): nginx and haproxy take a change within ~50 ms.
 DRAIN_S = 1.0
 
