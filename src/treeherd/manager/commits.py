@@ -220,8 +220,9 @@ async def commit_steps(
     """`commit_chunks` for a plan made a step at a time (`steps` yields each step's writes, possibly
     none): a chunk is committed as soon as it is full, and the event loop runs between steps (once
     every `HANDLING_SLICE_S` of work), so a plan of a million writes neither holds the loop while it
-    is made nor waits for its end to start committing. The chunks are the ones `commit_chunks` makes of all the writes at once. After a
-    refused chunk with `RefusedChunk.STOP`, no further step is taken.
+    is made nor waits for its end to start committing. The chunks are the ones `commit_chunks` makes
+    of all the writes at once. After a refused chunk with `RefusedChunk.STOP`, no further step is
+    taken.
 
     With `creations` (larger than `size`), a chunk holds at most `size` writes that are not creations
     and at most `creations` writes in all; the first chunk at most `size` in all, so that the first
