@@ -56,11 +56,15 @@ async def test_a_hollow_task_runs_until_shut_down() -> None:
     executor = HollowExecutor()
     runner, recorder = started(executor)
     await eventually(lambda: recorder.states == UP, "RUNNING")
+    # A running task is waited on in its runner's one asyncio task, without a second one.
+    assert len(asyncio.all_tasks() - {asyncio.current_task()}) == 1
     runner.shutdown()
     assert await runner.join(2)
     assert recorder.states == [*UP, S.SHUTDOWN]
     assert recorder.last.exit_code == 0
-    assert executor.controllers["t1"].calls == ["prepare", "start", "wait", "shutdown"]
+    # The wait under way is interrupted; a second one, through the shutdown, learns how it ended.
+    assert executor.controllers["t1"].calls == ["prepare", "start", "wait", "shutdown", "wait"]
+    assert not asyncio.all_tasks() - {asyncio.current_task()}  # nothing of the runner left running
 
 
 @pytest.mark.parametrize(
@@ -158,7 +162,7 @@ async def test_remove_stops_the_task_then_cleans_up() -> None:
     async with asyncio.timeout(2):
         await runner.remove()
     assert recorder.last.state == S.SHUTDOWN
-    assert executor.controllers["t1"].calls[-2:] == ["shutdown", "remove"]
+    assert executor.controllers["t1"].calls[-3:] == ["shutdown", "wait", "remove"]
     assert executor.controllers["t1"].removed
 
 

@@ -66,14 +66,6 @@ def _describe(exit: Exit) -> str:
     return f"exit code {exit.code}"
 
 
-def _waking(wake: asyncio.Future[None]) -> Callable[[object], None]:
-    def done(_: object) -> None:
-        if not wake.done():
-            wake.set_result(None)
-
-    return done
-
-
 def _started(controller: Controller) -> str:
     """The RUNNING message: "started", with what the task runs without (limits not enforced here)."""
     # hasattr is what isinstance of a runtime protocol checks, without walking the protocol's members
@@ -117,8 +109,6 @@ class TaskRunner:
         # interrupt (by cancelling it; `_interrupted` tells that cancellation from the agent's own).
         self._stepping_in: asyncio.Task[object] | None = None
         self._interrupted = False
-        # Set while the runner waits for the task to end: `shutdown` wakes it.
-        self._wake: asyncio.Future[None] | None = None
 
     # --- control --------------------------------------------------------------------------------
 
@@ -127,9 +117,6 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self._stopping = True
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
         stepping = self._stepping_in
         if stepping is not None and not self._interrupted and stepping is not asyncio.current_task():
             self._interrupted = True
@@ -281,24 +268,16 @@ class TaskRunner:
             self._interrupted = False
 
     async def _wait(self, controller: Controller) -> None:
-        waiter = asyncio.ensure_future(controller.wait())
-        if not self._stopping:
-            # Woken by the task's end or by `shutdown`: one future, not a second task and asyncio.wait.
-            wake = self._wake = asyncio.get_running_loop().create_future()
-            waiter.add_done_callback(_waking(wake))
-            try:
-                await wake
-            except BaseException:
-                # The agent is stopping: leave the task running, to be resumed by the next agent.
-                waiter.cancel()
-                raise
-            finally:
-                self._wake = None
-        if not waiter.done():
-            await self._shut_down(controller, waiter)
-            return
+        # `wait` runs in the runner's own asyncio task, which `shutdown` interrupts as it does any step:
+        # a running task holds no second asyncio task (a few kB each, and most of what an agent with
+        # tens of thousands of running tasks keeps per task). Controllers' `wait` may be cancelled
+        # and called again.
         try:
-            exit = waiter.result()
+            exit = await self._unless_stopped(controller.wait)
+        except _Stopped:
+            # Stopping it: a wait of its own now, through the shutdown, to learn how it ended.
+            await self._shut_down(controller, asyncio.ensure_future(controller.wait()))
+            return
         except Exception as error:
             self._report(TaskState.FAILED, error=f"wait failed: {error}")
             return
