@@ -171,8 +171,24 @@ class TaskRunner:
     # --- the steps ------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # One coroutine from here down to the controller's step: a running task's runner is held for
+        # as long as the task runs, thousands of them in one agent.
         try:
-            await self._steps()
+            if self.state.terminal:
+                return
+            controller = self._make_controller()
+            if controller is None:
+                return
+            try:
+                while not self.state.terminal:
+                    if self._stopping:
+                        raise _Stopped
+                    if self.state == TaskState.RUNNING:
+                        await self._wait(controller)
+                    else:
+                        await self._step(controller)
+            except _Stopped:
+                await self._shut_down(controller, None)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -181,26 +197,19 @@ class TaskRunner:
             if not self.state.terminal:
                 self._report(TaskState.FAILED, error=f"task runner failed: {error!r}")
 
-    async def _steps(self) -> None:
-        if self.state.terminal:
-            return
+    def _make_controller(self) -> Controller | None:
+        """The task's controller (None: the task was reported REJECTED or FAILED for want of one)."""
         try:
             controller = self.controller = self._executor.controller(self.task)
             if hasattr(controller, "on_note"):  # a Notes controller (see `_started`)
                 cast(Notes, controller).on_note = self._noted
         except FatalError as error:
             self._report(TaskState.REJECTED, error=str(error))
-            return
+            return None
         except Exception as error:
             self._report(TaskState.FAILED, error=f"no controller: {error}")
-            return
-        try:
-            while not self.state.terminal:
-                if self._stopping:
-                    raise _Stopped
-                await self._step(controller)
-        except _Stopped:
-            await self._shut_down(controller, None)
+            return None
+        return controller
 
     async def _step(self, controller: Controller) -> None:
         state = self.state
@@ -239,8 +248,6 @@ class TaskRunner:
                 # What isinstance of the StartsWithHealth protocol checks, at a fraction of its cost.
                 health: Health = getattr(controller, "start_health", "")
                 self._report(TaskState.RUNNING, message=_started(controller), health=health)
-        else:  # RUNNING
-            await self._wait(controller)
 
     async def _unless_stopped(self, step: Callable[[], Awaitable[T]]) -> T:
         """Run one step; if shutdown is asked for meanwhile, cancel it (steps are idempotent).
