@@ -105,8 +105,10 @@ class TaskRunner:
         self._proceeding: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: str | None = None
-        # The asyncio task running the steps, and whether it is inside a step `shutdown` may
-        # interrupt (by cancelling it; `_interrupted` tells that cancellation from the agent's own).
+        # The asyncio task running the steps (noted once: `current_task` is not free), and the same
+        # while it is inside a step `shutdown` may interrupt (by cancelling it; `_interrupted` tells
+        # that cancellation from the agent's own).
+        self._running_in: asyncio.Task[object] | None = None
         self._stepping_in: asyncio.Task[object] | None = None
         self._interrupted = False
 
@@ -173,6 +175,7 @@ class TaskRunner:
     async def run(self) -> None:
         # One coroutine from here down to the controller's step: a running task's runner is held for
         # as long as the task runs, thousands of them in one agent.
+        self._running_in = asyncio.current_task()
         try:
             if self.state.terminal:
                 return
@@ -256,7 +259,7 @@ class TaskRunner:
         wait per step, which is most of an agent's CPU when it starts thousands of quick tasks."""
         if self._stopping:
             raise _Stopped
-        current = asyncio.current_task()
+        current = self._running_in
         self._stepping_in = current
         try:
             result = await step()
