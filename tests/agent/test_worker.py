@@ -212,3 +212,19 @@ async def test_a_state_that_does_not_move_forward_is_refused_even_behind_another
     # In one batch: FAILED (forward) is kept, not superseded by the PREPARING a buggy runner sends.
     buggy = [Progress(state=S.FAILED, error="exited"), Progress(state=S.PREPARING)]
     await refused_after_running(tmp_path, buggy, "failed -> preparing")
+
+
+async def test_tasks_of_one_service_version_share_one_spec_also_after_a_restart(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as first:
+        first.worker.session_started("s1")
+        first.assign(make_task("t1"), make_task("t2"), full=True)
+        await eventually(lambda: first.states("t1")[-1:] == first.states("t2")[-1:] == [S.RUNNING])
+        held = [first.worker.state.task(task_id) for task_id in ("t1", "t2")]
+        assert held[0] is not None and held[1] is not None
+        assert held[0].spec is held[1].spec
+    async with Harness(tmp_path) as second:  # loaded from the local DB: decoded apart, shared again
+        await eventually(lambda: second.worker.state.task("t2") is not None, "tasks loaded")
+        loaded = [second.worker.state.task(task_id) for task_id in ("t1", "t2")]
+        assert loaded[0] is not None and loaded[1] is not None
+        assert loaded[0].spec is loaded[1].spec
+        assert loaded[0].spec == make_task("t1").spec

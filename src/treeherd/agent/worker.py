@@ -34,6 +34,7 @@ from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
 from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.ports import busy_port
+from treeherd.agent.shared_specs import SharedSpecs
 from treeherd.agent.taskrunner import SLACK_S, Progress, TaskRunner
 from treeherd.core.tasks.agent_state import (
     AgentStarted,
@@ -108,6 +109,7 @@ class Worker:
         self.runners: dict[str, TaskRunner] = {}
         self._db = db
         self._now = now
+        self._specs = SharedSpecs()
         self._grace_s = grace_s
         # Events not handled yet (None: stop), and the future the loop waits on while there are none: a
         # list, not an asyncio queue (a task's runner adds five events at once, the loop takes them all).
@@ -156,7 +158,7 @@ class Worker:
                 cause_id=self._cause(f"assignments-{message.sequence}"),
                 now=self._now(),
                 full=message.full,
-                updated=message.updated,
+                updated=self._specs.share_all(message.updated),
                 removed=message.removed,
             )
         )
@@ -248,7 +250,7 @@ class Worker:
 
     async def run(self) -> None:
         """Load the local DB, then handle events until stopped. An invalid transition ends it loudly."""
-        stored = await self._db.load()
+        stored = [self._specs.share_stored(row) for row in await self._db.load()]
         self._put(AgentStarted(cause_id=self._cause("agent-start"), now=self._now(), tasks=stored))
         reporter = asyncio.create_task(self._reporter(), name="agent-reporter")
         # The first batch (the tasks of the local DB) is handled even when a stop came first: a stop
