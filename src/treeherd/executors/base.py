@@ -3,7 +3,10 @@
 `prepare` (fetch, check, create: a `FatalError` here means the task can never run → REJECTED),
 `start`, `wait` (until the task ends: its exit), `shutdown` (stop it, within a grace period), `remove`
 (clean up what prepare made). Each step is idempotent, so a runner that resumes after an agent restart
-can repeat the step it was in. Extra abilities (logs) are separate small protocols.
+can repeat the step it was in. A step may be cancelled where it waits (the runner interrupts the one
+under way to shut the task down), and `wait` called again after that: the runner waits on a running
+task in its own asyncio task, and starts a new `wait` beside `shutdown` to learn how the task ended.
+Extra abilities (logs) are separate small protocols.
 """
 
 from __future__ import annotations
