@@ -21,6 +21,7 @@ from profiling import AGENT_COMPONENTS, MANAGER_COMPONENTS, PySpy
 from schedule_figures import Observed, figures
 from schedule_fleet import Fleet
 from schedule_monitor import Poller, Sampler, Usage
+from schedule_readback import read_task_rows
 from treeherd.testing.etcd import EtcdCluster, EtcdProcess
 from treeherd.testing.processes import ManagerProcess
 
@@ -203,7 +204,7 @@ async def benchmark(
     rows: list[dict[str, Any]] | None = None
     full: list[dict[str, Any]] = []
     try:
-        rows = await asyncio.to_thread(api.call, "GET", f"/api/v1/services/{SERVICE}/tasks?all=false")
+        rows = await read_task_rows("127.0.0.1", port, SERVICE)
         phases["read_tasks"] = {"seconds": round(time.perf_counter() - started, 3), "rows": len(rows or [])}
         for row in (rows or [])[:: max(1, len(rows or []) // 20)]:
             full.append(await asyncio.to_thread(api.call, "GET", f"/api/v1/tasks/{row['id']}"))
