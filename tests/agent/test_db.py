@@ -115,6 +115,37 @@ async def test_a_status_change_writes_one_small_page(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
 
 
+async def test_a_task_with_the_status_it_came_with_is_one_row(tmp_path: Path) -> None:
+    """A new task's status is the manager's (its own field): no row of `statuses` until the agent's
+    first status of its own; both read back as written."""
+    path = tmp_path / "agent.db"
+    db = TaskDB(path)
+    await db.open()
+    try:
+        t1, t2 = make_task("t1"), make_task("t2")
+        await db.write([(t1, t1.status), (t2, t2.status)])
+        with closing(sqlite3.connect(path)) as raw:
+            assert raw.execute("SELECT count(*) FROM statuses").fetchone()[0] == 0
+        # An equal status that is not the task's own object is the agent's: it gets its row.
+        await db.write([(t2, msgspec.structs.replace(t2.status)), (t1, status(TaskState.RUNNING))])
+        with closing(sqlite3.connect(path)) as raw:
+            assert sorted(raw.execute("SELECT id FROM statuses").fetchall()) == [("t1",), ("t2",)]
+        t3 = make_task("t3")
+        await db.write([(t3, t3.status)])
+    finally:
+        await db.close()
+    db = TaskDB(path)
+    await db.open()
+    try:
+        assert await db.load() == [
+            StoredTask(task=t1, status=status(TaskState.RUNNING)),
+            StoredTask(task=t2, status=t2.status),
+            StoredTask(task=t3, status=t3.status),
+        ]
+    finally:
+        await db.close()
+
+
 async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> None:
     """An agent's DB as an earlier version wrote it (task and status in one row): its tasks and
     statuses load as they were, and writes go on."""

@@ -7,8 +7,10 @@ its row of `statuses`. Every page a transaction changes is a frame of the WAL: w
 apart, in pages of 1 kB, a status change writes a frame of about 1 kB, where the task and its status
 in one row (the task about ten times the size of its status) made it one of 4 kB. That is the WAL
 appends and the page cache they fill, which at 5,000 agents on one machine were a large part of
-the agents' cost (the schedule benchmark's README has the figures). A DB of an earlier version (one
-table) is converted when opened.
+the agents' cost (the schedule benchmark's README has the figures). A task whose status is still the
+one it came with from the manager (its own `status` field, ASSIGNED as a rule) has no row in
+`statuses`: a new task is one row, and its first status of the agent's own is written when it comes.
+A DB of an earlier version (one table) is converted when opened.
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
 the event loop never blocks on the disk; a batch of writes is one transaction.
 """
@@ -71,15 +73,17 @@ class TaskDB:
         """Upsert and delete in one transaction (puts first, so a put+delete of one id deletes it)."""
         if not puts and not deletes:
             return
-        rows: list[tuple[str, bytes, bytes]] = []
-        statuses: list[tuple[bytes, str]] = []
+        rows: list[tuple[str, bytes]] = []
+        statuses: list[tuple[str, bytes]] = []
         latest = {task.id: (task, status) for task, status in puts}  # the last put of an id wins
         for task, status in latest.values():
             stored = self._stored.get(task.id)
-            if stored is task or stored == task:
-                statuses.append((self._encoder.encode(status), task.id))
-            else:
-                rows.append((task.id, self._encoder.encode(task), self._encoder.encode(status)))
+            if not (stored is task or stored == task):
+                rows.append((task.id, self._encoder.encode(task)))
+            # The status the task came with is in its row. The same object, not an equal one: a task
+            # whose status changed and came back to an equal value keeps the row it has.
+            if status is not task.status:
+                statuses.append((task.id, self._encoder.encode(status)))
         removed = [(task_id,) for task_id in deletes]
         try:
             await self._call(lambda: self._write(rows, statuses, removed))
@@ -140,18 +144,20 @@ class TaskDB:
     def _load(self) -> list[StoredTask]:
         rows = (
             self._connection()
-            .execute("SELECT task, status FROM tasks JOIN statuses USING (id) ORDER BY id")
+            .execute("SELECT task, status FROM tasks LEFT JOIN statuses USING (id) ORDER BY id")
             .fetchall()
         )
-        return [
-            StoredTask(task=self._task_decoder.decode(task), status=self._status_decoder.decode(status))
-            for task, status in rows
-        ]
+        loaded = []
+        for data, status in rows:
+            task = self._task_decoder.decode(data)
+            own = task.status if status is None else self._status_decoder.decode(status)
+            loaded.append(StoredTask(task=task, status=own))
+        return loaded
 
     def _write(
         self,
-        rows: list[tuple[str, bytes, bytes]],
-        statuses: list[tuple[bytes, str]],
+        rows: list[tuple[str, bytes]],
+        statuses: list[tuple[str, bytes]],
         deletes: list[tuple[str]],
     ) -> None:
         db = self._connection()
@@ -162,15 +168,14 @@ class TaskDB:
                 db.executemany(
                     "INSERT INTO tasks (id, task) VALUES (?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET task = excluded.task",
-                    [(task_id, task) for task_id, task, _ in rows],
+                    rows,
                 )
+            if statuses:
                 db.executemany(
                     "INSERT INTO statuses (id, status) VALUES (?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET status = excluded.status",
-                    [(task_id, status) for task_id, _, status in rows],
+                    statuses,
                 )
-            if statuses:
-                db.executemany("UPDATE statuses SET status = ? WHERE id = ?", statuses)
             if deletes:
                 db.executemany("DELETE FROM tasks WHERE id = ?", deletes)
                 db.executemany("DELETE FROM statuses WHERE id = ?", deletes)
