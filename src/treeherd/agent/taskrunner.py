@@ -105,11 +105,11 @@ class TaskRunner:
         self._proceeding: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: str | None = None
-        # The asyncio task running the steps (noted once: `current_task` is not free), and the same
-        # while it is inside a step `shutdown` may interrupt (by cancelling it; `_interrupted` tells
-        # that cancellation from the agent's own).
+        # The asyncio task running the steps (noted once: `current_task` is not free), whether it is
+        # inside a step `shutdown` may interrupt (by cancelling it), and whether it did (`_interrupted`
+        # tells that cancellation from the agent's own).
         self._running_in: asyncio.Task[object] | None = None
-        self._stepping_in: asyncio.Task[object] | None = None
+        self._in_step = False
         self._interrupted = False
 
     # --- control --------------------------------------------------------------------------------
@@ -119,10 +119,15 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self._stopping = True
-        stepping = self._stepping_in
-        if stepping is not None and not self._interrupted and stepping is not asyncio.current_task():
+        running = self._running_in
+        if (
+            self._in_step
+            and running is not None
+            and not self._interrupted
+            and running is not asyncio.current_task()
+        ):
             self._interrupted = True
-            stepping.cancel()
+            running.cancel()
 
     def fail(self, reason: str) -> None:
         """Stop the task as `shutdown` does, but report it FAILED with `reason` (an unhealthy task)."""
@@ -260,7 +265,7 @@ class TaskRunner:
         if self._stopping:
             raise _Stopped
         current = self._running_in
-        self._stepping_in = current
+        self._in_step = True
         try:
             result = await step()
         except asyncio.CancelledError:
@@ -274,7 +279,7 @@ class TaskRunner:
                 raise _Stopped
             return result
         finally:
-            self._stepping_in = None
+            self._in_step = False
             self._interrupted = False
 
     async def _wait(self, controller: Controller) -> None:
