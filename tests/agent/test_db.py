@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,40 +18,41 @@ from treeherd.model.services import TaskStatus
 from treeherd.model.states import TaskState
 
 
+@asynccontextmanager
+async def opened(path: Path) -> AsyncIterator[TaskDB]:
+    """The DB at `path`, open for the block (and closed after it, whatever happens)."""
+    db = TaskDB(path)
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
 def status(state: TaskState, **fields: object) -> TaskStatus:
     return TaskStatus(state=state, timestamp=NOW + timedelta(seconds=int(state)), **fields)  # type: ignore[arg-type]
 
 
 async def test_tasks_and_statuses_survive_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "agent" / "agent.db"  # the directory is made on open
-    db = TaskDB(path)
-    await db.open()
     t1, t2 = make_task("t1", env={"A": "1"}), make_task("t2")
-    await db.write([(t1, status(TaskState.ACCEPTED)), (t2, status(TaskState.ASSIGNED))])
-    await db.write([(t1, status(TaskState.FAILED, error="exit code 3", exit_code=3))])
-    await db.close()
+    async with opened(path) as db:
+        await db.write([(t1, status(TaskState.ACCEPTED)), (t2, status(TaskState.ASSIGNED))])
+        await db.write([(t1, status(TaskState.FAILED, error="exit code 3", exit_code=3))])
 
-    db = TaskDB(path)
-    await db.open()
-    try:
+    async with opened(path) as db:
         assert await db.load() == [
             StoredTask(task=t1, status=status(TaskState.FAILED, error="exit code 3", exit_code=3)),
             StoredTask(task=t2, status=status(TaskState.ASSIGNED)),
         ]
-    finally:
-        await db.close()
 
 
 async def test_deletes_and_puts_in_one_write(tmp_path: Path) -> None:
-    db = TaskDB(tmp_path / "agent.db")
-    await db.open()
-    try:
+    async with opened(tmp_path / "agent.db") as db:
         await db.write([(make_task(i), status(TaskState.RUNNING)) for i in ("a", "b", "c")])
         await db.write([(make_task("d"), status(TaskState.ACCEPTED))], ["a", "c", "missing"])
         assert [stored.task.id for stored in await db.load()] == ["b", "d"]
         await db.write()  # nothing to do is fine
-    finally:
-        await db.close()
 
 
 async def test_the_db_is_in_wal_mode(tmp_path: Path) -> None:
@@ -70,37 +72,29 @@ async def test_a_closed_db_says_so(tmp_path: Path) -> None:
 
 async def test_a_new_status_alone_and_a_changed_task_both_survive_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "agent.db"
-    db = TaskDB(path)
-    await db.open()
     first, changed = make_task("t1"), make_task("t1", env={"B": "2"})
-    await db.write([(first, status(TaskState.ACCEPTED))])
-    await db.write([(first, status(TaskState.PREPARING))])  # its status row alone
-    await db.write([(make_task("t2"), status(TaskState.ASSIGNED))], ["t2"])
-    await db.write([(changed, status(TaskState.READY)), (make_task("t3"), status(TaskState.NEW))])
-    await db.write(
-        [(make_task("t3"), status(TaskState.ASSIGNED)), (make_task("t3"), status(TaskState.ACCEPTED))]
-    )
-    await db.close()
+    async with opened(path) as db:
+        await db.write([(first, status(TaskState.ACCEPTED))])
+        await db.write([(first, status(TaskState.PREPARING))])  # its status row alone
+        await db.write([(make_task("t2"), status(TaskState.ASSIGNED))], ["t2"])
+        await db.write([(changed, status(TaskState.READY)), (make_task("t3"), status(TaskState.NEW))])
+        await db.write(
+            [(make_task("t3"), status(TaskState.ASSIGNED)), (make_task("t3"), status(TaskState.ACCEPTED))]
+        )
 
-    db = TaskDB(path)
-    await db.open()
-    try:
+    async with opened(path) as db:
         assert await db.load() == [
             StoredTask(task=changed, status=status(TaskState.READY)),
             StoredTask(task=make_task("t3"), status=status(TaskState.ACCEPTED)),
         ]
         await db.write([(changed, status(TaskState.STARTING))])  # known from the load: status only
-    finally:
-        await db.close()
     with closing(sqlite3.connect(path)) as raw:
         assert raw.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2
 
 
 async def test_a_status_change_writes_one_small_page(tmp_path: Path) -> None:
     path = tmp_path / "agent.db"
-    db = TaskDB(path)
-    await db.open()
-    try:
+    async with opened(path) as db:
         tasks = [make_task(f"t{i:03}", env={"PAYLOAD": "x" * 500}) for i in range(100)]
         await db.write([(task, status(TaskState.ACCEPTED)) for task in tasks])
         wal = path.with_name(path.name + "-wal")
@@ -109,8 +103,6 @@ async def test_a_status_change_writes_one_small_page(tmp_path: Path) -> None:
         # One frame (a page and its 24-byte header) for the status's page; a row of task and status
         # together would take a page of at least the task's size.
         assert 0 < wal.stat().st_size - before <= PAGE_SIZE + 24
-    finally:
-        await db.close()
     with closing(sqlite3.connect(path)) as raw:
         assert raw.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
 
@@ -119,9 +111,7 @@ async def test_a_task_with_the_status_it_came_with_is_one_row(tmp_path: Path) ->
     """A new task's status is the manager's (its own field): no row of `statuses` until the agent's
     first status of its own; both read back as written."""
     path = tmp_path / "agent.db"
-    db = TaskDB(path)
-    await db.open()
-    try:
+    async with opened(path) as db:
         t1, t2 = make_task("t1"), make_task("t2")
         await db.write([(t1, t1.status), (t2, t2.status)])
         with closing(sqlite3.connect(path)) as raw:
@@ -132,18 +122,12 @@ async def test_a_task_with_the_status_it_came_with_is_one_row(tmp_path: Path) ->
             assert sorted(raw.execute("SELECT id FROM statuses").fetchall()) == [("t1",), ("t2",)]
         t3 = make_task("t3")
         await db.write([(t3, t3.status)])
-    finally:
-        await db.close()
-    db = TaskDB(path)
-    await db.open()
-    try:
+    async with opened(path) as db:
         assert await db.load() == [
             StoredTask(task=t1, status=status(TaskState.RUNNING)),
             StoredTask(task=t2, status=t2.status),
             StoredTask(task=t3, status=t3.status),
         ]
-    finally:
-        await db.close()
 
 
 async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> None:
@@ -164,21 +148,13 @@ async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> Non
                 ("t2", encode(t2), encode(status(TaskState.FAILED, error="exit code 3", exit_code=3))),
             ],
         )
-    db = TaskDB(path)
-    await db.open()
-    try:
+    async with opened(path) as db:
         assert await db.load() == [
             StoredTask(task=t1, status=status(TaskState.RUNNING)),
             StoredTask(task=t2, status=status(TaskState.FAILED, error="exit code 3", exit_code=3)),
         ]
         await db.write([(t1, status(TaskState.SHUTDOWN))], ["t2"])
-    finally:
-        await db.close()
-    db = TaskDB(path)
-    await db.open()  # opened again: nothing left to convert
-    try:
+    async with opened(path) as db:  # opened again: nothing left to convert
         assert await db.load() == [StoredTask(task=t1, status=status(TaskState.SHUTDOWN))]
-    finally:
-        await db.close()
     with closing(sqlite3.connect(path)) as raw:
         assert [row[1] for row in raw.execute("PRAGMA table_info(tasks)")] == ["id", "task"]
