@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from agent_helpers import NOW, make_task
 
-from treeherd.agent.db import PAGE_SIZE, TaskDB
+from treeherd.agent.db import CACHE_PAGES, PAGE_SIZE, TaskDB
 from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import TaskStatus
 from treeherd.model.states import TaskState
@@ -61,6 +61,19 @@ async def test_the_db_is_in_wal_mode(tmp_path: Path) -> None:
     await db.close()
     with closing(sqlite3.connect(tmp_path / "agent.db")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_db_larger_than_its_cache_writes_and_loads_whole(tmp_path: Path) -> None:
+    tasks = [make_task(f"t{i:04}", env={"N": str(i)}) for i in range(1000)]  # a page or two each
+    async with opened(tmp_path / "agent.db") as db:
+        cache = await db._call(lambda: db._connection().execute("PRAGMA cache_size").fetchone()[0])
+        assert cache == CACHE_PAGES  # SQLite's default would keep about 2 MB per agent
+        await db.write([(task, task.status) for task in tasks])  # one transaction of ~1,000 pages
+        await db.write([(task, status(TaskState.RUNNING)) for task in tasks[::2]])
+    async with opened(tmp_path / "agent.db") as db:
+        loaded = await db.load()
+    assert [stored.task for stored in loaded] == tasks
+    assert [stored.status.state for stored in loaded] == [TaskState.RUNNING, TaskState.ASSIGNED] * 500
 
 
 async def test_a_closed_db_says_so(tmp_path: Path) -> None:
