@@ -43,7 +43,7 @@ def schedule_column(d: dict[str, Any]) -> dict[str, str]:
         "... ASSIGNED -> at its agent, p50": p50("assigned_to_agent"),
         "manager CPU (main thread + others), cores": f"{s['manager_cpu_s']:.1f} s ({s['manager_main_thread_cpu_s']:.1f} + {s['manager_other_threads_cpu_s']:.1f}), {s['manager_cores']:.2f}",
         "... until the last placement / after it": f"{split['until_last_placement']:.1f} s / {split['after_last_placement']:.1f} s" if split else "",
-        "manager CPU per task": f"{s['manager_cpu_s'] / d['tasks'] * 1e6:.0f} µs",
+        "manager CPU per task": per_task(d, s, "manager"),
         "manager RSS (max)": f"{d['manager_rss_mb']:.0f} MiB",
         "agents process CPU (DB threads), cores": f"{s['agents_cpu_s']:.1f} s ({s['agents_db_threads_cpu_s']:.1f} s), {s['agents_cores']:.2f}",
         "agents' processes: their CPU per task": harness(d, s),
@@ -59,7 +59,14 @@ def harness(d: dict[str, Any], s: dict[str, Any]) -> str:
     agents ran in the benchmark's own process, its polls included)."""
     procs = d["parameters"].get("agent_procs")
     where = f"{procs}" if procs else "the benchmark's"
-    return f"{where}: {num(s['agents_cpu_s'] / d['tasks'] * 1e6)} µs"
+    return f"{where}: {per_task(d, s, 'agents')}"
+
+
+def per_task(d: dict[str, Any], s: dict[str, Any], who: str) -> str:
+    """CPU µs per task of the manager or the agents, with the kernel's part where the file has it."""
+    figure = f"{num(s[f'{who}_cpu_s'] / d['tasks'] * 1e6)} µs"
+    system = s.get(f"{who}_system_cpu_s")
+    return figure if system is None else f"{figure} ({num(system / d['tasks'] * 1e6)} in the kernel)"
 
 
 def schedule_table(names: tuple[str, ...]) -> str:

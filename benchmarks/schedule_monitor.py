@@ -31,6 +31,14 @@ def thread_split(proc: psutil.Process) -> tuple[float, float]:
     return main, max(0.0, total - main)
 
 
+def system_cpu(proc: psutil.Process) -> float:
+    """The CPU seconds a process spent in the kernel (0 once it is gone)."""
+    try:
+        return float(proc.cpu_times().system)
+    except psutil.Error:
+        return 0.0
+
+
 def cpu_of(procs: list[psutil.Process]) -> float:
     """The CPU seconds of these processes together (those gone count 0)."""
     total = 0.0
@@ -50,9 +58,11 @@ class Usage:
     manager_cpu: float = 0.0
     manager_main: float = 0.0
     manager_others: float = 0.0
+    manager_system: float = 0.0
     agents_cpu: float = 0.0
     agents_main: float = 0.0
     agents_others: float = 0.0
+    agents_system: float = 0.0
     bench_cpu: float = 0.0
     machine_busy: float = 0.0
     machine_total: float = 0.0
@@ -71,9 +81,11 @@ class Usage:
             manager_cpu=cpu_seconds(manager),
             manager_main=manager_main,
             manager_others=manager_others,
+            manager_system=system_cpu(manager),
             agents_cpu=agents_main + agents_others,
             agents_main=agents_main,
             agents_others=agents_others,
+            agents_system=sum(system_cpu(proc) for proc in agents),
             bench_cpu=cpu_seconds(psutil.Process()),
             machine_busy=total - machine.idle - getattr(machine, "iowait", 0.0),
             machine_total=total,
@@ -91,10 +103,12 @@ class Usage:
             "manager_cpu_s": round(self.manager_cpu, 2),
             "manager_main_thread_cpu_s": round(self.manager_main, 2),
             "manager_other_threads_cpu_s": round(self.manager_others, 2),
+            "manager_system_cpu_s": round(self.manager_system, 2),  # in the kernel, of manager_cpu_s
             "manager_cores": round(self.manager_cpu / wall, 3),
             "agents_cpu_s": round(self.agents_cpu, 2),
             "agents_main_thread_cpu_s": round(self.agents_main, 2),
             "agents_db_threads_cpu_s": round(max(0.0, self.agents_others), 2),  # no -0.0 from ticks
+            "agents_system_cpu_s": round(self.agents_system, 2),  # in the kernel, of agents_cpu_s
             "agents_cores": round(self.agents_cpu / wall, 3),
             "benchmark_process_cpu_s": round(self.bench_cpu, 2),
             "harness_cpu_s": round(self.agents_cpu + self.bench_cpu, 2),
