@@ -25,6 +25,7 @@ from report_schedule import (
     schedule_etcd_specs,
     schedule_harness,
     schedule_idle,
+    schedule_kernel,
     schedule_profiles,
     schedule_stores,
 )
@@ -439,6 +440,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "schedule-db-threads": schedule_db_threads,
     "schedule-harness": schedule_harness,
     "schedule-idle": schedule_idle,
+    "schedule-kernel": schedule_kernel,
     "schedule-profiles": schedule_profiles,
     "processes": processes,
     "vs_swarm": vs_swarm,

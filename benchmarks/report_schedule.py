@@ -87,6 +87,10 @@ def schedule_harness() -> str:
     )
 
 
+def schedule_kernel() -> str:
+    return schedule_table(("schedule-5000x1000000-kernel",))
+
+
 IDLE_RUNS = (
     ("before: an answer per heartbeat, WebSocket pings", "schedule-5000x5000-idle-before"),
     ("after: every second heartbeat answered, no pings", "schedule-5000x5000-idle"),
