@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from agent_helpers import NOW, make_task
 
-from treeherd.agent.db import CACHE_PAGES, PAGE_SIZE, TaskDB
+from treeherd.agent.db import CACHE_PAGES, LAYOUT, PAGE_SIZE, AgentDBError, TaskDB
 from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import TaskStatus
 from treeherd.model.states import TaskState
@@ -171,3 +171,31 @@ async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> Non
         assert await db.load() == [StoredTask(task=t1, status=status(TaskState.SHUTDOWN))]
     with closing(sqlite3.connect(path)) as raw:
         assert [row[1] for row in raw.execute("PRAGMA table_info(tasks)")] == ["id", "task"]
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+
+
+async def test_a_new_db_is_numbered_with_its_layout(tmp_path: Path) -> None:
+    async with opened(tmp_path / "agent.db"):
+        pass
+    with closing(sqlite3.connect(tmp_path / "agent.db")) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 2
+
+
+async def test_a_db_of_a_newer_layout_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """An agent rolled back after an upgrade must not misread what the newer one wrote."""
+    path = tmp_path / "agent.db"
+    async with opened(path) as db:
+        await db.write([(make_task("t1"), status(TaskState.RUNNING))])
+    with closing(sqlite3.connect(path, isolation_level=None)) as raw:
+        raw.execute(f"PRAGMA user_version={LAYOUT + 1}")
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = path.read_bytes()
+    db = TaskDB(path)
+    with pytest.raises(
+        AgentDBError, match=rf"^the agent DB {path} has layout {LAYOUT + 1}, written by a newer"
+    ):
+        await db.open()
+    await db.close()
+    assert path.read_bytes() == before
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT + 1

@@ -10,7 +10,9 @@ appends and the page cache they fill, which at 5,000 agents on one machine were 
 the agents' cost (the schedule benchmark's README has the figures). A task whose status is still the
 one it came with from the manager (its own `status` field, ASSIGNED as a rule) has no row in
 `statuses`: a new task is one row, and its first status of the agent's own is written when it comes.
-A DB of an earlier version (one table) is converted when opened.
+A DB of an earlier version (one table) is converted when opened. The layout is numbered in SQLite's
+`user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is refused with `AgentDBError`,
+rather than misread (an agent rolled back after an upgrade).
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
 the event loop never blocks on the disk; a batch of writes is one transaction.
 """
@@ -29,7 +31,7 @@ import msgspec
 from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import Task, TaskStatus
 
-__all__ = ["TaskDB"]
+__all__ = ["LAYOUT", "AgentDBError", "TaskDB"]
 
 T = TypeVar("T")
 
@@ -42,6 +44,13 @@ PAGE_SIZE = 1024
 # starts; after that it only writes, and a write needs the pages of the rows it changes and the path to
 # them. A cache the size of the file held about 1.5 kB per task at 200 tasks, for nothing.
 CACHE_PAGES = 64
+# The layout this agent writes, in the file's `user_version`: 1, task and status in one row (never
+# numbered: 0 in the file); 2, tasks and statuses apart.
+LAYOUT = 2
+
+
+class AgentDBError(Exception):
+    """The agent DB cannot be used as it is; the message says why and what to do."""
 
 
 class TaskDB:
@@ -58,7 +67,12 @@ class TaskDB:
 
     async def open(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treeherd-agent-db")
-        await self._call(self._open)
+        try:
+            await self._call(self._open)
+        except BaseException:
+            self._thread.shutdown(wait=False)
+            self._thread = None
+            raise
 
     async def close(self) -> None:
         if self._thread is None:
@@ -113,6 +127,15 @@ class TaskDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self._connect()
         try:
+            # Before anything that could write to the file (WAL mode changes its header).
+            layout = db.execute("PRAGMA user_version").fetchone()[0]
+            if layout > LAYOUT:
+                raise AgentDBError(
+                    f"the agent DB {self.path} has layout {layout}, written by a newer treeherd agent;"
+                    f" this one reads layouts up to {LAYOUT}: run the newer agent, or move the file away"
+                    " (this agent then stops the tasks it finds running and starts those the manager"
+                    " assigns)"
+                )
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table: a new file only
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a process crash; a power loss may lose the last writes,
@@ -127,6 +150,8 @@ class TaskDB:
                 if "status" in columns:  # one table, as an earlier version kept it: split it
                     db.execute("INSERT INTO statuses (id, status) SELECT id, status FROM tasks")
                     db.execute("ALTER TABLE tasks DROP COLUMN status")
+                if layout != LAYOUT:
+                    db.execute(f"PRAGMA user_version={LAYOUT}")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

@@ -28,6 +28,7 @@ def _run(
     import signal
 
     from treeherd.agent import Agent, make_executor
+    from treeherd.agent.db import AgentDBError
     from treeherd.executors.base import Engine
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -62,7 +63,10 @@ def _run(
         for signum in (signal.SIGINT, signal.SIGTERM):
             # Stop cleanly: the tasks keep running and the next agent resumes them.
             loop.add_signal_handler(signum, agent.stop)
-        await agent.run()
+        try:
+            await agent.run()
+        except AgentDBError as error:
+            fail(str(error))
 
     from treeherd.runtime import event_loop_runner
 
