@@ -98,3 +98,37 @@ async def test_a_slow_stop_is_explained_in_the_log(
     assert not any("still stopping" in m and "quick" in m for m in messages)
     assert any(m.startswith("slow stopped (") for m in messages)
     assert any(m.startswith("quick stopped (") for m in messages)
+
+
+class PlainError(Exception):
+    """An error whose message is the whole story."""
+
+
+async def test_a_plain_error_is_logged_without_a_traceback_and_still_stops_everything(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    other = Waiter("other")
+    supervisor = Supervisor(
+        [other, Failing("agent", PlainError("cannot use its DB"))], plain_errors=(PlainError,)
+    )
+    with (
+        caplog.at_level(logging.ERROR, logger="treeherd.manager.supervisor"),
+        pytest.raises(ExceptionGroup) as raised,
+    ):
+        async with asyncio.timeout(WAIT):
+            await supervisor.run()
+    assert [type(error) for error in raised.value.exceptions] == [PlainError]
+    assert other.stopped
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage() == "component agent cannot run: cannot use its DB; stopping the process"
+    assert record.exc_info is None
+    # Any other error keeps its traceback in the log.
+    caplog.clear()
+    supervisor = Supervisor(
+        [Waiter("other"), Failing("agent", RuntimeError("a bug"))], plain_errors=(PlainError,)
+    )
+    with caplog.at_level(logging.ERROR, logger="treeherd.manager.supervisor"), pytest.raises(ExceptionGroup):
+        async with asyncio.timeout(WAIT):
+            await supervisor.run()
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.exc_info is not None

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import uvicorn
 
+from treeherd.agent.db import AgentDBError
 from treeherd.api.app import create_app
 from treeherd.api.auth import RefusalSink, log_refusal
 from treeherd.api.forwarding import FollowerForwarding
@@ -433,7 +434,7 @@ async def serve_manager(
             ]
             access = LocalAccess(url, data_dir / "ca.crt" if tls else None, tokens)
             components.extend(make(access) for make in local)
-            supervisor = Supervisor(components)
+            supervisor = Supervisor(components, plain_errors=(AgentDBError,))
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, supervisor.stop)
@@ -448,6 +449,11 @@ async def serve_manager(
             )
             try:
                 await supervisor.run()
+            except ExceptionGroup as group:  # `up`'s own agent cannot use its DB: say so plainly
+                plain = group.subgroup(lambda error: isinstance(error, AgentDBError))
+                if plain is None:
+                    raise
+                raise StartupError(str(plain.exceptions[0])) from None
             finally:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)

@@ -33,8 +33,12 @@ class ComponentExited(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, components: Sequence[Component]) -> None:
+    def __init__(
+        self, components: Sequence[Component], *, plain_errors: tuple[type[Exception], ...] = ()
+    ) -> None:
         self._components = list(components)
+        # Errors whose message says what is wrong and what to do: logged without a traceback.
+        self._plain_errors = plain_errors
         self._stopping = False
         self._running: set[str] = set()
         self._reporter: asyncio.Task[None] | None = None
@@ -54,6 +58,10 @@ class Supervisor:
         try:
             await component.run()
         except asyncio.CancelledError:
+            raise
+        except self._plain_errors as error:
+            log.error("component %s cannot run: %s; stopping the process", component.name, error)
+            self.stop()
             raise
         except Exception:
             log.exception("component %s failed; stopping the process", component.name)
