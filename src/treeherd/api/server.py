@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 
 import uvicorn
 
-from treeherd.agent.db import AgentDBError
 from treeherd.api.app import create_app
 from treeherd.api.auth import RefusalSink, log_refusal
 from treeherd.api.forwarding import FollowerForwarding
@@ -325,12 +324,14 @@ async def serve_manager(
     cert_expiry_s: float | None = None,
     extra_handlers: Sequence[Any] = (),
     on_listening: Callable[[str], None] | None = None,
+    plain_errors: tuple[type[Exception], ...] = (),
 ) -> None:
     """Run a manager on `data_dir` until SIGTERM or SIGINT; each of `local` makes a component
     of this machine (an agent, a gateway: `treeherd up`) for the manager's URL, run in the same process.
     `require_auth`: every API call needs a token (the first admin's is written to the data directory);
     `extra_handlers`: routes served beside the API (the web console); `on_listening` is told the URL
-    once the API listens."""
+    once the API listens; `plain_errors`: the local components' errors whose message says it all (a
+    component failing with one is logged without a traceback, and ends this with a `StartupError`)."""
     host, port = parse_listen(listen)
     with lock_data_dir(data_dir):
         sock = bind_socket(host, port)
@@ -434,7 +435,7 @@ async def serve_manager(
             ]
             access = LocalAccess(url, data_dir / "ca.crt" if tls else None, tokens)
             components.extend(make(access) for make in local)
-            supervisor = Supervisor(components, plain_errors=(AgentDBError,))
+            supervisor = Supervisor(components, plain_errors=plain_errors)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, supervisor.stop)
@@ -449,8 +450,8 @@ async def serve_manager(
             )
             try:
                 await supervisor.run()
-            except ExceptionGroup as group:  # `up`'s own agent cannot use its DB: say so plainly
-                plain = group.subgroup(lambda error: isinstance(error, AgentDBError))
+            except ExceptionGroup as group:  # e.g. `up`'s own agent cannot use its DB: say so plainly
+                plain = group.subgroup(lambda error: isinstance(error, plain_errors))
                 if plain is None:
                     raise
                 raise StartupError(str(plain.exceptions[0])) from None

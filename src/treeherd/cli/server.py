@@ -39,6 +39,7 @@ def _run(
 ) -> None:
     import logging
 
+    from treeherd.agent.db import AgentDBError
     from treeherd.api.server import StartupError, serve_manager
     from treeherd.model.errors import TreeherdError
     from treeherd.runtime import event_loop_runner
@@ -62,6 +63,7 @@ def _run(
                     cert_expiry_s=cert_expiry_s,
                     extra_handlers=console_handlers(),
                     on_listening=on_listening,
+                    plain_errors=(AgentDBError,),
                 )
             )
     except (StartupError, TreeherdError) as error:
