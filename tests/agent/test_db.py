@@ -55,12 +55,12 @@ async def test_deletes_and_puts_in_one_write(tmp_path: Path) -> None:
         await db.write()  # nothing to do is fine
 
 
-async def test_the_db_is_in_wal_mode(tmp_path: Path) -> None:
-    db = TaskDB(tmp_path / "agent.db")
-    await db.open()
-    await db.close()
+async def test_a_new_db_is_in_wal_mode_and_numbered_with_its_layout(tmp_path: Path) -> None:
+    async with opened(tmp_path / "agent.db"):
+        pass
     with closing(sqlite3.connect(tmp_path / "agent.db")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 2
 
 
 async def test_a_db_larger_than_its_cache_writes_and_loads_whole(tmp_path: Path) -> None:
@@ -172,13 +172,6 @@ async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> Non
     with closing(sqlite3.connect(path)) as raw:
         assert [row[1] for row in raw.execute("PRAGMA table_info(tasks)")] == ["id", "task"]
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
-
-
-async def test_a_new_db_is_numbered_with_its_layout(tmp_path: Path) -> None:
-    async with opened(tmp_path / "agent.db"):
-        pass
-    with closing(sqlite3.connect(tmp_path / "agent.db")) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 2
 
 
 async def test_a_db_of_a_newer_layout_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
