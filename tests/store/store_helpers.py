@@ -12,6 +12,7 @@ import msgspec
 
 from treeherd.model.discovery import Endpoint
 from treeherd.model.events import Change
+from treeherd.model.kinds import KINDS
 from treeherd.model.objects import (
     AnyObject,
     Binding,
@@ -24,6 +25,7 @@ from treeherd.model.objects import (
 from treeherd.model.ops import Create
 from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
 from treeherd.store.base import Committed, Store
+from treeherd.store.state import State
 
 T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 WAIT = 3.0  # seconds: the bound on every wait in the store tests
@@ -180,3 +182,39 @@ def task(id: str, spec: TaskSpec = SPEC, *, service_id: str = "s1") -> Task:
         spec=spec,
         status=TaskStatus(timestamp=SPEC_NOW),
     )
+
+
+def reads_of(*states: State) -> list[tuple[Any, ...]]:
+    """Every read of the View protocol worth asking of these states: each id, key and target any of
+    them holds, and one nobody does."""
+    questions: list[tuple[Any, ...]] = []
+    for info in KINDS.values():
+        kind, cls = info.name, info.type
+        ids = {id for state in states for id in state._objects[kind]} | {"nope"}
+        questions += [("get", cls, id) for id in ids] + [("all", cls), ("count", cls)]
+        for key in info.unique:
+            held = {value for state in states for value in state._unique[(kind, key.name)]} | {"nope"}
+            questions += [("lookup", cls, key.name, value) for value in held]
+        for index in info.indexes:
+            filed = {value for state in states for value in state._indexes[(kind, index.name)]} | {"nope"}
+            questions += [("where", cls, index.name, value) for value in filed]
+        for ref in info.references:
+            targets = {value for state in states for value in state._refs[(kind, ref.name)]} | {"nope"}
+            questions += [(how, cls, ref.name, t) for t in targets for how in ("referrers", "referrer_ids")]
+        for tally in info.tallies:
+            counted = {value for state in states for value in state._tallies[(kind, tally.name)]} | {"nope"}
+            questions += [("tally", cls, tally.name, value) for value in counted]
+    return questions
+
+
+def answers(view: Any, questions: list[tuple[Any, ...]]) -> list[Any]:
+    """Each question's answer; lists (in no particular order) sorted by id."""
+    out: list[Any] = [view.revision, sorted(view.objects(), key=lambda o: (o.kind, o.id))]
+    for how, *args in questions:
+        answer = getattr(view, how)(*args)
+        if how in ("all", "where", "referrers"):
+            answer = sorted(answer, key=lambda o: o.id)
+        elif how == "referrer_ids":
+            answer = sorted(answer)
+        out.append(answer)
+    return out

@@ -5,7 +5,9 @@ How the writes of one batch land in the file: `test_sqlite_batches.py`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlite_helpers import commit, rows
@@ -27,7 +29,7 @@ from store_helpers import (
 from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import AlreadyExists, Compacted, Unavailable
 from treeherd.model.events import Change
-from treeherd.model.objects import Machine
+from treeherd.model.objects import Domain, Machine
 from treeherd.model.ops import Assert, Create, Delete, Update
 from treeherd.store import sqlite as sqlite_backend
 from treeherd.store.sqlite import SqliteStore
@@ -343,17 +345,7 @@ async def test_reader_never_sees_an_in_flight_write(open_sqlite, monkeypatch):
     store = await open_sqlite()
     await commit(store, Create(machine("m0")))
     before = snapshot(store)
-    entered = asyncio.Event()
-    release = asyncio.Event()
-    original = store._log.write
-
-    async def blocked(changes, history):
-        entered.set()
-        await release.wait()
-        await original(changes, history)
-
-    monkeypatch.setattr(store._log, "write", blocked)
-    async with watching(store) as changes:
+    async with held_writes(store, monkeypatch) as (entered, release), watching(store) as changes:
         task = asyncio.ensure_future(store.commit([Create(machine("m1", "new-host")), Create(node("n1"))]))
         await asyncio.wait_for(entered.wait(), WAIT)
         view = store.view()
@@ -374,6 +366,91 @@ async def test_reader_never_sees_an_in_flight_write(open_sqlite, monkeypatch):
         assert store.view().get(Machine, "m1") == done.objects[0]
         assert (await asyncio.wait_for(second, WAIT)).revision == done.revision + 1
         assert [c.revision for c in await take(changes, 2)] == [done.revision, done.revision + 1]
+
+
+async def test_reader_sees_changed_and_deleted_objects_as_before_an_in_flight_write(open_sqlite, monkeypatch):
+    """The batch is applied once and stays applied while it is written; reads answer from before it."""
+    store = await open_sqlite()
+    m0, e1, d0 = (
+        await commit(
+            store,
+            Create(machine("m0", "old-host")),
+            Create(endpoint("e1", "api", 1, machine_id="m1")),
+            Create(domain("d0", "a.example")),
+        )
+    ).objects
+    index_before = endpoint_index(store.view())
+    before = snapshot(store)
+    async with held_writes(store, monkeypatch) as (entered, release):
+        writes = [
+            store.commit([Update(replace(m0, hostname="new-host"))]),
+            store.commit([Update(replace(e1, service="db", machine_id="m2")), Delete(d0)]),
+            store.commit([Create(endpoint("e2", "api", 2, machine_id="m2")), Create(machine("m1", "other"))]),
+        ]
+        batch = asyncio.ensure_future(asyncio.gather(*writes))
+        await asyncio.wait_for(entered.wait(), WAIT)
+        view = store.view()
+        assert view.get(Machine, "m0") == m0
+        assert view.lookup(Machine, "hostname", "old-host") == m0
+        assert view.lookup(Machine, "hostname", "new-host") is None
+        assert view.lookup(Machine, "hostname", "other") is None
+        assert view.get(Domain, "d0") == d0
+        assert view.lookup(Domain, "name", "a.example") == d0
+        assert endpoint_index(view) == index_before
+        assert view.where(Endpoint, "service", "api") == [e1]
+        assert view.count(Endpoint) == view.count(Domain) == 1
+        assert store.revision == view.revision == before[0]
+        assert snapshot(store) == before
+
+        release.set()
+        done = await asyncio.wait_for(batch, WAIT)
+    view = store.view()
+    assert view.get(Machine, "m0") == done[0].objects[0]
+    assert view.lookup(Machine, "hostname", "new-host") == done[0].objects[0]
+    assert view.get(Domain, "d0") is None
+    assert endpoint_index(view) == {
+        ("service", "api"): ["e2"],
+        ("service", "db"): ["e1"],
+        ("machine", "m1"): [],
+        ("machine", "m2"): ["e1", "e2"],
+    }
+    assert store.revision == before[0] + 3
+
+
+async def test_a_writer_cancelled_mid_write_leaves_the_batch_unseen(open_sqlite, monkeypatch):
+    store = await open_sqlite()
+    m0 = (await commit(store, Create(machine("m0", "old-host")))).objects[0]
+    before = snapshot(store)
+    async with held_writes(store, monkeypatch) as (entered, _):
+        write = asyncio.ensure_future(store.commit([Update(replace(m0, hostname="new-host"))]))
+        await asyncio.wait_for(entered.wait(), WAIT)
+        store._writer.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert store._writer is None
+        assert snapshot(store) == before
+        assert store.view().lookup(Machine, "hostname", "old-host") == m0
+        write.cancel()
+
+
+@contextlib.asynccontextmanager
+async def held_writes(store, monkeypatch) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event]]:
+    """Holds the store's disk writes until `release` is set (at the latest on exit, so a failed
+    assertion does not leave the store's close waiting for ever); `entered` is set when one starts."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    original = store._log.write
+
+    async def blocked(changes, history):
+        entered.set()
+        await release.wait()
+        await original(changes, history)
+
+    monkeypatch.setattr(store._log, "write", blocked)
+    try:
+        yield entered, release
+    finally:
+        release.set()
 
 
 async def test_close_waits_for_pending_writes(open_sqlite):

@@ -6,8 +6,11 @@ step the state must hold exactly the model's objects, its indexes must match wha
 every reference must resolve, every non-unique index must file exactly what a scan finds, the
 cross-object invariants of `core/tree/integrity.py` must hold (a node's path extends its parent's by one
 segment; one node's machines are all physical or all virtual), and a refused transaction must leave the
-state exactly as it was. An accepted one must also survive what the engine does with it (rolled back,
-then replayed) and what a restart does (a new state loaded from its objects), indexes included.
+state exactly as it was. An accepted one must also survive being rolled back and replayed, and what a
+restart does (a new state loaded from its objects), indexes included. Accepted transactions gather into
+a batch, as in the engine's writer: while it is open, `PreBatchView` must answer every read as a copy of
+the state from before the batch does; the batch then becomes durable, or its write fails and it is
+rolled back whole.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import msgspec
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from store_helpers import binding, domain, endpoint, machine, node, route
+from store_helpers import answers, binding, domain, endpoint, machine, node, reads_of, route
 
 from treeherd.model.discovery import Endpoint
 from treeherd.model.errors import AlreadyExists, NotFound, Refused, VersionConflict
@@ -33,7 +36,8 @@ from treeherd.model.objects import (
     TreeNode,
 )
 from treeherd.model.ops import Assert, Create, Delete, Op, Update
-from treeherd.store.state import State
+from treeherd.store.prebatch import PreBatchView
+from treeherd.store.state import State, Undo
 
 CLASSES: dict[str, type[AnyObject]] = {
     "node": TreeNode,
@@ -220,6 +224,9 @@ class StateMachine(RuleBasedStateMachine):
         self.state = State()
         self.model = Model()
         self.serial = 0
+        # The open batch: its transactions' undo logs, and the state and model from before it.
+        self.batch: list[list[Undo]] = []
+        self.before_batch: tuple[State, Model] | None = None
 
     def fresh(self, model: Model, kind: str, reuse: bool) -> str:
         if reuse and model.objects[kind]:
@@ -304,6 +311,7 @@ class StateMachine(RuleBasedStateMachine):
         raise AssertionError(action)
 
     def run(self, ops: list[Op]) -> None:
+        self.open_batch()
         revision = self.state.revision + 1
         before = snapshot(self.state)
         expected, expected_events = self.model.apply(ops, revision)
@@ -320,13 +328,45 @@ class StateMachine(RuleBasedStateMachine):
         assert expected is None, f"state accepted {ops}; the model expects {expected}"
         assert [(e.type, e.object) for e in events] == expected_events
         assert all(e.revision == revision for e in events)
-        if events:  # what the durable engine does: roll back, write, replay
+        if events:
             after = snapshot(self.state)
             self.state.rollback(undo)
             self.state.revision = before[0]
             assert snapshot(self.state) == before, "a rollback did not restore the state"
             self.state.replay(events, revision)
             assert snapshot(self.state) == after, "a replay did not give the state apply gave"
+            self.batch.append(undo)
+            self.prebatch_reads_as_before()
+
+    def prebatch_reads_as_before(self) -> None:
+        """What the engine's readers see while the batch is written: the state from before it."""
+        previous, _ = self.before_batch  # type: ignore[misc]
+        view = PreBatchView(self.state, self.batch, previous.revision)
+        questions = reads_of(previous, self.state)
+        assert answers(view, questions) == answers(previous, questions)
+
+    def open_batch(self) -> None:
+        if not self.batch:
+            copy = State()
+            copy.load(self.state.objects(), self.state.revision)
+            self.before_batch = (copy, self.model.copy())
+
+    @rule()
+    def batch_written(self) -> None:
+        self.batch = []
+
+    @rule()
+    def batch_write_failed(self) -> None:
+        """The engine rolls back every transaction of a batch it could not write, newest first."""
+        if not self.batch:
+            return
+        previous, model = self.before_batch  # type: ignore[misc]
+        for undo in reversed(self.batch):
+            self.state.rollback(undo)
+        self.state.revision = previous.revision
+        self.model = model
+        self.batch = []
+        assert snapshot(self.state) == snapshot(previous)
 
     # ---- rules ---------------------------------------------------------------------------------
     @initialize()

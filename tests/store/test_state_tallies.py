@@ -1,18 +1,20 @@
 """The state's tallies (a service's running and desired tasks) equal a count over its tasks after any
-sequence of transactions, failed ones (rolled back) and replays included, and after a reload."""
+sequence of transactions, failed ones (rolled back) and replays included, and after a reload; while a
+batch of them is written, `PreBatchView` reads (tallies included) as the state before the batch."""
 
 from __future__ import annotations
 
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from store_helpers import T0, node
+from store_helpers import T0, answers, node, reads_of
 
 from treeherd.model.errors import AlreadyExists
 from treeherd.model.ops import Create, Delete, Op, Update
 from treeherd.model.services import Service, Task, TaskSpec, TaskStatus
 from treeherd.model.states import TaskState
-from treeherd.store.state import State
+from treeherd.store.prebatch import PreBatchView
+from treeherd.store.state import State, Undo
 
 SERVICES = ("s1", "s2")
 STATES = (TaskState.NEW, TaskState.ASSIGNED, TaskState.STARTING, TaskState.RUNNING, TaskState.FAILED)
@@ -72,6 +74,7 @@ STEP = st.tuples(
 @given(st.lists(st.lists(STEP, min_size=1, max_size=4), max_size=12))
 def test_tallies_equal_a_count_of_the_tasks(transactions: list[list[tuple]]) -> None:
     state = base_state()
+    batch: list[list[Undo]] = []
     for steps in transactions:
         ops: list[Op] = []
         planned: dict[str, Task | None] = {}
@@ -98,14 +101,23 @@ def test_tallies_equal_a_count_of_the_tasks(transactions: list[list[tuple]]) -> 
         if fails:  # a second create of the node: refused after the writes, which are undone
             ops.append(Create(node("n1")))
         revision = state.revision + 1
+        if not batch:  # the state readers see while the batch is written
+            before = State()
+            before.load(state.objects(), state.revision)
         try:
             events, undo = state.apply(ops, revision)
         except AlreadyExists:
             assert fails
         else:
-            if events:  # the store's writer: roll back, write, then replay what was accepted
+            if events:  # rolled back and replayed, it is as apply left it
                 state.rollback(undo)
                 state.replay(events, revision)
+                batch.append(undo)
+                view = PreBatchView(state, batch, before.revision)
+                questions = reads_of(state, before)
+                assert answers(view, questions) == answers(before, questions)
+                if len(batch) == 3:  # written: the next transaction starts a batch
+                    batch = []
         for name in ("running", "desired"):
             for service in (*SERVICES, "missing"):
                 assert state.tally(Task, name, service) == scan(state, name, service), (name, service)

@@ -3,8 +3,8 @@
 Commits queue up; one writer task takes everything queued, validates each transaction in order against
 the state (each failing one is refused alone), writes the accepted ones to the backend's log in one
 durable batch, and only then makes them visible: readers never see a write that is not yet durable.
-To validate without exposing, the writer applies, rolls back, writes, and replays the accepted
-transactions' events (without checking them again: nothing else touches the state in between).
+Each transaction is applied once, checked; while the batch is written, `view()` answers as the state
+was before it (`prebatch.PreBatchView`, from the batch's undo logs), and a failed write rolls it back.
 
 The last `history` events are kept (in memory, and by durable backends on disk) so a watcher can resume
 from a recent revision; older revisions answer `Compacted`.
@@ -23,6 +23,7 @@ from treeherd.model.events import Change
 from treeherd.model.objects import AnyObject
 from treeherd.model.ops import Op
 from treeherd.store.base import Committed
+from treeherd.store.prebatch import PreBatchView
 from treeherd.store.state import State
 
 DEFAULT_HISTORY = 100_000
@@ -67,13 +68,16 @@ class EngineStore:
         self._compacted_through = 0
         self._watches: set[_EngineWatch] = set()
         self._closed = False
+        # While a batch is being made durable: the state as it was before it (see `_write_batch`).
+        self._writing: PreBatchView | None = None
 
     @property
     def revision(self) -> int:
-        return self._state.revision
+        return self.view().revision
 
     def view(self) -> View:
-        return self._state
+        writing = self._writing
+        return self._state if writing is None else writing
 
     async def open(self) -> None:
         if self._log is None:
@@ -114,7 +118,7 @@ class EngineStore:
         return [change for change in self._changes if change.revision > since]
 
     def watch(self, since: int | None = None) -> _EngineWatch:
-        current = self._state.revision
+        current = self.revision
         if since is None or since >= current:
             backlog: list[Change] = []
         else:
@@ -163,18 +167,22 @@ class EngineStore:
         if not accepted:
             return
         if self._log is not None:
-            for undo in reversed(undos):
-                state.rollback(undo)
-            state.revision = start_revision
+            self._writing = PreBatchView(state, undos, start_revision)
             try:
                 await self._log.write(changes, self._compacted_through)
-            except Exception as error:
+            except BaseException as error:
+                # Not durable (or, cancelled, not known to be): the batch never becomes visible.
+                for undo in reversed(undos):
+                    state.rollback(undo)
+                state.revision = start_revision
+                if not isinstance(error, Exception):
+                    raise
                 failure = Unavailable(f"the store could not write to disk ({error}); nothing was written")
                 for pending, _ in accepted:
                     _settle(pending.future, failure)
                 return
-            for change in changes:
-                state.replay(change.events, change.revision)
+            finally:
+                self._writing = None
         for (pending, _), change in zip(accepted, changes, strict=True):
             self._remember(change)
             self._publish(change)

@@ -99,6 +99,19 @@ class State:
         for by_id in self._objects.values():
             yield from by_id.values()
 
+    # ---- raw reads (for `prebatch.PreBatchView`, which corrects them) ---------------------------
+    def table(self, kind: str) -> dict[str, AnyObject]:
+        """The kind's objects by id, the state's own dict: read it, never change it."""
+        return self._objects[kind]
+
+    def filed_ids(self, kind: str, index: str, key: str) -> Iterable[str]:
+        """The ids under `key` in a non-unique index, the state's own set: read it, never change it."""
+        return self._indexes[(kind, index)].get(key, ())
+
+    def referring_ids(self, kind: str, reference: str, target_id: str) -> Iterable[str]:
+        """The ids whose `reference` names `target_id`, the state's own set: read it, never change it."""
+        return self._refs[(kind, reference)].get(target_id, ())
+
     # ---- loading -------------------------------------------------------------------------------
     def load(self, objects: Iterable[AnyObject], revision: int) -> None:
         """Fill an empty state from a backend's records, without checks (they were checked when written)."""
