@@ -417,6 +417,36 @@ async def test_reader_sees_changed_and_deleted_objects_as_before_an_in_flight_wr
     assert store.revision == before[0] + 3
 
 
+async def test_a_view_held_across_writes_reads_what_is_durable_at_each_read(open_sqlite, monkeypatch):
+    """Plans made step by step and listings read a slice at a time hold a view across awaits."""
+    store = await open_sqlite()
+    m0 = (await commit(store, Create(machine("m0", "h0")))).objects[0]
+    held_before = store.view()
+    async with held_writes(store, monkeypatch) as (entered, release):
+        first = asyncio.ensure_future(store.commit([Update(replace(m0, hostname="h1"))]))
+        await asyncio.wait_for(entered.wait(), WAIT)
+        held_during = store.view()
+        for view in (held_before, held_during):
+            assert view.get(Machine, "m0") == m0
+            assert view.revision == m0.version
+        release.set()
+        m1 = (await asyncio.wait_for(first, WAIT)).objects[0]
+        for view in (held_before, held_during):
+            assert view.get(Machine, "m0") == m1
+            assert view.lookup(Machine, "hostname", "h1") == m1
+
+        entered.clear()
+        release.clear()
+        second = asyncio.ensure_future(store.commit([Update(replace(m1, hostname="h2"))]))
+        await asyncio.wait_for(entered.wait(), WAIT)
+        for view in (held_before, held_during):  # the first window's view does not outlive it
+            assert view.get(Machine, "m0") == m1
+            assert view.lookup(Machine, "hostname", "h2") is None
+        release.set()
+        m2 = (await asyncio.wait_for(second, WAIT)).objects[0]
+    assert held_during.get(Machine, "m0") == m2
+
+
 async def test_a_writer_cancelled_mid_write_leaves_the_batch_unseen(open_sqlite, monkeypatch):
     store = await open_sqlite()
     m0 = (await commit(store, Create(machine("m0", "old-host")))).objects[0]

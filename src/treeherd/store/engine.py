@@ -23,7 +23,7 @@ from treeherd.model.events import Change
 from treeherd.model.objects import AnyObject
 from treeherd.model.ops import Op
 from treeherd.store.base import Committed
-from treeherd.store.prebatch import PreBatchView
+from treeherd.store.prebatch import CommittedView, PreBatchView
 from treeherd.store.state import State
 
 DEFAULT_HISTORY = 100_000
@@ -68,16 +68,15 @@ class EngineStore:
         self._compacted_through = 0
         self._watches: set[_EngineWatch] = set()
         self._closed = False
-        # While a batch is being made durable: the state as it was before it (see `_write_batch`).
-        self._writing: PreBatchView | None = None
+        # The state, or while a batch is being made durable the state as it was before it.
+        self._view = CommittedView(self._state)
 
     @property
     def revision(self) -> int:
-        return self.view().revision
+        return self._view.revision
 
     def view(self) -> View:
-        writing = self._writing
-        return self._state if writing is None else writing
+        return self._view
 
     async def open(self) -> None:
         if self._log is None:
@@ -167,7 +166,7 @@ class EngineStore:
         if not accepted:
             return
         if self._log is not None:
-            self._writing = PreBatchView(state, undos, start_revision)
+            self._view.show(PreBatchView(state, undos, start_revision))
             try:
                 await self._log.write(changes, self._compacted_through)
             except BaseException as error:
@@ -182,7 +181,7 @@ class EngineStore:
                     _settle(pending.future, failure)
                 return
             finally:
-                self._writing = None
+                self._view.show(state)
         for (pending, _), change in zip(accepted, changes, strict=True):
             self._remember(change)
             self._publish(change)

@@ -3,7 +3,7 @@ were not.
 
 The engine applies a batch of transactions once, checked, and keeps it applied while the backend makes
 it durable. Readers must not see it before then (a failed write would have been read), so for that
-window `view()` hands out a `PreBatchView`: every read answers from the state's own tables and indexes,
+window `view()` answers through a `PreBatchView`: every read answers from the state's own tables and indexes,
 corrected for the objects the batch changed, whose earlier versions the batch's undo logs hold. Most of
 the state is untouched by a batch, so a read costs what it costs on the state plus a dictionary lookup
 per object; the corrections of an index are worked out once, on the window's first read of it.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from treeherd.model.base import Object
 from treeherd.model.kinds import KINDS
@@ -26,6 +26,40 @@ T = TypeVar("T", bound=Object)
 # batch, and the ids filed under it before that are not now.
 _Moves = dict[str, tuple[set[str], set[str]]]
 _NO_MOVES: tuple[set[str], set[str]] = (set(), set())
+
+
+class CommittedView:
+    """What the engine's `view()` hands out: the committed state, now and later. Between writes that is
+    the state itself, during one a `PreBatchView`; the reads are the current one's own bound methods,
+    switched by `show`, so a caller that holds the view across awaits (a plan made step by step, a
+    listing read a slice at a time) never reads a batch that is not yet durable, nor a stale window,
+    and a read costs what it costs on the state."""
+
+    get: Any
+    lookup: Any
+    where: Any
+    referrers: Any
+    referrer_ids: Any
+    tally: Any
+    all: Any
+    count: Any
+    find: Any
+    objects: Any
+
+    def __init__(self, current: State | PreBatchView) -> None:
+        self.show(current)
+
+    def show(self, current: State | PreBatchView) -> None:
+        self._current = current
+        for name in _READS:
+            setattr(self, name, getattr(current, name))
+
+    @property
+    def revision(self) -> int:
+        return self._current.revision
+
+
+_READS = ("get", "lookup", "where", "referrers", "referrer_ids", "tally", "all", "count", "find", "objects")
 
 
 class PreBatchView:
