@@ -1,12 +1,13 @@
-"""The committed state while a batch is being written: the state with the batch applied, read as if it
-were not.
+"""What the engine's readers see: the committed state, also while a batch is written with the state
+holding it already.
 
 The engine applies a batch of transactions once, checked, and keeps it applied while the backend makes
 it durable. Readers must not see it before then (a failed write would have been read), so for that
-window `view()` answers through a `PreBatchView`: every read answers from the state's own tables and indexes,
-corrected for the objects the batch changed, whose earlier versions the batch's undo logs hold. Most of
-the state is untouched by a batch, so a read costs what it costs on the state plus a dictionary lookup
-per object; the corrections of an index are worked out once, on the window's first read of it.
+window the store's `CommittedView` answers through a `PreBatchView`: every read answers from the
+state's own tables and indexes, corrected for the objects the batch changed, whose earlier versions
+the batch's undo logs hold. Most of the state is untouched by a batch, so a read costs what it costs
+on the state plus a dictionary lookup per object; the corrections of an index (and of a kind's count)
+are worked out once, on the window's first read of it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class PreBatchView:
         self._owners: dict[tuple[str, str], dict[str, str | None]] = {}
         self._moves: dict[tuple[str, str, str], _Moves] = {}
         self._counts: dict[tuple[str, str], Counter[str]] = {}
+        self._sizes: dict[str, int] = {}
 
     # ---- the View protocol ---------------------------------------------------------------------
     def get(self, cls: type[T], id: str) -> T | None:
@@ -141,10 +143,12 @@ class PreBatchView:
         changed = self._before.get(cls.kind)
         if changed is None:
             return count
-        table = self._state.table(cls.kind)
-        for id, previous in changed.items():
-            count += (previous is not None) - (id in table)
-        return count
+        difference = self._sizes.get(cls.kind)
+        if difference is None:  # objects deleted by the batch less those it created, once per window
+            table = self._state.table(cls.kind)
+            difference = sum((previous is not None) - (id in table) for id, previous in changed.items())
+            self._sizes[cls.kind] = difference
+        return count + difference
 
     # ---- the State's extras (snapshots, exports) ------------------------------------------------
     def find(self, kind: str, id: str) -> AnyObject | None:
