@@ -13,7 +13,7 @@ are worked out once, on the window's first read of it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from treeherd.model.base import Object
@@ -200,15 +200,22 @@ class PreBatchView:
             moves = self._moves[(kind, family, name)] = self._index_moves(kind, keys_of)
         return moves.get(key, _NO_MOVES)
 
-    def _index_moves(self, kind: str, keys_of: Callable[[AnyObject], Iterable[str]]) -> _Moves:
-        moves: _Moves = {}
+    def _key_changes(
+        self, kind: str, keys_of: Callable[[AnyObject], Iterable[str]]
+    ) -> Iterator[tuple[str, Iterable[str], Iterable[str]]]:
+        """(id, keys before the batch, keys now) of each object of `kind` the batch changed whose keys
+        under `keys_of` differ: most changes (a task's status) keep every key."""
         table = self._state.table(kind)
         for id, previous in self._before[kind].items():
             current = table.get(id)
             old = keys_of(previous) if previous is not None else ()
             new = keys_of(current) if current is not None else ()
-            if old == new:  # most changes (a task's status) keep every key
-                continue
+            if old != new:
+                yield id, old, new
+
+    def _index_moves(self, kind: str, keys_of: Callable[[AnyObject], Iterable[str]]) -> _Moves:
+        moves: _Moves = {}
+        for id, old, new in self._key_changes(kind, keys_of):
             old_set, new_set = set(old), set(new)
             for key in new_set - old_set:
                 moves.setdefault(key, (set(), set()))[0].add(id)
@@ -217,7 +224,9 @@ class PreBatchView:
         return moves
 
     def _unique_owners(self, kind: str, index: str) -> dict[str, str | None]:
-        """Who held each unique key the batch's objects hold or held (None: nobody)."""
+        """Who held each unique key the batch's objects hold or held (None: nobody). Every changed
+        object counts, its keys kept or not (not `_key_changes`): `lookup` must answer with its object
+        from before the batch, not the state's."""
         keys_of = next(key.keys for key in KINDS[kind].unique if key.name == index)
         table = self._state.table(kind)
         owners: dict[str, str | None] = {}
@@ -237,14 +246,8 @@ class PreBatchView:
 
     def _tally_corrections(self, kind: str, name: str) -> Counter[str]:
         keys_of = next(tally.keys for tally in KINDS[kind].tallies if tally.name == name)
-        table = self._state.table(kind)
         corrections: Counter[str] = Counter()
-        for id, previous in self._before[kind].items():
-            current = table.get(id)
-            old = keys_of(previous) if previous is not None else ()
-            new = keys_of(current) if current is not None else ()
-            if old == new:
-                continue
+        for _, old, new in self._key_changes(kind, keys_of):
             for key in old:
                 corrections[key] += 1
             for key in new:
