@@ -29,6 +29,11 @@ async def opened(path: Path) -> AsyncIterator[TaskDB]:
         await db.close()
 
 
+def table_sql(raw: sqlite3.Connection) -> dict[str, str]:
+    """Each table of the file and the statement that made it."""
+    return dict(raw.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'table'").fetchall())
+
+
 def status(state: TaskState, **fields: object) -> TaskStatus:
     return TaskStatus(state=state, timestamp=NOW + timedelta(seconds=int(state)), **fields)  # type: ignore[arg-type]
 
@@ -60,7 +65,11 @@ async def test_a_new_db_is_in_wal_mode_and_numbered_with_its_layout(tmp_path: Pa
         pass
     with closing(sqlite3.connect(tmp_path / "agent.db")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 3
+        assert table_sql(raw) == {
+            "tasks": "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL)",
+            "statuses": "CREATE TABLE statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID",
+        }
 
 
 async def test_a_db_larger_than_its_cache_writes_and_loads_whole(tmp_path: Path) -> None:
@@ -171,7 +180,42 @@ async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> Non
         assert await db.load() == [StoredTask(task=t1, status=status(TaskState.SHUTDOWN))]
     with closing(sqlite3.connect(path)) as raw:
         assert [row[1] for row in raw.execute("PRAGMA table_info(tasks)")] == ["id", "task"]
+        assert "WITHOUT ROWID" not in table_sql(raw)["tasks"]
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+
+
+async def test_a_db_of_layout_2_gets_its_tasks_in_a_rowid_table_when_opened(tmp_path: Path) -> None:
+    """Layout 2 kept `tasks` WITHOUT ROWID (a task's row spilled to an overflow page of its own): its
+    tasks and statuses load as they were, from a rowid table, and writes go on."""
+    path = tmp_path / "agent.db"
+    t1, t2, t3 = make_task("t1", env={"A": "1"}), make_task("t2"), make_task("t3")
+    encode = msgspec.msgpack.encode
+    with closing(sqlite3.connect(path, isolation_level=None)) as raw:
+        raw.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL) WITHOUT ROWID")
+        raw.execute("CREATE TABLE statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID")
+        raw.executemany("INSERT INTO tasks VALUES (?, ?)", [(t.id, encode(t)) for t in (t3, t1, t2)])
+        raw.execute("INSERT INTO statuses VALUES (?, ?)", ("t1", encode(status(TaskState.RUNNING))))
+        raw.execute("PRAGMA user_version=2")
+    async with opened(path) as db:
+        assert await db.load() == [
+            StoredTask(task=t1, status=status(TaskState.RUNNING)),
+            StoredTask(task=t2, status=t2.status),
+            StoredTask(task=t3, status=t3.status),
+        ]
+        await db.write([(t2, status(TaskState.ACCEPTED)), (make_task("t4"), status(TaskState.NEW))], ["t3"])
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+        assert set(table_sql(raw)) == {"tasks", "statuses"}  # the copy's source is gone
+        assert "WITHOUT ROWID" not in table_sql(raw)["tasks"]
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    async with opened(path) as db:  # opened again: nothing left to convert
+        assert await db.load() == [
+            StoredTask(task=t1, status=status(TaskState.RUNNING)),
+            StoredTask(task=t2, status=status(TaskState.ACCEPTED)),
+            StoredTask(task=make_task("t4"), status=status(TaskState.NEW)),
+        ]
 
 
 async def test_a_db_of_a_newer_layout_is_refused_and_left_as_it_is(tmp_path: Path) -> None:

@@ -10,7 +10,10 @@ appends and the page cache they fill, which at 5,000 agents on one machine were 
 the agents' cost (the schedule benchmark's README has the figures). A task whose status is still the
 one it came with from the manager (its own `status` field, ASSIGNED as a rule) has no row in
 `statuses`: a new task is one row, and its first status of the agent's own is written when it comes.
-A DB of an earlier version (one table) is converted when opened. The layout is numbered in SQLite's
+`tasks` is a rowid table and `statuses` one without rowids: a task's row (about 0.8 kB) fits on a
+1 kB page of a rowid table's B-tree, where a table without rowids keeps at most about 0.2 kB of a
+row on its page and the rest on an overflow page of its own, one more page per new task to write.
+A DB of an earlier version (one table; `tasks` without rowids) is converted when opened. The layout is numbered in SQLite's
 `user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is refused with `AgentDBError`,
 rather than misread (an agent rolled back after an upgrade).
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
@@ -35,18 +38,25 @@ __all__ = ["LAYOUT", "AgentDBError", "TaskDB"]
 
 T = TypeVar("T")
 
-_TASKS = "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL) WITHOUT ROWID"
+_TASKS = "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL)"
 _STATUSES = "CREATE TABLE IF NOT EXISTS statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID"
 # The page size of a new file (an existing one keeps its own): each page a write changes is a frame
-# of the WAL, so small pages make a status change cheap; a task's row spills to an overflow page.
+# of the WAL, so small pages make a status change cheap; a task's row fits on one (a larger one spills
+# to overflow pages).
 PAGE_SIZE = 1024
 # Pages this connection keeps in memory (SQLite's default is 2 MB). The agent reads the file once, when it
 # starts; after that it only writes, and a write needs the pages of the rows it changes and the path to
 # them. A cache the size of the file held about 1.5 kB per task at 200 tasks, for nothing.
 CACHE_PAGES = 64
 # The layout this agent writes, in the file's `user_version`: 1, task and status in one row (never
-# numbered: 0 in the file); 2, tasks and statuses apart.
-LAYOUT = 2
+# numbered: 0 in the file); 2, tasks and statuses apart; 3, `tasks` a rowid table.
+LAYOUT = 3
+
+
+def _without_rowid(db: sqlite3.Connection, table: str) -> bool:
+    """Whether `table` was made WITHOUT ROWID (what the earlier layouts made `tasks`)."""
+    row = db.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return row is not None and "WITHOUT ROWID" in row[0].upper()
 
 
 class AgentDBError(Exception):
@@ -147,9 +157,14 @@ class TaskDB:
                 db.execute(_TASKS)
                 db.execute(_STATUSES)
                 columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-                if "status" in columns:  # one table, as an earlier version kept it: split it
+                if "status" in columns:  # layout 1, task and status in one row: split it
                     db.execute("INSERT INTO statuses (id, status) SELECT id, status FROM tasks")
-                    db.execute("ALTER TABLE tasks DROP COLUMN status")
+                # Layouts 1 and 2 made `tasks` WITHOUT ROWID, which no ALTER TABLE changes: copy it.
+                if "status" in columns or _without_rowid(db, "tasks"):
+                    db.execute("ALTER TABLE tasks RENAME TO tasks_before")
+                    db.execute(_TASKS)
+                    db.execute("INSERT INTO tasks (id, task) SELECT id, task FROM tasks_before ORDER BY id")
+                    db.execute("DROP TABLE tasks_before")
                 if layout != LAYOUT:
                     db.execute(f"PRAGMA user_version={LAYOUT}")
             except BaseException:
