@@ -31,7 +31,7 @@ async def opened(path: Path) -> AsyncIterator[TaskDB]:
 
 def table_sql(raw: sqlite3.Connection) -> dict[str, str]:
     """Each table of the file and the statement that made it."""
-    return dict(raw.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'table'").fetchall())
+    return dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
 
 
 def status(state: TaskState, **fields: object) -> TaskStatus:

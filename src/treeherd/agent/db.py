@@ -13,9 +13,9 @@ one it came with from the manager (its own `status` field, ASSIGNED as a rule) h
 `tasks` is a rowid table and `statuses` one without rowids: a task's row (about 0.8 kB) fits on a
 1 kB page of a rowid table's B-tree, where a table without rowids keeps at most about 0.2 kB of a
 row on its page and the rest on an overflow page of its own, one more page per new task to write.
-A DB of an earlier version (one table; `tasks` without rowids) is converted when opened. The layout is numbered in SQLite's
-`user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is refused with `AgentDBError`,
-rather than misread (an agent rolled back after an upgrade).
+A DB of an earlier version (one table; `tasks` without rowids) is converted when opened. The layout
+is numbered in SQLite's `user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is
+refused with `AgentDBError`, rather than misread (an agent rolled back after an upgrade).
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
 the event loop never blocks on the disk; a batch of writes is one transaction.
 """
@@ -55,7 +55,7 @@ LAYOUT = 3
 
 def _without_rowid(db: sqlite3.Connection, table: str) -> bool:
     """Whether `table` was made WITHOUT ROWID (what the earlier layouts made `tasks`)."""
-    row = db.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
     return row is not None and "WITHOUT ROWID" in row[0].upper()
 
 
