@@ -29,6 +29,13 @@ async def opened(path: Path) -> AsyncIterator[TaskDB]:
         await db.close()
 
 
+# The tables of this layout: both keyed by the agent's number for the task.
+TABLES = {
+    "tasks": "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task BLOB NOT NULL)",
+    "statuses": "CREATE TABLE statuses (seq INTEGER PRIMARY KEY, status BLOB NOT NULL)",
+}
+
+
 def table_sql(raw: sqlite3.Connection) -> dict[str, str]:
     """Each table of the file and the statement that made it."""
     return dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
@@ -65,11 +72,8 @@ async def test_a_new_db_is_in_wal_mode_and_numbered_with_its_layout(tmp_path: Pa
         pass
     with closing(sqlite3.connect(tmp_path / "agent.db")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 3
-        assert table_sql(raw) == {
-            "tasks": "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL)",
-            "statuses": "CREATE TABLE statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID",
-        }
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 4
+        assert table_sql(raw) == TABLES
 
 
 async def test_a_db_larger_than_its_cache_writes_and_loads_whole(tmp_path: Path) -> None:
@@ -141,7 +145,8 @@ async def test_a_task_with_the_status_it_came_with_is_one_row(tmp_path: Path) ->
         # An equal status that is not the task's own object is the agent's: it gets its row.
         await db.write([(t2, msgspec.structs.replace(t2.status)), (t1, status(TaskState.RUNNING))])
         with closing(sqlite3.connect(path)) as raw:
-            assert sorted(raw.execute("SELECT id FROM statuses").fetchall()) == [("t1",), ("t2",)]
+            statuses = raw.execute("SELECT id FROM statuses JOIN tasks USING (seq)").fetchall()
+            assert sorted(statuses) == [("t1",), ("t2",)]
         t3 = make_task("t3")
         await db.write([(t3, t3.status)])
     async with opened(path) as db:
@@ -179,25 +184,34 @@ async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> Non
     async with opened(path) as db:  # opened again: nothing left to convert
         assert await db.load() == [StoredTask(task=t1, status=status(TaskState.SHUTDOWN))]
     with closing(sqlite3.connect(path)) as raw:
-        assert [row[1] for row in raw.execute("PRAGMA table_info(tasks)")] == ["id", "task"]
-        assert "WITHOUT ROWID" not in table_sql(raw)["tasks"]
+        assert table_sql(raw) == TABLES
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
 
 
-async def test_a_db_of_layout_2_gets_its_tasks_in_a_rowid_table_when_opened(tmp_path: Path) -> None:
-    """Layout 2 kept `tasks` WITHOUT ROWID (a task's row spilled to an overflow page of its own): its
-    tasks and statuses load as they were, from a rowid table, and writes go on."""
+@pytest.mark.parametrize(
+    ("layout", "tasks_table"),
+    [
+        (2, "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL) WITHOUT ROWID"),
+        (3, "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL)"),
+    ],
+)
+async def test_a_db_of_layout_2_or_3_is_converted_when_opened(
+    tmp_path: Path, layout: int, tasks_table: str
+) -> None:
+    """Layouts 2 and 3 kept tasks and statuses by id (2 with `tasks` WITHOUT ROWID, where a task's row
+    spilled to an overflow page of its own): they load as they were, from this layout's tables, and
+    writes go on."""
     path = tmp_path / "agent.db"
     t1, t2, t3 = make_task("t1", env={"A": "1"}), make_task("t2"), make_task("t3")
     encode = msgspec.msgpack.encode
     with closing(sqlite3.connect(path, isolation_level=None)) as raw:
         raw.execute(f"PRAGMA page_size={PAGE_SIZE}")
         raw.execute("PRAGMA journal_mode=WAL")
-        raw.execute("CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL) WITHOUT ROWID")
+        raw.execute(tasks_table)
         raw.execute("CREATE TABLE statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID")
         raw.executemany("INSERT INTO tasks VALUES (?, ?)", [(t.id, encode(t)) for t in (t3, t1, t2)])
         raw.execute("INSERT INTO statuses VALUES (?, ?)", ("t1", encode(status(TaskState.RUNNING))))
-        raw.execute("PRAGMA user_version=2")
+        raw.execute(f"PRAGMA user_version={layout}")
     async with opened(path) as db:
         assert await db.load() == [
             StoredTask(task=t1, status=status(TaskState.RUNNING)),
@@ -207,8 +221,7 @@ async def test_a_db_of_layout_2_gets_its_tasks_in_a_rowid_table_when_opened(tmp_
         await db.write([(t2, status(TaskState.ACCEPTED)), (make_task("t4"), status(TaskState.NEW))], ["t3"])
     with closing(sqlite3.connect(path)) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
-        assert set(table_sql(raw)) == {"tasks", "statuses"}  # the copy's source is gone
-        assert "WITHOUT ROWID" not in table_sql(raw)["tasks"]
+        assert table_sql(raw) == TABLES  # the copies' sources are gone
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     async with opened(path) as db:  # opened again: nothing left to convert
         assert await db.load() == [
@@ -236,3 +249,46 @@ async def test_a_db_of_a_newer_layout_is_refused_and_left_as_it_is(tmp_path: Pat
     assert path.read_bytes() == before
     with closing(sqlite3.connect(path)) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT + 1
+
+
+async def test_a_task_removed_and_assigned_again_has_no_status_of_its_earlier_life(tmp_path: Path) -> None:
+    """A task's status goes with it: the same id assigned again (in the same write as its removal, or
+    after it, in this life of the DB or the next) starts from its own status."""
+    path = tmp_path / "agent.db"
+    t1, t2 = make_task("t1"), make_task("t2")
+    async with opened(path) as db:
+        await db.write([(t1, status(TaskState.RUNNING)), (t2, status(TaskState.RUNNING))])
+        await db.write(deletes=["t1"])
+        await db.write([(t1, t1.status)])
+        await db.write([(t2, status(TaskState.FAILED))], ["t2"])  # the put, then the delete
+        assert await db.load() == [StoredTask(task=t1, status=t1.status)]
+    async with opened(path) as db:
+        await db.write([(t1, status(TaskState.RUNNING))])
+        await db.write(deletes=["t1"])
+    async with opened(path) as db:
+        await db.write([(t1, t1.status), (t2, t2.status)])
+    async with opened(path) as db:
+        assert await db.load() == [
+            StoredTask(task=t1, status=t1.status),
+            StoredTask(task=t2, status=t2.status),
+        ]
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT count(*) FROM statuses").fetchone()[0] == 0
+
+
+async def test_the_statuses_of_one_message_change_few_pages(tmp_path: Path) -> None:
+    """The tasks of one write are numbered in a row, so their statuses sit together: a status for each
+    of 20 tasks among 200 writes a few frames (their pages and the path to them), where keyed by
+    random ids they wrote a frame for about every two tasks."""
+    path = tmp_path / "agent.db"
+    ids = [f"{n * 7919 % 10007:05}" for n in range(200)]  # out of order, as random ids are
+    tasks = [make_task(task_id) for task_id in ids]
+    async with opened(path) as db:
+        for start in range(0, 200, 20):  # as an agent takes messages: the tasks, then their statuses
+            await db.write([(task, task.status) for task in tasks[start : start + 20]])
+            await db.write([(task, status(TaskState.RUNNING)) for task in tasks[start : start + 20]])
+        wal = path.with_name(path.name + "-wal")
+        before = wal.stat().st_size
+        await db.write([(task, status(TaskState.SHUTDOWN)) for task in tasks[100:120]])
+        frames = (wal.stat().st_size - before) / (PAGE_SIZE + 24)
+    assert 1 <= frames <= 5

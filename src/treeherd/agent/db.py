@@ -1,7 +1,7 @@
 """The agent's local DB: the tasks assigned to this machine and the last status the agent saw.
 
-One SQLite file in WAL mode, two tables: `tasks(id, task)` and `statuses(id, status)`, the task and
-its status as msgpack. It is what lets a restarted agent resume its tasks before the manager is
+One SQLite file in WAL mode, two tables: `tasks(seq, id, task)` and `statuses(seq, status)`, the task
+and its status as msgpack, under a number the agent gives each task (`seq`, in the order they came). It is what lets a restarted agent resume its tasks before the manager is
 reachable again. Most writes are a new status of a task already stored as it is: those write only
 its row of `statuses`. Every page a transaction changes is a frame of the WAL: with the status
 apart, in pages of 1 kB, a status change writes a frame of about 1 kB, where the task and its status
@@ -10,10 +10,11 @@ appends and the page cache they fill, which at 5,000 agents on one machine were 
 the agents' cost (the schedule benchmark's README has the figures). A task whose status is still the
 one it came with from the manager (its own `status` field, ASSIGNED as a rule) has no row in
 `statuses`: a new task is one row, and its first status of the agent's own is written when it comes.
-`tasks` is a rowid table and `statuses` one without rowids: a task's row (about 0.8 kB) fits on a
-1 kB page of a rowid table's B-tree, where a table without rowids keeps at most about 0.2 kB of a
-row on its page and the rest on an overflow page of its own, one more page per new task to write.
-A DB of an earlier version (one table; `tasks` without rowids) is converted when opened. The layout
+Both are keyed by that number, so the tasks of one message, and later their statuses, sit side by
+side: a message's statuses change one or two pages, where keyed by the tasks' random ids they
+changed about one page for every two. A task's row (about 0.8 kB) fits on its page of `tasks`, a
+rowid table; a table WITHOUT ROWID keeps at most about 0.2 kB of a row on its page, the rest on an
+overflow page of its own. A DB of an earlier version is converted when opened. The layout
 is numbered in SQLite's `user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is
 refused with `AgentDBError`, rather than misread (an agent rolled back after an upgrade).
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
@@ -38,8 +39,8 @@ __all__ = ["LAYOUT", "AgentDBError", "TaskDB"]
 
 T = TypeVar("T")
 
-_TASKS = "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL)"
-_STATUSES = "CREATE TABLE IF NOT EXISTS statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID"
+_TASKS = "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task BLOB NOT NULL)"
+_STATUSES = "CREATE TABLE statuses (seq INTEGER PRIMARY KEY, status BLOB NOT NULL)"
 # The page size of a new file (an existing one keeps its own): each page a write changes is a frame
 # of the WAL, so small pages make a status change cheap; a task's row fits on one (a larger one spills
 # to overflow pages).
@@ -49,14 +50,9 @@ PAGE_SIZE = 1024
 # them. A cache the size of the file held about 1.5 kB per task at 200 tasks, for nothing.
 CACHE_PAGES = 64
 # The layout this agent writes, in the file's `user_version`: 1, task and status in one row (never
-# numbered: 0 in the file); 2, tasks and statuses apart; 3, `tasks` a rowid table.
-LAYOUT = 3
-
-
-def _without_rowid(db: sqlite3.Connection, table: str) -> bool:
-    """Whether `table` was made WITHOUT ROWID (what the earlier layouts made `tasks`)."""
-    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-    return row is not None and "WITHOUT ROWID" in row[0].upper()
+# numbered: 0 in the file); 2, tasks and statuses apart, by id; 3, `tasks` a rowid table; 4, both
+# keyed by the agent's number for the task.
+LAYOUT = 4
 
 
 class AgentDBError(Exception):
@@ -74,6 +70,10 @@ class TaskDB:
         self._task_decoder = msgspec.msgpack.Decoder(Task)
         self._status_decoder = msgspec.msgpack.Decoder(TaskStatus)
         self._stored: dict[str, Task] = {}  # each task as its row holds it
+        # Each task's number in the file (read when it opens), and the next one to give. A number given
+        # to a task whose write failed is kept for it: the next write of it uses the same.
+        self._seqs: dict[str, int] = {}
+        self._next_seq = 1
 
     async def open(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treeherd-agent-db")
@@ -101,18 +101,23 @@ class TaskDB:
         """Upsert and delete in one transaction (puts first, so a put+delete of one id deletes it)."""
         if not puts and not deletes:
             return
-        rows: list[tuple[str, bytes]] = []
-        statuses: list[tuple[str, bytes]] = []
+        rows: list[tuple[int, str, bytes]] = []
+        statuses: list[tuple[int, bytes]] = []
+        seqs = self._seqs
         latest = {task.id: (task, status) for task, status in puts}  # the last put of an id wins
         for task, status in latest.values():
+            seq = seqs.get(task.id)
+            if seq is None:
+                seq = seqs[task.id] = self._next_seq
+                self._next_seq += 1
             stored = self._stored.get(task.id)
             if not (stored is task or stored == task):
-                rows.append((task.id, self._encoder.encode(task)))
+                rows.append((seq, task.id, self._encoder.encode(task)))
             # The status the task came with is in its row. The same object, not an equal one: a task
             # whose status changed and came back to an equal value keeps the row it has.
             if status is not task.status:
-                statuses.append((task.id, self._encoder.encode(status)))
-        removed = [(task_id,) for task_id in deletes]
+                statuses.append((seq, self._encoder.encode(status)))
+        removed = [(seqs[task_id],) for task_id in deletes if task_id in seqs]
         try:
             await self._call(lambda: self._write(rows, statuses, removed))
         except BaseException:
@@ -122,6 +127,7 @@ class TaskDB:
             self._stored[task.id] = task
         for task_id in deletes:
             self._stored.pop(task_id, None)
+            seqs.pop(task_id, None)
 
     async def _call(self, function: Callable[[], T]) -> T:
         if self._thread is None:
@@ -154,19 +160,15 @@ class TaskDB:
             db.execute(f"PRAGMA cache_size={CACHE_PAGES}")
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(_TASKS)
-                db.execute(_STATUSES)
                 columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-                if "status" in columns:  # layout 1, task and status in one row: split it
-                    db.execute("INSERT INTO statuses (id, status) SELECT id, status FROM tasks")
-                # Layouts 1 and 2 made `tasks` WITHOUT ROWID, which no ALTER TABLE changes: copy it.
-                if "status" in columns or _without_rowid(db, "tasks"):
-                    db.execute("ALTER TABLE tasks RENAME TO tasks_before")
+                if not columns:  # a new file
                     db.execute(_TASKS)
-                    db.execute("INSERT INTO tasks (id, task) SELECT id, task FROM tasks_before ORDER BY id")
-                    db.execute("DROP TABLE tasks_before")
+                    db.execute(_STATUSES)
+                elif "seq" not in columns:
+                    _convert(db, columns)
                 if layout != LAYOUT:
                     db.execute(f"PRAGMA user_version={LAYOUT}")
+                seqs = dict(db.execute("SELECT id, seq FROM tasks"))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -175,6 +177,8 @@ class TaskDB:
             db.close()
             raise
         self._db = db
+        self._seqs = seqs
+        self._next_seq = max(seqs.values(), default=0) + 1
 
     def _close(self) -> None:
         if self._db is not None:
@@ -189,7 +193,7 @@ class TaskDB:
     def _load(self) -> list[StoredTask]:
         rows = (
             self._connection()
-            .execute("SELECT task, status FROM tasks LEFT JOIN statuses USING (id) ORDER BY id")
+            .execute("SELECT task, status FROM tasks LEFT JOIN statuses USING (seq) ORDER BY id")
             .fetchall()
         )
         loaded = []
@@ -201,9 +205,9 @@ class TaskDB:
 
     def _write(
         self,
-        rows: list[tuple[str, bytes]],
-        statuses: list[tuple[str, bytes]],
-        deletes: list[tuple[str]],
+        rows: list[tuple[int, str, bytes]],
+        statuses: list[tuple[int, bytes]],
+        deletes: list[tuple[int]],
     ) -> None:
         db = self._connection()
         db.execute("BEGIN")
@@ -211,20 +215,39 @@ class TaskDB:
             # Only the statements with rows: most writes are statuses only, or new tasks only.
             if rows:
                 db.executemany(
-                    "INSERT INTO tasks (id, task) VALUES (?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET task = excluded.task",
+                    "INSERT INTO tasks (seq, id, task) VALUES (?, ?, ?)"
+                    " ON CONFLICT (seq) DO UPDATE SET task = excluded.task",
                     rows,
                 )
             if statuses:
                 db.executemany(
-                    "INSERT INTO statuses (id, status) VALUES (?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+                    "INSERT INTO statuses (seq, status) VALUES (?, ?)"
+                    " ON CONFLICT (seq) DO UPDATE SET status = excluded.status",
                     statuses,
                 )
             if deletes:
-                db.executemany("DELETE FROM tasks WHERE id = ?", deletes)
-                db.executemany("DELETE FROM statuses WHERE id = ?", deletes)
+                db.executemany("DELETE FROM tasks WHERE seq = ?", deletes)
+                db.executemany("DELETE FROM statuses WHERE seq = ?", deletes)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+
+def _convert(db: sqlite3.Connection, columns: set[str]) -> None:
+    """The tables of an earlier layout (`columns`: those of its `tasks`) as this layout's, numbered in
+    id order. Layout 1 kept each task's status in its row; layouts 2 and 3 in `statuses`, by id."""
+    db.execute("ALTER TABLE tasks RENAME TO tasks_before")
+    statuses = "tasks_before" if "status" in columns else "statuses_before"
+    if statuses == "statuses_before":
+        db.execute("ALTER TABLE statuses RENAME TO statuses_before")
+    db.execute(_TASKS)
+    db.execute(_STATUSES)
+    db.execute("INSERT INTO tasks (id, task) SELECT id, task FROM tasks_before ORDER BY id")
+    db.execute(
+        f"INSERT INTO statuses (seq, status) SELECT tasks.seq, old.status FROM {statuses} AS old"
+        " JOIN tasks USING (id)"
+    )
+    db.execute("DROP TABLE tasks_before")
+    if statuses == "statuses_before":
+        db.execute("DROP TABLE statuses_before")
