@@ -1,22 +1,23 @@
 """The agent's local DB: the tasks assigned to this machine and the last status the agent saw.
 
 One SQLite file in WAL mode, two tables: `tasks(seq, id, task)` and `statuses(seq, status)`, the task
-and its status as msgpack, under a number the agent gives each task (`seq`, in the order they came). It is what lets a restarted agent resume its tasks before the manager is
-reachable again. Most writes are a new status of a task already stored as it is: those write only
-its row of `statuses`. Every page a transaction changes is a frame of the WAL: with the status
-apart, in pages of 1 kB, a status change writes a frame of about 1 kB, where the task and its status
-in one row (the task about ten times the size of its status) made it one of 4 kB. That is the WAL
-appends and the page cache they fill, which at 5,000 agents on one machine were a large part of
-the agents' cost (the schedule benchmark's README has the figures). A task whose status is still the
-one it came with from the manager (its own `status` field, ASSIGNED as a rule) has no row in
-`statuses`: a new task is one row, and its first status of the agent's own is written when it comes.
-Both are keyed by that number, so the tasks of one message, and later their statuses, sit side by
-side: a message's statuses change one or two pages, where keyed by the tasks' random ids they
-changed about one page for every two. A task's row (about 0.8 kB) fits on its page of `tasks`, a
-rowid table; a table WITHOUT ROWID keeps at most about 0.2 kB of a row on its page, the rest on an
-overflow page of its own. A DB of an earlier version is converted when opened. The layout
-is numbered in SQLite's `user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is
-refused with `AgentDBError`, rather than misread (an agent rolled back after an upgrade).
+and its status as msgpack, under a number the agent gives each task in the order they come (`seq`).
+It is what lets a restarted agent resume its tasks before the manager is reachable again. Most
+writes are a new status of a task already stored as it is: those write only its row of `statuses`.
+Every page a transaction changes is a frame of the WAL: with the status apart, in pages of 1 kB, a
+status change writes a frame of about 1 kB, where the task and its status in one row (the task about
+ten times the size of its status) made it one of 4 kB. That is the WAL appends and the page cache
+they fill, which at 5,000 agents on one machine were a large part of the agents' cost (the schedule
+benchmark's README has the figures). A task whose status is still the one it came with from the
+manager (its own `status` field, ASSIGNED as a rule) has no row in `statuses`: a new task is one
+row, and its first status of the agent's own is written when it comes.
+Both tables are keyed by the task's number, so the tasks of one message, and later their statuses,
+sit side by side: the statuses of 20 tasks among 200 change 4 pages, where keyed by the tasks'
+random ids they changed 14. A task's row (about 0.8 kB) fits on its page of `tasks`, a rowid table;
+a table WITHOUT ROWID keeps at most about 0.2 kB of a row on its page, the rest on an overflow page
+of its own. A DB of an earlier version is converted when opened. The layout is numbered in SQLite's
+`user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is refused with
+`AgentDBError`, rather than misread (an agent rolled back after an upgrade).
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
 the event loop never blocks on the disk; a batch of writes is one transaction.
 """
