@@ -238,17 +238,18 @@ class TaskDB:
 def _convert(db: sqlite3.Connection, columns: set[str]) -> None:
     """The tables of an earlier layout (`columns`: those of its `tasks`) as this layout's, numbered in
     id order. Layout 1 kept each task's status in its row; layouts 2 and 3 in `statuses`, by id."""
+    in_rows = "status" in columns  # layout 1
     db.execute("ALTER TABLE tasks RENAME TO tasks_before")
-    statuses = "tasks_before" if "status" in columns else "statuses_before"
-    if statuses == "statuses_before":
+    if not in_rows:
         db.execute("ALTER TABLE statuses RENAME TO statuses_before")
     db.execute(_TASKS)
     db.execute(_STATUSES)
     db.execute("INSERT INTO tasks (id, task) SELECT id, task FROM tasks_before ORDER BY id")
+    source = "tasks_before" if in_rows else "statuses_before"
     db.execute(
-        f"INSERT INTO statuses (seq, status) SELECT tasks.seq, old.status FROM {statuses} AS old"
+        f"INSERT INTO statuses (seq, status) SELECT tasks.seq, old.status FROM {source} AS old"
         " JOIN tasks USING (id)"
     )
     db.execute("DROP TABLE tasks_before")
-    if statuses == "statuses_before":
+    if not in_rows:
         db.execute("DROP TABLE statuses_before")
