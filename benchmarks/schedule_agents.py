@@ -62,6 +62,8 @@ class Tally:
 
 
 class RecordingController(HollowController):
+    __slots__ = ("_tally",)
+
     def __init__(self, task: Task, tally: Tally, **settings: Any) -> None:
         super().__init__(task, **settings)
         self._tally = tally

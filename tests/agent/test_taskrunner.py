@@ -56,15 +56,94 @@ async def test_a_hollow_task_runs_until_shut_down() -> None:
     executor = HollowExecutor()
     runner, recorder = started(executor)
     await eventually(lambda: recorder.states == UP, "RUNNING")
-    # A running task is waited on in its runner's one asyncio task, without a second one.
-    assert len(asyncio.all_tasks() - {asyncio.current_task()}) == 1
+    # The hollow controller hands over its exit as a future: a running task holds no asyncio task.
+    assert not asyncio.all_tasks() - {asyncio.current_task()}
+    assert not runner.done
     runner.shutdown()
     assert await runner.join(2)
     assert recorder.states == [*UP, S.SHUTDOWN]
     assert recorder.last.exit_code == 0
-    # The wait under way is interrupted; a second one, through the shutdown, learns how it ended.
-    assert executor.controllers["t1"].calls == ["prepare", "start", "wait", "shutdown", "wait"]
+    # The shutdown learns how the task ended from the same future: no second wait.
+    assert executor.controllers["t1"].calls == ["prepare", "start", "wait", "shutdown"]
     assert not asyncio.all_tasks() - {asyncio.current_task()}  # nothing of the runner left running
+
+
+async def test_a_task_without_an_exit_future_is_waited_on_in_its_one_asyncio_task() -> None:
+    controller = ScriptedController()  # waits until shut down
+    runner, recorder = started(OneController(controller))
+    await eventually(lambda: recorder.states == UP, "RUNNING")
+    assert len(asyncio.all_tasks() - {asyncio.current_task()}) == 1
+    runner.shutdown()
+    assert await runner.join(2)
+    assert recorder.states == [*UP, S.SHUTDOWN]
+    # The wait under way is interrupted; a second one, through the shutdown, learns how it ended.
+    assert controller.calls == ["prepare", "start", "wait", "shutdown", "wait"]
+    assert not asyncio.all_tasks() - {asyncio.current_task()}
+
+
+class FutureExit(ScriptedController):
+    """A controller that hands over its exit as a future the test resolves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exit_watched: asyncio.Future[Exit] | None = None
+
+    def exit_future(self) -> asyncio.Future[Exit]:
+        self.calls.append("exit_future")
+        self.exit_watched = asyncio.get_running_loop().create_future()
+        return self.exit_watched
+
+
+async def running_on_a_future() -> tuple[TaskRunner, Recorder, asyncio.Future[Exit]]:
+    controller = FutureExit()
+    runner, recorder = started(OneController(controller), grace_s=0.05, slack_s=0.05)
+    await eventually(lambda: recorder.states == UP, "RUNNING")
+    assert controller.exit_watched is not None and not runner.done
+    return runner, recorder, controller.exit_watched
+
+
+@pytest.mark.parametrize(
+    ("ending", "state", "error"),
+    [
+        (Exit(code=0, message="done"), S.COMPLETE, ""),
+        (Exit(code=3), S.FAILED, "exit code 3"),
+        (Exit(signal=9), S.FAILED, "killed by signal 9"),
+        (RuntimeError("engine gone"), S.FAILED, "wait failed: engine gone"),
+        (None, S.FAILED, "wait failed: its exit was cancelled"),
+    ],
+)
+async def test_a_task_on_an_exit_future_reports_how_it_ended(
+    ending: Exit | Exception | None, state: S, error: str
+) -> None:
+    runner, recorder, future = await running_on_a_future()
+    if isinstance(ending, Exit):
+        future.set_result(ending)
+    elif isinstance(ending, Exception):
+        future.set_exception(ending)
+    else:
+        future.cancel()
+    assert await runner.join(2)
+    assert recorder.states == [*UP, state]
+    assert recorder.last.error == error
+
+
+async def test_a_task_on_an_exit_future_that_fails_its_health_is_stopped_and_failed() -> None:
+    runner, recorder, future = await running_on_a_future()
+    runner.fail("unhealthy: no answer")
+    assert not runner.done  # stopping: waits for the exit, bounded by the slack
+    future.set_result(Exit(code=143))
+    assert await runner.join(2)
+    assert recorder.states == [*UP, S.FAILED]
+    assert (recorder.last.error, recorder.last.exit_code) == ("unhealthy: no answer", 143)
+
+
+async def test_cancelling_a_runner_on_an_exit_future_leaves_the_task_and_its_end_alone() -> None:
+    runner, recorder, future = await running_on_a_future()
+    runner.cancel()
+    assert runner.done and await runner.join(1)
+    future.set_result(Exit(code=0))
+    await asyncio.sleep(0)
+    assert recorder.states == UP  # the agent let go: the end is for the next agent to learn
 
 
 @pytest.mark.parametrize(
@@ -162,7 +241,7 @@ async def test_remove_stops_the_task_then_cleans_up() -> None:
     async with asyncio.timeout(2):
         await runner.remove()
     assert recorder.last.state == S.SHUTDOWN
-    assert executor.controllers["t1"].calls[-3:] == ["shutdown", "wait", "remove"]
+    assert executor.controllers["t1"].calls[-3:] == ["wait", "shutdown", "remove"]
     assert executor.controllers["t1"].removed
 
 

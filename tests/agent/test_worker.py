@@ -85,7 +85,7 @@ async def test_a_full_set_without_a_task_shuts_its_runner_down(tmp_path: Path) -
         h.assign(make_task("t2"), full=True)
         gone = h.executor.controllers["t1"]
         await eventually(lambda: gone.removed, "t1 removed")
-        assert gone.calls == ["prepare", "start", "wait", "shutdown", "wait", "remove"]
+        assert gone.calls == ["prepare", "start", "wait", "shutdown", "remove"]
         assert await h.stored() == {"t2": S.RUNNING}
         assert "shutdown" not in h.executor.controllers["t2"].calls
         assert h.worker.state.story("t1")[-1].message == "forgotten: missing from the full assignment set"
@@ -119,7 +119,7 @@ async def test_a_restarted_worker_resumes_known_tasks_and_drops_unassigned_ones(
         await eventually(lambda: second.states("t1") == second.states("t2") == [S.RUNNING])
         second.assign(make_task("t1"), full=True)
         await eventually(lambda: controllers["t2"].removed, "t2 removed")
-        assert controllers["t2"].calls == ["wait", "shutdown", "wait", "remove"]
+        assert controllers["t2"].calls == ["wait", "shutdown", "remove"]
         assert await second.stored() == {"t1": S.RUNNING}
 
 
@@ -128,7 +128,7 @@ async def test_a_stop_without_live_restore_stops_every_task_and_records_it(tmp_p
         h.worker.session_started("s1")
         h.assign(make_task("t1"), make_task("t2"), full=True)
         await eventually(lambda: h.states("t1")[-1:] == h.states("t2")[-1:] == [S.RUNNING])
-    assert [c.calls[-2:] for c in h.executor.controllers.values()] == [["shutdown", "wait"]] * 2
+    assert [c.calls[-2:] for c in h.executor.controllers.values()] == [["wait", "shutdown"]] * 2
     assert h.worker.left_running == 0
     async with Harness(tmp_path) as second:  # the next worker finds them ended: nothing to resume
         assert await second.stored() == {"t1": S.SHUTDOWN, "t2": S.SHUTDOWN}

@@ -1,5 +1,6 @@
 """The hollow executor's controllers: `wait` until shut down (every wait under way, or at once after),
-exit by themselves after a delay, and a cancelled wait leaves nothing behind."""
+exit by themselves after a delay, a cancelled wait leaves nothing behind, and the exit as a future
+ends as `wait` does."""
 
 from __future__ import annotations
 
@@ -49,3 +50,24 @@ async def test_a_cancelled_wait_leaves_no_waiter_and_the_next_wait_still_ends() 
     await controller.shutdown(1.0)
     assert (await asyncio.wait_for(second, 2.0)).code == 0
     assert controller.calls == ["wait", "wait", "shutdown"]
+
+
+async def test_the_exit_as_a_future_ends_with_the_shutdown_as_wait_does() -> None:
+    controller = HollowExecutor(shutdown_exit_code=None).controller(make_task("t1"))
+    future = controller.exit_future()
+    assert future is not None and not future.done()
+    waiting = asyncio.ensure_future(controller.wait())
+    await asyncio.sleep(0.01)
+    await controller.shutdown(1.0)
+    assert future.done() and future.result() == await asyncio.wait_for(waiting, 2.0)
+    assert future.result().signal == SHUTDOWN_SIGNAL
+    later = controller.exit_future()  # asked for after the end: already resolved
+    assert later is not None and later.result() == future.result()
+
+
+@pytest.mark.parametrize("settings", [{"exit_after_s": 1.0}, {"fail_in": "wait"}])
+async def test_a_task_that_ends_by_itself_or_fails_in_wait_offers_no_exit_future(
+    settings: dict[str, object],
+) -> None:
+    controller = HollowExecutor(**settings).controller(make_task("t1"))  # type: ignore[arg-type]
+    assert controller.exit_future() is None

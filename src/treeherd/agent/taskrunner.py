@@ -11,6 +11,11 @@ A task whose desired state is READY (a restart waiting out its delay) is prepare
 until `proceed()`. Before STARTING, `check_ports` (if given) may reject the task: a host port it needs
 is in use.
 
+A controller that hands over its task's exit as a future (`ExitFuture`, the hollow one does) is not
+waited on in a coroutine: the runner's asyncio task ends at RUNNING and a callback on the future reports
+how the task ended; a shutdown then starts an asyncio task of its own. An agent holding tens of
+thousands of running tasks keeps no coroutines for them (about 1.5 kB each).
+
 Every wait on the controller outside `wait` itself is bounded; cancelling the runner (the agent stops)
 leaves the task alone, as an agent restart must, so it can be resumed.
 """
@@ -24,7 +29,7 @@ from typing import TypeVar, cast
 
 import msgspec
 
-from treeherd.executors.base import Controller, Executor, Exit, FatalError, Notes, Warnings
+from treeherd.executors.base import Controller, Executor, Exit, ExitFuture, FatalError, Notes, Warnings
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
@@ -79,6 +84,28 @@ class TaskRunner:
     `shutdown()` asks for SHUTDOWN; `remove()` stops it if needed and cleans up; `cancel()` detaches
     without touching the task."""
 
+    # An agent holds one runner per task it runs (tens of thousands in a benchmark's process): no
+    # per-instance dict.
+    __slots__ = (
+        "_check_ports",
+        "_executor",
+        "_exit_watch",
+        "_failure",
+        "_grace_s",
+        "_in_step",
+        "_interrupted",
+        "_may_proceed",
+        "_proceeding",
+        "_report_to",
+        "_running_in",
+        "_slack_s",
+        "_stopping",
+        "_task",
+        "controller",
+        "state",
+        "task",
+    )
+
     def __init__(
         self,
         task: Task,
@@ -111,6 +138,9 @@ class TaskRunner:
         self._running_in: asyncio.Task[object] | None = None
         self._in_step = False
         self._interrupted = False
+        # A running task whose controller handed over its exit as a future (`ExitFuture`): the runner's
+        # asyncio task has ended and only this future, with `_exited` as its callback, waits for it.
+        self._exit_watch: asyncio.Future[Exit] | None = None
 
     # --- control --------------------------------------------------------------------------------
 
@@ -119,6 +149,16 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self._stopping = True
+        watch = self._exit_watch
+        if watch is not None and self.controller is not None:
+            # Running without an asyncio task: one now, for the shutdown, that learns the exit from
+            # the same future.
+            self._exit_watch = None
+            watch.remove_done_callback(self._exited)
+            self._task = asyncio.create_task(
+                self._stop_watched(self.controller, watch), name=f"task-runner-{self.task.id}"
+            )
+            return
         running = self._running_in
         if (
             self._in_step
@@ -142,18 +182,25 @@ class TaskRunner:
 
     @property
     def done(self) -> bool:
+        if self._exit_watch is not None:
+            return False
         return self._task is None or self._task.done()
 
     def cancel(self) -> None:
+        watch = self._exit_watch
+        if watch is not None:  # the task is left alone, as by cancelling a `wait`
+            self._exit_watch = None
+            watch.remove_done_callback(self._exited)
         if self._task is not None:
             self._task.cancel()
 
     async def join(self, timeout_s: float) -> bool:
         """Wait (bounded) for the steps to end; True if they did."""
-        if self._task is None:
+        waiting = self._exit_watch if self._exit_watch is not None else self._task
+        if waiting is None:
             return True
-        done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
-        return bool(done)
+        await asyncio.wait({waiting}, timeout=timeout_s)
+        return self.done
 
     async def remove(self) -> None:
         """Stop the task if it still runs, then let the executor clean up what prepare made."""
@@ -191,19 +238,33 @@ class TaskRunner:
                 while not self.state.terminal:
                     if self._stopping:
                         raise _Stopped
-                    if self.state == TaskState.RUNNING:
-                        await self._wait(controller)
-                    else:
+                    if self.state != TaskState.RUNNING:
                         await self._step(controller)
+                    elif self._watch_exit(controller):
+                        return  # the exit future's callback takes it from here
+                    else:
+                        await self._wait(controller)
             except _Stopped:
                 await self._shut_down(controller, None)
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            # A controller misbehaving outside its steps' contracts, or a bug here: the task failed.
-            log.exception("task %s: runner failed", self.task.id)
-            if not self.state.terminal:
-                self._report(TaskState.FAILED, error=f"task runner failed: {error!r}")
+            self._runner_failed(error)
+
+    async def _stop_watched(self, controller: Controller, watch: asyncio.Future[Exit]) -> None:
+        """The shutdown of a task that ran on its exit future, in an asyncio task of its own."""
+        try:
+            await self._shut_down(controller, watch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._runner_failed(error)
+
+    def _runner_failed(self, error: Exception) -> None:
+        # A controller misbehaving outside its steps' contracts, or a bug here: the task failed.
+        log.exception("task %s: runner failed", self.task.id)
+        if not self.state.terminal:
+            self._report(TaskState.FAILED, error=f"task runner failed: {error!r}")
 
     def _make_controller(self) -> Controller | None:
         """The task's controller (None: the task was reported REJECTED or FAILED for want of one)."""
@@ -296,6 +357,31 @@ class TaskRunner:
         except Exception as error:
             self._report(TaskState.FAILED, error=f"wait failed: {error}")
             return
+        self._ended(exit)
+
+    def _watch_exit(self, controller: Controller) -> bool:
+        """Hand the wait for the exit to a callback on the controller's exit future, if it offers one:
+        the runner's asyncio task (and its coroutines, about 1.5 kB a task) can then end."""
+        future = cast(ExitFuture, controller).exit_future() if hasattr(controller, "exit_future") else None
+        if future is None:
+            return False
+        self._exit_watch = future
+        future.add_done_callback(self._exited)
+        self._task = self._running_in = None  # nothing runs until it ends or is shut down
+        return True
+
+    def _exited(self, future: asyncio.Future[Exit]) -> None:
+        if future is not self._exit_watch:
+            return
+        self._exit_watch = None
+        if future.cancelled():
+            self._report(TaskState.FAILED, error="wait failed: its exit was cancelled")
+        elif (error := future.exception()) is not None:
+            self._report(TaskState.FAILED, error=f"wait failed: {error}")
+        else:
+            self._ended(future.result())
+
+    def _ended(self, exit: Exit) -> None:
         if exit.success:
             self._report(TaskState.COMPLETE, message=exit.message or "finished", exit_code=exit.code)
         else:

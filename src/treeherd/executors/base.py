@@ -11,6 +11,7 @@ Extra abilities (logs) are separate small protocols.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
@@ -104,6 +105,17 @@ class Notes(Protocol):
     came back): it calls `on_note(message)`, which its runner sets, and the task's status says it."""
 
     on_note: Callable[[str], None] | None
+
+
+@runtime_checkable
+class ExitFuture(Protocol):
+    """A controller that can hand its runner the task's exit as a future instead of a `wait` to await:
+    the runner then holds no coroutine (nor asyncio task) while the task runs, only a callback on the
+    future. None: not this time (the runner awaits `wait` as usual). The future is resolved once the
+    task ends, shut down or not, with what `wait` would return; a cancelled or failed future is a
+    failed wait. Calling it again returns a future of the same exit."""
+
+    def exit_future(self) -> asyncio.Future[Exit] | None: ...
 
 
 @runtime_checkable

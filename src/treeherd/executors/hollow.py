@@ -1,7 +1,9 @@
 """The hollow executor: controllers that run nothing and only report, as kubemark's hollow nodes do.
 
 Used by scale benchmarks (thousands of tasks on a handful of processes) and by tests. `prepare` and
-`start` return at once; `wait` blocks until `shutdown` is called, then returns a clean exit. For tests
+`start` return at once; `wait` blocks until `shutdown` is called, then returns a clean exit (a task
+that only ends that way also offers its exit as a future, `exit_future`, so that its runner holds no
+coroutine while it runs). For tests
 and scenarios a controller can be told to fail in one step or to exit by itself after a delay,
 either for every task (the executor's arguments) or per task through its spec's environment:
 
@@ -33,6 +35,21 @@ ENV_FAIL = "TREEHERD_HOLLOW_FAIL"
 class HollowController:
     """One task that does nothing. Records what was called, for tests."""
 
+    # One per task, tens of thousands in a benchmark's process: no per-instance dict.
+    __slots__ = (
+        "_down",
+        "_waiters",
+        "calls",
+        "exit_after_s",
+        "exit_code",
+        "fail_in",
+        "prepared",
+        "removed",
+        "shutdown_exit_code",
+        "started",
+        "task",
+    )
+
     def __init__(
         self,
         task: Task,
@@ -52,10 +69,10 @@ class HollowController:
         self.prepared = False
         self.started = False
         self.removed = False
-        # Shut down (or removed), and the futures of the `wait` calls under way: a plain flag, not an
-        # asyncio event per task (thousands of them in a benchmark's process).
+        # Shut down (or removed), and the futures of the `wait` calls under way and of `exit_future`: a
+        # plain flag, not an asyncio event per task (thousands of them in a benchmark's process).
         self._down = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[Exit]] = []
 
     async def prepare(self) -> None:
         self.calls.append("prepare")
@@ -74,7 +91,7 @@ class HollowController:
         if self.fail_in == "wait":
             raise RuntimeError(f"hollow task {self.task.id} told to fail in wait")
         if not self._down:
-            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            woken: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
             self._waiters.append(woken)
             try:
                 if self.exit_after_s is None:
@@ -85,10 +102,22 @@ class HollowController:
             except TimeoutError:
                 return Exit(code=self.exit_code, message=f"exited by itself after {self.exit_after_s:g}s")
             finally:
-                self._waiters.remove(woken)
-        if self.shutdown_exit_code is None:
-            return Exit(signal=SHUTDOWN_SIGNAL, message="shutdown")
-        return Exit(code=self.shutdown_exit_code, message="shutdown")
+                if woken in self._waiters:
+                    self._waiters.remove(woken)
+        return self._shutdown_exit()
+
+    def exit_future(self) -> asyncio.Future[Exit] | None:
+        """The exit as a future (`ExitFuture`), for a task that only ends when shut down; None when it
+        is told to exit by itself or to fail in `wait` (`wait` does that)."""
+        if self.exit_after_s is not None or self.fail_in == "wait":
+            return None
+        self.calls.append("wait")
+        future: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
+        if self._down:
+            future.set_result(self._shutdown_exit())
+        else:
+            self._waiters.append(future)
+        return future
 
     async def shutdown(self, grace_s: float) -> None:
         self.calls.append("shutdown")
@@ -99,11 +128,17 @@ class HollowController:
         self._wake()
         self.removed = True
 
+    def _shutdown_exit(self) -> Exit:
+        if self.shutdown_exit_code is None:
+            return Exit(signal=SHUTDOWN_SIGNAL, message="shutdown")
+        return Exit(code=self.shutdown_exit_code, message="shutdown")
+
     def _wake(self) -> None:
         self._down = True
-        for woken in self._waiters:
+        waiters, self._waiters = self._waiters, []
+        for woken in waiters:
             if not woken.done():
-                woken.set_result(None)
+                woken.set_result(self._shutdown_exit())
 
 
 class HollowExecutor:
