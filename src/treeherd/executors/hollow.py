@@ -3,9 +3,9 @@
 Used by scale benchmarks (thousands of tasks on a handful of processes) and by tests. `prepare` and
 `start` return at once; `wait` blocks until `shutdown` is called, then returns a clean exit (a task
 that only ends that way also offers its exit as a future, `exit_future`, so that its runner holds no
-coroutine while it runs). For tests
-and scenarios a controller can be told to fail in one step or to exit by itself after a delay,
-either for every task (the executor's arguments) or per task through its spec's environment:
+coroutine while it runs). For tests and scenarios a controller can be told to fail in one step or to
+exit by itself after a delay, either for every task (the executor's arguments) or per task through its
+spec's environment:
 
     TREEHERD_HOLLOW_EXIT_AFTER_S=2     exit by itself after 2 s ...
     TREEHERD_HOLLOW_EXIT_CODE=3        ... with this code (default 0)
