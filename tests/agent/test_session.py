@@ -175,7 +175,7 @@ async def test_a_silent_manager_ends_the_session() -> None:
 
 
 async def test_silence_is_the_limit_at_least_and_a_talking_manager_keeps_the_session() -> None:
-    # Heartbeats every 0.05 s, silence limit three periods: the deadline is moved lazily, never closer.
+    # Heartbeats every 0.05 s, silence limit three periods: the session ends a limit after the last ack.
     manager = FakeManager(heartbeat_period_s=0.05)
     async with session_with(manager, silence_factor=3) as (session, listener):
         await eventually(lambda: session.sessions == 1, "a session")

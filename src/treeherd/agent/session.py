@@ -4,7 +4,7 @@ One session at a time over one channel (`transport.channel.connect_agent`, or an
 for tests). Register → SessionStarted (or SessionRefused: wait what it says, then retry); then
 heartbeats every period (the manager may change it in a HeartbeatAck) while messages are passed to
 the worker. The session ends when the channel closes, when the manager stays silent for
-`silence_factor` heartbeat periods (`SILENCE_PERIODS`, up to a tenth more), or when assignments arrive
+`silence_factor` heartbeat periods (`SILENCE_PERIODS`), or when assignments arrive
 out of sequence (a new session gets a fresh full set). Then it dials again after a bounded, jittered
 exponential backoff. Tasks keep running meanwhile: only reports wait, kept by the worker until a session
 acknowledges them.
@@ -57,8 +57,6 @@ log = logging.getLogger(__name__)
 # ANSWER_EVERY-th heartbeat, and two more periods let a busy manager (its loop held for seconds by a
 # large transaction) catch up without every agent dropping its session at once.
 SILENCE_PERIODS = ANSWER_EVERY + 2
-# How much longer than its silence limit a session may wait before it ends (its deadline is moved lazily).
-SILENCE_SLACK = 1.1
 
 
 class SessionChannel(Protocol):
@@ -331,20 +329,35 @@ class Session:
                 return
 
     async def _receive(self, channel: SessionChannel) -> None:
-        # One deadline for the whole session rather than a timer per message (thousands a second on a
-        # busy agent): before each receive it is moved only if it is not between one and 1.1 silence
-        # limits ahead, so the session ends after the manager was silent for that long.
+        # The silence limit is kept by a watchdog, not by a deadline moved at every message (thousands
+        # a second on a busy agent, a timer cancelled and set again for each): a message only notes
+        # when it came. The watchdog fires when the limit after the last message it knew of is
+        # reached, and then either ends the session (nothing came since) or sets itself for the limit
+        # after the last message. The session ends one limit after the manager's last message.
         loop = asyncio.get_running_loop()
+        heard = loop.time()
+        watchdog: asyncio.TimerHandle | None = None
         try:
             async with asyncio.timeout(None) as silence:
+
+                def watch() -> None:
+                    nonlocal watchdog
+                    due = heard + self.heartbeat_period_s * self._silence_factor
+                    if loop.time() >= due:
+                        silence.reschedule(loop.time())  # expires now: the receive is cancelled
+                    else:
+                        watchdog = loop.call_at(due, watch)
+
+                watch()
                 while True:
-                    limit = self.heartbeat_period_s * self._silence_factor
-                    now, when = loop.time(), silence.when()
-                    if when is None or not now + limit <= when <= now + limit * SILENCE_SLACK:
-                        silence.reschedule(now + limit * SILENCE_SLACK)
-                    await self._handle(channel, await channel.receive())
+                    message = await channel.receive()
+                    heard = loop.time()
+                    await self._handle(channel, message)
         except TimeoutError:
             raise _SessionEnded("the manager went silent") from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
     async def _handle(self, channel: SessionChannel, message: object) -> None:
         if isinstance(message, Assignments):
