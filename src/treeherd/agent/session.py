@@ -329,9 +329,9 @@ class Session:
                 return
 
     async def _receive(self, channel: SessionChannel) -> None:
-        # The silence limit is kept by a watchdog, not by a deadline moved at every message (thousands
-        # a second on a busy agent, a timer cancelled and set again for each): a message only notes
-        # when it came. The watchdog fires when the limit after the last message it knew of is
+        # The silence limit is kept by a watchdog, not by a deadline moved as messages come (a timer
+        # cancelled and set again every tenth of a limit, for each agent of a busy process): a message
+        # only notes when it came. The watchdog fires when the limit after the last message it knew of is
         # reached, and then either ends the session (nothing came since) or sets itself for the limit
         # after the last message. The session ends one limit after the manager's last message.
         loop = asyncio.get_running_loop()

@@ -149,12 +149,10 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self._stopping = True
-        watch = self._exit_watch
+        watch = self._unwatch()
         if watch is not None and self.controller is not None:
             # Running without an asyncio task: one now, for the shutdown, that learns the exit from
             # the same future.
-            self._exit_watch = None
-            watch.remove_done_callback(self._exited)
             self._task = asyncio.create_task(
                 self._stop_watched(self.controller, watch), name=f"task-runner-{self.task.id}"
             )
@@ -187,10 +185,7 @@ class TaskRunner:
         return self._task is None or self._task.done()
 
     def cancel(self) -> None:
-        watch = self._exit_watch
-        if watch is not None:  # the task is left alone, as by cancelling a `wait`
-            self._exit_watch = None
-            watch.remove_done_callback(self._exited)
+        self._unwatch()  # the task is left alone, as by cancelling a `wait`
         if self._task is not None:
             self._task.cancel()
 
@@ -369,6 +364,14 @@ class TaskRunner:
         future.add_done_callback(self._exited)
         self._task = self._running_in = None  # nothing runs until it ends or is shut down
         return True
+
+    def _unwatch(self) -> asyncio.Future[Exit] | None:
+        """Stop waiting on the exit future, if the runner does: its callback taken off, the future
+        returned."""
+        watch, self._exit_watch = self._exit_watch, None
+        if watch is not None:
+            watch.remove_done_callback(self._exited)
+        return watch
 
     def _exited(self, future: asyncio.Future[Exit]) -> None:
         if future is not self._exit_watch:
