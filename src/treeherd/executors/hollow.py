@@ -90,21 +90,17 @@ class HollowController:
         self.calls.append("wait")
         if self.fail_in == "wait":
             raise RuntimeError(f"hollow task {self.task.id} told to fail in wait")
-        if not self._down:
-            woken: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
-            self._waiters.append(woken)
-            try:
-                if self.exit_after_s is None:
-                    await woken
-                else:
-                    async with asyncio.timeout(self.exit_after_s):
-                        await woken
-            except TimeoutError:
-                return Exit(code=self.exit_code, message=f"exited by itself after {self.exit_after_s:g}s")
-            finally:
-                if woken in self._waiters:
-                    self._waiters.remove(woken)
-        return self._shutdown_exit()
+        woken = self._exit()
+        try:
+            if self.exit_after_s is None:
+                return await woken
+            async with asyncio.timeout(self.exit_after_s):
+                return await woken
+        except TimeoutError:
+            return Exit(code=self.exit_code, message=f"exited by itself after {self.exit_after_s:g}s")
+        finally:
+            if woken in self._waiters:
+                self._waiters.remove(woken)
 
     def exit_future(self) -> asyncio.Future[Exit] | None:
         """The exit as a future (`ExitFuture`), for a task that only ends when shut down; None when it
@@ -112,12 +108,7 @@ class HollowController:
         if self.exit_after_s is not None or self.fail_in == "wait":
             return None
         self.calls.append("wait")
-        future: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
-        if self._down:
-            future.set_result(self._shutdown_exit())
-        else:
-            self._waiters.append(future)
-        return future
+        return self._exit()
 
     async def shutdown(self, grace_s: float) -> None:
         self.calls.append("shutdown")
@@ -127,6 +118,15 @@ class HollowController:
         self.calls.append("remove")
         self._wake()
         self.removed = True
+
+    def _exit(self) -> asyncio.Future[Exit]:
+        """A future of the shutdown's exit: resolved already when the task is down, else by `_wake`."""
+        future: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
+        if self._down:
+            future.set_result(self._shutdown_exit())
+        else:
+            self._waiters.append(future)
+        return future
 
     def _shutdown_exit(self) -> Exit:
         if self.shutdown_exit_code is None:
