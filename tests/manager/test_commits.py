@@ -405,16 +405,17 @@ async def test_the_chunk_grows_with_the_ready_agents_up_to_a_bound(
     ready = [machine(f"r{i}", agent=AgentStatus(state="ready")) for i in range(300)]
     down = [machine(f"d{i}", agent=AgentStatus(state="down")) for i in range(1_500)]
     await store.commit([Create(m) for m in [*ready, *down, machine("no-agent")]])
-    # Twenty tasks per ready agent; down agents and machines without one do not count.
-    assert commits.chunk_size(store.view()) == 20 * 300
+    # Forty tasks per ready agent; down agents and machines without one do not count.
+    assert commits.CHUNK_PER_AGENT == 40
+    assert commits.chunk_size(store.view()) == 40 * 300
     more = [machine(f"m{i}", agent=AgentStatus(state="ready")) for i in range(1_500)]
     await store.commit([Create(m) for m in more])
-    assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 36,000
+    assert commits.chunk_size(store.view()) == commits.MAX_CHUNK  # not 72,000
     # Creations go further, up to a bound of their own.
-    assert commits.creation_chunk_size(store.view()) == 20 * 1_800
-    assert commits.MAX_CHUNK < 20 * 1_800 < commits.MAX_CREATION_CHUNK
-    monkeypatch.setattr(commits, "MAX_CREATION_CHUNK", 30_000)
-    assert commits.creation_chunk_size(store.view()) == 30_000
+    assert commits.creation_chunk_size(store.view()) == 40 * 1_800
+    assert commits.MAX_CHUNK < 40 * 1_800 < commits.MAX_CREATION_CHUNK
+    monkeypatch.setattr(commits, "MAX_CREATION_CHUNK", 50_000)
+    assert commits.creation_chunk_size(store.view()) == 50_000
 
 
 def spun_steps(count: int, spin_s: float) -> Iterator[list[Op]]:

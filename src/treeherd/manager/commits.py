@@ -50,14 +50,17 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 5  # plans made per write before the races count as lost
 CHUNK = 5_000  # writes per transaction of a chunked commit, at least
-CHUNK_PER_AGENT = 20  # ... and enough for this many tasks per ready agent
+# ... and enough for this many tasks per ready agent: each agent's assignment message, local DB
+# transactions, status report and acknowledgement carry this many tasks (see `creation_chunk_size`).
+CHUNK_PER_AGENT = 40
 # ... up to this many: a transaction holds the manager's loop while it is applied, and the burst of
 # messages after it (one per agent) fills the loop; chunks of 50,000 at 5,000 agents made stalls of
 # up to 7 s where 25,000 made 3 s.
 MAX_CHUNK = 25_000
 # Creations stop at a larger bound: a new task is no message to an agent until it is placed, and the
-# scheduler places each transaction of new tasks as one batch (see `creation_chunk_size`).
-MAX_CREATION_CHUNK = 100_000
+# scheduler places each transaction of new tasks as one batch (see `creation_chunk_size`): forty tasks
+# for each of 5,000 agents.
+MAX_CREATION_CHUNK = 200_000
 RETRY_S = 0.2  # how soon a component decides again after a refused chunk
 
 
@@ -165,14 +168,14 @@ def chunk_size(view: View) -> int:
     Spread placement puts one task of a chunk on each of its machines when the chunk is no larger than
     the cluster: at 5,000 agents, chunks of 5,000 sent every agent its tasks one at a time, each with
     its own assignment message, status report and acknowledgement (half the manager's cost per task,
-    and most of the agents'). A chunk of several tasks per agent sends them several at a time: 20 per
-    agent up to 1,250 agents, 5 per agent at 5,000 (where `creation_chunk_size` and the scheduler's
-    placement machine by machine still give an agent twenty at a time)."""
+    and most of the agents'). A chunk of several tasks per agent sends them several at a time: 40 per
+    agent up to 625 agents, 5 per agent at 5,000 (where `creation_chunk_size` and the scheduler's
+    placement machine by machine still give an agent forty at a time)."""
     return min(MAX_CHUNK, _per_ready_agent(view))
 
 
 def creation_chunk_size(view: View) -> int:
-    """Creations per transaction of a service's reconcile, for the cluster in `view`: twenty per ready
+    """Creations per transaction of a service's reconcile, for the cluster in `view`: forty per ready
     agent, like `chunk_size`, but up to `MAX_CREATION_CHUNK`.
 
     The scheduler places the tasks of one such transaction in one batch, spread over the machines, and
@@ -180,7 +183,9 @@ def creation_chunk_size(view: View) -> int:
     5,000 agents held five tasks per agent, so every agent got its tasks five at a time whatever the
     placement chunks; a batch of twenty per agent gives each agent's assignment message twenty. At
     5,000 x 300,000: 15,000 status reports instead of about 37,000, and per task 116-122 µs of the
-    manager's CPU instead of 131-135, 74-82 µs of the agents' instead of 108-114."""
+    manager's CPU instead of 131-135, 74-82 µs of the agents' instead of 108-114. Forty instead of
+    twenty halves the messages again: at 5,000 x 1,000,000 about 30,000 status reports instead of
+    53,000 (benchmarks/README.md has the figures)."""
     return min(MAX_CREATION_CHUNK, _per_ready_agent(view))
 
 

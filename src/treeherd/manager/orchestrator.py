@@ -4,7 +4,7 @@ It reconciles a service when something that matters to it changes: the service i
 ending or finishing, a machine it has tasks on (down, drained, relabelled), any machine for global
 services, or a restart delay running out. Status updates in between (ACCEPTED ... RUNNING) do not
 wake it. A service's plan is committed in transactions of at most `commits.chunk_size` writes (5,000,
-more in a cluster of over 250 agents; creations up to `commits.creation_chunk_size` after the first
+more in a cluster of over 125 agents; creations up to `commits.creation_chunk_size` after the first
 chunk), as SwarmKit's orchestrator batches its writes: a service of 100,000 replicas reaches the
 allocator, the scheduler and the agents a chunk at a time instead of after one 100,000-task
 transaction. The plan itself is made a step of 5,000 slots at a time (`reconcile_in_steps`), each
