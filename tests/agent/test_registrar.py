@@ -1,5 +1,6 @@
 """The endpoint registrar's refreshes: a set with endpoints is sent again every refresh period (the
-manager renews its leases with it); an empty one only when it changes or a session starts."""
+manager renews its leases with it); an empty one only when it changes or a session starts, and
+then the registrar waits for a change without a timer."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ async def test_an_empty_set_is_sent_once_per_session_not_every_refresh():
         registrar.changed()
         await asyncio.sleep(0.2)  # ten refresh periods
         assert session.sent == [("s1", [])]
-        session.session_id = "s2"  # a new session (a new leader): the set is sent there once
+        session.session_id = "s2"  # a new session (a new leader); the agent's worker calls changed()
+        registrar.changed()
         await asyncio.sleep(0.1)
         assert session.sent == [("s1", []), ("s2", [])]
     finally:
@@ -48,6 +50,22 @@ async def test_a_set_with_endpoints_is_sent_every_refresh(monkeypatch):
         await asyncio.sleep(0.2)
         assert len(session.sent) >= 3
         assert all(sent == ("s1", endpoints) for sent in session.sent)
+    finally:
+        registrar.stop()
+        await asyncio.wait_for(runner, 5)
+
+
+async def test_an_empty_set_sent_in_this_session_waits_for_a_change_without_a_timer():
+    session = RecordingSession()
+    registrar = Registrar(AgentState(), session)  # type: ignore[arg-type]
+    runner = asyncio.create_task(registrar.run())
+    try:
+        registrar.changed()
+        await asyncio.sleep(0.1)
+        assert session.sent == [("s1", [])]
+        loop = asyncio.get_running_loop()
+        timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        assert timers == []  # the registrar sleeps on its event alone
     finally:
         registrar.stop()
         await asyncio.wait_for(runner, 5)

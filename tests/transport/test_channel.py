@@ -1,6 +1,6 @@
 """The agent channel over real sockets: a Litestar app served by uvicorn on loopback, dialled with
-`connect_agent`; messages both ways, closes from either end, malformed frames, unreachable managers,
-and the real agent route in front of a dispatcher."""
+`connect_agent`; messages both ways, closes from either end, malformed frames, a manager that stops
+reading, unreachable managers, and the real agent route in front of a dispatcher."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from treeherd.model.wire import (
 from treeherd.store.memory import MemoryStore
 from treeherd.transport.channel import (
     AGENT_PATH,
+    CLOSE_TIMEOUT_S,
     AgentChannel,
     ChannelClosed,
     ManagerUnreachable,
@@ -142,6 +143,51 @@ async def test_a_malformed_frame_closes_the_channel(echo: tuple[str, Peer]) -> N
     with pytest.raises(ChannelClosed):
         await asyncio.wait_for(channel.receive(), WAIT)
     await channel.close()
+
+
+async def test_a_send_the_manager_does_not_take_ends_the_channel_in_time() -> None:
+    """A manager that stops reading: the agent's sends fill its buffers, and the first send that has to
+    wait for it longer than the send timeout closes the channel with ChannelClosed."""
+    accepted, done = asyncio.Event(), asyncio.Event()
+
+    @websocket(AGENT_PATH)
+    async def deaf(socket: WebSocket[Any, Any, Any]) -> None:
+        await socket.accept()
+        accepted.set()
+        with contextlib.suppress(TimeoutError):  # never reads, until the test is done
+            await asyncio.wait_for(done.wait(), 4 * WAIT)
+
+    async with served(Litestar(route_handlers=[deaf], logging_config=None)) as url:
+        try:
+            await refused_in_time(url, accepted)
+        finally:
+            done.set()
+
+
+async def refused_in_time(url: str, accepted: asyncio.Event) -> None:
+    channel = await connect_agent(url)
+    try:
+        channel._send_timeout = 0.5
+        await asyncio.wait_for(accepted.wait(), WAIT)
+        large = Heartbeat(session_id="x" * 256 * 1024)
+
+        async def send_until_refused() -> tuple[ChannelClosed, float]:
+            for _ in range(1000):  # at most 256 MB: the buffers on both ends fill long before
+                started = asyncio.get_running_loop().time()
+                try:
+                    await asyncio.wait_for(channel.send(large), 3 * WAIT)
+                except ChannelClosed as error:
+                    return error, asyncio.get_running_loop().time() - started
+            raise AssertionError("a manager that reads nothing took 256 MB")
+
+        error, waited = await send_until_refused()
+        assert "did not take a message within 0.5 s" in str(error)
+        # The send that waited: its timeout, then the connection dropped (a peer that reads nothing would
+        # not read a close frame either).
+        assert waited < CLOSE_TIMEOUT_S
+        assert channel.closed
+    finally:
+        await channel.close()
 
 
 async def test_unreachable_manager_gives_a_clear_error() -> None:

@@ -67,9 +67,15 @@ class Registrar:
 
     async def run(self) -> None:
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._session.endpoint_refresh_s or self._refresh_s):
-                    await self._wake.wait()
+            if self._sent == (self._session.session_id, []):
+                # Nothing to renew until something changes, and every change (a task's, a new session)
+                # comes through `changed()`: no timer. At 5,000 idle agents the refresh timers alone
+                # were 500 wake-ups a second that found nothing to send.
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._session.endpoint_refresh_s or self._refresh_s):
+                        await self._wake.wait()
             refresh = not self._wake.is_set()
             self._wake.clear()
             if self._stopping:
