@@ -94,6 +94,7 @@ def schedule_kernel() -> str:
 IDLE_RUNS = (
     ("before: an answer per heartbeat, WebSocket pings", "schedule-5000x5000-idle-before"),
     ("after: every second heartbeat answered, no pings", "schedule-5000x5000-idle"),
+    ("then: the agents' sends and empty endpoint sets without timers", "schedule-5000x5000-idle-untimed"),
 )
 
 
