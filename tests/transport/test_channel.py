@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from litestar import Litestar, WebSocket, websocket
 
 from treeherd.api.routes.agent import agent_router
 from treeherd.api.server import ApiServer, bind_socket
+from treeherd.manager.cluster_ca import ClusterAuthority
 from treeherd.manager.dispatcher import Dispatcher
 from treeherd.manager.leadership import FollowerDoor
 from treeherd.model.objects import Machine
@@ -26,6 +29,7 @@ from treeherd.model.wire import (
     SessionStarted,
     StatusReport,
 )
+from treeherd.runtime import utc_now
 from treeherd.store.memory import MemoryStore
 from treeherd.transport.channel import (
     AGENT_PATH,
@@ -50,12 +54,12 @@ class Peer:
 
 
 @contextlib.asynccontextmanager
-async def served(app: Litestar) -> AsyncIterator[str]:
+async def served(app: Litestar, tls: tuple[Path, Path, Path] | None = None) -> AsyncIterator[str]:
     sock = bind_socket("127.0.0.1", 0)
-    server = ApiServer(app, sock)
+    server = ApiServer(app, sock, tls=tls)
     task = asyncio.create_task(server.run())
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.stop()
         await asyncio.wait_for(task, WAIT)
@@ -145,10 +149,20 @@ async def test_a_malformed_frame_closes_the_channel(echo: tuple[str, Peer]) -> N
     await channel.close()
 
 
-async def test_a_send_the_manager_does_not_take_ends_the_channel_in_time() -> None:
+@pytest.mark.parametrize("over_tls", [False, True], ids=["plain", "tls"])
+async def test_a_send_the_manager_does_not_take_ends_the_channel_in_time(
+    over_tls: bool, tmp_path: Path
+) -> None:
     """A manager that stops reading: the agent's sends fill its buffers, and the first send that has to
-    wait for it longer than the send timeout closes the channel with ChannelClosed."""
+    wait for it longer than the send timeout closes the channel with ChannelClosed (TLS pauses a
+    writer at its high-water mark, a plain transport above it: both must take the timed path)."""
     accepted, done = asyncio.Event(), asyncio.Event()
+    tls, client = None, None
+    if over_tls:
+        authority = ClusterAuthority.open(tmp_path / "data", utc_now())
+        cert, key = authority.server_files(("127.0.0.1",), utc_now())
+        tls = (cert, key, tmp_path / "data" / "ca.crt")
+        client = ssl.create_default_context(cafile=str(tmp_path / "data" / "ca.crt"))
 
     @websocket(AGENT_PATH)
     async def deaf(socket: WebSocket[Any, Any, Any]) -> None:
@@ -157,15 +171,15 @@ async def test_a_send_the_manager_does_not_take_ends_the_channel_in_time() -> No
         with contextlib.suppress(TimeoutError):  # never reads, until the test is done
             await asyncio.wait_for(done.wait(), 4 * WAIT)
 
-    async with served(Litestar(route_handlers=[deaf], logging_config=None)) as url:
+    async with served(Litestar(route_handlers=[deaf], logging_config=None), tls) as url:
         try:
-            await refused_in_time(url, accepted)
+            await refused_in_time(url, accepted, client)
         finally:
             done.set()
 
 
-async def refused_in_time(url: str, accepted: asyncio.Event) -> None:
-    channel = await connect_agent(url)
+async def refused_in_time(url: str, accepted: asyncio.Event, tls: ssl.SSLContext | None) -> None:
+    channel = await connect_agent(url, tls=tls)
     try:
         channel._send_timeout = 0.5
         await asyncio.wait_for(accepted.wait(), WAIT)

@@ -209,16 +209,16 @@ class AgentChannel:
 
     def _sends_at_once(self, size: int) -> bool:
         """Whether a frame of `size` bytes of payload goes to the connection's buffer without waiting:
-        the buffer is below its low-water mark (so the connection is not paused for the peer) and stays
-        at most at its high-water mark with the frame (so the write does not pause it). Such a send
-        needs no timer: an idle agent's heartbeats and most reports are sent so. A timer per send (a
-        timeout object, a handle set in the loop's timer heap and taken out again) was, with the
-        registrar's refresh timers, about 8 % of the CPU of 5,000 idle agents. A closing connection
-        takes the timed path."""
+        the buffer is at most at its low-water mark (so the connection is not paused for the peer) and
+        stays below its high-water mark with the frame (so the write does not pause it: a plain
+        transport pauses above the mark, a TLS one at it). Such a send needs no timer: an idle agent's
+        heartbeats and most reports are sent so. A timer per send (a timeout object, a handle set in the
+        loop's timer heap and taken out again) was, with the registrar's refresh timers, about 8 % of
+        the CPU of 5,000 idle agents. A closing connection takes the timed path."""
         transport = self._connection.transport
         low, high = transport.get_write_buffer_limits()
         buffered = transport.get_write_buffer_size()
-        return buffered <= low and buffered + size + MAX_FRAME_HEADER <= high and not transport.is_closing()
+        return buffered <= low and buffered + size + MAX_FRAME_HEADER < high and not transport.is_closing()
 
     async def receive(self) -> ManagerMessage:
         if self._closed:
