@@ -5,6 +5,8 @@ then the registrar waits for a change without a timer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from treeherd.agent.registrar import Registrar
 from treeherd.core.tasks.agent_state import AgentState
@@ -23,11 +25,21 @@ class RecordingSession:
         self.sent.append((self.session_id, endpoints))
 
 
-async def test_an_empty_set_is_sent_once_per_session_not_every_refresh():
+@contextlib.asynccontextmanager
+async def running_registrar() -> AsyncIterator[tuple[Registrar, RecordingSession]]:
+    """A registrar running on a recording session; stopped and awaited on the way out."""
     session = RecordingSession()
     registrar = Registrar(AgentState(), session)  # type: ignore[arg-type]
     runner = asyncio.create_task(registrar.run())
     try:
+        yield registrar, session
+    finally:
+        registrar.stop()
+        await asyncio.wait_for(runner, 5)
+
+
+async def test_an_empty_set_is_sent_once_per_session_not_every_refresh():
+    async with running_registrar() as (registrar, session):
         registrar.changed()
         await asyncio.sleep(0.2)  # ten refresh periods
         assert session.sent == [("s1", [])]
@@ -35,37 +47,22 @@ async def test_an_empty_set_is_sent_once_per_session_not_every_refresh():
         registrar.changed()
         await asyncio.sleep(0.1)
         assert session.sent == [("s1", []), ("s2", [])]
-    finally:
-        registrar.stop()
-        await asyncio.wait_for(runner, 5)
 
 
 async def test_a_set_with_endpoints_is_sent_every_refresh(monkeypatch):
-    session = RecordingSession()
-    registrar = Registrar(AgentState(), session)  # type: ignore[arg-type]
     endpoints = [TaskEndpoint(task_id="t1", port=8000)]
     monkeypatch.setattr("treeherd.agent.registrar.task_endpoints", lambda state: list(endpoints))
-    runner = asyncio.create_task(registrar.run())
-    try:
+    async with running_registrar() as (_, session):
         await asyncio.sleep(0.2)
         assert len(session.sent) >= 3
         assert all(sent == ("s1", endpoints) for sent in session.sent)
-    finally:
-        registrar.stop()
-        await asyncio.wait_for(runner, 5)
 
 
 async def test_an_empty_set_sent_in_this_session_waits_for_a_change_without_a_timer():
-    session = RecordingSession()
-    registrar = Registrar(AgentState(), session)  # type: ignore[arg-type]
-    runner = asyncio.create_task(registrar.run())
-    try:
+    async with running_registrar() as (registrar, session):
         registrar.changed()
         await asyncio.sleep(0.1)
         assert session.sent == [("s1", [])]
         loop = asyncio.get_running_loop()
         timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
         assert timers == []  # the registrar sleeps on its event alone
-    finally:
-        registrar.stop()
-        await asyncio.wait_for(runner, 5)

@@ -55,9 +55,7 @@ class Registrar:
     def changed(self) -> None:
         """Something about the tasks changed: look again (cheap; sends only if the set changed)."""
         # Still no endpoints, and the manager has that set of this session already: nothing to look at.
-        sent = self._sent
-        unchanged = sent is not None and not sent[1] and sent[0] == self._session.session_id
-        if unchanged and not self._state.tasks_with_ports():
+        if self._empty_set_sent() and not self._state.tasks_with_ports():
             return
         self._wake.set()
 
@@ -67,7 +65,7 @@ class Registrar:
 
     async def run(self) -> None:
         while not self._stopping:
-            if self._sent == (self._session.session_id, []):
+            if self._empty_set_sent():
                 # Nothing to renew until something changes, and every change (a task's, a new session)
                 # comes through `changed()`: no timer. At 5,000 idle agents the refresh timers alone
                 # were 500 wake-ups a second that found nothing to send.
@@ -81,6 +79,10 @@ class Registrar:
             if self._stopping:
                 return
             await self._send(force=refresh)
+
+    def _empty_set_sent(self) -> bool:
+        """Whether the manager has an empty set from this session: nothing of it to renew."""
+        return self._sent is not None and not self._sent[1] and self._sent[0] == self._session.session_id
 
     async def _send(self, *, force: bool) -> None:
         session_id = self._session.session_id
