@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from agent_helpers import NOW, make_task
 
-from treeherd.agent.db import CACHE_PAGES, LAYOUT, PAGE_SIZE, AgentDBError, TaskDB
+from treeherd.agent.db import CACHE_PAGES, LAYOUT, PAGE_SIZE, PRUNE_SPECS_AT, AgentDBError, TaskDB
 from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import TaskStatus
 from treeherd.model.states import TaskState
@@ -29,10 +30,15 @@ async def opened(path: Path) -> AsyncIterator[TaskDB]:
         await db.close()
 
 
-# The tables of this layout: both keyed by the agent's number for the task.
+# The tables of this layout: tasks and statuses keyed by the agent's number for the task, and the
+# tasks' specs, each once.
 TABLES = {
-    "tasks": "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task BLOB NOT NULL)",
+    "tasks": (
+        "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, spec BLOB NOT NULL,"
+        " task BLOB NOT NULL)"
+    ),
     "statuses": "CREATE TABLE statuses (seq INTEGER PRIMARY KEY, status BLOB NOT NULL)",
+    "specs": "CREATE TABLE specs (key BLOB PRIMARY KEY, spec BLOB NOT NULL)",
 }
 
 
@@ -72,7 +78,7 @@ async def test_a_new_db_is_in_wal_mode_and_numbered_with_its_layout(tmp_path: Pa
         pass
     with closing(sqlite3.connect(tmp_path / "agent.db")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT == 5
         assert table_sql(raw) == TABLES
 
 
@@ -188,29 +194,45 @@ async def test_a_db_of_one_table_is_converted_when_opened(tmp_path: Path) -> Non
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
 
 
-@pytest.mark.parametrize(
-    ("layout", "tasks_table"),
-    [
-        (2, "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL) WITHOUT ROWID"),
-        (3, "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL)"),
+# The tables of earlier layouts that kept tasks and statuses apart: 2 and 3 by id (2 with `tasks`
+# WITHOUT ROWID, where a task's row spilled to an overflow page of its own), 4 by the agent's number for
+# the task, each task with its spec.
+OLD_TABLES = {
+    2: [
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID",
     ],
-)
-async def test_a_db_of_layout_2_or_3_is_converted_when_opened(
-    tmp_path: Path, layout: int, tasks_table: str
-) -> None:
-    """Layouts 2 and 3 kept tasks and statuses by id (2 with `tasks` WITHOUT ROWID, where a task's row
-    spilled to an overflow page of its own): they load as they were, from this layout's tables, and
+    3: [
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, task BLOB NOT NULL)",
+        "CREATE TABLE statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID",
+    ],
+    4: [
+        "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task BLOB NOT NULL)",
+        "CREATE TABLE statuses (seq INTEGER PRIMARY KEY, status BLOB NOT NULL)",
+    ],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(OLD_TABLES))
+async def test_a_db_of_layout_2_3_or_4_is_converted_when_opened(tmp_path: Path, layout: int) -> None:
+    """Its tasks and statuses load as they were, from this layout's tables (each spec kept once), and
     writes go on."""
     path = tmp_path / "agent.db"
     t1, t2, t3 = make_task("t1", env={"A": "1"}), make_task("t2"), make_task("t3")
     encode = msgspec.msgpack.encode
+    running = encode(status(TaskState.RUNNING))
     with closing(sqlite3.connect(path, isolation_level=None)) as raw:
         raw.execute(f"PRAGMA page_size={PAGE_SIZE}")
         raw.execute("PRAGMA journal_mode=WAL")
-        raw.execute(tasks_table)
-        raw.execute("CREATE TABLE statuses (id TEXT PRIMARY KEY, status BLOB NOT NULL) WITHOUT ROWID")
-        raw.executemany("INSERT INTO tasks VALUES (?, ?)", [(t.id, encode(t)) for t in (t3, t1, t2)])
-        raw.execute("INSERT INTO statuses VALUES (?, ?)", ("t1", encode(status(TaskState.RUNNING))))
+        for table in OLD_TABLES[layout]:
+            raw.execute(table)
+        if layout == 4:  # numbered in the order they came, not by id
+            raw.executemany("INSERT INTO tasks VALUES (?, ?, ?)", [(3, "t3", encode(t3)), (1, "t1", encode(t1)),
+                                                                  (2, "t2", encode(t2))])  # fmt: skip
+            raw.execute("INSERT INTO statuses VALUES (?, ?)", (1, running))
+        else:
+            raw.executemany("INSERT INTO tasks VALUES (?, ?)", [(t.id, encode(t)) for t in (t3, t1, t2)])
+            raw.execute("INSERT INTO statuses VALUES (?, ?)", ("t1", running))
         raw.execute(f"PRAGMA user_version={layout}")
     async with opened(path) as db:
         assert await db.load() == [
@@ -223,6 +245,9 @@ async def test_a_db_of_layout_2_or_3_is_converted_when_opened(
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
         assert table_sql(raw) == TABLES  # the copies' sources are gone
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert raw.execute("SELECT count(*) FROM specs").fetchone()[0] == 2  # t1's, and the others'
+        if layout == 4:
+            assert raw.execute("SELECT seq FROM tasks WHERE id = 't2'").fetchone()[0] == 2  # kept
     async with opened(path) as db:  # opened again: nothing left to convert
         assert await db.load() == [
             StoredTask(task=t1, status=status(TaskState.RUNNING)),
@@ -292,3 +317,76 @@ async def test_the_statuses_of_one_message_change_few_pages(tmp_path: Path) -> N
         await db.write([(task, status(TaskState.SHUTDOWN)) for task in tasks[100:120]])
         frames = (wal.stat().st_size - before) / (PAGE_SIZE + 24)
     assert 1 <= frames <= 5
+
+
+async def test_the_tasks_of_one_spec_keep_it_once(tmp_path: Path) -> None:
+    """A task's row holds the task without its spec; the spec is kept once for all the tasks that run
+    it, whether they share the object or carry equal copies, and each loads with it."""
+    path = tmp_path / "agent.db"
+    shared = make_task("t000", env={"PAYLOAD": "x" * 500})
+    tasks = [msgspec.structs.replace(shared, id=f"t{i:03}") for i in range(100)]  # one spec object
+    tasks += [make_task(f"u{i:03}", env={"PAYLOAD": "x" * 500}) for i in range(100)]  # equal copies
+    async with opened(path) as db:
+        await db.write([(task, task.status) for task in tasks[:150]])
+        await db.write([(task, task.status) for task in tasks[150:]])
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT count(*) FROM specs").fetchone()[0] == 1
+        assert raw.execute("SELECT max(length(task)) FROM tasks").fetchone()[0] < 400
+    async with opened(path) as db:
+        assert [stored.task for stored in await db.load()] == tasks
+
+
+async def test_specs_no_task_refers_to_are_deleted(tmp_path: Path) -> None:
+    """While the DB is open, once the specs it keeps reach `PRUNE_SPECS_AT` (or twice as many as after
+    the last clean-up); and whenever it opens."""
+    path = tmp_path / "agent.db"
+
+    def spec_count() -> int:
+        with closing(sqlite3.connect(path)) as raw:
+            return int(raw.execute("SELECT count(*) FROM specs").fetchone()[0])
+
+    first = [make_task(f"a{i:02}", env={"N": str(i)}) for i in range(PRUNE_SPECS_AT - 12)]
+    second = [make_task(f"b{i:02}", env={"M": str(i)}) for i in range(12)]
+    async with opened(path) as db:
+        await db.write([(task, task.status) for task in first])
+        await db.write(deletes=[task.id for task in first])
+        assert spec_count() == len(first)  # below the mark: kept for now
+        await db.write([(task, task.status) for task in second])  # reaches the mark
+        assert spec_count() == len(second)
+        await db.write(deletes=[task.id for task in second[1:]])
+        assert spec_count() == len(second)
+    async with opened(path) as db:
+        assert spec_count() == 1
+        assert [stored.task for stored in await db.load()] == second[:1]
+        await db.write([(task, task.status) for task in first[:2]])  # their specs are put again
+    async with opened(path) as db:
+        assert [stored.task for stored in await db.load()] == [*first[:2], second[0]]
+
+
+@pytest.mark.parametrize("committed", [False, True])
+async def test_a_failed_write_leaves_no_task_without_its_spec(tmp_path: Path, committed: bool) -> None:
+    """A write that fails, before its transaction or after it committed: the next writes of the same
+    spec's tasks make sure the spec is in the file, and every task loads."""
+    path = tmp_path / "agent.db"
+    t1 = make_task("t1", env={"A": "1"})
+    t2 = msgspec.structs.replace(t1, id="t2")  # the same spec object
+    async with opened(path) as db:
+        real_write = db._write
+
+        def failing(*args: Any) -> list[bytes]:
+            if committed:
+                real_write(*args)
+            raise sqlite3.OperationalError("disk I/O error")
+
+        db._write = failing  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            await db.write([(t1, t1.status)])
+        del db._write
+        await db.write([(t1, status(TaskState.RUNNING)), (t2, t2.status)])
+    async with opened(path) as db:
+        assert await db.load() == [
+            StoredTask(task=t1, status=status(TaskState.RUNNING)),
+            StoredTask(task=t2, status=t2.status),
+        ]
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

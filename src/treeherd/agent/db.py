@@ -1,21 +1,25 @@
 """The agent's local DB: the tasks assigned to this machine and the last status the agent saw.
 
-One SQLite file in WAL mode, two tables: `tasks(seq, id, task)` and `statuses(seq, status)`, the task
-and its status as msgpack, under a number the agent gives each task in the order they come (`seq`).
+One SQLite file in WAL mode, three tables: `tasks(seq, id, spec, task)`, `statuses(seq, status)` and
+`specs(key, spec)`, as msgpack. `seq` is a number the agent gives each task in the order they come;
+`spec` is the key of the task's spec in `specs` (a hash of its bytes, as the store keys the specs it
+keeps apart: `store.codec`), where each spec is kept once, however many tasks run it, and a task's row
+holds the rest of the task (about 0.3 kB of a hollow task's 0.7).
 It is what lets a restarted agent resume its tasks before the manager is reachable again. Most
 writes are a new status of a task already stored as it is: those write only its row of `statuses`.
 Every page a transaction changes is a frame of the WAL: with the status apart, in pages of 1 kB, a
 status change writes a frame of about 1 kB, where the task and its status in one row (the task about
 ten times the size of its status) made it one of 4 kB. That is the WAL appends and the page cache
 they fill, which at 5,000 agents on one machine were a large part of the agents' cost (the schedule
-benchmark's README has the figures). A task whose status is still the one it came with from the
+benchmark's README has the figures); a new task, without its spec, takes about a third of a page
+where with it it took most of one. A task whose status is still the one it came with from the
 manager (its own `status` field, ASSIGNED as a rule) has no row in `statuses`: a new task is one
 row, and its first status of the agent's own is written when it comes.
-Both tables are keyed by the task's number, so the tasks of one message, and later their statuses,
-sit side by side: the statuses of 20 tasks among 200 change 4 pages, where keyed by the tasks'
-random ids they changed 14. A task's row (about 0.8 kB) fits on its page of `tasks`, a rowid table;
-a table WITHOUT ROWID keeps at most about 0.2 kB of a row on its page, the rest on an overflow page
-of its own. A DB of an earlier version is converted when opened. The layout is numbered in SQLite's
+Both tables of tasks are keyed by the task's number, so the tasks of one message, and later their
+statuses, sit side by side: the statuses of 20 tasks among 200 change 4 pages, where keyed by the
+tasks' random ids they changed 14. A spec no task refers to any more is deleted when the DB opens,
+and while it is open once the specs kept have doubled since the last such clean-up.
+A DB of an earlier version is converted when opened. The layout is numbered in SQLite's
 `user_version` (`LAYOUT`): a DB of a newer layout than this agent knows is refused with
 `AgentDBError`, rather than misread (an agent rolled back after an upgrade).
 All SQLite calls run on one dedicated thread (a connection belongs to the thread that made it), so
@@ -35,13 +39,21 @@ import msgspec
 
 from treeherd.core.tasks.agent_state import StoredTask
 from treeherd.model.services import Task, TaskStatus
+from treeherd.store.codec import SpecKeys, decode_spec, encode_spec, encode_without_spec, spec_key, with_spec
 
 __all__ = ["LAYOUT", "AgentDBError", "TaskDB"]
 
 T = TypeVar("T")
 
-_TASKS = "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task BLOB NOT NULL)"
+_TASKS = (
+    "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, spec BLOB NOT NULL,"
+    " task BLOB NOT NULL)"
+)
 _STATUSES = "CREATE TABLE statuses (seq INTEGER PRIMARY KEY, status BLOB NOT NULL)"
+_SPECS = "CREATE TABLE specs (key BLOB PRIMARY KEY, spec BLOB NOT NULL)"
+# Layout 4's table of tasks, each with its spec (what `_convert` makes of layouts 1 to 3).
+_TASKS_4 = "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task BLOB NOT NULL)"
+_UNUSED_SPECS = "DELETE FROM specs WHERE key NOT IN (SELECT spec FROM tasks) RETURNING key"
 # The page size of a new file (an existing one keeps its own): each page a write changes is a frame
 # of the WAL, so small pages make a status change cheap; a task's row fits on one (a larger one spills
 # to overflow pages).
@@ -52,8 +64,10 @@ PAGE_SIZE = 1024
 CACHE_PAGES = 64
 # The layout this agent writes, in the file's `user_version`: 1, task and status in one row (never
 # numbered: 0 in the file); 2, tasks and statuses apart, by id; 3, `tasks` a rowid table; 4, both
-# keyed by the agent's number for the task.
-LAYOUT = 4
+# keyed by the agent's number for the task; 5, the specs apart, each once.
+LAYOUT = 5
+# Unused specs are deleted once there are this many specs, or twice as many as after the last time.
+PRUNE_SPECS_AT = 32
 
 
 class AgentDBError(Exception):
@@ -68,13 +82,18 @@ class TaskDB:
         self._thread: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._encoder = msgspec.msgpack.Encoder()
-        self._task_decoder = msgspec.msgpack.Decoder(Task)
+        self._task_decoder = msgspec.msgpack.Decoder(Task)  # a task of layout 4, with its spec
         self._status_decoder = msgspec.msgpack.Decoder(TaskStatus)
         self._stored: dict[str, Task] = {}  # each task as its row holds it
         # Each task's number in the file (read when it opens), and the next one to give. A number given
         # to a task whose write failed is kept for it: the next write of it uses the same.
         self._seqs: dict[str, int] = {}
         self._next_seq = 1
+        # The keys of the specs in the file (as far as this DB knows: a spec is put again, ignored if
+        # there, when unsure), and each task's spec key found again by its service and spec version.
+        self._spec_keys = SpecKeys()
+        self._specs_held: set[bytes] = set()
+        self._prune_at = PRUNE_SPECS_AT
 
     async def open(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treeherd-agent-db")
@@ -102,9 +121,11 @@ class TaskDB:
         """Upsert and delete in one transaction (puts first, so a put+delete of one id deletes it)."""
         if not puts and not deletes:
             return
-        rows: list[tuple[int, str, bytes]] = []
+        rows: list[tuple[int, str, bytes, bytes]] = []
         statuses: list[tuple[int, bytes]] = []
+        new_specs: dict[bytes, bytes] = {}
         seqs = self._seqs
+        encode = self._encoder.encode
         latest = {task.id: (task, status) for task, status in puts}  # the last put of an id wins
         for task, status in latest.values():
             seq = seqs.get(task.id)
@@ -113,22 +134,33 @@ class TaskDB:
                 self._next_seq += 1
             stored = self._stored.get(task.id)
             if not (stored is task or stored == task):
-                rows.append((seq, task.id, self._encoder.encode(task)))
+                key, spec = self._spec_keys.key(task)
+                if key not in self._specs_held:
+                    new_specs[key] = spec
+                rows.append((seq, task.id, key, encode_without_spec(task)))
             # The status the task came with is in its row. The same object, not an equal one: a task
             # whose status changed and came back to an equal value keeps the row it has.
             if status is not task.status:
-                statuses.append((seq, self._encoder.encode(status)))
+                statuses.append((seq, encode(status)))
         removed = [(seqs[task_id],) for task_id in deletes if task_id in seqs]
+        specs = list(new_specs.items())
+        prune = len(self._specs_held) + len(new_specs) >= self._prune_at
         try:
-            await self._call(lambda: self._write(rows, statuses, removed))
+            pruned = await self._call(lambda: self._write(rows, statuses, removed, specs, prune))
         except BaseException:
-            self._stored.clear()  # unsure what the rows hold now: the next writes rewrite them whole
+            # Unsure what the rows hold now: the next writes rewrite them whole, with their specs.
+            self._stored.clear()
+            self._specs_held.clear()
             raise
         for task, _ in latest.values():
             self._stored[task.id] = task
         for task_id in deletes:
             self._stored.pop(task_id, None)
             seqs.pop(task_id, None)
+        self._specs_held.update(new_specs)
+        if prune:
+            self._specs_held.difference_update(pruned)
+            self._prune_at = max(PRUNE_SPECS_AT, 2 * len(self._specs_held))
 
     async def _call(self, function: Callable[[], T]) -> T:
         if self._thread is None:
@@ -165,11 +197,16 @@ class TaskDB:
                 if not columns:  # a new file
                     db.execute(_TASKS)
                     db.execute(_STATUSES)
-                elif "seq" not in columns:
-                    _convert(db, columns)
+                    db.execute(_SPECS)
+                elif "spec" not in columns:
+                    if "seq" not in columns:
+                        _convert(db, columns)
+                    self._split_specs(db)
                 if layout != LAYOUT:
                     db.execute(f"PRAGMA user_version={LAYOUT}")
                 seqs = dict(db.execute("SELECT id, seq FROM tasks"))
+                db.execute(_UNUSED_SPECS).fetchall()
+                held = {bytes(key) for (key,) in db.execute("SELECT key FROM specs")}
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -180,6 +217,32 @@ class TaskDB:
         self._db = db
         self._seqs = seqs
         self._next_seq = max(seqs.values(), default=0) + 1
+        self._specs_held = held
+        self._prune_at = max(PRUNE_SPECS_AT, 2 * len(held))
+
+    def _split_specs(self, db: sqlite3.Connection) -> None:
+        """Layout 4's tasks (each row with its spec) as this layout's: each spec once, in `specs`."""
+        db.execute(_SPECS)
+        db.execute("ALTER TABLE tasks RENAME TO tasks_before")
+        db.execute(_TASKS)
+        specs: dict[bytes, bytes] = {}
+        rows = []
+        for seq, task_id, data in db.execute("SELECT seq, id, task FROM tasks_before"):
+            try:
+                task = self._task_decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                raise AgentDBError(
+                    f"the agent DB {self.path} holds task {task_id} in a form this agent cannot read"
+                    f" ({error}); move the file away (this agent then stops the tasks it finds running"
+                    " and starts those the manager assigns)"
+                ) from None
+            spec = encode_spec(task.spec)
+            key = spec_key(spec)
+            specs[key] = spec
+            rows.append((seq, task_id, key, encode_without_spec(task)))
+        db.executemany("INSERT INTO specs (key, spec) VALUES (?, ?)", specs.items())
+        db.executemany("INSERT INTO tasks (seq, id, spec, task) VALUES (?, ?, ?, ?)", rows)
+        db.execute("DROP TABLE tasks_before")
 
     def _close(self) -> None:
         if self._db is not None:
@@ -192,32 +255,45 @@ class TaskDB:
         return self._db
 
     def _load(self) -> list[StoredTask]:
-        rows = (
-            self._connection()
-            .execute("SELECT task, status FROM tasks LEFT JOIN statuses USING (seq) ORDER BY id")
-            .fetchall()
-        )
+        db = self._connection()
+        specs = {bytes(key): decode_spec(data) for key, data in db.execute("SELECT key, spec FROM specs")}
+        rows = db.execute(
+            "SELECT id, spec, task, status FROM tasks LEFT JOIN statuses USING (seq) ORDER BY id"
+        ).fetchall()
         loaded = []
-        for data, status in rows:
-            task = self._task_decoder.decode(data)
+        for task_id, key, data, status in rows:
+            spec = specs.get(bytes(key))
+            if spec is None:
+                raise AgentDBError(
+                    f"the agent DB {self.path} lacks the spec of task {task_id}; move the file away"
+                    " (this agent then stops the tasks it finds running and starts those the manager"
+                    " assigns)"
+                )
+            task = with_spec(data, spec)
             own = task.status if status is None else self._status_decoder.decode(status)
             loaded.append(StoredTask(task=task, status=own))
         return loaded
 
     def _write(
         self,
-        rows: list[tuple[int, str, bytes]],
+        rows: list[tuple[int, str, bytes, bytes]],
         statuses: list[tuple[int, bytes]],
         deletes: list[tuple[int]],
-    ) -> None:
+        specs: list[tuple[bytes, bytes]],
+        prune: bool,
+    ) -> list[bytes]:
+        """The writes in one transaction; with `prune`, the specs no task refers to are deleted too
+        (their keys returned)."""
         db = self._connection()
         db.execute("BEGIN")
         try:
             # Only the statements with rows: most writes are statuses only, or new tasks only.
+            if specs:
+                db.executemany("INSERT OR IGNORE INTO specs (key, spec) VALUES (?, ?)", specs)
             if rows:
                 db.executemany(
-                    "INSERT INTO tasks (seq, id, task) VALUES (?, ?, ?)"
-                    " ON CONFLICT (seq) DO UPDATE SET task = excluded.task",
+                    "INSERT INTO tasks (seq, id, spec, task) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (seq) DO UPDATE SET spec = excluded.spec, task = excluded.task",
                     rows,
                 )
             if statuses:
@@ -229,20 +305,22 @@ class TaskDB:
             if deletes:
                 db.executemany("DELETE FROM tasks WHERE seq = ?", deletes)
                 db.executemany("DELETE FROM statuses WHERE seq = ?", deletes)
+            pruned = [bytes(key) for (key,) in db.execute(_UNUSED_SPECS)] if prune else []
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        return pruned
 
 
 def _convert(db: sqlite3.Connection, columns: set[str]) -> None:
-    """The tables of an earlier layout (`columns`: those of its `tasks`) as this layout's, numbered in
+    """The tables of an earlier layout (`columns`: those of its `tasks`) as layout 4's, numbered in
     id order. Layout 1 kept each task's status in its row; layouts 2 and 3 in `statuses`, by id."""
     in_rows = "status" in columns  # layout 1
     db.execute("ALTER TABLE tasks RENAME TO tasks_before")
     if not in_rows:
         db.execute("ALTER TABLE statuses RENAME TO statuses_before")
-    db.execute(_TASKS)
+    db.execute(_TASKS_4)
     db.execute(_STATUSES)
     db.execute("INSERT INTO tasks (id, task) SELECT id, task FROM tasks_before ORDER BY id")
     source = "tasks_before" if in_rows else "statuses_before"
