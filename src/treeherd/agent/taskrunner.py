@@ -234,7 +234,8 @@ class TaskRunner:
                     if self._stopping:
                         raise _Stopped
                     if self.state != TaskState.RUNNING:
-                        await self._step(controller)
+                        if not self._step_at_once():
+                            await self._step(controller)
                     elif self._watch_exit(controller):
                         return  # the exit future's callback takes it from here
                     else:
@@ -275,13 +276,33 @@ class TaskRunner:
             return None
         return controller
 
-    async def _step(self, controller: Controller) -> None:
+    def _step_at_once(self) -> bool:
+        """Take the next step if it waits for nothing (it only reports a state); False if it may wait.
+
+        Half of a task's steps are only reports: taken here, they need no coroutine of their own."""
         state = self.state
         if state < TaskState.ACCEPTED:
             self._report(TaskState.ACCEPTED)
         elif state == TaskState.ACCEPTED:
             self._report(TaskState.PREPARING)
-        elif state == TaskState.PREPARING:
+        elif state == TaskState.READY and self._may_proceed:
+            self._report_start()
+        else:
+            return False
+        return True
+
+    def _report_start(self) -> None:
+        """Past READY: STARTING, unless a host port the task needs is in use."""
+        busy = self._check_ports(self.task) if self._check_ports and self.task.ports else None
+        if busy:
+            self._report(TaskState.REJECTED, error=busy)
+        else:
+            self._report(TaskState.STARTING)
+
+    async def _step(self, controller: Controller) -> None:
+        """A step that may wait: on the controller, or (held at READY) for `proceed()`."""
+        state = self.state
+        if state == TaskState.PREPARING:
             try:
                 await self._unless_stopped(controller.prepare)
             except FatalError as error:
@@ -296,11 +317,7 @@ class TaskRunner:
             if not self._may_proceed:
                 self._proceeding = asyncio.Event()
                 await self._unless_stopped(self._proceeding.wait)
-            busy = self._check_ports(self.task) if self._check_ports and self.task.ports else None
-            if busy:
-                self._report(TaskState.REJECTED, error=busy)
-            else:
-                self._report(TaskState.STARTING)
+            self._report_start()
         elif state == TaskState.STARTING:
             try:
                 await self._unless_stopped(controller.start)
