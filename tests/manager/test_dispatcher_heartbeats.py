@@ -3,26 +3,30 @@ and a restart that marks nodes unknown."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
 from dispatcher_harness import (
     MANAGER_URL,
     Harness,
+    RacingStore,
     answers,
     eventually,
     receive,
     settle,
 )
 
-from treeherd.model.objects import AgentStatus
-from treeherd.model.ops import Create
+from treeherd.model.objects import AgentStatus, Machine
+from treeherd.model.ops import Create, Op
 from treeherd.model.services import ClusterSettings
 from treeherd.model.wire import (
     Heartbeat,
     HeartbeatAck,
     SessionStarted,
 )
+from treeherd.store.base import Committed
+from treeherd.testing.clock import FakeClock
 from treeherd.testing.factories import FIXED_NOW, machine
 from treeherd.transport.channel import ChannelClosed
 
@@ -141,3 +145,49 @@ async def test_restart_marks_nodes_unknown_with_a_doubled_grace(harness: Harness
     assert harness.state("web-2") == "ready"  # on a normal grace since it registered (at 20 s + 15 s)
     await harness.clock.advance(5.0)
     await eventually(lambda: harness.state("web-2") == "down", "web-2 down")
+
+
+class SlowRegistrations(RacingStore):
+    """A store in which, once armed, the next write of a machine's record takes `delay` seconds of the
+    clock (an etcd cluster electing a leader holds writes that long)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.delay = 0.0
+
+    async def commit(self, ops: Sequence[Op]) -> Committed:
+        if self.delay and any(isinstance(op.object, Machine) for op in ops):
+            delay, self.delay = self.delay, 0.0
+            for _ in range(int(delay / 0.25)):  # the manager's loop runs on meanwhile: not a stall
+                await self.clock.advance(0.25)
+                await settle()
+        return await super().commit(ops)
+
+
+async def test_the_grace_of_a_new_session_runs_from_its_start() -> None:
+    """A registration whose record took most of a grace period to write (an etcd cluster electing a
+    leader holds writes for seconds): the session that starts then is not ended as late a moment
+    later, and the node stays ready for a full grace period from the session's start."""
+    clock = FakeClock()
+    store = SlowRegistrations(clock)
+    await store.open()
+    harness = Harness(store, clock)
+    try:
+        await harness.start()
+        store.delay = 14.5  # of the 15 s grace
+        agent, started, _ = await harness.connect()
+        await clock.advance(1.0)
+        await settle()
+        assert harness.d.session_id(started.machine_id) == started.session_id
+        assert harness.state() == "ready"
+        await clock.advance(13.5)  # 14.5 s after the session started
+        await settle()
+        assert harness.state() == "ready"
+        await agent.send(Heartbeat(session_id=started.session_id))
+        await settle()
+        await clock.advance(15.5)  # past a grace after its heartbeat: now it is late
+        await eventually(lambda: harness.state() == "down", "node down")
+    finally:
+        await harness.stop()
+        await store.close()

@@ -340,6 +340,9 @@ class Dispatcher:
         if committed is None:
             await _refuse(channel, "unavailable", "the manager could not record this machine; retry later")
             return None
+        # The grace runs from now, when the session starts: a write that took seconds (an etcd cluster
+        # electing a leader) must not leave the agent late before it could send a heartbeat.
+        self._heartbeats.heard_from(machine_ids[0], grace_s)
         return machine_ids[0]
 
     async def _wait_ready(self) -> bool:
