@@ -34,7 +34,7 @@ from pathlib import Path
 import msgspec
 
 from benchlib import event_loop_runner
-from schedule_agents import InlineTaskDB
+from schedule_agents import InlineTaskDB, settled
 from treeherd.agent.worker import Worker
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.model.services import Task, TaskSpec, TaskStatus
@@ -66,17 +66,6 @@ def assignment_messages(agents: int, tasks: int, batches: int) -> list[list[byte
             mine.append(msgspec.msgpack.encode(Assignments(full=False, sequence=batch + 1, updated=updated)))
         messages.append(mine)
     return messages
-
-
-def settled(workers: list[Worker]) -> bool:
-    for worker in workers:
-        if worker.state.unacknowledged():
-            return False
-        for task_id in worker.state.task_ids():
-            status = worker.state.status(task_id)
-            if status is None or status.state != TaskState.RUNNING:
-                return False
-    return True
 
 
 def wal_bytes(root: Path) -> int:
@@ -113,7 +102,7 @@ async def one_run(args: argparse.Namespace, root: Path) -> dict[str, float]:
             if index % 50 == 0:
                 await asyncio.sleep(0)  # as messages come: the workers run between them
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while not settled(workers):
+    while not settled(worker.state for worker in workers):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the tasks were not all RUNNING after {SETTLE_TIMEOUT_S:g} s")
         await asyncio.sleep(0.01)

@@ -12,7 +12,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import treeherd.agent.db as agent_db
 from treeherd.agent.worker import SendReportFn
+from treeherd.core.tasks.agent_state import AgentState
 from treeherd.executors.hollow import HollowController, HollowExecutor
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState
@@ -59,6 +60,19 @@ class Tally:
             await send(report_id, updates)
 
         return send_report
+
+
+def settled(states: Iterable[AgentState]) -> bool:
+    """No status of these agents waits for the manager's acknowledgement and every task they hold is
+    RUNNING (a RUNNING event may still wait in a worker's queue: each task's own state must say so)."""
+    states = list(states)
+    if any(state.unacknowledged() for state in states):
+        return False
+    return all(
+        (status := state.status(task_id)) is not None and status.state == TaskState.RUNNING
+        for state in states
+        for task_id in state.task_ids()
+    )
 
 
 class RecordingController(HollowController):

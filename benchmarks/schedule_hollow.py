@@ -46,9 +46,9 @@ from schedule_agents import (
     SharedThreadTaskDB,
     Tally,
     loop_lag,
+    settled,
 )
 from treeherd.agent import Agent
-from treeherd.model.states import TaskState
 
 PROGRESS_PERIOD_S = 0.1
 STOP_AGENTS_S = 30.0  # for every agent to end after stop()
@@ -78,17 +78,6 @@ def _read_commands(loop: asyncio.AbstractEventLoop, commands: asyncio.Queue[str]
     loop.call_soon_threadsafe(commands.put_nowait, "stop")
 
 
-def settled(agents: list[Agent]) -> bool:
-    if any(a.state.unacknowledged() for a in agents):
-        return False
-    # A RUNNING event may still wait in a worker's queue: every task's state must say RUNNING.
-    return all(
-        (status := a.state.status(task_id)) is not None and status.state == TaskState.RUNNING
-        for a in agents
-        for task_id in a.state.task_ids()
-    )
-
-
 async def watch(
     agents: list[Agent], tasks: list[asyncio.Task[None]], tally: Tally, settle: asyncio.Event
 ) -> None:
@@ -105,7 +94,7 @@ async def watch(
         quiet = settle.is_set() and tally.started == previous_started and 0 < len(tally.seen) <= tally.started
         previous_started = tally.started
         now = {"started": tally.started, "ended": len(ended), "error": error,
-               "settled": quiet and settled(agents)}  # fmt: skip
+               "settled": quiet and settled(a.state for a in agents)}  # fmt: skip
         if now != last:
             _emit({"kind": "progress", **now})
             last = now

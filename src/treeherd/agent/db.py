@@ -70,6 +70,11 @@ LAYOUT = 5
 PRUNE_SPECS_AT = 32
 
 
+def _prune_mark(specs_held: int) -> int:
+    """How many specs held start the next clean-up, after one (or the open) left `specs_held`."""
+    return max(PRUNE_SPECS_AT, 2 * specs_held)
+
+
 class AgentDBError(Exception):
     """The agent DB cannot be used as it is; the message says why and what to do."""
 
@@ -160,7 +165,7 @@ class TaskDB:
         self._specs_held.update(new_specs)
         if prune:
             self._specs_held.difference_update(pruned)
-            self._prune_at = max(PRUNE_SPECS_AT, 2 * len(self._specs_held))
+            self._prune_at = _prune_mark(len(self._specs_held))
 
     async def _call(self, function: Callable[[], T]) -> T:
         if self._thread is None:
@@ -218,7 +223,7 @@ class TaskDB:
         self._seqs = seqs
         self._next_seq = max(seqs.values(), default=0) + 1
         self._specs_held = held
-        self._prune_at = max(PRUNE_SPECS_AT, 2 * len(held))
+        self._prune_at = _prune_mark(len(held))
 
     def _split_specs(self, db: sqlite3.Connection) -> None:
         """Layout 4's tasks (each row with its spec) as this layout's: each spec once, in `specs`."""
