@@ -228,3 +228,6 @@ async def test_tasks_of_one_service_version_share_one_spec_also_after_a_restart(
         assert loaded[0] is not None and loaded[1] is not None
         assert loaded[0].spec is loaded[1].spec
         assert loaded[0].spec == make_task("t1").spec
+        # and the strings every task of the service repeats
+        assert loaded[0].service_id is loaded[1].service_id and loaded[0].machine_id is loaded[1].machine_id
+        assert loaded[1] == make_task("t2")

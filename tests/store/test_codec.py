@@ -30,6 +30,7 @@ def task(
         spec=spec,
         spec_version=version,
         status=TaskStatus(timestamp=NOW),
+        cause="new slot",
     )
 
 
@@ -45,6 +46,7 @@ def test_repeated_strings_are_shared_and_the_task_is_unchanged():
     first, second = (specs.share(decode(encode(task(id, SPEC, machine="m1")))) for id in ("t1", "t2"))
     assert first.machine_id is second.machine_id
     assert first.service_id is second.service_id and first.service_name is second.service_name
+    assert first.cause is second.cause
     assert second == task("t2", SPEC, machine="m1")
     odd = specs.share(decode(encode(task("t3", OTHER, machine="m1"))))
     assert odd.machine_id is first.machine_id and odd == task("t3", OTHER, machine="m1")
@@ -57,6 +59,30 @@ def test_a_different_spec_under_the_same_service_and_version_keeps_its_own():
     assert odd.spec == OTHER and odd.spec is not first.spec
     later = specs.share(decode(encode(task("t3", SPEC, version=2))))
     assert later.spec is not first.spec  # another version: not checked against version 1's copy
+
+
+def test_a_task_that_shares_the_copies_already_is_not_copied_again():
+    specs = SharedSpecs()
+    first, second = (specs.share(decode(encode(task(id, SPEC, machine="m1")))) for id in ("t1", "t2"))
+    assert second is not first and specs.share(second) is second
+
+
+def test_a_task_whose_spec_differs_is_held_from_then_on():
+    specs = SharedSpecs()
+    specs.share(decode(encode(task("t1", SPEC))))
+    odd = specs.share(decode(encode(task("t2", OTHER))))
+    later = specs.share(decode(encode(task("t3", OTHER))))
+    assert later.spec is odd.spec and later == task("t3", OTHER)
+
+
+def test_the_service_versions_held_are_bounded():
+    specs = SharedSpecs(limit=2)
+    first = [specs.share(decode(encode(task(f"t{version}", SPEC, version=version)))) for version in (1, 2, 3)]
+    # Version 1 was forgotten: its next task keeps the copies it has (and is held again).
+    again = decode(encode(task("t9", SPEC, version=1)))
+    assert specs.share(again) is again
+    held = specs.share(decode(encode(task("t10", SPEC, version=3))))  # version 3 still is
+    assert held.spec is first[2].spec and held == task("t10", SPEC, version=3)
 
 
 def test_other_kinds_pass_through_unchanged():

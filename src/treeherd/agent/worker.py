@@ -34,7 +34,6 @@ from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
 from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.ports import busy_port
-from treeherd.agent.shared_specs import SharedSpecs
 from treeherd.agent.taskrunner import SLACK_S, Progress, TaskRunner
 from treeherd.core.tasks.agent_state import (
     AgentStarted,
@@ -55,6 +54,7 @@ from treeherd.core.tasks.agent_state import (
     SessionLost,
     ShutdownRunner,
     StartRunner,
+    StoredTask,
 )
 from treeherd.executors import logfiles
 from treeherd.executors.base import CommandContexts, Executor, FatalError, ImageHealth, RunsBeside
@@ -64,6 +64,7 @@ from treeherd.model.services import Task, TaskStatus
 from treeherd.model.states import TaskState
 from treeherd.model.wire import Assignments, TaskStatusUpdate
 from treeherd.runtime import utc_now
+from treeherd.store.codec import SharedSpecs
 
 __all__ = ["SendReportFn", "Worker"]
 
@@ -158,7 +159,7 @@ class Worker:
                 cause_id=self._cause(f"assignments-{message.sequence}"),
                 now=self._now(),
                 full=message.full,
-                updated=self._specs.share_all(message.updated),
+                updated=[self._specs.share_task(task) for task in message.updated],
                 removed=message.removed,
             )
         )
@@ -248,9 +249,14 @@ class Worker:
 
     # --- the loop -------------------------------------------------------------------------------
 
+    def _shared(self, row: StoredTask) -> StoredTask:
+        """A task of the local DB, holding the copies its service's other tasks hold."""
+        task = self._specs.share_task(row.task)
+        return row if task is row.task else msgspec.structs.replace(row, task=task)
+
     async def run(self) -> None:
         """Load the local DB, then handle events until stopped. An invalid transition ends it loudly."""
-        stored = [self._specs.share_stored(row) for row in await self._db.load()]
+        stored = [self._shared(row) for row in await self._db.load()]
         self._put(AgentStarted(cause_id=self._cause("agent-start"), now=self._now(), tasks=stored))
         reporter = asyncio.create_task(self._reporter(), name="agent-reporter")
         # The first batch (the tasks of the local DB) is handled even when a stop came first: a stop

@@ -25,35 +25,70 @@ def decode(data: bytes) -> AnyObject:
     return obj
 
 
+# Service versions a `SharedSpecs` remembers, and machine ids; past either the oldest is forgotten (the
+# tasks decoded before keep the copies they hold), so a long-lived reader holds no more than this.
+SHARED_VERSIONS = 1024
+SHARED_MACHINES = 65_536
+
+
 class SharedSpecs:
     """Decoded tasks share one copy of each task spec, as the tasks the orchestrator makes do, and one
-    copy of the strings many tasks repeat (their service's id, name and node path, their machine's id).
+    copy of the strings many tasks repeat (their service's id, name and node path, their machine's id,
+    what made the manager create them).
 
     Decoded one by one, each task would hold its own copies: about 2.6 kB a task with a short command,
-    against 0.6 kB for the orchestrator's. Tasks of the same service and spec version are given the first
-    such task's spec, once it is checked equal.
+    against 0.6 kB for the orchestrator's. A task is given the copies of the task held for its service
+    and spec version, and only once its spec is checked equal to that task's (the version is a hint, not
+    a promise); a task whose spec differs is held from then on. Used wherever tasks are decoded in bulk:
+    the stores reading their records, an agent its assignments and its local DB.
     """
 
-    def __init__(self) -> None:
-        self._first: dict[tuple[str, int], Task] = {}
+    def __init__(self, limit: int = SHARED_VERSIONS) -> None:
+        self._held: dict[tuple[str, int], Task] = {}
         self._machines: dict[str, str] = {}
+        self._limit = limit
 
     def share(self, obj: AnyObject) -> AnyObject:
         """`obj`, or a task equal to it that holds the shared copies."""
-        if type(obj) is not Task:
-            return obj
-        machine = obj.machine_id
+        return self.share_task(obj) if type(obj) is Task else obj
+
+    def share_task(self, task: Task) -> Task:
+        """`task`, or one equal to it that holds the shared copies."""
+        machine = task.machine_id
         if machine is not None:
-            machine = self._machines.setdefault(machine, machine)
-        first = self._first.setdefault((obj.service_id, obj.spec_version), obj)
-        if first is obj or (first.spec is not obj.spec and first.spec != obj.spec):
-            return obj if machine is obj.machine_id else msgspec.structs.replace(obj, machine_id=machine)
+            known = self._machines.get(machine)
+            if known is not None:
+                machine = known
+            else:
+                if len(self._machines) >= SHARED_MACHINES:
+                    del self._machines[next(iter(self._machines))]
+                self._machines[machine] = machine
+        key = (task.service_id, task.spec_version)
+        held = self._held.get(key)
+        if held is None or (held.spec is not task.spec and held.spec != task.spec):
+            if held is None and len(self._held) >= self._limit:
+                del self._held[next(iter(self._held))]
+            self._held[key] = task
+            return task if machine is task.machine_id else msgspec.structs.replace(task, machine_id=machine)
+        service_name = held.service_name if task.service_name == held.service_name else task.service_name
+        node_path = held.node_path if task.node_path == held.node_path else task.node_path
+        cause = held.cause if task.cause == held.cause else task.cause
+        if (
+            task.spec is held.spec
+            and task.service_id is held.service_id
+            and task.service_name is service_name
+            and task.node_path is node_path
+            and task.cause is cause
+            and task.machine_id is machine
+        ):
+            return task  # shares them already
         return msgspec.structs.replace(
-            obj,
-            spec=first.spec,
-            service_id=first.service_id,
-            service_name=first.service_name if obj.service_name == first.service_name else obj.service_name,
-            node_path=first.node_path if obj.node_path == first.node_path else obj.node_path,
+            task,
+            spec=held.spec,
+            service_id=held.service_id,
+            service_name=service_name,
+            node_path=node_path,
+            cause=cause,
             machine_id=machine,
         )
 
