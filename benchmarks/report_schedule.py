@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from report_format import load, num, provenance, sec, table
+from schedule_figures import beyond_idle
 
+IDLE_ROW = "... beyond their idle rate (that rate, cores)"
 SCHEDULE_RUNS = ("schedule-100x10000", "schedule-1000x100000", "schedule-1000x100000-hb30")
 
 
@@ -47,6 +49,7 @@ def schedule_column(d: dict[str, Any]) -> dict[str, str]:
         "manager RSS (max)": f"{d['manager_rss_mb']:.0f} MiB",
         "agents process CPU (DB threads), cores": f"{s['agents_cpu_s']:.1f} s ({s['agents_db_threads_cpu_s']:.1f} s), {s['agents_cores']:.2f}",
         "agents' processes: their CPU per task": harness(d, s),
+        IDLE_ROW: idle_rate(d),
         "machine busy (cores): all / other processes": f"{s['machine_busy_cores']:.2f} / {s['other_processes_cores']:.2f}",
         "status updates reported per task": f"{sum(reports.values()) / d['tasks']:.1f}" if reports else "",
         "longest stall over 1 s: manager `/healthz` / agents' loop": f"{longest('manager_healthz_over_1s')} / {longest('agents_loop_lag_over_1s')}",
@@ -62,6 +65,15 @@ def harness(d: dict[str, Any], s: dict[str, Any]) -> str:
     return f"{where}: {per_task(d, s, 'agents')}"
 
 
+def idle_rate(d: dict[str, Any]) -> str:
+    """The agents' CPU per task less their idle rate over the run (`schedule_figures.beyond_idle`)."""
+    # Before `--agent-procs` the agents ran in the benchmark's own process, with its polls.
+    figures = beyond_idle(d["phases"], d["tasks"]) if d["parameters"].get("agent_procs") else {}
+    if not figures:
+        return ""
+    return f"{num(figures['agents_cpu_us_per_task_beyond_idle'])} µs ({figures['agents_idle_cores']:.3f})"
+
+
 def per_task(d: dict[str, Any], s: dict[str, Any], who: str) -> str:
     """CPU µs per task of the manager or the agents, with the kernel's part where the file has it."""
     figure = f"{num(s[f'{who}_cpu_s'] / d['tasks'] * 1e6)} µs"
@@ -72,6 +84,7 @@ def per_task(d: dict[str, Any], s: dict[str, Any], who: str) -> str:
 def schedule_table(names: tuple[str, ...]) -> str:
     columns = {name: schedule_column(load(name)) for name in names}
     rows = [[label, *(c[label] for c in columns.values())] for label in next(iter(columns.values()))]
+    rows = [row for row in rows if row[0] != IDLE_ROW or any(row[1:])]  # files of agents in their processes
     header = ["", *(f"`{n}`: {load(n)['nodes']:,} x {load(n)['tasks']:,}" for n in names)]
     lines = [provenance(name, load(name)) for name in names]
     return "\n".join(f"- {line}" for line in lines) + "\n\n" + table(header, rows)

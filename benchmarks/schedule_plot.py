@@ -146,7 +146,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  harness CPU              {fmt(s.get('harness_cpu_s'), '.1f')} s"
         f" ({fmt(s.get('harness_cores'), '.2f')} cores): agents {fmt(s.get('agents_cpu_s'), '.1f')} s"
         f" in {report.get('parameters', {}).get('agent_procs', 1)} processes"
-        f" ({fmt(report.get('agents_cpu_us_per_task'), ',.0f')} µs per task;"
+        f" ({fmt(report.get('agents_cpu_us_per_task'), ',.0f')} µs per task,"
+        f" {fmt(report.get('agents_cpu_us_per_task_beyond_idle'), ',.0f')} beyond their idle"
+        f" {fmt(report.get('agents_idle_cores'), '.3f')} cores;"
         f" DB threads {fmt(s.get('agents_db_threads_cpu_s'), '.1f')} s),"
         f" benchmark {fmt(s.get('benchmark_process_cpu_s'), '.1f')} s",
         f"  machine busy             {fmt(s.get('machine_busy_cores'), '.2f')} cores"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = ROOT / "benchmarks" / "schedule.py"
@@ -47,6 +48,29 @@ def test_agents_in_two_processes_run_every_task_and_none_is_left(tmp_path: Path)
     assert schedule["manager_cpu_s"] >= 0
     assert report["manager_cpu_us_per_task"] == round(schedule["manager_cpu_s"] / 40 * 1e6, 1)
     assert "harness CPU" in done.stdout
+    # The agents' idle rate is that of the idle phase, and the figure beyond it is derived from both.
+    idle = report["phases"]["idle"]
+    assert report["agents_idle_cores"] == round(idle["agents_cpu_s"] / idle["seconds"], 3)
+    assert "agents_cpu_us_per_task_beyond_idle" in report and "beyond their idle" in done.stdout
+
+
+def test_the_agents_cpu_beyond_their_idle_rate_takes_that_rate_over_the_schedule_phase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from schedule_figures import beyond_idle
+
+    phases = {
+        "idle": {"seconds": 10.0, "agents_cpu_s": 0.5},
+        "schedule": {"seconds": 100.0, "agents_cpu_s": 60.0},
+    }
+    # 60 s of CPU less 100 s at 0.05 cores, over a million tasks
+    assert beyond_idle(phases, 1_000_000) == {
+        "agents_idle_cores": 0.05,
+        "agents_cpu_us_per_task_beyond_idle": 55.0,
+    }
+    assert beyond_idle({"schedule": phases["schedule"]}, 1_000_000) == {}
+    assert beyond_idle({**phases, "idle": {"seconds": 0.0, "agents_cpu_s": 0.0}}, 1_000_000) == {}
 
 
 def test_too_many_agent_processes_is_refused(tmp_path: Path) -> None:
