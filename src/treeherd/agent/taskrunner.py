@@ -32,7 +32,18 @@ import msgspec
 from treeherd.executors.base import Controller, Executor, Exit, ExitFuture, FatalError, Notes, Warnings
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task
-from treeherd.model.states import TaskState
+from treeherd.model.states import (
+    ACCEPTED,
+    COMPLETE,
+    FAILED,
+    PREPARING,
+    READY,
+    REJECTED,
+    RUNNING,
+    SHUTDOWN,
+    STARTING,
+    TaskState,
+)
 
 __all__ = ["Progress", "TaskRunner"]
 
@@ -128,7 +139,7 @@ class TaskRunner:
         # Plain flags, not asyncio events: a runner is made per task, and only a task held at READY waits
         # to proceed (`_proceeding`, made then).
         self._stopping = False
-        self._may_proceed = task.desired_state >= TaskState.RUNNING
+        self._may_proceed = task.desired_state >= RUNNING
         self._proceeding: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: str | None = None
@@ -233,7 +244,7 @@ class TaskRunner:
                 while not self.state.terminal:
                     if self._stopping:
                         raise _Stopped
-                    if self.state != TaskState.RUNNING:
+                    if self.state != RUNNING:
                         if not self._step_at_once():
                             await self._step(controller)
                     elif self._watch_exit(controller):
@@ -260,7 +271,7 @@ class TaskRunner:
         # A controller misbehaving outside its steps' contracts, or a bug here: the task failed.
         log.exception("task %s: runner failed", self.task.id)
         if not self.state.terminal:
-            self._report(TaskState.FAILED, error=f"task runner failed: {error!r}")
+            self._report(FAILED, error=f"task runner failed: {error!r}")
 
     def _make_controller(self) -> Controller | None:
         """The task's controller (None: the task was reported REJECTED or FAILED for want of one)."""
@@ -269,10 +280,10 @@ class TaskRunner:
             if hasattr(controller, "on_note"):  # a Notes controller (see `_started`)
                 cast(Notes, controller).on_note = self._noted
         except FatalError as error:
-            self._report(TaskState.REJECTED, error=str(error))
+            self._report(REJECTED, error=str(error))
             return None
         except Exception as error:
-            self._report(TaskState.FAILED, error=f"no controller: {error}")
+            self._report(FAILED, error=f"no controller: {error}")
             return None
         return controller
 
@@ -281,11 +292,11 @@ class TaskRunner:
 
         Half of a task's steps are only reports: taken here, they need no coroutine of their own."""
         state = self.state
-        if state < TaskState.ACCEPTED:
-            self._report(TaskState.ACCEPTED)
-        elif state == TaskState.ACCEPTED:
-            self._report(TaskState.PREPARING)
-        elif state == TaskState.READY and self._may_proceed:
+        if state < ACCEPTED:
+            self._report(ACCEPTED)
+        elif state == ACCEPTED:
+            self._report(PREPARING)
+        elif state == READY and self._may_proceed:
             self._report_start()
         else:
             return False
@@ -295,40 +306,40 @@ class TaskRunner:
         """Past READY: STARTING, unless a host port the task needs is in use."""
         busy = self._check_ports(self.task) if self._check_ports and self.task.ports else None
         if busy:
-            self._report(TaskState.REJECTED, error=busy)
+            self._report(REJECTED, error=busy)
         else:
-            self._report(TaskState.STARTING)
+            self._report(STARTING)
 
     async def _step(self, controller: Controller) -> None:
         """A step that may wait: on the controller, or (held at READY) for `proceed()`."""
         state = self.state
-        if state == TaskState.PREPARING:
+        if state == PREPARING:
             try:
                 await self._unless_stopped(controller.prepare)
             except FatalError as error:
-                self._report(TaskState.REJECTED, error=str(error))
+                self._report(REJECTED, error=str(error))
             except _Stopped:
                 raise
             except Exception as error:
-                self._report(TaskState.FAILED, error=f"prepare failed: {error}")
+                self._report(FAILED, error=f"prepare failed: {error}")
             else:
-                self._report(TaskState.READY)
-        elif state == TaskState.READY:
+                self._report(READY)
+        elif state == READY:
             if not self._may_proceed:
                 self._proceeding = asyncio.Event()
                 await self._unless_stopped(self._proceeding.wait)
             self._report_start()
-        elif state == TaskState.STARTING:
+        elif state == STARTING:
             try:
                 await self._unless_stopped(controller.start)
             except _Stopped:
                 raise
             except Exception as error:
-                self._report(TaskState.FAILED, error=f"start failed: {error}")
+                self._report(FAILED, error=f"start failed: {error}")
             else:
                 # What isinstance of the StartsWithHealth protocol checks, at a fraction of its cost.
                 health: Health = getattr(controller, "start_health", "")
-                self._report(TaskState.RUNNING, message=_started(controller), health=health)
+                self._report(RUNNING, message=_started(controller), health=health)
 
     async def _unless_stopped(self, step: Callable[[], Awaitable[T]]) -> T:
         """Run one step; if shutdown is asked for meanwhile, cancel it (steps are idempotent).
@@ -367,7 +378,7 @@ class TaskRunner:
             await self._shut_down(controller, asyncio.ensure_future(controller.wait()))
             return
         except Exception as error:
-            self._report(TaskState.FAILED, error=f"wait failed: {error}")
+            self._report(FAILED, error=f"wait failed: {error}")
             return
         self._ended(exit)
 
@@ -395,18 +406,18 @@ class TaskRunner:
             return
         self._exit_watch = None
         if future.cancelled():
-            self._report(TaskState.FAILED, error="wait failed: its exit was cancelled")
+            self._report(FAILED, error="wait failed: its exit was cancelled")
         elif (error := future.exception()) is not None:
-            self._report(TaskState.FAILED, error=f"wait failed: {error}")
+            self._report(FAILED, error=f"wait failed: {error}")
         else:
             self._ended(future.result())
 
     def _ended(self, exit: Exit) -> None:
         if exit.success:
-            self._report(TaskState.COMPLETE, message=exit.message or "finished", exit_code=exit.code)
+            self._report(COMPLETE, message=exit.message or "finished", exit_code=exit.code)
         else:
             why = _describe(exit) + (f": {exit.message}" if exit.message else "")
-            self._report(TaskState.FAILED, error=why, exit_code=exit.code)
+            self._report(FAILED, error=why, exit_code=exit.code)
 
     async def _shut_down(self, controller: Controller, waiter: asyncio.Future[Exit] | None) -> None:
         try:
@@ -416,7 +427,7 @@ class TaskRunner:
             if waiter is not None:
                 waiter.cancel()
             reason = "did not stop in time" if isinstance(error, TimeoutError) else str(error)
-            self._report(TaskState.FAILED, error=f"shutdown failed: {reason}")
+            self._report(FAILED, error=f"shutdown failed: {reason}")
             return
         exit: Exit | None = None
         if waiter is not None:
@@ -427,16 +438,16 @@ class TaskRunner:
             else:
                 waiter.cancel()
         if self._failure is not None:
-            self._report(TaskState.FAILED, error=self._failure, exit_code=None if exit is None else exit.code)
+            self._report(FAILED, error=self._failure, exit_code=None if exit is None else exit.code)
             return
         self._report(
-            TaskState.SHUTDOWN,
+            SHUTDOWN,
             message="shut down" if exit is None else f"shut down ({_describe(exit)})",
             exit_code=None if exit is None else exit.code,
         )
 
     def _noted(self, message: str) -> None:
-        if self.state == TaskState.RUNNING:
+        if self.state == RUNNING:
             self._report_to(self.task.id, Progress(state=self.state, message=message, note=True))
 
     def _report(

@@ -61,7 +61,7 @@ from treeherd.executors.base import CommandContexts, Executor, FatalError, Image
 from treeherd.executors.process import ProcessExecutor, TaskFiles
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task, TaskStatus
-from treeherd.model.states import TaskState
+from treeherd.model.states import FAILED, RUNNING, SHUTDOWN, TaskState
 from treeherd.model.wire import Assignments, TaskStatusUpdate
 from treeherd.runtime import utc_now
 from treeherd.store.codec import SharedSpecs
@@ -172,7 +172,7 @@ class Worker:
             cause = self._cause("runner-note")
             self._put(RunnerNoted(cause_id=cause, now=self._now(), task_id=task_id, message=progress.message))
             return
-        if progress.state == TaskState.FAILED and progress.exit_code is not None:
+        if progress.state == FAILED and progress.exit_code is not None:
             directory = self._task_directory(task_id)
             line = logfiles.last_line(directory) if directory is not None else ""
             if line:
@@ -354,13 +354,13 @@ class Worker:
 
     def _follow_health(self, task: Task, state: TaskState) -> None:
         """Health checks run while the task runs and it is meant to."""
-        if state == TaskState.RUNNING and task.desired_state <= TaskState.RUNNING:
+        if state == RUNNING and task.desired_state <= RUNNING:
             self.health.start(task)
         else:
             self.health.stop(task.id)
 
     def _start(self, task: Task, state: TaskState) -> None:
-        if state == TaskState.RUNNING:  # resumed after an agent restart: it reports no new state
+        if state == RUNNING:  # resumed after an agent restart: it reports no new state
             self._follow_health(task, state)
         previous = self.runners.get(task.id)
         if previous is not None and not previous.done:
@@ -401,7 +401,7 @@ class Worker:
         # A runner that never ran in this agent's life (the task ended before a restart) still gets a
         # controller to clean up with: remove() makes one.
         runner = self.runners.pop(task.id, None) or TaskRunner(
-            task, TaskState.SHUTDOWN, self.executor, self._progressed, grace_s=task.spec.stop_grace_s
+            task, SHUTDOWN, self.executor, self._progressed, grace_s=task.spec.stop_grace_s
         )
         removal = asyncio.create_task(runner.remove(), name=f"task-remove-{task.id}")
         self._removals.add(removal)

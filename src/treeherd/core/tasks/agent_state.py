@@ -49,7 +49,7 @@ from treeherd.core.tasks.agent_events import (
     format_story,
 )
 from treeherd.model.services import Task, TaskStatus
-from treeherd.model.states import LAST_MANAGER_STATE, TaskState
+from treeherd.model.states import ACCEPTED, LAST_MANAGER_STATE, RUNNING, SHUTDOWN
 from treeherd.model.wire import TaskStatusUpdate
 
 __all__ = [
@@ -98,7 +98,7 @@ class _Record:
 
 def _wants_stop(task: Task) -> bool:
     # Desired states past RUNNING (SHUTDOWN, or a REMOVE-like SHUTDOWN) all mean "stop it".
-    return task.desired_state > TaskState.RUNNING
+    return task.desired_state > RUNNING
 
 
 class AgentState:
@@ -200,7 +200,7 @@ class AgentState:
             if stored.task.id in self._tasks:
                 continue
             record = self._remember(stored.task, stored.status, event, "loaded from the local DB")
-            record.touched = stored.status.state >= TaskState.ACCEPTED
+            record.touched = stored.status.state >= ACCEPTED
             # The manager may not have received the last statuses before the restart: say them again.
             self._queue_report(stored.task.id, stored.status)
             if not stored.status.state.terminal:
@@ -247,7 +247,7 @@ class AgentState:
                 return
             if _wants_stop(task):
                 self._stop(record, event, out)
-            elif task.desired_state == TaskState.RUNNING:
+            elif task.desired_state == RUNNING:
                 out.append(ProceedRunner(cause_id=event.cause_id, task_id=task.id))
 
     def _new_task(self, task: Task, event: AssignmentsReceived, out: list[Instruction]) -> None:
@@ -256,9 +256,7 @@ class AgentState:
         record.touched = task.status.state > LAST_MANAGER_STATE
         if not task.status.state.terminal and _wants_stop(task):
             # Nothing was started for it: it is shut down without a runner.
-            status = TaskStatus(
-                state=TaskState.SHUTDOWN, timestamp=event.now, message="shut down before it started"
-            )
+            status = TaskStatus(state=SHUTDOWN, timestamp=event.now, message="shut down before it started")
             self._set_status(record, status, event.cause_id, out)
             return
         out.append(PersistTask(cause_id=event.cause_id, task=task, status=record.status))
@@ -270,12 +268,7 @@ class AgentState:
         if record is None:
             return  # a late report from the runner of a task already forgotten
         current = record.status.state
-        if (
-            current.terminal
-            or event.state <= current
-            or event.state < TaskState.ACCEPTED
-            or not record.has_runner
-        ):
+        if current.terminal or event.state <= current or event.state < ACCEPTED or not record.has_runner:
             story = [
                 *record.story,
                 Transition(state=event.state, cause_id=event.cause_id, at=event.now, message="(rejected)"),
@@ -287,7 +280,7 @@ class AgentState:
             message=event.message,
             error=event.error,
             exit_code=event.exit_code,
-            health=event.health if event.state == TaskState.RUNNING else "",
+            health=event.health if event.state == RUNNING else "",
         )
         self._set_status(record, status, event.cause_id, out)
         if event.state.terminal:
@@ -296,7 +289,7 @@ class AgentState:
     def _health(self, event: HealthChanged, out: list[Instruction]) -> None:
         record = self._tasks.get(event.task_id)
         # Health matters only while the task runs; a late result after it stopped is dropped.
-        if record is None or record.status.state != TaskState.RUNNING or record.status.health == event.health:
+        if record is None or record.status.state != RUNNING or record.status.health == event.health:
             return
         status = msgspec.structs.replace(
             record.status,
@@ -309,11 +302,7 @@ class AgentState:
     def _noted(self, event: RunnerNoted, out: list[Instruction]) -> None:
         record = self._tasks.get(event.task_id)
         # News of a running task only; a late note after it stopped is dropped.
-        if (
-            record is None
-            or record.status.state != TaskState.RUNNING
-            or record.status.message == event.message
-        ):
+        if record is None or record.status.state != RUNNING or record.status.message == event.message:
             return
         status = msgspec.structs.replace(record.status, timestamp=event.now, message=event.message)
         self._set_status(record, status, event.cause_id, out)
