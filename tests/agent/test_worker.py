@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
 import pytest
-from agent_helpers import eventually, make_task
+from agent_helpers import NOW, eventually, make_task
 
 from treeherd.agent.db import TaskDB
 from treeherd.agent.taskrunner import Progress
 from treeherd.agent.worker import Worker
-from treeherd.core.tasks.agent_state import InvalidTransition
+from treeherd.core.tasks.agent_state import InvalidTransition, RunnerProgressed
 from treeherd.executors.hollow import HollowExecutor
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState as S
@@ -204,6 +205,24 @@ async def test_states_a_runner_passes_in_one_go_reach_the_state_machine_as_the_l
         assert [t.state for t in h.worker.state.story("t1")] == [S.ASSIGNED, S.RUNNING]
         assert h.states("t1") == [S.RUNNING]
         assert await h.stored() == {"t1": S.RUNNING}
+
+
+def test_a_later_state_takes_the_earlier_ones_place_only_when_nothing_came_between(tmp_path: Path) -> None:
+    clock = iter(range(1, 100))
+    worker = Worker(
+        HollowExecutor(), TaskDB(tmp_path / "agent.db"), now=lambda: NOW + timedelta(seconds=next(clock))
+    )
+    for state in (S.ACCEPTED, S.PREPARING, S.READY):  # one runner's steps in one go: one event
+        worker._progressed("t1", Progress(state=state))
+    worker.acknowledged(7)  # something else comes between
+    worker._progressed("t1", Progress(state=S.STARTING))
+    worker._progressed("t1", Progress(state=S.RUNNING))
+    events = worker._drain()
+    assert [type(event).__name__ for event in events] == ["ReportAcknowledged", "RunnerProgressed"]
+    progressed = events[1]
+    assert isinstance(progressed, RunnerProgressed)
+    # The last state, at its own time, after the acknowledgement that came before it.
+    assert (progressed.state, progressed.now) == (S.RUNNING, NOW + timedelta(seconds=6))
 
 
 async def test_a_state_that_does_not_move_forward_is_refused_even_behind_another_in_one_batch(

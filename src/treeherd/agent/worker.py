@@ -177,13 +177,20 @@ class Worker:
             line = logfiles.last_line(directory) if directory is not None else ""
             if line:
                 progress = msgspec.structs.replace(progress, error=f"{progress.error}: {line}")
-        latest = _QueuedProgress(task_id, progress, self._now())
+        now = self._now()
         queued = self._queued_progress.get(task_id)
         if queued is not None:
             index, earlier = queued
+            forward = progress.state > earlier.progress.state
+            if forward and index == len(self._events) - 1:
+                # Nothing came after the earlier state (a runner's steps taken in one go): this one
+                # takes its place, as it would take its turn.
+                earlier.progress, earlier.now = progress, now
+                return
             # A state that does not move forward is kept, for the state machine to refuse loudly:
             # that is a runner's bug.
-            self._events[index] = None if progress.state > earlier.progress.state else self._event(earlier)
+            self._events[index] = None if forward else self._event(earlier)
+        latest = _QueuedProgress(task_id, progress, now)
         self._queued_progress[task_id] = (len(self._events), latest)
         self._put(latest)
 
