@@ -7,9 +7,10 @@ import asyncio
 import pytest
 from agent_helpers import OneController, ScriptedController, eventually, make_task
 
-from treeherd.agent.taskrunner import Progress, TaskRunner
+from treeherd.agent.progress import Progress
+from treeherd.agent.taskrunner import TaskRunner
 from treeherd.executors.base import Executor, Exit, FatalError
-from treeherd.executors.hollow import HollowExecutor
+from treeherd.executors.hollow import HollowExecutor, Step
 from treeherd.model.services import Task
 from treeherd.model.states import TaskState as S
 
@@ -66,6 +67,44 @@ async def test_a_hollow_task_runs_until_shut_down() -> None:
     # The shutdown learns how the task ended from the same future: no second wait.
     assert executor.controllers["t1"].calls == ["prepare", "start", "wait", "shutdown"]
     assert not asyncio.all_tasks() - {asyncio.current_task()}  # nothing of the runner left running
+
+
+async def test_a_controller_whose_steps_never_wait_is_running_when_start_returns() -> None:
+    executor = HollowExecutor()
+    runner, recorder = started(executor)
+    # Taken in the call: no asyncio task was made for the steps, and none holds the running task.
+    assert recorder.states == UP
+    assert not asyncio.all_tasks() - {asyncio.current_task()}
+    assert not runner.done
+    assert executor.controllers["t1"].calls == ["prepare", "start", "wait"]
+
+
+@pytest.mark.parametrize(
+    ("fail_in", "states", "error"),
+    [
+        ("prepare", [S.ACCEPTED, S.PREPARING, S.REJECTED], "hollow task t1 told to fail in prepare"),
+        ("start", [*UP[:4], S.FAILED], "start failed: hollow task t1 told to fail in start"),
+    ],
+)
+async def test_steps_taken_at_once_fail_as_awaited_ones_do(
+    fail_in: Step, states: list[S], error: str
+) -> None:
+    runner, recorder = started(HollowExecutor(fail_in=fail_in))
+    assert recorder.states == states
+    assert recorder.last.error == error
+    assert runner.done and not asyncio.all_tasks() - {asyncio.current_task()}
+    # The same task through the awaited steps: the same reports.
+    awaited = await run_to_end(HollowExecutor(fail_in=fail_in))
+    assert awaited.progress == recorder.progress
+
+
+async def test_steps_taken_at_once_hand_a_wait_to_an_asyncio_task() -> None:
+    # No exit future for a task that exits by itself: its wait is awaited in the runner's asyncio task.
+    runner, recorder = started(HollowExecutor(exit_after_s=0.05))
+    assert recorder.states == UP
+    assert len(asyncio.all_tasks() - {asyncio.current_task()}) == 1
+    assert await runner.join(2)
+    assert recorder.states == [*UP, S.COMPLETE]
 
 
 async def test_a_task_without_an_exit_future_is_waited_on_in_its_one_asyncio_task() -> None:

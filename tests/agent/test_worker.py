@@ -11,7 +11,7 @@ import pytest
 from agent_helpers import NOW, eventually, make_task
 
 from treeherd.agent.db import TaskDB
-from treeherd.agent.taskrunner import Progress
+from treeherd.agent.progress import Progress
 from treeherd.agent.worker import Worker
 from treeherd.core.tasks.agent_state import InvalidTransition, RunnerProgressed
 from treeherd.executors.hollow import HollowExecutor

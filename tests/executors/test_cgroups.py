@@ -16,7 +16,8 @@ import pytest
 
 from tests.executors.conftest import MakeExecutor
 from tests.executors.helpers import eventually, make_task, started, until_ready
-from treeherd.agent.taskrunner import Progress, TaskRunner
+from treeherd.agent.progress import Progress
+from treeherd.agent.taskrunner import TaskRunner
 from treeherd.executors.base import FatalError
 from treeherd.executors.cgroup_host import HostCgroups
 from treeherd.executors.cgroups import CPU, MEMORY, PIDS, CgroupHost, detect

@@ -30,7 +30,8 @@ from tests.executors.helpers import (
     task_dir,
     until_ready,
 )
-from treeherd.agent.taskrunner import Progress, TaskRunner
+from treeherd.agent.progress import Progress
+from treeherd.agent.taskrunner import TaskRunner
 from treeherd.executors.base import Controller, Executor, Exit, FatalError, LogSource, TaskLogs
 from treeherd.executors.process import (
     PROCESS,

@@ -14,7 +14,9 @@ is in use.
 A controller that hands over its task's exit as a future (`ExitFuture`, the hollow one does) is not
 waited on in a coroutine: the runner's asyncio task ends at RUNNING and a callback on the future reports
 how the task ended; a shutdown then starts an asyncio task of its own. An agent holding tens of
-thousands of running tasks keeps no coroutines for them (about 1.5 kB each).
+thousands of running tasks keeps no coroutines for them (about 1.5 kB each). A controller whose
+prepare and start never wait (`StepsAtOnce`, the hollow one again) is stepped to RUNNING in the call
+that starts the runner, without an asyncio task at all.
 
 Every wait on the controller outside `wait` itself is bounded; cancelling the runner (the agent stops)
 leaves the task alone, as an agent restart must, so it can be resumed.
@@ -27,9 +29,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
-import msgspec
-
-from treeherd.executors.base import Controller, Executor, Exit, ExitFuture, FatalError, Notes, Warnings
+from treeherd.agent.progress import Progress, Report, describe_exit, started_message
+from treeherd.executors.base import (
+    Controller,
+    Executor,
+    Exit,
+    ExitFuture,
+    FatalError,
+    Notes,
+    StepsAtOnce,
+)
 from treeherd.model.discovery import Health
 from treeherd.model.services import Task
 from treeherd.model.states import (
@@ -45,7 +54,7 @@ from treeherd.model.states import (
     TaskState,
 )
 
-__all__ = ["Progress", "TaskRunner"]
+__all__ = ["TaskRunner"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,40 +63,8 @@ T = TypeVar("T")
 SLACK_S = 5.0
 
 
-class Progress(msgspec.Struct, frozen=True, kw_only=True):
-    """A state the runner reached, as it tells the worker."""
-
-    state: TaskState
-    message: str = ""
-    error: str = ""
-    exit_code: int | None = None
-    # RUNNING: the health the task starts with ("starting" when its controller knows it will be judged).
-    health: Health = ""
-    # News of the running task in `message`, not a new state (`state` is the one it is in).
-    note: bool = False
-
-
-Report = Callable[[str, Progress], None]
-
-
 class _Stopped(Exception):
     """Shutdown was asked for while a step was under way (the step was cancelled)."""
-
-
-def _describe(exit: Exit) -> str:
-    if exit.out_of_memory:
-        return "out of memory"
-    if exit.signal is not None:
-        return f"killed by signal {exit.signal}"
-    return f"exit code {exit.code}"
-
-
-def _started(controller: Controller) -> str:
-    """The RUNNING message: "started", with what the task runs without (limits not enforced here)."""
-    # hasattr is what isinstance of a runtime protocol checks, without walking the protocol's members
-    # anew for every task (that was a fifth of an agent's CPU when it starts thousands of tasks).
-    warnings = cast(Warnings, controller).warnings if hasattr(controller, "warnings") else []
-    return f"started; warning: {'; '.join(warnings)}" if warnings else "started"
 
 
 class TaskRunner:
@@ -156,7 +133,8 @@ class TaskRunner:
     # --- control --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"task-runner-{self.task.id}")
+        if not self._run_at_once():
+            self._task = asyncio.create_task(self.run(), name=f"task-runner-{self.task.id}")
 
     def shutdown(self) -> None:
         self._stopping = True
@@ -237,7 +215,7 @@ class TaskRunner:
         try:
             if self.state.terminal:
                 return
-            controller = self._make_controller()
+            controller = self.controller or self._make_controller()  # made by `_run_at_once`
             if controller is None:
                 return
             try:
@@ -287,6 +265,70 @@ class TaskRunner:
             return None
         return controller
 
+    def _run_at_once(self) -> bool:
+        """Take the task's steps in this call, for a controller whose steps never wait (`StepsAtOnce`):
+        True when nothing is left for an asyncio task to do (the task ended, or runs with its exit on a
+        future), False when `run` must go on from the state reached (a step that waits: held at READY,
+        a `wait` to await, a shutdown asked for)."""
+        try:
+            if self.state.terminal:
+                return True
+            controller = self._make_controller()
+            if controller is None:
+                return True
+            if not hasattr(controller, "prepare_at_once"):  # what isinstance of StepsAtOnce checks
+                return False
+            while not self.state.terminal:
+                if self._stopping:
+                    return False
+                if self.state != RUNNING:
+                    if not self._step_at_once() and not self._step_now(controller):
+                        return False
+                else:
+                    return self._watch_exit(controller)
+        except Exception as error:
+            self._runner_failed(error)
+        return True
+
+    def _step_now(self, controller: Controller) -> bool:
+        """Prepare or start through the controller's steps that do not wait; False at any other state."""
+        state = self.state
+        if state == PREPARING:
+            try:
+                cast(StepsAtOnce, controller).prepare_at_once()
+            except Exception as error:
+                self._after_prepare(error)
+            else:
+                self._after_prepare(None)
+        elif state == STARTING:
+            try:
+                cast(StepsAtOnce, controller).start_at_once()
+            except Exception as error:
+                self._after_start(controller, error)
+            else:
+                self._after_start(controller, None)
+        else:
+            return False
+        return True
+
+    def _after_prepare(self, error: Exception | None) -> None:
+        """The report of a prepare step that ended (`error`: how it failed)."""
+        if error is None:
+            self._report(READY)
+        elif isinstance(error, FatalError):
+            self._report(REJECTED, error=str(error))
+        else:
+            self._report(FAILED, error=f"prepare failed: {error}")
+
+    def _after_start(self, controller: Controller, error: Exception | None) -> None:
+        """The report of a start step that ended (`error`: how it failed)."""
+        if error is not None:
+            self._report(FAILED, error=f"start failed: {error}")
+            return
+        # What isinstance of the StartsWithHealth protocol checks, at a fraction of its cost.
+        health: Health = getattr(controller, "start_health", "")
+        self._report(RUNNING, message=started_message(controller), health=health)
+
     def _step_at_once(self) -> bool:
         """Take the next step if it waits for nothing (it only reports a state); False if it may wait.
 
@@ -316,14 +358,12 @@ class TaskRunner:
         if state == PREPARING:
             try:
                 await self._unless_stopped(controller.prepare)
-            except FatalError as error:
-                self._report(REJECTED, error=str(error))
             except _Stopped:
                 raise
             except Exception as error:
-                self._report(FAILED, error=f"prepare failed: {error}")
+                self._after_prepare(error)
             else:
-                self._report(READY)
+                self._after_prepare(None)
         elif state == READY:
             if not self._may_proceed:
                 self._proceeding = asyncio.Event()
@@ -335,11 +375,9 @@ class TaskRunner:
             except _Stopped:
                 raise
             except Exception as error:
-                self._report(FAILED, error=f"start failed: {error}")
+                self._after_start(controller, error)
             else:
-                # What isinstance of the StartsWithHealth protocol checks, at a fraction of its cost.
-                health: Health = getattr(controller, "start_health", "")
-                self._report(RUNNING, message=_started(controller), health=health)
+                self._after_start(controller, None)
 
     async def _unless_stopped(self, step: Callable[[], Awaitable[T]]) -> T:
         """Run one step; if shutdown is asked for meanwhile, cancel it (steps are idempotent).
@@ -416,7 +454,7 @@ class TaskRunner:
         if exit.success:
             self._report(COMPLETE, message=exit.message or "finished", exit_code=exit.code)
         else:
-            why = _describe(exit) + (f": {exit.message}" if exit.message else "")
+            why = describe_exit(exit) + (f": {exit.message}" if exit.message else "")
             self._report(FAILED, error=why, exit_code=exit.code)
 
     async def _shut_down(self, controller: Controller, waiter: asyncio.Future[Exit] | None) -> None:
@@ -442,7 +480,7 @@ class TaskRunner:
             return
         self._report(
             SHUTDOWN,
-            message="shut down" if exit is None else f"shut down ({_describe(exit)})",
+            message="shut down" if exit is None else f"shut down ({describe_exit(exit)})",
             exit_code=None if exit is None else exit.code,
         )
 

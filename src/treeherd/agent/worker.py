@@ -34,7 +34,8 @@ from treeherd.agent.db import TaskDB
 from treeherd.agent.health import HealthCheckers, default_context
 from treeherd.agent.kept_logs import KeptLogs
 from treeherd.agent.ports import busy_port
-from treeherd.agent.taskrunner import SLACK_S, Progress, TaskRunner
+from treeherd.agent.progress import Progress
+from treeherd.agent.taskrunner import SLACK_S, TaskRunner
 from treeherd.core.tasks.agent_state import (
     AgentStarted,
     AgentState,

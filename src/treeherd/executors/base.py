@@ -119,6 +119,18 @@ class ExitFuture(Protocol):
 
 
 @runtime_checkable
+class StepsAtOnce(Protocol):
+    """A controller whose prepare and start never wait (a hollow task's): `prepare_at_once` and
+    `start_at_once` do what awaiting `prepare` and `start` does, and raise as they would. The runner
+    then takes the task from ACCEPTED to RUNNING in the call that starts it, without an asyncio task
+    (with `ExitFuture` too, it holds none while the task runs)."""
+
+    def prepare_at_once(self) -> None: ...
+
+    def start_at_once(self) -> None: ...
+
+
+@runtime_checkable
 class ImageHealth(Protocol):
     """An executor whose tasks' images may carry a health check of their own (a container image's
     HEALTHCHECK, run by the engine): each change of a task's health as the engine judges it, with what

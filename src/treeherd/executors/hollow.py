@@ -75,12 +75,18 @@ class HollowController:
         self._waiters: list[asyncio.Future[Exit]] = []
 
     async def prepare(self) -> None:
+        self.prepare_at_once()
+
+    def prepare_at_once(self) -> None:
         self.calls.append("prepare")
         if self.fail_in == "prepare":
             raise FatalError(f"hollow task {self.task.id} told to fail in prepare")
         self.prepared = True
 
     async def start(self) -> None:
+        self.start_at_once()
+
+    def start_at_once(self) -> None:
         self.calls.append("start")
         if self.fail_in == "start":
             raise RuntimeError(f"hollow task {self.task.id} told to fail in start")
