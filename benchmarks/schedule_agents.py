@@ -82,8 +82,8 @@ class RecordingController(HollowController):
         super().__init__(task, **settings)
         self._tally = tally
 
-    async def start(self) -> None:
-        await super().start()
+    def start_at_once(self) -> None:  # what the hollow controller's `start` does too
+        super().start_at_once()
         seen = self._tally.seen.get(self.task.id)
         if seen is not None and math.isnan(seen.started):
             seen.started = time.time()
