@@ -72,7 +72,7 @@ class HollowController:
         # Shut down (or removed), and the futures of the `wait` calls under way and of `exit_future`: a
         # plain flag, not an asyncio event per task (thousands of them in a benchmark's process).
         self._down = False
-        self._waiters: list[asyncio.Future[Exit]] = []
+        self._waiters: list[asyncio.Future[Exit]] | None = None  # made by the first wait
 
     async def prepare(self) -> None:
         self.prepare_at_once()
@@ -105,7 +105,7 @@ class HollowController:
         except TimeoutError:
             return Exit(code=self.exit_code, message=f"exited by itself after {self.exit_after_s:g}s")
         finally:
-            if woken in self._waiters:
+            if self._waiters is not None and woken in self._waiters:
                 self._waiters.remove(woken)
 
     def exit_future(self) -> asyncio.Future[Exit] | None:
@@ -130,6 +130,8 @@ class HollowController:
         future: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
         if self._down:
             future.set_result(self._shutdown_exit())
+        elif self._waiters is None:
+            self._waiters = [future]
         else:
             self._waiters.append(future)
         return future
@@ -141,7 +143,7 @@ class HollowController:
 
     def _wake(self) -> None:
         self._down = True
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters or [], None
         for woken in waiters:
             if not woken.done():
                 woken.set_result(self._shutdown_exit())
