@@ -215,7 +215,8 @@ class TaskRunner:
         try:
             if self.state.terminal:
                 return
-            controller = self.controller or self._make_controller()  # made by `_run_at_once`
+            # Made already when `_run_at_once` handed over to this asyncio task.
+            controller = self.controller if self.controller is not None else self._make_controller()
             if controller is None:
                 return
             try:
@@ -255,7 +256,7 @@ class TaskRunner:
         """The task's controller (None: the task was reported REJECTED or FAILED for want of one)."""
         try:
             controller = self.controller = self._executor.controller(self.task)
-            if hasattr(controller, "on_note"):  # a Notes controller (see `_started`)
+            if hasattr(controller, "on_note"):  # a Notes controller (see `progress.started_message`)
                 cast(Notes, controller).on_note = self._noted
         except FatalError as error:
             self._report(REJECTED, error=str(error))
