@@ -96,7 +96,12 @@ def schedule() -> str:
 
 def schedule_harness() -> str:
     return schedule_table(
-        ("schedule-100x10000-procs2", "schedule-1000x100000-procs2", "schedule-5000x1000000-procs2")
+        (
+            "schedule-100x10000-procs2",
+            "schedule-1000x100000-procs2",
+            "schedule-5000x1000000-procs2",
+            "schedule-5000x1000000-settle20",  # a later commit, with a longer idle phase
+        )
     )
 
 
