@@ -101,6 +101,7 @@ def schedule_harness() -> str:
             "schedule-1000x100000-procs2",
             "schedule-5000x1000000-procs2",
             "schedule-5000x1000000-settle20",  # a later commit, with a longer idle phase
+            "schedule-5000x1000000-hb30",  # the same, heartbeats every 30 s
         )
     )
 
